@@ -1,0 +1,251 @@
+"""The API module: the one entry point for every caller, with no web framework inside it.
+
+A daemon constructs `ContractsAPI(token)` and calls it; the HTTP front does the same for
+each request with the caller it authenticated. Reports a daemon must never block on
+(`report_task_completed`, `mark_deliverable`, ...) are enqueued on the broker and return the
+message id at once. Commands whose caller must see the answer now (create, change status,
+change phase) run as one short guarded transaction here, with the same domain functions the
+workers use, and dispatch their follow-ups only after commit.
+
+    api = ContractsAPI("mk_...")
+    api.report_task_completed(contract_id, task_id, "write tests", success=True)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from app import contracts
+from app.auth import Caller, authenticate
+from app.contracts import ContractFilter
+from app.db import Dispatch, unit_of_work
+from app.domain.lifecycle import Status, WaitingFor
+from app.domain.phase_change import PhaseChangeRequest
+from app.events import event_json, events_after
+from app.models import utcnow
+
+Sender = Callable[[str, dict[str, Any], float | None], str]
+
+
+def _celery_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+    from workers.dispatch import send
+
+    return send(task, payload, countdown)
+
+
+class ContractsAPI:
+    """Everything a caller may do, on behalf of one authenticated principal."""
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        caller: Caller | None = None,
+        engine: Engine | None = None,
+        sender: Sender | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._send = sender or _celery_send
+        self._clock = clock
+        if caller is None:
+            with unit_of_work(engine=engine) as uow:
+                caller = authenticate(uow.session, token)
+        self.caller = caller
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _dispatch(self, messages: list[Dispatch]) -> None:
+        for msg in messages:
+            self._send(msg.task, msg.payload, msg.countdown)
+
+    def _uow(self) -> Any:
+        return unit_of_work(self._dispatch, engine=self._engine)
+
+    def _enqueue(self, task: str, contract_id: uuid.UUID, message_id: str | None, **fields: Any) -> str:
+        message_id = message_id or str(uuid.uuid4())
+        payload = {
+            "messageId": message_id,
+            "principalId": str(self.caller.principal_id),
+            "contractId": str(contract_id),
+            **fields,
+        }
+        self._send(task, payload, None)
+        return message_id
+
+    # -- asynchronous reports (enqueue and return the message id) ------------------------
+
+    def report_task_started(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID,
+        task_name: str,
+        *,
+        is_supervisor: bool = False,
+        message_id: str | None = None,
+    ) -> str:
+        return self._enqueue(
+            "contracts.task_started",
+            contract_id,
+            message_id,
+            taskId=str(task_id),
+            taskName=task_name,
+            isSupervisor=is_supervisor,
+        )
+
+    def report_task_completed(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID,
+        task_name: str,
+        success: bool,
+        message_id: str | None = None,
+    ) -> str:
+        return self._enqueue(
+            "contracts.task_completed",
+            contract_id,
+            message_id,
+            taskId=str(task_id),
+            taskName=task_name,
+            success=success,
+        )
+
+    def mark_deliverable(
+        self,
+        contract_id: uuid.UUID,
+        deliverable_id: str,
+        *,
+        phase: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        return self._enqueue(
+            "contracts.mark_deliverable", contract_id, message_id, deliverableId=deliverable_id, phase=phase
+        )
+
+    def report_worktree_created(
+        self, contract_id: uuid.UUID, path: str, message_id: str | None = None
+    ) -> str:
+        return self._enqueue("contracts.worktree_created", contract_id, message_id, path=path)
+
+    def request_completion_check(self, contract_id: uuid.UUID) -> dict[str, Any]:
+        """Judge the gate now and, when it is met, enqueue the completion flow."""
+        with self._uow() as uow:
+            return contracts.check_completion(uow, self.caller, contract_id)
+
+    # -- synchronous guarded commands ----------------------------------------------------
+
+    def create_contract(
+        self,
+        name: str,
+        contract_type: str,
+        *,
+        phase_guard: bool = False,
+        auto_complete_enabled: bool | None = None,
+        phase_config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        with self._uow() as uow:
+            contract = contracts.create_contract(
+                uow,
+                self.caller,
+                name=name,
+                contract_type=contract_type,
+                phase_guard=phase_guard,
+                auto_complete_enabled=auto_complete_enabled,
+                phase_config=phase_config,
+                now=self._clock(),
+            )
+            return contracts.contract_json(contract)
+
+    def get_contract(self, contract_id: uuid.UUID) -> dict[str, Any]:
+        with self._uow() as uow:
+            return contracts.contract_json(contracts.get_contract(uow.session, self.caller, contract_id))
+
+    def list_contracts(self, flt: ContractFilter | None = None) -> dict[str, Any]:
+        with self._uow() as uow:
+            rows, cursor = contracts.list_contracts(
+                uow.session, self.caller, flt or ContractFilter(), self._clock()
+            )
+            return {"contracts": [contracts.contract_json(c) for c in rows], "nextCursor": cursor}
+
+    def change_status(
+        self,
+        contract_id: uuid.UUID,
+        target: Status,
+        *,
+        reason: str | None = None,
+        blocker: str | None = None,
+        waiting_for: WaitingFor | None = None,
+    ) -> dict[str, Any]:
+        with self._uow() as uow:
+            previous, contract = contracts.change_status(
+                uow,
+                self.caller,
+                contract_id,
+                target,
+                reason=reason,
+                blocker=blocker,
+                waiting_for=waiting_for,
+                now=self._clock(),
+            )
+            return {
+                "success": True,
+                "previousStatus": previous.value,
+                "newStatus": contract.status,
+                "rejectionReason": None,
+                "contract": contracts.contract_json(contract),
+            }
+
+    def change_phase(
+        self,
+        contract_id: uuid.UUID,
+        phase: str,
+        *,
+        expected_version: int | None = None,
+        confirmed: bool = False,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        request = PhaseChangeRequest(phase, expected_version, confirmed, force)
+        with self._uow() as uow:
+            contract = contracts.change_phase(uow, self.caller, contract_id, request, now=self._clock())
+            return contracts.contract_json(contract)
+
+    def complete_deliverable(
+        self, contract_id: uuid.UUID, deliverable_id: str, *, phase: str | None = None
+    ) -> dict[str, Any]:
+        """Mark now and answer now: an invalid id is the caller's error, not a dead letter."""
+        with self._uow() as uow:
+            contract, newly = contracts.mark_deliverable(
+                uow, self.caller, contract_id, deliverable_id, phase=phase, now=self._clock()
+            )
+            return {
+                "deliverableId": deliverable_id,
+                "phase": phase or contract.phase,
+                "alreadyComplete": not newly,
+                "contract": contracts.contract_json(contract),
+            }
+
+    def phase_readiness(self, contract_id: uuid.UUID) -> dict[str, Any]:
+        with self._uow() as uow:
+            return contracts.phase_readiness_view(uow.session, self.caller, contract_id)
+
+    def set_auto_complete(self, contract_id: uuid.UUID, enabled: bool) -> dict[str, Any]:
+        with self._uow() as uow:
+            contract = contracts.set_auto_complete(uow, self.caller, contract_id, enabled, now=self._clock())
+            return contracts.contract_json(contract)
+
+    def events(self, contract_id: uuid.UUID, after: int = 0, limit: int = 500) -> dict[str, Any]:
+        with self._uow() as uow:
+            contracts.get_contract(uow.session, self.caller, contract_id)
+            rows = events_after(uow.session, contract_id, after, limit)
+            return {
+                "events": [event_json(e) for e in rows],
+                "lastEventId": rows[-1].id if rows else after,
+            }
+
+
+__all__ = ["ContractsAPI"]

@@ -1,0 +1,132 @@
+"""Domain errors: one family, each carrying a stable code and the details a caller acts on.
+
+    ContractError
+    ├── ContractNotFound          CONTRACT_NOT_FOUND
+    ├── InvalidTransition         INVALID_TRANSITION
+    ├── VersionConflict           VERSION_CONFLICT
+    ├── PhaseGuardRequired        PHASE_GUARD_REQUIRED
+    ├── InvalidDeliverable        INVALID_DELIVERABLE
+    ├── ValidationFailed          VALIDATION_FAILED
+    ├── SupervisorNotFound        SUPERVISOR_NOT_FOUND
+    └── SupervisorDead            SUPERVISOR_DEAD
+
+HTTP status codes and CLI exit codes are assigned at the edges (`app.http`, `app.cli`), never
+here, so the same error reads the same to a worker, a daemon and a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ContractError(Exception):
+    """Base of every rule violation a caller can be told about."""
+
+    code: str = "CONTRACT_ERROR"
+
+    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class ContractNotFound(ContractError):
+    code = "CONTRACT_NOT_FOUND"
+
+    def __init__(self, contract_id: object) -> None:
+        super().__init__(
+            f"Contract {contract_id} does not exist or is not visible to you; "
+            "check the id, or list your contracts with GET /api/v1/contracts.",
+            {"contractId": str(contract_id)},
+        )
+
+
+class InvalidTransition(ContractError):
+    code = "INVALID_TRANSITION"
+
+    def __init__(self, current: str, target: str, allowed: Sequence[str]) -> None:
+        allowed_text = ", ".join(allowed) if allowed else "none (it is final)"
+        super().__init__(
+            f"A contract cannot move from '{current}' to '{target}'. "
+            f"From '{current}' it may move to: {allowed_text}.",
+            {"currentStatus": current, "targetStatus": target, "allowedTargets": list(allowed)},
+        )
+
+
+class VersionConflict(ContractError):
+    code = "VERSION_CONFLICT"
+
+    def __init__(self, expected: int, actual: int, current_phase: str) -> None:
+        super().__init__(
+            f"The contract changed since you read it: you expected version {expected}, "
+            f"it is at version {actual} in phase '{current_phase}'. "
+            "Reload it and decide again.",
+            {"expected": expected, "actual": actual, "currentPhase": current_phase},
+        )
+
+
+class PhaseGuardRequired(ContractError):
+    code = "PHASE_GUARD_REQUIRED"
+
+    def __init__(
+        self, current_phase: str, next_phase: str, deliverables: Sequence[Mapping[str, Any]]
+    ) -> None:
+        super().__init__(
+            f"Phase guard is enabled: moving from '{current_phase}' to '{next_phase}' needs "
+            "a person's confirmation. Review the deliverables and repeat the request with "
+            "confirmed=true.",
+            {
+                "currentPhase": current_phase,
+                "nextPhase": next_phase,
+                "deliverables": [dict(d) for d in deliverables],
+            },
+        )
+
+
+class InvalidDeliverable(ContractError):
+    code = "INVALID_DELIVERABLE"
+
+    def __init__(self, deliverable_id: str, phase: str, valid_ids: Sequence[str]) -> None:
+        valid_text = ", ".join(valid_ids) if valid_ids else "none"
+        super().__init__(
+            f"'{deliverable_id}' is not a deliverable of the '{phase}' phase. "
+            f"Valid deliverable ids for '{phase}': {valid_text}.",
+            {"deliverableId": deliverable_id, "phase": phase, "validIds": list(valid_ids)},
+        )
+
+
+class ValidationFailed(ContractError):
+    code = "VALIDATION_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        missing: Sequence[str] = (),
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        merged: dict[str, Any] = {"missing": list(missing)}
+        merged.update(details or {})
+        super().__init__(message, merged)
+        self.missing = list(missing)
+
+
+class SupervisorNotFound(ContractError):
+    code = "SUPERVISOR_NOT_FOUND"
+
+
+class SupervisorDead(ContractError):
+    code = "SUPERVISOR_DEAD"
+
+
+__all__ = [
+    "ContractError",
+    "ContractNotFound",
+    "InvalidDeliverable",
+    "InvalidTransition",
+    "PhaseGuardRequired",
+    "SupervisorDead",
+    "SupervisorNotFound",
+    "ValidationFailed",
+    "VersionConflict",
+]

@@ -1,0 +1,108 @@
+"""Contract statuses and the one table of moves between them (seed section 1.4).
+
+The table is plain data so it can be read, rendered and checked by tests; the guards that
+need stored facts (a blocker named, a failure reason given) are checked by `check_transition`
+from the values passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+from app.domain.errors import InvalidTransition, ValidationFailed
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    ACTIVE = "active"
+    WAITING_FOR_INPUT = "waiting_for_input"
+    PAUSED = "paused"
+    BLOCKED = "blocked"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ARCHIVED = "archived"
+
+    @classmethod
+    def terminal(cls) -> frozenset[Status]:
+        """Statuses where work is over: nothing but archiving may follow."""
+        return frozenset({cls.COMPLETED, cls.FAILED, cls.ARCHIVED})
+
+    @classmethod
+    def open(cls) -> frozenset[Status]:
+        """Statuses of a contract still being worked on; `failed` is reachable from each."""
+        return frozenset(set(cls) - cls.terminal())
+
+    @classmethod
+    def accepting_phase_changes(cls) -> frozenset[Status]:
+        """A phase moves only while work is live: not before a supervisor starts, not paused."""
+        return frozenset({cls.ACTIVE, cls.WAITING_FOR_INPUT})
+
+
+class WaitingFor(StrEnum):
+    QUESTION = "question"
+    PHASE_CONFIRMATION = "phase_confirmation"
+    COMPLETION_CONFIRMATION = "completion_confirmation"
+
+
+_S = Status
+
+ALLOWED: Final[Mapping[Status, frozenset[Status]]] = MappingProxyType(
+    {
+        _S.CREATED: frozenset({_S.ACTIVE, _S.FAILED}),
+        _S.ACTIVE: frozenset({_S.WAITING_FOR_INPUT, _S.PAUSED, _S.BLOCKED, _S.COMPLETING, _S.FAILED}),
+        _S.WAITING_FOR_INPUT: frozenset({_S.ACTIVE, _S.PAUSED, _S.FAILED}),
+        _S.PAUSED: frozenset({_S.ACTIVE, _S.FAILED}),
+        _S.BLOCKED: frozenset({_S.ACTIVE, _S.FAILED}),
+        _S.COMPLETING: frozenset({_S.COMPLETED, _S.ACTIVE, _S.FAILED}),
+        _S.COMPLETED: frozenset({_S.ARCHIVED}),
+        _S.FAILED: frozenset({_S.ARCHIVED}),
+        _S.ARCHIVED: frozenset(),
+    }
+)
+
+
+def allowed_targets(current: Status) -> list[str]:
+    """The statuses reachable from `current`, sorted so messages and details are stable."""
+    return sorted(s.value for s in ALLOWED[current])
+
+
+def check_transition(
+    current: Status,
+    target: Status,
+    *,
+    reason: str | None = None,
+    blocker: str | None = None,
+) -> None:
+    """Raise unless `current → target` is in the table and its guard's facts are present.
+
+    `blocked` must name what blocks it and `failed` must say why: a contract stuck without
+    that sentence is one nobody can unstick.
+    """
+    if target not in ALLOWED[current]:
+        raise InvalidTransition(current.value, target.value, allowed_targets(current))
+    if target is Status.BLOCKED and not (blocker and blocker.strip()):
+        raise ValidationFailed(
+            "Moving a contract to 'blocked' needs a 'blocker' naming what blocks it.",
+            missing=["blocker"],
+        )
+    if target is Status.FAILED and not (reason and reason.strip()):
+        raise ValidationFailed(
+            "Moving a contract to 'failed' needs a 'reason' saying what went wrong.",
+            missing=["reason"],
+        )
+
+
+def render_table() -> str:
+    """The transition table as markdown, for the README and for people reading a failure."""
+    lines = ["| from | may move to |", "|---|---|"]
+    for status in Status:
+        targets = ", ".join(allowed_targets(status)) or "(nothing; deleted by retention)"
+        lines.append(f"| {status.value} | {targets} |")
+    return "\n".join(lines)
+
+
+__all__ = ["ALLOWED", "Status", "WaitingFor", "allowed_targets", "check_transition", "render_table"]

@@ -1,0 +1,107 @@
+"""The rules of a phase change (seed 6.1 and 6.3), decided on a locked snapshot.
+
+The caller locks the row, builds a snapshot and asks `plan_phase_change`; the answer is
+either a plan to apply or one of the domain errors. Order matters and is fixed here:
+version first (a stale caller must re-read before anything else means anything), then the
+target, then the gate, then the guard, so a person is only asked to confirm a move that
+could actually happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.domain.completion import GateFacts, check_phase_readiness
+from app.domain.errors import PhaseGuardRequired, ValidationFailed, VersionConflict
+from app.domain.lifecycle import Status, WaitingFor
+from app.domain.phases import PhaseConfig
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseChangeRequest:
+    target_phase: str
+    expected_version: int | None = None
+    confirmed: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContractSnapshot:
+    phase: str
+    status: Status
+    version: int
+    phase_guard: bool
+    waiting_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseChangePlan:
+    old_phase: str
+    new_phase: str
+    new_version: int
+    new_status: Status
+    clears_waiting: bool
+    forced: bool
+    confirmed: bool
+
+
+def plan_phase_change(
+    config: PhaseConfig,
+    contract: ContractSnapshot,
+    facts: GateFacts,
+    request: PhaseChangeRequest,
+) -> PhaseChangePlan:
+    if request.expected_version is not None and request.expected_version != contract.version:
+        raise VersionConflict(request.expected_version, contract.version, contract.phase)
+    if contract.status not in Status.accepting_phase_changes():
+        allowed = sorted(s.value for s in Status.accepting_phase_changes())
+        raise ValidationFailed(
+            f"The contract is '{contract.status.value}'; phases change only while it is "
+            f"{' or '.join(allowed)}.",
+            details={"status": contract.status.value, "allowedStatuses": allowed},
+        )
+    target = config.get(request.target_phase).id
+    if target == contract.phase:
+        raise ValidationFailed(
+            f"The contract is already in phase '{target}'.",
+            details={"currentPhase": contract.phase},
+        )
+    next_phase = config.next_phase(contract.phase)
+    if not request.force:
+        if target != next_phase:
+            raise ValidationFailed(
+                f"Phases advance one at a time: from '{contract.phase}' the next phase is "
+                f"'{next_phase or '(none: this is the terminal phase)'}'. "
+                "Use force=true to move elsewhere.",
+                details={"currentPhase": contract.phase, "nextPhase": next_phase},
+            )
+        readiness = check_phase_readiness(config, facts)
+        if not readiness.ready:
+            raise ValidationFailed(
+                f"Phase '{contract.phase}' is not complete: {'; '.join(readiness.missing)}. "
+                "Finish these, or use force=true.",
+                missing=readiness.missing,
+                details={"currentPhase": contract.phase, "nextPhase": target},
+            )
+    if contract.phase_guard and not request.confirmed:
+        raise PhaseGuardRequired(
+            contract.phase,
+            target,
+            [d.to_json() for d in config.get(contract.phase).deliverables],
+        )
+    waiting_on_phase = (
+        contract.status is Status.WAITING_FOR_INPUT
+        and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
+    )
+    return PhaseChangePlan(
+        old_phase=contract.phase,
+        new_phase=target,
+        new_version=contract.version + 1,
+        new_status=Status.ACTIVE if waiting_on_phase else contract.status,
+        clears_waiting=waiting_on_phase,
+        forced=request.force,
+        confirmed=request.confirmed,
+    )
+
+
+__all__ = ["ContractSnapshot", "PhaseChangePlan", "PhaseChangeRequest", "plan_phase_change"]

@@ -1,0 +1,359 @@
+"""Contract types, their phases, deliverables and completion gates.
+
+A contract follows the phases of its type unless it carries its own `phase_config`; either
+way the phases are an ordered list whose last entry is terminal. Gates are plain data
+(custom validators are referred to by registered name) so a contract's own configuration
+round-trips through JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from app.domain.errors import InvalidDeliverable, ValidationFailed
+
+TaskRequirementKind = Literal["none", "all_complete", "min_complete", "named_tasks"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequirement:
+    """What the phase's spawned tasks must have done (seed 2.2.1)."""
+
+    kind: TaskRequirementKind = "none"
+    count: int = 0
+    names: tuple[str, ...] = ()
+
+    @classmethod
+    def none(cls) -> TaskRequirement:
+        return cls("none")
+
+    @classmethod
+    def all_complete(cls) -> TaskRequirement:
+        return cls("all_complete")
+
+    @classmethod
+    def min_complete(cls, count: int) -> TaskRequirement:
+        return cls("min_complete", count=count)
+
+    @classmethod
+    def named_tasks(cls, *names: str) -> TaskRequirement:
+        return cls("named_tasks", names=tuple(names))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "min_complete":
+            return {"kind": self.kind, "count": self.count}
+        if self.kind == "named_tasks":
+            return {"kind": self.kind, "names": list(self.names)}
+        return {"kind": self.kind}
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverable:
+    id: str
+    name: str
+    required: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "required": self.required}
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseGate:
+    """What must hold before a phase may be left, and whether to leave it unasked."""
+
+    required_deliverables: tuple[str, ...] = ()
+    required_tasks: TaskRequirement = field(default_factory=TaskRequirement.none)
+    validators: tuple[str, ...] = ()
+    auto_advance: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requiredDeliverables": list(self.required_deliverables),
+            "requiredTasks": self.required_tasks.to_json(),
+            "validators": list(self.validators),
+            "autoAdvance": self.auto_advance,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    id: str
+    name: str
+    deliverables: tuple[Deliverable, ...] = ()
+    gate: PhaseGate | None = None
+
+    def deliverable_ids(self) -> list[str]:
+        return [d.id for d in self.deliverables]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "deliverables": [d.to_json() for d in self.deliverables],
+            "gate": self.gate.to_json() if self.gate else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseConfig:
+    """An ordered list of phases; the last one is terminal."""
+
+    phases: tuple[Phase, ...]
+
+    def phase_ids(self) -> list[str]:
+        return [p.id for p in self.phases]
+
+    @property
+    def initial_phase(self) -> str:
+        return self.phases[0].id
+
+    @property
+    def terminal_phase(self) -> str:
+        return self.phases[-1].id
+
+    def get(self, phase_id: str) -> Phase:
+        for phase in self.phases:
+            if phase.id == phase_id:
+                return phase
+        raise ValidationFailed(
+            f"'{phase_id}' is not a phase of this contract. Its phases are: {', '.join(self.phase_ids())}.",
+            details={"phase": phase_id, "validPhases": self.phase_ids()},
+        )
+
+    def next_phase(self, phase_id: str) -> str | None:
+        ids = self.phase_ids()
+        index = ids.index(self.get(phase_id).id)
+        return ids[index + 1] if index + 1 < len(ids) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phases": [p.to_json() for p in self.phases]}
+
+
+def _phase(
+    phase_id: str,
+    name: str,
+    deliverables: Sequence[Deliverable],
+    tasks: TaskRequirement | None = None,
+) -> Phase:
+    required = tuple(d.id for d in deliverables if d.required)
+    return Phase(
+        phase_id,
+        name,
+        tuple(deliverables),
+        PhaseGate(required_deliverables=required, required_tasks=tasks or TaskRequirement.none()),
+    )
+
+
+CONTRACT_TYPES: Final[Mapping[str, PhaseConfig]] = {
+    "simple": PhaseConfig(
+        (
+            _phase(
+                "plan",
+                "Plan",
+                [
+                    Deliverable("plan-document", "Plan document"),
+                    Deliverable("task-breakdown", "Task breakdown", required=False),
+                ],
+            ),
+            _phase(
+                "execute",
+                "Execute",
+                [
+                    Deliverable("pull-request", "Pull request"),
+                    Deliverable("execution-notes", "Execution notes", required=False),
+                ],
+                TaskRequirement.all_complete(),
+            ),
+        )
+    ),
+    "specification": PhaseConfig(
+        (
+            _phase(
+                "research",
+                "Research",
+                [
+                    Deliverable("research-notes", "Research notes"),
+                    Deliverable("references", "References", required=False),
+                ],
+            ),
+            _phase(
+                "specify",
+                "Specify",
+                [Deliverable("requirements-document", "Requirements document")],
+            ),
+            _phase(
+                "plan",
+                "Plan",
+                [
+                    Deliverable("plan-document", "Plan document"),
+                    Deliverable("task-breakdown", "Task breakdown", required=False),
+                ],
+            ),
+            _phase(
+                "execute",
+                "Execute",
+                [Deliverable("pull-request", "Pull request")],
+                TaskRequirement.all_complete(),
+            ),
+            _phase(
+                "review",
+                "Review",
+                [
+                    Deliverable("review-report", "Review report"),
+                    Deliverable("release-notes", "Release notes", required=False),
+                ],
+            ),
+        )
+    ),
+}
+
+
+def contract_type_names() -> list[str]:
+    return sorted(CONTRACT_TYPES)
+
+
+def resolve_phase_config(contract_type: str, own_config: PhaseConfig | None) -> PhaseConfig:
+    """A contract's own phases win over its type's; an unknown type is named with the known."""
+    if own_config is not None:
+        return own_config
+    try:
+        return CONTRACT_TYPES[contract_type]
+    except KeyError:
+        raise ValidationFailed(
+            f"'{contract_type}' is not a contract type. Known types: "
+            f"{', '.join(contract_type_names())}; or give the contract its own phaseConfig.",
+            details={"contractType": contract_type, "validTypes": contract_type_names()},
+        ) from None
+
+
+def validate_deliverable(config: PhaseConfig, phase_id: str, deliverable_id: str) -> Deliverable:
+    """Seed 6.2: only a deliverable the phase defines may be marked complete."""
+    phase = config.get(phase_id)
+    for deliverable in phase.deliverables:
+        if deliverable.id == deliverable_id:
+            return deliverable
+    raise InvalidDeliverable(deliverable_id, phase_id, phase.deliverable_ids())
+
+
+# --- parsing a contract's own phase_config (JSON as sent over HTTP and stored) -----------
+
+_REQUIREMENT_KINDS: Final = ("none", "all_complete", "min_complete", "named_tasks")
+
+
+def _fail(path: str, problem: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"phaseConfig is not valid: {path} {problem}.",
+        details={"field": f"phaseConfig.{path}" if path else "phaseConfig"},
+    )
+
+
+def _parse_requirement(raw: Any, path: str) -> TaskRequirement:
+    if raw is None:
+        return TaskRequirement.none()
+    if not isinstance(raw, Mapping):
+        raise _fail(path, 'must be an object like {"kind": "all_complete"}')
+    kind = raw.get("kind")
+    if kind not in _REQUIREMENT_KINDS:
+        raise _fail(f"{path}.kind", f"must be one of {', '.join(_REQUIREMENT_KINDS)}")
+    if kind == "min_complete":
+        count = raw.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise _fail(f"{path}.count", "must be a whole number of at least 1")
+        return TaskRequirement.min_complete(count)
+    if kind == "named_tasks":
+        names = raw.get("names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise _fail(f"{path}.names", "must be a non-empty list of task names")
+        return TaskRequirement.named_tasks(*names)
+    return TaskRequirement(kind)
+
+
+def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseConfig:
+    """Turn a contract's own phase configuration into a PhaseConfig, or say what is wrong.
+
+    Shape: {"phases": [{"id", "name"?, "deliverables": [{"id", "name"?, "required"?}],
+    "gate": null | {"requiredDeliverables"?, "requiredTasks"?, "validators"?,
+    "autoAdvance"?}}]}. Required deliverables default to those marked required.
+    """
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("phases"), list):
+        raise _fail("", "must be an object with a 'phases' list")
+    raw_phases = raw["phases"]
+    if not raw_phases:
+        raise _fail("phases", "must list at least one phase")
+    phases: list[Phase] = []
+    seen: set[str] = set()
+    for i, rp in enumerate(raw_phases):
+        path = f"phases[{i}]"
+        if not isinstance(rp, Mapping):
+            raise _fail(path, "must be an object")
+        pid = rp.get("id")
+        if not isinstance(pid, str) or not pid:
+            raise _fail(f"{path}.id", "must be a non-empty string")
+        if pid in seen:
+            raise _fail(f"{path}.id", f"repeats phase '{pid}'")
+        seen.add(pid)
+        deliverables: list[Deliverable] = []
+        for j, rd in enumerate(rp.get("deliverables") or []):
+            dpath = f"{path}.deliverables[{j}]"
+            if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
+                raise _fail(dpath, "must be an object with a non-empty 'id'")
+            deliverables.append(
+                Deliverable(rd["id"], str(rd.get("name") or rd["id"]), bool(rd.get("required", True)))
+            )
+        ids = {d.id for d in deliverables}
+        gate: PhaseGate | None
+        if "gate" in rp and rp["gate"] is None:
+            gate = None
+        else:
+            rg = rp.get("gate") or {}
+            if not isinstance(rg, Mapping):
+                raise _fail(f"{path}.gate", "must be an object or null")
+            required = rg.get("requiredDeliverables")
+            if required is None:
+                required = [d.id for d in deliverables if d.required]
+            if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+                raise _fail(f"{path}.gate.requiredDeliverables", "must be a list of ids")
+            unknown = [r for r in required if r not in ids]
+            if unknown:
+                raise _fail(
+                    f"{path}.gate.requiredDeliverables",
+                    f"names {', '.join(unknown)}, which the phase does not define "
+                    f"(it defines: {', '.join(sorted(ids)) or 'none'})",
+                )
+            validators = rg.get("validators") or []
+            if not isinstance(validators, list) or not all(isinstance(v, str) for v in validators):
+                raise _fail(f"{path}.gate.validators", "must be a list of validator names")
+            missing_validators = [v for v in validators if v not in known_validators]
+            if missing_validators:
+                raise _fail(
+                    f"{path}.gate.validators",
+                    f"names unregistered validators {', '.join(missing_validators)} "
+                    f"(registered: {', '.join(known_validators) or 'none'})",
+                )
+            auto = rg.get("autoAdvance", True)
+            if not isinstance(auto, bool):
+                raise _fail(f"{path}.gate.autoAdvance", "must be true or false")
+            gate = PhaseGate(
+                tuple(required),
+                _parse_requirement(rg.get("requiredTasks"), f"{path}.gate.requiredTasks"),
+                tuple(validators),
+                auto,
+            )
+        phases.append(Phase(pid, str(rp.get("name") or pid), tuple(deliverables), gate))
+    return PhaseConfig(tuple(phases))
+
+
+__all__ = [
+    "CONTRACT_TYPES",
+    "Deliverable",
+    "Phase",
+    "PhaseConfig",
+    "PhaseGate",
+    "TaskRequirement",
+    "contract_type_names",
+    "parse_phase_config",
+    "resolve_phase_config",
+    "validate_deliverable",
+]

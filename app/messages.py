@@ -1,0 +1,91 @@
+"""The messages daemons and the API send through the broker, and how a worker checks them.
+
+Each message names the principal that sent it; the worker reloads that principal and
+applies the same visibility rule as HTTP before touching anything. A message that fails
+validation or the check raises `MessageRejected`, which the worker turns into a dead letter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+from sqlalchemy.orm import Session
+
+from app.auth import Caller, load_caller
+
+
+class MessageRejected(Exception):
+    """The message cannot be applied as sent; retrying it unchanged will never help."""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    message_id: str = Field(min_length=1, max_length=200)
+    principal_id: uuid.UUID
+    contract_id: uuid.UUID
+
+
+class TaskStarted(Message):
+    task_id: uuid.UUID
+    task_name: str = Field(min_length=1, max_length=500)
+    is_supervisor: bool = False
+
+
+class TaskCompleted(Message):
+    task_id: uuid.UUID
+    task_name: str = Field(min_length=1, max_length=500)
+    success: bool
+
+
+class DeliverableMarked(Message):
+    deliverable_id: str = Field(min_length=1, max_length=200)
+    phase: str | None = None
+
+
+class WorktreeCreated(Message):
+    path: str = Field(min_length=1)
+
+
+class ContractRef(BaseModel):
+    """Internal follow-ups (evaluate, finalize) name only the contract: the service acts."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    contract_id: uuid.UUID
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def decode(model: type[M], raw: Any) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in exc.errors()
+        )
+        raise MessageRejected(f"{model.__name__} message is not valid: {problems}") from None
+
+
+def caller_of(session: Session, message: Message) -> Caller:
+    caller = load_caller(session, message.principal_id)
+    if caller is None:
+        raise MessageRejected(f"principal {message.principal_id} does not exist; the message acts for nobody")
+    return caller
+
+
+__all__ = [
+    "ContractRef",
+    "DeliverableMarked",
+    "Message",
+    "MessageRejected",
+    "TaskCompleted",
+    "TaskStarted",
+    "WorktreeCreated",
+    "caller_of",
+    "decode",
+]

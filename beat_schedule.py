@@ -1,0 +1,31 @@
+"""The single place the periodic jobs and their cadences are named.
+
+Each entry expires before its next run, so a beat that was down does not replay a backlog of
+stale sweeps when it comes back.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+
+def _every(seconds: float, task: str) -> dict[str, Any]:
+    return {
+        "task": task,
+        "schedule": timedelta(seconds=seconds),
+        "options": {"queue": "sweeps", "expires": max(seconds * 0.9, 1.0)},
+    }
+
+
+def build_schedule(settings: Settings) -> dict[str, Any]:
+    interval = settings.contracts.stale_detection_interval_seconds
+    return {
+        # Finish completions whose grace period is over; backs up the per-contract countdown.
+        "finalize-due-completions": _every(interval, "sweeps.finalize_due_completions"),
+        # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
+        "publish-daemon-commands": _every(interval, "sweeps.publish_daemon_commands"),
+    }

@@ -1,0 +1,79 @@
+"""The base of every task: bounded retries, a delivery count, and failures kept as dead letters.
+
+- Transient errors (database or broker connection trouble) are retried with backoff, at
+  most `max_retries` times.
+- Anything else a task raises (a rejected message, a domain rule, a bug) is final for that
+  message: it is written to `dead_letters` with the reason and acknowledged.
+- A message redelivered because its worker died is counted; past `max_deliveries` it is
+  parked instead of run, so a message that kills its worker cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app.config import get_settings
+from app.domain.errors import ContractError
+from app.messages import MessageRejected
+from workers.dead_letter import park_task
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+
+
+@lru_cache(maxsize=1)
+def _counter() -> redis.Redis:
+    settings = get_settings()
+    url = settings.effective_broker_url
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    return redis.Redis.from_url(url)
+
+
+class AccountableTask(Task):  # type: ignore[misc]
+    abstract = True
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 1
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 5
+
+    def _delivery_key(self) -> str:
+        prefix = get_settings().broker_key_prefix
+        return f"{prefix}makima:deliveries:{self.request.id}:{self.request.retries or 0}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.id and not self.request.is_eager:
+            key = self._delivery_key()
+            deliveries = int(_counter().incr(key))
+            _counter().expire(key, 86400)
+            limit = get_settings().max_deliveries
+            if deliveries > limit:
+                self._park(args, kwargs, f"delivered {deliveries} times without finishing (limit {limit})")
+                return None
+        return super().__call__(*args, **kwargs)
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if task_id and not self.request.is_eager:
+            _counter().delete(self._delivery_key())
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, MessageRejected | ContractError):
+            reason = f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
+        else:
+            reason = f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}"
+        self._park(args, kwargs, reason)
+
+    def _park(self, args: Any, kwargs: Any, reason: str) -> None:
+        delivery = self.request.delivery_info or {}
+        park_task(self.name, delivery.get("routing_key"), self.request.id, args, kwargs, reason)

@@ -1,0 +1,103 @@
+"""Contract tasks on the `contracts` queue. Each decodes, calls one service, and returns.
+
+Every task is idempotent: daemon reports carry a message id claimed in the same transaction
+as their effect, and follow-ups (evaluate, finalize) re-judge the locked row from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import contracts
+from app.db import unit_of_work
+from app.messages import (
+    ContractRef,
+    DeliverableMarked,
+    TaskCompleted,
+    TaskStarted,
+    WorktreeCreated,
+    caller_of,
+    decode,
+)
+from app.models import utcnow
+from workers.base import AccountableTask
+from workers.celery_app import celery_app
+from workers.dispatch import dispatch, publish_daemon_commands
+
+
+@celery_app.task(name="contracts.task_started", base=AccountableTask)
+def task_started(message: Any) -> None:
+    msg = decode(TaskStarted, message)
+    with unit_of_work(dispatch) as uow:
+        now = utcnow()
+        if contracts.claim_message(uow.session, msg.message_id, "task_started", now):
+            contracts.record_task_started(
+                uow,
+                caller_of(uow.session, msg),
+                msg.contract_id,
+                task_id=msg.task_id,
+                task_name=msg.task_name,
+                is_supervisor=msg.is_supervisor,
+                now=now,
+            )
+
+
+@celery_app.task(name="contracts.task_completed", base=AccountableTask)
+def task_completed(message: Any) -> None:
+    msg = decode(TaskCompleted, message)
+    with unit_of_work(dispatch) as uow:
+        now = utcnow()
+        caller = caller_of(uow.session, msg)
+        contracts.lock_contract(uow.session, caller, msg.contract_id)
+        if contracts.claim_message(uow.session, msg.message_id, "task_completed", now):
+            contracts.record_task_completed(
+                uow,
+                caller,
+                msg.contract_id,
+                task_id=msg.task_id,
+                task_name=msg.task_name,
+                success=msg.success,
+                now=now,
+            )
+
+
+@celery_app.task(name="contracts.mark_deliverable", base=AccountableTask)
+def mark_deliverable(message: Any) -> None:
+    msg = decode(DeliverableMarked, message)
+    with unit_of_work(dispatch) as uow:
+        now = utcnow()
+        caller = caller_of(uow.session, msg)
+        contracts.lock_contract(uow.session, caller, msg.contract_id)
+        if contracts.claim_message(uow.session, msg.message_id, "mark_deliverable", now):
+            contracts.mark_deliverable(
+                uow, caller, msg.contract_id, msg.deliverable_id, phase=msg.phase, now=now
+            )
+
+
+@celery_app.task(name="contracts.worktree_created", base=AccountableTask)
+def worktree_created(message: Any) -> None:
+    msg = decode(WorktreeCreated, message)
+    with unit_of_work(dispatch) as uow:
+        contracts.record_worktree(
+            uow, caller_of(uow.session, msg), msg.contract_id, path=msg.path, now=utcnow()
+        )
+
+
+@celery_app.task(name=contracts.EVALUATE_TASK, base=AccountableTask)
+def evaluate_progress(message: Any) -> None:
+    ref = decode(ContractRef, message)
+    with unit_of_work(dispatch) as uow:
+        contracts.evaluate_progress(uow, ref.contract_id, now=utcnow())
+
+
+@celery_app.task(name=contracts.FINALIZE_TASK, base=AccountableTask)
+def finalize_completion(message: Any) -> None:
+    ref = decode(ContractRef, message)
+    with unit_of_work(dispatch) as uow:
+        contracts.finalize_completion(uow, ref.contract_id, now=utcnow())
+
+
+@celery_app.task(name=contracts.PUBLISH_COMMANDS_TASK, base=AccountableTask)
+def publish_commands(message: Any) -> None:
+    ref = decode(ContractRef, message)
+    publish_daemon_commands(ref.contract_id)
