@@ -14,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 RUN_ID = uuid.uuid4().hex[:10]
-PG_ADMIN_URL = os.environ.get("MAKIMA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "MAKIMA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("MAKIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DB_NAME = f"makima_test_{RUN_ID}"
 DB_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"

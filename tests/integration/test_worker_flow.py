@@ -1,0 +1,186 @@
+"""The completion flow driven only by daemon messages, through real Celery workers.
+
+Every test here talks to the real PostgreSQL and Redis and to `celery worker` processes
+started for the test: no eager mode, no in-memory broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.api import ContractsAPI
+from app.db import unit_of_work
+from app.domain.lifecycle import Status
+from app.models import Contract, ContractEvent, DaemonCommand, ProcessedMessage
+from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    w = start_worker(tmp_path_factory.mktemp("workers"), concurrency=2)
+    w.wait_ready()
+    yield w
+    w.stop()
+
+
+def contract_row(contract_id: uuid.UUID) -> Contract:
+    with unit_of_work() as uow:
+        row = uow.session.get(Contract, contract_id)
+        assert row is not None
+        return row
+
+
+def event_types(contract_id: uuid.UUID) -> list[str]:
+    with unit_of_work() as uow:
+        return list(
+            uow.session.scalars(
+                select(ContractEvent.type)
+                .where(ContractEvent.contract_id == contract_id)
+                .order_by(ContractEvent.id)
+            )
+        )
+
+
+def count_events(contract_id: uuid.UUID, type_: str) -> int:
+    return event_types(contract_id).count(type_)
+
+
+def message_processed(message_id: str) -> bool:
+    with unit_of_work() as uow:
+        return uow.session.get(ProcessedMessage, message_id) is not None
+
+
+def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:
+    cid = uuid.UUID(
+        api.create_contract(kwargs.pop("name", "flow"), kwargs.pop("contract_type", "simple"), **kwargs)["id"]
+    )  # type: ignore[arg-type]
+    supervisor = uuid.uuid4()
+    api.report_task_started(cid, supervisor, "supervisor", is_supervisor=True)
+    wait_for(lambda: contract_row(cid).status == Status.ACTIVE.value, what="supervisor start → active")
+    return cid
+
+
+def test_simple_contract_runs_plan_to_completed_on_messages_alone(worker: WorkerProcess, make_caller) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+
+    api.mark_deliverable(cid, "plan-document")
+    wait_for(lambda: contract_row(cid).phase == "execute", what="auto-advance to execute")
+
+    task = uuid.uuid4()
+    api.report_task_started(cid, task, "implement")
+    api.mark_deliverable(cid, "pull-request")
+    done = api.report_task_completed(cid, task, "implement", success=True)
+    wait_for(lambda: message_processed(done), what="task completed processed")
+    wait_for(lambda: contract_row(cid).status == Status.COMPLETED.value, timeout=30, what="completed")
+
+    types = event_types(cid)
+    assert (
+        types.index("phase_changed") < types.index("completion_detected") < types.index("completion_cleanup")
+    )
+    row = contract_row(cid)
+    assert row.phase == "execute" and row.version == 2 and row.completion_detected_at is not None
+    with unit_of_work() as uow:
+        commands = uow.session.scalars(
+            select(DaemonCommand.command).where(DaemonCommand.contract_id == cid)
+        ).all()
+    assert commands == ["stop_supervisor"]
+
+
+def test_phase_guard_holds_auto_advance_until_a_confirmed_phase_change(
+    worker: WorkerProcess, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = new_contract(api, phase_guard=True)
+
+    api.mark_deliverable(cid, "plan-document")
+    wait_for(
+        lambda: contract_row(cid).status == Status.WAITING_FOR_INPUT.value, what="waiting for confirmation"
+    )
+    row = contract_row(cid)
+    assert (row.phase, row.waiting_for, row.version) == ("plan", "phase_confirmation", 1)
+
+    api.change_phase(cid, "execute", expected_version=1, confirmed=True)
+    row = contract_row(cid)
+    assert (row.phase, row.status, row.waiting_for, row.version) == ("execute", "active", None, 2)
+
+    task = uuid.uuid4()
+    api.report_task_started(cid, task, "implement")
+    api.mark_deliverable(cid, "pull-request")
+    api.report_task_completed(cid, task, "implement", success=True)
+    wait_for(lambda: contract_row(cid).status == Status.COMPLETED.value, timeout=30, what="completed")
+
+
+def test_auto_complete_off_stops_auto_advance_until_turned_back_on(
+    worker: WorkerProcess, make_caller
+) -> None:
+    token, _ = make_caller()
+    api = ContractsAPI(token)
+    cid = new_contract(api, auto_complete_enabled=False)
+
+    marked = api.mark_deliverable(cid, "plan-document")
+    wait_for(lambda: message_processed(marked), what="deliverable processed")
+    wait_for(lambda: "phase_ready" in event_types(cid), what="phase_ready notice")
+    assert contract_row(cid).phase == "plan"
+    assert api.phase_readiness(cid)["ready"] is True
+
+    api.set_auto_complete(cid, True)
+    wait_for(lambda: contract_row(cid).phase == "execute", what="advance after re-enabling")
+
+
+def test_the_same_message_delivered_twice_changes_state_once(worker: WorkerProcess, make_caller) -> None:
+    token, _ = make_caller()
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+    task = uuid.uuid4()
+    api.report_task_started(cid, task, "implement")
+    message_id = f"done-{uuid.uuid4()}"
+    api.report_task_completed(cid, task, "implement", success=True, message_id=message_id)
+    api.report_task_completed(cid, task, "implement", success=True, message_id=message_id)
+    marked = api.mark_deliverable(cid, "task-breakdown", message_id=f"mark-{uuid.uuid4()}")
+    wait_for(lambda: message_processed(marked), what="later message processed")
+    wait_for(lambda: count_events(cid, "task_completed") >= 1, what="task completed")
+    # Both copies were consumed before the later message (one queue, FIFO, 2 processes).
+    assert count_events(cid, "task_completed") == 1
+
+
+def test_two_workers_finishing_the_last_two_tasks_advance_the_phase_once(
+    tmp_path: Path, worker: WorkerProcess, make_caller
+) -> None:
+    second = start_worker(tmp_path, concurrency=2)
+    second.wait_ready()
+    try:
+        token, _ = make_caller()
+        api = ContractsAPI(token)
+        config = {
+            "phases": [
+                {
+                    "id": "build",
+                    "deliverables": [],
+                    "gate": {"requiredTasks": {"kind": "all_complete"}},
+                },
+                {"id": "ship", "deliverables": [{"id": "release"}]},
+            ]
+        }
+        for _round in range(3):
+            cid = new_contract(api, name="race", contract_type="custom", phase_config=config)
+            tasks = [uuid.uuid4(), uuid.uuid4()]
+            for t in tasks:
+                api.report_task_started(cid, t, f"part-{t}")
+            wait_for(lambda cid=cid: count_events(cid, "task_spawned") == 3, what="tasks spawned")
+            ids = [api.report_task_completed(cid, t, f"part-{t}", success=True) for t in tasks]
+            wait_for(lambda ids=ids: all(message_processed(i) for i in ids), what="both completions")
+            wait_for(lambda cid=cid: contract_row(cid).phase == "ship", what="advanced")
+            assert count_events(cid, "phase_changed") == 1
+            assert contract_row(cid).version == 2
+    finally:
+        second.stop()
