@@ -101,3 +101,9 @@ def finalize_completion(message: Any) -> None:
 def publish_commands(message: Any) -> None:
     ref = decode(ContractRef, message)
     publish_daemon_commands(ref.contract_id)
+
+
+@celery_app.task(name="contracts.ping")
+def ping() -> str:
+    """Liveness probe of the contracts queue, and the no-op baseline `make bench` measures."""
+    return "pong"

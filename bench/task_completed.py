@@ -1,0 +1,86 @@
+"""Task-completed messages per second, end to end, against a no-op Celery round trip.
+
+End to end means: the API module enqueues, a worker decodes, locks the contract, claims the
+message id, records the task and its event, judges the gate, and commits. The baseline is a
+no-op task (`contracts.ping`) through the same broker, queue and two worker processes, timed
+in the same run; the ratio is what our work costs on top of Celery's own per-message floor.
+
+    python bench/task_completed.py [messages] [contracts]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._support import REDIS_URL, cleanup, isolate  # noqa: E402
+
+MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+CONTRACTS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+
+
+def main() -> None:
+    db_name, prefix = isolate(MAKIMA_RESULT_BACKEND=REDIS_URL)
+    from sqlalchemy import func, select
+
+    from app.api import ContractsAPI
+    from app.auth import Role, create_token
+    from app.db import unit_of_work
+    from app.domain.lifecycle import Status
+    from app.models import ProcessedMessage
+    from tests.integration.worker_processes import start_worker, wait_for
+    from workers.celery_app import celery_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="makima-bench-"))
+    workers = [start_worker(tmp, queues="contracts", concurrency=1) for _ in range(2)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        with unit_of_work() as uow:
+            token = create_token(uow.session, "bench", Role.SUPERVISOR)
+        api = ContractsAPI(token)
+        contract_ids = []
+        for i in range(CONTRACTS):
+            cid = uuid.UUID(api.create_contract(f"bench-{i}", "simple")["id"])
+            api.change_status(cid, Status.ACTIVE)
+            contract_ids.append(cid)
+
+        # Warm both workers' connections before timing anything.
+        for r in [celery_app.send_task("contracts.ping", queue="contracts") for _ in range(20)]:
+            r.get(timeout=30)
+
+        start = time.perf_counter()
+        results = [celery_app.send_task("contracts.ping", queue="contracts") for _ in range(MESSAGES)]
+        for r in results:
+            r.get(timeout=120)
+        noop_rate = MESSAGES / (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        for i in range(MESSAGES):
+            api.report_task_completed(contract_ids[i % CONTRACTS], uuid.uuid4(), f"task-{i}", success=True)
+
+        def processed() -> bool:
+            with unit_of_work() as uow:
+                count = uow.session.scalar(select(func.count()).select_from(ProcessedMessage))
+            return count == MESSAGES
+
+        wait_for(processed, timeout=600, interval=0.05, what="all task-completed messages committed")
+        completed_rate = MESSAGES / (time.perf_counter() - start)
+
+        print(f"task_completed bench: {MESSAGES} messages over {CONTRACTS} contracts, 2 worker processes")
+        print(f"  no-op Celery round trip (baseline): {noop_rate:8.0f} msgs/s")
+        print(f"  task-completed end to end:          {completed_rate:8.0f} msgs/s")
+        print(f"  ratio task-completed / no-op:       {completed_rate / noop_rate:8.2f}")
+    finally:
+        for w in workers:
+            w.stop()
+        cleanup(db_name, prefix)
+
+
+if __name__ == "__main__":
+    main()
