@@ -58,7 +58,8 @@ def body_text(body: bytes | str | Any) -> str:
 def jsonable_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if headers is None:
         return None
-    return json.loads(json.dumps(dict(headers), default=str))
+    decoded: dict[str, Any] = json.loads(json.dumps(dict(headers), default=str))
+    return decoded
 
 
 def record_dead_letter(session: Session, msg: RejectedMessage, now: datetime) -> None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange
-from kombu import Queue as KombuQueue
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
 
 from app.config import Settings, get_settings
 from workers.queues import Queue, queue_for

@@ -1,0 +1,94 @@
+"""The completion flow's decisions on the real schema, run in-process (no worker needed)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from app import contracts
+from app.db import Dispatch, unit_of_work
+from app.domain.lifecycle import Status
+from app.models import Contract, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+class Outbox:
+    """Collects what a unit of work would have enqueued, so the test can assert on it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Dispatch] = []
+
+    def __call__(self, messages: list[Dispatch]) -> None:
+        self.sent.extend(messages)
+
+
+def completing_contract(caller, outbox: Outbox) -> uuid.UUID:
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
+        contracts.evaluate_progress(uow, cid, now=now)
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "pull-request", now=now)
+        contracts.evaluate_progress(uow, cid, now=now)
+    return cid
+
+
+def test_terminal_gate_met_begins_completion_and_schedules_finalisation_after_the_grace(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    with unit_of_work() as uow:
+        row = uow.session.get(Contract, cid)
+        assert row is not None
+        assert (row.phase, row.status) == ("execute", "completing")
+        assert row.completion_detected_at is not None
+    finals = [m for m in outbox.sent if m.task == contracts.FINALIZE_TASK]
+    assert len(finals) == 1 and finals[0].countdown is not None and finals[0].countdown > 0
+
+
+def test_finalisation_before_the_grace_is_over_does_nothing_and_reschedules(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    outbox.sent.clear()
+    with unit_of_work(outbox) as uow:
+        assert contracts.finalize_completion(uow, cid, now=utcnow()) is False
+    assert [m.task for m in outbox.sent] == [contracts.FINALIZE_TASK]
+
+
+def test_a_rejected_completion_returns_to_active_and_is_never_finalised(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        previous, row = contracts.change_status(uow, caller, cid, Status.ACTIVE, reason="not done yet", now=utcnow())
+        assert previous is Status.COMPLETING and row.completion_detected_at is None
+    later = utcnow() + timedelta(hours=1)
+    with unit_of_work(outbox) as uow:
+        assert contracts.finalize_completion(uow, cid, now=later) is False
+        row = uow.session.get(Contract, cid)
+        assert row is not None and row.status == "active"
+
+
+def test_finalisation_runs_once_however_often_it_is_delivered(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.record_worktree(uow, caller, cid, path="/tmp/wt-1", now=utcnow())
+    later = utcnow() + timedelta(hours=1)
+    results = []
+    for _ in range(3):
+        with unit_of_work(outbox) as uow:
+            results.append(contracts.finalize_completion(uow, cid, now=later))
+    assert results == [True, False, False]
+    with unit_of_work() as uow:
+        row = uow.session.get(Contract, cid)
+        assert row is not None and row.status == "completed"
