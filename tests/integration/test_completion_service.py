@@ -68,7 +68,9 @@ def test_a_rejected_completion_returns_to_active_and_is_never_finalised(make_cal
     outbox = Outbox()
     cid = completing_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
-        previous, row = contracts.change_status(uow, caller, cid, Status.ACTIVE, reason="not done yet", now=utcnow())
+        previous, row = contracts.change_status(
+            uow, caller, cid, Status.ACTIVE, reason="not done yet", now=utcnow()
+        )
         assert previous is Status.COMPLETING and row.completion_detected_at is None
     later = utcnow() + timedelta(hours=1)
     with unit_of_work(outbox) as uow:

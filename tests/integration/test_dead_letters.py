@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.models import DeadLetter
-from tests.integration.test_worker_flow import count_events, message_processed, new_contract
+from tests.integration.helpers import count_events, message_processed, new_contract
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 from workers.celery_app import celery_app
 from workers.dispatch import send

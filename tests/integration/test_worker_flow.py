@@ -16,7 +16,8 @@ from sqlalchemy import select
 from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
-from app.models import Contract, ContractEvent, DaemonCommand, ProcessedMessage
+from app.models import DaemonCommand
+from tests.integration.helpers import contract_row, count_events, event_types, message_processed, new_contract
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -28,43 +29,6 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     w.wait_ready()
     yield w
     w.stop()
-
-
-def contract_row(contract_id: uuid.UUID) -> Contract:
-    with unit_of_work() as uow:
-        row = uow.session.get(Contract, contract_id)
-        assert row is not None
-        return row
-
-
-def event_types(contract_id: uuid.UUID) -> list[str]:
-    with unit_of_work() as uow:
-        return list(
-            uow.session.scalars(
-                select(ContractEvent.type)
-                .where(ContractEvent.contract_id == contract_id)
-                .order_by(ContractEvent.id)
-            )
-        )
-
-
-def count_events(contract_id: uuid.UUID, type_: str) -> int:
-    return event_types(contract_id).count(type_)
-
-
-def message_processed(message_id: str) -> bool:
-    with unit_of_work() as uow:
-        return uow.session.get(ProcessedMessage, message_id) is not None
-
-
-def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:
-    cid = uuid.UUID(
-        api.create_contract(kwargs.pop("name", "flow"), kwargs.pop("contract_type", "simple"), **kwargs)["id"]
-    )  # type: ignore[arg-type]
-    supervisor = uuid.uuid4()
-    api.report_task_started(cid, supervisor, "supervisor", is_supervisor=True)
-    wait_for(lambda: contract_row(cid).status == Status.ACTIVE.value, what="supervisor start → active")
-    return cid
 
 
 def test_simple_contract_runs_plan_to_completed_on_messages_alone(worker: WorkerProcess, make_caller) -> None:

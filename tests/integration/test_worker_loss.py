@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from app.api import ContractsAPI
 from app.db import get_engine, unit_of_work
 from app.models import DeadLetter, ProcessedMessage
-from tests.integration.test_worker_flow import count_events, message_processed, new_contract
+from tests.integration.helpers import count_events, message_processed, new_contract
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
