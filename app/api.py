@@ -132,8 +132,12 @@ class ContractsAPI:
     ) -> str:
         return self._enqueue("contracts.worktree_created", contract_id, message_id, path=path)
 
-    def request_completion_check(self, contract_id: uuid.UUID) -> dict[str, Any]:
-        """Judge the gate now and, when it is met, enqueue the completion flow."""
+    def request_completion_check(self, contract_id: uuid.UUID, message_id: str | None = None) -> str:
+        """Ask a worker to judge the gate and run the flow if it is met; returns at once."""
+        return self._enqueue("contracts.check_completion", contract_id, message_id)
+
+    def check_completion(self, contract_id: uuid.UUID) -> dict[str, Any]:
+        """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
         with self._uow() as uow:
             return contracts.check_completion(uow, self.caller, contract_id)
 

@@ -46,6 +46,10 @@ class DeliverableMarked(Message):
     phase: str | None = None
 
 
+class CompletionCheck(Message):
+    """A daemon asking for the gate to be judged now; carries only who asks and for what."""
+
+
 class WorktreeCreated(Message):
     path: str = Field(min_length=1)
 
@@ -79,6 +83,7 @@ def caller_of(session: Session, message: Message) -> Caller:
 
 
 __all__ = [
+    "CompletionCheck",
     "ContractRef",
     "DeliverableMarked",
     "Message",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import REDIS_URL, cleanup, isolate  # noqa: E402
+from bench._support import REDIS_URL, cleanup, isolate
 
 MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 CONTRACTS = int(sys.argv[2]) if len(sys.argv) > 2 else 100

@@ -11,6 +11,7 @@ from typing import Any
 from app import contracts
 from app.db import unit_of_work
 from app.messages import (
+    CompletionCheck,
     ContractRef,
     DeliverableMarked,
     TaskCompleted,
@@ -81,6 +82,14 @@ def worktree_created(message: Any) -> None:
         contracts.record_worktree(
             uow, caller_of(uow.session, msg), msg.contract_id, path=msg.path, now=utcnow()
         )
+
+
+@celery_app.task(name="contracts.check_completion", base=AccountableTask)
+def check_completion(message: Any) -> None:
+    msg = decode(CompletionCheck, message)
+    with unit_of_work(dispatch) as uow:
+        contracts.lock_contract(uow.session, caller_of(uow.session, msg), msg.contract_id)
+        contracts.evaluate_progress(uow, msg.contract_id, now=utcnow())
 
 
 @celery_app.task(name=contracts.EVALUATE_TASK, base=AccountableTask)

@@ -148,3 +148,16 @@ def test_two_workers_finishing_the_last_two_tasks_advance_the_phase_once(
             assert contract_row(cid).version == 2
     finally:
         second.stop()
+
+
+def test_a_requested_completion_check_advances_a_contract_whose_gate_is_met(
+    worker: WorkerProcess, make_caller
+) -> None:
+    token, caller = make_caller()
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+    # Mark without enqueueing the follow-up, as if that message had been lost.
+    ContractsAPI(caller=caller, sender=lambda *_: "").complete_deliverable(cid, "plan-document")
+    assert contract_row(cid).phase == "plan"
+    api.request_completion_check(cid)
+    wait_for(lambda: contract_row(cid).phase == "execute", what="advanced by the requested check")
