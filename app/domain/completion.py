@@ -172,7 +172,10 @@ def decide_after_progress(
 
 def would_complete(config: PhaseConfig, facts: GateFacts) -> bool:
     """Seed `check_contract_completion`: in the terminal phase with its gate met."""
-    return facts.phase == config.terminal_phase and check_phase_readiness(config, facts).ready
+    return (
+        facts.phase == config.terminal_phase
+        and check_phase_readiness(config, facts).readiness is Readiness.READY
+    )
 
 
 def completion_due(detected_at_epoch: float | None, now_epoch: float, grace_seconds: float) -> bool:

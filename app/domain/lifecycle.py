@@ -82,6 +82,7 @@ def check_transition(
     `blocked` must name what blocks it and `failed` must say why: a contract stuck without
     that sentence is one nobody can unstick.
     """
+    current, target = Status(current), Status(target)
     if target not in ALLOWED[current]:
         raise InvalidTransition(current.value, target.value, allowed_targets(current))
     if target is Status.BLOCKED and not (blocker and blocker.strip()):

@@ -51,6 +51,8 @@ def plan_phase_change(
     facts: GateFacts,
     request: PhaseChangeRequest,
 ) -> PhaseChangePlan:
+    if facts.phase != contract.phase:
+        raise ValueError(f"gate facts are for phase {facts.phase!r}, the contract is in {contract.phase!r}")
     if request.expected_version is not None and request.expected_version != contract.version:
         raise VersionConflict(request.expected_version, contract.version, contract.phase)
     if contract.status not in Status.accepting_phase_changes():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from app.domain.errors import InvalidDeliverable, ValidationFailed
@@ -146,68 +147,70 @@ def _phase(
     )
 
 
-CONTRACT_TYPES: Final[Mapping[str, PhaseConfig]] = {
-    "simple": PhaseConfig(
-        (
-            _phase(
-                "plan",
-                "Plan",
-                [
-                    Deliverable("plan-document", "Plan document"),
-                    Deliverable("task-breakdown", "Task breakdown", required=False),
-                ],
-            ),
-            _phase(
-                "execute",
-                "Execute",
-                [
-                    Deliverable("pull-request", "Pull request"),
-                    Deliverable("execution-notes", "Execution notes", required=False),
-                ],
-                TaskRequirement.all_complete(),
-            ),
-        )
-    ),
-    "specification": PhaseConfig(
-        (
-            _phase(
-                "research",
-                "Research",
-                [
-                    Deliverable("research-notes", "Research notes"),
-                    Deliverable("references", "References", required=False),
-                ],
-            ),
-            _phase(
-                "specify",
-                "Specify",
-                [Deliverable("requirements-document", "Requirements document")],
-            ),
-            _phase(
-                "plan",
-                "Plan",
-                [
-                    Deliverable("plan-document", "Plan document"),
-                    Deliverable("task-breakdown", "Task breakdown", required=False),
-                ],
-            ),
-            _phase(
-                "execute",
-                "Execute",
-                [Deliverable("pull-request", "Pull request")],
-                TaskRequirement.all_complete(),
-            ),
-            _phase(
-                "review",
-                "Review",
-                [
-                    Deliverable("review-report", "Review report"),
-                    Deliverable("release-notes", "Release notes", required=False),
-                ],
-            ),
-        )
-    ),
-}
+CONTRACT_TYPES: Final[Mapping[str, PhaseConfig]] = MappingProxyType(
+    {
+        "simple": PhaseConfig(
+            (
+                _phase(
+                    "plan",
+                    "Plan",
+                    [
+                        Deliverable("plan-document", "Plan document"),
+                        Deliverable("task-breakdown", "Task breakdown", required=False),
+                    ],
+                ),
+                _phase(
+                    "execute",
+                    "Execute",
+                    [
+                        Deliverable("pull-request", "Pull request"),
+                        Deliverable("execution-notes", "Execution notes", required=False),
+                    ],
+                    TaskRequirement.all_complete(),
+                ),
+            )
+        ),
+        "specification": PhaseConfig(
+            (
+                _phase(
+                    "research",
+                    "Research",
+                    [
+                        Deliverable("research-notes", "Research notes"),
+                        Deliverable("references", "References", required=False),
+                    ],
+                ),
+                _phase(
+                    "specify",
+                    "Specify",
+                    [Deliverable("requirements-document", "Requirements document")],
+                ),
+                _phase(
+                    "plan",
+                    "Plan",
+                    [
+                        Deliverable("plan-document", "Plan document"),
+                        Deliverable("task-breakdown", "Task breakdown", required=False),
+                    ],
+                ),
+                _phase(
+                    "execute",
+                    "Execute",
+                    [Deliverable("pull-request", "Pull request")],
+                    TaskRequirement.all_complete(),
+                ),
+                _phase(
+                    "review",
+                    "Review",
+                    [
+                        Deliverable("review-report", "Review report"),
+                        Deliverable("release-notes", "Release notes", required=False),
+                    ],
+                ),
+            )
+        ),
+    }
+)
 
 
 def contract_type_names() -> list[str]:
@@ -294,20 +297,26 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
         if pid in seen:
             raise _fail(f"{path}.id", f"repeats phase '{pid}'")
         seen.add(pid)
+        raw_deliverables = rp.get("deliverables", [])
+        if not isinstance(raw_deliverables, list):
+            raise _fail(f"{path}.deliverables", "must be a list of deliverables")
         deliverables: list[Deliverable] = []
-        for j, rd in enumerate(rp.get("deliverables") or []):
+        for j, rd in enumerate(raw_deliverables):
             dpath = f"{path}.deliverables[{j}]"
             if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
                 raise _fail(dpath, "must be an object with a non-empty 'id'")
-            deliverables.append(
-                Deliverable(rd["id"], str(rd.get("name") or rd["id"]), bool(rd.get("required", True)))
-            )
+            if any(d.id == rd["id"] for d in deliverables):
+                raise _fail(f"{dpath}.id", f"repeats deliverable '{rd['id']}'")
+            required_flag = rd.get("required", True)
+            if not isinstance(required_flag, bool):
+                raise _fail(f"{dpath}.required", "must be true or false")
+            deliverables.append(Deliverable(rd["id"], str(rd.get("name") or rd["id"]), required_flag))
         ids = {d.id for d in deliverables}
         gate: PhaseGate | None
         if "gate" in rp and rp["gate"] is None:
             gate = None
         else:
-            rg = rp.get("gate") or {}
+            rg = rp.get("gate", {})
             if not isinstance(rg, Mapping):
                 raise _fail(f"{path}.gate", "must be an object or null")
             required = rg.get("requiredDeliverables")
