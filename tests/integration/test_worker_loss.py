@@ -20,6 +20,19 @@ from tests.integration.worker_processes import WorkerProcess, start_worker, wait
 pytestmark = pytest.mark.integration
 
 
+def worker_is_waiting_on_the_lock() -> bool:
+    """A backend of this database waits for a lock: the task is inside its transaction."""
+    with get_engine().connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar()
+        )
+
+
 def test_a_worker_killed_mid_task_loses_no_message(tmp_path: Path, make_caller) -> None:
     """Hold the contract row locked so the task blocks inside its transaction, kill its worker
     with SIGKILL, and let a second worker pick the unacknowledged message up."""
@@ -37,17 +50,6 @@ def test_a_worker_killed_mid_task_loses_no_message(tmp_path: Path, make_caller) 
         tx = blocker.begin()
         blocker.execute(text("SELECT id FROM contracts WHERE id = :id FOR UPDATE"), {"id": cid})
         message_id = api.report_task_completed(cid, task, "implement", success=True)
-
-        def worker_is_waiting_on_the_lock() -> bool:
-            with engine.connect() as conn:
-                return bool(
-                    conn.execute(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity"
-                            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                        )
-                    ).scalar()
-                )
 
         wait_for(worker_is_waiting_on_the_lock, what="task blocked mid-transaction")
         assert "contracts.task_completed" in first.log()
@@ -92,7 +94,7 @@ def test_a_message_that_keeps_killing_its_worker_is_parked_after_its_delivery_li
         tx = blocker.begin()
         blocker.execute(text("SELECT id FROM contracts WHERE id = :id FOR UPDATE"), {"id": cid})
         message_id = api.report_task_completed(cid, uuid.uuid4(), "crashy", success=True)
-        wait_for(lambda: "contracts.task_completed" in first.log(), what="first delivery")
+        wait_for(worker_is_waiting_on_the_lock, what="first delivery blocked mid-transaction")
         first.kill()
         tx.rollback()
         blocker.close()

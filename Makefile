@@ -1,0 +1,74 @@
+# Everyday commands. Every target uses the virtual environment $(VENV) (default .venv) and
+# (re)installs the project into it whenever pyproject.toml changed, so `make run` and
+# `make test` work from a fresh clone with nothing but python3.
+#
+#   make run        the whole service on SQLite + embedded Redis (Ctrl-C stops it)
+#   make test       unit + integration tests (starts PostgreSQL and Redis if they are down)
+#
+# CI uses another environment: `make test VENV=.ci-venv`.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.makima-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration bench lint format typecheck flower services clean
+
+help:
+	@echo "make run          run the API, a worker and beat (embedded SQLite + Redis by default)"
+	@echo "make test         all tests (ensures PostgreSQL and Redis are running)"
+	@echo "make test-unit    unit tests only (no services needed)"
+	@echo "make bench        run every benchmark in bench/"
+	@echo "make lint         ruff check + ruff format --check"
+	@echo "make typecheck    mypy --strict"
+	@echo "make flower       Flower on http://127.0.0.1:5555"
+	@echo "VENV=$(VENV)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project definition changed (the stamp is older than pyproject.toml).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+services:
+	scripts/ensure-services.sh
+
+run: $(STAMP)
+	$(BIN)/makima run
+
+test: $(STAMP) services
+	$(BIN)/pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(STAMP) services
+	$(BIN)/pytest -q tests/integration
+
+bench: $(STAMP) services
+	@set -e; found=0; for f in bench/*.py; do \
+		case "$$(basename $$f)" in _*) continue;; esac; \
+		found=1; echo "== $$f"; $(BIN)/python $$f; \
+	done; [ $$found = 1 ] || echo "no benchmarks in bench/"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+flower: $(STAMP)
+	$(BIN)/celery -A workers.celery_app flower --port=5555
+
+clean:
+	rm -rf .makima .mypy_cache .ruff_cache .pytest_cache *.egg-info

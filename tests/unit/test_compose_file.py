@@ -1,0 +1,107 @@
+"""docker-compose.yml is what the README promises: no Docker runs here, so read the file.
+
+The six services, the commands each app service runs, both service URLs on every app
+service, the published ports, and a worker that consumes every queue the code routes to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from workers.queues import Queue
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("api", "worker", "beat", "flower")
+DATABASE_URL = "postgresql+psycopg2://makima:makima@postgres:5432/makima"
+BROKER_URL = "redis://redis:6379/0"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def command_text(service: dict[str, Any]) -> str:
+    """A service's command as one string, whether written as a list or a string."""
+    command = service.get("command")
+    assert command, "service has no command"
+    return command if isinstance(command, str) else " ".join(str(part) for part in command)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def published(service: dict[str, Any]) -> set[str]:
+    return {str(p) for p in service.get("ports", [])}
+
+
+def test_the_six_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"postgres", "redis", *APP_SERVICES}
+    assert compose["services"]["postgres"]["image"] == "postgres:15"
+    assert compose["services"]["redis"]["image"] == "redis:7"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_are_built_here_and_point_at_postgres_and_redis(
+    compose: dict[str, Any], name: str
+) -> None:
+    service = compose["services"][name]
+    build = service["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    assert context == "."
+    assert (ROOT / "Dockerfile").is_file()
+    env = environment(service)
+    assert env["MAKIMA_DATABASE_URL"] == DATABASE_URL
+    assert env["MAKIMA_BROKER_URL"] == BROKER_URL
+    assert "redis" in service["depends_on"]
+
+
+def test_postgres_credentials_match_the_database_url(compose: dict[str, Any]) -> None:
+    env = environment(compose["services"]["postgres"])
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
+        "makima",
+        "makima",
+        "makima",
+    )
+
+
+def test_api_migrates_then_serves_on_8000(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    command = command_text(api)
+    assert "makima migrate" in command
+    assert "uvicorn app.http:app --host 0.0.0.0 --port 8000" in command
+    assert command.index("makima migrate") < command.index("uvicorn")
+    assert "8000:8000" in published(api)
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthz" in " ".join(map(str, api["healthcheck"]["test"]))
+
+
+def test_worker_consumes_every_queue(compose: dict[str, Any]) -> None:
+    command = command_text(compose["services"]["worker"])
+    assert command.startswith("celery -A workers.celery_app worker -Q ")
+    queues = command.split(" -Q ", 1)[1].split()[0].split(",")
+    assert sorted(queues) == sorted(q.value for q in Queue)
+
+
+def test_beat_and_flower(compose: dict[str, Any]) -> None:
+    assert command_text(compose["services"]["beat"]).startswith("celery -A workers.celery_app beat")
+    flower = compose["services"]["flower"]
+    assert command_text(flower) == "celery -A workers.celery_app flower --port=5555"
+    assert "5555:5555" in published(flower)
+
+
+def test_infrastructure_has_healthchecks_the_app_waits_for(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("postgres", "redis"):
+        assert services[name]["healthcheck"]["test"]
+    for name in APP_SERVICES:
+        for dependency, spec in services[name]["depends_on"].items():
+            assert spec["condition"] == "service_healthy", (name, dependency)
