@@ -60,6 +60,8 @@ from app.models import (
 )
 
 EVALUATE_TASK = "contracts.evaluate_progress"
+MAX_NAME = 500  # contracts.name
+MAX_ID = 100  # contracts.contract_type and contracts.phase
 FINALIZE_TASK = "contracts.finalize_completion"
 PUBLISH_COMMANDS_TASK = "contracts.publish_daemon_commands"
 
@@ -193,8 +195,11 @@ def encode_cursor(contract: Contract) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created, cid = base64.urlsafe_b64decode(padded).decode().split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(cid)
+        created_text, cid = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        created = datetime.fromisoformat(created_text)
+        if created.tzinfo is None:
+            raise ValueError("cursor timestamp has no time zone")
+        return created, uuid.UUID(cid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed(
             "The cursor is not one this server issued; pass the 'nextCursor' of a previous page.",
@@ -297,6 +302,11 @@ def create_contract(
     settings = settings or get_settings()
     if not name.strip():
         raise ValidationFailed("A contract needs a non-empty name.", missing=["name"])
+    if len(name) > MAX_NAME or len(contract_type) > MAX_ID:
+        raise ValidationFailed(
+            f"A contract's name may have at most {MAX_NAME} characters and its type {MAX_ID}.",
+            details={"field": "name" if len(name) > MAX_NAME else "contractType"},
+        )
     own = parse_phase_config(phase_config, registered_validators()) if phase_config is not None else None
     config = resolve_phase_config(contract_type, own)
     contract = Contract(
@@ -342,9 +352,42 @@ def change_status(
     waiting_for: WaitingFor | None = None,
     now: datetime,
 ) -> tuple[Status, Contract]:
+    """Move a contract along the status table on a person's or supervisor's request.
+
+    Two moves carry the seed's guards (1.4): `completing` only from the terminal phase with
+    its gate met, which then runs the same completion flow as auto-detection; `completed`
+    only from `completing`, and it runs the cleanup at once (the person confirmed early).
+    """
+    settings = get_settings()
     contract = lock_contract(uow.session, caller, contract_id)
     if target is Status.WAITING_FOR_INPUT and waiting_for is None:
         waiting_for = WaitingFor.QUESTION
+    if target is Status.COMPLETING:
+        check_transition(Status(contract.status), target)
+        config = phase_config_of(contract)
+        facts = gate_facts(uow.session, contract)
+        if not would_complete(config, facts):
+            result = check_phase_readiness(config, facts)
+            missing = list(result.missing) or [f"Phase: reach '{config.terminal_phase}' first"]
+            if contract.phase != config.terminal_phase:
+                missing = [
+                    f"Phase: the contract is in '{contract.phase}', not the terminal phase "
+                    f"'{config.terminal_phase}'"
+                ]
+            raise ValidationFailed(
+                "Only a contract in its terminal phase with that phase's gate met can begin "
+                f"completing: {'; '.join(missing)}.",
+                missing=missing,
+                details={"phase": contract.phase, "terminalPhase": config.terminal_phase},
+            )
+        previous = Status(contract.status)
+        _begin_completion(uow, contract, now, settings, reason=reason or "completion requested")
+        return previous, contract
+    if target is Status.COMPLETED:
+        check_transition(Status(contract.status), target)
+        previous = Status(contract.status)
+        _complete(uow, contract, now, reason=reason or "completion confirmed")
+        return previous, contract
     previous = _set_status(
         uow.session,
         contract,
@@ -597,13 +640,7 @@ def advance_if_ready(
                 waiting_for=WaitingFor.PHASE_CONFIRMATION.value,
             )
         elif decision.step is Step.BEGIN_COMPLETION:
-            _set_status(uow.session, contract, Status.COMPLETING, now, reason="terminal phase gate met")
-            record_event(uow.session, contract.id, "completion_detected", {"phase": contract.phase}, now)
-            uow.dispatch_after_commit(
-                FINALIZE_TASK,
-                {"contractId": str(contract.id)},
-                countdown=settings.contracts.completion_grace_seconds,
-            )
+            _begin_completion(uow, contract, now, settings, reason="terminal phase gate met")
         elif decision.step is Step.NOTIFY:
             record_event(
                 uow.session, contract.id, "phase_ready", {"phase": contract.phase, "autoAdvance": False}, now
@@ -634,24 +671,21 @@ def check_completion(uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID) ->
     }
 
 
-def finalize_completion(
-    uow: UnitOfWork, contract_id: uuid.UUID, *, now: datetime, settings: Settings | None = None
-) -> bool:
-    """After the grace period: release worktrees, tell the daemon to stop, mark completed.
+def _begin_completion(
+    uow: UnitOfWork, contract: Contract, now: datetime, settings: Settings, *, reason: str
+) -> None:
+    """Status `completing`, and the finalisation scheduled for the end of the grace period."""
+    _set_status(uow.session, contract, Status.COMPLETING, now, reason=reason)
+    record_event(uow.session, contract.id, "completion_detected", {"phase": contract.phase}, now)
+    uow.dispatch_after_commit(
+        FINALIZE_TASK,
+        {"contractId": str(contract.id)},
+        countdown=settings.contracts.completion_grace_seconds,
+    )
 
-    Returns False (and does nothing) if the completion was rejected meanwhile, is not due
-    yet, or already happened, which is what makes a second delivery harmless.
-    """
-    settings = settings or get_settings()
-    contract = lock_contract(uow.session, None, contract_id)
-    if contract.status != Status.COMPLETING.value or contract.completion_detected_at is None:
-        return False
-    due = contract.completion_detected_at + timedelta(seconds=settings.contracts.completion_grace_seconds)
-    if now < due:
-        uow.dispatch_after_commit(
-            FINALIZE_TASK, {"contractId": str(contract.id)}, countdown=(due - now).total_seconds()
-        )
-        return False
+
+def _complete(uow: UnitOfWork, contract: Contract, now: datetime, *, reason: str) -> None:
+    """The cleanup step: release worktrees, queue daemon commands, mark completed."""
     worktrees = list(
         uow.session.scalars(
             select(ContractWorktree).where(
@@ -701,8 +735,29 @@ def finalize_completion(
         {"worktreesReleased": len(worktrees), "supervisorsStopped": len(supervisors)},
         now,
     )
-    _set_status(uow.session, contract, Status.COMPLETED, now, reason="completion confirmed")
+    _set_status(uow.session, contract, Status.COMPLETED, now, reason=reason)
     uow.dispatch_after_commit(PUBLISH_COMMANDS_TASK, {"contractId": str(contract.id)})
+
+
+def finalize_completion(
+    uow: UnitOfWork, contract_id: uuid.UUID, *, now: datetime, settings: Settings | None = None
+) -> bool:
+    """After the grace period: release worktrees, tell the daemon to stop, mark completed.
+
+    Returns False (and does nothing) if the completion was rejected meanwhile, is not due
+    yet, or already happened, which is what makes a second delivery harmless.
+    """
+    settings = settings or get_settings()
+    contract = lock_contract(uow.session, None, contract_id)
+    if contract.status != Status.COMPLETING.value or contract.completion_detected_at is None:
+        return False
+    due = contract.completion_detected_at + timedelta(seconds=settings.contracts.completion_grace_seconds)
+    if now < due:
+        uow.dispatch_after_commit(
+            FINALIZE_TASK, {"contractId": str(contract.id)}, countdown=(due - now).total_seconds()
+        )
+        return False
+    _complete(uow, contract, now, reason="completion confirmed")
     return True
 
 

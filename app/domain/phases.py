@@ -8,6 +8,7 @@ round-trips through JSON unchanged.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -242,12 +243,14 @@ def validate_deliverable(config: PhaseConfig, phase_id: str, deliverable_id: str
 
 # --- parsing a contract's own phase_config (JSON as sent over HTTP and stored) -----------
 
+MAX_PHASE_ID: Final = 100  # the width of the stored phase column
+MAX_DELIVERABLE_ID: Final = 200  # the width of the stored deliverable id column
 _REQUIREMENT_KINDS: Final = ("none", "all_complete", "min_complete", "named_tasks")
 
 
 def _fail(path: str, problem: str) -> ValidationFailed:
     return ValidationFailed(
-        f"phaseConfig is not valid: {path} {problem}.",
+        f"phaseConfig is not valid: {path + ' ' if path else ''}{problem}.",
         details={"field": f"phaseConfig.{path}" if path else "phaseConfig"},
     )
 
@@ -282,6 +285,8 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
     """
     if not isinstance(raw, Mapping) or not isinstance(raw.get("phases"), list):
         raise _fail("", "must be an object with a 'phases' list")
+    if "\\u0000" in json.dumps(raw):
+        raise _fail("", "must not contain NUL characters")
     raw_phases = raw["phases"]
     if not raw_phases:
         raise _fail("phases", "must list at least one phase")
@@ -294,6 +299,8 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
         pid = rp.get("id")
         if not isinstance(pid, str) or not pid:
             raise _fail(f"{path}.id", "must be a non-empty string")
+        if len(pid) > MAX_PHASE_ID:
+            raise _fail(f"{path}.id", f"must be at most {MAX_PHASE_ID} characters")
         if pid in seen:
             raise _fail(f"{path}.id", f"repeats phase '{pid}'")
         seen.add(pid)
@@ -305,6 +312,8 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
             dpath = f"{path}.deliverables[{j}]"
             if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
                 raise _fail(dpath, "must be an object with a non-empty 'id'")
+            if len(rd["id"]) > MAX_DELIVERABLE_ID:
+                raise _fail(f"{dpath}.id", f"must be at most {MAX_DELIVERABLE_ID} characters")
             if any(d.id == rd["id"] for d in deliverables):
                 raise _fail(f"{dpath}.id", f"repeats deliverable '{rd['id']}'")
             required_flag = rd.get("required", True)

@@ -94,3 +94,39 @@ def test_finalisation_runs_once_however_often_it_is_delivered(make_caller) -> No
     with unit_of_work() as uow:
         row = uow.session.get(Contract, cid)
         assert row is not None and row.status == "completed"
+
+
+def test_completing_by_hand_needs_the_terminal_phase_with_its_gate_met(make_caller) -> None:
+    from app.domain.errors import ValidationFailed
+
+    _, caller = make_caller()
+    outbox = Outbox()
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    with pytest.raises(ValidationFailed) as err, unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.COMPLETING, now=now)
+    assert "terminal phase 'execute'" in err.value.missing[0]
+
+
+def test_confirming_completion_by_hand_runs_the_cleanup_at_once(make_caller) -> None:
+    from sqlalchemy import select
+
+    from app.models import DaemonCommand
+
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.record_worktree(uow, caller, cid, path="/tmp/wt-2", now=utcnow())
+    with unit_of_work(outbox) as uow:
+        previous, row = contracts.change_status(uow, caller, cid, Status.COMPLETED, now=utcnow())
+        assert previous is Status.COMPLETING and row.status == "completed"
+    with unit_of_work() as uow:
+        commands = uow.session.scalars(
+            select(DaemonCommand.command).where(DaemonCommand.contract_id == cid)
+        ).all()
+    assert commands == ["remove_worktree"]
+    assert contracts.PUBLISH_COMMANDS_TASK in [m.task for m in outbox.sent]

@@ -513,7 +513,8 @@ def test_to_json_uses_the_seeds_camel_case_field_names() -> None:
 
 _ids = st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True)
 # Names are non-empty: an empty name is read back as "use the id" (see the parser's docstring).
-_names = st.text(min_size=1, max_size=16)
+# NUL is refused by the parser (PostgreSQL's JSONB cannot store it).
+_names = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=16)
 _requirements = st.one_of(
     st.just(TaskRequirement.none()),
     st.just(TaskRequirement.all_complete()),
@@ -544,3 +545,15 @@ def _phase_configs(draw: st.DrawFn) -> PhaseConfig:
 @given(_phase_configs())
 def test_any_phase_config_round_trips_through_json(config: PhaseConfig) -> None:
     assert _round_trip(config) == config
+
+
+def test_ids_longer_than_the_stored_columns_are_refused_with_their_limit() -> None:
+    with pytest.raises(ValidationFailed, match="at most 100 characters"):
+        parse_phase_config({"phases": [{"id": "p" * 101}]})
+    with pytest.raises(ValidationFailed, match="at most 200 characters"):
+        parse_phase_config({"phases": [{"id": "p", "deliverables": [{"id": "d" * 201}]}]})
+
+
+def test_nul_characters_are_refused_anywhere_in_a_phase_config() -> None:
+    with pytest.raises(ValidationFailed, match="NUL"):
+        parse_phase_config({"phases": [{"id": "p", "name": "a\x00b"}]})

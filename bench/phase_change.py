@@ -1,0 +1,168 @@
+"""Guarded phase changes per second against a plain UPDATE of the same rows, in one run.
+
+The guarded path is what `POST /api/v1/contracts/{id}/phase` runs: one transaction that locks
+the row (`SELECT ... FOR UPDATE`), checks the caller may see it, reads the completed
+deliverables and tasks to judge the gate (force=False), checks the expected version and the
+phase guard, updates the row and writes the `phase_changed` event. The baseline is the least
+any phase change can cost: `UPDATE contracts SET phase=..., version=version+1 WHERE id=...`,
+also one per transaction, on the same rows. The ratio is what the guards cost on top of the
+database's own floor; quote it, not the absolute figures (the machine is shared).
+
+It needs only PostgreSQL: a throwaway database is created and dropped, and follow-up work is
+handed to a no-op dispatcher instead of the broker.
+
+    python bench/phase_change.py [contracts]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONTRACTS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+PG_ADMIN_URL = os.environ.get(
+    "MAKIMA_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _admin(sql: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
+
+
+def _timed(ids: list[uuid.UUID], one: Callable[[uuid.UUID], None]) -> tuple[float, list[float]]:
+    """Run `one` per id, each call its own transaction; returns (rate per second, latencies in ms)."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for cid in ids:
+        t0 = time.perf_counter()
+        one(cid)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - start
+    return len(ids) / elapsed, latencies
+
+
+def _p(latencies: list[float], q: float) -> float:
+    return statistics.quantiles(latencies, n=100)[int(q) - 1] if len(latencies) >= 2 else latencies[0]
+
+
+def main() -> None:
+    db_name = f"makima_bench_{uuid.uuid4().hex[:8]}"
+    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
+    # Before any `app` import: settings are read once. No broker is configured or needed.
+    os.environ.update({"MAKIMA_DATABASE_URL": db_url, "MAKIMA_CONFIG": "/nonexistent/makima.toml"})
+    _admin(f'CREATE DATABASE "{db_name}"')
+    try:
+        run(db_url)
+    finally:
+        from app.db import dispose_engines
+
+        dispose_engines()
+        _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def run(db_url: str) -> None:
+    from sqlalchemy import func, select, text
+
+    from app import contracts
+    from app.auth import Role, authenticate, create_token
+    from app.db import Dispatch, get_engine, migrate, unit_of_work
+    from app.domain.lifecycle import Status
+    from app.domain.phase_change import PhaseChangeRequest
+    from app.models import Contract, ContractEvent, utcnow
+
+    def no_dispatch(messages: list[Dispatch]) -> None:
+        """Follow-ups (auto-advance evaluation) would go to the broker; not what is measured."""
+
+    migrate(db_url)
+    engine = get_engine(db_url)
+    with unit_of_work(no_dispatch) as uow:
+        token = create_token(uow.session, "bench", Role.USER)
+    with unit_of_work(no_dispatch) as uow:
+        caller = authenticate(uow.session, token)
+
+    # Setup in bulk: N contracts, active, with the plan phase's required deliverable marked,
+    # so the guarded change has a real gate to judge and passes it.
+    setup_start = time.perf_counter()
+    ids: list[uuid.UUID] = []
+    with unit_of_work(no_dispatch) as uow:
+        for i in range(CONTRACTS):
+            now = utcnow()
+            contract = contracts.create_contract(
+                uow, caller, name=f"bench-{i}", contract_type="simple", auto_complete_enabled=False, now=now
+            )
+            contracts.change_status(uow, caller, contract.id, Status.ACTIVE, now=now)
+            contracts.mark_deliverable(uow, caller, contract.id, "plan-document", now=now)
+            ids.append(contract.id)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE contracts"))
+    setup = time.perf_counter() - setup_start
+
+    def plain(cid: uuid.UUID) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE contracts SET phase = :phase, version = version + 1 WHERE id = :id"),
+                {"phase": "plan", "id": cid},
+            )
+
+    def guarded(cid: uuid.UUID) -> None:
+        with unit_of_work(no_dispatch, engine=engine) as uow:
+            contracts.change_phase(
+                uow,
+                caller,
+                cid,
+                PhaseChangeRequest("execute", expected_version=2, confirmed=False, force=False),
+                now=utcnow(),
+            )
+
+    # Warm both paths (connections, statement caches) on rows outside the measured set.
+    warm = ids[:50]
+    measured = ids[50:]
+    for cid in warm:
+        plain(cid)
+        guarded(cid)
+
+    # Plain first: it leaves each row in 'plan' at version 2, which the guarded run expects.
+    plain_rate, plain_lat = _timed(measured, plain)
+    guarded_rate, guarded_lat = _timed(measured, guarded)
+
+    with unit_of_work(no_dispatch) as uow:
+        in_execute = uow.session.scalar(
+            select(func.count())
+            .select_from(Contract)
+            .where(Contract.phase == "execute", Contract.version == 3)
+        )
+        changed = uow.session.scalar(
+            select(func.count()).select_from(ContractEvent).where(ContractEvent.type == "phase_changed")
+        )
+    assert in_execute == len(ids), (in_execute, len(ids))
+    assert changed == len(ids), (changed, len(ids))
+
+    with engine.connect() as conn:
+        pg = conn.execute(text("SHOW server_version")).scalar()
+    print(f"phase_change bench: {len(measured)} contracts measured (+{len(warm)} warm-up), PostgreSQL {pg}")
+    print(f"  setup (create + activate + mark deliverable, one transaction): {setup:.1f} s")
+    print(
+        f"  plain UPDATE, one per transaction:          {plain_rate:8.0f} /s"
+        f"   p50 {_p(plain_lat, 50):5.2f} ms  p99 {_p(plain_lat, 99):5.2f} ms"
+    )
+    print(
+        f"  guarded change_phase, one per transaction:  {guarded_rate:8.0f} /s"
+        f"   p50 {_p(guarded_lat, 50):5.2f} ms  p99 {_p(guarded_lat, 99):5.2f} ms"
+    )
+    print(f"  ratio guarded / plain:                      {guarded_rate / plain_rate:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
