@@ -27,18 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONTRACTS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-PG_ADMIN_URL = os.environ.get(
-    "MAKIMA_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def _admin(sql: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(sql))
-    engine.dispose()
 
 
 def _timed(ids: list[uuid.UUID], one: Callable[[uuid.UUID], None]) -> tuple[float, list[float]]:
@@ -58,18 +46,16 @@ def _p(latencies: list[float], q: float) -> float:
 
 
 def main() -> None:
-    db_name = f"makima_bench_{uuid.uuid4().hex[:8]}"
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
-    # Before any `app` import: settings are read once. No broker is configured or needed.
-    os.environ.update({"MAKIMA_DATABASE_URL": db_url, "MAKIMA_CONFIG": "/nonexistent/makima.toml"})
-    _admin(f'CREATE DATABASE "{db_name}"')
-    try:
-        run(db_url)
-    finally:
-        from app.db import dispose_engines
+    from tests.isolation import Isolation
 
-        dispose_engines()
-        _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    scratch = Isolation("makima_bench")
+    # Before any `app` import: settings are read once. No broker is configured or needed.
+    os.environ.update(scratch.environment())
+    scratch.create_database()
+    try:
+        run(scratch.db_url)
+    finally:
+        scratch.drop_database()
 
 
 def run(db_url: str) -> None:
@@ -77,7 +63,7 @@ def run(db_url: str) -> None:
 
     from app import contracts
     from app.auth import Role, authenticate, create_token
-    from app.db import Dispatch, get_engine, migrate, unit_of_work
+    from app.db import Dispatch, get_engine, unit_of_work
     from app.domain.lifecycle import Status
     from app.domain.phase_change import PhaseChangeRequest
     from app.models import Contract, ContractEvent, utcnow
@@ -85,7 +71,6 @@ def run(db_url: str) -> None:
     def no_dispatch(messages: list[Dispatch]) -> None:
         """Follow-ups (auto-advance evaluation) would go to the broker; not what is measured."""
 
-    migrate(db_url)
     engine = get_engine(db_url)
     with unit_of_work(no_dispatch) as uow:
         token = create_token(uow.session, "bench", Role.USER)

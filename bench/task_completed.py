@@ -10,6 +10,7 @@ in the same run; the ratio is what our work costs on top of Celery's own per-mes
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -18,14 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import REDIS_URL, cleanup, isolate
+from tests.isolation import REDIS_URL, Isolation
 
 MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 CONTRACTS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
 
 
 def main() -> None:
-    db_name, prefix = isolate(MAKIMA_RESULT_BACKEND=REDIS_URL)
+    scratch = Isolation("makima_bench")
+    os.environ.update({**scratch.environment(), "MAKIMA_RESULT_BACKEND": REDIS_URL})
+    scratch.create_database()
     from sqlalchemy import func, select
 
     from app.api import ContractsAPI
@@ -79,7 +82,8 @@ def main() -> None:
     finally:
         for w in workers:
             w.stop()
-        cleanup(db_name, prefix)
+        scratch.drop_database()
+        scratch.purge_keys()
 
 
 if __name__ == "__main__":

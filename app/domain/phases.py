@@ -148,18 +148,21 @@ def _phase(
     )
 
 
+# Both types plan the same way: one plan phase, shared so they cannot drift apart.
+_PLAN: Final = _phase(
+    "plan",
+    "Plan",
+    [
+        Deliverable("plan-document", "Plan document"),
+        Deliverable("task-breakdown", "Task breakdown", required=False),
+    ],
+)
+
 CONTRACT_TYPES: Final[Mapping[str, PhaseConfig]] = MappingProxyType(
     {
         "simple": PhaseConfig(
             (
-                _phase(
-                    "plan",
-                    "Plan",
-                    [
-                        Deliverable("plan-document", "Plan document"),
-                        Deliverable("task-breakdown", "Task breakdown", required=False),
-                    ],
-                ),
+                _PLAN,
                 _phase(
                     "execute",
                     "Execute",
@@ -186,14 +189,7 @@ CONTRACT_TYPES: Final[Mapping[str, PhaseConfig]] = MappingProxyType(
                     "Specify",
                     [Deliverable("requirements-document", "Requirements document")],
                 ),
-                _phase(
-                    "plan",
-                    "Plan",
-                    [
-                        Deliverable("plan-document", "Plan document"),
-                        Deliverable("task-breakdown", "Task breakdown", required=False),
-                    ],
-                ),
+                _PLAN,
                 _phase(
                     "execute",
                     "Execute",

@@ -13,63 +13,41 @@ from collections.abc import Iterator
 
 import pytest
 
-RUN_ID = uuid.uuid4().hex[:10]
-PG_ADMIN_URL = os.environ.get(
-    "MAKIMA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("MAKIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-DB_NAME = f"makima_test_{RUN_ID}"
-DB_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
-KEY_PREFIX = f"makima-test-{RUN_ID}:"
+from tests.isolation import PG_ADMIN_URL, REDIS_URL, Isolation
+
+RUN = Isolation("makima_test")
+DB_NAME = RUN.db_name
+DB_URL = RUN.db_url
+KEY_PREFIX = RUN.key_prefix
+
+__all__ = ["DB_NAME", "DB_URL", "KEY_PREFIX", "PG_ADMIN_URL", "REDIS_URL"]
 
 os.environ.update(
     {
-        "MAKIMA_DATABASE_URL": DB_URL,
-        "MAKIMA_BROKER_URL": REDIS_URL,
-        "MAKIMA_BROKER_KEY_PREFIX": KEY_PREFIX,
+        **RUN.environment(),
         "MAKIMA_VISIBILITY_TIMEOUT_SECONDS": "6",
         "MAKIMA_UNACKED_RESTORE_INTERVAL_SECONDS": "1",
         "MAKIMA_CONTRACTS__COMPLETION_GRACE_PERIOD_MINUTES": "0.02",
         "MAKIMA_CONTRACTS__STALE_DETECTION_INTERVAL_SECONDS": "2",
-        "MAKIMA_CONFIG": "/nonexistent/makima.toml",
     }
 )
-
-
-def _admin_exec(sql: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(sql))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def database() -> Iterator[str]:
     """A fresh PostgreSQL database at the head migration, dropped after the run."""
-    from app.db import dispose_engines, migrate
-
-    _admin_exec(f'CREATE DATABASE "{DB_NAME}"')
+    RUN.create_database()
     try:
-        migrate(DB_URL)
         yield DB_URL
     finally:
-        dispose_engines()
-        _admin_exec(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        RUN.drop_database()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_keyspace() -> Iterator[str]:
     """This run's Redis key prefix; every key under it is deleted at the end."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
     yield KEY_PREFIX
-    keys = list(client.scan_iter(match=f"{KEY_PREFIX}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    RUN.purge_keys()
 
 
 @pytest.fixture

@@ -6,36 +6,28 @@ empty schema and back.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 from app.db import downgrade, migrate
 from app.models import Base
-from tests.integration.conftest import PG_ADMIN_URL
+from tests.isolation import Isolation
 
 pytestmark = pytest.mark.integration
 
 
-def _admin(sql: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(sql))
-    engine.dispose()
-
-
 @pytest.fixture
 def scratch_database() -> Iterator[str]:
-    name = f"makima_migrate_{uuid.uuid4().hex[:10]}"
-    _admin(f'CREATE DATABASE "{name}"')
+    scratch = Isolation("makima_migrate")
+    scratch.create_database(migrated=False)
     try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield scratch.db_url
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.drop_database()
 
 
 def _tables(url: str) -> set[str]:
