@@ -53,6 +53,7 @@ from app.events import record_event
 from app.models import (
     CompletedDeliverable,
     Contract,
+    ContractEvent,
     ContractTask,
     ContractWorktree,
     DaemonCommand,
@@ -453,10 +454,13 @@ def mark_deliverable(
     deliverable_id: str,
     *,
     phase: str | None = None,
+    message_id: str | None = None,
     now: datetime,
 ) -> tuple[Contract, bool]:
     """Mark a deliverable of the current (or a named) phase; marking twice is one effect."""
     contract = lock_contract(uow.session, caller, contract_id)
+    if not _first_delivery(uow, message_id, "mark_deliverable", now):
+        return contract, False
     phase = phase or contract.phase
     validate_deliverable(phase_config_of(contract), phase, deliverable_id)
     exists = uow.session.get(CompletedDeliverable, (contract.id, phase, deliverable_id))
@@ -496,6 +500,15 @@ def set_auto_complete(
     return contract
 
 
+def _first_delivery(uow: UnitOfWork, message_id: str | None, kind: str, now: datetime) -> bool:
+    """Claim a daemon message's id under the contract's lock; False for a repeat delivery.
+
+    The claim commits with the effect, so a message is applied once however often it
+    arrives; calls without a message id (HTTP commands) are judged on their own terms.
+    """
+    return message_id is None or claim_message(uow.session, message_id, kind, now)
+
+
 def claim_message(session: Session, message_id: str, kind: str, now: datetime) -> bool:
     """Record that a message's effect is being committed; False if it already was."""
     dialect = session.get_bind().dialect.name
@@ -516,10 +529,13 @@ def record_task_started(
     task_id: uuid.UUID,
     task_name: str,
     is_supervisor: bool,
+    message_id: str | None = None,
     now: datetime,
 ) -> Contract:
     """A task was spawned. A supervisor starting is what makes a `created` contract active."""
     contract = lock_contract(uow.session, caller, contract_id)
+    if not _first_delivery(uow, message_id, "task_started", now):
+        return contract
     task = uow.session.get(ContractTask, task_id)
     if task is None:
         uow.session.add(
@@ -560,6 +576,7 @@ def record_task_completed(
     task_id: uuid.UUID,
     task_name: str,
     success: bool,
+    message_id: str | None = None,
     now: datetime,
     settings: Settings | None = None,
 ) -> Decision | None:
@@ -570,6 +587,8 @@ def record_task_completed(
     lock and then judges the phase the first one left.
     """
     contract = lock_contract(uow.session, caller, contract_id)
+    if not _first_delivery(uow, message_id, "task_completed", now):
+        return None
     task = uow.session.get(ContractTask, task_id)
     new_status = "done" if success else "failed"
     if task is None:
@@ -641,12 +660,29 @@ def advance_if_ready(
             )
         elif decision.step is Step.BEGIN_COMPLETION:
             _begin_completion(uow, contract, now, settings, reason="terminal phase gate met")
-        elif decision.step is Step.NOTIFY:
+        elif decision.step is Step.NOTIFY and not _phase_ready_told(uow.session, contract):
             record_event(
-                uow.session, contract.id, "phase_ready", {"phase": contract.phase, "autoAdvance": False}, now
+                uow.session,
+                contract.id,
+                "phase_ready",
+                {"phase": contract.phase, "version": contract.version, "autoAdvance": False},
+                now,
             )
         break
     return decision
+
+
+def _phase_ready_told(session: Session, contract: Contract) -> bool:
+    """Was this phase, at this version, already announced as ready? Tell people once."""
+    last = session.scalars(
+        select(ContractEvent.payload)
+        .where(ContractEvent.contract_id == contract.id, ContractEvent.type == "phase_ready")
+        .order_by(ContractEvent.id.desc())
+        .limit(1)
+    ).first()
+    if not last:
+        return False
+    return bool(last.get("phase") == contract.phase and last.get("version") == contract.version)
 
 
 def evaluate_progress(

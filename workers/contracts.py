@@ -30,49 +30,47 @@ from workers.dispatch import dispatch, publish_daemon_commands
 def task_started(message: Any) -> None:
     msg = decode(TaskStarted, message)
     with unit_of_work(dispatch) as uow:
-        now = utcnow()
-        if contracts.claim_message(uow.session, msg.message_id, "task_started", now):
-            contracts.record_task_started(
-                uow,
-                caller_of(uow.session, msg),
-                msg.contract_id,
-                task_id=msg.task_id,
-                task_name=msg.task_name,
-                is_supervisor=msg.is_supervisor,
-                now=now,
-            )
+        contracts.record_task_started(
+            uow,
+            caller_of(uow.session, msg),
+            msg.contract_id,
+            task_id=msg.task_id,
+            task_name=msg.task_name,
+            is_supervisor=msg.is_supervisor,
+            message_id=msg.message_id,
+            now=utcnow(),
+        )
 
 
 @celery_app.task(name="contracts.task_completed", base=AccountableTask)
 def task_completed(message: Any) -> None:
     msg = decode(TaskCompleted, message)
     with unit_of_work(dispatch) as uow:
-        now = utcnow()
-        caller = caller_of(uow.session, msg)
-        contracts.lock_contract(uow.session, caller, msg.contract_id)
-        if contracts.claim_message(uow.session, msg.message_id, "task_completed", now):
-            contracts.record_task_completed(
-                uow,
-                caller,
-                msg.contract_id,
-                task_id=msg.task_id,
-                task_name=msg.task_name,
-                success=msg.success,
-                now=now,
-            )
+        contracts.record_task_completed(
+            uow,
+            caller_of(uow.session, msg),
+            msg.contract_id,
+            task_id=msg.task_id,
+            task_name=msg.task_name,
+            success=msg.success,
+            message_id=msg.message_id,
+            now=utcnow(),
+        )
 
 
 @celery_app.task(name="contracts.mark_deliverable", base=AccountableTask)
 def mark_deliverable(message: Any) -> None:
     msg = decode(DeliverableMarked, message)
     with unit_of_work(dispatch) as uow:
-        now = utcnow()
-        caller = caller_of(uow.session, msg)
-        contracts.lock_contract(uow.session, caller, msg.contract_id)
-        if contracts.claim_message(uow.session, msg.message_id, "mark_deliverable", now):
-            contracts.mark_deliverable(
-                uow, caller, msg.contract_id, msg.deliverable_id, phase=msg.phase, now=now
-            )
+        contracts.mark_deliverable(
+            uow,
+            caller_of(uow.session, msg),
+            msg.contract_id,
+            msg.deliverable_id,
+            phase=msg.phase,
+            message_id=msg.message_id,
+            now=utcnow(),
+        )
 
 
 @celery_app.task(name="contracts.worktree_created", base=AccountableTask)

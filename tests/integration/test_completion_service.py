@@ -130,3 +130,31 @@ def test_confirming_completion_by_hand_runs_the_cleanup_at_once(make_caller) -> 
         ).all()
     assert commands == ["remove_worktree"]
     assert contracts.PUBLISH_COMMANDS_TASK in [m.task for m in outbox.sent]
+
+
+def test_a_ready_phase_without_automation_is_announced_once_however_often_it_is_judged(make_caller) -> None:
+    from sqlalchemy import func, select
+
+    from app.models import ContractEvent
+
+    _, caller = make_caller()
+    outbox = Outbox()
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(
+            uow, caller, name="c", contract_type="simple", auto_complete_enabled=False, now=now
+        ).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
+    for _ in range(3):
+        with unit_of_work(outbox) as uow:
+            decision = contracts.evaluate_progress(uow, cid, now=now)
+            assert decision.step.value == "notify"
+    with unit_of_work() as uow:
+        told = uow.session.scalar(
+            select(func.count())
+            .select_from(ContractEvent)
+            .where(ContractEvent.contract_id == cid, ContractEvent.type == "phase_ready")
+        )
+    assert told == 1
