@@ -26,6 +26,8 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
     return {
         # Finish completions whose grace period is over; backs up the per-contract countdown.
         "finalize-due-completions": _every(interval, "sweeps.finalize_due_completions"),
+        # Send committed follow-up tasks whose send after commit failed or never happened.
+        "relay-outbox": _every(interval, "sweeps.relay_outbox"),
         # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
         "publish-daemon-commands": _every(interval, "sweeps.publish_daemon_commands"),
     }

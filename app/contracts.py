@@ -459,7 +459,7 @@ def mark_deliverable(
 ) -> tuple[Contract, bool]:
     """Mark a deliverable of the current (or a named) phase; marking twice is one effect."""
     contract = lock_contract(uow.session, caller, contract_id)
-    if not _first_delivery(uow, message_id, "mark_deliverable", now):
+    if not _first_delivery(uow, contract.id, message_id, "mark_deliverable", now):
         return contract, False
     phase = phase or contract.phase
     validate_deliverable(phase_config_of(contract), phase, deliverable_id)
@@ -500,23 +500,27 @@ def set_auto_complete(
     return contract
 
 
-def _first_delivery(uow: UnitOfWork, message_id: str | None, kind: str, now: datetime) -> bool:
+def _first_delivery(
+    uow: UnitOfWork, contract_id: uuid.UUID, message_id: str | None, kind: str, now: datetime
+) -> bool:
     """Claim a daemon message's id under the contract's lock; False for a repeat delivery.
 
     The claim commits with the effect, so a message is applied once however often it
     arrives; calls without a message id (HTTP commands) are judged on their own terms.
     """
-    return message_id is None or claim_message(uow.session, message_id, kind, now)
+    return message_id is None or claim_message(uow.session, contract_id, message_id, kind, now)
 
 
-def claim_message(session: Session, message_id: str, kind: str, now: datetime) -> bool:
+def claim_message(
+    session: Session, contract_id: uuid.UUID, message_id: str, kind: str, now: datetime
+) -> bool:
     """Record that a message's effect is being committed; False if it already was."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
         insert(ProcessedMessage)
-        .values(message_id=message_id, kind=kind, processed_at=now)
-        .on_conflict_do_nothing(index_elements=["message_id"])
+        .values(contract_id=contract_id, message_id=message_id, kind=kind, processed_at=now)
+        .on_conflict_do_nothing(index_elements=["contract_id", "message_id"])
     )
     return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
@@ -534,7 +538,7 @@ def record_task_started(
 ) -> Contract:
     """A task was spawned. A supervisor starting is what makes a `created` contract active."""
     contract = lock_contract(uow.session, caller, contract_id)
-    if not _first_delivery(uow, message_id, "task_started", now):
+    if not _first_delivery(uow, contract.id, message_id, "task_started", now):
         return contract
     task = uow.session.get(ContractTask, task_id)
     if task is None:
@@ -587,7 +591,7 @@ def record_task_completed(
     lock and then judges the phase the first one left.
     """
     contract = lock_contract(uow.session, caller, contract_id)
-    if not _first_delivery(uow, message_id, "task_completed", now):
+    if not _first_delivery(uow, contract.id, message_id, "task_completed", now):
         return None
     task = uow.session.get(ContractTask, task_id)
     new_status = "done" if success else "failed"

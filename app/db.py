@@ -1,25 +1,31 @@
 """Engines, sessions and the unit of work shared by the API, the HTTP front and the workers.
 
-A unit of work is one transaction. Work that must reach the broker (follow-up tasks, daemon
-commands) is collected on it and handed to its dispatcher only after COMMIT succeeds: a
-crash between the two leaves a committed row and no message, never a message about a row
-that does not exist (DESIGN: enqueue after commit). Rolled-back work dispatches nothing.
+A unit of work is one transaction. Follow-up tasks are written to the `task_outbox` table in
+that transaction and handed to the broker only after COMMIT succeeds: a message never names
+a row that does not exist (DESIGN: enqueue after commit), rolled-back work sends nothing,
+and a crash or broker failure between COMMIT and the send leaves an unsent outbox row that
+the `sweeps.relay_outbox` job sends later, so no decided follow-up is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+from app.models import OutboxMessage, utcnow
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -35,11 +41,6 @@ class Dispatch:
 
 class Dispatcher(Protocol):
     def __call__(self, messages: list[Dispatch]) -> None: ...
-
-
-def _no_dispatch(messages: list[Dispatch]) -> None:
-    if messages:
-        raise RuntimeError(f"no dispatcher configured for {[m.task for m in messages]}")
 
 
 _engines: dict[str, Engine] = {}
@@ -94,12 +95,21 @@ def dispose_engines() -> None:
 @dataclass
 class UnitOfWork:
     session: Session
-    outbox: list[Dispatch] = field(default_factory=list)
+    outbox: list[tuple[Dispatch, OutboxMessage]] = field(default_factory=list)
 
     def dispatch_after_commit(
         self, task: str, payload: dict[str, Any], countdown: float | None = None
     ) -> None:
-        self.outbox.append(Dispatch(task, payload, countdown))
+        """Record a follow-up in this transaction; it is sent once the transaction commits."""
+        now = utcnow()
+        row = OutboxMessage(
+            task=task,
+            payload=payload,
+            not_before=now + timedelta(seconds=countdown) if countdown else None,
+            created_at=now,
+        )
+        self.session.add(row)
+        self.outbox.append((Dispatch(task, payload, countdown), row))
 
     @property
     def is_postgres(self) -> bool:
@@ -108,14 +118,43 @@ class UnitOfWork:
 
 @contextmanager
 def unit_of_work(dispatcher: Dispatcher | None = None, engine: Engine | None = None) -> Iterator[UnitOfWork]:
-    """One transaction: commit on success, roll back on error, dispatch only after commit."""
-    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+    """One transaction: commit on success, roll back on error, dispatch only after commit.
+
+    Follow-ups are rows of `task_outbox` committed with the change. After COMMIT they are
+    handed to the dispatcher and marked sent; if that fails, or there is no dispatcher, they
+    stay unsent and `sweeps.relay_outbox` sends them later. The caller's change is committed
+    either way, so a broker hiccup never turns a success into an error.
+    """
+    bind = engine or get_engine()
+    factory = sessionmaker(bind=bind, expire_on_commit=False)
     with factory() as session:
         uow = UnitOfWork(session)
         with session.begin():
             yield uow
         if uow.outbox:
-            (dispatcher or _no_dispatch)(list(uow.outbox))
+            _send_outbox(bind, uow.outbox, dispatcher)
+
+
+def _send_outbox(
+    engine: Engine, outbox: list[tuple[Dispatch, OutboxMessage]], dispatcher: Dispatcher | None
+) -> None:
+    if dispatcher is None:
+        return
+    try:
+        dispatcher([message for message, _ in outbox])
+    except Exception:
+        log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m, _ in outbox])
+        return
+    mark_sent(engine, [row.id for _, row in outbox])
+
+
+def mark_sent(engine: Engine, ids: list[int]) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=utcnow()))
+    except Exception:
+        # Sent but not marked: the relay sends them again, which idempotent tasks absorb.
+        log.exception("could not mark outbox rows %s as sent", ids)
 
 
 def migrate(url: str | None = None, revision: str = "head") -> None:
@@ -148,6 +187,7 @@ __all__ = [
     "dispose_engines",
     "downgrade",
     "get_engine",
+    "mark_sent",
     "migrate",
     "unit_of_work",
 ]

@@ -194,13 +194,39 @@ class DaemonCommand(Base):
 
 
 class ProcessedMessage(Base):
-    """Message ids whose effect is committed: a second delivery finds its id and does nothing."""
+    """Message ids whose effect is committed: a second delivery finds its id and does nothing.
+
+    Ids are daemon-chosen, so they are scoped to the contract (claimed under its row lock):
+    one owner's ids can neither collide with nor pre-empt another's.
+    """
 
     __tablename__ = "processed_messages"
 
+    contract_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True
+    )
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(60))
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """Follow-up work decided in a transaction, kept until the broker has it.
+
+    Written with the change that decided it and sent after COMMIT; a send that fails (or a
+    crash before it) leaves the row unsent, and the `sweeps.relay_outbox` job sends it later.
+    Every task is idempotent, so the rare double send is harmless; a lost one is not.
+    """
+
+    __tablename__ = "task_outbox"
+    __table_args__ = (Index("idx_task_outbox_unsent", "sent_at", "id"),)
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeadLetter(Base):
@@ -234,6 +260,7 @@ __all__ = [
     "ContractWorktree",
     "DaemonCommand",
     "DeadLetter",
+    "OutboxMessage",
     "Principal",
     "ProcessedMessage",
     "utcnow",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from kombu.entity import Exchange
@@ -10,7 +11,7 @@ from kombu.entity import Queue as KombuQueue
 from sqlalchemy import select
 
 from app.db import Dispatch, unit_of_work
-from app.models import DaemonCommand, utcnow
+from app.models import DaemonCommand, OutboxMessage, utcnow
 from workers.celery_app import celery_app
 from workers.queues import queue_for
 
@@ -73,3 +74,30 @@ def publish_daemon_commands(contract_id: uuid.UUID | None = None) -> int:
                 cmd.published_at = utcnow()
                 published += 1
     return published
+
+
+def relay_outbox(older_than_seconds: float = 10.0, limit: int = 500) -> int:
+    """Send follow-ups that were committed but never marked sent (a failed or lost send).
+
+    Rows younger than `older_than_seconds` are left to the send that follows their own
+    commit. Rows are claimed with SKIP LOCKED, so overlapping relays never send one twice.
+    """
+    now = utcnow()
+    with unit_of_work() as uow:
+        rows = list(
+            uow.session.scalars(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.sent_at.is_(None),
+                    OutboxMessage.created_at < now - timedelta(seconds=older_than_seconds),
+                )
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for row in rows:
+            wait = (row.not_before - now).total_seconds() if row.not_before else None
+            send(row.task, row.payload, countdown=wait)
+            row.sent_at = now
+    return len(rows)

@@ -7,7 +7,7 @@ from app.db import unit_of_work
 from app.models import utcnow
 from workers.base import AccountableTask
 from workers.celery_app import celery_app
-from workers.dispatch import dispatch, publish_daemon_commands
+from workers.dispatch import dispatch, publish_daemon_commands, relay_outbox
 
 
 @celery_app.task(name="sweeps.finalize_due_completions", base=AccountableTask)
@@ -26,3 +26,9 @@ def finalize_due_completions() -> int:
 def publish_pending_daemon_commands() -> int:
     """Outbox catch-up: commands committed but not yet handed to the broker."""
     return publish_daemon_commands()
+
+
+@celery_app.task(name="sweeps.relay_outbox", base=AccountableTask)
+def relay_pending_outbox() -> int:
+    """Outbox catch-up: follow-up tasks committed but never handed to the broker."""
+    return relay_outbox()

@@ -37,7 +37,8 @@ def count_events(contract_id: uuid.UUID, type_: str) -> int:
 
 def message_processed(message_id: str) -> bool:
     with unit_of_work() as uow:
-        return uow.session.get(ProcessedMessage, message_id) is not None
+        found = uow.session.scalars(select(ProcessedMessage).where(ProcessedMessage.message_id == message_id))
+        return found.first() is not None
 
 
 def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:

@@ -161,3 +161,23 @@ def test_a_requested_completion_check_advances_a_contract_whose_gate_is_met(
     assert contract_row(cid).phase == "plan"
     api.request_completion_check(cid)
     wait_for(lambda: contract_row(cid).phase == "execute", what="advanced by the requested check")
+
+
+def test_a_follow_up_whose_send_failed_is_relayed_from_the_outbox(worker: WorkerProcess, make_caller) -> None:
+    from workers.dispatch import relay_outbox
+
+    token, caller = make_caller()
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+
+    def broker_down(*_: object) -> str:
+        raise ConnectionError("broker unreachable")
+
+    # The caller's change commits and answers normally although the broker is down.
+    answer = ContractsAPI(caller=caller, sender=broker_down).complete_deliverable(cid, "plan-document")
+    assert answer["alreadyComplete"] is False
+    assert contract_row(cid).phase == "plan"
+
+    assert relay_outbox(older_than_seconds=0) >= 1
+    wait_for(lambda: contract_row(cid).phase == "execute", what="advanced by the relayed follow-up")
+    assert relay_outbox(older_than_seconds=0) == 0

@@ -1,4 +1,4 @@
-"""Worker tables: worktrees, the daemon command outbox, processed messages, dead letters.
+"""Worker tables: worktrees, daemon commands, processed messages, the task outbox, dead letters.
 
 Revision ID: 0002
 Revises: 0001
@@ -54,11 +54,29 @@ def upgrade() -> None:
     op.create_index(op.f("ix_daemon_commands_contract_id"), "daemon_commands", ["contract_id"])
     op.create_table(
         "processed_messages",
+        sa.Column("contract_id", sa.Uuid(), nullable=False),
         sa.Column("message_id", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(60), nullable=False),
         sa.Column("processed_at", UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("message_id", name=op.f("pk_processed_messages")),
+        sa.ForeignKeyConstraint(
+            ["contract_id"],
+            ["contracts.id"],
+            name=op.f("fk_processed_messages_contract_id_contracts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("contract_id", "message_id", name=op.f("pk_processed_messages")),
     )
+    op.create_table(
+        "task_outbox",
+        sa.Column("id", EventId, autoincrement=True, nullable=False),
+        sa.Column("task", sa.String(200), nullable=False),
+        sa.Column("payload", JsonType, nullable=False),
+        sa.Column("not_before", UTCDateTime(), nullable=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("sent_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_task_outbox")),
+    )
+    op.create_index("idx_task_outbox_unsent", "task_outbox", ["sent_at", "id"])
     op.create_table(
         "dead_letters",
         sa.Column("id", EventId, autoincrement=True, nullable=False),
@@ -82,6 +100,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("dead_letters")
+    op.drop_index("idx_task_outbox_unsent", table_name="task_outbox")
+    op.drop_table("task_outbox")
     op.drop_table("processed_messages")
     op.drop_index(op.f("ix_daemon_commands_contract_id"), table_name="daemon_commands")
     op.drop_table("daemon_commands")
