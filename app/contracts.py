@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +32,7 @@ from app.domain.completion import (
     Step,
     TaskSummary,
     check_phase_readiness,
+    completion_due,
     decide_after_progress,
     registered_validators,
     would_complete,
@@ -104,7 +105,7 @@ def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUI
     return _visible(contract, caller, contract_id)
 
 
-def gate_facts(session: Session, contract: Contract, phase: str | None = None) -> GateFacts:
+def load_gate_facts(session: Session, contract: Contract, phase: str | None = None) -> GateFacts:
     phase = phase or contract.phase
     done = session.scalars(
         select(CompletedDeliverable.deliverable_id).where(
@@ -120,7 +121,7 @@ def gate_facts(session: Session, contract: Contract, phase: str | None = None) -
 
 
 def readiness(session: Session, contract: Contract) -> ReadinessResult:
-    return check_phase_readiness(phase_config_of(contract), gate_facts(session, contract))
+    return check_phase_readiness(phase_config_of(contract), load_gate_facts(session, contract))
 
 
 def switches_for(contract: Contract, settings: Settings) -> AutomationSwitches:
@@ -137,7 +138,7 @@ def phase_readiness_view(
     settings = settings or get_settings()
     contract = get_contract(session, caller, contract_id)
     config = phase_config_of(contract)
-    result = check_phase_readiness(config, gate_facts(session, contract))
+    result = check_phase_readiness(config, load_gate_facts(session, contract))
     gate = config.get(contract.phase).gate
     return {
         "phase": contract.phase,
@@ -366,15 +367,14 @@ def change_status(
     if target is Status.COMPLETING:
         check_transition(Status(contract.status), target)
         config = phase_config_of(contract)
-        facts = gate_facts(uow.session, contract)
-        if not would_complete(config, facts):
-            result = check_phase_readiness(config, facts)
-            missing = list(result.missing) or [f"Phase: reach '{config.terminal_phase}' first"]
-            if contract.phase != config.terminal_phase:
-                missing = [
-                    f"Phase: the contract is in '{contract.phase}', not the terminal phase "
-                    f"'{config.terminal_phase}'"
-                ]
+        if contract.phase != config.terminal_phase:
+            missing = [
+                f"Phase: the contract is in '{contract.phase}', "
+                f"not the terminal phase '{config.terminal_phase}'"
+            ]
+        else:
+            missing = list(check_phase_readiness(config, load_gate_facts(uow.session, contract)).missing)
+        if missing:
             raise ValidationFailed(
                 "Only a contract in its terminal phase with that phase's gate met can begin "
                 f"completing: {'; '.join(missing)}.",
@@ -398,7 +398,10 @@ def change_status(
         blocker=blocker,
         waiting_for=waiting_for.value if waiting_for else None,
     )
-    if target is Status.ACTIVE and previous in (Status.PAUSED, Status.BLOCKED, Status.CREATED):
+    if target is Status.ACTIVE and previous is Status.COMPLETING:
+        # A person rejected the completion: it is not begun again until new progress arrives.
+        record_event(uow.session, contract.id, "completion_rejected", {"reason": reason}, now)
+    elif target is Status.ACTIVE:
         # Work resumes: the gate may have been met while nobody was allowed to act on it.
         uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
     return previous, contract
@@ -417,11 +420,14 @@ def change_phase(
     snapshot = ContractSnapshot(
         contract.phase, Status(contract.status), contract.version, contract.phase_guard, contract.waiting_for
     )
-    plan = plan_phase_change(config, snapshot, gate_facts(uow.session, contract), request)
+    plan = plan_phase_change(config, snapshot, load_gate_facts(uow.session, contract), request)
     _apply_phase(uow.session, contract, plan.new_phase, now, forced=plan.forced, confirmed=plan.confirmed)
     if plan.clears_waiting:
         _set_status(uow.session, contract, Status.ACTIVE, now, reason="phase confirmed")
-    uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
+    ids = config.phase_ids()
+    if ids.index(plan.new_phase) > ids.index(plan.old_phase):
+        # Judge the new phase; a person's forced move backwards is not undone by automation.
+        uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
     return contract
 
 
@@ -461,6 +467,7 @@ def mark_deliverable(
     contract = lock_contract(uow.session, caller, contract_id)
     if not _first_delivery(uow, contract.id, message_id, "mark_deliverable", now):
         return contract, False
+    _refuse_if_closed(contract, "deliverables")
     phase = phase or contract.phase
     validate_deliverable(phase_config_of(contract), phase, deliverable_id)
     exists = uow.session.get(CompletedDeliverable, (contract.id, phase, deliverable_id))
@@ -498,6 +505,15 @@ def set_auto_complete(
         if enabled:
             uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
     return contract
+
+
+def _refuse_if_closed(contract: Contract, what: str) -> None:
+    status = Status(contract.status)
+    if status in Status.terminal():
+        raise ValidationFailed(
+            f"The contract is '{status.value}': no more {what} can be recorded on it.",
+            details={"status": status.value},
+        )
 
 
 def _first_delivery(
@@ -540,6 +556,7 @@ def record_task_started(
     contract = lock_contract(uow.session, caller, contract_id)
     if not _first_delivery(uow, contract.id, message_id, "task_started", now):
         return contract
+    _refuse_if_closed(contract, "tasks")
     task = uow.session.get(ContractTask, task_id)
     if task is None:
         uow.session.add(
@@ -569,6 +586,7 @@ def record_task_started(
         )
     if is_supervisor and contract.status == Status.CREATED.value:
         _set_status(uow.session, contract, Status.ACTIVE, now, reason="supervisor started")
+        uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
     return contract
 
 
@@ -593,6 +611,7 @@ def record_task_completed(
     contract = lock_contract(uow.session, caller, contract_id)
     if not _first_delivery(uow, contract.id, message_id, "task_completed", now):
         return None
+    _refuse_if_closed(contract, "task results")
     task = uow.session.get(ContractTask, task_id)
     new_status = "done" if success else "failed"
     if task is None:
@@ -647,7 +666,7 @@ def advance_if_ready(
             config,
             Status(contract.status),
             contract.phase_guard,
-            gate_facts(uow.session, contract),
+            load_gate_facts(uow.session, contract),
             switches_for(contract, settings),
         )
         if decision.step is Step.ADVANCE and decision.next_phase:
@@ -663,7 +682,10 @@ def advance_if_ready(
                 waiting_for=WaitingFor.PHASE_CONFIRMATION.value,
             )
         elif decision.step is Step.BEGIN_COMPLETION:
-            _begin_completion(uow, contract, now, settings, reason="terminal phase gate met")
+            if _completion_rejected_since_progress(uow.session, contract):
+                decision = Decision(Step.WAIT)
+            else:
+                _begin_completion(uow, contract, now, settings, reason="terminal phase gate met")
         elif decision.step is Step.NOTIFY and not _phase_ready_told(uow.session, contract):
             record_event(
                 uow.session,
@@ -674,6 +696,23 @@ def advance_if_ready(
             )
         break
     return decision
+
+
+PROGRESS_EVENTS: Final = ("task_completed", "deliverable_completed", "phase_changed")
+
+
+def _completion_rejected_since_progress(session: Session, contract: Contract) -> bool:
+    """A person rejected the completion and nothing has happened since: do not ask again."""
+    last = session.scalars(
+        select(ContractEvent.type)
+        .where(
+            ContractEvent.contract_id == contract.id,
+            ContractEvent.type.in_(("completion_rejected", *PROGRESS_EVENTS)),
+        )
+        .order_by(ContractEvent.id.desc())
+        .limit(1)
+    ).first()
+    return last == "completion_rejected"
 
 
 def _phase_ready_told(session: Session, contract: Contract) -> bool:
@@ -690,17 +729,26 @@ def _phase_ready_told(session: Session, contract: Contract) -> bool:
 
 
 def evaluate_progress(
-    uow: UnitOfWork, contract_id: uuid.UUID, *, now: datetime, settings: Settings | None = None
+    uow: UnitOfWork,
+    contract_id: uuid.UUID,
+    *,
+    now: datetime,
+    caller: Caller | None = None,
+    settings: Settings | None = None,
 ) -> Decision:
-    """Re-judge a contract's gate; safe to run any number of times."""
-    contract = lock_contract(uow.session, None, contract_id)
+    """Re-judge a contract's gate; safe to run any number of times.
+
+    `caller=None` is the service acting on its own follow-up; a daemon's request names its
+    principal, who must be able to see the contract.
+    """
+    contract = lock_contract(uow.session, caller, contract_id)
     return advance_if_ready(uow, contract, now, settings)
 
 
 def check_completion(uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID) -> dict[str, Any]:
     contract = get_contract(uow.session, caller, contract_id)
     config = phase_config_of(contract)
-    facts = gate_facts(uow.session, contract)
+    facts = load_gate_facts(uow.session, contract)
     result = check_phase_readiness(config, facts)
     if result.ready and Status(contract.status) is Status.ACTIVE:
         uow.dispatch_after_commit(EVALUATE_TASK, {"contractId": str(contract.id)})
@@ -791,8 +839,9 @@ def finalize_completion(
     contract = lock_contract(uow.session, None, contract_id)
     if contract.status != Status.COMPLETING.value or contract.completion_detected_at is None:
         return False
-    due = contract.completion_detected_at + timedelta(seconds=settings.contracts.completion_grace_seconds)
-    if now < due:
+    grace = settings.contracts.completion_grace_seconds
+    if not completion_due(contract.completion_detected_at.timestamp(), now.timestamp(), grace):
+        due = contract.completion_detected_at + timedelta(seconds=grace)
         uow.dispatch_after_commit(
             FINALIZE_TASK, {"contractId": str(contract.id)}, countdown=(due - now).total_seconds()
         )
@@ -845,6 +894,7 @@ __all__ = [
     "finalize_completion",
     "get_contract",
     "list_contracts",
+    "load_gate_facts",
     "lock_contract",
     "mark_deliverable",
     "phase_config_of",

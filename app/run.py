@@ -12,7 +12,8 @@ process that makes that true:
    a supervisor that was SIGKILLed is shut down first (redis-server daemonizes, so it can
    outlive us);
 3. applies the migrations;
-4. starts uvicorn, one Celery worker consuming every queue, and Celery beat as children.
+4. starts uvicorn, a Celery worker for contracts, heartbeats and sweeps, one for batch
+   operations, and Celery beat as children.
    They are the production commands, so the embedded service runs production code paths;
    eager mode is never used;
 5. waits until `/healthz` answers, then says where the API is and how to get a token;
@@ -53,8 +54,10 @@ from sqlalchemy.engine import make_url
 from app.config import Settings
 from workers.queues import Queue
 
-# Every queue the one embedded worker consumes; production may run a pool per queue.
-WORKER_QUEUES = ",".join(q.value for q in Queue)
+# The main worker takes everything but batch operations, which get a worker of their own so
+# a long batch never holds the process a task-completed message or a heartbeat waits for.
+WORKER_QUEUES = ",".join(q.value for q in Queue if q is not Queue.BATCH)
+BATCH_QUEUES = Queue.BATCH.value
 # Linux limits a unix socket path to 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -157,6 +160,23 @@ def child_commands(settings: Settings, options: RunOptions, supervisor_pid: int)
                 str(options.worker_concurrency),
                 "--hostname",
                 f"makima-run-{supervisor_pid}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+        ),
+        Child(
+            "batch-worker",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                BATCH_QUEUES,
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "--hostname",
+                f"makima-run-batch-{supervisor_pid}@%h",
                 "--loglevel",
                 "INFO",
             ],
@@ -529,7 +549,7 @@ class Supervisor:
             return 1
         finally:
             if children:
-                self.say("Stopping api, worker and beat...")
+                self.say("Stopping api, workers and beat...")
                 stop_children(children, self.options.stop_timeout, self.say)
             if redis_server is not None:
                 redis_server.stop(self.options.stop_timeout)

@@ -86,8 +86,7 @@ def worktree_created(message: Any) -> None:
 def check_completion(message: Any) -> None:
     msg = decode(CompletionCheck, message)
     with unit_of_work(dispatch) as uow:
-        contracts.lock_contract(uow.session, caller_of(uow.session, msg), msg.contract_id)
-        contracts.evaluate_progress(uow, msg.contract_id, now=utcnow())
+        contracts.evaluate_progress(uow, msg.contract_id, now=utcnow(), caller=caller_of(uow.session, msg))
 
 
 @celery_app.task(name=contracts.EVALUATE_TASK, base=AccountableTask)

@@ -10,6 +10,7 @@ from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
 from sqlalchemy import select
 
+from app.config import get_settings
 from app.db import Dispatch, unit_of_work
 from app.models import DaemonCommand, OutboxMessage, utcnow
 from workers.celery_app import celery_app
@@ -26,6 +27,14 @@ def dispatch(messages: list[Dispatch]) -> None:
 
 
 def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+    """Send one task on its queue.
+
+    A countdown is capped at half the broker's visibility timeout: Redis would otherwise
+    hand a message still waiting for its ETA to a second worker. Countdown tasks re-check
+    their time and reschedule themselves, so a capped wait only means one more hop.
+    """
+    if countdown is not None:
+        countdown = min(countdown, get_settings().visibility_timeout_seconds / 2)
     task_id = str(uuid.uuid4())
     celery_app.send_task(
         task,

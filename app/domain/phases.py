@@ -251,11 +251,23 @@ def _fail(path: str, problem: str) -> ValidationFailed:
     )
 
 
+def _known_keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    """A misspelt key (`auto_advance` for `autoAdvance`) must not silently mean the default."""
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise _fail(
+            path,
+            f"has unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(allowed: {', '.join(allowed)})",
+        )
+
+
 def _parse_requirement(raw: Any, path: str) -> TaskRequirement:
     if raw is None:
         return TaskRequirement.none()
     if not isinstance(raw, Mapping):
         raise _fail(path, 'must be an object like {"kind": "all_complete"}')
+    _known_keys(raw, ("kind", "count", "names"), path)
     kind = raw.get("kind")
     if kind not in _REQUIREMENT_KINDS:
         raise _fail(f"{path}.kind", f"must be one of {', '.join(_REQUIREMENT_KINDS)}")
@@ -283,6 +295,7 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
         raise _fail("", "must be an object with a 'phases' list")
     if "\\u0000" in json.dumps(raw):
         raise _fail("", "must not contain NUL characters")
+    _known_keys(raw, ("phases",), "")
     raw_phases = raw["phases"]
     if not raw_phases:
         raise _fail("phases", "must list at least one phase")
@@ -292,6 +305,7 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
         path = f"phases[{i}]"
         if not isinstance(rp, Mapping):
             raise _fail(path, "must be an object")
+        _known_keys(rp, ("id", "name", "deliverables", "gate"), path)
         pid = rp.get("id")
         if not isinstance(pid, str) or not pid:
             raise _fail(f"{path}.id", "must be a non-empty string")
@@ -308,6 +322,7 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
             dpath = f"{path}.deliverables[{j}]"
             if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
                 raise _fail(dpath, "must be an object with a non-empty 'id'")
+            _known_keys(rd, ("id", "name", "required"), dpath)
             if len(rd["id"]) > MAX_DELIVERABLE_ID:
                 raise _fail(f"{dpath}.id", f"must be at most {MAX_DELIVERABLE_ID} characters")
             if any(d.id == rd["id"] for d in deliverables):
@@ -324,6 +339,9 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
             rg = rp.get("gate", {})
             if not isinstance(rg, Mapping):
                 raise _fail(f"{path}.gate", "must be an object or null")
+            _known_keys(
+                rg, ("requiredDeliverables", "requiredTasks", "validators", "autoAdvance"), f"{path}.gate"
+            )
             required = rg.get("requiredDeliverables")
             if required is None:
                 required = [d.id for d in deliverables if d.required]

@@ -158,3 +158,81 @@ def test_a_ready_phase_without_automation_is_announced_once_however_often_it_is_
             .where(ContractEvent.contract_id == cid, ContractEvent.type == "phase_ready")
         )
     assert told == 1
+
+
+def test_a_rejected_completion_is_not_begun_again_until_new_progress_arrives(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, reason="needs another look", now=utcnow())
+    with unit_of_work(outbox) as uow:
+        assert contracts.evaluate_progress(uow, cid, now=utcnow()).step.value == "wait"
+        assert uow.session.get(Contract, cid).status == "active"  # type: ignore[union-attr]
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "execution-notes", now=utcnow())
+    with unit_of_work(outbox) as uow:
+        assert contracts.evaluate_progress(uow, cid, now=utcnow()).step.value == "begin_completion"
+        assert uow.session.get(Contract, cid).status == "completing"  # type: ignore[union-attr]
+
+
+def test_a_forced_move_back_is_not_undone_by_automation(make_caller) -> None:
+    from app.domain.phase_change import PhaseChangeRequest
+
+    _, caller = make_caller()
+    outbox = Outbox()
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
+        contracts.evaluate_progress(uow, cid, now=now)
+    outbox.sent.clear()
+    with unit_of_work(outbox) as uow:
+        row = contracts.change_phase(uow, caller, cid, PhaseChangeRequest("plan", force=True), now=now)
+        assert row.phase == "plan"
+    assert contracts.EVALUATE_TASK not in [m.task for m in outbox.sent]
+
+
+def test_a_supervisor_starting_asks_for_the_gate_to_be_judged(make_caller) -> None:
+    _, caller = make_caller(role="supervisor")
+    outbox = Outbox()
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+    with unit_of_work(outbox) as uow:
+        contracts.record_task_started(
+            uow, caller, cid, task_id=uuid.uuid4(), task_name="supervisor", is_supervisor=True, now=now
+        )
+    assert [m.task for m in outbox.sent] == [contracts.EVALUATE_TASK]
+
+
+def test_a_closed_contract_accepts_no_more_work(make_caller) -> None:
+    from app.domain.errors import ValidationFailed
+
+    _, caller = make_caller()
+    outbox = Outbox()
+    now = utcnow()
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.FAILED, reason="disk gone", now=now)
+    with pytest.raises(ValidationFailed, match="'failed': no more deliverables"), unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
+
+
+def test_a_terminal_phase_without_a_gate_can_be_completed_by_hand(make_caller) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    now = utcnow()
+    config = {"phases": [{"id": "only", "gate": None}]}
+    with unit_of_work(outbox) as uow:
+        cid = contracts.create_contract(
+            uow, caller, name="c", contract_type="custom", phase_config=config, now=now
+        ).id
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    with unit_of_work(outbox) as uow:
+        _, row = contracts.change_status(uow, caller, cid, Status.COMPLETING, now=now)
+        assert row.status == "completing"

@@ -367,8 +367,8 @@ def test_dead_letters_list_show_and_replay_through_the_running_worker(embedded: 
 
 def test_sigint_stops_every_process_it_started(embedded: EmbeddedRun) -> None:
     text = embedded.log_text()
-    children = {name: int(pid) for name, pid in re.findall(r"Started (\w+) \(pid (\d+)\)", text)}
-    assert set(children) == {"api", "worker", "beat"}, text[-3000:]
+    children = {name: int(pid) for name, pid in re.findall(r"Started ([\w-]+) \(pid (\d+)\)", text)}
+    assert set(children) == {"api", "worker", "batch-worker", "beat"}, text[-3000:]
     redis_match = re.search(r"redis-server pid (\d+)", text)
     assert redis_match, text[-3000:]
     redis_pid = int(redis_match.group(1))

@@ -15,7 +15,7 @@ import yaml
 from workers.queues import Queue
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("api", "worker", "beat", "flower")
+APP_SERVICES = ("api", "worker", "worker-batch", "beat", "flower")
 DATABASE_URL = "postgresql+psycopg2://makima:makima@postgres:5432/makima"
 BROKER_URL = "redis://redis:6379/0"
 
@@ -84,11 +84,20 @@ def test_api_migrates_then_serves_on_8000(compose: dict[str, Any]) -> None:
     assert "healthz" in " ".join(map(str, api["healthcheck"]["test"]))
 
 
-def test_worker_consumes_every_queue(compose: dict[str, Any]) -> None:
-    command = command_text(compose["services"]["worker"])
+def worker_queues(compose: dict[str, Any], name: str) -> list[str]:
+    command = command_text(compose["services"][name])
     assert command.startswith("celery -A workers.celery_app worker -Q ")
-    queues = command.split(" -Q ", 1)[1].split()[0].split(",")
+    return command.split(" -Q ", 1)[1].split()[0].split(",")
+
+
+def test_the_workers_together_consume_every_queue(compose: dict[str, Any]) -> None:
+    queues = worker_queues(compose, "worker") + worker_queues(compose, "worker-batch")
     assert sorted(queues) == sorted(q.value for q in Queue)
+
+
+def test_batch_operations_have_a_worker_of_their_own(compose: dict[str, Any]) -> None:
+    assert worker_queues(compose, "worker-batch") == ["batch"]
+    assert "batch" not in worker_queues(compose, "worker")
 
 
 def test_beat_and_flower(compose: dict[str, Any]) -> None:

@@ -557,3 +557,32 @@ def test_ids_longer_than_the_stored_columns_are_refused_with_their_limit() -> No
 def test_nul_characters_are_refused_anywhere_in_a_phase_config() -> None:
     with pytest.raises(ValidationFailed, match="NUL"):
         parse_phase_config({"phases": [{"id": "p", "name": "a\x00b"}]})
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "unknown"),
+    [
+        ({"phases": [{"id": "p"}], "stages": []}, "phaseConfig", "stages"),
+        ({"phases": [{"id": "p", "title": "P"}]}, "phaseConfig.phases[0]", "title"),
+        (
+            {"phases": [{"id": "p", "deliverables": [{"id": "d", "optional": True}]}]},
+            "deliverables[0]",
+            "optional",
+        ),
+        ({"phases": [{"id": "p", "gate": {"auto_advance": False}}]}, "phases[0].gate", "auto_advance"),
+        (
+            {"phases": [{"id": "p", "gate": {"requiredTasks": {"kind": "min_complete", "n": 2}}}]},
+            "requiredTasks",
+            "n",
+        ),
+    ],
+    ids=["top", "phase", "deliverable", "gate", "requirement"],
+)
+def test_a_misspelt_field_is_refused_naming_it_and_the_allowed_ones(
+    config: dict, field: str, unknown: str
+) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse_phase_config(config)
+    assert f"unknown field {unknown}" in err.value.message
+    assert "allowed:" in err.value.message
+    assert field in err.value.details["field"] or field in err.value.message
