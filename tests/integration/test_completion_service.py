@@ -25,12 +25,20 @@ class Outbox:
         self.sent.extend(messages)
 
 
-def completing_contract(caller, outbox: Outbox) -> uuid.UUID:
+def active_contract(caller, outbox: Outbox, **options: object) -> uuid.UUID:
+    """A new contract (type `simple` unless `contract_type` says otherwise), moved to active."""
     now = utcnow()
+    options.setdefault("contract_type", "simple")
     with unit_of_work(outbox) as uow:
-        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
+        cid = contracts.create_contract(uow, caller, name="c", now=now, **options).id  # type: ignore[arg-type]
     with unit_of_work(outbox) as uow:
         contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    return cid
+
+
+def completing_contract(caller, outbox: Outbox) -> uuid.UUID:
+    now = utcnow()
+    cid = active_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
         contracts.evaluate_progress(uow, cid, now=now)
@@ -102,10 +110,7 @@ def test_completing_by_hand_needs_the_terminal_phase_with_its_gate_met(make_call
     _, caller = make_caller()
     outbox = Outbox()
     now = utcnow()
-    with unit_of_work(outbox) as uow:
-        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
-    with unit_of_work(outbox) as uow:
-        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    cid = active_contract(caller, outbox)
     with pytest.raises(ValidationFailed) as err, unit_of_work(outbox) as uow:
         contracts.change_status(uow, caller, cid, Status.COMPLETING, now=now)
     assert "terminal phase 'execute'" in err.value.missing[0]
@@ -140,12 +145,8 @@ def test_a_ready_phase_without_automation_is_announced_once_however_often_it_is_
     _, caller = make_caller()
     outbox = Outbox()
     now = utcnow()
+    cid = active_contract(caller, outbox, auto_complete_enabled=False)
     with unit_of_work(outbox) as uow:
-        cid = contracts.create_contract(
-            uow, caller, name="c", contract_type="simple", auto_complete_enabled=False, now=now
-        ).id
-    with unit_of_work(outbox) as uow:
-        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
     for _ in range(3):
         with unit_of_work(outbox) as uow:
@@ -182,10 +183,8 @@ def test_a_forced_move_back_is_not_undone_by_automation(make_caller) -> None:
     _, caller = make_caller()
     outbox = Outbox()
     now = utcnow()
+    cid = active_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
-        cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
-    with unit_of_work(outbox) as uow:
-        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
         contracts.evaluate_progress(uow, cid, now=now)
     outbox.sent.clear()
@@ -227,12 +226,7 @@ def test_a_terminal_phase_without_a_gate_can_be_completed_by_hand(make_caller) -
     outbox = Outbox()
     now = utcnow()
     config = {"phases": [{"id": "only", "gate": None}]}
-    with unit_of_work(outbox) as uow:
-        cid = contracts.create_contract(
-            uow, caller, name="c", contract_type="custom", phase_config=config, now=now
-        ).id
-    with unit_of_work(outbox) as uow:
-        contracts.change_status(uow, caller, cid, Status.ACTIVE, now=now)
+    cid = active_contract(caller, outbox, contract_type="custom", phase_config=config)
     with unit_of_work(outbox) as uow:
         _, row = contracts.change_status(uow, caller, cid, Status.COMPLETING, now=now)
         assert row.status == "completing"
