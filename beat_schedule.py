@@ -28,6 +28,8 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
         "finalize-due-completions": _every(interval, "sweeps.finalize_due_completions"),
         # Send committed follow-up tasks whose send after commit failed or never happened.
         "relay-outbox": _every(interval, "sweeps.relay_outbox"),
+        # Move dead letters held in Redis during a database outage into their table.
+        "drain-dead-letters": _every(interval, "sweeps.drain_dead_letters"),
         # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
         "publish-daemon-commands": _every(interval, "sweeps.publish_daemon_commands"),
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -22,20 +21,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.domain.errors import ContractError
 from app.messages import MessageRejected
+from workers.broker_redis import broker_key, broker_redis
 from workers.dead_letter import park_task
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
-
-
-@lru_cache(maxsize=1)
-def _counter() -> redis.Redis:
-    settings = get_settings()
-    url = settings.effective_broker_url
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
-    return redis.Redis.from_url(url)
 
 
 class AccountableTask(Task):  # type: ignore[misc]
@@ -47,14 +38,13 @@ class AccountableTask(Task):  # type: ignore[misc]
     max_retries = 5
 
     def _delivery_key(self) -> str:
-        prefix = get_settings().broker_key_prefix
-        return f"{prefix}makima:deliveries:{self.request.id}:{self.request.retries or 0}"
+        return broker_key(f"deliveries:{self.request.id}:{self.request.retries or 0}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.id and not self.request.is_eager:
             key = self._delivery_key()
-            deliveries = int(_counter().incr(key))
-            _counter().expire(key, 86400)
+            deliveries = int(broker_redis().incr(key))
+            broker_redis().expire(key, 86400)
             limit = get_settings().max_deliveries
             if deliveries > limit:
                 self._park(args, kwargs, f"delivered {deliveries} times without finishing (limit {limit})")
@@ -65,7 +55,7 @@ class AccountableTask(Task):  # type: ignore[misc]
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         if task_id and not self.request.is_eager:
-            _counter().delete(self._delivery_key())
+            broker_redis().delete(self._delivery_key())
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, MessageRejected | ContractError):

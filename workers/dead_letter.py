@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
 
+from sqlalchemy import Engine
+
 from app.db import unit_of_work
 from app.dead_letters import RejectedMessage, body_text, record_dead_letter
 from app.models import utcnow
+from workers.broker_redis import broker_key, broker_redis
 
 log = logging.getLogger(__name__)
 
 
-def park(msg: RejectedMessage) -> None:
-    with unit_of_work() as uow:
-        record_dead_letter(uow.session, msg, utcnow())
+PENDING = "dead_letters:pending"
+
+
+def park(msg: RejectedMessage, engine: Engine | None = None) -> None:
+    """Write the dead letter; if the database cannot take it, hold it in Redis instead.
+
+    The message is acknowledged after this returns, so it must be kept somewhere: a row
+    when the database is up, else an entry on a Redis list that `sweeps.drain_dead_letters`
+    moves into the table once the database is back.
+    """
+    try:
+        with unit_of_work(engine=engine) as uow:
+            record_dead_letter(uow.session, msg, utcnow())
+    except Exception:
+        log.exception("dead letter kept in Redis until the database is back: %s", msg.message_id)
+        broker_redis().rpush(broker_key(PENDING), json.dumps(dataclasses.asdict(msg), default=str))
+        return
     log.warning("dead letter: %s %s: %s", msg.task_name, msg.message_id, msg.error)
+
+
+def drain_pending(limit: int = 500) -> int:
+    """Move dead letters held in Redis into the table; each is removed only once written."""
+    client, key, moved = broker_redis(), broker_key(PENDING), 0
+    for _ in range(limit):
+        raw = client.lindex(key, 0)
+        if raw is None:
+            break
+        with unit_of_work() as uow:
+            record_dead_letter(uow.session, RejectedMessage(**json.loads(raw)), utcnow())
+        client.lpop(key)
+        moved += 1
+    return moved
 
 
 def park_raw(message: Any, error: str) -> None:

@@ -7,6 +7,7 @@ from app.db import unit_of_work
 from app.models import utcnow
 from workers.base import AccountableTask
 from workers.celery_app import celery_app
+from workers.dead_letter import drain_pending
 from workers.dispatch import dispatch, publish_daemon_commands, relay_outbox
 
 
@@ -32,3 +33,9 @@ def publish_pending_daemon_commands() -> int:
 def relay_pending_outbox() -> int:
     """Outbox catch-up: follow-up tasks committed but never handed to the broker."""
     return relay_outbox()
+
+
+@celery_app.task(name="sweeps.drain_dead_letters", base=AccountableTask)
+def drain_dead_letters() -> int:
+    """Dead letters parked in Redis while the database was down go to their table."""
+    return drain_pending()

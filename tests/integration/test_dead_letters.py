@@ -113,3 +113,32 @@ def test_a_message_from_another_owner_is_parked_not_applied(worker: WorkerProces
 def _all_dead_letters() -> list[DeadLetter]:
     with unit_of_work() as uow:
         return list(uow.session.scalars(select(DeadLetter)))
+
+
+def test_a_dead_letter_is_held_in_redis_while_the_database_is_down_and_drained_later() -> None:
+    from sqlalchemy import create_engine
+
+    from app.dead_letters import RejectedMessage
+    from tests.isolation import PG_ADMIN_URL
+    from workers.dead_letter import drain_pending, park
+
+    # A database that does not exist: every connection attempt really fails.
+    unreachable = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/makima_absent_{uuid.uuid4().hex[:8]}")
+    message_id = f"outage-{uuid.uuid4()}"
+    msg = RejectedMessage(
+        queue="contracts",
+        task_name="contracts.task_completed",
+        message_id=message_id,
+        headers={"task": "contracts.task_completed", "id": message_id},
+        raw_body='{"args": [], "kwargs": {}}',
+        content_type="application/json",
+        content_encoding="utf-8",
+        error="ValidationFailed: example",
+    )
+    park(msg, engine=unreachable)
+    assert dead_letter_where(message_id=message_id) is None
+
+    assert drain_pending() >= 1
+    row = dead_letter_where(message_id=message_id)
+    assert row is not None and row.error == "ValidationFailed: example"
+    assert drain_pending() == 0
