@@ -421,9 +421,19 @@ def change_phase(
         contract.phase, Status(contract.status), contract.version, contract.phase_guard, contract.waiting_for
     )
     plan = plan_phase_change(config, snapshot, load_gate_facts(uow.session, contract), request)
-    _apply_phase(uow.session, contract, plan.new_phase, now, forced=plan.forced, confirmed=plan.confirmed)
-    if plan.clears_waiting:
-        _set_status(uow.session, contract, Status.ACTIVE, now, reason="phase confirmed")
+    # Apply the plan as the domain decided it: its version, and its status (a confirmed move
+    # out of waiting_for_input returns the contract to active).
+    _apply_phase(
+        uow.session,
+        contract,
+        plan.new_phase,
+        plan.new_version,
+        now,
+        forced=plan.forced,
+        confirmed=plan.confirmed,
+    )
+    if plan.new_status is not Status(contract.status):
+        _set_status(uow.session, contract, plan.new_status, now, reason="phase confirmed")
     ids = config.phase_ids()
     if ids.index(plan.new_phase) > ids.index(plan.old_phase):
         # Judge the new phase; a person's forced move backwards is not undone by automation.
@@ -432,11 +442,18 @@ def change_phase(
 
 
 def _apply_phase(
-    session: Session, contract: Contract, new_phase: str, now: datetime, *, forced: bool, confirmed: bool
+    session: Session,
+    contract: Contract,
+    new_phase: str,
+    new_version: int,
+    now: datetime,
+    *,
+    forced: bool,
+    confirmed: bool,
 ) -> None:
     old = contract.phase
     contract.phase = new_phase
-    contract.version += 1
+    contract.version = new_version
     _touch(contract, now)
     record_event(
         session,
@@ -670,7 +687,15 @@ def advance_if_ready(
             switches_for(contract, settings),
         )
         if decision.step is Step.ADVANCE and decision.next_phase:
-            _apply_phase(uow.session, contract, decision.next_phase, now, forced=False, confirmed=False)
+            _apply_phase(
+                uow.session,
+                contract,
+                decision.next_phase,
+                contract.version + 1,
+                now,
+                forced=False,
+                confirmed=False,
+            )
             uow.session.flush()
             continue
         if decision.step is Step.ASK_CONFIRMATION:

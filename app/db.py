@@ -111,10 +111,6 @@ class UnitOfWork:
         self.session.add(row)
         self.outbox.append((Dispatch(task, payload, countdown), row))
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.session.get_bind().dialect.name == "postgresql"
-
 
 @contextmanager
 def unit_of_work(dispatcher: Dispatcher | None = None, engine: Engine | None = None) -> Iterator[UnitOfWork]:
