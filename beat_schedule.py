@@ -9,15 +9,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from app.queues import Queue, TaskName
+
 if TYPE_CHECKING:
     from app.config import Settings
 
 
-def _every(seconds: float, task: str) -> dict[str, Any]:
+def _every(seconds: float, task: TaskName) -> dict[str, Any]:
     return {
-        "task": task,
+        "task": task.value,
         "schedule": timedelta(seconds=seconds),
-        "options": {"queue": "sweeps", "expires": max(seconds * 0.9, 1.0)},
+        "options": {"queue": Queue.SWEEPS.value, "expires": max(seconds * 0.9, 1.0)},
     }
 
 
@@ -25,11 +27,11 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
     interval = settings.contracts.stale_detection_interval_seconds
     return {
         # Finish completions whose grace period is over; backs up the per-contract countdown.
-        "finalize-due-completions": _every(interval, "sweeps.finalize_due_completions"),
+        "finalize-due-completions": _every(interval, TaskName.FINALIZE_DUE_COMPLETIONS),
         # Send committed follow-up tasks whose send after commit failed or never happened.
-        "relay-outbox": _every(interval, "sweeps.relay_outbox"),
+        "relay-outbox": _every(interval, TaskName.RELAY_OUTBOX),
         # Move dead letters held in Redis during a database outage into their table.
-        "drain-dead-letters": _every(interval, "sweeps.drain_dead_letters"),
+        "drain-dead-letters": _every(interval, TaskName.DRAIN_DEAD_LETTERS),
         # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
-        "publish-daemon-commands": _every(interval, "sweeps.publish_daemon_commands"),
+        "publish-daemon-commands": _every(interval, TaskName.PUBLISH_PENDING_DAEMON_COMMANDS),
     }

@@ -15,27 +15,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
-from app import contracts
+from app import completion_flow, contracts, views
 from app.auth import Caller, authenticate
-from app.contracts import ContractFilter
-from app.db import Dispatch, unit_of_work
+from app.broker import Sender, send_task
+from app.config import Settings, get_settings
+from app.contract_rows import get_contract
+from app.db import UnitOfWork, unit_of_work
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.events import event_json, events_after
 from app.models import utcnow
-
-Sender = Callable[[str, dict[str, Any], float | None], str]
-
-
-def _celery_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
-    from workers.dispatch import send
-
-    return send(task, payload, countdown)
+from app.queues import TaskName
+from app.views import ContractFilter, contract_json
 
 
 class ContractsAPI:
@@ -48,26 +45,24 @@ class ContractsAPI:
         caller: Caller | None = None,
         engine: Engine | None = None,
         sender: Sender | None = None,
+        settings: Settings | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
-        self._send = sender or _celery_send
+        self._send: Sender = sender or send_task
+        self._settings = settings or get_settings()
         self._clock = clock
         if caller is None:
-            with unit_of_work(engine=engine) as uow:
+            with unit_of_work(engine=engine, settings=self._settings) as uow:
                 caller = authenticate(uow.session, token)
         self.caller = caller
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _dispatch(self, messages: list[Dispatch]) -> None:
-        for msg in messages:
-            self._send(msg.task, msg.payload, msg.countdown)
+    def _uow(self) -> AbstractContextManager[UnitOfWork]:
+        return unit_of_work(self._send, engine=self._engine, settings=self._settings)
 
-    def _uow(self) -> Any:
-        return unit_of_work(self._dispatch, engine=self._engine)
-
-    def _enqueue(self, task: str, contract_id: uuid.UUID, message_id: str | None, **fields: Any) -> str:
+    def _enqueue(self, task: TaskName, contract_id: uuid.UUID, message_id: str | None, **fields: Any) -> str:
         message_id = message_id or str(uuid.uuid4())
         payload = {
             "messageId": message_id,
@@ -90,7 +85,7 @@ class ContractsAPI:
         message_id: str | None = None,
     ) -> str:
         return self._enqueue(
-            "contracts.task_started",
+            TaskName.TASK_STARTED,
             contract_id,
             message_id,
             taskId=str(task_id),
@@ -107,7 +102,7 @@ class ContractsAPI:
         message_id: str | None = None,
     ) -> str:
         return self._enqueue(
-            "contracts.task_completed",
+            TaskName.TASK_COMPLETED,
             contract_id,
             message_id,
             taskId=str(task_id),
@@ -124,22 +119,23 @@ class ContractsAPI:
         message_id: str | None = None,
     ) -> str:
         return self._enqueue(
-            "contracts.mark_deliverable", contract_id, message_id, deliverableId=deliverable_id, phase=phase
+            TaskName.MARK_DELIVERABLE, contract_id, message_id, deliverableId=deliverable_id, phase=phase
         )
 
     def report_worktree_created(
         self, contract_id: uuid.UUID, path: str, message_id: str | None = None
     ) -> str:
-        return self._enqueue("contracts.worktree_created", contract_id, message_id, path=path)
+        return self._enqueue(TaskName.WORKTREE_CREATED, contract_id, message_id, path=path)
 
     def request_completion_check(self, contract_id: uuid.UUID, message_id: str | None = None) -> str:
         """Ask a worker to judge the gate and run the flow if it is met; returns at once."""
-        return self._enqueue("contracts.check_completion", contract_id, message_id)
+        return self._enqueue(TaskName.CHECK_COMPLETION, contract_id, message_id)
 
     def check_completion(self, contract_id: uuid.UUID) -> dict[str, Any]:
         """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
         with self._uow() as uow:
-            return contracts.check_completion(uow, self.caller, contract_id)
+            result, would = completion_flow.check_completion(uow, self.caller, contract_id)
+            return {"ready": result.ready, "wouldComplete": would, "missing": list(result.missing)}
 
     # -- synchronous guarded commands ----------------------------------------------------
 
@@ -163,18 +159,18 @@ class ContractsAPI:
                 phase_config=phase_config,
                 now=self._clock(),
             )
-            return contracts.contract_json(contract)
+            return contract_json(contract)
 
     def get_contract(self, contract_id: uuid.UUID) -> dict[str, Any]:
         with self._uow() as uow:
-            return contracts.contract_json(contracts.get_contract(uow.session, self.caller, contract_id))
+            return contract_json(get_contract(uow.session, self.caller, contract_id))
 
     def list_contracts(self, flt: ContractFilter | None = None) -> dict[str, Any]:
         with self._uow() as uow:
-            rows, cursor = contracts.list_contracts(
-                uow.session, self.caller, flt or ContractFilter(), self._clock()
+            rows, cursor = views.list_contracts(
+                uow.session, self.caller, flt or ContractFilter(), self._clock(), uow.settings
             )
-            return {"contracts": [contracts.contract_json(c) for c in rows], "nextCursor": cursor}
+            return {"contracts": [contract_json(c) for c in rows], "nextCursor": cursor}
 
     def change_status(
         self,
@@ -201,7 +197,7 @@ class ContractsAPI:
                 "previousStatus": previous.value,
                 "newStatus": contract.status,
                 "rejectionReason": None,
-                "contract": contracts.contract_json(contract),
+                "contract": contract_json(contract),
             }
 
     def change_phase(
@@ -216,7 +212,7 @@ class ContractsAPI:
         request = PhaseChangeRequest(phase, expected_version, confirmed, force)
         with self._uow() as uow:
             contract = contracts.change_phase(uow, self.caller, contract_id, request, now=self._clock())
-            return contracts.contract_json(contract)
+            return contract_json(contract)
 
     def complete_deliverable(
         self, contract_id: uuid.UUID, deliverable_id: str, *, phase: str | None = None
@@ -230,21 +226,21 @@ class ContractsAPI:
                 "deliverableId": deliverable_id,
                 "phase": phase or contract.phase,
                 "alreadyComplete": not newly,
-                "contract": contracts.contract_json(contract),
+                "contract": contract_json(contract),
             }
 
     def phase_readiness(self, contract_id: uuid.UUID) -> dict[str, Any]:
         with self._uow() as uow:
-            return contracts.phase_readiness_view(uow.session, self.caller, contract_id)
+            return views.phase_readiness_view(uow.session, self.caller, contract_id, uow.settings)
 
     def set_auto_complete(self, contract_id: uuid.UUID, enabled: bool) -> dict[str, Any]:
         with self._uow() as uow:
             contract = contracts.set_auto_complete(uow, self.caller, contract_id, enabled, now=self._clock())
-            return contracts.contract_json(contract)
+            return contract_json(contract)
 
     def events(self, contract_id: uuid.UUID, after: int = 0, limit: int = 500) -> dict[str, Any]:
         with self._uow() as uow:
-            contracts.get_contract(uow.session, self.caller, contract_id)
+            get_contract(uow.session, self.caller, contract_id)
             rows = events_after(uow.session, contract_id, after, limit)
             return {
                 "events": [event_json(e) for e in rows],
@@ -252,4 +248,4 @@ class ContractsAPI:
             }
 
 
-__all__ = ["ContractsAPI"]
+__all__ = ["ContractsAPI", "Sender"]

@@ -16,14 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.models import OutboxMessage, utcnow
+
+if TYPE_CHECKING:
+    from app.broker import Sender
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,6 @@ class Dispatch:
     task: str
     payload: dict[str, Any]
     countdown: float | None = None
-
-
-class Dispatcher(Protocol):
-    def __call__(self, messages: list[Dispatch]) -> None: ...
 
 
 _engines: dict[str, Engine] = {}
@@ -92,9 +92,24 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+def upsert_ignoring(session: Session, model: type[DeclarativeBase], conflict: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (conflict) DO NOTHING` in the session's dialect.
+
+    PostgreSQL and SQLite spell it the same way but SQLAlchemy builds it from each dialect's
+    own `insert`; this is the one place that picks, so callers stay dialect-free. Returns the
+    statement; add `.values(...)` and execute it (its rowcount says whether a row went in).
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).on_conflict_do_nothing(index_elements=conflict)
+
+
 @dataclass
 class UnitOfWork:
+    """One transaction, the settings it runs under, and the follow-ups it decided."""
+
     session: Session
+    settings: Settings = field(default_factory=get_settings)
     outbox: list[tuple[Dispatch, OutboxMessage]] = field(default_factory=list)
 
     def dispatch_after_commit(
@@ -113,31 +128,32 @@ class UnitOfWork:
 
 
 @contextmanager
-def unit_of_work(dispatcher: Dispatcher | None = None, engine: Engine | None = None) -> Iterator[UnitOfWork]:
+def unit_of_work(
+    sender: Sender | None = None, engine: Engine | None = None, settings: Settings | None = None
+) -> Iterator[UnitOfWork]:
     """One transaction: commit on success, roll back on error, dispatch only after commit.
 
     Follow-ups are rows of `task_outbox` committed with the change. After COMMIT they are
-    handed to the dispatcher and marked sent; if that fails, or there is no dispatcher, they
+    handed to the sender and marked sent; if that fails, or there is no sender, they
     stay unsent and `sweeps.relay_outbox` sends them later. The caller's change is committed
     either way, so a broker hiccup never turns a success into an error.
     """
     bind = engine or get_engine()
     factory = sessionmaker(bind=bind, expire_on_commit=False)
     with factory() as session:
-        uow = UnitOfWork(session)
+        uow = UnitOfWork(session, settings or get_settings())
         with session.begin():
             yield uow
         if uow.outbox:
-            _send_outbox(bind, uow.outbox, dispatcher)
+            _send_outbox(bind, uow.outbox, sender)
 
 
-def _send_outbox(
-    engine: Engine, outbox: list[tuple[Dispatch, OutboxMessage]], dispatcher: Dispatcher | None
-) -> None:
-    if dispatcher is None:
+def _send_outbox(engine: Engine, outbox: list[tuple[Dispatch, OutboxMessage]], sender: Sender | None) -> None:
+    if sender is None:
         return
     try:
-        dispatcher([message for message, _ in outbox])
+        for message, _ in outbox:
+            sender(message.task, message.payload, message.countdown)
     except Exception:
         log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m, _ in outbox])
         return
@@ -177,7 +193,6 @@ def alembic_config(url: str | None = None) -> Any:
 
 __all__ = [
     "Dispatch",
-    "Dispatcher",
     "UnitOfWork",
     "alembic_config",
     "dispose_engines",
@@ -186,4 +201,5 @@ __all__ = [
     "mark_sent",
     "migrate",
     "unit_of_work",
+    "upsert_ignoring",
 ]

@@ -13,15 +13,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.domain.records import EventType
 from app.models import ContractEvent
 
 
 def record_event(
-    session: Session, contract_id: uuid.UUID, type_: str, payload: dict[str, Any], now: datetime
+    session: Session, contract_id: uuid.UUID, type_: EventType, payload: dict[str, Any], now: datetime
 ) -> ContractEvent:
     event = ContractEvent(
         contract_id=contract_id,
-        type=type_,
+        type=type_.value,
         payload={"contractId": str(contract_id), **payload},
         created_at=now,
     )

@@ -40,11 +40,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import ContractsAPI, Sender
 from app.auth import Caller, Unauthenticated, authenticate
-from app.contracts import ContractFilter
 from app.db import unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import contract_type_names
+from app.views import ContractFilter
 
 log = logging.getLogger(__name__)
 

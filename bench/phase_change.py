@@ -63,13 +63,14 @@ def run(db_url: str) -> None:
 
     from app import contracts
     from app.auth import Role, authenticate, create_token
-    from app.db import Dispatch, get_engine, unit_of_work
+    from app.db import get_engine, unit_of_work
     from app.domain.lifecycle import Status
     from app.domain.phase_change import PhaseChangeRequest
     from app.models import Contract, ContractEvent, utcnow
 
-    def no_dispatch(messages: list[Dispatch]) -> None:
+    def no_dispatch(task: str, payload: dict, countdown: float | None = None) -> str:
         """Follow-ups (auto-advance evaluation) would go to the broker; not what is measured."""
+        return ""
 
     engine = get_engine(db_url)
     with unit_of_work(no_dispatch) as uow:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import contracts
+from app import agent_reports, completion_flow, contracts, worktrees
+from app.broker import send_task
 from app.db import unit_of_work
 from app.messages import (
     CompletionCheck,
@@ -21,16 +22,16 @@ from app.messages import (
     decode,
 )
 from app.models import utcnow
+from app.queues import TaskName
 from workers.base import AccountableTask
 from workers.celery_app import celery_app
-from workers.dispatch import dispatch, publish_daemon_commands
 
 
-@celery_app.task(name="contracts.task_started", base=AccountableTask)
+@celery_app.task(name=TaskName.TASK_STARTED, base=AccountableTask)
 def task_started(message: Any) -> None:
     msg = decode(TaskStarted, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.record_task_started(
+    with unit_of_work(send_task) as uow:
+        agent_reports.record_task_started(
             uow,
             caller_of(uow.session, msg),
             msg.contract_id,
@@ -42,11 +43,11 @@ def task_started(message: Any) -> None:
         )
 
 
-@celery_app.task(name="contracts.task_completed", base=AccountableTask)
+@celery_app.task(name=TaskName.TASK_COMPLETED, base=AccountableTask)
 def task_completed(message: Any) -> None:
     msg = decode(TaskCompleted, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.record_task_completed(
+    with unit_of_work(send_task) as uow:
+        agent_reports.record_task_completed(
             uow,
             caller_of(uow.session, msg),
             msg.contract_id,
@@ -58,10 +59,10 @@ def task_completed(message: Any) -> None:
         )
 
 
-@celery_app.task(name="contracts.mark_deliverable", base=AccountableTask)
+@celery_app.task(name=TaskName.MARK_DELIVERABLE, base=AccountableTask)
 def mark_deliverable(message: Any) -> None:
     msg = decode(DeliverableMarked, message)
-    with unit_of_work(dispatch) as uow:
+    with unit_of_work(send_task) as uow:
         contracts.mark_deliverable(
             uow,
             caller_of(uow.session, msg),
@@ -73,43 +74,45 @@ def mark_deliverable(message: Any) -> None:
         )
 
 
-@celery_app.task(name="contracts.worktree_created", base=AccountableTask)
+@celery_app.task(name=TaskName.WORKTREE_CREATED, base=AccountableTask)
 def worktree_created(message: Any) -> None:
     msg = decode(WorktreeCreated, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.record_worktree(
+    with unit_of_work(send_task) as uow:
+        worktrees.record_worktree(
             uow, caller_of(uow.session, msg), msg.contract_id, path=msg.path, now=utcnow()
         )
 
 
-@celery_app.task(name="contracts.check_completion", base=AccountableTask)
+@celery_app.task(name=TaskName.CHECK_COMPLETION, base=AccountableTask)
 def check_completion(message: Any) -> None:
     msg = decode(CompletionCheck, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.evaluate_progress(uow, msg.contract_id, now=utcnow(), caller=caller_of(uow.session, msg))
+    with unit_of_work(send_task) as uow:
+        completion_flow.evaluate_progress(
+            uow, msg.contract_id, now=utcnow(), caller=caller_of(uow.session, msg)
+        )
 
 
-@celery_app.task(name=contracts.EVALUATE_TASK, base=AccountableTask)
+@celery_app.task(name=TaskName.EVALUATE_PROGRESS, base=AccountableTask)
 def evaluate_progress(message: Any) -> None:
     ref = decode(ContractRef, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.evaluate_progress(uow, ref.contract_id, now=utcnow())
+    with unit_of_work(send_task) as uow:
+        completion_flow.evaluate_progress(uow, ref.contract_id, now=utcnow())
 
 
-@celery_app.task(name=contracts.FINALIZE_TASK, base=AccountableTask)
+@celery_app.task(name=TaskName.FINALIZE_COMPLETION, base=AccountableTask)
 def finalize_completion(message: Any) -> None:
     ref = decode(ContractRef, message)
-    with unit_of_work(dispatch) as uow:
-        contracts.finalize_completion(uow, ref.contract_id, now=utcnow())
+    with unit_of_work(send_task) as uow:
+        completion_flow.finalize_completion(uow, ref.contract_id, now=utcnow())
 
 
-@celery_app.task(name=contracts.PUBLISH_COMMANDS_TASK, base=AccountableTask)
+@celery_app.task(name=TaskName.PUBLISH_DAEMON_COMMANDS, base=AccountableTask)
 def publish_commands(message: Any) -> None:
     ref = decode(ContractRef, message)
-    publish_daemon_commands(ref.contract_id)
+    worktrees.publish_daemon_commands(ref.contract_id)
 
 
-@celery_app.task(name="contracts.ping")
+@celery_app.task(name=TaskName.PING)
 def ping() -> str:
     """Liveness probe of the contracts queue, and the no-op baseline `make bench` measures."""
     return "pong"

@@ -14,8 +14,9 @@ from typing import Final
 
 from app.domain.lifecycle import Status
 from app.domain.phases import PhaseConfig, PhaseGate
+from app.domain.records import TaskStatus
 
-TASK_DONE: Final = "done"
+TASK_DONE: Final = TaskStatus.DONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ def registered_validators() -> list[str]:
 
 @register_validator("no_failed_tasks")
 def _no_failed_tasks(facts: GateFacts) -> str | None:
-    failed = [t.name for t in facts.tasks if not t.is_supervisor and t.status == "failed"]
+    failed = [t.name for t in facts.tasks if not t.is_supervisor and t.status == TaskStatus.FAILED]
     return f"Failed tasks must be retried or removed: {', '.join(failed)}" if failed else None
 
 

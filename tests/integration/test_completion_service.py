@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from app import contracts
+from app import agent_reports, completion_flow, contracts, worktrees
 from app.db import Dispatch, unit_of_work
 from app.domain.lifecycle import Status
 from app.models import Contract, utcnow
+from app.queues import TaskName
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +22,9 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[Dispatch] = []
 
-    def __call__(self, messages: list[Dispatch]) -> None:
-        self.sent.extend(messages)
+    def __call__(self, task: str, payload: dict, countdown: float | None = None) -> str:
+        self.sent.append(Dispatch(task, payload, countdown))
+        return "captured"
 
 
 def active_contract(caller, outbox: Outbox, **options: object) -> uuid.UUID:
@@ -41,10 +43,10 @@ def completing_contract(caller, outbox: Outbox) -> uuid.UUID:
     cid = active_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
-        contracts.evaluate_progress(uow, cid, now=now)
+        completion_flow.evaluate_progress(uow, cid, now=now)
     with unit_of_work(outbox) as uow:
         contracts.mark_deliverable(uow, caller, cid, "pull-request", now=now)
-        contracts.evaluate_progress(uow, cid, now=now)
+        completion_flow.evaluate_progress(uow, cid, now=now)
     return cid
 
 
@@ -57,7 +59,7 @@ def test_terminal_gate_met_begins_completion_and_schedules_finalisation_after_th
         assert row is not None
         assert (row.phase, row.status) == ("execute", "completing")
         assert row.completion_detected_at is not None
-    finals = [m for m in outbox.sent if m.task == contracts.FINALIZE_TASK]
+    finals = [m for m in outbox.sent if m.task == TaskName.FINALIZE_COMPLETION]
     assert len(finals) == 1 and finals[0].countdown is not None and finals[0].countdown > 0
 
 
@@ -67,8 +69,8 @@ def test_finalisation_before_the_grace_is_over_does_nothing_and_reschedules(make
     cid = completing_contract(caller, outbox)
     outbox.sent.clear()
     with unit_of_work(outbox) as uow:
-        assert contracts.finalize_completion(uow, cid, now=utcnow()) is False
-    assert [m.task for m in outbox.sent] == [contracts.FINALIZE_TASK]
+        assert completion_flow.finalize_completion(uow, cid, now=utcnow()) is False
+    assert [m.task for m in outbox.sent] == [TaskName.FINALIZE_COMPLETION]
 
 
 def test_a_rejected_completion_returns_to_active_and_is_never_finalised(make_caller) -> None:
@@ -82,7 +84,7 @@ def test_a_rejected_completion_returns_to_active_and_is_never_finalised(make_cal
         assert previous is Status.COMPLETING and row.completion_detected_at is None
     later = utcnow() + timedelta(hours=1)
     with unit_of_work(outbox) as uow:
-        assert contracts.finalize_completion(uow, cid, now=later) is False
+        assert completion_flow.finalize_completion(uow, cid, now=later) is False
         row = uow.session.get(Contract, cid)
         assert row is not None and row.status == "active"
 
@@ -92,12 +94,12 @@ def test_finalisation_runs_once_however_often_it_is_delivered(make_caller) -> No
     outbox = Outbox()
     cid = completing_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
-        contracts.record_worktree(uow, caller, cid, path="/tmp/wt-1", now=utcnow())
+        worktrees.record_worktree(uow, caller, cid, path="/tmp/wt-1", now=utcnow())
     later = utcnow() + timedelta(hours=1)
     results = []
     for _ in range(3):
         with unit_of_work(outbox) as uow:
-            results.append(contracts.finalize_completion(uow, cid, now=later))
+            results.append(completion_flow.finalize_completion(uow, cid, now=later))
     assert results == [True, False, False]
     with unit_of_work() as uow:
         row = uow.session.get(Contract, cid)
@@ -125,7 +127,7 @@ def test_confirming_completion_by_hand_runs_the_cleanup_at_once(make_caller) -> 
     outbox = Outbox()
     cid = completing_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
-        contracts.record_worktree(uow, caller, cid, path="/tmp/wt-2", now=utcnow())
+        worktrees.record_worktree(uow, caller, cid, path="/tmp/wt-2", now=utcnow())
     with unit_of_work(outbox) as uow:
         previous, row = contracts.change_status(uow, caller, cid, Status.COMPLETED, now=utcnow())
         assert previous is Status.COMPLETING and row.status == "completed"
@@ -134,7 +136,7 @@ def test_confirming_completion_by_hand_runs_the_cleanup_at_once(make_caller) -> 
             select(DaemonCommand.command).where(DaemonCommand.contract_id == cid)
         ).all()
     assert commands == ["remove_worktree"]
-    assert contracts.PUBLISH_COMMANDS_TASK in [m.task for m in outbox.sent]
+    assert TaskName.PUBLISH_DAEMON_COMMANDS in [m.task for m in outbox.sent]
 
 
 def test_a_ready_phase_without_automation_is_announced_once_however_often_it_is_judged(make_caller) -> None:
@@ -150,7 +152,7 @@ def test_a_ready_phase_without_automation_is_announced_once_however_often_it_is_
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
     for _ in range(3):
         with unit_of_work(outbox) as uow:
-            decision = contracts.evaluate_progress(uow, cid, now=now)
+            decision = completion_flow.evaluate_progress(uow, cid, now=now)
             assert decision.step.value == "notify"
     with unit_of_work() as uow:
         told = uow.session.scalar(
@@ -168,12 +170,12 @@ def test_a_rejected_completion_is_not_begun_again_until_new_progress_arrives(mak
     with unit_of_work(outbox) as uow:
         contracts.change_status(uow, caller, cid, Status.ACTIVE, reason="needs another look", now=utcnow())
     with unit_of_work(outbox) as uow:
-        assert contracts.evaluate_progress(uow, cid, now=utcnow()).step.value == "wait"
+        assert completion_flow.evaluate_progress(uow, cid, now=utcnow()).step.value == "wait"
         assert uow.session.get(Contract, cid).status == "active"  # type: ignore[union-attr]
     with unit_of_work(outbox) as uow:
         contracts.mark_deliverable(uow, caller, cid, "execution-notes", now=utcnow())
     with unit_of_work(outbox) as uow:
-        assert contracts.evaluate_progress(uow, cid, now=utcnow()).step.value == "begin_completion"
+        assert completion_flow.evaluate_progress(uow, cid, now=utcnow()).step.value == "begin_completion"
         assert uow.session.get(Contract, cid).status == "completing"  # type: ignore[union-attr]
 
 
@@ -186,12 +188,12 @@ def test_a_forced_move_back_is_not_undone_by_automation(make_caller) -> None:
     cid = active_contract(caller, outbox)
     with unit_of_work(outbox) as uow:
         contracts.mark_deliverable(uow, caller, cid, "plan-document", now=now)
-        contracts.evaluate_progress(uow, cid, now=now)
+        completion_flow.evaluate_progress(uow, cid, now=now)
     outbox.sent.clear()
     with unit_of_work(outbox) as uow:
         row = contracts.change_phase(uow, caller, cid, PhaseChangeRequest("plan", force=True), now=now)
         assert row.phase == "plan"
-    assert contracts.EVALUATE_TASK not in [m.task for m in outbox.sent]
+    assert TaskName.EVALUATE_PROGRESS not in [m.task for m in outbox.sent]
 
 
 def test_a_supervisor_starting_asks_for_the_gate_to_be_judged(make_caller) -> None:
@@ -201,10 +203,10 @@ def test_a_supervisor_starting_asks_for_the_gate_to_be_judged(make_caller) -> No
     with unit_of_work(outbox) as uow:
         cid = contracts.create_contract(uow, caller, name="c", contract_type="simple", now=now).id
     with unit_of_work(outbox) as uow:
-        contracts.record_task_started(
+        agent_reports.record_task_started(
             uow, caller, cid, task_id=uuid.uuid4(), task_name="supervisor", is_supervisor=True, now=now
         )
-    assert [m.task for m in outbox.sent] == [contracts.EVALUATE_TASK]
+    assert [m.task for m in outbox.sent] == [TaskName.EVALUATE_PROGRESS]
 
 
 def test_a_closed_contract_accepts_no_more_work(make_caller) -> None:

@@ -11,12 +11,12 @@ from kombu import Producer
 from sqlalchemy import select
 
 from app.api import ContractsAPI
+from app.broker import send_task as send
 from app.db import unit_of_work
 from app.models import DeadLetter
 from tests.integration.helpers import count_events, message_processed, new_contract
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 from workers.celery_app import celery_app
-from workers.dispatch import send
 
 pytestmark = pytest.mark.integration
 

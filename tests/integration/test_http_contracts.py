@@ -675,7 +675,7 @@ def take_from_broker(task_ids: list[str]) -> list[dict[str, Any]]:
     import redis
 
     from app.config import get_settings
-    from workers.queues import Queue
+    from app.queues import Queue
 
     settings = get_settings()
     client = redis.Redis.from_url(settings.effective_broker_url)
@@ -697,7 +697,7 @@ def take_from_broker(task_ids: list[str]) -> list[dict[str, Any]]:
 
 def test_task_completed_is_accepted_with_a_message_id_and_enqueued(make_caller: Any) -> None:
     """Through the real Celery sender: the report sits on Redis and the caller has 202 at once."""
-    from app.api import _celery_send
+    from app.broker import send_task as _celery_send
 
     celery_ids: list[str] = []
 

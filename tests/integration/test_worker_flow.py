@@ -170,7 +170,7 @@ def test_a_requested_completion_check_advances_a_contract_whose_gate_is_met(
 
 
 def test_a_follow_up_whose_send_failed_is_relayed_from_the_outbox(worker: WorkerProcess, make_caller) -> None:
-    from workers.dispatch import relay_outbox
+    from app.outbox import relay_outbox
 
     token, caller = make_caller()
     api = ContractsAPI(token)

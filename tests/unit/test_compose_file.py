@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.queues import Queue
+from app.queues import Queue
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("api", "worker", "worker-batch", "beat", "flower")

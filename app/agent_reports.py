@@ -1,0 +1,154 @@
+"""What daemons report about their agents' tasks, and the message claims that make it once-only.
+
+A daemon's report travels through the broker and may arrive twice (a redelivery after a
+worker died, a sender's resend). Each carries a message id that is claimed in the same
+transaction as its effect, under the contract's row lock, so however often it arrives it is
+applied once. Completing a task and judging the gate share that transaction too: two workers
+finishing the last two tasks of a phase advance it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from app.auth import Caller
+from app.completion_flow import advance_if_ready
+from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
+from app.db import UnitOfWork, upsert_ignoring
+from app.domain.completion import Decision
+from app.domain.errors import ValidationFailed
+from app.domain.lifecycle import Status
+from app.domain.records import EventType, TaskStatus
+from app.events import record_event
+from app.models import Contract, ContractTask, ProcessedMessage
+from app.queues import TaskName
+
+
+def claim_message(
+    session: Session, contract_id: uuid.UUID, message_id: str, kind: str, now: datetime
+) -> bool:
+    """Record that a message's effect is being committed; False if it already was."""
+    stmt = upsert_ignoring(session, ProcessedMessage, ["contract_id", "message_id"]).values(
+        contract_id=contract_id, message_id=message_id, kind=kind, processed_at=now
+    )
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def first_delivery(
+    uow: UnitOfWork, contract_id: uuid.UUID, message_id: str | None, kind: str, now: datetime
+) -> bool:
+    """Claim a daemon message's id under the contract's lock; False for a repeat delivery.
+
+    The claim commits with the effect, so a message is applied once however often it
+    arrives; calls without a message id (HTTP commands) are judged on their own terms.
+    """
+    return message_id is None or claim_message(uow.session, contract_id, message_id, kind, now)
+
+
+def record_task_started(
+    uow: UnitOfWork,
+    caller: Caller,
+    contract_id: uuid.UUID,
+    *,
+    task_id: uuid.UUID,
+    task_name: str,
+    is_supervisor: bool,
+    message_id: str | None = None,
+    now: datetime,
+) -> Contract:
+    """A task was spawned. A supervisor starting is what makes a `created` contract active."""
+    contract = lock_contract(uow.session, caller, contract_id)
+    if not first_delivery(uow, contract.id, message_id, "task_started", now):
+        return contract
+    refuse_if_closed(contract, "tasks")
+    task = uow.session.get(ContractTask, task_id)
+    if task is None:
+        uow.session.add(
+            ContractTask(
+                id=task_id,
+                contract_id=contract.id,
+                name=task_name,
+                status=TaskStatus.RUNNING.value,
+                is_supervisor=is_supervisor,
+                phase=contract.phase,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        touch(contract, now)
+        record_event(
+            uow.session,
+            contract.id,
+            EventType.TASK_SPAWNED,
+            {
+                "taskId": str(task_id),
+                "taskName": task_name,
+                "isSupervisor": is_supervisor,
+                "phase": contract.phase,
+            },
+            now,
+        )
+    if is_supervisor and contract.status == Status.CREATED.value:
+        set_status(uow.session, contract, Status.ACTIVE, now, reason="supervisor started")
+        uow.dispatch_after_commit(TaskName.EVALUATE_PROGRESS, {"contractId": str(contract.id)})
+    return contract
+
+
+def record_task_completed(
+    uow: UnitOfWork,
+    caller: Caller,
+    contract_id: uuid.UUID,
+    *,
+    task_id: uuid.UUID,
+    task_name: str,
+    success: bool,
+    message_id: str | None = None,
+    now: datetime,
+) -> Decision | None:
+    """Apply a task-completed report and, under the same lock, what the gate now allows."""
+    contract = lock_contract(uow.session, caller, contract_id)
+    if not first_delivery(uow, contract.id, message_id, "task_completed", now):
+        return None
+    refuse_if_closed(contract, "task results")
+    task = uow.session.get(ContractTask, task_id)
+    new_status = TaskStatus.DONE if success else TaskStatus.FAILED
+    if task is None:
+        task = ContractTask(
+            id=task_id,
+            contract_id=contract.id,
+            name=task_name,
+            status=new_status.value,
+            is_supervisor=False,
+            phase=contract.phase,
+            created_at=now,
+            updated_at=now,
+            completed_at=now,
+        )
+        uow.session.add(task)
+    elif task.contract_id != contract.id:
+        raise ValidationFailed(
+            f"Task {task_id} belongs to another contract.",
+            details={"taskId": str(task_id)},
+        )
+    elif task.status in (TaskStatus.DONE, TaskStatus.FAILED):
+        return None
+    else:
+        task.status = new_status.value
+        task.updated_at = now
+        task.completed_at = now
+    touch(contract, now)
+    record_event(
+        uow.session,
+        contract.id,
+        EventType.TASK_COMPLETED,
+        {"taskId": str(task_id), "taskName": task_name, "success": success},
+        now,
+    )
+    uow.session.flush()
+    return advance_if_ready(uow, contract, now)
+
+
+__all__ = ["claim_message", "first_delivery", "record_task_completed", "record_task_started"]

@@ -1,0 +1,149 @@
+"""The broker as senders see it: the Celery client, the one `Sender`, and daemon commands.
+
+Why it lives in `app` and not in `workers`: the API module, the HTTP front, the outbox relay
+and the workers all send, and `app` must not import the workers. The Celery settings are the
+contract between a sender and the worker that receives, so they are built here once and the
+worker app (`workers.celery_app`) is this same Celery instance with its tasks registered.
+
+Why each setting is what it is:
+- `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its
+  task finished, so a worker killed mid-task leaves it unacknowledged and another worker
+  runs it again (every task is idempotent, so running twice is safe).
+- `worker_prefetch_multiplier = 1`: a worker holds one message per process beyond the one
+  it runs; a long batch cannot hoard messages that another worker could take.
+- `visibility_timeout` (broker transport option): how long an unacknowledged message stays
+  hidden before Redis hands it out again. It is longer than the longest task plus any
+  countdown we schedule (countdowns are capped at half of it, see `send_task`).
+- `unacked_restore_interval`/`unacked_restore_throttle`: how soon a dead worker's messages
+  come back.
+- `worker_cancel_long_running_tasks_on_connection_loss`: after a broker outage the message
+  will be redelivered anyway, so the running copy is cancelled rather than finished twice.
+- Separate queues routed by the task name's prefix (`app.queues`), so a worker pool per queue
+  can be sized and a batch never starves heartbeats.
+- JSON only: a message anyone can read in `dead_letters`, and no pickle from the network.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Protocol
+
+from celery import Celery
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
+
+from app.config import Settings, get_settings
+from app.queues import Queue, queue_for
+
+TASK_EXCHANGE = Exchange("makima", type="direct")
+DAEMON_EXCHANGE = Exchange("makima.daemon", type="direct", durable=True)
+DAEMON_QUEUE = KombuQueue("daemon.commands", DAEMON_EXCHANGE, routing_key="daemon.commands", durable=True)
+
+
+class Sender(Protocol):
+    """Hands one task message to the broker and returns its task id.
+
+    The one way a sender is injected: the unit of work's outbox, the API module and the HTTP
+    front all take one, so tests and benchmarks can capture or fail sends without a broker.
+    """
+
+    def __call__(self, task: str, payload: dict[str, Any], countdown: float | None = None, /) -> str: ...
+
+
+def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str]:
+    return {"queue": queue_for(name).value}
+
+
+def build_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("makima", broker=settings.effective_broker_url, backend=settings.result_backend)
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "unacked_restore_interval": settings.unacked_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+    }
+    if settings.broker_key_prefix:
+        transport["global_keyprefix"] = settings.broker_key_prefix
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=settings.result_backend is None,
+        task_default_queue=Queue.CONTRACTS.value,
+        task_queues=[KombuQueue(q.value, TASK_EXCHANGE, routing_key=q.value) for q in Queue],
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_routes=(_route,),
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+_celery: Celery | None = None
+_celery_lock = threading.Lock()
+
+
+def get_celery() -> Celery:
+    """The process's one Celery instance, built on first use from the settings."""
+    global _celery
+    with _celery_lock:
+        if _celery is None:
+            _celery = build_celery()
+        return _celery
+
+
+def send_task(task: str, payload: dict[str, Any], countdown: float | None = None, /) -> str:
+    """The default `Sender`: one task message on the queue its name picks.
+
+    A countdown is capped at half the broker's visibility timeout: Redis would otherwise
+    hand a message still waiting for its ETA to a second worker. Countdown tasks re-check
+    their time and reschedule themselves, so a capped wait only means one more hop.
+    """
+    if countdown is not None:
+        countdown = min(countdown, get_settings().visibility_timeout_seconds / 2)
+    task_id = str(uuid.uuid4())
+    get_celery().send_task(
+        task,
+        args=[payload],
+        task_id=task_id,
+        queue=queue_for(task).value,
+        countdown=countdown if countdown and countdown > 0 else None,
+    )
+    return task_id
+
+
+def publish_daemon_commands(commands: list[dict[str, Any]]) -> None:
+    """Publish commands on the daemons' command queue (durable, JSON), retrying the connection."""
+    with get_celery().producer_or_acquire() as producer:
+        for body in commands:
+            producer.publish(
+                body,
+                exchange=DAEMON_EXCHANGE,
+                routing_key=DAEMON_QUEUE.routing_key,
+                declare=[DAEMON_QUEUE],
+                serializer="json",
+                retry=True,
+            )
+
+
+__all__ = [
+    "DAEMON_EXCHANGE",
+    "DAEMON_QUEUE",
+    "Sender",
+    "build_celery",
+    "get_celery",
+    "publish_daemon_commands",
+    "send_task",
+]

@@ -1,0 +1,129 @@
+"""The contract row under its lock: load it as a caller may see it, and move it with its event.
+
+Every writer follows one shape: lock the row (`SELECT ... FOR UPDATE` on PostgreSQL,
+`BEGIN IMMEDIATE` on SQLite), check the caller may see it, ask the pure domain, apply, and
+write the event row in the same transaction. The primitives every writer shares live here,
+below the guarded commands (`app.contracts`) and the completion flow that both use them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth import Caller
+from app.domain.errors import ContractNotFound, ValidationFailed
+from app.domain.lifecycle import Status, check_transition
+from app.domain.records import EventType
+from app.events import record_event
+from app.models import Contract
+
+
+def _visible(contract: Contract | None, caller: Caller, contract_id: uuid.UUID) -> Contract:
+    if contract is None or not caller.may_access(contract.owner_id):
+        raise ContractNotFound(contract_id)
+    return contract
+
+
+def get_contract(session: Session, caller: Caller, contract_id: uuid.UUID) -> Contract:
+    """Read without a lock; another owner's contract is reported exactly like a missing one."""
+    return _visible(session.get(Contract, contract_id), caller, contract_id)
+
+
+def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUID) -> Contract:
+    """Load the row under a write lock; `caller=None` is the service itself (sweeps)."""
+    contract = session.scalars(
+        select(Contract)
+        .where(Contract.id == contract_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if caller is None:
+        if contract is None:
+            raise ContractNotFound(contract_id)
+        return contract
+    return _visible(contract, caller, contract_id)
+
+
+def touch(contract: Contract, now: datetime) -> None:
+    contract.last_activity_at = now
+    contract.updated_at = now
+
+
+def refuse_if_closed(contract: Contract, what: str) -> None:
+    status = Status(contract.status)
+    if status in Status.terminal():
+        raise ValidationFailed(
+            f"The contract is '{status.value}': no more {what} can be recorded on it.",
+            details={"status": status.value},
+        )
+
+
+def set_status(
+    session: Session,
+    contract: Contract,
+    target: Status,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    blocker: str | None = None,
+    waiting_for: str | None = None,
+) -> Status:
+    """Move the status along the table, keep the side columns honest, record the event."""
+    previous = Status(contract.status)
+    check_transition(previous, target, reason=reason, blocker=blocker)
+    contract.status = target.value
+    contract.status_changed_at = now
+    contract.waiting_for = waiting_for if target is Status.WAITING_FOR_INPUT else None
+    contract.blocked_reason = blocker if target is Status.BLOCKED else None
+    if target is Status.FAILED:
+        contract.failure_reason = reason
+    if target is Status.COMPLETING:
+        contract.completion_detected_at = now
+    elif previous is Status.COMPLETING and target is Status.ACTIVE:
+        contract.completion_detected_at = None
+    touch(contract, now)
+    payload: dict[str, Any] = {
+        "oldStatus": previous.value,
+        "newStatus": target.value,
+        "reason": reason or blocker or waiting_for,
+    }
+    record_event(session, contract.id, EventType.STATUS_CHANGED, payload, now)
+    return previous
+
+
+def apply_phase(
+    session: Session,
+    contract: Contract,
+    new_phase: str,
+    new_version: int,
+    now: datetime,
+    *,
+    forced: bool,
+    confirmed: bool,
+) -> None:
+    """Move to a phase the caller already judged allowed; bump the version, record the event."""
+    old = contract.phase
+    contract.phase = new_phase
+    contract.version = new_version
+    touch(contract, now)
+    record_event(
+        session,
+        contract.id,
+        EventType.PHASE_CHANGED,
+        {
+            "oldPhase": old,
+            "newPhase": new_phase,
+            "version": contract.version,
+            "forced": forced,
+            "confirmed": confirmed,
+        },
+        now,
+    )
+
+
+__all__ = ["apply_phase", "get_contract", "lock_contract", "refuse_if_closed", "set_status", "touch"]
