@@ -9,6 +9,10 @@
 
 VENV ?= .venv
 PYTHON ?= python3
+# Flower listens on loopback unless told otherwise: it shows every task's arguments and can
+# revoke tasks. `make flower FLOWER_PORT=5556 FLOWER_ADDRESS=0.0.0.0` (then enable its auth).
+FLOWER_PORT ?= 5555
+FLOWER_ADDRESS ?= 127.0.0.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.makima-installed
 
@@ -22,7 +26,7 @@ help:
 	@echo "make bench        run every benchmark in bench/"
 	@echo "make lint         ruff check + ruff format --check"
 	@echo "make typecheck    mypy --strict"
-	@echo "make flower       Flower on http://127.0.0.1:5555"
+	@echo "make flower       Flower on http://$(FLOWER_ADDRESS):$(FLOWER_PORT) (FLOWER_PORT=, FLOWER_ADDRESS=)"
 	@echo "VENV=$(VENV)"
 
 $(BIN)/python:
@@ -68,7 +72,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 flower: $(STAMP)
-	$(BIN)/celery -A workers.celery_app flower --port=5555
+	$(BIN)/celery -A workers.celery_app flower --address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT)
 
 clean:
 	rm -rf .makima .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -4,13 +4,18 @@ Redis has no dead-letter exchange, so this table is ours: a message that does no
 names no known task, fails validation, fails its principal check, raises a domain error or
 exhausts its deliveries lands here once (a fingerprint de-duplicates repeats, counting
 them in `attempts`) and is acknowledged, so it never crash-loops a worker.
+
+This module owns the table's whole life: recording, listing, loading one row, and turning a
+row back into the task call it was (`replay`). The CLI only formats and prints; the broker
+is handed in as a `ReplaySender`, so `app` never imports the Celery app.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,4 +109,150 @@ def mark_replayed(session: Session, dead_letter_id: int, now: datetime) -> None:
     session.execute(update(DeadLetter).where(DeadLetter.id == dead_letter_id).values(replayed_at=now))
 
 
-__all__ = ["RejectedMessage", "body_text", "list_dead_letters", "mark_replayed", "record_dead_letter"]
+# -- reading one and replaying it ---------------------------------------------------------------
+
+
+class DeadLetterError(Exception):
+    """A dead letter cannot be read or replayed as asked; the message says what to do."""
+
+
+class DeadLetterNotFound(DeadLetterError):
+    def __init__(self, dead_letter_id: int) -> None:
+        super().__init__(
+            f"no dead letter with id {dead_letter_id}; list them with 'makima dead-letters list --all'."
+        )
+
+
+class AlreadyReplayed(DeadLetterError):
+    def __init__(self, dead_letter_id: int, replayed_at: datetime) -> None:
+        super().__init__(
+            f"dead letter {dead_letter_id} was already replayed at {replayed_at.isoformat()}; "
+            "pass --force to send it again."
+        )
+
+
+class NotReplayable(DeadLetterError):
+    """The stored message cannot be turned back into a task call as it is."""
+
+
+def get_dead_letter(session: Session, dead_letter_id: int, *, lock: bool = False) -> DeadLetter:
+    """The row, locked when replaying so two replays of one message cannot both send it."""
+    query = select(DeadLetter).where(DeadLetter.id == dead_letter_id)
+    if lock:
+        query = query.with_for_update()
+    row = session.scalars(query).first()
+    if row is None:
+        raise DeadLetterNotFound(dead_letter_id)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class Replayable:
+    """A dead letter decoded back into the call a worker would run."""
+
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def decode_for_replay(task_name: str | None, headers: Mapping[str, Any] | None, raw_body: str) -> Replayable:
+    """Recover (task, args, kwargs) from a stored dead letter.
+
+    Two shapes are written: `workers.dead_letter.park_task` stores
+    `{"args": [...], "kwargs": {...}}` with the task name; `workers.consumer` stores the
+    broker message as received, whose Celery protocol-2 body is `[args, kwargs, embed]`
+    (the task name is in the headers) and whose protocol-1 body is a dict naming the task.
+    """
+    name = task_name or (headers or {}).get("task")
+    try:
+        body = json.loads(raw_body)
+    except ValueError as exc:
+        raise NotReplayable(f"its body is not JSON ({exc})") from None
+    args: Any
+    kwargs: Any
+    if isinstance(body, dict) and "args" in body and "kwargs" in body and set(body) <= {"args", "kwargs"}:
+        args, kwargs = body["args"], body["kwargs"]
+    elif isinstance(body, list) and len(body) == 3:
+        args, kwargs = body[0], body[1]
+    elif isinstance(body, dict) and "task" in body:
+        name = name or body.get("task")
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+    else:
+        raise NotReplayable(
+            "its body is JSON but not a Celery task call ([args, kwargs, embed] or {args, kwargs})"
+        )
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise NotReplayable("its args are not a list or its kwargs are not an object")
+    if not name:
+        raise NotReplayable("it names no task (no task name, no 'task' header)")
+    return Replayable(str(name), args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay sent: the task, the queue it went to, and its new task id."""
+
+    task_name: str
+    queue: str
+    task_id: str
+
+
+# (call, new task id) -> the queue it was sent to. Raises whatever the broker raises.
+ReplaySender = Callable[[Replayable, str], str]
+
+
+def replay(
+    session: Session,
+    dead_letter_id: int,
+    *,
+    send: ReplaySender,
+    known_task: Callable[[str], bool],
+    now: datetime,
+    force: bool = False,
+) -> Replayed:
+    """Send a dead letter's task again with a new task id, and mark the row replayed.
+
+    Call inside a unit of work: the row is locked, and the message is sent before the
+    transaction that marks it commits. If sending fails nothing is marked; if the commit
+    fails after sending, a second replay sends it again, which is safe because every task is
+    idempotent (daemon reports carry their own message id).
+    """
+    row = get_dead_letter(session, dead_letter_id, lock=True)
+    if row.replayed_at is not None and not force:
+        raise AlreadyReplayed(dead_letter_id, row.replayed_at)
+    try:
+        call = decode_for_replay(row.task_name, row.headers, row.raw_body)
+    except NotReplayable as exc:
+        raise NotReplayable(
+            f"dead letter {dead_letter_id} cannot be replayed: the body does not decode as a task "
+            f"call: {exc}. It cannot be replayed until it is fixed."
+        ) from None
+    if not known_task(call.task_name):
+        raise NotReplayable(
+            f"dead letter {dead_letter_id} names task '{call.task_name}', which is not a task of this "
+            "service (app.queues.TaskName); "
+            "it cannot be replayed until it is fixed."
+        )
+    task_id = str(uuid.uuid4())
+    queue = send(call, task_id)
+    mark_replayed(session, dead_letter_id, now)
+    return Replayed(call.task_name, queue, task_id)
+
+
+__all__ = [
+    "AlreadyReplayed",
+    "DeadLetterError",
+    "DeadLetterNotFound",
+    "NotReplayable",
+    "RejectedMessage",
+    "ReplaySender",
+    "Replayable",
+    "Replayed",
+    "body_text",
+    "decode_for_replay",
+    "get_dead_letter",
+    "list_dead_letters",
+    "mark_replayed",
+    "record_dead_letter",
+    "replay",
+]

@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 
 PG_ADMIN_URL = os.environ.get(
-    "MAKIMA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    "TEST_MAKIMA_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("MAKIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("TEST_MAKIMA_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Isolation:
             "MAKIMA_DATABASE_URL": self.db_url,
             "MAKIMA_BROKER_URL": REDIS_URL,
             "MAKIMA_BROKER_KEY_PREFIX": self.key_prefix,
-            "MAKIMA_CONFIG": "/nonexistent/makima.toml",
+            "MAKIMA_CONFIG": "/dev/null",  # no config file, wherever the tests run
         }
 
     def create_database(self, migrated: bool = True) -> None:

