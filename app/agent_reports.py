@@ -12,12 +12,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.completion_flow import advance_if_ready
 from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
-from app.db import UnitOfWork, upsert_ignoring
+from app.db import UnitOfWork, dialect_insert, upsert_ignoring
 from app.domain.completion import Decision
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
@@ -113,32 +114,8 @@ def record_task_completed(
     if not first_delivery(uow, contract.id, message_id, "task_completed", now):
         return None
     refuse_if_closed(contract, "task results")
-    task = uow.session.get(ContractTask, task_id)
-    new_status = TaskStatus.DONE if success else TaskStatus.FAILED
-    if task is None:
-        task = ContractTask(
-            id=task_id,
-            contract_id=contract.id,
-            name=task_name,
-            status=new_status.value,
-            is_supervisor=False,
-            phase=contract.phase,
-            created_at=now,
-            updated_at=now,
-            completed_at=now,
-        )
-        uow.session.add(task)
-    elif task.contract_id != contract.id:
-        raise ValidationFailed(
-            f"Task {task_id} belongs to another contract.",
-            details={"taskId": str(task_id)},
-        )
-    elif task.status in (TaskStatus.DONE, TaskStatus.FAILED):
+    if not _record_task_result(uow.session, contract, task_id, task_name, success, now):
         return None
-    else:
-        task.status = new_status.value
-        task.updated_at = now
-        task.completed_at = now
     touch(contract, now)
     record_event(
         uow.session,
@@ -149,6 +126,42 @@ def record_task_completed(
     )
     uow.session.flush()
     return advance_if_ready(uow, contract, now)
+
+
+def _record_task_result(
+    session: Session, contract: Contract, task_id: uuid.UUID, task_name: str, success: bool, now: datetime
+) -> bool:
+    """Upsert the task's result in one statement; False when there is nothing to change.
+
+    A task reported `failed` may later be reported `done` (a retry); `done` is final, so a
+    report on a done task changes nothing. A task id of another contract is refused.
+    """
+    status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
+    insert = dialect_insert(session, ContractTask).values(
+        id=task_id,
+        contract_id=contract.id,
+        name=task_name,
+        status=status,
+        is_supervisor=False,
+        phase=contract.phase,
+        created_at=now,
+        updated_at=now,
+        completed_at=now,
+    )
+    stmt = insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={"status": status, "updated_at": now, "completed_at": now},
+        where=(ContractTask.status != TaskStatus.DONE.value) & (ContractTask.contract_id == contract.id),
+    ).returning(ContractTask.id)
+    if session.execute(stmt).first() is not None:
+        return True
+    owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
+    if owner is not None and owner != contract.id:
+        raise ValidationFailed(
+            f"Task {task_id} belongs to another contract.",
+            details={"taskId": str(task_id)},
+        )
+    return False
 
 
 __all__ = ["claim_message", "first_delivery", "record_task_completed", "record_task_started"]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -75,25 +78,83 @@ def create_token(session: Session, owner_id: str, role: Role, name: str | None =
     return token
 
 
+# How long a principal looked up by token or id is trusted without asking the database again.
+# It is the bound on how late a revocation takes effect, in the HTTP front and in workers.
+PRINCIPAL_CACHE_SECONDS: Final = 5.0
+
+
+class _TTLCache:
+    """A small time-bounded cache (per process); entries older than the bound are reloaded."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self._max = max_entries
+        self._entries: dict[object, tuple[float, Caller | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> tuple[bool, Caller | None]:
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: object, caller: Caller | None) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic(), caller)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_by_token = _TTLCache(PRINCIPAL_CACHE_SECONDS)
+_by_id = _TTLCache(PRINCIPAL_CACHE_SECONDS)
+
+
+def forget_cached_principals() -> None:
+    """Drop every cached principal of this process (tests, and after a local revocation)."""
+    _by_token.clear()
+    _by_id.clear()
+
+
 def authenticate(session: Session, token: str | None) -> Caller:
+    """The caller a bearer token stands for; cached for `PRINCIPAL_CACHE_SECONDS`."""
     if not token:
         raise Unauthenticated("A bearer token is required: send 'Authorization: Bearer <token>'.")
+    digest = hash_token(token)
+    found, caller = _by_token.get(digest)
+    if not found:
+        caller = _lookup_token(session, digest)
+        _by_token.put(digest, caller)
+    if caller is None:
+        raise Unauthenticated("The bearer token is not valid; create one with 'makima token create'.")
+    return caller
+
+
+def _lookup_token(session: Session, digest: str) -> Caller | None:
     row = session.execute(
         select(Principal.id, Principal.owner_id, Principal.role)
         .join(ApiToken, ApiToken.principal_id == Principal.id)
-        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        .where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     ).first()
-    if row is None:
-        raise Unauthenticated("The bearer token is not valid; create one with 'makima token create'.")
-    return Caller(row.id, row.owner_id, Role(row.role))
+    return None if row is None else Caller(row.id, row.owner_id, Role(row.role))
 
 
 def load_caller(session: Session, principal_id: uuid.UUID) -> Caller | None:
-    """The principal a broker message names, as it is now (a deleted one acts for nobody)."""
+    """The principal a broker message names, as it is now (a deleted one acts for nobody).
+
+    Cached for `PRINCIPAL_CACHE_SECONDS`, so a worker does not pay a query per message.
+    """
+    found, caller = _by_id.get(principal_id)
+    if found:
+        return caller
     principal = session.get(Principal, principal_id)
-    if principal is None:
-        return None
-    return Caller(principal.id, principal.owner_id, Role(principal.role))
+    caller = None if principal is None else Caller(principal.id, principal.owner_id, Role(principal.role))
+    _by_id.put(principal_id, caller)
+    return caller
 
 
 __all__ = [
@@ -101,6 +162,7 @@ __all__ = [
     "Role",
     "Unauthenticated",
     "authenticate",
+    "forget_cached_principals",
     "create_token",
     "hash_token",
     "load_caller",

@@ -2,15 +2,22 @@
 
 A unit of work is one transaction. Follow-up tasks are written to the `task_outbox` table in
 that transaction and handed to the broker only after COMMIT succeeds: a message never names
-a row that does not exist (DESIGN: enqueue after commit), rolled-back work sends nothing,
-and a crash or broker failure between COMMIT and the send leaves an unsent outbox row that
-the `sweeps.relay_outbox` job sends later, so no decided follow-up is lost.
+a row that does not exist (enqueue after commit), rolled-back work sends nothing, and a
+crash or broker failure between COMMIT and the send leaves an outbox row that the
+`sweeps.relay_outbox` job sends later, so no decided follow-up is lost.
+
+Connections are not pinged on every checkout (that was a round trip per transaction on the
+hot paths). A connection idle for longer than `IDLE_PING_SECONDS` is pinged before use, which
+covers a database that restarted while the process slept; a connection that breaks under
+load fails its transaction with a transient error that workers retry and the HTTP front
+answers 503 with Retry-After; `pool_recycle` bounds a connection's age.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,13 +25,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import Settings, get_settings
 from app.models import OutboxMessage, utcnow
+from app.outbox import close_sent_rows, sent_rows
 
 if TYPE_CHECKING:
     from app.broker import Sender
@@ -68,6 +77,31 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+IDLE_PING_SECONDS = 30.0
+RECYCLE_SECONDS = 1800
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pre-ping only connections that sat idle: a busy pool pays no extra round trip."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError("idle connection is gone") from exc
+
+
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().effective_database_url
     with _lock:
@@ -80,28 +114,37 @@ def get_engine(url: str | None = None) -> Engine:
                 engine = create_engine(url, connect_args={"timeout": 30})
                 _configure_sqlite(engine)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=RECYCLE_SECONDS)
+                _ping_when_idle(engine)
             _engines[url] = engine
         return engine
 
 
 def dispose_engines() -> None:
+    close_sent_rows()
     with _lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
 
 
-def upsert_ignoring(session: Session, model: type[DeclarativeBase], conflict: list[str]) -> Any:
-    """`INSERT ... ON CONFLICT (conflict) DO NOTHING` in the session's dialect.
+def dialect_insert(session: Session, model: type[DeclarativeBase]) -> Any:
+    """An `INSERT` that can take `ON CONFLICT ...`, in the session's dialect.
 
-    PostgreSQL and SQLite spell it the same way but SQLAlchemy builds it from each dialect's
-    own `insert`; this is the one place that picks, so callers stay dialect-free. Returns the
-    statement; add `.values(...)` and execute it (its rowcount says whether a row went in).
+    PostgreSQL and SQLite spell upserts the same way but SQLAlchemy builds them from each
+    dialect's own `insert`; this is the one place that picks, so callers stay dialect-free.
     """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(model).on_conflict_do_nothing(index_elements=conflict)
+    return insert(model)
+
+
+def upsert_ignoring(session: Session, model: type[DeclarativeBase], conflict: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (conflict) DO NOTHING`; add `.values(...)` and execute it.
+
+    Its rowcount says whether a row went in.
+    """
+    return dialect_insert(session, model).on_conflict_do_nothing(index_elements=conflict)
 
 
 @dataclass
@@ -127,6 +170,16 @@ class UnitOfWork:
         self.outbox.append((Dispatch(task, payload, countdown), row))
 
 
+_factories: dict[int, sessionmaker[Session]] = {}
+
+
+def _session_factory(engine: Engine) -> sessionmaker[Session]:
+    factory = _factories.get(id(engine))
+    if factory is None or factory.kw["bind"] is not engine:
+        factory = _factories[id(engine)] = sessionmaker(bind=engine, expire_on_commit=False)
+    return factory
+
+
 @contextmanager
 def unit_of_work(
     sender: Sender | None = None, engine: Engine | None = None, settings: Settings | None = None
@@ -134,13 +187,12 @@ def unit_of_work(
     """One transaction: commit on success, roll back on error, dispatch only after commit.
 
     Follow-ups are rows of `task_outbox` committed with the change. After COMMIT they are
-    handed to the sender and marked sent; if that fails, or there is no sender, they
-    stay unsent and `sweeps.relay_outbox` sends them later. The caller's change is committed
+    handed to the sender and retired in batches off this path (`app.outbox.SentRows`); if
+    the send fails, or there is no sender, they stay and `sweeps.relay_outbox` sends them later. The caller's change is committed
     either way, so a broker hiccup never turns a success into an error.
     """
     bind = engine or get_engine()
-    factory = sessionmaker(bind=bind, expire_on_commit=False)
-    with factory() as session:
+    with _session_factory(bind)() as session:
         uow = UnitOfWork(session, settings or get_settings())
         with session.begin():
             yield uow
@@ -151,22 +203,15 @@ def unit_of_work(
 def _send_outbox(engine: Engine, outbox: list[tuple[Dispatch, OutboxMessage]], sender: Sender | None) -> None:
     if sender is None:
         return
+    sent: list[int] = []
     try:
-        for message, _ in outbox:
+        for message, row in outbox:
             sender(message.task, message.payload, message.countdown)
+            sent.append(row.id)
     except Exception:
         log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m, _ in outbox])
-        return
-    mark_sent(engine, [row.id for _, row in outbox])
-
-
-def mark_sent(engine: Engine, ids: list[int]) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(sent_at=utcnow()))
-    except Exception:
-        # Sent but not marked: the relay sends them again, which idempotent tasks absorb.
-        log.exception("could not mark outbox rows %s as sent", ids)
+    if sent:
+        sent_rows(engine).add(sent)
 
 
 def migrate(url: str | None = None, revision: str = "head") -> None:
@@ -198,8 +243,8 @@ __all__ = [
     "dispose_engines",
     "downgrade",
     "get_engine",
-    "mark_sent",
     "migrate",
     "unit_of_work",
+    "dialect_insert",
     "upsert_ignoring",
 ]

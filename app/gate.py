@@ -7,7 +7,7 @@ thing the same way.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Boolean, String, cast, false, null, select, union_all
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -34,18 +34,28 @@ def phase_config_of(contract: Contract) -> PhaseConfig:
 
 
 def load_gate_facts(session: Session, contract: Contract, phase: str | None = None) -> GateFacts:
+    """The phase's completed deliverables and its tasks, in one round trip (UNION ALL).
+
+    A deliverable row carries its id in `name` and NULL status; a task row its name, status
+    and supervisor flag.
+    """
     phase = phase or contract.phase
-    done = session.scalars(
-        select(CompletedDeliverable.deliverable_id).where(
-            CompletedDeliverable.contract_id == contract.id, CompletedDeliverable.phase == phase
-        )
-    ).all()
-    tasks = session.execute(
-        select(ContractTask.name, ContractTask.status, ContractTask.is_supervisor).where(
-            ContractTask.contract_id == contract.id, ContractTask.phase == phase
-        )
-    ).all()
-    return GateFacts(phase, frozenset(done), tuple(TaskSummary(*t) for t in tasks))
+    deliverables = select(
+        CompletedDeliverable.deliverable_id.label("name"),
+        cast(null(), String).label("status"),
+        cast(false(), Boolean).label("is_supervisor"),
+    ).where(CompletedDeliverable.contract_id == contract.id, CompletedDeliverable.phase == phase)
+    tasks = select(ContractTask.name, ContractTask.status, ContractTask.is_supervisor).where(
+        ContractTask.contract_id == contract.id, ContractTask.phase == phase
+    )
+    done: set[str] = set()
+    summaries: list[TaskSummary] = []
+    for name, status, is_supervisor in session.execute(union_all(deliverables, tasks)):
+        if status is None:
+            done.add(name)
+        else:
+            summaries.append(TaskSummary(name, status, bool(is_supervisor)))
+    return GateFacts(phase, frozenset(done), tuple(summaries))
 
 
 def readiness(session: Session, contract: Contract) -> ReadinessResult:

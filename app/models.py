@@ -213,20 +213,19 @@ class ProcessedMessage(Base):
 class OutboxMessage(Base):
     """Follow-up work decided in a transaction, kept until the broker has it.
 
-    Written with the change that decided it and sent after COMMIT; a send that fails (or a
-    crash before it) leaves the row unsent, and the `sweeps.relay_outbox` job sends it later.
-    Every task is idempotent, so the rare double send is harmless; a lost one is not.
+    Written with the change that decided it and sent after COMMIT, then deleted (in batches,
+    `app.outbox`); a send that fails (or a crash before it) leaves the row, and the
+    `sweeps.relay_outbox` job sends and deletes it later. Every task is idempotent, so the
+    rare double send is harmless; a lost one is not.
     """
 
     __tablename__ = "task_outbox"
-    __table_args__ = (Index("idx_task_outbox_unsent", "sent_at", "id"),)
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     task: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeadLetter(Base):

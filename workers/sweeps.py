@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app import completion_flow, worktrees
 from app.broker import send_task
-from app.db import unit_of_work
+from app.db import get_engine, unit_of_work
 from app.models import utcnow
 from app.outbox import relay_outbox
 from app.queues import TaskName
@@ -34,7 +34,7 @@ def publish_pending_daemon_commands() -> int:
 @celery_app.task(name=TaskName.RELAY_OUTBOX, base=AccountableTask)
 def relay_pending_outbox() -> int:
     """Outbox catch-up: follow-up tasks committed but never handed to the broker."""
-    return relay_outbox()
+    return relay_outbox(get_engine())
 
 
 @celery_app.task(name=TaskName.DRAIN_DEAD_LETTERS, base=AccountableTask)

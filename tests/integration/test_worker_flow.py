@@ -170,6 +170,7 @@ def test_a_requested_completion_check_advances_a_contract_whose_gate_is_met(
 
 
 def test_a_follow_up_whose_send_failed_is_relayed_from_the_outbox(worker: WorkerProcess, make_caller) -> None:
+    from app.db import get_engine
     from app.outbox import relay_outbox
 
     token, caller = make_caller()
@@ -184,6 +185,6 @@ def test_a_follow_up_whose_send_failed_is_relayed_from_the_outbox(worker: Worker
     assert answer["alreadyComplete"] is False
     assert contract_row(cid).phase == "plan"
 
-    assert relay_outbox(older_than_seconds=0) >= 1
+    assert relay_outbox(get_engine(), older_than_seconds=0) >= 1
     wait_for(lambda: contract_row(cid).phase == "execute", what="advanced by the relayed follow-up")
-    assert relay_outbox(older_than_seconds=0) == 0
+    assert relay_outbox(get_engine(), older_than_seconds=0) == 0
