@@ -131,6 +131,17 @@ def test_the_seeds_own_appendix_is_a_valid_file(tmp_path: Path, monkeypatch: pyt
     assert Settings().contracts.model_dump() == SEED_8_1
 
 
+def test_the_example_file_is_valid_and_holds_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "makima.toml.example"
+    write_toml(tmp_path, monkeypatch, example.read_text())
+    settings = Settings()
+    assert settings.contracts.model_dump() == SEED_8_1
+    assert settings.feature_flags.model_dump() == PLAN_FEATURE_FLAGS
+    assert settings.data_dir == tmp_path / ".makima"
+
+
 def test_an_invalid_value_in_the_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_toml(tmp_path, monkeypatch, "[contracts]\nstale_threshold_minutes = 0\n")
     with pytest.raises(ValidationError, match="stale_threshold_minutes"):
