@@ -9,6 +9,9 @@ workers use, and dispatch their follow-ups only after commit.
 
     api = ContractsAPI("mk_...")
     api.report_task_completed(contract_id, task_id, "write tests", success=True)
+
+Answers are the typed models of `app.schemas` (attribute access in Python, camelCase JSON
+with `.model_dump(mode="json")`), the same classes the HTTP front publishes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app import completion_flow, contracts, views
+from app import completion_flow, contracts, schemas, views
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
@@ -29,10 +32,10 @@ from app.contract_rows import get_contract
 from app.db import UnitOfWork, unit_of_work
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
-from app.events import event_json, events_after
+from app.events import event_view, events_after
 from app.models import utcnow
 from app.queues import TaskName
-from app.views import ContractFilter, contract_json
+from app.views import ContractFilter, contract_view, contract_views
 
 
 class ContractsAPI:
@@ -131,11 +134,13 @@ class ContractsAPI:
         """Ask a worker to judge the gate and run the flow if it is met; returns at once."""
         return self._enqueue(TaskName.CHECK_COMPLETION, contract_id, message_id)
 
-    def check_completion(self, contract_id: uuid.UUID) -> dict[str, Any]:
+    def check_completion(self, contract_id: uuid.UUID) -> schemas.CompletionCheck:
         """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
         with self._uow() as uow:
             result, would = completion_flow.check_completion(uow, self.caller, contract_id)
-            return {"ready": result.ready, "wouldComplete": would, "missing": list(result.missing)}
+            return schemas.CompletionCheck(
+                ready=result.ready, would_complete=would, missing=list(result.missing)
+            )
 
     # -- synchronous guarded commands ----------------------------------------------------
 
@@ -147,7 +152,7 @@ class ContractsAPI:
         phase_guard: bool = False,
         auto_complete_enabled: bool | None = None,
         phase_config: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> schemas.Contract:
         with self._uow() as uow:
             contract = contracts.create_contract(
                 uow,
@@ -159,18 +164,27 @@ class ContractsAPI:
                 phase_config=phase_config,
                 now=self._clock(),
             )
-            return contract_json(contract)
+            return contract_view(uow.session, contract)
 
-    def get_contract(self, contract_id: uuid.UUID) -> dict[str, Any]:
+    def get_contract(self, contract_id: uuid.UUID) -> schemas.Contract:
         with self._uow() as uow:
-            return contract_json(get_contract(uow.session, self.caller, contract_id))
+            return contract_view(uow.session, get_contract(uow.session, self.caller, contract_id))
 
-    def list_contracts(self, flt: ContractFilter | None = None) -> dict[str, Any]:
+    def check_visible(self, contract_id: uuid.UUID) -> None:
+        """Raise ContractNotFound unless this caller may see the contract (one indexed read).
+
+        Reports are enqueued, so a wrong id would only surface later as a dead letter; the
+        HTTP front checks first to answer 404 at once.
+        """
+        with self._uow() as uow:
+            get_contract(uow.session, self.caller, contract_id)
+
+    def list_contracts(self, flt: ContractFilter | None = None) -> schemas.ContractPage:
         with self._uow() as uow:
             rows, cursor = views.list_contracts(
                 uow.session, self.caller, flt or ContractFilter(), self._clock(), uow.settings
             )
-            return {"contracts": [contract_json(c) for c in rows], "nextCursor": cursor}
+            return schemas.ContractPage(contracts=contract_views(uow.session, rows), next_cursor=cursor)
 
     def change_status(
         self,
@@ -180,7 +194,7 @@ class ContractsAPI:
         reason: str | None = None,
         blocker: str | None = None,
         waiting_for: WaitingFor | None = None,
-    ) -> dict[str, Any]:
+    ) -> schemas.ChangeStatusResponse:
         with self._uow() as uow:
             previous, contract = contracts.change_status(
                 uow,
@@ -192,13 +206,13 @@ class ContractsAPI:
                 waiting_for=waiting_for,
                 now=self._clock(),
             )
-            return {
-                "success": True,
-                "previousStatus": previous.value,
-                "newStatus": contract.status,
-                "rejectionReason": None,
-                "contract": contract_json(contract),
-            }
+            return schemas.ChangeStatusResponse(
+                success=True,
+                previous_status=previous,
+                new_status=Status(contract.status),
+                rejection_reason=None,
+                contract=contract_view(uow.session, contract),
+            )
 
     def change_phase(
         self,
@@ -208,44 +222,44 @@ class ContractsAPI:
         expected_version: int | None = None,
         confirmed: bool = False,
         force: bool = False,
-    ) -> dict[str, Any]:
+    ) -> schemas.Contract:
         request = PhaseChangeRequest(phase, expected_version, confirmed, force)
         with self._uow() as uow:
             contract = contracts.change_phase(uow, self.caller, contract_id, request, now=self._clock())
-            return contract_json(contract)
+            return contract_view(uow.session, contract)
 
     def complete_deliverable(
         self, contract_id: uuid.UUID, deliverable_id: str, *, phase: str | None = None
-    ) -> dict[str, Any]:
+    ) -> schemas.DeliverableCompletion:
         """Mark now and answer now: an invalid id is the caller's error, not a dead letter."""
         with self._uow() as uow:
             contract, newly = contracts.mark_deliverable(
                 uow, self.caller, contract_id, deliverable_id, phase=phase, now=self._clock()
             )
-            return {
-                "deliverableId": deliverable_id,
-                "phase": phase or contract.phase,
-                "alreadyComplete": not newly,
-                "contract": contract_json(contract),
-            }
+            return schemas.DeliverableCompletion(
+                deliverable_id=deliverable_id,
+                phase=phase or contract.phase,
+                already_complete=not newly,
+                contract=contract_view(uow.session, contract),
+            )
 
-    def phase_readiness(self, contract_id: uuid.UUID) -> dict[str, Any]:
+    def phase_readiness(self, contract_id: uuid.UUID) -> schemas.PhaseReadiness:
         with self._uow() as uow:
             return views.phase_readiness_view(uow.session, self.caller, contract_id, uow.settings)
 
-    def set_auto_complete(self, contract_id: uuid.UUID, enabled: bool) -> dict[str, Any]:
+    def set_auto_complete(self, contract_id: uuid.UUID, enabled: bool) -> schemas.Contract:
         with self._uow() as uow:
             contract = contracts.set_auto_complete(uow, self.caller, contract_id, enabled, now=self._clock())
-            return contract_json(contract)
+            return contract_view(uow.session, contract)
 
-    def events(self, contract_id: uuid.UUID, after: int = 0, limit: int = 500) -> dict[str, Any]:
+    def events(self, contract_id: uuid.UUID, after: int = 0, limit: int = 500) -> schemas.EventPage:
         with self._uow() as uow:
             get_contract(uow.session, self.caller, contract_id)
             rows = events_after(uow.session, contract_id, after, limit)
-            return {
-                "events": [event_json(e) for e in rows],
-                "lastEventId": rows[-1].id if rows else after,
-            }
+            return schemas.EventPage(
+                events=[event_view(e) for e in rows],
+                last_event_id=rows[-1].id if rows else after,
+            )
 
 
 __all__ = ["ContractsAPI", "Sender"]

@@ -13,21 +13,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import schemas
 from app.domain.records import EventType
 from app.models import ContractEvent
+from app.pending_writes import hold_event
 
 
 def record_event(
     session: Session, contract_id: uuid.UUID, type_: EventType, payload: dict[str, Any], now: datetime
-) -> ContractEvent:
-    event = ContractEvent(
-        contract_id=contract_id,
-        type=type_.value,
-        payload={"contractId": str(contract_id), **payload},
-        created_at=now,
-    )
-    session.add(event)
-    return event
+) -> None:
+    """Record a state change; the row is written with the transaction's other writes at commit.
+
+    See `app.pending_writes`: held rows cost no round trip of their own.
+    """
+    hold_event(session, contract_id, type_.value, {"contractId": str(contract_id), **payload}, now)
 
 
 def events_after(session: Session, contract_id: uuid.UUID, after: int, limit: int) -> list[ContractEvent]:
@@ -41,14 +40,15 @@ def events_after(session: Session, contract_id: uuid.UUID, after: int, limit: in
     )
 
 
-def event_json(event: ContractEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "contractId": str(event.contract_id),
-        "type": event.type,
-        "payload": event.payload,
-        "createdAt": event.created_at.isoformat(),
-    }
+def event_view(event: ContractEvent) -> schemas.Event:
+    """An event row as callers read it (the HTTP events page, the live monitor)."""
+    return schemas.Event(
+        id=event.id,
+        contract_id=event.contract_id,
+        type=event.type,
+        payload=event.payload,
+        created_at=event.created_at,
+    )
 
 
-__all__ = ["event_json", "events_after", "record_event"]
+__all__ = ["event_view", "events_after", "record_event"]

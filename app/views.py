@@ -1,4 +1,4 @@
-"""Reads: one contract, a page of contracts, a phase's readiness, as callers see them.
+"""Reads: one contract, a page of contracts, a phase's readiness, as callers see them (`app.schemas`).
 
 Reads take no lock and change nothing. Lists are keyset-paginated on (created_at, id) so a
 page never skips or repeats a contract while others are created; the cursor is opaque to
@@ -10,63 +10,134 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from app import schemas
 from app.auth import Caller
 from app.config import Settings
 from app.contract_rows import get_contract
 from app.domain.completion import check_phase_readiness
 from app.domain.errors import ValidationFailed
-from app.domain.lifecycle import Status
+from app.domain.lifecycle import Status, WaitingFor
+from app.domain.phases import Deliverable
+from app.domain.records import TaskStatus
 from app.gate import load_gate_facts, phase_config_of, switches_for
-from app.models import Contract
+from app.models import CompletedDeliverable, Contract, ContractTask
 
 
 def phase_readiness_view(
     session: Session, caller: Caller, contract_id: uuid.UUID, settings: Settings
-) -> dict[str, Any]:
+) -> schemas.PhaseReadiness:
     contract = get_contract(session, caller, contract_id)
     config = phase_config_of(contract)
     result = check_phase_readiness(config, load_gate_facts(session, contract))
     gate = config.get(contract.phase).gate
-    return {
-        "phase": contract.phase,
-        "ready": result.ready,
-        "readiness": result.readiness.value,
-        "missing": list(result.missing),
-        "autoAdvanceEnabled": bool(gate and gate.auto_advance and switches_for(contract, settings).on),
-    }
+    return schemas.PhaseReadiness(
+        phase=contract.phase,
+        ready=result.ready,
+        readiness=result.readiness,
+        missing=list(result.missing),
+        auto_advance_enabled=bool(gate and gate.auto_advance and switches_for(contract, settings).on),
+    )
 
 
-def contract_json(contract: Contract) -> dict[str, Any]:
-    def ts(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
+# --- a contract as callers see it ---------------------------------------------------------
 
-    return {
-        "id": str(contract.id),
-        "ownerId": contract.owner_id,
-        "name": contract.name,
-        "contractType": contract.contract_type,
-        "phaseConfig": contract.phase_config,
-        "phase": contract.phase,
-        "status": contract.status,
-        "version": contract.version,
-        "phaseGuard": contract.phase_guard,
-        "autoCompleteEnabled": contract.auto_complete_enabled,
-        "statusChangedAt": ts(contract.status_changed_at),
-        "lastActivityAt": ts(contract.last_activity_at),
-        "waitingFor": contract.waiting_for,
-        "blockedReason": contract.blocked_reason,
-        "failureReason": contract.failure_reason,
-        "completionDetectedAt": ts(contract.completion_detected_at),
-        "createdAt": ts(contract.created_at),
-        "updatedAt": ts(contract.updated_at),
-    }
+
+def contract_view(session: Session, contract: Contract) -> schemas.Contract:
+    """One contract with its current phase's progress (two queries)."""
+    return contract_views(session, [contract])[0]
+
+
+def contract_views(session: Session, contracts: Sequence[Contract]) -> list[schemas.Contract]:
+    """Contracts with their current phase's deliverables and task counts.
+
+    A person reads progress on the contract itself, so every answer that carries a contract
+    carries it. Two queries for the whole list, however long (completed deliverables, task
+    counts), never one per contract: a page of 500 costs what a page of one does.
+    """
+    if not contracts:
+        return []
+    ids = [c.id for c in contracts]
+    phases = {c.phase for c in contracts}
+    wanted = {(c.id, c.phase) for c in contracts}
+    completed: dict[tuple[uuid.UUID, str], dict[str, datetime]] = {}
+    for cid, phase, deliverable_id, completed_at in session.execute(
+        select(
+            CompletedDeliverable.contract_id,
+            CompletedDeliverable.phase,
+            CompletedDeliverable.deliverable_id,
+            CompletedDeliverable.completed_at,
+        ).where(CompletedDeliverable.contract_id.in_(ids), CompletedDeliverable.phase.in_(phases))
+    ):
+        if (cid, phase) in wanted:
+            completed.setdefault((cid, phase), {})[deliverable_id] = completed_at
+    counts: dict[tuple[uuid.UUID, str], dict[str, int]] = {}
+    for cid, phase, status, count in session.execute(
+        select(ContractTask.contract_id, ContractTask.phase, ContractTask.status, func.count())
+        .where(ContractTask.contract_id.in_(ids), ContractTask.phase.in_(phases))
+        .group_by(ContractTask.contract_id, ContractTask.phase, ContractTask.status)
+    ):
+        if (cid, phase) in wanted:
+            counts.setdefault((cid, phase), {})[status] = int(count)
+    return [
+        _contract_schema(c, completed.get((c.id, c.phase), {}), counts.get((c.id, c.phase), {}))
+        for c in contracts
+    ]
+
+
+def _current_deliverables(contract: Contract) -> tuple[Deliverable, ...]:
+    """The current phase's deliverables; none if the phase is no longer in the config."""
+    for phase in phase_config_of(contract).phases:
+        if phase.id == contract.phase:
+            return phase.deliverables
+    return ()
+
+
+def _contract_schema(
+    contract: Contract, completed: Mapping[str, datetime], by_status: Mapping[str, int]
+) -> schemas.Contract:
+    return schemas.Contract(
+        id=contract.id,
+        owner_id=contract.owner_id,
+        name=contract.name,
+        contract_type=contract.contract_type,
+        phase_config=contract.phase_config,
+        phase=contract.phase,
+        status=Status(contract.status),
+        version=contract.version,
+        phase_guard=contract.phase_guard,
+        auto_complete_enabled=contract.auto_complete_enabled,
+        status_changed_at=contract.status_changed_at,
+        last_activity_at=contract.last_activity_at,
+        waiting_for=WaitingFor(contract.waiting_for) if contract.waiting_for else None,
+        blocked_reason=contract.blocked_reason,
+        failure_reason=contract.failure_reason,
+        completion_detected_at=contract.completion_detected_at,
+        created_at=contract.created_at,
+        updated_at=contract.updated_at,
+        deliverables=[
+            schemas.DeliverableState(
+                id=d.id,
+                name=d.name,
+                required=d.required,
+                completed=d.id in completed,
+                completed_at=completed.get(d.id),
+            )
+            for d in _current_deliverables(contract)
+        ],
+        tasks=schemas.TaskCounts(
+            total=sum(by_status.values()),
+            running=by_status.get(TaskStatus.RUNNING.value, 0),
+            done=by_status.get(TaskStatus.DONE.value, 0),
+            failed=by_status.get(TaskStatus.FAILED.value, 0),
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +207,8 @@ def list_contracts(
 
 __all__ = [
     "ContractFilter",
-    "contract_json",
+    "contract_view",
+    "contract_views",
     "decode_cursor",
     "encode_cursor",
     "list_contracts",

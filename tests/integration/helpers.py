@@ -42,9 +42,8 @@ def message_processed(message_id: str) -> bool:
 
 
 def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:
-    cid = uuid.UUID(
-        api.create_contract(kwargs.pop("name", "flow"), kwargs.pop("contract_type", "simple"), **kwargs)["id"]
-    )  # type: ignore[arg-type]
+    name, contract_type = str(kwargs.pop("name", "flow")), str(kwargs.pop("contract_type", "simple"))
+    cid = api.create_contract(name, contract_type, **kwargs).id  # type: ignore[arg-type]
     supervisor = uuid.uuid4()
     api.report_task_started(cid, supervisor, "supervisor", is_supervisor=True)
     wait_for(lambda: contract_row(cid).status == Status.ACTIVE.value, what="supervisor start → active")

@@ -23,8 +23,9 @@ from sqlalchemy import update
 from app.db import unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
-from app.http import ERROR_STATUS, create_app
+from app.http import ERROR_STATUS, STATUS_BY_ERROR, create_app
 from app.models import Contract, utcnow
+from app.schemas import ErrorCode
 
 with warnings.catch_warnings():
     # starlette 1.x asks for `httpx2`; the pinned `httpx` still works and is what is installed.
@@ -477,10 +478,31 @@ def test_unknown_status_is_a_422_naming_the_allowed_statuses(actor: Any) -> None
     )
 
 
+def test_a_contract_id_that_is_not_a_uuid_is_no_endpoint(actor: Any) -> None:
+    """Contract ids match only UUIDs, so `/dashboard` or `/batch` can never be taken for one."""
+    user = actor()
+    for segment in ("42", "not-a-uuid", "dashboard", "batch"):
+        assert_error(user.call("GET", f"{BASE}/{segment}"), 404, "NOT_FOUND")
+    assert "UUID" in user.call("GET", f"{BASE}/42").json()["error"]["message"]
+
+
+@pytest.mark.parametrize("segment", ["dashboard", "batch", "monitor"])
+def test_static_paths_beside_contract_ids_are_not_routed_to_the_contract_handler(
+    http_app: Any, actor: Any, segment: str
+) -> None:
+    from starlette.routing import Match
+
+    from app.http import contracts
+
+    path = f"{BASE}/{segment}"
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    matched = [route for route in http_app.router.routes if route.matches(scope)[0] is Match.FULL]
+    assert all(getattr(route, "endpoint", None) is not contracts.get_contract for route in matched)
+    assert_error(actor().call("GET", path), 404, "NOT_FOUND")
+
+
 def test_ids_that_are_not_uuids_and_out_of_range_queries_are_422(actor: Any) -> None:
     user = actor()
-    details = assert_error(user.call("GET", f"{BASE}/42"), 422, "INVALID_REQUEST")
-    assert details["problems"][0]["field"] == "id" and details["problems"][0]["in"] == "path"
     cid = user.create()
     task = assert_error(
         user.call("POST", f"{BASE}/{cid}/tasks/t-1/completed", {"taskName": "x", "success": True}),
@@ -533,6 +555,8 @@ def test_every_domain_error_code_has_an_http_status() -> None:
 
     codes = {cls.code for cls in family(ContractError) if cls is not ContractError}
     assert codes <= set(ERROR_STATUS), codes - set(ERROR_STATUS)
+    assert codes <= {c.value for c in ErrorCode}, "every domain code is an ErrorCode on the wire"
+    assert all(cls in STATUS_BY_ERROR for cls in family(ContractError))
     assert ERROR_STATUS == {
         "CONTRACT_NOT_FOUND": 404,
         "INVALID_TRANSITION": 400,

@@ -95,7 +95,7 @@ def test_auto_complete_off_stops_auto_advance_until_turned_back_on(
     wait_for(lambda: message_processed(marked), what="deliverable processed")
     wait_for(lambda: "phase_ready" in event_types(cid), what="phase_ready notice")
     assert contract_row(cid).phase == "plan"
-    assert api.phase_readiness(cid)["ready"] is True
+    assert api.phase_readiness(cid).ready is True
 
     api.set_auto_complete(cid, True)
     wait_for(lambda: contract_row(cid).phase == "execute", what="advance after re-enabling")
@@ -182,7 +182,7 @@ def test_a_follow_up_whose_send_failed_is_relayed_from_the_outbox(worker: Worker
 
     # The caller's change commits and answers normally although the broker is down.
     answer = ContractsAPI(caller=caller, sender=broker_down).complete_deliverable(cid, "plan-document")
-    assert answer["alreadyComplete"] is False
+    assert answer.already_complete is False
     assert contract_row(cid).phase == "plan"
 
     assert relay_outbox(get_engine(), older_than_seconds=0) >= 1

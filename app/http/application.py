@@ -1,0 +1,61 @@
+"""`create_app`: the ASGI app, assembled from the routers, the error mapping and the docs.
+
+A factory (not only a module global) so tests and benchmarks can run several apps, each with
+its own database, a sender that needs no broker, or a broker URL to probe.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from app.broker import Sender
+from app.http import contracts, health, reports
+from app.http.deps import Wiring
+from app.http.docs import install_docs
+from app.http.errors import install_error_handlers
+
+DESCRIPTION = (
+    "Contracts for AI-agent orchestration: guarded lifecycles, phase gates, completion "
+    "detection.\n\n"
+    "Every call under `/api/v1` needs `Authorization: Bearer <token>` (create one with "
+    "`makima token create`). JSON field names are camelCase. Every error answers "
+    '`{"error": {"code", "message", "details"}}`: switch on `code`, show `message` to a person, '
+    "and act on `details` (valid ids, missing requirements, versions)."
+)
+
+
+def create_app(
+    *,
+    engine: Engine | None = None,
+    sender: Sender | None = None,
+    broker_url: str | None = None,
+    probe_timeout: float = 2.0,
+) -> FastAPI:
+    """Build the ASGI app. `None` means the configured default for each dependency.
+
+    `engine`: the database (default: the settings' database). `sender`: how reports and
+    follow-ups reach the broker (default: Celery). `broker_url`: what `/readyz` pings
+    (default: the settings' broker). `probe_timeout`: seconds each readiness check may take.
+    """
+    application = FastAPI(
+        title="makima contract management",
+        version="1.0.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    application.state.wiring = Wiring(
+        engine=engine, sender=sender, broker_url=broker_url, probe_timeout=probe_timeout
+    )
+    # Resources whose paths sit beside `/{id}` (dashboard, batch, monitor) may be included in
+    # any order: contract ids only match UUIDs (`{id:uuid}`), never a static segment.
+    application.include_router(contracts.router)
+    application.include_router(reports.router)
+    application.include_router(health.router)
+    install_docs(application)
+    install_error_handlers(application)
+    return application
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,140 @@
+"""What a handler is given before it runs: the caller, its ContractsAPI, parsed queries.
+
+Why dependencies and not code in each handler: authentication and the query mini-languages
+must read the same on every route (one 401, one way to spell `status=active,paused`), and
+tests and benchmarks swap the database and broker through one object, `Wiring`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Final, cast
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from app.api import ContractsAPI
+from app.auth import Caller, authenticate
+from app.broker import Sender
+from app.db import unit_of_work
+from app.domain.lifecycle import Status
+from app.http.bodies import SafeStr
+from app.http.problems import InvalidRequest
+
+_THRESHOLD = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_THRESHOLD_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What a request needs beyond the caller; injectable so tests and benches can swap it.
+
+    `None` means the configured default: the settings' database, the Celery sender, the
+    settings' broker URL.
+    """
+
+    engine: Engine | None = None
+    sender: Sender | None = None
+    broker_url: str | None = None
+    probe_timeout: float = 2.0
+
+
+def wiring(request: Request) -> Wiring:
+    return cast(Wiring, request.app.state.wiring)
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token (`mk_...`), created with `makima token create`.",
+)
+
+
+def authenticate_token(engine: Engine | None, token: str | None) -> Caller:
+    """Who holds this token; raises Unauthenticated for a missing, malformed or unknown one."""
+    with unit_of_work(engine=engine) as uow:
+        return authenticate(uow.session, token)
+
+
+def authenticated_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """Who is calling; raises Unauthenticated (401) for a missing, malformed or unknown token."""
+    return authenticate_token(wiring(request).engine, credentials.credentials if credentials else None)
+
+
+def contracts_api(request: Request, caller: Annotated[Caller, Depends(authenticated_caller)]) -> ContractsAPI:
+    """A ContractsAPI acting for this request's caller: the only way handlers reach the domain."""
+    wired = wiring(request)
+    return ContractsAPI(caller=caller, engine=wired.engine, sender=wired.sender)
+
+
+Api = Annotated[ContractsAPI, Depends(contracts_api)]
+ContractId = Annotated[uuid.UUID, Path(alias="id", description="The contract's id (a UUID).")]
+TaskId = Annotated[uuid.UUID, Path(alias="taskId", description="The task's id (a UUID).")]
+DeliverableId = Annotated[
+    SafeStr, Path(alias="deliverableId", max_length=200, description="A deliverable id of the phase.")
+]
+
+
+def parse_statuses(raw: str | None) -> tuple[Status, ...]:
+    """`status=active,paused` → statuses; an unknown one is a 422 naming every allowed status."""
+    if raw is None:
+        return ()
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    allowed = [s.value for s in Status]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise InvalidRequest(
+            [
+                {
+                    "field": "status",
+                    "in": "query",
+                    "type": "enum",
+                    "problem": f"'{name}' is not a status; allowed: {', '.join(allowed)}",
+                    "given": name,
+                    "allowed": allowed,
+                }
+                for name in unknown
+            ]
+        )
+    return tuple(dict.fromkeys(Status(n) for n in names))
+
+
+def parse_threshold(raw: str) -> timedelta:
+    """`45s`, `30m`, `2h`, `1d` → a positive duration, the CLI's `--threshold` syntax."""
+    match = _THRESHOLD.match(raw)
+    amount = int(match.group(1)) if match else 0
+    if match is None or amount <= 0 or amount > 10**6:
+        raise InvalidRequest(
+            [
+                {
+                    "field": "threshold",
+                    "in": "query",
+                    "type": "duration",
+                    "problem": "must be a positive whole number then s, m, h or d, like 45s, 30m or 2h",
+                    "given": raw,
+                }
+            ]
+        )
+    return timedelta(**{_THRESHOLD_UNITS[match.group(2)]: amount})
+
+
+__all__ = [
+    "Api",
+    "ContractId",
+    "DeliverableId",
+    "TaskId",
+    "Wiring",
+    "authenticate_token",
+    "authenticated_caller",
+    "bearer",
+    "contracts_api",
+    "parse_statuses",
+    "parse_threshold",
+    "wiring",
+]

@@ -1,0 +1,93 @@
+"""What is wrong with a request, field by field: the `problems` list of an INVALID_REQUEST.
+
+Why its own module: the schema's complaints (pydantic errors) and the service's own checks of
+query mini-languages (`status=`, `threshold=`) must read alike to a caller, each problem with
+its field, where it was (`body`, `query`, `path`), what was given and what would be allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, get_args
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+class InvalidRequest(Exception):
+    """A request the schema alone cannot judge (query mini-languages) but is still malformed."""
+
+    def __init__(self, problems: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(summary(problems))
+        self.problems = [dict(p) for p in problems]
+
+
+def summary(problems: Sequence[Mapping[str, Any]]) -> str:
+    return "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _body_field_names(request: Request) -> list[str]:
+    """The wire names of the route's body model, to list next to an unknown field."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return []
+    annotation = route.body_field.field_info.annotation
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return [f.alias or name for name, f in candidate.model_fields.items()]
+    return []
+
+
+def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[str, Any]:
+    """One pydantic error as a caller-readable problem: where, what, and what would be allowed."""
+    loc = tuple(error.get("loc", ()))
+    where = str(loc[0]) if loc else "body"
+    field = _field_path(loc[1:]) or where
+    kind = str(error.get("type", "invalid"))
+    problem: dict[str, Any] = {
+        "field": field,
+        "in": where,
+        "type": kind,
+        "problem": str(error.get("msg", "")),
+    }
+    given = error.get("input")
+    if isinstance(given, str | int | float | bool) and kind not in ("missing", "json_invalid"):
+        # Echo what was sent, at most 200 characters of it, and never what JSON cannot carry (NaN).
+        if isinstance(given, float) and not math.isfinite(given):
+            given = str(given)
+        problem["given"] = given[:200] if isinstance(given, str) else given
+    ctx = error.get("ctx") or {}
+    if kind in ("enum", "literal_error") and "expected" in ctx:
+        problem["allowed"] = _QUOTED.findall(str(ctx["expected"]))
+        problem["problem"] = f"must be one of: {', '.join(problem['allowed'])}"
+    elif kind == "extra_forbidden":
+        problem["problem"] = "is not a field of this request"
+        known = _body_field_names(request) if where == "body" and len(loc) == 2 else []
+        if known:
+            problem["allowed"] = known
+            problem["problem"] += f"; known fields: {', '.join(known)}"
+    elif kind == "missing":
+        problem["problem"] = "is required"
+    elif kind == "model_attributes_type" and loc == ("body",):
+        problem["problem"] = "must be a JSON object, sent with Content-Type: application/json"
+    elif kind == "uuid_parsing":
+        problem["problem"] = "must be a UUID, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"
+    return problem
+
+
+__all__ = ["InvalidRequest", "problem_from_pydantic", "summary"]

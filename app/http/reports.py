@@ -1,0 +1,69 @@
+"""Daemon-facing reports under `/api/v1/contracts/{id}`: queued, answered 202 at once.
+
+A daemon must never block on this service, so these only check the contract is visible (a
+wrong id is a 404 now rather than a dead letter later), queue the report and return its
+`messageId`. A worker applies it; resending the same messageId has no further effect.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.http.bodies import TaskCompletedRequest, TaskStartedRequest, WorktreeCreatedRequest
+from app.http.deps import Api, ContractId, TaskId
+from app.http.errors import API_PREFIX, error_responses
+from app.schemas import Accepted, ErrorCode
+
+E = ErrorCode
+CONTRACT = "/{id:uuid}"
+
+router = APIRouter(
+    prefix=API_PREFIX,
+    tags=["daemon reports"],
+    responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
+)
+_REPORT_ERRORS = error_responses(E.CONTRACT_NOT_FOUND, bad_json=True)
+
+
+@router.post(
+    CONTRACT + "/tasks/{taskId}/started", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS
+)
+def task_started(contract_id: ContractId, task_id: TaskId, body: TaskStartedRequest, api: Api) -> Accepted:
+    """A daemon spawned a task (a supervisor starting makes a `created` contract `active`)."""
+    api.check_visible(contract_id)
+    return Accepted(
+        message_id=api.report_task_started(
+            contract_id,
+            task_id,
+            body.task_name,
+            is_supervisor=body.is_supervisor,
+            message_id=body.message_id,
+        )
+    )
+
+
+@router.post(
+    CONTRACT + "/tasks/{taskId}/completed", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS
+)
+def task_completed(
+    contract_id: ContractId, task_id: TaskId, body: TaskCompletedRequest, api: Api
+) -> Accepted:
+    """A task finished; its outcome counts towards the phase's gate."""
+    api.check_visible(contract_id)
+    return Accepted(
+        message_id=api.report_task_completed(
+            contract_id, task_id, body.task_name, body.success, message_id=body.message_id
+        )
+    )
+
+
+@router.post(CONTRACT + "/worktrees", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS)
+def worktree_created(contract_id: ContractId, body: WorktreeCreatedRequest, api: Api) -> Accepted:
+    """A daemon created a worktree; it is released when the contract completes."""
+    api.check_visible(contract_id)
+    return Accepted(
+        message_id=api.report_worktree_created(contract_id, body.path, message_id=body.message_id)
+    )
+
+
+__all__ = ["router"]
