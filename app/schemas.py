@@ -199,7 +199,7 @@ class EventPage(Schema):
 
 
 class Accepted(Schema):
-    """A report was queued; a worker applies it. Resending the same messageId is harmless."""
+    """The report was queued and will be applied shortly; resending the same messageId is harmless."""
 
     message_id: str
 

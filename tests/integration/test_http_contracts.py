@@ -14,17 +14,18 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
-from app.db import unit_of_work
+from app.db import get_engine, unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
 from app.http import ERROR_STATUS, STATUS_BY_ERROR, create_app
-from app.models import Contract, utcnow
+from app.models import Contract, ContractTask, utcnow
 from app.schemas import ErrorCode
 
 with warnings.catch_warnings():
@@ -247,6 +248,90 @@ def test_unknown_phase_is_a_validation_failure_naming_the_phases(actor: Any) -> 
     cid = user.active()
     details = assert_error(user.phase(cid, "deploy", force=True), 400, "VALIDATION_FAILED")
     assert details["validPhases"] == ["plan", "execute"]
+
+
+# --- progress on the contract itself ----------------------------------------------------
+
+
+def add_tasks(cid: str, phase: str, *statuses: str) -> None:
+    with unit_of_work() as uow:
+        for i, status in enumerate(statuses):
+            uow.session.add(
+                ContractTask(
+                    id=uuid.uuid4(), contract_id=uuid.UUID(cid), name=f"t{i}", status=status, phase=phase
+                )
+            )
+
+
+@contextmanager
+def progress_queries() -> Iterator[list[str]]:
+    """The statements that read deliverables or tasks while the block runs."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "contract_deliverables" in statement or "contract_tasks" in statement:
+            seen.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_contract_shows_its_current_phases_deliverables_and_task_counts(actor: Any) -> None:
+    user = actor()
+    cid = user.active()
+    fresh = user.get(cid)
+    assert fresh["deliverables"] == [
+        {
+            "id": "plan-document",
+            "name": "Plan document",
+            "required": True,
+            "completed": False,
+            "completedAt": None,
+        },
+        {
+            "id": "task-breakdown",
+            "name": "Task breakdown",
+            "required": False,
+            "completed": False,
+            "completedAt": None,
+        },
+    ]
+    assert fresh["tasks"] == {"total": 0, "running": 0, "done": 0, "failed": 0}
+
+    marked = user.deliver(cid, "plan-document").json()["contract"]
+    assert [d["completed"] for d in marked["deliverables"]] == [True, False]
+    add_tasks(cid, "plan", "running", "done", "done", "failed")
+    add_tasks(cid, "execute", "running")  # another phase's task is not this phase's progress
+    now = user.get(cid)
+    assert now["deliverables"][0]["completedAt"] is not None
+    assert now["tasks"] == {"total": 4, "running": 1, "done": 2, "failed": 1}
+
+    moved = user.phase(cid, "execute").json()
+    assert moved["phase"] == "execute"
+    assert [d["id"] for d in moved["deliverables"]] == ["pull-request", "execution-notes"]
+    assert not any(d["completed"] for d in moved["deliverables"])
+    assert moved["tasks"] == {"total": 1, "running": 1, "done": 0, "failed": 0}
+    listed = next(c for c in user.ok("GET", BASE, limit=500)["contracts"] if c["id"] == cid)
+    assert listed == user.get(cid)
+
+
+def test_progress_costs_two_queries_for_one_contract_and_for_a_whole_page(actor: Any) -> None:
+    user = actor()
+    made = [user.create(name=f"p{i}") for i in range(6)]
+    for cid in made:
+        add_tasks(cid, "plan", "running")
+    with progress_queries() as one:
+        user.get(made[0])
+    with progress_queries() as page_of_two:
+        assert len(user.ok("GET", BASE, limit=2)["contracts"]) == 2
+    with progress_queries() as page_of_six:
+        listed = user.ok("GET", BASE, limit=6)["contracts"]
+    assert all(c["tasks"]["running"] == 1 for c in listed)
+    assert len(one) == 2 and len(page_of_two) == 2 and len(page_of_six) == 2
 
 
 # --- deliverables -----------------------------------------------------------------------
