@@ -124,7 +124,6 @@ def record_task_completed(
         {"taskId": str(task_id), "taskName": task_name, "success": success},
         now,
     )
-    uow.session.flush()
     return advance_if_ready(uow, contract, now)
 
 

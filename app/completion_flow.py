@@ -34,6 +34,7 @@ from app.domain.records import EventType
 from app.events import record_event
 from app.gate import load_gate_facts, phase_config_of, switches_for
 from app.models import Contract, ContractEvent
+from app.pending_writes import pending_events
 from app.queues import TaskName
 from app.worktrees import release_for_completion
 
@@ -66,7 +67,6 @@ def advance_if_ready(uow: UnitOfWork, contract: Contract, now: datetime) -> Deci
                 forced=False,
                 confirmed=False,
             )
-            uow.session.flush()
             continue
         if decision.step is Step.ASK_CONFIRMATION:
             set_status(
@@ -95,6 +95,10 @@ def advance_if_ready(uow: UnitOfWork, contract: Contract, now: datetime) -> Deci
 
 def _completion_rejected_since_progress(session: Session, contract: Contract) -> bool:
     """A person rejected the completion and nothing has happened since: do not ask again."""
+    relevant = (EventType.COMPLETION_REJECTED, *PROGRESS_EVENTS)
+    for held in pending_events(session, contract.id):
+        if held["type"] in relevant:
+            return bool(held["type"] == EventType.COMPLETION_REJECTED)
     last = session.scalars(
         select(ContractEvent.type)
         .where(
@@ -109,12 +113,17 @@ def _completion_rejected_since_progress(session: Session, contract: Contract) ->
 
 def _phase_ready_told(session: Session, contract: Contract) -> bool:
     """Was this phase, at this version, already announced as ready? Tell people once."""
-    last = session.scalars(
-        select(ContractEvent.payload)
-        .where(ContractEvent.contract_id == contract.id, ContractEvent.type == EventType.PHASE_READY)
-        .order_by(ContractEvent.id.desc())
-        .limit(1)
-    ).first()
+    held = [e["payload"] for e in pending_events(session, contract.id) if e["type"] == EventType.PHASE_READY]
+    last = (
+        held[0]
+        if held
+        else session.scalars(
+            select(ContractEvent.payload)
+            .where(ContractEvent.contract_id == contract.id, ContractEvent.type == EventType.PHASE_READY)
+            .order_by(ContractEvent.id.desc())
+            .limit(1)
+        ).first()
+    )
     if not last:
         return False
     return bool(last.get("phase") == contract.phase and last.get("version") == contract.version)

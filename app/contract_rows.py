@@ -21,6 +21,7 @@ from app.domain.lifecycle import Status, check_transition
 from app.domain.records import EventType
 from app.events import record_event
 from app.models import Contract
+from app.pending_writes import pending
 
 
 def _visible(contract: Contract | None, caller: Caller, contract_id: uuid.UUID) -> Contract:
@@ -35,13 +36,22 @@ def get_contract(session: Session, caller: Caller, contract_id: uuid.UUID) -> Co
 
 
 def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUID) -> Contract:
-    """Load the row under a write lock; `caller=None` is the service itself (sweeps)."""
-    contract = session.scalars(
-        select(Contract)
-        .where(Contract.id == contract_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    """Load the row under a write lock; `caller=None` is the service itself (sweeps).
+
+    A row this transaction already locked is not read again: the in-memory object is the
+    truth (its changes are written at commit, see `app.pending_writes`).
+    """
+    locked = pending(session).locked
+    contract = session.get(Contract, contract_id) if contract_id in locked else None
+    if contract is None:
+        contract = session.scalars(
+            select(Contract)
+            .where(Contract.id == contract_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if contract is not None:
+            locked.add(contract_id)
     if caller is None:
         if contract is None:
             raise ContractNotFound(contract_id)

@@ -32,8 +32,9 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import Settings, get_settings
-from app.models import OutboxMessage, utcnow
+from app.models import utcnow
 from app.outbox import close_sent_rows, sent_rows
+from app.pending_writes import hold_contract_changes, hold_outbox_row, write_pending
 
 if TYPE_CHECKING:
     from app.broker import Sender
@@ -153,21 +154,16 @@ class UnitOfWork:
 
     session: Session
     settings: Settings = field(default_factory=get_settings)
-    outbox: list[tuple[Dispatch, OutboxMessage]] = field(default_factory=list)
+    outbox: list[Dispatch] = field(default_factory=list)
 
     def dispatch_after_commit(
         self, task: str, payload: dict[str, Any], countdown: float | None = None
     ) -> None:
         """Record a follow-up in this transaction; it is sent once the transaction commits."""
         now = utcnow()
-        row = OutboxMessage(
-            task=task,
-            payload=payload,
-            not_before=now + timedelta(seconds=countdown) if countdown else None,
-            created_at=now,
-        )
-        self.session.add(row)
-        self.outbox.append((Dispatch(task, payload, countdown), row))
+        not_before = now + timedelta(seconds=countdown) if countdown else None
+        hold_outbox_row(self.session, task, payload, not_before, now)
+        self.outbox.append(Dispatch(task, payload, countdown))
 
 
 _factories: dict[int, sessionmaker[Session]] = {}
@@ -177,6 +173,7 @@ def _session_factory(engine: Engine) -> sessionmaker[Session]:
     factory = _factories.get(id(engine))
     if factory is None or factory.kw["bind"] is not engine:
         factory = _factories[id(engine)] = sessionmaker(bind=engine, expire_on_commit=False)
+        event.listen(factory, "before_flush", hold_contract_changes)
     return factory
 
 
@@ -188,30 +185,35 @@ def unit_of_work(
 
     Follow-ups are rows of `task_outbox` committed with the change. After COMMIT they are
     handed to the sender and retired in batches off this path (`app.outbox.SentRows`); if
-    the send fails, or there is no sender, they stay and `sweeps.relay_outbox` sends them later. The caller's change is committed
-    either way, so a broker hiccup never turns a success into an error.
+    the send fails, or there is no sender, they stay and `sweeps.relay_outbox` sends them
+    later. The caller's change is committed either way, so a broker hiccup never turns a
+    success into an error.
     """
     bind = engine or get_engine()
     with _session_factory(bind)() as session:
         uow = UnitOfWork(session, settings or get_settings())
         with session.begin():
             yield uow
+            written = write_pending(session)
         if uow.outbox:
-            _send_outbox(bind, uow.outbox, sender)
+            _send_outbox(bind, uow.outbox, written.outbox_ids, sender)
 
 
-def _send_outbox(engine: Engine, outbox: list[tuple[Dispatch, OutboxMessage]], sender: Sender | None) -> None:
+def _send_outbox(engine: Engine, outbox: list[Dispatch], row_ids: list[int], sender: Sender | None) -> None:
+    """Send the follow-ups; retire their rows only if every send went through.
+
+    After a failed send all of them stay for the relay, which resends the ones that did go
+    through too: tasks are idempotent, a lost follow-up would not be.
+    """
     if sender is None:
         return
-    sent: list[int] = []
     try:
-        for message, row in outbox:
+        for message in outbox:
             sender(message.task, message.payload, message.countdown)
-            sent.append(row.id)
     except Exception:
-        log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m, _ in outbox])
-    if sent:
-        sent_rows(engine).add(sent)
+        log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m in outbox])
+        return
+    sent_rows(engine).add(row_ids)
 
 
 def migrate(url: str | None = None, revision: str = "head") -> None:
@@ -240,11 +242,11 @@ __all__ = [
     "Dispatch",
     "UnitOfWork",
     "alembic_config",
+    "dialect_insert",
     "dispose_engines",
     "downgrade",
     "get_engine",
     "migrate",
     "unit_of_work",
-    "dialect_insert",
     "upsert_ignoring",
 ]

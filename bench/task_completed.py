@@ -49,7 +49,7 @@ def main() -> None:
         api = ContractsAPI(token)
         contract_ids = []
         for i in range(CONTRACTS):
-            cid = uuid.UUID(api.create_contract(f"bench-{i}", "simple")["id"])
+            cid = uuid.UUID(str(api.create_contract(f"bench-{i}", "simple").id))
             api.change_status(cid, Status.ACTIVE)
             contract_ids.append(cid)
 
