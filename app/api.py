@@ -3,7 +3,10 @@
 A daemon constructs `ContractsAPI(token)` and calls it; the HTTP front does the same for
 each request with the caller it authenticated. Reports a daemon must never block on
 (`report_task_completed`, `mark_deliverable`, ...) are enqueued on the broker and return the
-message id at once. Commands whose caller must see the answer now (create, change status,
+message id at once, after one short transaction that refuses what can be judged already
+(an invisible or closed contract) and records the message as pending, so the sender can ask
+what became of it (`message_status`) and send it again with the same id (`resend`).
+Commands whose caller must see the answer now (create, change status,
 change phase) run as one short guarded transaction here, with the same domain functions the
 workers use, and dispatch their follow-ups only after commit.
 
@@ -22,20 +25,34 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
-from app import completion_flow, contracts, schemas, views
+from app import completion_flow, contracts, message_outcomes, schemas, views
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
-from app.contract_rows import get_contract
+from app.contract_rows import get_contract, refuse_if_closed
 from app.db import UnitOfWork, unit_of_work
+from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.events import event_view, events_after
-from app.models import utcnow
+from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
+from app.models import ContractTask, utcnow
 from app.queues import TaskName
 from app.views import ContractFilter, contract_view, contract_views
+
+MAX_MESSAGE_ID = 200
+
+
+def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
+    """A task id that belongs to another contract can never be completed here: say so now."""
+    owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
+    if owner is not None and owner != contract_id:
+        raise ValidationFailed(
+            f"Task {task_id} belongs to another contract.", details={"taskId": str(task_id)}
+        )
 
 
 class ContractsAPI:
@@ -65,16 +82,80 @@ class ContractsAPI:
     def _uow(self) -> AbstractContextManager[UnitOfWork]:
         return unit_of_work(self._send, engine=self._engine, settings=self._settings)
 
-    def _enqueue(self, task: TaskName, contract_id: uuid.UUID, message_id: str | None, **fields: Any) -> str:
+    def _enqueue(
+        self,
+        task: TaskName,
+        contract_id: uuid.UUID,
+        message_id: str | None,
+        fields: dict[str, Any],
+        *,
+        closed: str | None = None,
+        completed_task: uuid.UUID | None = None,
+    ) -> str:
+        """Judge what can be judged now, record the message as pending, then send it.
+
+        What the caller can be told at once is an error at once, not a dead letter later: a
+        contract it cannot see (CONTRACT_NOT_FOUND), a closed contract when `closed` names
+        what the report would record (VALIDATION_FAILED naming the status), a task id of
+        another contract. The pending row (`app.message_outcomes`) commits before the send,
+        so a message the broker then loses can still be found and resent; a message id
+        already applied is not sent again.
+        """
         message_id = message_id or str(uuid.uuid4())
+        if not 0 < len(message_id) <= MAX_MESSAGE_ID:
+            raise ValidationFailed(
+                f"A messageId must be 1 to {MAX_MESSAGE_ID} characters long.",
+                details={"length": len(message_id)},
+            )
         payload = {
             "messageId": message_id,
             "principalId": str(self.caller.principal_id),
             "contractId": str(contract_id),
             **fields,
         }
-        self._send(task, payload, None)
+        with self._uow() as uow:
+            contract = get_contract(uow.session, self.caller, contract_id)
+            if closed is not None:
+                refuse_if_closed(contract, closed)
+            if completed_task is not None:
+                _refuse_foreign_task(uow.session, contract.id, completed_task)
+            sent = Sent(self.caller.principal_id, message_id, contract.id, task.value)
+            fresh = message_outcomes.accept(uow.session, sent, payload, self._clock())
+        if fresh:
+            self._send(task, payload, None)
         return message_id
+
+    def message_status(self, message_id: str) -> MessageStatus:
+        """What became of a message this caller sent: pending, applied, refused or unknown.
+
+        Another principal's message answers `unknown`, exactly like one never sent; an admin
+        sees every principal's.
+        """
+        with self._uow() as uow:
+            return message_outcomes.status_view(
+                message_id, message_outcomes.find(uow.session, self.caller, message_id)
+            )
+
+    def resend(self, message_id: str) -> MessageStatus:
+        """Send a pending or refused message again with the same id; an applied one is left be.
+
+        Idempotent: the worker claims the id in the transaction that applies it, so a resend
+        of a message that was not lost after all is applied once. `unknown` (never accepted
+        from this caller) sends nothing: the caller must report it afresh.
+        """
+        with self._uow() as uow:
+            row = message_outcomes.find(uow.session, self.caller, message_id)
+            if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:
+                return message_outcomes.status_view(message_id, row)
+            sent = Sent(row.principal_id, row.message_id, row.contract_id, row.task)
+            payload = dict(row.payload)
+            fresh = message_outcomes.accept(uow.session, sent, payload, self._clock())
+        if fresh:
+            self._send(row.task, payload, None)
+        with self._uow() as uow:
+            return message_outcomes.status_view(
+                message_id, message_outcomes.find(uow.session, self.caller, message_id), resent=fresh
+            )
 
     # -- asynchronous reports (enqueue and return the message id) ------------------------
 
@@ -91,9 +172,8 @@ class ContractsAPI:
             TaskName.TASK_STARTED,
             contract_id,
             message_id,
-            taskId=str(task_id),
-            taskName=task_name,
-            isSupervisor=is_supervisor,
+            {"taskId": str(task_id), "taskName": task_name, "isSupervisor": is_supervisor},
+            closed="tasks",
         )
 
     def report_task_completed(
@@ -104,13 +184,15 @@ class ContractsAPI:
         success: bool,
         message_id: str | None = None,
     ) -> str:
+        """A task finished. A task never reported started is allowed (it is recorded now),
+        unless the contract is closed or the task id is another contract's."""
         return self._enqueue(
             TaskName.TASK_COMPLETED,
             contract_id,
             message_id,
-            taskId=str(task_id),
-            taskName=task_name,
-            success=success,
+            {"taskId": str(task_id), "taskName": task_name, "success": success},
+            closed="task results",
+            completed_task=task_id,
         )
 
     def mark_deliverable(
@@ -122,17 +204,23 @@ class ContractsAPI:
         message_id: str | None = None,
     ) -> str:
         return self._enqueue(
-            TaskName.MARK_DELIVERABLE, contract_id, message_id, deliverableId=deliverable_id, phase=phase
+            TaskName.MARK_DELIVERABLE,
+            contract_id,
+            message_id,
+            {"deliverableId": deliverable_id, "phase": phase},
+            closed="deliverables",
         )
 
     def report_worktree_created(
         self, contract_id: uuid.UUID, path: str, message_id: str | None = None
     ) -> str:
-        return self._enqueue(TaskName.WORKTREE_CREATED, contract_id, message_id, path=path)
+        return self._enqueue(
+            TaskName.WORKTREE_CREATED, contract_id, message_id, {"path": path}, closed="worktrees"
+        )
 
     def request_completion_check(self, contract_id: uuid.UUID, message_id: str | None = None) -> str:
         """Ask a worker to judge the gate and run the flow if it is met; returns at once."""
-        return self._enqueue(TaskName.CHECK_COMPLETION, contract_id, message_id)
+        return self._enqueue(TaskName.CHECK_COMPLETION, contract_id, message_id, {})
 
     def check_completion(self, contract_id: uuid.UUID) -> schemas.CompletionCheck:
         """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
@@ -262,4 +350,4 @@ class ContractsAPI:
             )
 
 
-__all__ = ["ContractsAPI", "Sender"]
+__all__ = ["ContractsAPI", "MessageStatus", "Sender"]

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.message_outcomes import Sent, mark_refused, sent_from_payload
 from app.models import DeadLetter
 
 
@@ -37,6 +38,17 @@ class RejectedMessage:
     content_type: str | None
     content_encoding: str | None
     error: str
+    # The refusal's code as the sender sees it (VALIDATION_FAILED, MESSAGE_REJECTED, ...);
+    # None for messages written before codes were kept, or by the consumer (undecodable).
+    error_code: str | None = None
+
+    def sender(self) -> Sent | None:
+        """Whose report this was (principal, message id), if it is one a sender waits on."""
+        return sender_of(self.task_name, self.headers, self.raw_body)
+
+    def sender_message_id(self) -> str | None:
+        sent = self.sender()
+        return sent.message_id if sent else None
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -67,8 +79,33 @@ def jsonable_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None
     return decoded
 
 
+def sender_of(task_name: str | None, headers: Mapping[str, Any] | None, raw_body: str) -> Sent | None:
+    """The sender's key of a stored message: its first argument's principalId and messageId.
+
+    The Celery task id (the dead letter's `message_id`) means nothing to a daemon; the id
+    the daemon chose (or was given) is inside the payload.
+    """
+    try:
+        call = decode_for_replay(task_name, headers, raw_body)
+    except NotReplayable:
+        return None
+    return sent_from_payload(call.task_name, call.args[0] if call.args else call.kwargs.get("message"))
+
+
+def _refusal(msg: RejectedMessage) -> tuple[str, str]:
+    """(code, message) for the sender: the error's first line without its `CODE: ` prefix."""
+    first = msg.error.strip().splitlines()[0] if msg.error.strip() else ""
+    code = msg.error_code or (first.split(":", 1)[0] if ":" in first else "REFUSED")
+    prefix = f"{code}: "
+    return code, first[len(prefix) :] if first.startswith(prefix) else first
+
+
 def record_dead_letter(session: Session, msg: RejectedMessage, now: datetime) -> None:
-    """Insert, or count one more attempt of the same message."""
+    """Insert, or count one more attempt of the same message; its sender's outcome is refused.
+
+    The refusal is written in the dead letter's transaction, so a sender never sees
+    `pending` for a message that is parked (nor `refused` for one that is not).
+    """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     values = {
@@ -96,6 +133,10 @@ def record_dead_letter(session: Session, msg: RejectedMessage, now: datetime) ->
         },
     )
     session.execute(stmt)
+    sent = msg.sender()
+    if sent is not None:
+        code, message = _refusal(msg)
+        mark_refused(session, sent, code, message, now)
 
 
 def list_dead_letters(session: Session, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
@@ -255,4 +296,5 @@ __all__ = [
     "mark_replayed",
     "record_dead_letter",
     "replay",
+    "sender_of",
 ]

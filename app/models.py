@@ -249,6 +249,35 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class MessageOutcome(Base):
+    """What became of a report a sender handed us: the sender's receipt, kept in the database.
+
+    The broker is not a durable record (kombu's Redis transport can lose a message fetched
+    by a worker that dies before it records it as unacknowledged), so each report is written
+    here when it is accepted, `pending` with its payload (enough to send it again), and set
+    to `applied` (with the event ids it produced) in the transaction that applies it, or to
+    `refused` (error code and message) when a worker dead-letters it. Keyed by the sender's
+    principal and its message id: one sender's ids can neither collide with nor reveal
+    another's. No foreign key to the contract: a refusal is kept even for a contract that
+    does not exist (or no longer does).
+    """
+
+    __tablename__ = "message_outcomes"
+    __table_args__ = (Index("idx_message_outcomes_message_id", "message_id"),)
+
+    principal_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    contract_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    task: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(String(20))
+    event_ids: Mapped[list[int] | None] = mapped_column(JsonType)
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 __all__ = [
     "ApiToken",
     "Base",
@@ -259,6 +288,7 @@ __all__ = [
     "ContractWorktree",
     "DaemonCommand",
     "DeadLetter",
+    "MessageOutcome",
     "OutboxMessage",
     "Principal",
     "ProcessedMessage",

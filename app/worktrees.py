@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from app.auth import Caller
 from app.broker import publish_daemon_commands as publish_to_daemons
-from app.contract_rows import lock_contract, touch
+from app.contract_rows import lock_contract, refuse_if_closed, touch
 from app.db import UnitOfWork, unit_of_work
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
@@ -25,8 +25,13 @@ from app.models import Contract, ContractTask, ContractWorktree, DaemonCommand, 
 def record_worktree(
     uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, *, path: str, now: datetime
 ) -> ContractWorktree:
-    """Remember a worktree so completion can release it; the same path twice is one worktree."""
+    """Remember a worktree so completion can release it; the same path twice is one worktree.
+
+    A closed contract's cleanup has run already, so a worktree recorded now would never be
+    released: it is refused (the sender sees why).
+    """
     contract = lock_contract(uow.session, caller, contract_id)
+    refuse_if_closed(contract, "worktrees")
     existing = uow.session.scalars(
         select(ContractWorktree).where(
             ContractWorktree.contract_id == contract.id, ContractWorktree.path == path

@@ -2,19 +2,22 @@
 
 Every task is idempotent: daemon reports carry a message id claimed in the same transaction
 as their effect, and follow-ups (evaluate, finalize) re-judge the locked row from scratch.
+A daemon report is also marked `applied` in that transaction (`app.message_outcomes`), so
+its sender can see what became of it; a refusal rolls that back and the dead letter records it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app import agent_reports, completion_flow, contracts, worktrees
+from app import agent_reports, completion_flow, contracts, message_outcomes, worktrees
 from app.broker import send_task
-from app.db import unit_of_work
+from app.db import UnitOfWork, unit_of_work
 from app.messages import (
     CompletionCheck,
     ContractRef,
     DeliverableMarked,
+    Message,
     TaskCompleted,
     TaskStarted,
     WorktreeCreated,
@@ -27,10 +30,18 @@ from workers.base import AccountableTask
 from workers.celery_app import celery_app
 
 
+def _applied_at_commit(uow: UnitOfWork, task: TaskName, msg: Message) -> None:
+    """The sender's receipt: this message is applied if (and when) this transaction commits."""
+    message_outcomes.applied_at_commit(
+        uow.session, message_outcomes.Sent(msg.principal_id, msg.message_id, msg.contract_id, task.value)
+    )
+
+
 @celery_app.task(name=TaskName.TASK_STARTED, base=AccountableTask)
 def task_started(message: Any) -> None:
     msg = decode(TaskStarted, message)
     with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.TASK_STARTED, msg)
         agent_reports.record_task_started(
             uow,
             caller_of(uow.session, msg),
@@ -47,6 +58,7 @@ def task_started(message: Any) -> None:
 def task_completed(message: Any) -> None:
     msg = decode(TaskCompleted, message)
     with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.TASK_COMPLETED, msg)
         agent_reports.record_task_completed(
             uow,
             caller_of(uow.session, msg),
@@ -63,6 +75,7 @@ def task_completed(message: Any) -> None:
 def mark_deliverable(message: Any) -> None:
     msg = decode(DeliverableMarked, message)
     with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.MARK_DELIVERABLE, msg)
         contracts.mark_deliverable(
             uow,
             caller_of(uow.session, msg),
@@ -78,6 +91,7 @@ def mark_deliverable(message: Any) -> None:
 def worktree_created(message: Any) -> None:
     msg = decode(WorktreeCreated, message)
     with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.WORKTREE_CREATED, msg)
         worktrees.record_worktree(
             uow, caller_of(uow.session, msg), msg.contract_id, path=msg.path, now=utcnow()
         )
@@ -87,6 +101,7 @@ def worktree_created(message: Any) -> None:
 def check_completion(message: Any) -> None:
     msg = decode(CompletionCheck, message)
     with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.CHECK_COMPLETION, msg)
         completion_flow.evaluate_progress(
             uow, msg.contract_id, now=utcnow(), caller=caller_of(uow.session, msg)
         )

@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 PENDING = "dead_letters:pending"
 
 
-def park(msg: RejectedMessage, engine: Engine | None = None) -> None:
+def park(msg: RejectedMessage, engine: Engine | None = None, *, expected: bool = True) -> None:
     """Write the dead letter; if the database cannot take it, hold it in Redis instead.
 
     The message is acknowledged after this returns, so it must be kept somewhere: a row
     when the database is up, else an entry on a Redis list that `sweeps.drain_dead_letters`
-    moves into the table once the database is back.
+    moves into the table once the database is back. The sender's outcome is marked refused
+    in the same transaction (`record_dead_letter`). An expected refusal is a WARNING of one
+    line; an unexpected failure is an ERROR with its traceback.
     """
     try:
         with unit_of_work(engine=engine) as uow:
@@ -34,7 +36,26 @@ def park(msg: RejectedMessage, engine: Engine | None = None) -> None:
         log.exception("dead letter kept in Redis until the database is back: %s", msg.message_id)
         broker_redis().rpush(broker_key(PENDING), json.dumps(dataclasses.asdict(msg), default=str))
         return
-    log.warning("dead letter: %s %s: %s", msg.task_name, msg.message_id, msg.error)
+    if expected:
+        log.warning(
+            "dead letter: %s %s (sender's message %s): %s",
+            msg.task_name,
+            msg.message_id,
+            msg.sender_message_id(),
+            _first_line(msg.error),
+        )
+    else:
+        log.error(
+            "dead letter: %s %s (sender's message %s): %s",
+            msg.task_name,
+            msg.message_id,
+            msg.sender_message_id(),
+            msg.error,
+        )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def drain_pending(limit: int = 500) -> int:
@@ -69,7 +90,15 @@ def park_raw(message: Any, error: str) -> None:
 
 
 def park_task(
-    task_name: str, queue: str | None, task_id: str | None, args: Any, kwargs: Any, error: str
+    task_name: str,
+    queue: str | None,
+    task_id: str | None,
+    args: Any,
+    kwargs: Any,
+    error: str,
+    *,
+    error_code: str | None = None,
+    expected: bool = True,
 ) -> None:
     park(
         RejectedMessage(
@@ -81,5 +110,7 @@ def park_task(
             content_type="application/json",
             content_encoding="utf-8",
             error=error,
-        )
+            error_code=error_code,
+        ),
+        expected=expected,
     )

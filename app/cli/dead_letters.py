@@ -47,11 +47,19 @@ def _first_line(text: str | None) -> str:
 
 
 def summary(row: DeadLetter) -> dict[str, Any]:
-    """The list view: what a person scans to decide which message to open."""
+    """The list view: what a person scans to decide which message to open.
+
+    `senderMessageId` is the id the daemon chose (or was given) for its report, the one it
+    asks `GET /api/v1/messages/{id}` about; `messageId` is Celery's task id.
+    """
+    from app.dead_letters import sender_of
+
+    sent = sender_of(row.task_name, row.headers, row.raw_body)
     return {
         "id": row.id,
         "queue": row.queue,
         "task": row.task_name,
+        "senderMessageId": sent.message_id if sent else None,
         "messageId": row.message_id,
         "attempts": row.attempts,
         "firstSeen": _iso(row.first_seen),
@@ -97,7 +105,8 @@ def dead_letters_list(
     table.add_column("id", no_wrap=True, justify="right")
     table.add_column("queue")
     table.add_column("task", overflow="fold")
-    table.add_column("message id", overflow="fold")
+    table.add_column("sender's message id", overflow="fold")
+    table.add_column("task id", overflow="fold")
     table.add_column("attempts", justify="right")
     table.add_column("first seen (UTC)")
     table.add_column("last seen (UTC)")
@@ -108,6 +117,7 @@ def dead_letters_list(
             str(r["id"]),
             r["queue"] or "-",
             r["task"] or "-",
+            r["senderMessageId"] or "-",
             r["messageId"] or "-",
             str(r["attempts"]),
             _short_time(r["firstSeen"]),
@@ -137,6 +147,7 @@ def dead_letters_show(
         "id",
         "queue",
         "task",
+        "senderMessageId",
         "messageId",
         "attempts",
         "firstSeen",

@@ -1,8 +1,12 @@
 """Daemon-facing reports under `/api/v1/contracts/{id}`: queued, answered 202 at once.
 
-A daemon must never block on this service, so these only check the contract is visible (a
-wrong id is a 404 now rather than a dead letter later), queue the report and return its
-`messageId`. A worker applies it; resending the same messageId has no further effect.
+A daemon must never block on this service, so these judge only what can be judged now and
+answer at once: a contract the caller cannot see is CONTRACT_NOT_FOUND (404); a closed one
+(completed, failed, archived) is VALIDATION_FAILED (400) naming its status; a task id of
+another contract is VALIDATION_FAILED. Otherwise the report is recorded as pending, queued,
+and answered 202 with its `messageId`. A worker applies it; what became of it is
+`GET /api/v1/messages/{messageId}`, and resending the same messageId has no further effect
+once it is applied.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ router = APIRouter(
     tags=["daemon reports"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )
-_REPORT_ERRORS = error_responses(E.CONTRACT_NOT_FOUND, bad_json=True)
+_REPORT_ERRORS = error_responses(E.CONTRACT_NOT_FOUND, E.VALIDATION_FAILED, bad_json=True)
 
 
 @router.post(
@@ -30,7 +34,6 @@ _REPORT_ERRORS = error_responses(E.CONTRACT_NOT_FOUND, bad_json=True)
 )
 def task_started(contract_id: ContractId, task_id: TaskId, body: TaskStartedRequest, api: Api) -> Accepted:
     """A daemon spawned a task (a supervisor starting makes a `created` contract `active`)."""
-    api.check_visible(contract_id)
     return Accepted(
         message_id=api.report_task_started(
             contract_id,
@@ -48,8 +51,8 @@ def task_started(contract_id: ContractId, task_id: TaskId, body: TaskStartedRequ
 def task_completed(
     contract_id: ContractId, task_id: TaskId, body: TaskCompletedRequest, api: Api
 ) -> Accepted:
-    """A task finished; its outcome counts towards the phase's gate."""
-    api.check_visible(contract_id)
+    """A task finished; its outcome counts towards the phase's gate. A task never reported
+    started is recorded now (a daemon may miss its `started`), unless the contract is closed."""
     return Accepted(
         message_id=api.report_task_completed(
             contract_id, task_id, body.task_name, body.success, message_id=body.message_id
@@ -60,7 +63,6 @@ def task_completed(
 @router.post(CONTRACT + "/worktrees", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS)
 def worktree_created(contract_id: ContractId, body: WorktreeCreatedRequest, api: Api) -> Accepted:
     """A daemon created a worktree; it is released when the contract completes."""
-    api.check_visible(contract_id)
     return Accepted(
         message_id=api.report_worktree_created(contract_id, body.path, message_id=body.message_id)
     )

@@ -1,0 +1,49 @@
+"""`/api/v1/messages/{messageId}`: what became of a report the caller sent, and resending it.
+
+Reports are answered 202 before a worker applies them, and the broker can lose a message a
+worker fetched just before it died; this is how a sender finds out. A sender that sees
+`pending` long after acceptance, or `unknown` for an id it was given, resends.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from app.http.bodies import SafeStr
+from app.http.deps import Api
+from app.http.errors import error_responses
+from app.message_outcomes import MessageStatus
+from app.schemas import ErrorCode
+
+E = ErrorCode
+
+router = APIRouter(
+    prefix="/api/v1/messages",
+    tags=["messages"],
+    responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
+)
+
+MessageId = Annotated[
+    SafeStr, Path(alias="messageId", min_length=1, max_length=200, description="The report's messageId.")
+]
+
+
+@router.get("/{messageId}")
+def message_status(message_id: MessageId, api: Api) -> MessageStatus:
+    """`pending` (accepted, not yet applied), `applied` (with its event ids), `refused` (the
+    error code and message) or `unknown`. Only the caller's own messages are known (an admin
+    sees all); another principal's id answers `unknown`, exactly like a missing one."""
+    return api.message_status(message_id)
+
+
+@router.post("/{messageId}/resend")
+def resend_message(message_id: MessageId, api: Api) -> MessageStatus:
+    """Send a `pending` or `refused` message again with the same id (`resent: true`); an
+    `applied` one is not sent again, an `unknown` one cannot be (report it afresh). Safe to
+    repeat: a message is applied once however often it arrives."""
+    return api.resend(message_id)
+
+
+__all__ = ["router"]

@@ -1,0 +1,254 @@
+"""What became of each report a sender handed us: pending, applied, refused, or unknown.
+
+Why a table and not the broker: kombu's Redis transport pops a message before it records it
+as unacknowledged, so a worker stopped or killed right after its fetch loses that message
+without a trace (DESIGN, "Every asynchronous report is accountable"). The sender's receipt
+therefore lives in the database:
+
+- **accepted** (`accept`): written by the API module before the message goes to the broker,
+  `pending`, with the payload, so the message can be sent again with the same id;
+- **applied** (`applied_at_commit`): written by the worker in the very transaction that
+  applies the message, just before COMMIT, with the event ids that transaction produced.
+  One statement on the hot path; the message-id claim (`processed_messages`) commits with
+  it, so "applied" and "claimed" can never disagree;
+- **refused** (`mark_refused`): written with the dead letter when a worker gives up on it.
+
+A sender who sees `pending` long after acceptance (or `unknown`) resends; resending is
+idempotent because the worker's claim and this row's `applied` state both stop a second
+application.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import Field
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from app.auth import Caller
+from app.db import dialect_insert
+from app.models import MessageOutcome, utcnow
+from app.pending_writes import pending
+from app.schemas import Schema
+
+_APPLIED_KEY: Final = "makima.applied_messages"
+
+
+class OutcomeStatus(StrEnum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+
+
+class MessageError(Schema):
+    """Why a worker refused the message: a stable code and a sentence a person can act on."""
+
+    code: str = Field(description="VALIDATION_FAILED, CONTRACT_NOT_FOUND, MESSAGE_REJECTED, ...")
+    message: str
+
+
+class MessageStatus(Schema):
+    """What became of one message this caller sent (`unknown`: never accepted from this caller)."""
+
+    message_id: str
+    status: OutcomeStatus = Field(description="pending, applied, refused or unknown")
+    contract_id: uuid.UUID | None = None
+    task: str | None = Field(default=None, description="The report's kind, e.g. contracts.task_completed.")
+    accepted_at: datetime | None = None
+    updated_at: datetime | None = None
+    event_ids: list[int] = Field(default_factory=list, description="Events the message produced (applied).")
+    error: MessageError | None = Field(default=None, description="Why it was refused (refused).")
+    resent: bool = Field(default=False, description="True when this answer comes from a resend that sent it.")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Who sent a message and which one: the key of its outcome row."""
+
+    principal_id: uuid.UUID
+    message_id: str
+    contract_id: uuid.UUID
+    task: str
+
+
+# -- accepting (API module) ----------------------------------------------------------------------
+
+
+def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: datetime) -> bool:
+    """Record the message as pending with its payload; False when it was already applied.
+
+    A repeat of an applied message (a resend, the same id reported again) changes nothing
+    and must not be sent again; a pending or refused one is reset to pending and sent.
+    """
+    insert = dialect_insert(session, MessageOutcome).values(
+        principal_id=sent.principal_id,
+        message_id=sent.message_id,
+        contract_id=sent.contract_id,
+        task=sent.task,
+        payload=dict(payload),
+        status=OutcomeStatus.PENDING.value,
+        accepted_at=now,
+        updated_at=now,
+    )
+    stmt = insert.on_conflict_do_update(
+        index_elements=["principal_id", "message_id"],
+        set_={
+            "contract_id": sent.contract_id,
+            "task": sent.task,
+            "payload": insert.excluded.payload,
+            "status": OutcomeStatus.PENDING.value,
+            "error_code": None,
+            "error_message": None,
+            "updated_at": now,
+        },
+        where=MessageOutcome.status != OutcomeStatus.APPLIED.value,
+    ).returning(MessageOutcome.status)
+    return session.execute(stmt).first() is not None
+
+
+# -- applying (workers) ----------------------------------------------------------------------
+
+
+def applied_at_commit(session: Session, sent: Sent) -> None:
+    """Mark the message applied when this transaction commits, with the events it wrote.
+
+    Event ids exist only once the held events are written (`app.pending_writes`, just before
+    COMMIT), so the row is written from the session's `before_commit`, inside the same
+    transaction: a rollback (a refusal, a crash) leaves the message pending.
+    """
+    session.info.setdefault(_APPLIED_KEY, []).append(sent)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_applied(session: Session) -> None:
+    marks: list[Sent] | None = session.info.pop(_APPLIED_KEY, None)
+    if not marks:
+        return
+    event_ids = list(pending(session).event_ids)
+    now = utcnow()
+    for sent in marks:
+        insert = dialect_insert(session, MessageOutcome).values(
+            principal_id=sent.principal_id,
+            message_id=sent.message_id,
+            contract_id=sent.contract_id,
+            task=sent.task,
+            status=OutcomeStatus.APPLIED.value,
+            event_ids=event_ids,
+            accepted_at=now,
+            updated_at=now,
+        )
+        # A repeat delivery of an applied message finds it applied and keeps its event ids.
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["principal_id", "message_id"],
+                set_={
+                    "status": OutcomeStatus.APPLIED.value,
+                    "event_ids": insert.excluded.event_ids,
+                    "error_code": None,
+                    "error_message": None,
+                    "updated_at": now,
+                },
+                where=MessageOutcome.status != OutcomeStatus.APPLIED.value,
+            )
+        )
+
+
+# -- refusing (dead letters) --------------------------------------------------------------------
+
+
+def sent_from_payload(task: str | None, payload: Any) -> Sent | None:
+    """The sender's key from a report's payload; None for messages no sender is waiting on."""
+    if not isinstance(payload, Mapping) or not task:
+        return None
+    try:
+        return Sent(
+            principal_id=uuid.UUID(str(payload["principalId"])),
+            message_id=str(payload["messageId"])[:200],
+            contract_id=uuid.UUID(str(payload["contractId"])),
+            task=task,
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def mark_refused(session: Session, sent: Sent, code: str, message: str, now: datetime) -> None:
+    """The message was dead-lettered: record why, unless it was applied (that stays true)."""
+    insert = dialect_insert(session, MessageOutcome).values(
+        principal_id=sent.principal_id,
+        message_id=sent.message_id,
+        contract_id=sent.contract_id,
+        task=sent.task,
+        status=OutcomeStatus.REFUSED.value,
+        error_code=code[:60],
+        error_message=message,
+        accepted_at=now,
+        updated_at=now,
+    )
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["principal_id", "message_id"],
+            set_={
+                "status": OutcomeStatus.REFUSED.value,
+                "error_code": insert.excluded.error_code,
+                "error_message": insert.excluded.error_message,
+                "updated_at": now,
+            },
+            where=MessageOutcome.status != OutcomeStatus.APPLIED.value,
+        )
+    )
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def find(session: Session, caller: Caller, message_id: str) -> MessageOutcome | None:
+    """The caller's own message; an admin sees anyone's (the most recent, if ids collide).
+
+    Another principal's message is reported exactly like a missing one.
+    """
+    query = select(MessageOutcome).where(MessageOutcome.message_id == message_id)
+    if not caller.is_admin:
+        query = query.where(MessageOutcome.principal_id == caller.principal_id)
+    return session.scalars(query.order_by(MessageOutcome.accepted_at.desc()).limit(1)).first()
+
+
+def status_view(message_id: str, row: MessageOutcome | None, *, resent: bool = False) -> MessageStatus:
+    if row is None:
+        return MessageStatus(message_id=message_id, status=OutcomeStatus.UNKNOWN)
+    error = (
+        MessageError(code=row.error_code or "REFUSED", message=row.error_message or "")
+        if row.status == OutcomeStatus.REFUSED.value
+        else None
+    )
+    return MessageStatus(
+        message_id=row.message_id,
+        status=OutcomeStatus(row.status),
+        contract_id=row.contract_id,
+        task=row.task,
+        accepted_at=row.accepted_at,
+        updated_at=row.updated_at,
+        event_ids=list(row.event_ids or []),
+        error=error,
+        resent=resent,
+    )
+
+
+__all__ = [
+    "MessageError",
+    "MessageStatus",
+    "OutcomeStatus",
+    "Sent",
+    "accept",
+    "applied_at_commit",
+    "find",
+    "mark_refused",
+    "sent_from_payload",
+    "status_view",
+]
