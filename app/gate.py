@@ -7,6 +7,13 @@ thing the same way.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from typing import Final
+
 from sqlalchemy import Boolean, String, cast, false, null, select, union_all
 from sqlalchemy.orm import Session
 
@@ -22,15 +29,58 @@ from app.domain.completion import (
 from app.domain.phases import PhaseConfig, parse_phase_config, resolve_phase_config
 from app.models import CompletedDeliverable, Contract, ContractTask
 
+PHASE_CONFIG_CACHE_SIZE: Final = 512
+_ConfigKey = tuple[uuid.UUID, int, bytes, tuple[str, ...]]
+_parsed_configs: OrderedDict[_ConfigKey, PhaseConfig] = OrderedDict()
+_parsed_configs_lock = threading.Lock()
+
+
+def _config_key(contract: Contract, validators: tuple[str, ...]) -> _ConfigKey | None:
+    """(id, version, digest of the raw config, registered validators), or None if unhashable.
+
+    A contract's phase_config never changes after creation today, but nothing enforces that,
+    so the key carries the version and the content as well as the id: a changed config can
+    never be answered from the cache. Hashing is a fraction of parsing's cost.
+    """
+    try:
+        raw = json.dumps(contract.phase_config, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return None
+    digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return (contract.id, contract.version, digest, validators)
+
 
 def phase_config_of(contract: Contract) -> PhaseConfig:
-    """The contract's own phases if it brought them, else its type's."""
-    own = (
-        parse_phase_config(contract.phase_config, registered_validators())
-        if contract.phase_config is not None
-        else None
-    )
-    return resolve_phase_config(contract.contract_type, own)
+    """The contract's own phases if it brought them, else its type's.
+
+    Every read of a contract asks for its phases (list pages, readiness, each report a worker
+    applies), so a contract's own config is parsed once per (contract, version, content) and
+    kept in a small LRU, not re-parsed on every call. Only successful parses are cached: a
+    stored config the rules now refuse raises every time, the same way.
+    """
+    if contract.phase_config is None:
+        return resolve_phase_config(contract.contract_type, None)
+    validators = tuple(registered_validators())
+    key = _config_key(contract, validators)
+    if key is not None:
+        with _parsed_configs_lock:
+            cached = _parsed_configs.get(key)
+            if cached is not None:
+                _parsed_configs.move_to_end(key)
+                return cached
+    config = parse_phase_config(contract.phase_config, validators)
+    if key is not None:
+        with _parsed_configs_lock:
+            _parsed_configs[key] = config
+            while len(_parsed_configs) > PHASE_CONFIG_CACHE_SIZE:
+                _parsed_configs.popitem(last=False)
+    return config
+
+
+def cached_phase_configs() -> int:
+    """How many parsed configs the cache holds (for tests and metrics)."""
+    with _parsed_configs_lock:
+        return len(_parsed_configs)
 
 
 def load_gate_facts(session: Session, contract: Contract, phase: str | None = None) -> GateFacts:
@@ -71,4 +121,11 @@ def switches_for(contract: Contract, settings: Settings) -> AutomationSwitches:
     )
 
 
-__all__ = ["load_gate_facts", "phase_config_of", "readiness", "switches_for"]
+__all__ = [
+    "PHASE_CONFIG_CACHE_SIZE",
+    "cached_phase_configs",
+    "load_gate_facts",
+    "phase_config_of",
+    "readiness",
+    "switches_for",
+]

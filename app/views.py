@@ -12,7 +12,7 @@ import binascii
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -163,8 +163,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created = datetime.fromisoformat(created_text)
         if created.tzinfo is None:
             raise ValueError("cursor timestamp has no time zone")
+        created.astimezone(UTC)  # year 0 or 10000 in UTC (a forged offset) overflows
         return created, uuid.UUID(cid)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed(
             "The cursor is not one this server issued; pass the 'nextCursor' of a previous page.",
             details={"field": "cursor"},

@@ -8,7 +8,7 @@ round-trips through JSON unchanged.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -238,10 +238,25 @@ def validate_deliverable(config: PhaseConfig, phase_id: str, deliverable_id: str
 
 
 # --- parsing a contract's own phase_config (JSON as sent over HTTP and stored) -----------
+#
+# The stored config is echoed back verbatim (`phaseConfig` of every contract answer), so a
+# config is only accepted when every value in it is typed and bounded: a string where a name
+# goes (not a tree 250 levels deep that later fails to serialise), at most MAX_PHASES phases of
+# at most MAX_DELIVERABLES deliverables. Parsing is linear in the size of the config.
 
 MAX_PHASE_ID: Final = 100  # the width of the stored phase column
 MAX_DELIVERABLE_ID: Final = 200  # the width of the stored deliverable id column
+MAX_NAME: Final = 500  # a phase's or deliverable's display name, like a contract's name
+MAX_PHASES: Final = 64
+MAX_DELIVERABLES: Final = 256  # per phase; also bounds requiredDeliverables
+MAX_TASK_NAMES: Final = 256  # requiredTasks.names
+MAX_TASK_NAME: Final = 500  # like a reported task's name
+MAX_VALIDATORS: Final = 32
+MAX_VALIDATOR_NAME: Final = 100
+MAX_TASK_COUNT: Final = 2**31 - 1  # requiredTasks.count
+_SHOWN: Final = 10  # how many offending keys or ids an error message lists
 _REQUIREMENT_KINDS: Final = ("none", "all_complete", "min_complete", "named_tasks")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _fail(path: str, problem: str) -> ValidationFailed:
@@ -251,13 +266,53 @@ def _fail(path: str, problem: str) -> ValidationFailed:
     )
 
 
+def _shown(values: Sequence[Any]) -> str:
+    """At most _SHOWN values for a message, each short and printable whatever was sent."""
+    texts = [_SURROGATE.sub("\ufffd", str(v)[:50]) for v in values[:_SHOWN]]
+    more = f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else ""
+    return ", ".join(texts) + more
+
+
+def _text(value: Any, path: str, limit: int, what: str = "a non-empty string") -> str:
+    """A string we will store and echo: non-empty, at most `limit` characters, and encodable.
+
+    PostgreSQL text cannot hold NUL, and a lone UTF-16 surrogate is not a character at all
+    (it cannot be written as UTF-8, so storing or answering it would fail later).
+    """
+    if not isinstance(value, str) or not value:
+        raise _fail(path, f"must be {what}")
+    if len(value) > limit:
+        raise _fail(path, f"must be at most {limit} characters")
+    if "\x00" in value:
+        raise _fail(path, "must not contain NUL characters")
+    if _SURROGATE.search(value):
+        raise _fail(path, "must not contain a lone UTF-16 surrogate (half of a character)")
+    return value
+
+
+def _display_name(raw: Mapping[str, Any], default: str, path: str) -> str:
+    """An optional display name: absent, null or "" means the id."""
+    name = raw.get("name")
+    if name is None or name == "":
+        return default
+    return _text(name, f"{path}.name", MAX_NAME, "a string")
+
+
+def _bounded_list(value: Any, path: str, limit: int, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(path, f"must be a list of {what}")
+    if len(value) > limit:
+        raise _fail(path, f"must list at most {limit} {what} (it lists {len(value)})")
+    return value
+
+
 def _known_keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
     """A misspelt key (`auto_advance` for `autoAdvance`) must not silently mean the default."""
     unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
         raise _fail(
             path,
-            f"has unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"has unknown field{'s' if len(unknown) > 1 else ''} {_shown(unknown)} "
             f"(allowed: {', '.join(allowed)})",
         )
 
@@ -273,15 +328,80 @@ def _parse_requirement(raw: Any, path: str) -> TaskRequirement:
         raise _fail(f"{path}.kind", f"must be one of {', '.join(_REQUIREMENT_KINDS)}")
     if kind == "min_complete":
         count = raw.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise _fail(f"{path}.count", "must be a whole number of at least 1")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_TASK_COUNT:
+            raise _fail(f"{path}.count", f"must be a whole number of at least 1 and at most {MAX_TASK_COUNT}")
         return TaskRequirement.min_complete(count)
     if kind == "named_tasks":
         names = raw.get("names")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        if not isinstance(names, list) or not names:
             raise _fail(f"{path}.names", "must be a non-empty list of task names")
-        return TaskRequirement.named_tasks(*names)
+        names = _bounded_list(names, f"{path}.names", MAX_TASK_NAMES, "task names")
+        what = "a non-empty list of task names"
+        return TaskRequirement.named_tasks(*(_text(n, f"{path}.names", MAX_TASK_NAME, what) for n in names))
     return TaskRequirement(kind)
+
+
+def _parse_deliverables(raw: Any, path: str) -> tuple[Deliverable, ...]:
+    raw_deliverables = _bounded_list(raw, path, MAX_DELIVERABLES, "deliverables")
+    deliverables: list[Deliverable] = []
+    seen: set[str] = set()  # a set, not a scan of those parsed so far: linear, not quadratic
+    for j, rd in enumerate(raw_deliverables):
+        dpath = f"{path}[{j}]"
+        if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
+            raise _fail(dpath, "must be an object with a non-empty 'id'")
+        _known_keys(rd, ("id", "name", "required"), dpath)
+        did = _text(rd["id"], f"{dpath}.id", MAX_DELIVERABLE_ID)
+        if did in seen:
+            raise _fail(f"{dpath}.id", f"repeats deliverable '{did}'")
+        seen.add(did)
+        required_flag = rd.get("required", True)
+        if not isinstance(required_flag, bool):
+            raise _fail(f"{dpath}.required", "must be true or false")
+        deliverables.append(Deliverable(did, _display_name(rd, did, dpath), required_flag))
+    return tuple(deliverables)
+
+
+def _parse_gate(
+    rg: Any, deliverables: Sequence[Deliverable], known_validators: Sequence[str], path: str
+) -> PhaseGate:
+    if not isinstance(rg, Mapping):
+        raise _fail(path, "must be an object or null")
+    _known_keys(rg, ("requiredDeliverables", "requiredTasks", "validators", "autoAdvance"), path)
+    required = rg.get("requiredDeliverables")
+    if required is None:
+        required = [d.id for d in deliverables if d.required]
+    required = _bounded_list(required, f"{path}.requiredDeliverables", MAX_DELIVERABLES, "ids")
+    if not all(isinstance(r, str) for r in required):
+        raise _fail(f"{path}.requiredDeliverables", "must be a list of ids")
+    ids = {d.id for d in deliverables}
+    unknown = [r for r in required if r not in ids]
+    if unknown:
+        raise _fail(
+            f"{path}.requiredDeliverables",
+            f"names {_shown(unknown)}, which the phase does not define "
+            f"(it defines: {_shown(sorted(ids)) or 'none'})",
+        )
+    validators = _bounded_list(
+        rg.get("validators") or [], f"{path}.validators", MAX_VALIDATORS, "validator names"
+    )
+    for k, v in enumerate(validators):
+        _text(v, f"{path}.validators[{k}]", MAX_VALIDATOR_NAME, "a validator name")
+    missing_validators = [v for v in validators if v not in known_validators]
+    if missing_validators:
+        raise _fail(
+            f"{path}.validators",
+            f"names unregistered validators {_shown(missing_validators)} "
+            f"(registered: {', '.join(known_validators) or 'none'})",
+        )
+    auto = rg.get("autoAdvance", True)
+    if not isinstance(auto, bool):
+        raise _fail(f"{path}.autoAdvance", "must be true or false")
+    return PhaseGate(
+        tuple(required),
+        _parse_requirement(rg.get("requiredTasks"), f"{path}.requiredTasks"),
+        tuple(validators),
+        auto,
+    )
 
 
 def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseConfig:
@@ -290,13 +410,15 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
     Shape: {"phases": [{"id", "name"?, "deliverables": [{"id", "name"?, "required"?}],
     "gate": null | {"requiredDeliverables"?, "requiredTasks"?, "validators"?,
     "autoAdvance"?}}]}. Required deliverables default to those marked required.
+
+    Every key is known and every value typed and bounded (see the MAX_ constants), so an
+    accepted config is at most a few levels deep and can always be stored and answered.
+    Linear in the size of `raw`; lists are measured before they are walked.
     """
     if not isinstance(raw, Mapping) or not isinstance(raw.get("phases"), list):
         raise _fail("", "must be an object with a 'phases' list")
-    if "\\u0000" in json.dumps(raw):
-        raise _fail("", "must not contain NUL characters")
     _known_keys(raw, ("phases",), "")
-    raw_phases = raw["phases"]
+    raw_phases = _bounded_list(raw["phases"], "phases", MAX_PHASES, "phases")
     if not raw_phases:
         raise _fail("phases", "must list at least one phase")
     phases: list[Phase] = []
@@ -306,79 +428,24 @@ def parse_phase_config(raw: Any, known_validators: Sequence[str] = ()) -> PhaseC
         if not isinstance(rp, Mapping):
             raise _fail(path, "must be an object")
         _known_keys(rp, ("id", "name", "deliverables", "gate"), path)
-        pid = rp.get("id")
-        if not isinstance(pid, str) or not pid:
-            raise _fail(f"{path}.id", "must be a non-empty string")
-        if len(pid) > MAX_PHASE_ID:
-            raise _fail(f"{path}.id", f"must be at most {MAX_PHASE_ID} characters")
+        pid = _text(rp.get("id"), f"{path}.id", MAX_PHASE_ID)
         if pid in seen:
             raise _fail(f"{path}.id", f"repeats phase '{pid}'")
         seen.add(pid)
-        raw_deliverables = rp.get("deliverables", [])
-        if not isinstance(raw_deliverables, list):
-            raise _fail(f"{path}.deliverables", "must be a list of deliverables")
-        deliverables: list[Deliverable] = []
-        for j, rd in enumerate(raw_deliverables):
-            dpath = f"{path}.deliverables[{j}]"
-            if not isinstance(rd, Mapping) or not isinstance(rd.get("id"), str) or not rd["id"]:
-                raise _fail(dpath, "must be an object with a non-empty 'id'")
-            _known_keys(rd, ("id", "name", "required"), dpath)
-            if len(rd["id"]) > MAX_DELIVERABLE_ID:
-                raise _fail(f"{dpath}.id", f"must be at most {MAX_DELIVERABLE_ID} characters")
-            if any(d.id == rd["id"] for d in deliverables):
-                raise _fail(f"{dpath}.id", f"repeats deliverable '{rd['id']}'")
-            required_flag = rd.get("required", True)
-            if not isinstance(required_flag, bool):
-                raise _fail(f"{dpath}.required", "must be true or false")
-            deliverables.append(Deliverable(rd["id"], str(rd.get("name") or rd["id"]), required_flag))
-        ids = {d.id for d in deliverables}
-        gate: PhaseGate | None
-        if "gate" in rp and rp["gate"] is None:
-            gate = None
-        else:
-            rg = rp.get("gate", {})
-            if not isinstance(rg, Mapping):
-                raise _fail(f"{path}.gate", "must be an object or null")
-            _known_keys(
-                rg, ("requiredDeliverables", "requiredTasks", "validators", "autoAdvance"), f"{path}.gate"
-            )
-            required = rg.get("requiredDeliverables")
-            if required is None:
-                required = [d.id for d in deliverables if d.required]
-            if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-                raise _fail(f"{path}.gate.requiredDeliverables", "must be a list of ids")
-            unknown = [r for r in required if r not in ids]
-            if unknown:
-                raise _fail(
-                    f"{path}.gate.requiredDeliverables",
-                    f"names {', '.join(unknown)}, which the phase does not define "
-                    f"(it defines: {', '.join(sorted(ids)) or 'none'})",
-                )
-            validators = rg.get("validators") or []
-            if not isinstance(validators, list) or not all(isinstance(v, str) for v in validators):
-                raise _fail(f"{path}.gate.validators", "must be a list of validator names")
-            missing_validators = [v for v in validators if v not in known_validators]
-            if missing_validators:
-                raise _fail(
-                    f"{path}.gate.validators",
-                    f"names unregistered validators {', '.join(missing_validators)} "
-                    f"(registered: {', '.join(known_validators) or 'none'})",
-                )
-            auto = rg.get("autoAdvance", True)
-            if not isinstance(auto, bool):
-                raise _fail(f"{path}.gate.autoAdvance", "must be true or false")
-            gate = PhaseGate(
-                tuple(required),
-                _parse_requirement(rg.get("requiredTasks"), f"{path}.gate.requiredTasks"),
-                tuple(validators),
-                auto,
-            )
-        phases.append(Phase(pid, str(rp.get("name") or pid), tuple(deliverables), gate))
+        name = _display_name(rp, pid, path)
+        deliverables = _parse_deliverables(rp.get("deliverables", []), f"{path}.deliverables")
+        gate: PhaseGate | None = None
+        if not ("gate" in rp and rp["gate"] is None):
+            gate = _parse_gate(rp.get("gate", {}), deliverables, known_validators, f"{path}.gate")
+        phases.append(Phase(pid, name, deliverables, gate))
     return PhaseConfig(tuple(phases))
 
 
 __all__ = [
     "CONTRACT_TYPES",
+    "MAX_DELIVERABLES",
+    "MAX_NAME",
+    "MAX_PHASES",
     "Deliverable",
     "Phase",
     "PhaseConfig",

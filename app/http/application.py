@@ -14,6 +14,7 @@ from app.http import contracts, health, messages, reports
 from app.http.deps import Wiring
 from app.http.docs import install_docs
 from app.http.errors import install_error_handlers
+from app.http.limits import BodyLimits
 
 DESCRIPTION = (
     "Contracts for AI-agent orchestration: guarded lifecycles, phase gates, completion "
@@ -56,6 +57,8 @@ def create_app(
     application.include_router(health.router)
     install_docs(application)
     install_error_handlers(application)
+    # Outside the routers: a body is bounded (size, nesting, numbers, text) before it is parsed.
+    application.add_middleware(BodyLimits)
     return application
 
 

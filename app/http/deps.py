@@ -27,6 +27,7 @@ from app.http.problems import InvalidRequest
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _THRESHOLD_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_THRESHOLD: Final = timedelta(days=3650)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +107,33 @@ def parse_statuses(raw: str | None) -> tuple[Status, ...]:
 
 
 def parse_threshold(raw: str) -> timedelta:
-    """`45s`, `30m`, `2h`, `1d` → a positive duration, the CLI's `--threshold` syntax."""
+    """`45s`, `30m`, `2h`, `1d` → a positive duration, the CLI's `--threshold` syntax.
+
+    At most MAX_THRESHOLD (ten years): "now minus the threshold" must stay a date, and
+    `1000000d` reached before year 1 and answered 500.
+    """
     match = _THRESHOLD.match(raw)
     amount = int(match.group(1)) if match else 0
-    if match is None or amount <= 0 or amount > 10**6:
+    unit = _THRESHOLD_UNITS[match.group(2)] if match else "seconds"
+    if match is None or amount <= 0 or amount > MAX_THRESHOLD // timedelta(**{unit: 1}):
         raise InvalidRequest(
             [
                 {
                     "field": "threshold",
                     "in": "query",
                     "type": "duration",
-                    "problem": "must be a positive whole number then s, m, h or d, like 45s, 30m or 2h",
+                    "problem": "must be a positive whole number then s, m, h or d, like 45s, 30m or 2h, "
+                    f"and at most {MAX_THRESHOLD.days}d (ten years)",
                     "given": raw,
+                    "limit": f"{MAX_THRESHOLD.days}d",
                 }
             ]
         )
-    return timedelta(**{_THRESHOLD_UNITS[match.group(2)]: amount})
+    return timedelta(**{unit: amount})
 
 
 __all__ = [
+    "MAX_THRESHOLD",
     "Api",
     "ContractId",
     "DeliverableId",

@@ -16,7 +16,9 @@ Every body is `{"error": {"code", "message", "details"}}` (`app.schemas.ErrorBod
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -119,6 +121,25 @@ def websocket_close_code(http_status: int) -> int:
     return 4000 + http_status
 
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+class ErrorJSONResponse(JSONResponse):
+    """A JSON error body that can always be written, whatever input it quotes.
+
+    An error may echo what the caller sent; a lone UTF-16 surrogate in it cannot be encoded
+    as UTF-8, and a failing render turned a 4xx into a 500 and a dropped connection. Such
+    half-characters are replaced with U+FFFD, the Unicode replacement character.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
 def error_response(
     status_code: int,
     code: ErrorCode | str,
@@ -128,7 +149,7 @@ def error_response(
 ) -> JSONResponse:
     """Every error leaves through here, so no handler can invent another body shape."""
     body = {"error": {"code": str(code), "message": message, "details": dict(details or {})}}
-    return JSONResponse(body, status_code=status_code, headers=dict(headers) if headers else None)
+    return ErrorJSONResponse(body, status_code=status_code, headers=dict(headers) if headers else None)
 
 
 # --- the errors in the published schema -------------------------------------------------
@@ -263,7 +284,7 @@ def error_responses(*codes: ErrorCode, bad_json: bool = False) -> dict[int | str
 PUBLIC_PREFIXES: Final = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
 
 
-async def _unauthenticated_first(request: Request) -> JSONResponse | None:
+async def unauthenticated_first(request: Request) -> JSONResponse | None:
     """An unauthenticated caller learns only that: it gets 401, never a schema complaint.
 
     FastAPI decodes a JSON body before it runs dependencies, and routing answers 404 before
@@ -292,7 +313,7 @@ def _invalid(problems: Sequence[Mapping[str, Any]]) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    denied = await _unauthenticated_first(request)
+    denied = await unauthenticated_first(request)
     if denied is not None:
         return denied
     errors: Sequence[Mapping[str, Any]] = exc.errors()
@@ -354,7 +375,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     """Routing errors (unknown path, wrong method) and Starlette's own 400s, in our shape."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code in (status.HTTP_404_NOT_FOUND, status.HTTP_405_METHOD_NOT_ALLOWED):
-        denied = await _unauthenticated_first(request)
+        denied = await unauthenticated_first(request)
         if denied is not None:
             return denied
     code = {
@@ -379,7 +400,8 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
     failure is ours: it goes on to the 500 handler.
     """
     assert isinstance(exc, StatementError)
-    if not isinstance(exc, DataError) and not isinstance(exc.orig, ValueError):
+    # OverflowError: a date or number the driver cannot convert (a year 0 or 10000 in UTC).
+    if not isinstance(exc, DataError) and not isinstance(exc.orig, ValueError | OverflowError):
         return await _on_unexpected(request, exc)
     log.warning("database refused a value for %s %s: %s", request.method, request.url.path, exc)
     return error_response(
@@ -426,10 +448,12 @@ __all__ = [
     "WS_NOT_FOUND",
     "WS_TOO_SLOW",
     "WS_UNAUTHENTICATED",
+    "ErrorJSONResponse",
     "error_response",
     "error_responses",
     "example_body",
     "install_error_handlers",
     "status_for",
+    "unauthenticated_first",
     "websocket_close_code",
 ]

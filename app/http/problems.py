@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidRequest(Exception):
@@ -70,7 +71,8 @@ def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[st
         # Echo what was sent, at most 200 characters of it, and never what JSON cannot carry (NaN).
         if isinstance(given, float) and not math.isfinite(given):
             given = str(given)
-        problem["given"] = given[:200] if isinstance(given, str) else given
+        # A lone surrogate cannot be written as UTF-8: show U+FFFD in its place.
+        problem["given"] = _SURROGATE.sub("\ufffd", given[:200]) if isinstance(given, str) else given
     ctx = error.get("ctx") or {}
     if kind in ("enum", "literal_error") and "expected" in ctx:
         problem["allowed"] = _QUOTED.findall(str(ctx["expected"]))
