@@ -9,6 +9,7 @@ holds the same way whoever asks.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -155,7 +156,12 @@ def change_phase(
     *,
     now: datetime,
 ) -> Contract:
-    """The guarded phase change: version check, gate, phase guard, all under the row lock."""
+    """The guarded phase change: version check, gate, phase guard, all under the row lock.
+
+    Whether a person asks is taken from the authenticated caller, whatever the request says:
+    only a `user` or `admin` may lift a phase guard (DESIGN "Who may do what").
+    """
+    request = replace(request, caller_is_person=caller.is_person)
     contract = lock_contract(uow.session, caller, contract_id)
     config = phase_config_of(contract)
     snapshot = ContractSnapshot(

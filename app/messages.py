@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from sqlalchemy.orm import Session
 
-from app.auth import Caller, load_caller
+from app.auth import Caller, InvalidPrincipal, check_principal
 
 
 class MessageRejected(Exception):
@@ -76,10 +76,16 @@ def decode(model: type[M], raw: Any) -> M:
 
 
 def caller_of(session: Session, message: Message) -> Caller:
-    caller = load_caller(session, message.principal_id)
-    if caller is None:
-        raise MessageRejected(f"principal {message.principal_id} does not exist; the message acts for nobody")
-    return caller
+    """The sender, re-checked as it is now: a message whose sender no longer exists, or has
+    no live token (every one revoked or expired since it sent), acts for nobody.
+
+    Raising `MessageRejected` parks the message as a dead letter with the reason; the check
+    is at most `PRINCIPAL_CACHE_SECONDS` stale (`app.auth.check_principal`).
+    """
+    try:
+        return check_principal(session, message.principal_id)
+    except InvalidPrincipal as exc:
+        raise MessageRejected(f"{exc}; the message acts for nobody") from None
 
 
 __all__ = [

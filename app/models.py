@@ -81,7 +81,11 @@ class Principal(Base):
 
 
 class ApiToken(Base):
-    """Only the SHA-256 of a token is kept; the token itself is shown once, at creation."""
+    """Only the SHA-256 of a token is kept; the token itself is shown once, at creation.
+
+    A token is live while `revoked_at` is empty and `expires_at` (if any) is in the future;
+    `last_used_at` is written at most once a minute (`app.auth.LAST_USED_RESOLUTION`).
+    """
 
     __tablename__ = "api_tokens"
 
@@ -92,6 +96,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Contract(Base):

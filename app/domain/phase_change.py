@@ -5,16 +5,29 @@ either a plan to apply or one of the domain errors. Order matters and is fixed h
 version first (a stale caller must re-read before anything else means anything), then the
 target, then the gate, then the guard, so a person is only asked to confirm a move that
 could actually happen.
+
+The guard exists so that a person decides (DESIGN "Who may do what"): only a request made by
+a person (`caller_is_person`: a `user` or `admin` principal of the owner, set by the command
+from the authenticated caller, never by the client) can lift it, and only a person can
+answer a contract waiting for a phase confirmation. A supervisor's `confirmed: true` is
+refused with PHASE_GUARD_REQUIRED saying who may confirm. The flag can only restrict: with
+no guard and no wait, every caller moves phases alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
 from app.domain.completion import GateFacts, check_phase_readiness
 from app.domain.errors import PhaseGuardRequired, ValidationFailed, VersionConflict
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import PhaseConfig
+
+# The roles whose confirmation lifts a phase guard; named in the refusal so a caller knows
+# whom to ask (the values of `app.auth.Role` that stand for a person).
+CONFIRMING_ROLES: Final = ("user", "admin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +36,28 @@ class PhaseChangeRequest:
     expected_version: int | None = None
     confirmed: bool = False
     force: bool = False
+    # Whether a person asks (a `user` or `admin`): only a person's confirmation counts. False
+    # by default, so a caller that does not say who asks cannot lift a guard.
+    caller_is_person: bool = False
+
+
+class PersonMustConfirm(PhaseGuardRequired):
+    """PHASE_GUARD_REQUIRED for a caller that is not a person: confirming again cannot help,
+    so the answer says who may (`mayConfirm`) instead of inviting a retry."""
+
+    def __init__(
+        self, current_phase: str, next_phase: str, deliverables: Sequence[Mapping[str, Any]]
+    ) -> None:
+        super().__init__(current_phase, next_phase, deliverables)
+        self.message = (
+            f"Phase guard is enabled: moving from '{current_phase}' to '{next_phase}' must be "
+            f"confirmed by a person ({' or '.join(CONFIRMING_ROLES)} of the owner); a "
+            "supervisor's confirmation does not count. Ask a person to review the deliverables "
+            "and confirm."
+        )
+        self.args = (self.message,)
+        self.details["mayConfirm"] = list(CONFIRMING_ROLES)
+        self.details["personRequired"] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +120,15 @@ def plan_phase_change(
                 missing=readiness.missing,
                 details={"currentPhase": contract.phase, "nextPhase": target},
             )
-    if contract.phase_guard and not request.confirmed:
-        raise PhaseGuardRequired(
-            contract.phase,
-            target,
-            [d.to_json() for d in config.get(contract.phase).deliverables],
-        )
     waiting_on_phase = (
         contract.status is Status.WAITING_FOR_INPUT
         and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
     )
+    deliverables = [d.to_json() for d in config.get(contract.phase).deliverables]
+    if (contract.phase_guard or waiting_on_phase) and not request.caller_is_person:
+        raise PersonMustConfirm(contract.phase, target, deliverables)
+    if contract.phase_guard and not request.confirmed:
+        raise PhaseGuardRequired(contract.phase, target, deliverables)
     return PhaseChangePlan(
         old_phase=contract.phase,
         new_phase=target,
@@ -106,4 +140,11 @@ def plan_phase_change(
     )
 
 
-__all__ = ["ContractSnapshot", "PhaseChangePlan", "PhaseChangeRequest", "plan_phase_change"]
+__all__ = [
+    "CONFIRMING_ROLES",
+    "ContractSnapshot",
+    "PersonMustConfirm",
+    "PhaseChangePlan",
+    "PhaseChangeRequest",
+    "plan_phase_change",
+]

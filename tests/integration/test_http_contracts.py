@@ -207,7 +207,7 @@ def test_twenty_concurrent_phase_changes_with_one_version_admit_exactly_one(
     assert [e["type"] for e in user.events(cid)].count("phase_changed") == 1
 
 
-def test_phase_guard_stops_a_supervisor_until_the_change_is_confirmed(actor: Any) -> None:
+def test_phase_guard_stops_a_supervisor_until_a_person_confirms_the_change(actor: Any) -> None:
     owner = f"owner-{uuid.uuid4().hex[:8]}"
     user = actor(owner)
     supervisor = actor(owner, "supervisor")
@@ -215,13 +215,17 @@ def test_phase_guard_stops_a_supervisor_until_the_change_is_confirmed(actor: Any
     assert supervisor.deliver(cid, "plan-document").status_code == 200
     version = user.get(cid)["version"]
 
-    details = assert_error(supervisor.phase(cid, "execute"), 409, "PHASE_GUARD_REQUIRED")
-    assert details["currentPhase"] == "plan"
-    assert details["nextPhase"] == "execute"
-    assert [d["id"] for d in details["deliverables"]] == ["plan-document", "task-breakdown"]
-    assert user.get(cid)["version"] == version  # refused: nothing moved
+    for confirmed in (False, True):  # a supervisor's confirmation does not count
+        details = assert_error(
+            supervisor.phase(cid, "execute", confirmed=confirmed), 409, "PHASE_GUARD_REQUIRED"
+        )
+        assert details["currentPhase"] == "plan"
+        assert details["nextPhase"] == "execute"
+        assert [d["id"] for d in details["deliverables"]] == ["plan-document", "task-breakdown"]
+        assert details["mayConfirm"] == ["user", "admin"]
+        assert user.get(cid)["version"] == version  # refused: nothing moved
 
-    moved = supervisor.phase(cid, "execute", confirmed=True, expectedVersion=version)
+    moved = user.phase(cid, "execute", confirmed=True, expectedVersion=version)
     assert moved.status_code == 200, moved.text
     assert (moved.json()["phase"], moved.json()["version"]) == ("execute", version + 1)
     changed = [e for e in user.events(cid) if e["type"] == "phase_changed"]

@@ -73,7 +73,8 @@ def test_phase_guard_holds_auto_advance_until_a_confirmed_phase_change(
     row = contract_row(cid)
     assert (row.phase, row.waiting_for, row.version) == ("plan", "phase_confirmation", 1)
 
-    api.change_phase(cid, "execute", expected_version=1, confirmed=True)
+    person, _ = make_caller(owner=api.caller.owner_id)  # only a person may confirm
+    ContractsAPI(person).change_phase(cid, "execute", expected_version=1, confirmed=True)
     row = contract_row(cid)
     assert (row.phase, row.status, row.waiting_for, row.version) == ("execute", "active", None, 2)
 

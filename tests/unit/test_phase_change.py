@@ -8,6 +8,9 @@ Checked in this order, each on the locked snapshot:
    (VALIDATION_FAILED with the missing list);
 5. phase_guard on and not confirmed → PHASE_GUARD_REQUIRED (next phase and the current
    phase's deliverables) for every caller, supervisors included; force does not bypass it.
+   Only a person (`user` or `admin`) lifts it: a request that is not a person's is refused
+   with PHASE_GUARD_REQUIRED naming who may confirm, confirmed or not, and so is its move of
+   a contract waiting for a phase confirmation.
 Success bumps the version by one; a contract waiting for a phase confirmation goes back to active.
 """
 
@@ -21,7 +24,13 @@ import pytest
 from app.domain.completion import GateFacts, TaskSummary, gate_facts
 from app.domain.errors import PhaseGuardRequired, ValidationFailed, VersionConflict
 from app.domain.lifecycle import Status, WaitingFor
-from app.domain.phase_change import ContractSnapshot, PhaseChangePlan, PhaseChangeRequest, plan_phase_change
+from app.domain.phase_change import (
+    ContractSnapshot,
+    PersonMustConfirm,
+    PhaseChangePlan,
+    PhaseChangeRequest,
+    plan_phase_change,
+)
 from app.domain.phases import CONTRACT_TYPES, Deliverable, Phase, PhaseConfig, PhaseGate
 
 SIMPLE = CONTRACT_TYPES["simple"]
@@ -200,8 +209,9 @@ def test_force_skips_the_order(current: str, target: str) -> None:
 @pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
 def test_phase_guard_without_confirmation_requires_it(force: bool) -> None:
     with pytest.raises(PhaseGuardRequired) as caught:
-        change(snapshot(phase_guard=True), force=force)
+        change(snapshot(phase_guard=True), force=force, caller_is_person=True)
     err = caught.value
+    assert type(err) is PhaseGuardRequired
     assert err.code == "PHASE_GUARD_REQUIRED"
     assert err.details == {
         "currentPhase": "plan",
@@ -222,26 +232,67 @@ def test_the_guard_lists_the_current_phases_deliverables_for_a_forced_jump() -> 
             SPEC,
             target_phase="execute",
             force=True,
+            caller_is_person=True,
         )
     assert caught.value.details["nextPhase"] == "execute"
     assert [d["id"] for d in caught.value.details["deliverables"]] == ["research-notes", "references"]
 
 
-def test_the_guard_applies_to_every_caller_because_no_caller_can_be_named() -> None:
+def test_the_only_caller_fact_the_rule_takes_is_whether_a_person_asks() -> None:
     # Seed 6.3's bug was an `is_supervisor` flag that let supervisors through. The rule takes
-    # the configuration, the locked snapshot, the facts and the request, and nothing else.
+    # the configuration, the locked snapshot, the facts and the request; the one fact about
+    # the caller, `caller_is_person`, can only add a refusal, and defaults to the refusing side.
     assert list(inspect.signature(plan_phase_change).parameters) == ["config", "contract", "facts", "request"]
     request_fields = {f.name for f in dataclasses.fields(PhaseChangeRequest)}
     snapshot_fields = {f.name for f in dataclasses.fields(ContractSnapshot)}
-    assert request_fields == {"target_phase", "expected_version", "confirmed", "force"}
+    assert request_fields == {"target_phase", "expected_version", "confirmed", "force", "caller_is_person"}
     assert snapshot_fields == {"phase", "status", "version", "phase_guard", "waiting_for"}
+    assert PhaseChangeRequest("execute").caller_is_person is False
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
-def test_a_confirmed_request_passes_the_guard(force: bool) -> None:
-    plan = change(snapshot(phase_guard=True), confirmed=True, force=force)
+def test_a_persons_confirmed_request_passes_the_guard(force: bool) -> None:
+    plan = change(snapshot(phase_guard=True), confirmed=True, force=force, caller_is_person=True)
     assert plan.new_phase == "execute"
     assert plan.confirmed is True
+
+
+@pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "unconfirmed"])
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
+def test_only_a_person_may_lift_a_phase_guard(confirmed: bool, force: bool) -> None:
+    with pytest.raises(PersonMustConfirm) as caught:
+        change(snapshot(phase_guard=True), confirmed=confirmed, force=force, caller_is_person=False)
+    err = caught.value
+    assert isinstance(err, PhaseGuardRequired) and err.code == "PHASE_GUARD_REQUIRED"
+    assert "person" in err.message and "supervisor" in err.message
+    assert err.details["mayConfirm"] == ["user", "admin"]
+    assert err.details["personRequired"] is True
+    assert (err.details["currentPhase"], err.details["nextPhase"]) == ("plan", "execute")
+    assert [d["id"] for d in err.details["deliverables"]] == ["plan-document", "task-breakdown"]
+
+
+def test_only_a_person_may_answer_a_phase_confirmation_wait() -> None:
+    # Even were the guard off, the wait was opened for a person's decision.
+    for guard in (True, False):
+        waiting = snapshot(
+            status=Status.WAITING_FOR_INPUT,
+            phase_guard=guard,
+            waiting_for=WaitingFor.PHASE_CONFIRMATION.value,
+        )
+        with pytest.raises(PersonMustConfirm):
+            change(waiting, confirmed=True, caller_is_person=False)
+        assert change(waiting, confirmed=True, caller_is_person=True).new_status is Status.ACTIVE
+
+
+def test_without_a_guard_or_a_wait_every_caller_changes_phases_alike() -> None:
+    by_person = change(snapshot(), caller_is_person=True)
+    by_daemon = change(snapshot(), caller_is_person=False)
+    assert by_person == by_daemon
+
+
+def test_a_stale_version_is_reported_before_the_person_rule() -> None:
+    with pytest.raises(VersionConflict):
+        change(snapshot(phase_guard=True, version=7), expected_version=6, confirmed=True)
 
 
 # --- success --------------------------------------------------------------------------------
@@ -264,7 +315,7 @@ def test_confirming_a_phase_the_contract_waits_on_returns_it_to_active() -> None
     waiting = snapshot(
         status=Status.WAITING_FOR_INPUT, phase_guard=True, waiting_for=WaitingFor.PHASE_CONFIRMATION.value
     )
-    plan = change(waiting, confirmed=True)
+    plan = change(waiting, confirmed=True, caller_is_person=True)
     assert plan.new_status is Status.ACTIVE
     assert plan.clears_waiting is True
     assert plan.new_version == 8
