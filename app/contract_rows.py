@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import JSON, column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
+from app.domain.completion import GateFacts, TaskSummary
 from app.domain.errors import ContractNotFound, ValidationFailed
 from app.domain.lifecycle import Status, check_transition
 from app.domain.records import EventType
 from app.events import record_event
+from app.gate import load_gate_facts
 from app.models import Contract
 from app.pending_writes import pending
 
@@ -57,6 +60,71 @@ def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUI
             raise ContractNotFound(contract_id)
         return contract
     return _visible(contract, caller, contract_id)
+
+
+_COLUMNS = ", ".join(f"contracts.{c.name}" for c in Contract.__table__.c)
+# Two statements in one round trip: take the row lock, then read the row and its current
+# phase's gate facts. The second statement starts after the lock is held, so on PostgreSQL
+# (READ COMMITTED: a snapshot per statement) it sees everything committed before the lock
+# was granted; a single statement would judge the gate on facts from before the wait.
+_LOCK_SQL = "SELECT 1 FROM contracts WHERE id = $1 FOR UPDATE"
+_ROW_AND_FACTS_SQL = (
+    f"SELECT {_COLUMNS}, "
+    "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "
+    " WHERE d.contract_id = contracts.id AND d.phase = contracts.phase) AS facts_done, "
+    "(SELECT coalesce(json_agg(json_build_array(t.name, t.status, t.is_supervisor)), '[]'::json) "
+    " FROM contract_tasks t WHERE t.contract_id = contracts.id AND t.phase = contracts.phase) AS facts_tasks "
+    "FROM contracts WHERE id = $1"
+)
+_LOCK_NAME, _FACTS_NAME = "mk_lock_contract", "mk_contract_facts"
+
+
+@lru_cache(maxsize=4)
+def _lock_with_facts_query(prepare: bool, prepared_already: bool) -> Any:
+    if prepare:
+        sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {_FACTS_NAME}(:id)"
+        if not prepared_already:
+            sql = (
+                f"PREPARE {_LOCK_NAME}(uuid) AS {_LOCK_SQL}; "
+                f"PREPARE {_FACTS_NAME}(uuid) AS {_ROW_AND_FACTS_SQL}; {sql}"
+            )
+    else:
+        lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, _ROW_AND_FACTS_SQL))
+        sql = f"{lock}; {facts}"
+    statement = text(sql).columns(
+        *Contract.__table__.c, column("facts_done", JSON), column("facts_tasks", JSON)
+    )
+    return select(
+        Contract, statement.selected_columns.facts_done, statement.selected_columns.facts_tasks
+    ).from_statement(statement)
+
+
+def lock_contract_with_facts(
+    session: Session, caller: Caller | None, contract_id: uuid.UUID
+) -> tuple[Contract, GateFacts]:
+    """`lock_contract` and `load_gate_facts` of its current phase, in one round trip on PostgreSQL.
+
+    The guarded phase change needs both; on SQLite (no round trips to save, and no
+    multi-statement execute) and for a row this transaction already holds, it is the two
+    calls.
+    """
+    if contract_id in pending(session).locked or session.get_bind().dialect.name != "postgresql":
+        contract = lock_contract(session, caller, contract_id)
+        return contract, load_gate_facts(session, contract)
+    prepare = bool(session.info.get("prepared_statements", True))
+    known: set[str] = session.connection().info.setdefault("makima.prepared", set())
+    query = _lock_with_facts_query(prepare, _LOCK_NAME in known)
+    row = session.execute(query.execution_options(populate_existing=True), {"id": contract_id}).one_or_none()
+    if prepare:
+        known.add(_LOCK_NAME)
+    if row is None:
+        raise ContractNotFound(contract_id)
+    contract, done, tasks = row
+    if caller is not None:
+        _visible(contract, caller, contract_id)
+    pending(session).locked.add(contract_id)
+    summaries = tuple(TaskSummary(name, status, bool(sup)) for name, status, sup in tasks)
+    return contract, GateFacts(contract.phase, frozenset(done), summaries)
 
 
 def touch(contract: Contract, now: datetime) -> None:
@@ -136,4 +204,12 @@ def apply_phase(
     )
 
 
-__all__ = ["apply_phase", "get_contract", "lock_contract", "refuse_if_closed", "set_status", "touch"]
+__all__ = [
+    "apply_phase",
+    "get_contract",
+    "lock_contract",
+    "lock_contract_with_facts",
+    "refuse_if_closed",
+    "set_status",
+    "touch",
+]

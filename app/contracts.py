@@ -16,7 +16,14 @@ from typing import Any
 from app.agent_reports import first_delivery
 from app.auth import Caller
 from app.completion_flow import begin_completion, complete
-from app.contract_rows import apply_phase, lock_contract, refuse_if_closed, set_status, touch
+from app.contract_rows import (
+    apply_phase,
+    lock_contract,
+    lock_contract_with_facts,
+    refuse_if_closed,
+    set_status,
+    touch,
+)
 from app.db import UnitOfWork
 from app.domain.completion import check_phase_readiness, registered_validators
 from app.domain.errors import ValidationFailed
@@ -162,12 +169,12 @@ def change_phase(
     only a `user` or `admin` may lift a phase guard (DESIGN "Who may do what").
     """
     request = replace(request, caller_is_person=caller.is_person)
-    contract = lock_contract(uow.session, caller, contract_id)
+    contract, facts = lock_contract_with_facts(uow.session, caller, contract_id)
     config = phase_config_of(contract)
     snapshot = ContractSnapshot(
         contract.phase, Status(contract.status), contract.version, contract.phase_guard, contract.waiting_for
     )
-    plan = plan_phase_change(config, snapshot, load_gate_facts(uow.session, contract), request)
+    plan = plan_phase_change(config, snapshot, facts, request)
     # Apply the plan as the domain decided it: its version, and its status (a confirmed move
     # out of waiting_for_input returns the contract to active).
     apply_phase(

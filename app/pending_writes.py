@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import JSON, Table, Uuid, insert, inspect, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.models import Contract, ContractEvent, OutboxMessage
+from app.prepared import execute_sql
 
 _KEY = "makima.pending_writes"
 _EVENTS: Table = ContractEvent.__table__  # type: ignore[assignment]
@@ -181,7 +182,11 @@ def _write_as_one_statement(
         for i, row in enumerate(rows):
             params.update({f"{prefix}{i}_{col}": _driver_value(table, col, v) for col, v in row.items()})
     sql = _combined_sql((tuple(contract_columns), len(writes.events), len(writes.outbox)))
-    for kind, row_id in session.connection().exec_driver_sql(sql, params):
+    prepare = bool(session.info.get("prepared_statements", True))
+    returned = cast(
+        list[tuple[str, int]], execute_sql(session.connection(), sql, params, prepare=prepare).all()
+    )
+    for kind, row_id in returned:
         if kind == "e":
             writes.event_ids.append(row_id)
         elif kind == "o":
