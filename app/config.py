@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(3600, ge=1)
     # How often a worker looks for unacknowledged messages of dead workers to restore.
     unacked_restore_interval_seconds: int = Field(10, ge=1)
+    # PostgreSQL: run the hot paths' statements as server-side prepared statements (they
+    # cost less to plan than to execute). Turn off behind a transaction-pooling proxy.
+    database_prepared_statements: bool = True
     contracts: ContractsConfig = ContractsConfig()
     feature_flags: FeatureFlags = FeatureFlags()
 

@@ -192,6 +192,7 @@ def unit_of_work(
     bind = engine or get_engine()
     with _session_factory(bind)() as session:
         uow = UnitOfWork(session, settings or get_settings())
+        session.info["prepared_statements"] = uow.settings.database_prepared_statements
         with session.begin():
             yield uow
             written = write_pending(session)
