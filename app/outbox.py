@@ -148,8 +148,8 @@ def relay_outbox(
     Younger rows are left to the send that follows their own commit. The backlog is drained
     in chunks of `chunk` rows, each claimed with SKIP LOCKED (so overlapping relays never send
     one row twice), sent, and deleted in its own short transaction, until none is left or
-    `max_seconds` have passed (the next run goes on). A send that fails stops the run with
-    that chunk rolled back: its rows stay for the next run.
+    `max_seconds` have passed (the next run goes on). A send that fails (broker down) ends the
+    run: the rows that went out are deleted, the others stay for the next run.
     """
     deadline = time.monotonic() + max_seconds
     sent = 0
@@ -165,12 +165,24 @@ def relay_outbox(
                     .with_for_update(skip_locked=True)
                 )
             )
-            for row in rows:
-                wait = (row.not_before - now).total_seconds() if row.not_before else None
-                sender(row.task, row.payload, wait)
-            if rows:
-                session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])))
-        sent += len(rows)
+            handed: list[int] = []
+            try:
+                for row in rows:
+                    wait = (row.not_before - now).total_seconds() if row.not_before else None
+                    sender(row.task, row.payload, wait)
+                    handed.append(row.id)
+            except Exception:
+                log.warning(
+                    "outbox relay: the broker refused a send after %d of %d rows; the rest stay for the "
+                    "next run",
+                    len(handed),
+                    len(rows),
+                    exc_info=True,
+                )
+                rows = []  # stop after retiring what did go out
+            if handed:
+                session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(handed)))
+        sent += len(handed)
         if len(rows) < chunk:
             break
     return sent
