@@ -210,6 +210,21 @@ def test_the_largest_phase_config_allowed_is_created_read_and_listed(
     assert page.status_code == 200 and [c["id"] for c in page.json()["contracts"]] == [cid]
 
 
+def test_a_create_whose_answer_cannot_be_built_commits_nothing(
+    client: TestClient, owner: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is built inside the transaction: if building it fails, the row is rolled back."""
+    import app.api
+
+    def broken_view(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the answer cannot be built")
+
+    monkeypatch.setattr(app.api, "contract_view", broken_view)
+    name, headers = owner
+    assert_error_shape(client.post(BASE, json={"name": "x", "contractType": "simple"}, headers=headers), 500)
+    assert contracts_of(name) == 0
+
+
 # --- 2. lone surrogates -----------------------------------------------------------------
 
 SURROGATE_BODIES = [

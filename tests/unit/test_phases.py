@@ -679,3 +679,68 @@ def test_an_unknown_field_list_names_only_the_first_few() -> None:
     with pytest.raises(ValidationFailed) as err:
         parse_phase_config(raw)
     assert len(err.value.message) < 500
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+_any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=20,
+)
+_slots = st.sampled_from(
+    [
+        "name",
+        "deliverables",
+        "gate",
+        "d.name",
+        "d.required",
+        "g.requiredDeliverables",
+        "g.requiredTasks",
+        "g.validators",
+        "g.autoAdvance",
+        "t.names",
+        "t.count",
+    ]
+)
+
+
+def _placed(slot: str, value: Any) -> dict[str, Any]:
+    phase: dict[str, Any] = {
+        "id": "p",
+        "deliverables": [{"id": "d"}],
+        "gate": {"requiredTasks": {"kind": "named_tasks", "names": ["t"]}},
+    }
+    if slot.startswith("d."):
+        phase["deliverables"][0][slot[2:]] = value
+    elif slot.startswith("g."):
+        phase["gate"][slot[2:]] = value
+    elif slot.startswith("t."):
+        phase["gate"]["requiredTasks"] = {
+            "kind": "min_complete" if slot == "t.count" else "named_tasks",
+            slot[2:]: value,
+        }
+    else:
+        phase[slot] = value
+    return {"phases": [phase]}
+
+
+@settings(max_examples=300, database=None, deadline=None, derandomize=True)
+@given(_slots, _any_json)
+def test_an_accepted_phase_config_is_shallow_and_finite_so_its_answer_can_always_be_written(
+    slot: str, value: Any
+) -> None:
+    """The raw config is echoed in every answer: whatever is accepted must serialise, always."""
+    raw = _placed(slot, value)
+    try:
+        parse_phase_config(raw, registered_validators())
+    except ValidationFailed:
+        return
+    assert _depth(raw) <= 7
+    json.dumps(raw, allow_nan=False).encode("utf-8")
