@@ -1,0 +1,65 @@
+"""A database connection that dies under a worker costs a retry, not a message.
+
+Connections are not pinged before every transaction (that was a round trip on every hot
+path); a connection idle for long is pinged, and one that breaks in use fails its
+transaction with a transient error that the task retries on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.api import ContractsAPI
+from app.db import get_engine
+from tests.integration.conftest import DB_NAME, PG_ADMIN_URL
+from tests.integration.helpers import message_processed, new_contract
+from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker(tmp_path) -> Iterator[WorkerProcess]:
+    w = start_worker(tmp_path, concurrency=1)
+    w.wait_ready()
+    yield w
+    w.stop()
+
+
+def terminate_other_connections() -> int:
+    """What a database restart or a failover does to every pooled connection but ours."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": DB_NAME},
+                ).all()
+            )
+    finally:
+        admin.dispose()
+
+
+def test_a_worker_whose_connections_were_killed_still_applies_the_next_report(
+    worker: WorkerProcess, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+    first = api.report_task_completed(cid, uuid.uuid4(), "before", success=True)
+    wait_for(lambda: message_processed(first), what="first report applied")
+
+    assert terminate_other_connections() >= 1  # the worker's pooled connection among them
+    get_engine().dispose()  # this process stands for the daemon: only the worker's loss is under test
+
+    second = api.report_task_completed(cid, uuid.uuid4(), "after", success=True)
+    wait_for(lambda: message_processed(second), timeout=30, what="report applied on a fresh connection")
+    assert "Retry in" in worker.log() or "OperationalError" in worker.log()
