@@ -67,6 +67,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    # The broker (Redis) did not take the message: nothing was sent, retry after Retry-After.
+    BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

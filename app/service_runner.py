@@ -17,8 +17,14 @@ agent). It:
    nothing do not fill the log;
 5. waits until `/healthz` answers and the worker and beat have said they are ready, then
    says where the API is and how to get a token, with a command that works as printed;
-6. on Ctrl-C / SIGTERM / SIGHUP, or when any child dies on its own, stops every child
-   (SIGTERM, wait, SIGKILL of its whole process group after a timeout), then Redis.
+6. watches the children and the embedded Redis: a redis-server that dies (SIGKILL, the OOM
+   killer) is started again on the same socket and data directory, so its append-only file
+   gives back every queued message and the API, workers and beat reconnect to it; if it
+   dies again and again (`REDIS_RESTART_LIMIT` times within `REDIS_RESTART_WINDOW`) or
+   cannot start, everything is stopped and the run exits 1, saying why. A child that dies
+   on its own is not restarted: the rest are stopped and the run exits 1;
+7. on Ctrl-C / SIGTERM / SIGHUP stops every child (SIGTERM, wait, SIGKILL of its whole
+   process group after a timeout), then Redis.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # once beat's scheduler runs (celery.beat: "beat: Starting...").
 WORKER_READY = re.compile(r"@\S+ ready\.\s*$")
 BEAT_READY = re.compile(r"beat: Starting\.\.\.")
+# A redis-server that died is restarted, unless it died this many times within the window:
+# then something is wrong that a restart does not fix (a full disk, a corrupt AOF), and a
+# run that keeps answering 503 would hide it, so everything stops with the reason.
+REDIS_RESTART_LIMIT = 3
+REDIS_RESTART_WINDOW = 60.0
 
 
 class RunError(Exception):
@@ -356,7 +367,7 @@ class ServiceGroup:
             )
             if ready:
                 self._banner(children, redis_server)
-                return self._watch(children)
+                return self._watch(children, redis_server)
             self._say_received()
             return 0
         except (RunError, EmbeddedRedisError) as exc:
@@ -384,8 +395,14 @@ class ServiceGroup:
         finally:
             dispose_engines()
 
-    def _watch(self, children: Sequence[Child]) -> int:
-        """Sleep until a stop signal (exit 0) or a child's own exit (stop the rest, exit 1)."""
+    def _watch(self, children: Sequence[Child], redis_server: EmbeddedRedis | None = None) -> int:
+        """Sleep until a stop signal (exit 0) or a child's own exit (stop the rest, exit 1).
+
+        The embedded Redis is watched in the same loop; it is restarted rather than the run
+        stopped, because the children outlive an outage by themselves (Celery retries its
+        broker connection, the API answers 503 meanwhile) and the AOF keeps what was queued.
+        """
+        restarts: list[float] = []
         while not self.stop.wait(self.options.poll_interval):
             for child in children:
                 code = child.exit_code()
@@ -394,8 +411,40 @@ class ServiceGroup:
                         f"{child.name} (pid {child.pid}) exited unexpectedly with code {code}; stopping."
                     )
                     return 1
+            if redis_server is not None and not self._redis_alive_or_restarted(redis_server, restarts):
+                return 1
         self._say_received()
         return 0
+
+    def _redis_alive_or_restarted(self, redis_server: EmbeddedRedis, restarts: list[float]) -> bool:
+        """Start the embedded Redis again if it died; False (said why) when the run must stop."""
+        if redis_server.alive():
+            return True
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < REDIS_RESTART_WINDOW]
+        dead = redis_server.pid
+        if len(restarts) >= REDIS_RESTART_LIMIT:
+            self.say(
+                f"Embedded Redis (redis-server pid {dead}) died {len(restarts) + 1} times within "
+                f"{REDIS_RESTART_WINDOW:.0f} s; stopping. See {redis_server.data_dir / 'redis.log'}; "
+                f"queued messages are kept in {redis_server.aof_path} for the next run."
+            )
+            return False
+        restarts.append(now)
+        self.say(
+            f"Embedded Redis (redis-server pid {dead}) died; restarting it on {redis_server.socket_path} "
+            f"(its append-only file {redis_server.aof_path.name} gives back what was queued)."
+        )
+        try:
+            redis_server.restart()
+        except EmbeddedRedisError as exc:
+            self.say(f"makima run: {exc} Stopping.")
+            return False
+        self.say(
+            f"Embedded Redis (redis-server pid {redis_server.pid}) on {redis_server.socket_path} again; "
+            "the API, workers and beat reconnect by themselves."
+        )
+        return True
 
     def _say_received(self) -> None:
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "a stop request"
@@ -439,6 +488,8 @@ def run(settings: Settings, options: RunOptions | None = None) -> int:
 
 
 __all__ = [
+    "REDIS_RESTART_LIMIT",
+    "REDIS_RESTART_WINDOW",
     "RunError",
     "RunOptions",
     "ServiceGroup",

@@ -24,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
+import redis
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.exc import DataError, StatementError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -85,9 +87,13 @@ EDGE_STATUS: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.FORBIDDEN: status.HTTP_403_FORBIDDEN,
         ErrorCode.NOT_FOUND: status.HTTP_404_NOT_FOUND,
         ErrorCode.METHOD_NOT_ALLOWED: status.HTTP_405_METHOD_NOT_ALLOWED,
+        ErrorCode.BROKER_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
         ErrorCode.INTERNAL_ERROR: status.HTTP_500_INTERNAL_SERVER_ERROR,
     }
 )
+# Seconds a client waits before retrying a send the broker refused (the embedded Redis is
+# back within about a second after `makima run` restarts it).
+BROKER_RETRY_AFTER: Final = 5
 
 # WebSocket close codes (the live monitor): 4000 + the HTTP status a request would have got,
 # so a client reads them the same way, plus the ones only a stream needs.
@@ -221,6 +227,11 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
         ErrorCode.FORBIDDEN: ("Your role may not do this; ask an admin.", {"role": "supervisor"}),
         ErrorCode.NOT_FOUND: ("No endpoint at GET /api/v1/contract; see /openapi.json.", {}),
         ErrorCode.METHOD_NOT_ALLOWED: ("Method Not Allowed", {}),
+        ErrorCode.BROKER_UNAVAILABLE: (
+            "The message broker is unreachable, so the request could not be queued. Retry in a few "
+            "seconds (with the same messageId, if you sent one).",
+            {"retryAfterSeconds": 5},
+        ),
         ErrorCode.INTERNAL_ERROR: (
             "The server failed to handle this request. It has been logged; quote the reference when "
             "reporting it.",
@@ -413,6 +424,23 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The broker refused a send (down, restarting): the caller's request was fine, so 503.
+
+    Nothing was sent; a report's message stays pending and resending it with the same
+    `messageId` is safe, which is what Retry-After invites.
+    """
+    log.warning("broker unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        ErrorCode.BROKER_UNAVAILABLE,
+        "The message broker is unreachable, so the request could not be queued. Retry in a few "
+        "seconds (with the same messageId, if you sent one).",
+        {"retryAfterSeconds": BROKER_RETRY_AFTER},
+        headers={"Retry-After": str(BROKER_RETRY_AFTER)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     """Our bug, not the caller's: log the traceback, answer a reference, leak nothing."""
     reference = uuid.uuid4().hex
@@ -434,6 +462,9 @@ def install_error_handlers(application: FastAPI) -> None:
     application.add_exception_handler(Unauthenticated, _on_unauthenticated)
     application.add_exception_handler(StarletteHTTPException, _on_http_exception)
     application.add_exception_handler(StatementError, _on_statement_error)
+    application.add_exception_handler(BrokerOperationalError, _on_broker_unavailable)
+    application.add_exception_handler(redis.ConnectionError, _on_broker_unavailable)
+    application.add_exception_handler(redis.TimeoutError, _on_broker_unavailable)
     application.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -156,15 +156,14 @@ def _healthy(run: EmbeddedRun) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
-    workdir = tmp_path_factory.mktemp("embedded")
+def start_run(workdir: Path, **extra_env: str) -> EmbeddedRun:
+    """`makima run` in `workdir` (a project: an empty makima.toml) until /healthz answers, with a token."""
     # What makes a directory a project: the CLI finds it from any directory below.
     (workdir / "makima.toml").write_text("# defaults\n")
     port = free_port()
-    env = stripped_environment(workdir, port)
+    env = {**stripped_environment(workdir, port), **extra_env}
     log = workdir / "makima-run.log"
-    with log.open("wb") as sink:
+    with log.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "run"],
             cwd=workdir,
@@ -177,23 +176,43 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
     try:
         if not wait_for(lambda: _healthy(run), READY_TIMEOUT):
             pytest.fail(f"/healthz did not answer within {READY_TIMEOUT:.0f} s:\n{run.log_text()[-6000:]}")
+        # Up means the banner: the worker and beat said they are ready, and `makima run` watches.
+        if not wait_for(lambda: "Press Ctrl-C to stop." in run.log_text(), READY_TIMEOUT):
+            pytest.fail(f"no banner within {READY_TIMEOUT:.0f} s:\n{run.log_text()[-6000:]}")
         created = run.cli("token", "create", "--owner", "admin", "--role", "admin")
         assert created.returncode == 0, created.stderr
         run.token = created.stdout.strip()
         assert run.token.startswith("mk_")
+    except BaseException:
+        stop_run(run)
+        raise
+    return run
+
+
+def stop_run(run: EmbeddedRun) -> None:
+    """Safety net for a failed test: never leave a run's processes behind (stopped ones included)."""
+    for pid in processes_under(run.workdir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    if run.process.poll() is None:
+        run.process.send_signal(signal.SIGINT)
+        try:
+            run.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
+    for pid in processes_under(run.workdir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
+    run = start_run(tmp_path_factory.mktemp("embedded"))
+    try:
         yield run
     finally:
-        # Safety net for a failed test: never leave this run's processes behind.
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for pid in processes_under(workdir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_run(run)
 
 
 def create_active_contract(client: httpx.Client) -> str:
@@ -446,6 +465,138 @@ def test_dead_letters_list_show_and_replay_through_the_running_worker(embedded: 
     missing = embedded.cli("dead-letters", "replay", "987654321")
     assert missing.returncode == 1
     assert "no dead letter with id 987654321" in missing.stderr
+
+
+# -- the embedded Redis dies: nothing accepted is lost, and `makima run` says so --------------
+
+REPORTS = 10
+
+
+def _started_pids(run: EmbeddedRun) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"Started ([\w-]+) \(pid (\d+)\)", run.log_text())}
+
+
+def _redis_pids(run: EmbeddedRun) -> list[int]:
+    """Every redis-server pid the run announced, oldest first (a restart announces another)."""
+    return [int(pid) for pid in re.findall(r"Embedded Redis \(redis-server pid (\d+)\) on ", run.log_text())]
+
+
+def _queued(run: EmbeddedRun, queue: str) -> int:
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(run.data_dir / "redis.sock"), socket_timeout=5)
+    try:
+        return int(client.llen(queue))
+    finally:
+        client.close()
+
+
+def _report_started(client: httpx.Client, contract_id: str, task_id: str) -> httpx.Response:
+    return client.post(
+        f"/api/v1/contracts/{contract_id}/tasks/{task_id}/started",
+        json={"taskName": f"task {task_id[:8]}", "isSupervisor": False},
+    )
+
+
+@pytest.fixture
+def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]:
+    """A run of its own: these tests kill its Redis and stop its processes."""
+    run = start_run(tmp_path_factory.mktemp("redis-dies"))
+    try:
+        yield run
+    finally:
+        stop_run(run)
+
+
+def test_reports_queued_when_the_embedded_redis_is_killed_are_applied_after_its_restart(
+    fresh_run: EmbeddedRun,
+) -> None:
+    """Issue 8 item 6: 10 reports answered 202, kill -9 of redis-server, 0 applied, none parked.
+
+    The worker is stopped so the reports sit in Redis (and nowhere else) when it dies; the
+    append-only file must bring them back and `makima run` must restart the server on the
+    same socket, after which the worker reconnects and applies every one.
+    """
+    run = fresh_run
+    pids = _started_pids(run)
+    worker = pids["worker"]
+    [redis_pid] = _redis_pids(run)
+    with run.client() as client:
+        contract_id = create_active_contract(client)
+        # Only the worker's main process, which fetches from Redis: a pool process stopped
+        # inside a transaction would hold SQLite's write lock and stall the API too.
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(2.5)  # a BRPOP sent before the stop times out (1 s): nothing is fetched
+            task_ids = [str(uuid.uuid4()) for _ in range(REPORTS)]
+            for task_id in task_ids:
+                response = _report_started(client, contract_id, task_id)
+                assert response.status_code == 202, response.text
+            assert _queued(run, "contracts") >= REPORTS
+            time.sleep(0.2)
+            os.kill(redis_pid, signal.SIGKILL)
+            restarted = wait_for(lambda: len(_redis_pids(run)) > 1 and _redis_pids(run)[-1], 30)
+            assert restarted, f"the embedded Redis was not restarted:\n{run.log_text()[-6000:]}"
+            assert restarted != redis_pid
+            assert "Embedded Redis (redis-server pid" in run.log_text()
+            assert re.search(r"redis-server pid \d+\) died", run.log_text()), run.log_text()[-3000:]
+            assert _queued(run, "contracts") >= REPORTS, "the append-only file did not bring them back"
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        done = wait_for(lambda: set(task_ids) <= spawned_task_ids(client, contract_id), 60)
+        assert done, (
+            f"applied {len(set(task_ids) & spawned_task_ids(client, contract_id))} of {REPORTS}:\n"
+            f"{run.log_text()[-6000:]}"
+        )
+        # The API reconnected too: a report sent after the restart is accepted and applied.
+        late = str(uuid.uuid4())
+        assert _report_started(client, contract_id, late).status_code == 202
+        assert wait_for(lambda: late in spawned_task_ids(client, contract_id), EVENT_TIMEOUT)
+    assert run.process.poll() is None, run.log_text()[-6000:]
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(STOP_TIMEOUT) == 0, run.log_text()[-6000:]
+    assert not wait_for(lambda: any(pid_alive(p) for p in _redis_pids(run)) and None, 5) and not [
+        p for p in _redis_pids(run) if pid_alive(p)
+    ]
+
+
+def test_while_the_embedded_redis_is_down_a_report_answers_503_and_its_resend_is_applied(
+    fresh_run: EmbeddedRun,
+) -> None:
+    """Not a bare 500 while the broker is gone: 503 BROKER_UNAVAILABLE with Retry-After.
+
+    `makima run` itself is stopped so it cannot restart Redis yet: the outage lasts as long
+    as the test needs. Once it runs again it restarts Redis, and the same report sent again
+    with the same messageId is accepted and applied.
+    """
+    run = fresh_run
+    [redis_pid] = _redis_pids(run)
+    with run.client() as client:
+        contract_id = create_active_contract(client)
+        task_id, message_id = str(uuid.uuid4()), f"resend-{uuid.uuid4()}"
+        body = {"taskName": "during the outage", "isSupervisor": False, "messageId": message_id}
+        path = f"/api/v1/contracts/{contract_id}/tasks/{task_id}/started"
+        run.process.send_signal(signal.SIGSTOP)
+        try:
+            os.kill(redis_pid, signal.SIGKILL)
+            assert wait_for(lambda: not pid_alive(redis_pid), 5)
+            response = client.post(path, json=body)
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"].isdigit()
+            error = response.json()["error"]
+            assert error["code"] == "BROKER_UNAVAILABLE" and error["message"], error
+            assert set(response.json()) == {"error"} and "details" in error
+            ready = httpx.get(run.base_url + "/readyz", timeout=10, trust_env=False)
+            assert ready.status_code == 503 and not ready.json()["checks"]["broker"]["ok"], ready.text
+        finally:
+            run.process.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: len(_redis_pids(run)) > 1, 30), run.log_text()[-6000:]
+        accepted = wait_for(lambda: client.post(path, json=body).status_code == 202, 30, interval=1)
+        assert accepted, run.log_text()[-6000:]
+        assert wait_for(lambda: task_id in spawned_task_ids(client, contract_id), EVENT_TIMEOUT), (
+            run.log_text()[-6000:]
+        )
+    assert run.process.poll() is None, run.log_text()[-6000:]
 
 
 # -- configuration refused at start, errors that name what they used -----------------------------
