@@ -41,23 +41,25 @@ class PhaseChangeRequest:
     caller_is_person: bool = False
 
 
-class PersonMustConfirm(PhaseGuardRequired):
+def person_must_confirm(
+    current_phase: str, next_phase: str, deliverables: Sequence[Mapping[str, Any]]
+) -> PhaseGuardRequired:
     """PHASE_GUARD_REQUIRED for a caller that is not a person: confirming again cannot help,
-    so the answer says who may (`mayConfirm`) instead of inviting a retry."""
+    so the answer says who may (`mayConfirm`, `personRequired`) instead of inviting a retry.
 
-    def __init__(
-        self, current_phase: str, next_phase: str, deliverables: Sequence[Mapping[str, Any]]
-    ) -> None:
-        super().__init__(current_phase, next_phase, deliverables)
-        self.message = (
-            f"Phase guard is enabled: moving from '{current_phase}' to '{next_phase}' must be "
-            f"confirmed by a person ({' or '.join(CONFIRMING_ROLES)} of the owner); a "
-            "supervisor's confirmation does not count. Ask a person to review the deliverables "
-            "and confirm."
-        )
-        self.args = (self.message,)
-        self.details["mayConfirm"] = list(CONFIRMING_ROLES)
-        self.details["personRequired"] = True
+    The same error class as any guard refusal, so every edge maps it the same way (409, exit 4).
+    """
+    error = PhaseGuardRequired(current_phase, next_phase, deliverables)
+    error.message = (
+        f"Phase guard is enabled: moving from '{current_phase}' to '{next_phase}' must be "
+        f"confirmed by a person ({' or '.join(CONFIRMING_ROLES)} of the owner); a "
+        "supervisor's confirmation does not count. Ask a person to review the deliverables "
+        "and confirm."
+    )
+    error.args = (error.message,)
+    error.details["mayConfirm"] = list(CONFIRMING_ROLES)
+    error.details["personRequired"] = True
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,7 @@ def plan_phase_change(
     )
     deliverables = [d.to_json() for d in config.get(contract.phase).deliverables]
     if (contract.phase_guard or waiting_on_phase) and not request.caller_is_person:
-        raise PersonMustConfirm(contract.phase, target, deliverables)
+        raise person_must_confirm(contract.phase, target, deliverables)
     if contract.phase_guard and not request.confirmed:
         raise PhaseGuardRequired(contract.phase, target, deliverables)
     return PhaseChangePlan(
@@ -143,8 +145,8 @@ def plan_phase_change(
 __all__ = [
     "CONFIRMING_ROLES",
     "ContractSnapshot",
-    "PersonMustConfirm",
     "PhaseChangePlan",
     "PhaseChangeRequest",
+    "person_must_confirm",
     "plan_phase_change",
 ]

@@ -26,7 +26,6 @@ from app.domain.errors import PhaseGuardRequired, ValidationFailed, VersionConfl
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import (
     ContractSnapshot,
-    PersonMustConfirm,
     PhaseChangePlan,
     PhaseChangeRequest,
     plan_phase_change,
@@ -211,7 +210,7 @@ def test_phase_guard_without_confirmation_requires_it(force: bool) -> None:
     with pytest.raises(PhaseGuardRequired) as caught:
         change(snapshot(phase_guard=True), force=force, caller_is_person=True)
     err = caught.value
-    assert type(err) is PhaseGuardRequired
+    assert type(err) is PhaseGuardRequired and "personRequired" not in err.details
     assert err.code == "PHASE_GUARD_REQUIRED"
     assert err.details == {
         "currentPhase": "plan",
@@ -260,10 +259,10 @@ def test_a_persons_confirmed_request_passes_the_guard(force: bool) -> None:
 @pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "unconfirmed"])
 @pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
 def test_only_a_person_may_lift_a_phase_guard(confirmed: bool, force: bool) -> None:
-    with pytest.raises(PersonMustConfirm) as caught:
+    with pytest.raises(PhaseGuardRequired) as caught:
         change(snapshot(phase_guard=True), confirmed=confirmed, force=force, caller_is_person=False)
     err = caught.value
-    assert isinstance(err, PhaseGuardRequired) and err.code == "PHASE_GUARD_REQUIRED"
+    assert type(err) is PhaseGuardRequired and err.code == "PHASE_GUARD_REQUIRED"
     assert "person" in err.message and "supervisor" in err.message
     assert err.details["mayConfirm"] == ["user", "admin"]
     assert err.details["personRequired"] is True
@@ -279,8 +278,9 @@ def test_only_a_person_may_answer_a_phase_confirmation_wait() -> None:
             phase_guard=guard,
             waiting_for=WaitingFor.PHASE_CONFIRMATION.value,
         )
-        with pytest.raises(PersonMustConfirm):
+        with pytest.raises(PhaseGuardRequired) as caught:
             change(waiting, confirmed=True, caller_is_person=False)
+        assert caught.value.details["personRequired"] is True
         assert change(waiting, confirmed=True, caller_is_person=True).new_status is Status.ACTIVE
 
 
