@@ -13,7 +13,9 @@ from sqlalchemy import select
 from app.api import ContractsAPI
 from app.broker import send_task as send
 from app.db import unit_of_work
+from app.domain.errors import ContractNotFound
 from app.models import DeadLetter
+from app.queues import TaskName
 from tests.integration.helpers import count_events, message_processed, new_contract
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 from workers.celery_app import celery_app
@@ -98,7 +100,21 @@ def test_a_message_from_another_owner_is_parked_not_applied(worker: WorkerProces
     cid = new_contract(ContractsAPI(owner_token))
     intruder = ContractsAPI(caller=stranger)
     task = uuid.uuid4()
-    message_id = intruder.report_task_completed(cid, task, "not yours", success=True)
+    with pytest.raises(ContractNotFound):  # the API module refuses it at once...
+        intruder.report_task_completed(cid, task, "not yours", success=True)
+    # ...and a worker refuses it too when it reaches the broker some other way.
+    message_id = str(uuid.uuid4())
+    send(
+        TaskName.TASK_COMPLETED,
+        {
+            "messageId": message_id,
+            "principalId": str(stranger.principal_id),
+            "contractId": str(cid),
+            "taskId": str(task),
+            "taskName": "not yours",
+            "success": True,
+        },
+    )
     row = wait_for(
         lambda: next(
             (d for d in _all_dead_letters() if message_id in d.raw_body),
@@ -108,6 +124,9 @@ def test_a_message_from_another_owner_is_parked_not_applied(worker: WorkerProces
     )
     assert row.error.startswith("CONTRACT_NOT_FOUND")
     assert count_events(cid, "task_completed") == 0
+    refused = intruder.message_status(message_id)
+    assert refused.status == "refused" and refused.error is not None
+    assert refused.error.code == "CONTRACT_NOT_FOUND"
 
 
 def _all_dead_letters() -> list[DeadLetter]:
