@@ -225,9 +225,14 @@ class ContractsAPI:
     def check_completion(self, contract_id: uuid.UUID) -> schemas.CompletionCheck:
         """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
         with self._uow() as uow:
-            result, would = completion_flow.check_completion(uow, self.caller, contract_id)
+            done = completion_flow.check_completion(uow, self.caller, contract_id, now=self._clock())
             return schemas.CompletionCheck(
-                ready=result.ready, would_complete=would, missing=list(result.missing)
+                ready=done.readiness.ready,
+                would_complete=done.would_complete,
+                missing=list(done.readiness.missing),
+                action=done.action,
+                status=done.status.value,
+                note=done.note,
             )
 
     # -- synchronous guarded commands ----------------------------------------------------

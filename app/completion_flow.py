@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import Caller
-from app.contract_rows import apply_phase, get_contract, lock_contract, set_status
+from app.auth import Caller, Role
+from app.contract_rows import apply_phase, lock_contract, lock_contract_with_facts, set_status
 from app.db import UnitOfWork
 from app.domain.completion import (
+    CompletionAction,
     Decision,
     ReadinessResult,
     Step,
@@ -69,6 +71,9 @@ def advance_if_ready(uow: UnitOfWork, contract: Contract, now: datetime) -> Deci
             )
             continue
         if decision.step is Step.ASK_CONFIRMATION:
+            if _declined_since_progress(uow.session, contract):
+                decision = Decision(Step.WAIT)
+                break
             set_status(
                 uow.session,
                 contract,
@@ -93,22 +98,29 @@ def advance_if_ready(uow: UnitOfWork, contract: Contract, now: datetime) -> Deci
     return decision
 
 
-def _completion_rejected_since_progress(session: Session, contract: Contract) -> bool:
-    """A person rejected the completion and nothing has happened since: do not ask again."""
-    relevant = (EventType.COMPLETION_REJECTED, *PROGRESS_EVENTS)
+def _refused_since_progress(session: Session, contract: Contract, refusal: EventType) -> bool:
+    """Was `refusal` (a person's "no") the last word, with no progress recorded since?"""
+    relevant = (refusal, *PROGRESS_EVENTS)
     for held in pending_events(session, contract.id):
         if held["type"] in relevant:
-            return bool(held["type"] == EventType.COMPLETION_REJECTED)
+            return bool(held["type"] == refusal)
     last = session.scalars(
         select(ContractEvent.type)
-        .where(
-            ContractEvent.contract_id == contract.id,
-            ContractEvent.type.in_((EventType.COMPLETION_REJECTED, *PROGRESS_EVENTS)),
-        )
+        .where(ContractEvent.contract_id == contract.id, ContractEvent.type.in_(relevant))
         .order_by(ContractEvent.id.desc())
         .limit(1)
     ).first()
-    return last == EventType.COMPLETION_REJECTED
+    return last == refusal
+
+
+def _completion_rejected_since_progress(session: Session, contract: Contract) -> bool:
+    """A person rejected the completion and nothing has happened since: do not ask again."""
+    return _refused_since_progress(session, contract, EventType.COMPLETION_REJECTED)
+
+
+def _declined_since_progress(session: Session, contract: Contract) -> bool:
+    """A person declined the next phase and nothing has happened since: do not ask again."""
+    return _refused_since_progress(session, contract, EventType.PHASE_CONFIRMATION_DECLINED)
 
 
 def _phase_ready_told(session: Session, contract: Contract) -> bool:
@@ -141,15 +153,68 @@ def evaluate_progress(
     return advance_if_ready(uow, contract, now)
 
 
-def check_completion(uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID) -> tuple[ReadinessResult, bool]:
-    """Judge the gate now: (readiness, would it complete); a met gate enqueues the flow."""
-    contract = get_contract(uow.session, caller, contract_id)
+@dataclass(frozen=True, slots=True)
+class CompletionCheckOutcome:
+    """The gate as judged now, and what the check did about it."""
+
+    readiness: ReadinessResult
+    would_complete: bool
+    action: CompletionAction
+    status: Status
+    note: str
+
+
+def check_completion(
+    uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, *, now: datetime
+) -> CompletionCheckOutcome:
+    """Judge the gate now and act on it under the row lock.
+
+    In the terminal phase with the gate met, an active contract begins completing at once.
+    A person's request does so even after a rejected completion (asking again is the
+    person changing their mind); a supervisor's does not override a person's rejection, nor
+    a contract's auto-completion switched off. Before the terminal phase, a met gate queues
+    the evaluation that advances (or asks for confirmation).
+    """
+    contract, facts = lock_contract_with_facts(uow.session, caller, contract_id)
     config = phase_config_of(contract)
-    facts = load_gate_facts(uow.session, contract)
     result = check_phase_readiness(config, facts)
-    if result.ready and Status(contract.status) is Status.ACTIVE:
+    would = would_complete(config, facts)
+    status = Status(contract.status)
+
+    def outcome(action: CompletionAction, note: str) -> CompletionCheckOutcome:
+        return CompletionCheckOutcome(result, would, action, Status(contract.status), note)
+
+    if not result.ready:
+        return outcome(
+            CompletionAction.NONE, f"The gate of '{facts.phase}' is not met: {'; '.join(result.missing)}."
+        )
+    if status is not Status.ACTIVE:
+        return outcome(
+            CompletionAction.NONE, f"The contract is '{status.value}'; only an active contract moves on."
+        )
+    if not would:
         uow.dispatch_after_commit(TaskName.EVALUATE_PROGRESS, {"contractId": str(contract.id)})
-    return result, would_complete(config, facts)
+        return outcome(
+            CompletionAction.EVALUATION_QUEUED,
+            f"The gate of '{facts.phase}' is met; a worker will advance the phase (or ask for "
+            "confirmation where the phase guard is on).",
+        )
+    by_person = caller.role is not Role.SUPERVISOR
+    if not by_person and _completion_rejected_since_progress(uow.session, contract):
+        return outcome(
+            CompletionAction.NONE,
+            "A person rejected the completion; it starts again on new progress or when a person asks.",
+        )
+    if not by_person and not switches_for(contract, uow.settings).on:
+        return outcome(CompletionAction.NONE, "Auto-completion is off for this contract; a person must ask.")
+    begin_completion(
+        uow, contract, now, reason="completion requested by a person" if by_person else "completion check"
+    )
+    grace = uow.settings.contracts.completion_grace_seconds
+    return outcome(
+        CompletionAction.COMPLETION_STARTED,
+        f"The contract is now completing; it completes in {grace:g} s unless a person rejects it.",
+    )
 
 
 def begin_completion(uow: UnitOfWork, contract: Contract, now: datetime, *, reason: str) -> None:
@@ -210,6 +275,7 @@ def due_completions(uow: UnitOfWork, now: datetime) -> Sequence[uuid.UUID]:
 
 
 __all__ = [
+    "CompletionCheckOutcome",
     "advance_if_ready",
     "begin_completion",
     "check_completion",

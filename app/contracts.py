@@ -137,6 +137,11 @@ def change_status(
         previous = Status(contract.status)
         complete(uow, contract, now, reason=reason or "completion confirmed")
         return previous, contract
+    declining = (
+        target is Status.ACTIVE
+        and contract.status == Status.WAITING_FOR_INPUT.value
+        and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
+    )
     previous = set_status(
         uow.session,
         contract,
@@ -146,7 +151,17 @@ def change_status(
         blocker=blocker,
         waiting_for=waiting_for.value if waiting_for else None,
     )
-    if target is Status.ACTIVE and previous is Status.COMPLETING:
+    if declining:
+        # A person said "not yet" to the next phase: stay here, and automation does not ask
+        # again until new progress arrives in this phase.
+        record_event(
+            uow.session,
+            contract.id,
+            EventType.PHASE_CONFIRMATION_DECLINED,
+            {"phase": contract.phase, "reason": reason},
+            now,
+        )
+    elif target is Status.ACTIVE and previous is Status.COMPLETING:
         # A person rejected the completion: it is not begun again until new progress arrives.
         record_event(uow.session, contract.id, EventType.COMPLETION_REJECTED, {"reason": reason}, now)
     elif target is Status.ACTIVE:

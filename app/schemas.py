@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from app.domain.completion import Readiness
+from app.domain.completion import CompletionAction, Readiness
 from app.domain.lifecycle import Status, WaitingFor
 
 
@@ -176,11 +176,17 @@ class PhaseReadiness(Schema):
 
 
 class CompletionCheck(Schema):
-    """The gate judged now; `wouldComplete` means the completion flow has been started."""
+    """The gate judged now, and what the check did about it (`action`, explained in `note`)."""
 
     ready: bool
     would_complete: bool
     missing: list[str]
+    action: CompletionAction = Field(
+        description="completion_started: the contract is now `completing`; evaluation_queued: "
+        "a worker will advance the phase; none: nothing to do (see `note`)."
+    )
+    status: str = Field(description="The contract's status after the check.")
+    note: str = Field(description="Why this action, in a sentence a person can act on.")
 
 
 class Event(Schema):

@@ -59,6 +59,14 @@ def _no_failed_tasks(facts: GateFacts) -> str | None:
     return f"Failed tasks must be retried or removed: {', '.join(failed)}" if failed else None
 
 
+class CompletionAction(StrEnum):
+    """What a completion check did, so the caller never has to guess from the flags."""
+
+    COMPLETION_STARTED = "completion_started"
+    EVALUATION_QUEUED = "evaluation_queued"
+    NONE = "none"
+
+
 class Readiness(StrEnum):
     READY = "ready"
     NOT_READY = "not_ready"
@@ -190,6 +198,7 @@ def gate_facts(phase: str, deliverables: Collection[str], tasks: Sequence[TaskSu
 
 __all__ = [
     "AutomationSwitches",
+    "CompletionAction",
     "Decision",
     "GateFacts",
     "Readiness",

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     COMPLETION_DETECTED = "completion_detected"
     COMPLETION_REJECTED = "completion_rejected"
     COMPLETION_CLEANUP = "completion_cleanup"
+    PHASE_CONFIRMATION_DECLINED = "phase_confirmation_declined"
     WORKTREE_CREATED = "worktree_created"
 
 

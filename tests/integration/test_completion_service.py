@@ -6,12 +6,26 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from app import agent_reports, completion_flow, contracts, worktrees
 from app.db import Dispatch, unit_of_work
 from app.domain.lifecycle import Status
-from app.models import Contract, utcnow
+from app.models import Contract, ContractEvent, utcnow
 from app.queues import TaskName
+from tests.integration.helpers import contract_row
+
+
+def events(contract_id: uuid.UUID) -> list[ContractEvent]:
+    with unit_of_work() as uow:
+        return list(
+            uow.session.scalars(
+                select(ContractEvent)
+                .where(ContractEvent.contract_id == contract_id)
+                .order_by(ContractEvent.id)
+            )
+        )
+
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +246,102 @@ def test_a_terminal_phase_without_a_gate_can_be_completed_by_hand(make_caller) -
     with unit_of_work(outbox) as uow:
         _, row = contracts.change_status(uow, caller, cid, Status.COMPLETING, now=now)
         assert row.status == "completing"
+
+
+def test_a_task_reported_failed_and_then_done_counts_as_done(make_caller) -> None:
+    """A failed task may be retried: its later `done` report completes it; `done` is final."""
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = active_contract(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=utcnow())
+        completion_flow.evaluate_progress(uow, cid, now=utcnow())
+    t1, t2 = uuid.uuid4(), uuid.uuid4()
+
+    def report(task: uuid.UUID, success: bool) -> None:
+        with unit_of_work(outbox) as uow:
+            agent_reports.record_task_completed(
+                uow,
+                caller,
+                cid,
+                task_id=task,
+                task_name=f"task-{task.hex[:4]}",
+                success=success,
+                message_id=str(uuid.uuid4()),
+                now=utcnow(),
+            )
+
+    report(t1, False)
+    report(t1, True)  # the retry
+    report(t1, False)  # too late: done is final
+    report(t2, True)
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "pull-request", now=utcnow())
+        completion_flow.evaluate_progress(uow, cid, now=utcnow())
+    row = contract_row(cid)
+    assert (row.phase, row.status) == ("execute", "completing")
+    reports = [e for e in events(cid) if e.type == "task_completed" and e.payload["taskId"] == str(t1)]
+    assert [e.payload["success"] for e in reports] == [False, True]
+
+
+def waiting_for_confirmation(caller, outbox: Outbox) -> uuid.UUID:
+    cid = active_contract(caller, outbox, phase_guard=True)
+    with unit_of_work(outbox) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=utcnow())
+        completion_flow.evaluate_progress(uow, cid, now=utcnow())
+    row = contract_row(cid)
+    assert (row.status, row.waiting_for) == ("waiting_for_input", "phase_confirmation")
+    return cid
+
+
+def test_declining_a_phase_confirmation_keeps_the_phase_and_automation_does_not_ask_again(
+    make_caller,
+) -> None:
+    _, caller = make_caller()
+    outbox = Outbox()
+    cid = waiting_for_confirmation(caller, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(
+            uow, caller, cid, Status.ACTIVE, reason="plan needs another pass", now=utcnow()
+        )
+    for _ in range(3):  # however often automation looks again
+        with unit_of_work(outbox) as uow:
+            completion_flow.evaluate_progress(uow, cid, now=utcnow())
+    row = contract_row(cid)
+    assert (row.phase, row.status) == ("plan", "active")
+    declined = [e for e in events(cid) if e.type == "phase_confirmation_declined"]
+    assert len(declined) == 1 and declined[0].payload["reason"] == "plan needs another pass"
+
+    # New progress in the phase: automation asks again.
+    with unit_of_work(outbox) as uow:
+        agent_reports.record_task_completed(
+            uow, caller, cid, task_id=uuid.uuid4(), task_name="revise plan", success=True, now=utcnow()
+        )
+    row = contract_row(cid)
+    assert (row.status, row.waiting_for) == ("waiting_for_input", "phase_confirmation")
+
+
+def test_a_persons_completion_check_after_a_rejection_starts_the_completion_again(make_caller) -> None:
+    _, person = make_caller()
+    outbox = Outbox()
+    cid = completing_contract(person, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, person, cid, Status.ACTIVE, reason="not yet", now=utcnow())
+    with unit_of_work(outbox) as uow:
+        done = completion_flow.check_completion(uow, person, cid, now=utcnow())
+    assert done.action.value == "completion_started" and done.status is Status.COMPLETING
+    assert contract_row(cid).status == "completing"
+
+
+def test_a_supervisors_completion_check_does_not_override_a_persons_rejection(make_caller) -> None:
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    _, person = make_caller(owner)
+    _, supervisor = make_caller(owner, role="supervisor")
+    outbox = Outbox()
+    cid = completing_contract(person, outbox)
+    with unit_of_work(outbox) as uow:
+        contracts.change_status(uow, person, cid, Status.ACTIVE, reason="not yet", now=utcnow())
+    with unit_of_work(outbox) as uow:
+        done = completion_flow.check_completion(uow, supervisor, cid, now=utcnow())
+    assert done.action.value == "none" and "rejected" in done.note
+    assert contract_row(cid).status == "active"
