@@ -37,6 +37,7 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_JSON_DEPTH: Final = 32
 _OFF_LOOP_BYTES: Final = 64 * 1024  # parse bodies larger than this in a worker thread
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_CONTAINERS: Final = (dict, list)
 # A `\uD800`-`\uDFFF` escape somewhere in the raw body: only then can a parsed string hold a
 # lone surrogate (raw UTF-8 cannot encode one), so only then are strings searched.
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -62,6 +63,14 @@ def _refuse_constant(literal: str) -> Any:
     raise _NotANumber(literal)
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one a double cannot hold is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotANumber(text)
+    return value
+
+
 def _bad(kind: str, problem: str, field: str = "body", **extra: Any) -> BodyRejected:
     where = f" at {field}" if field != "body" else ""
     return BodyRejected(
@@ -80,59 +89,78 @@ def too_large(limit: int = MAX_BODY_BYTES) -> BodyRejected:
     )
 
 
-def _path(entry: tuple[Any, ...] | None) -> str:
-    """The field path of a walk entry (`phaseConfig.phases[0].name`), following parent links."""
-    parts: list[str] = []
-    while entry is not None and entry[3] is not None:
-        key = entry[3]
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{_printable(key)}")
-        entry = entry[2]
-    return "".join(reversed(parts)).lstrip(".") or "body"
-
-
 def _printable(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text[:100])
 
 
-def check_json(value: Any, *, may_hold_surrogates: bool = True, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Raise BodyRejected if a parsed JSON value is nested too deep or holds what JSON cannot.
+def _joined(path: list[Any]) -> str:
+    """A field path as problems spell it: `phaseConfig.phases[0].name`."""
+    text = "".join(f"[{k}]" if isinstance(k, int) else f".{_printable(k)}" for k in path)
+    return text.lstrip(".") or "body"
 
-    Iterative (an explicit stack), so a deep value cannot exhaust Python's recursion, and
-    linear: each node is visited once. `may_hold_surrogates=False` skips the string search
-    when the raw text shows no surrogate escape.
+
+def _offending(value: Any, max_depth: int) -> tuple[str, str]:
+    """Where the first problem is: (kind, field path). Only run once a problem is known to exist.
+
+    Depth-first with an explicit stack, carrying each node's path; slower than the check
+    itself, which is why the check does not track paths.
     """
-    # Entries: (value, depth of the container holding it, parent entry, key in the parent).
-    stack: list[tuple[Any, int, Any, Any]] = [(value, 0, None, None)]
+    stack: list[tuple[Any, int, list[Any]]] = [(value, 0, [])]
     while stack:
-        entry = stack.pop()
-        node, depth = entry[0], entry[1]
-        if isinstance(node, dict):
-            if depth >= max_depth:
-                raise _too_deep(entry, max_depth)
-            for key, item in node.items():
-                if may_hold_surrogates and _SURROGATE.search(key):
-                    raise _surrogate(_path((key, depth + 1, entry, key)))
-                stack.append((item, depth + 1, entry, key))
-        elif isinstance(node, list):
-            if depth >= max_depth:
-                raise _too_deep(entry, max_depth)
-            stack.extend((item, depth + 1, entry, index) for index, item in enumerate(node))
-        elif isinstance(node, str):
-            if may_hold_surrogates and _SURROGATE.search(node):
-                raise _surrogate(_path(entry))
-        elif isinstance(node, float) and not math.isfinite(node):
-            raise _bad(
-                "number_too_large",
-                "a number is too large for a 64-bit float (it would be Infinity); send a finite number",
-                _path(entry),
-            )
+        node, depth, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return "surrogate", _joined(path)
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth >= max_depth:
+            return "deep", _joined(path)
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return "surrogate", _joined([*path, key])
+            stack.append((item, depth + 1, [*path, key]))
+    return "deep", "body"
 
 
-def _too_deep(entry: tuple[Any, ...], max_depth: int) -> BodyRejected:
+def check_json(value: Any, *, may_hold_surrogates: bool = True, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise BodyRejected if a parsed JSON value is nested too deep or holds a lone surrogate.
+
+    Level by level, with no recursion (a deep value cannot exhaust Python's stack) and linear:
+    each container is visited once and its scalars are only looked at when the raw text shows
+    a surrogate escape (`may_hold_surrogates`). Numbers are judged while parsing. The field
+    named in the error is found afterwards, by `_offending`.
+    """
+    problem = ""
+    level = [value] if isinstance(value, dict | list) else []
+    if may_hold_surrogates and isinstance(value, str) and _SURROGATE.search(value):
+        problem = "surrogate"
+    depth = 0
+    while level and not problem:
+        if depth >= max_depth:
+            problem = "deep"
+            break
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            if may_hold_surrogates:
+                keys = node.keys() if type(node) is dict else ()
+                if any(_SURROGATE.search(t) for t in (*keys, *children) if type(t) is str):
+                    problem = "surrogate"
+                    break
+            below.extend([c for c in children if type(c) in _CONTAINERS])
+        level = below
+    if problem:
+        kind, field = _offending(value, max_depth)
+        raise _surrogate(field) if kind == "surrogate" else _too_deep(field, max_depth)
+
+
+def _too_deep(field: str, max_depth: int) -> BodyRejected:
     return _bad(
         "json_too_deep",
         f"JSON may nest at most {max_depth} levels of objects and arrays",
-        _path(entry),
+        field,
         limit=max_depth,
     )
 
@@ -152,11 +180,18 @@ def check_json_body(body: bytes) -> None:
     Malformed JSON passes through untouched: FastAPI's own 400 names the position.
     """
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except _NotANumber as exc:
+        if exc.literal in ("NaN", "Infinity", "-Infinity"):
+            raise _bad(
+                "number_invalid",
+                f"{exc.literal} is not a JSON number (JSON has no NaN or Infinity); "
+                "send a finite number or null",
+            ) from None
         raise _bad(
-            "number_invalid",
-            f"{exc.literal} is not a JSON number (JSON has no NaN or Infinity); send a finite number or null",
+            "number_too_large",
+            f"the number {exc.literal[:40]} is too large for a 64-bit float (it would be Infinity); "
+            "send a finite number",
         ) from None
     except RecursionError:
         raise _bad(

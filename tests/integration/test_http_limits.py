@@ -135,6 +135,17 @@ def test_json_nested_deeper_than_32_levels_is_a_400_naming_the_limit_on_any_fiel
     assert error["details"]["problems"][0]["limit"] == 32
 
 
+def test_json_may_nest_exactly_32_levels_and_the_33rd_is_named(
+    client: TestClient, owner: tuple[str, dict[str, str]]
+) -> None:
+    _, headers = owner
+    at_limit = {"name": "x", "contractType": "simple", "phaseGuard": nested(31)}  # 32 levels
+    assert_error_shape(client.post(BASE, json=at_limit, headers=headers), 422)  # the schema's turn
+    over = {"name": "x", "contractType": "simple", "phaseGuard": nested(32)}
+    error = assert_error_shape(client.post(BASE, json=over, headers=headers), 400)
+    assert error["details"]["problems"][0]["field"] == "phaseGuard" + ".a" * 31
+
+
 def test_json_nested_a_hundred_thousand_levels_is_a_400_not_a_crash(
     client: TestClient, owner: tuple[str, dict[str, str]]
 ) -> None:
