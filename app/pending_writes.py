@@ -100,8 +100,16 @@ def hold_contract_changes(session: Session, flush_context: Any = None, instances
 
 
 def write_pending(session: Session) -> PendingWrites:
-    """Write the held rows and the changed contracts; called just before COMMIT."""
-    session.flush()  # whatever else is new (tasks, deliverables, a new contract) goes first
+    """Write the held rows and the changed contracts; called just before COMMIT.
+
+    Whatever else is new (tasks, deliverables, a new contract) is flushed by the ORM first,
+    since held rows may refer to it. Written contracts are then detached from the session:
+    their in-memory values are what was written, and the ORM's commit-time flush has
+    nothing left to look at.
+    """
+    hold_contract_changes(session)
+    if session.new or session.deleted or any(not isinstance(o, Contract) for o in session.dirty):
+        session.flush()
     writes = pending(session)
     changes = list(writes.contracts.items())
     if not (changes or writes.events or writes.outbox):
@@ -110,6 +118,10 @@ def write_pending(session: Session) -> PendingWrites:
         _write_as_one_statement(session, writes, changes)
     else:
         _write_one_by_one(session, writes, changes)
+    for contract_id, _ in changes:
+        written = session.identity_map.get(session.identity_key(Contract, contract_id))
+        if written is not None:
+            session.expunge(written)
     writes.contracts.clear()
     return writes
 
