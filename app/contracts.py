@@ -28,7 +28,12 @@ from app.db import UnitOfWork
 from app.domain.completion import check_phase_readiness, registered_validators
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor, check_transition
-from app.domain.phase_change import ContractSnapshot, PhaseChangeRequest, plan_phase_change
+from app.domain.phase_change import (
+    ContractSnapshot,
+    PhaseChangeRequest,
+    person_must_confirm,
+    plan_phase_change,
+)
 from app.domain.phases import parse_phase_config, resolve_phase_config, validate_deliverable
 from app.domain.records import EventType
 from app.events import record_event
@@ -142,6 +147,14 @@ def change_status(
         and contract.status == Status.WAITING_FOR_INPUT.value
         and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
     )
+    if declining and not caller.is_person:
+        # Declining answers the confirmation wait, and that answer is a person's to give.
+        config = phase_config_of(contract)
+        raise person_must_confirm(
+            contract.phase,
+            config.next_phase(contract.phase) or contract.phase,
+            [d.to_json() for d in config.get(contract.phase).deliverables],
+        )
     previous = set_status(
         uow.session,
         contract,

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app import agent_reports, completion_flow, contracts, worktrees
 from app.db import Dispatch, unit_of_work
+from app.domain.errors import PhaseGuardRequired
 from app.domain.lifecycle import Status
 from app.models import Contract, ContractEvent, utcnow
 from app.queues import TaskName
@@ -345,3 +346,16 @@ def test_a_supervisors_completion_check_does_not_override_a_persons_rejection(ma
         done = completion_flow.check_completion(uow, supervisor, cid, now=utcnow())
     assert done.action.value == "none" and "rejected" in done.note
     assert contract_row(cid).status == "active"
+
+
+def test_a_supervisor_cannot_decline_a_phase_confirmation(make_caller) -> None:
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    _, person = make_caller(owner)
+    _, supervisor = make_caller(owner, role="supervisor")
+    outbox = Outbox()
+    cid = waiting_for_confirmation(person, outbox)
+    with pytest.raises(PhaseGuardRequired) as refused, unit_of_work(outbox) as uow:
+        contracts.change_status(uow, supervisor, cid, Status.ACTIVE, reason="skip it", now=utcnow())
+    assert refused.value.details["personRequired"] is True
+    row = contract_row(cid)
+    assert (row.status, row.waiting_for) == ("waiting_for_input", "phase_confirmation")
