@@ -183,9 +183,16 @@ class EmbeddedRedis:
         if not self.socket_path.exists():
             return
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        # No retries: redis-py retries a refused connection 3 times with backoff by default,
+        # which would add seconds to every restart after a crash left the socket file behind.
         client = redis.Redis(
-            unix_socket_path=str(self.socket_path), socket_connect_timeout=1, socket_timeout=5
+            unix_socket_path=str(self.socket_path),
+            socket_connect_timeout=1,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             client.ping()
