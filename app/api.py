@@ -20,8 +20,8 @@ with `.model_dump(mode="json")`), the same classes the HTTP front publishes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,10 @@ class ContractsAPI:
         self._send: Sender = sender or send_task
         self._settings = settings or get_settings()
         self._clock = clock
+        # A long-lived daemon's token is checked again on every call (from the process's
+        # principal cache, so within PRINCIPAL_CACHE_SECONDS of a revocation or expiry),
+        # not only when the API module was built.
+        self._token = token if caller is None else None
         if caller is None:
             with unit_of_work(engine=engine, settings=self._settings) as uow:
                 caller = authenticate(uow.session, token)
@@ -79,8 +83,12 @@ class ContractsAPI:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _uow(self) -> AbstractContextManager[UnitOfWork]:
-        return unit_of_work(self._send, engine=self._engine, settings=self._settings)
+    @contextmanager
+    def _uow(self) -> Iterator[UnitOfWork]:
+        with unit_of_work(self._send, engine=self._engine, settings=self._settings) as uow:
+            if self._token is not None:
+                self.caller = authenticate(uow.session, self._token)
+            yield uow
 
     def _enqueue(
         self,

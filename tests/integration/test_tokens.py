@@ -324,3 +324,28 @@ def test_a_worker_dead_letters_a_message_whose_sender_was_revoked(
     assert "no live token" in row.error and "revoked or expired" in row.error, row.error
     assert count_events(cid, "task_completed") == 0
     assert not message_processed(message_id)
+
+
+def test_a_long_lived_api_module_notices_a_revocation_within_the_principal_cache_bound() -> None:
+    """A daemon builds `ContractsAPI(token)` once; its later calls re-check the token."""
+    from app.api import ContractsAPI
+    from app.auth import Unauthenticated
+
+    token, token_id = new_token()
+    api = ContractsAPI(token)
+    api.list_contracts()
+    assert makima("token", "revoke", str(token_id)).returncode == 0
+
+    def refused() -> bool:
+        try:
+            api.list_contracts()
+        except Unauthenticated:
+            return True
+        return False
+
+    wait_for(
+        refused,
+        timeout=PRINCIPAL_CACHE_SECONDS + 1.0,
+        interval=0.2,
+        what="revocation to reach the API module",
+    )
