@@ -69,6 +69,8 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     # The broker (Redis) did not take the message: nothing was sent, retry after Retry-After.
     BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+    # The database connection broke (restart, failover): nothing was applied, retry.
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

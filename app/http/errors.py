@@ -4,7 +4,7 @@
     ├── ContractError ........ 400 unless a subclass says otherwise (a rule nobody mapped yet)
     │   ├── ContractNotFound 404 · InvalidTransition 400 · VersionConflict 409
     │   ├── PhaseGuardRequired 409 · InvalidDeliverable 400 · ValidationFailed 400
-    │   └── SupervisorNotFound 404 · SupervisorDead 503
+    │   └── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
     ├── Unauthenticated ...... 401 UNAUTHENTICATED
     └── InvalidRequest ....... 422 INVALID_REQUEST
 
@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerOperationalError
-from sqlalchemy.exc import DataError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +37,7 @@ from app.auth import Unauthenticated
 from app.domain.errors import (
     ContractError,
     ContractNotFound,
+    Forbidden,
     InvalidDeliverable,
     InvalidTransition,
     PhaseGuardRequired,
@@ -64,6 +65,7 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         ValidationFailed: status.HTTP_400_BAD_REQUEST,
         SupervisorNotFound: status.HTTP_404_NOT_FOUND,
         SupervisorDead: status.HTTP_503_SERVICE_UNAVAILABLE,
+        Forbidden: status.HTTP_403_FORBIDDEN,
         ContractError: status.HTTP_400_BAD_REQUEST,
         Unauthenticated: status.HTTP_401_UNAUTHORIZED,
         InvalidRequest: status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -88,6 +90,7 @@ EDGE_STATUS: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.NOT_FOUND: status.HTTP_404_NOT_FOUND,
         ErrorCode.METHOD_NOT_ALLOWED: status.HTTP_405_METHOD_NOT_ALLOWED,
         ErrorCode.BROKER_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
+        ErrorCode.DATABASE_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
         ErrorCode.INTERNAL_ERROR: status.HTTP_500_INTERNAL_SERVER_ERROR,
     }
 )
@@ -231,6 +234,11 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
             "The message broker is unreachable, so the request could not be queued. Retry in a few "
             "seconds (with the same messageId, if you sent one).",
             {"retryAfterSeconds": 5},
+        ),
+        ErrorCode.DATABASE_UNAVAILABLE: (
+            "The database connection was lost (a restart or failover) before the request could "
+            "be confirmed. Retry in a moment.",
+            {"retryAfterSeconds": 1},
         ),
         ErrorCode.INTERNAL_ERROR: (
             "The server failed to handle this request. It has been logged; quote the reference when "
@@ -411,6 +419,8 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
     failure is ours: it goes on to the 500 handler.
     """
     assert isinstance(exc, StatementError)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return _database_unavailable(request, exc)
     # OverflowError: a date or number the driver cannot convert (a year 0 or 10000 in UTC).
     if not isinstance(exc, DataError) and not isinstance(exc.orig, ValueError | OverflowError):
         return await _on_unexpected(request, exc)
@@ -421,6 +431,29 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
         "A value in the request does not fit what the service stores (for example a name or id that "
         "is too long). Shorten it and retry.",
         {},
+    )
+
+
+DATABASE_RETRY_AFTER: Final = 1
+
+
+def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The pooled connection died under the request (database restarted or failed over).
+
+    Connections are not pinged before every transaction (see `app.db`), so the first request
+    on a dead connection sees this; SQLAlchemy then discards the whole pool and the retry
+    gets a fresh connection. Almost always nothing committed; a connection lost during COMMIT
+    cannot tell, which is why the answer points at the idempotent ways to retry.
+    """
+    log.warning("database connection lost on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        ErrorCode.DATABASE_UNAVAILABLE,
+        "The database connection was lost (a restart or failover) before the request could be "
+        "confirmed. Retry in a moment: reports with the same messageId apply once, and a phase "
+        "change with expectedVersion answers VERSION_CONFLICT if the first attempt did commit.",
+        {"retryAfterSeconds": DATABASE_RETRY_AFTER},
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
     )
 
 

@@ -63,3 +63,20 @@ def test_a_worker_whose_connections_were_killed_still_applies_the_next_report(
     second = api.report_task_completed(cid, uuid.uuid4(), "after", success=True)
     wait_for(lambda: message_processed(second), timeout=30, what="report applied on a fresh connection")
     assert "Retry in" in worker.log() or "OperationalError" in worker.log()
+
+
+def test_the_http_front_answers_503_once_when_its_connections_die_and_recovers(make_caller) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.http import create_app
+
+    token, _ = make_caller()
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(sender=lambda *_: "not-sent"), raise_server_exceptions=False) as client:
+        assert client.get("/api/v1/contracts", headers=headers).status_code == 200
+        terminate_other_connections()
+        answers = [client.get("/api/v1/contracts", headers=headers) for _ in range(3)]
+    first = answers[0]
+    assert first.status_code == 503, first.text
+    assert first.json()["error"]["code"] == "DATABASE_UNAVAILABLE" and first.headers["Retry-After"] == "1"
+    assert [a.status_code for a in answers[1:]] == [200, 200]  # the pool was replaced
