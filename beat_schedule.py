@@ -34,4 +34,13 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
         "drain-dead-letters": _every(interval, TaskName.DRAIN_DEAD_LETTERS),
         # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
         "publish-daemon-commands": _every(interval, TaskName.PUBLISH_PENDING_DAEMON_COMMANDS),
+        # Record one stale_detected per silent contract's episode and stale_cleared when it ends,
+        # so the stale count is current; as often as the seed's detector (seed 4.2, plan 5.2).
+        "detect-stale": _every(interval, TaskName.DETECT_STALE),
+        # Pause contracts waiting for input past input_timeout_hours (seed table 1.4: timeout).
+        "pause-timed-out-inputs": _every(interval, TaskName.PAUSE_TIMED_OUT_INPUTS),
+        # Delete archived contracts past archive_retention_days, each one audited.
+        "delete-expired-archives": _every(interval, TaskName.DELETE_EXPIRED_ARCHIVES),
+        # Re-send batch operations whose runner stopped making progress (message lost with a worker).
+        "resume-stalled-batches": _every(interval, TaskName.RESUME_STALLED_BATCHES),
     }

@@ -26,9 +26,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import completion_flow, contracts, message_outcomes, schemas, views
+from app import batch, completion_flow, contracts, deletion_audit, message_outcomes, schemas, views
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
@@ -361,6 +362,59 @@ class ContractsAPI:
                 events=[event_view(e) for e in rows],
                 last_event_id=rows[-1].id if rows else after,
             )
+
+    # -- batch operations and the deletion audit (admin only; app.batch) ----------------
+
+    def start_batch(
+        self,
+        operation: str,
+        parameters: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> tuple[batch.BatchView, bool]:
+        """Accept a batch operation; returns (the batch, whether it is new).
+
+        A real run is queued on the `batch` queue after commit and answered at once (progress
+        via `batch_status`); a dry run is judged now and comes back completed, with what would
+        be affected. The same `idempotency_key` returns the batch it started.
+        """
+        try:
+            with self._uow() as uow:
+                row, created = batch.start_batch(
+                    uow,
+                    self.caller,
+                    operation,
+                    parameters,
+                    dry_run=dry_run,
+                    idempotency_key=idempotency_key,
+                    now=self._clock(),
+                )
+                return batch.batch_view(uow.session, row), created
+        except IntegrityError:
+            # Two requests with one Idempotency-Key at once: the other one's batch is the answer.
+            if idempotency_key is None:
+                raise
+            with self._uow() as uow:
+                existing = batch.find_by_key(uow.session, self.caller, idempotency_key)
+                if existing is None:
+                    raise
+                return batch.batch_view(uow.session, existing), False
+
+    def batch_status(self, batch_id: uuid.UUID) -> batch.BatchView | None:
+        with self._uow() as uow:
+            return batch.get_batch(uow.session, self.caller, batch_id)
+
+    def list_batches(self, limit: int = 20) -> batch.BatchList:
+        with self._uow() as uow:
+            return batch.list_batches(uow.session, self.caller, limit)
+
+    def deletions(
+        self, *, limit: int = 100, before: int | None = None, batch_id: uuid.UUID | None = None
+    ) -> deletion_audit.DeletionPage:
+        with self._uow() as uow:
+            batch.require_admin(self.caller, "read the deletion audit")
+            return deletion_audit.list_deletions(uow.session, limit=limit, before=before, batch_id=batch_id)
 
 
 __all__ = ["ContractsAPI", "MessageStatus", "Sender"]

@@ -300,3 +300,111 @@ __all__ = [
     "ProcessedMessage",
     "utcnow",
 ]
+
+
+# --- scheduled maintenance and batch operations (migration 0007) ---------------------------
+
+
+class StaleEpisode(Base):
+    """An open stale episode: the contract went silent; `stale_detected` was recorded once.
+
+    The row is the stale sweep's memory: a contract with a row is not reported again, and
+    the row is deleted (with a `stale_cleared` event) when activity returns. Its count is
+    the current number of stale contracts (`contracts_stale_count`).
+    """
+
+    __tablename__ = "stale_episodes"
+
+    contract_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BatchOperationRow(Base):
+    """One batch operation an admin asked for, with its progress and where it stopped.
+
+    `cursor` (the last contract id handled) and the counters are written in the same
+    transaction as the chunk of contracts they describe, so a batch interrupted anywhere
+    resumes exactly after its last committed chunk.
+    """
+
+    __tablename__ = "batch_operations"
+    __table_args__ = (
+        Index("uq_batch_operations_idempotency", "requested_by", "idempotency_key", unique=True),
+        Index("idx_batch_operations_created", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    operation: Mapped[str] = mapped_column(String(40))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(20))
+    requested_by: Mapped[uuid.UUID] = mapped_column(Uuid)
+    requested_by_owner: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    affected_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    cursor: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BatchItem(Base):
+    """What a batch did to one contract: affected, failed (with the error) or deferred.
+
+    No foreign key to the contract: a cleanup deletes it, and the record must stay. The
+    primary key is what makes a contract acted on at most once per batch.
+    """
+
+    __tablename__ = "batch_items"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("batch_operations.id", ondelete="CASCADE"), primary_key=True
+    )
+    contract_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeletionAudit(Base):
+    """One deleted contract: who it was, who deleted it, when, and which batch or sweep.
+
+    No foreign key: the row outlives the contract it describes.
+    """
+
+    __tablename__ = "deletion_audit"
+    __table_args__ = (Index("idx_deletion_audit_deleted_at", "deleted_at", "id"),)
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    contract_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    contract_name: Mapped[str] = mapped_column(String(500))
+    owner_id: Mapped[str] = mapped_column(String(200))
+    contract_type: Mapped[str] = mapped_column(String(100))
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    deleted_by_owner: Mapped[str | None] = mapped_column(String(200))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    sweep: Mapped[str | None] = mapped_column(String(60))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class MetricCounter(Base):
+    """Counters several processes add to (`batch_operations_total{operation=...}`)."""
+
+    __tablename__ = "metric_counters"
+
+    metric: Mapped[str] = mapped_column(String(100), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+__all__ += ["BatchItem", "BatchOperationRow", "DeletionAudit", "MetricCounter", "StaleEpisode"]

@@ -39,6 +39,12 @@ class TaskName(StrEnum):
     RELAY_OUTBOX = "sweeps.relay_outbox"
     DRAIN_DEAD_LETTERS = "sweeps.drain_dead_letters"
     PUBLISH_PENDING_DAEMON_COMMANDS = "sweeps.publish_daemon_commands"
+    DETECT_STALE = "sweeps.detect_stale"
+    PAUSE_TIMED_OUT_INPUTS = "sweeps.pause_timed_out_inputs"
+    DELETE_EXPIRED_ARCHIVES = "sweeps.delete_expired_archives"
+    RESUME_STALLED_BATCHES = "sweeps.resume_stalled_batches"
+    # Batch operations an admin asked for (app.batch), long and low priority.
+    RUN_BATCH = "batch.run"
 
 
 def queue_for(task_name: str) -> Queue:

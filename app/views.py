@@ -28,6 +28,7 @@ from app.domain.phases import Deliverable
 from app.domain.records import TaskStatus
 from app.gate import load_gate_facts, phase_config_of, switches_for
 from app.models import CompletedDeliverable, Contract, ContractTask
+from app.sweeps import stale_criteria, stale_threshold
 
 
 def phase_readiness_view(
@@ -186,11 +187,8 @@ def list_contracts(
     if flt.waiting:
         query = query.where(Contract.status == Status.WAITING_FOR_INPUT.value)
     if flt.stale:
-        threshold = flt.stale_threshold or timedelta(minutes=settings.contracts.stale_threshold_minutes)
-        query = query.where(
-            Contract.last_activity_at < now - threshold,
-            Contract.status.in_([s.value for s in Status.open()]),
-        )
+        # The one definition of stale (app.domain.maintenance), as the sweep and dashboard use it.
+        query = query.where(stale_criteria(now, flt.stale_threshold or stale_threshold(settings)))
     if flt.cursor:
         created, cid = decode_cursor(flt.cursor)
         query = query.where(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from app import completion_flow, worktrees
+from app import batch, sweeps, worktrees
 from app.broker import send_task
+from app.config import get_settings
 from app.db import get_engine, unit_of_work
 from app.models import utcnow
 from app.outbox import relay_outbox
@@ -16,13 +17,7 @@ from workers.dead_letter import drain_pending
 @celery_app.task(name=TaskName.FINALIZE_DUE_COMPLETIONS, base=AccountableTask)
 def finalize_due_completions() -> int:
     """Catch-all for completions whose countdown message was lost or delayed."""
-    with unit_of_work() as uow:
-        due = list(completion_flow.due_completions(uow, utcnow()))
-    finished = 0
-    for contract_id in due:
-        with unit_of_work(send_task) as uow:
-            finished += completion_flow.finalize_completion(uow, contract_id, now=utcnow())
-    return finished
+    return sweeps.finalize_due_completions(sweeps.Wiring(sender=send_task))
 
 
 @celery_app.task(name=TaskName.PUBLISH_PENDING_DAEMON_COMMANDS, base=AccountableTask)
@@ -41,3 +36,36 @@ def relay_pending_outbox() -> int:
 def drain_dead_letters() -> int:
     """Dead letters parked in Redis while the database was down go to their table."""
     return drain_pending()
+
+
+@celery_app.task(name=TaskName.DETECT_STALE, base=AccountableTask)
+def detect_stale() -> int:
+    """One `stale_detected` per silent contract's episode, one `stale_cleared` when it ends."""
+    found = sweeps.detect_stale(sweeps.Wiring(sender=send_task))
+    return found.detected + found.cleared
+
+
+@celery_app.task(name=TaskName.PAUSE_TIMED_OUT_INPUTS, base=AccountableTask)
+def pause_timed_out_inputs() -> int:
+    """Contracts waiting for input past `input_timeout_hours` are paused, with the reason."""
+    return sweeps.pause_timed_out_inputs(sweeps.Wiring(sender=send_task))
+
+
+@celery_app.task(name=TaskName.DELETE_EXPIRED_ARCHIVES, base=AccountableTask)
+def delete_expired_archives() -> int:
+    """Archived contracts past `archive_retention_days` are deleted, each one audited."""
+    return sweeps.delete_expired_archives(sweeps.Wiring(sender=send_task))
+
+
+@celery_app.task(name=TaskName.RESUME_STALLED_BATCHES, base=AccountableTask)
+def resume_stalled_batches() -> int:
+    """Batches whose runner stopped making progress (its message lost with its worker) go again."""
+    settings = get_settings()
+    now = utcnow()
+    with unit_of_work() as uow:
+        stalled = batch.stalled_batches(uow.session, now, batch.stall_after(settings))
+        for batch_id in stalled:
+            batch.touch_batch(uow.session, batch_id, now)
+    for batch_id in stalled:
+        send_task(TaskName.RUN_BATCH, {"batchId": str(batch_id)})
+    return len(stalled)

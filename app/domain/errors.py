@@ -8,7 +8,8 @@
     ├── InvalidDeliverable        INVALID_DELIVERABLE
     ├── ValidationFailed          VALIDATION_FAILED
     ├── SupervisorNotFound        SUPERVISOR_NOT_FOUND
-    └── SupervisorDead            SUPERVISOR_DEAD
+    ├── SupervisorDead            SUPERVISOR_DEAD
+    └── Forbidden                 FORBIDDEN (the caller's role may not do this)
 
 HTTP status codes and CLI exit codes are assigned at the edges (`app.http`, `app.cli`), never
 here, so the same error reads the same to a worker, a daemon and a person.
@@ -119,9 +120,22 @@ class SupervisorDead(ContractError):
     code = "SUPERVISOR_DEAD"
 
 
+class Forbidden(ContractError):
+    """The caller is authenticated, but its role may not do this (batch operations: admin)."""
+
+    code = "FORBIDDEN"
+
+    def __init__(self, action: str, role: str, allowed: Sequence[str]) -> None:
+        super().__init__(
+            f"Your role '{role}' may not {action}; only {', '.join(allowed)} may. Ask an operator.",
+            {"role": role, "allowedRoles": list(allowed)},
+        )
+
+
 __all__ = [
     "ContractError",
     "ContractNotFound",
+    "Forbidden",
     "InvalidDeliverable",
     "InvalidTransition",
     "PhaseGuardRequired",

@@ -34,6 +34,10 @@ class EventType(StrEnum):
     COMPLETION_CLEANUP = "completion_cleanup"
     PHASE_CONFIRMATION_DECLINED = "phase_confirmation_declined"
     WORKTREE_CREATED = "worktree_created"
+    # Scheduled maintenance and batch operations (app.sweeps, app.batch).
+    STALE_DETECTED = "stale_detected"
+    STALE_CLEARED = "stale_cleared"
+    SUPERVISOR_RESTART_REQUESTED = "supervisor_restart_requested"
 
 
 __all__ = ["EventType", "TaskStatus"]

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.broker import Sender
-from app.http import contracts, health, messages, reports
+from app.http import audit, batch, contracts, health, messages, reports
 from app.http.deps import Wiring
 from app.http.docs import install_docs
 from app.http.errors import install_error_handlers
@@ -51,7 +51,9 @@ def create_app(
     )
     # Resources whose paths sit beside `/{id}` (dashboard, batch, monitor) may be included in
     # any order: contract ids only match UUIDs (`{id:uuid}`), never a static segment.
+    application.include_router(batch.router)  # static /batch ahead of /{id}
     application.include_router(contracts.router)
+    application.include_router(audit.router)
     application.include_router(reports.router)
     application.include_router(messages.router)
     application.include_router(health.router)

@@ -655,6 +655,7 @@ def test_every_domain_error_code_has_an_http_status() -> None:
         "SUPERVISOR_NOT_FOUND": 404,
         "SUPERVISOR_DEAD": 503,
         "VALIDATION_FAILED": 400,
+        "FORBIDDEN": 403,
     }
 
 
