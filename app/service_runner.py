@@ -70,6 +70,10 @@ BEAT_READY = re.compile(r"beat: Starting\.\.\.")
 # run that keeps answering 503 would hide it, so everything stops with the reason.
 REDIS_RESTART_LIMIT = 3
 REDIS_RESTART_WINDOW = 60.0
+# A child (worker, beat, API) that exits on its own is started again this many times within
+# the window before the whole run stops.
+CHILD_RESTART_LIMIT = 3
+CHILD_RESTART_WINDOW = 60.0
 
 
 class RunError(Exception):
@@ -311,6 +315,7 @@ class ServiceGroup:
 
     def __post_init__(self) -> None:
         self._sink = OutputSink(self.out)
+        self._child_env: dict[str, str] = {}
 
     def say(self, text: str) -> None:
         self._sink.write_line(text)
@@ -357,7 +362,7 @@ class ServiceGroup:
             self._migrate()
             if self.stop.is_set():
                 return 0
-            env = child_environment(settings, embedded_broker)
+            env = self._child_env = child_environment(settings, embedded_broker)
             children = child_commands(settings, self.options, os.getpid())
             for child in children:
                 start_child(child, env, self._sink)
@@ -403,18 +408,42 @@ class ServiceGroup:
         broker connection, the API answers 503 meanwhile) and the AOF keeps what was queued.
         """
         restarts: list[float] = []
+        child_restarts: dict[str, list[float]] = {}
         while not self.stop.wait(self.options.poll_interval):
             for child in children:
                 code = child.exit_code()
-                if code is not None:
-                    self.say(
-                        f"{child.name} (pid {child.pid}) exited unexpectedly with code {code}; stopping."
-                    )
+                if code is not None and not self._child_restarted(child, code, child_restarts):
                     return 1
             if redis_server is not None and not self._redis_alive_or_restarted(redis_server, restarts):
                 return 1
         self._say_received()
         return 0
+
+    def _child_restarted(self, child: Child, code: int, history: dict[str, list[float]]) -> bool:
+        """Start a child that exited on its own again; False (said why) when the run must stop.
+
+        A Celery worker exits when its broker vanishes mid-task (the embedded Redis being
+        restarted, say): nothing is lost (its unacknowledged message comes back from the
+        broker), so it is started again, up to CHILD_RESTART_LIMIT times in
+        CHILD_RESTART_WINDOW seconds. A child that keeps dying stops the run.
+        """
+        now = time.monotonic()
+        recent = history.setdefault(child.name, [])
+        recent[:] = [t for t in recent if now - t < CHILD_RESTART_WINDOW]
+        if len(recent) >= CHILD_RESTART_LIMIT:
+            self.say(
+                f"{child.name} (pid {child.pid}) exited with code {code}, the {len(recent) + 1}th time "
+                f"within {CHILD_RESTART_WINDOW:.0f} s; stopping."
+            )
+            return False
+        recent.append(now)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # pool processes it may have left behind
+        old_pid = child.pid
+        child.ready.clear()
+        start_child(child, self._child_env, self._sink)
+        self.say(f"{child.name} (pid {old_pid}) exited with code {code}; started it again (pid {child.pid}).")
+        return True
 
     def _redis_alive_or_restarted(self, redis_server: EmbeddedRedis, restarts: list[float]) -> bool:
         """Start the embedded Redis again if it died; False (said why) when the run must stop."""

@@ -560,6 +560,24 @@ def test_reports_queued_when_the_embedded_redis_is_killed_are_applied_after_its_
     ]
 
 
+def test_a_worker_that_dies_is_started_again_and_the_next_report_is_applied(fresh_run: EmbeddedRun) -> None:
+    """A Celery worker exits when its broker vanishes mid-task; `makima run` starts it again."""
+    run = fresh_run
+    worker = _started_pids(run)["worker"]
+    with run.client() as client:
+        contract_id = create_active_contract(client)
+        os.killpg(worker, signal.SIGKILL)
+        restarted = wait_for(
+            lambda: re.search(r"worker \(pid \d+\) exited with code -?\d+; started it again", run.log_text()),
+            30,
+        )
+        assert restarted, run.log_text()[-4000:]
+        task_id = str(uuid.uuid4())
+        assert _report_started(client, contract_id, task_id).status_code == 202
+        assert wait_for(lambda: task_id in spawned_task_ids(client, contract_id), 60), run.log_text()[-4000:]
+    assert run.process.poll() is None
+
+
 def test_while_the_embedded_redis_is_down_a_report_answers_503_and_its_resend_is_applied(
     fresh_run: EmbeddedRun,
 ) -> None:
