@@ -34,6 +34,16 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
         "drain-dead-letters": _every(interval, TaskName.DRAIN_DEAD_LETTERS),
         # Hand committed daemon commands (stop supervisor, remove worktree) to the broker.
         "publish-daemon-commands": _every(interval, TaskName.PUBLISH_PENDING_DAEMON_COMMANDS),
+        # Declare dead the supervisors silent past heartbeat_timeout_seconds (by receive time);
+        # a quarter of the timeout, so a death is recorded at most 25 % late (30 s of 120 s).
+        "detect-dead-supervisors": _every(
+            settings.contracts.heartbeat_timeout_seconds / 4, TaskName.DETECT_DEAD_SUPERVISORS
+        ),
+        # Drop heartbeat history older than 24 h (whole day partitions) and create the next days'
+        # partitions ahead; hourly, so a day is dropped within the hour it expires.
+        "heartbeat-retention": _every(
+            settings.heartbeats.retention_interval_seconds, TaskName.HEARTBEAT_RETENTION
+        ),
         # Record one stale_detected per silent contract's episode and stale_cleared when it ends,
         # so the stale count is current; as often as the seed's detector (seed 4.2, plan 5.2).
         "detect-stale": _every(interval, TaskName.DETECT_STALE),

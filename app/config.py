@@ -75,6 +75,24 @@ class FeatureFlags(BaseModel):
     """Plan "Feature Flags": each capability can be switched off for a staged rollout."""
 
     model_config = ConfigDict(extra="forbid")
+class HeartbeatsConfig(BaseModel):
+    """`[heartbeats]`: how heartbeats are batched on their way in, and how often history is pruned.
+
+    Heartbeats travel in lists (one broker message per list, not per heartbeat): the API
+    module flushes its per-process buffer every `batch_size` heartbeats or `flush_ms`
+    milliseconds; the HTTP front lets a request wait at most `coalesce_ms` for others to share
+    its message.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(500, ge=1, le=5000)
+    flush_ms: float = Field(50, gt=0)
+    max_buffered: int = Field(20000, ge=1)
+    coalesce_ms: float = Field(2, ge=0, le=1000)
+    retention_interval_seconds: float = Field(3600, gt=0)
+
+
 
     enhanced_contract_status: bool = True
     auto_complete: bool = True
@@ -230,6 +248,7 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(
         cls,
+    heartbeats: HeartbeatsConfig = HeartbeatsConfig()
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
@@ -283,6 +302,7 @@ __all__ = [
     "allowed_keys",
     "allowed_variables",
     "config_file",
+    "HeartbeatsConfig",
     "find_project_dir",
     "get_settings",
     "safe_url",

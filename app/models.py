@@ -7,13 +7,14 @@ two so they cannot drift.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -408,3 +409,108 @@ class MetricCounter(Base):
 
 
 __all__ += ["BatchItem", "BatchOperationRow", "DeletionAudit", "MetricCounter", "StaleEpisode"]
+
+
+# --- supervisor heartbeats (migration 0006) ---------------------------------------------------
+
+
+class Supervisor(Base):
+    """A supervisor's current state: the newest heartbeat's, and whether it is alive.
+
+    One row per supervisor task, rewritten per heartbeat batch (narrow, two indexes, so the
+    update stays cheap). `incarnation` fences: bumped when the supervisor is declared dead or
+    restarted. `sent_at` is the daemon's own timestamp of the stored state (it orders states
+    within an incarnation); `last_received_at` is our receive time (it decides liveness).
+    `version` counts writes, so an ingesting worker can tell whether the row moved under it.
+    """
+
+    __tablename__ = "supervisors"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    contract_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), index=True)
+    incarnation: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(40))
+    phase: Mapped[str] = mapped_column(String(100))
+    current_activity: Mapped[str] = mapped_column(Text)
+    progress: Mapped[int] = mapped_column(Integer)
+    pending_task_ids: Mapped[list[str]] = mapped_column(JsonType)
+    heartbeat_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    alive: Mapped[bool] = mapped_column(Boolean)
+    dead_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    daemon_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SupervisorHeartbeat(Base):
+    """Heartbeat history: one row per heartbeat id, kept 24 hours (the record, not an event).
+
+    On PostgreSQL the table is partitioned by `received_day` (one partition per UTC day, in
+    the `heartbeat_partitions` schema) and old days are dropped whole; on SQLite it is one
+    table cleaned in bounded chunks. The key holds the partition key, so a duplicate id is
+    refused by the key within a day, and by a check of the earlier retained days across them
+    (`app.heartbeats`). Fenced heartbeats are kept, marked.
+    """
+
+    __tablename__ = "supervisor_heartbeats"
+    __table_args__ = (
+        Index("idx_supervisor_heartbeats_contract_received", "contract_id", "received_at"),
+        {"postgresql_partition_by": "RANGE (received_day)"},
+    )
+
+    contract_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    received_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    incarnation: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(40))
+    phase: Mapped[str] = mapped_column(String(100))
+    current_activity: Mapped[str] = mapped_column(Text)
+    progress: Mapped[int] = mapped_column(Integer)
+    pending_task_ids: Mapped[list[str]] = mapped_column(JsonType)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fenced: Mapped[bool] = mapped_column(Boolean)
+    daemon_id: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(255))
+
+
+class HeartbeatCounter(Base):
+    """Heartbeat counters for the metrics: received, stored, duplicates, fenced, refused.
+
+    Added in the ingesting transaction, so they are exact; a few shards (picked by process)
+    so two workers never wait on one counter row. The totals are the sums over shards.
+    """
+
+    __tablename__ = "heartbeat_counters"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    fenced: Mapped[int] = mapped_column(BigInteger, default=0)
+    refused: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+__all__ += ["HeartbeatCounter", "Supervisor", "SupervisorHeartbeat"]
+
+
+# --- live events (migration 0008) ------------------------------------------------------------
+
+# The retention delete (`app.live_events.prune_events`) walks events by age.
+Index("idx_contract_events_created_at", ContractEvent.created_at)
+
+# Columns and indexes the database keeps on PostgreSQL only, filled in by the server and never
+# written by the application (so they are not mapped: the commit's one INSERT lists mapped
+# columns): `contract_events.xid` is the writing transaction's id, `pg_current_xact_id()`,
+# which the live reader compares with the commit horizon (`app.live_events`). A schema
+# comparison leaves these out.
+SERVER_ONLY_COLUMNS: frozenset[tuple[str, str]] = frozenset({("contract_events", "xid")})
+SERVER_ONLY_INDEXES: frozenset[str] = frozenset({"idx_contract_events_xid_id"})
+
+__all__ += ["SERVER_ONLY_COLUMNS", "SERVER_ONLY_INDEXES"]

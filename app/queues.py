@@ -34,7 +34,11 @@ class TaskName(StrEnum):
     PUBLISH_DAEMON_COMMANDS = "contracts.publish_daemon_commands"
     # A no-op: liveness probe of the contracts queue and the benchmarks' baseline.
     PING = "contracts.ping"
+    # Supervisor heartbeats, a list per message (app.heartbeats).
+    INGEST_HEARTBEATS = "heartbeats.ingest"
     # Beat-scheduled maintenance.
+    DETECT_DEAD_SUPERVISORS = "sweeps.detect_dead_supervisors"
+    HEARTBEAT_RETENTION = "sweeps.heartbeat_retention"
     FINALIZE_DUE_COMPLETIONS = "sweeps.finalize_due_completions"
     RELAY_OUTBOX = "sweeps.relay_outbox"
     DRAIN_DEAD_LETTERS = "sweeps.drain_dead_letters"

@@ -22,7 +22,7 @@ def build_app(settings: Settings | None = None) -> Celery:
     app.conf.update(
         worker_consumer="workers.consumer:DeadLetteringConsumer",
         beat_schedule=_beat_schedule(settings),
-        include=["workers.contracts", "workers.sweeps", "workers.batch"],
+        include=["workers.contracts", "workers.sweeps", "workers.batch", "workers.heartbeats"],
     )
     return app
 

@@ -18,6 +18,7 @@ here, so the same error reads the same to a worker, a daemon and a person.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 
@@ -115,9 +116,55 @@ class ValidationFailed(ContractError):
 class SupervisorNotFound(ContractError):
     code = "SUPERVISOR_NOT_FOUND"
 
+    def __init__(self, contract_id: object, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"Contract {contract_id} has no supervisor: none has sent a heartbeat for it. "
+            "Start its supervisor, then retry.",
+            {"contractId": str(contract_id)},
+        )
+
 
 class SupervisorDead(ContractError):
+    """The supervisor stopped sending heartbeats (judged by when we last received one)."""
+
     code = "SUPERVISOR_DEAD"
+
+    def __init__(
+        self,
+        contract_id: object,
+        task_id: object,
+        last_received_at: datetime | None,
+        dead_at: datetime | None,
+        incarnation: int,
+    ) -> None:
+        heard = last_received_at.isoformat() if last_received_at else None
+        super().__init__(
+            f"The supervisor of contract {contract_id} is not alive: its last heartbeat was "
+            f"received at {heard or 'an unknown time'}. Restart it (its next incarnation is "
+            f"{incarnation}) and retry.",
+            {
+                "contractId": str(contract_id),
+                "taskId": str(task_id),
+                "lastReceivedAt": heard,
+                "deadAt": dead_at.isoformat() if dead_at else None,
+                "incarnation": incarnation,
+            },
+        )
+
+
+class FeatureDisabled(ContractError):
+    """A feature switched off in `[feature_flags]`; the HTTP front answers 503."""
+
+    code = "FEATURE_DISABLED"
+
+    def __init__(self, flag: str) -> None:
+        super().__init__(
+            f"This feature is disabled on this server (feature flag '{flag}' is off). An operator "
+            f"can turn it on with [feature_flags] {flag} = true or "
+            f"MAKIMA_FEATURE_FLAGS__{flag.upper()}=true.",
+            {"featureFlag": flag},
+        )
 
 
 class Forbidden(ContractError):
@@ -135,6 +182,7 @@ class Forbidden(ContractError):
 __all__ = [
     "ContractError",
     "ContractNotFound",
+    "FeatureDisabled",
     "Forbidden",
     "InvalidDeliverable",
     "InvalidTransition",

@@ -1,0 +1,555 @@
+"""Supervisors: the heartbeat message, its ordering, fencing by incarnation, and liveness.
+
+Pure rules (stdlib only, the clock passed in), used by the ingestion worker, the dead sweep,
+the API module and the HTTP front alike:
+
+- **Parsing** (`parse_heartbeat`): a heartbeat as sent (camelCase JSON) becomes a
+  `Heartbeat`, or `InvalidHeartbeat` naming the field. A heartbeat without an `id` gets one
+  derived from its task id and timestamp, so a resend of the same heartbeat is still one.
+- **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
+  incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
+  its clock says. An older heartbeat never overwrites a newer state.
+- **Fencing**: a heartbeat of an older incarnation than the stored one is *fenced*: kept for
+  the record, but it changes nothing and proves nothing. A heartbeat with no incarnation
+  counts as the current one while the supervisor is alive; once it has been declared dead,
+  only a heartbeat naming the new incarnation (or a later one) brings it back.
+- **Liveness** is judged by the server's receive time, never by the daemon's clock: a
+  supervisor whose last accepted heartbeat was *received* more than the timeout ago is dead.
+  Declaring it dead bumps its incarnation, so whatever its old incarnation still sends is
+  fenced.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+
+class SupervisorState(StrEnum):
+    """What a supervisor is doing (seed 3.2), snake_case on the wire."""
+
+    INITIALIZING = "initializing"
+    IDLE = "idle"
+    WORKING = "working"
+    WAITING_FOR_USER = "waiting_for_user"
+    WAITING_FOR_TASKS = "waiting_for_tasks"
+    BLOCKED = "blocked"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class Outcome(StrEnum):
+    """What became of one heartbeat."""
+
+    APPLIED = "applied"  # its state is now the supervisor's state
+    STALE = "stale"  # older than the stored state: recorded, proves liveness, changes no state
+    FENCED = "fenced"  # an older incarnation's: recorded, changes nothing, the daemon is told
+    DUPLICATE = "duplicate"  # the same id was already received: stored once
+    REFUSED = "refused"  # invalid, or the sender may not act on the contract
+
+
+# Bounds of what one heartbeat may carry (checked before anything is stored).
+MAX_PHASE: Final = 100
+MAX_ACTIVITY: Final = 2000
+MAX_PENDING_TASKS: Final = 1000
+MAX_DAEMON_ID: Final = 200
+MAX_HOST: Final = 255
+MAX_INCARNATION: Final = 2**31 - 1
+# A daemon's clock may be wrong, but not by centuries: such a timestamp is a bug, refused.
+EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
+
+# Derived heartbeat ids: uuid5(this namespace, "<taskId>/<timestamp>").
+HEARTBEAT_ID_NAMESPACE: Final = uuid.UUID("6f0a4c1e-2b7d-5e93-8c41-9d2e7b3a5f10")
+
+FIELDS: Final = frozenset(
+    {
+        "id",
+        "taskId",
+        "contractId",
+        "state",
+        "phase",
+        "currentActivity",
+        "progress",
+        "pendingTaskIds",
+        "timestamp",
+        "incarnation",
+        "daemonId",
+        "host",
+    }
+)
+REQUIRED: Final = ("taskId", "contractId", "state", "phase", "timestamp")
+
+
+class InvalidHeartbeat(ValueError):
+    """One heartbeat cannot be accepted; `field` names what to fix."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One supervisor heartbeat (seed 3.3), plus its id, incarnation and daemon."""
+
+    id: uuid.UUID
+    task_id: uuid.UUID
+    contract_id: uuid.UUID
+    state: SupervisorState
+    phase: str
+    current_activity: str
+    progress: int
+    pending_task_ids: tuple[str, ...]
+    timestamp: datetime
+    incarnation: int | None = None
+    daemon_id: str | None = None
+    host: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (camelCase); `parse_heartbeat(h.to_json()) == h`."""
+        out: dict[str, Any] = {
+            "id": str(self.id),
+            "taskId": str(self.task_id),
+            "contractId": str(self.contract_id),
+            "state": self.state.value,
+            "phase": self.phase,
+            "currentActivity": self.current_activity,
+            "progress": self.progress,
+            "pendingTaskIds": list(self.pending_task_ids),
+            "timestamp": self.timestamp.isoformat(),
+        }
+        if self.incarnation is not None:
+            out["incarnation"] = self.incarnation
+        if self.daemon_id is not None:
+            out["daemonId"] = self.daemon_id
+        if self.host is not None:
+            out["host"] = self.host
+        return out
+
+
+def derive_heartbeat_id(task_id: uuid.UUID, timestamp: datetime) -> uuid.UUID:
+    """The id of a heartbeat sent without one: the same task and timestamp, the same id."""
+    return uuid.uuid5(HEARTBEAT_ID_NAMESPACE, f"{task_id}/{timestamp.astimezone(UTC).isoformat()}")
+
+
+def _uuid(raw: Any, name: str) -> uuid.UUID:
+    if isinstance(raw, uuid.UUID):
+        return raw
+    if not isinstance(raw, str):
+        raise InvalidHeartbeat(name, "must be a UUID string")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidHeartbeat(name, f"'{raw[:60]}' is not a UUID") from None
+
+
+def _text(raw: Any, name: str, limit: int, *, empty: bool) -> str:
+    if not isinstance(raw, str):
+        raise InvalidHeartbeat(name, "must be a string")
+    if not empty and not raw.strip():
+        raise InvalidHeartbeat(name, "must not be empty")
+    if len(raw) > limit:
+        raise InvalidHeartbeat(name, f"at most {limit} characters (this one has {len(raw)})")
+    if "\x00" in raw:
+        raise InvalidHeartbeat(name, "must not contain NUL characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidHeartbeat(name, "must be valid Unicode (no lone surrogates)") from None
+    return raw
+
+
+def _int(raw: Any, name: str, low: int, high: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidHeartbeat(name, f"must be a whole number from {low} to {high}")
+    if not low <= raw <= high:
+        raise InvalidHeartbeat(name, f"must be from {low} to {high} (got {raw})")
+    return raw
+
+
+def _timestamp(raw: Any) -> datetime:
+    if isinstance(raw, datetime):
+        value = raw
+    elif isinstance(raw, str) and len(raw) <= 40:
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            raise InvalidHeartbeat("timestamp", f"'{raw}' is not an ISO 8601 date-time") from None
+    else:
+        raise InvalidHeartbeat("timestamp", "must be an ISO 8601 date-time string with a time zone")
+    if value.tzinfo is None:
+        raise InvalidHeartbeat("timestamp", "needs a time zone (for example 2026-01-31T10:30:00Z)")
+    value = value.astimezone(UTC)
+    if not EARLIEST <= value < LATEST:
+        raise InvalidHeartbeat("timestamp", f"must lie between {EARLIEST.year} and {LATEST.year}")
+    return value
+
+
+def parse_heartbeat(raw: Any) -> Heartbeat:
+    """A heartbeat as sent (camelCase JSON object) → `Heartbeat`, or `InvalidHeartbeat`."""
+    if not isinstance(raw, Mapping):
+        raise InvalidHeartbeat("heartbeat", "must be a JSON object")
+    unknown = sorted(str(k) for k in raw if k not in FIELDS)
+    if unknown:
+        raise InvalidHeartbeat(unknown[0][:60], f"unknown field; allowed: {', '.join(sorted(FIELDS))}")
+    for name in REQUIRED:
+        if raw.get(name) is None:
+            raise InvalidHeartbeat(name, "is required")
+    task_id = _uuid(raw["taskId"], "taskId")
+    contract_id = _uuid(raw["contractId"], "contractId")
+    try:
+        state = SupervisorState(raw["state"])
+    except (ValueError, TypeError):
+        allowed = ", ".join(s.value for s in SupervisorState)
+        raise InvalidHeartbeat("state", f"must be one of: {allowed}") from None
+    phase = _text(raw["phase"], "phase", MAX_PHASE, empty=False)
+    activity = raw.get("currentActivity")
+    activity = "" if activity is None else _text(activity, "currentActivity", MAX_ACTIVITY, empty=True)
+    progress = raw.get("progress")
+    progress = 0 if progress is None else _int(progress, "progress", 0, 100)
+    pending_raw = raw.get("pendingTaskIds")
+    pending: tuple[str, ...] = ()
+    if pending_raw is not None:
+        if not isinstance(pending_raw, list):
+            raise InvalidHeartbeat("pendingTaskIds", "must be a list of task ids (UUIDs)")
+        if len(pending_raw) > MAX_PENDING_TASKS:
+            raise InvalidHeartbeat("pendingTaskIds", f"at most {MAX_PENDING_TASKS} task ids")
+        pending = tuple(str(_uuid(p, "pendingTaskIds")) for p in pending_raw)
+    timestamp = _timestamp(raw["timestamp"])
+    incarnation = raw.get("incarnation")
+    if incarnation is not None:
+        incarnation = _int(incarnation, "incarnation", 1, MAX_INCARNATION)
+    daemon_id = raw.get("daemonId")
+    if daemon_id is not None:
+        daemon_id = _text(daemon_id, "daemonId", MAX_DAEMON_ID, empty=False)
+    host = raw.get("host")
+    if host is not None:
+        host = _text(host, "host", MAX_HOST, empty=False)
+    given_id = raw.get("id")
+    hb_id = derive_heartbeat_id(task_id, timestamp) if given_id is None else _uuid(given_id, "id")
+    return Heartbeat(
+        id=hb_id,
+        task_id=task_id,
+        contract_id=contract_id,
+        state=state,
+        phase=phase,
+        current_activity=activity,
+        progress=progress,
+        pending_task_ids=pending,
+        timestamp=timestamp,
+        incarnation=incarnation,
+        daemon_id=daemon_id,
+        host=host,
+    )
+
+
+# --- the stored state and how a heartbeat moves it ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorRecord:
+    """A supervisor's current state as stored (one row of `supervisors`).
+
+    `sent_at` is the daemon's timestamp of the heartbeat whose state is stored (None right
+    after a death: no heartbeat of the new incarnation yet); `last_received_at` is when we
+    last received a heartbeat of the current incarnation. `version` counts writes (0: not
+    stored yet), so a writer can tell whether the row changed since it read it.
+    """
+
+    task_id: uuid.UUID
+    contract_id: uuid.UUID
+    incarnation: int
+    state: SupervisorState
+    phase: str
+    current_activity: str
+    progress: int
+    pending_task_ids: tuple[str, ...]
+    heartbeat_id: uuid.UUID | None
+    sent_at: datetime | None
+    last_received_at: datetime
+    alive: bool
+    dead_at: datetime | None
+    daemon_id: str | None
+    host: str | None
+    version: int
+
+    def order_key(self) -> tuple[int, datetime]:
+        return (self.incarnation, self.sent_at or EARLIEST)
+
+
+def effective_incarnation(hb: Heartbeat, current: SupervisorRecord | None) -> int:
+    """The incarnation a heartbeat speaks for: its own, else the stored one (else 1)."""
+    if hb.incarnation is not None:
+        return hb.incarnation
+    return current.incarnation if current is not None else 1
+
+
+def is_fenced(hb: Heartbeat, current: SupervisorRecord | None) -> bool:
+    """An older incarnation's heartbeat; or, for a supervisor declared dead, one that does not
+    name the new incarnation (it can only come from the incarnation that was declared dead)."""
+    if current is None:
+        return False
+    if hb.incarnation is None:
+        return not current.alive
+    return hb.incarnation < current.incarnation
+
+
+def judge(
+    hb: Heartbeat, current: SupervisorRecord | None, received_at: datetime
+) -> tuple[Outcome, SupervisorRecord | None]:
+    """What one heartbeat does to the stored state: (outcome, the state afterwards).
+
+    The state afterwards is None only for a fenced heartbeat of a supervisor never stored
+    (impossible: nothing is fenced without a stored incarnation) — callers keep `current`.
+    """
+    if is_fenced(hb, current):
+        return Outcome.FENCED, current
+    incarnation = effective_incarnation(hb, current)
+    newer = current is None or (incarnation, hb.timestamp) > current.order_key()
+    if not newer:
+        assert current is not None
+        return Outcome.STALE, replace(current, last_received_at=max(current.last_received_at, received_at))
+    return Outcome.APPLIED, SupervisorRecord(
+        task_id=hb.task_id,
+        contract_id=current.contract_id if current is not None else hb.contract_id,
+        incarnation=incarnation,
+        state=hb.state,
+        phase=hb.phase,
+        current_activity=hb.current_activity,
+        progress=hb.progress,
+        pending_task_ids=hb.pending_task_ids,
+        heartbeat_id=hb.id,
+        sent_at=hb.timestamp,
+        last_received_at=received_at if current is None else max(current.last_received_at, received_at),
+        alive=True,
+        dead_at=None,
+        daemon_id=hb.daemon_id if hb.daemon_id is not None else (current.daemon_id if current else None),
+        host=hb.host if hb.host is not None else (current.host if current else None),
+        version=current.version if current is not None else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A supervisor's state really changed (a `supervisor_state_changed` event)."""
+
+    contract_id: uuid.UUID
+    task_id: uuid.UUID
+    old_state: SupervisorState | None
+    new_state: SupervisorState
+    incarnation: int
+    revived: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "taskId": str(self.task_id),
+            "oldState": self.old_state.value if self.old_state is not None else None,
+            "newState": self.new_state.value,
+            "incarnation": self.incarnation,
+            **({"revived": True} if self.revived else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """A fenced heartbeat's supervisor: its daemon is told to stop that incarnation."""
+
+    contract_id: uuid.UUID
+    task_id: uuid.UUID
+    sent_incarnation: int | None
+    current_incarnation: int
+    daemon_id: str | None
+    host: str | None
+
+
+@dataclass
+class BatchPlan:
+    """Everything one batch does, decided before anything is written.
+
+    `outcomes[i]` belongs to `heartbeats[i]`; `writes` are the supervisors whose row changes
+    (before, after); a heartbeat repeated inside the batch is a DUPLICATE and is not written
+    twice.
+    """
+
+    heartbeats: list[Heartbeat]
+    outcomes: list[Outcome]
+    writes: dict[uuid.UUID, tuple[SupervisorRecord | None, SupervisorRecord]] = field(default_factory=dict)
+    changes: list[StateChange] = field(default_factory=list)
+    fenced: list[Fenced] = field(default_factory=list)
+
+    def rows_to_store(self) -> list[tuple[Heartbeat, bool]]:
+        """(heartbeat, fenced) for every heartbeat the history keeps (not repeats, not refused)."""
+        return [
+            (hb, outcome is Outcome.FENCED)
+            for hb, outcome in zip(self.heartbeats, self.outcomes, strict=True)
+            if outcome not in (Outcome.DUPLICATE, Outcome.REFUSED)
+        ]
+
+    def live_contracts(self) -> set[uuid.UUID]:
+        """Contracts whose supervisor proved alive in this batch (their activity moves on)."""
+        return {
+            hb.contract_id
+            for hb, outcome in zip(self.heartbeats, self.outcomes, strict=True)
+            if outcome in (Outcome.APPLIED, Outcome.STALE)
+        }
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for o in self.outcomes if o is outcome)
+
+
+def plan_batch(
+    heartbeats: Sequence[Heartbeat],
+    current: Mapping[uuid.UUID, SupervisorRecord],
+    received_at: datetime,
+) -> BatchPlan:
+    """Fold a batch, in the order received, into the stored states.
+
+    The result per supervisor is the newest state by (incarnation, timestamp) whatever the
+    order inside the batch (keys de-duplicated, newest kept); one state change per
+    supervisor at most (its state before the batch against its state after it); one fence
+    notice per fenced supervisor and incarnation.
+    """
+    plan = BatchPlan(list(heartbeats), [])
+    state: dict[uuid.UUID, SupervisorRecord | None] = {}
+    seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    fenced_seen: set[tuple[uuid.UUID, int | None]] = set()
+    for hb in heartbeats:
+        key = (hb.contract_id, hb.id)
+        if key in seen:
+            plan.outcomes.append(Outcome.DUPLICATE)
+            continue
+        seen.add(key)
+        before = state[hb.task_id] if hb.task_id in state else current.get(hb.task_id)
+        if before is not None and before.contract_id != hb.contract_id:
+            # A task id belongs to one contract; another contract's claim on it is fenced off.
+            plan.outcomes.append(Outcome.REFUSED)
+            continue
+        outcome, after = judge(hb, before, received_at)
+        plan.outcomes.append(outcome)
+        if outcome is Outcome.FENCED:
+            assert before is not None
+            if (hb.task_id, hb.incarnation) not in fenced_seen:
+                fenced_seen.add((hb.task_id, hb.incarnation))
+                plan.fenced.append(
+                    Fenced(
+                        hb.contract_id, hb.task_id, hb.incarnation, before.incarnation, hb.daemon_id, hb.host
+                    )
+                )
+            continue
+        state[hb.task_id] = after
+    for task_id, after in state.items():
+        if after is None:
+            continue
+        before = current.get(task_id)
+        plan.writes[task_id] = (before, after)
+        if before is None or before.state is not after.state or (not before.alive and after.alive):
+            plan.changes.append(
+                StateChange(
+                    after.contract_id,
+                    task_id,
+                    before.state if before is not None else None,
+                    after.state,
+                    after.incarnation,
+                    revived=before is not None and not before.alive and after.alive,
+                )
+            )
+    return plan
+
+
+# --- liveness -----------------------------------------------------------------------------
+
+
+def is_dead(record: SupervisorRecord, now: datetime, timeout: timedelta) -> bool:
+    """Dead: alive until now, but nothing received from it for longer than the timeout.
+
+    Judged by our receive time only; the daemon's clock (its heartbeat timestamps) has no say,
+    so a daemon whose clock runs an hour ahead or behind is neither killed early nor kept alive.
+    """
+    return record.alive and now - record.last_received_at > timeout
+
+
+def dead_cutoff(now: datetime, timeout: timedelta) -> datetime:
+    """Supervisors last heard before this instant are dead (`is_dead`, as a query bound)."""
+    return now - timeout
+
+
+def declare_dead(record: SupervisorRecord, now: datetime) -> tuple[SupervisorRecord, list[StateChange]]:
+    """The record after its supervisor is declared dead, and the state change it makes.
+
+    The incarnation is bumped, so the old incarnation's late heartbeats are fenced; `sent_at`
+    is cleared, so the first heartbeat of the new incarnation wins whatever its clock says.
+    """
+    after = replace(
+        record,
+        incarnation=record.incarnation + 1,
+        state=SupervisorState.INTERRUPTED,
+        alive=False,
+        dead_at=now,
+        sent_at=None,
+        version=record.version + 1,
+    )
+    changes = []
+    if record.state is not SupervisorState.INTERRUPTED:
+        changes.append(
+            StateChange(record.contract_id, record.task_id, record.state, after.state, after.incarnation)
+        )
+    return after, changes
+
+
+def daemon_alive(last_seen: datetime, now: datetime, timeout: timedelta) -> bool:
+    """A daemon is alive while one of its supervisors was heard within the timeout."""
+    return now - last_seen <= timeout
+
+
+def activity_bump_before(now: datetime, stale_threshold: timedelta) -> datetime:
+    """A contract's `last_activity_at` older than this is moved forward by a heartbeat.
+
+    A tenth of the stale threshold (3 min for 30 min): well under it, so a contract with a
+    live supervisor is never judged stale, and its wide, indexed row is rewritten at most
+    once per bound instead of on every heartbeat.
+    """
+    return now - stale_threshold / 10
+
+
+def retention_cutoff_day(now: datetime, retention: timedelta) -> datetime:
+    """Day partitions whose whole day ended before `now - retention` may be dropped."""
+    return now - retention
+
+
+def outcome_counts(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    counts = {o.value: 0 for o in Outcome}
+    for o in outcomes:
+        counts[o.value] += 1
+    return counts
+
+
+__all__ = [
+    "FIELDS",
+    "BatchPlan",
+    "Fenced",
+    "Heartbeat",
+    "InvalidHeartbeat",
+    "Outcome",
+    "StateChange",
+    "SupervisorRecord",
+    "SupervisorState",
+    "activity_bump_before",
+    "daemon_alive",
+    "dead_cutoff",
+    "declare_dead",
+    "derive_heartbeat_id",
+    "effective_incarnation",
+    "is_dead",
+    "is_fenced",
+    "judge",
+    "outcome_counts",
+    "parse_heartbeat",
+    "plan_batch",
+]

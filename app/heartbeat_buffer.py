@@ -1,0 +1,392 @@
+"""Heartbeats on their way in: a per-process buffer (the API module) and a group commit (HTTP).
+
+One broker message per heartbeat would cap the fleet at the broker's per-message ceiling, so
+heartbeats leave a process in lists (`heartbeats.ingest` messages):
+
+- **`HeartbeatBuffer`**, one per process and sender: the API module's `send_heartbeat` checks
+  the heartbeat (field errors and an invisible contract are raised at once), appends it and
+  returns; the buffer sends a list every `batch_size` heartbeats (in the caller's thread) or
+  after `flush_ms` (a background thread), and at exit and on `flush()`. It is bounded
+  (`max_buffered`): while the broker refuses sends, the newest are kept, the oldest dropped
+  and counted (a heartbeat is superseded by the next one anyway), and the caller sees the
+  broker's error on the send it triggered.
+- **`GroupCommit`**, one per HTTP app: concurrent requests are coalesced into one message.
+  The first request of a group waits at most `coalesce_ms` for company (or until the group
+  holds `batch_size` heartbeats), then checks the visibility of every contract in the group
+  with one query, sends one message, and wakes the others. Every request is answered only
+  after the message holding its heartbeats is in the broker (or with the broker's error).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import Engine, select
+
+from app.auth import Caller
+from app.broker import Sender
+from app.config import Settings
+from app.db import unit_of_work
+from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.supervisors import Heartbeat, InvalidHeartbeat, parse_heartbeat
+from app.heartbeats import MAX_PER_MESSAGE, message_of
+from app.models import Contract
+from app.queues import TaskName
+
+log = logging.getLogger(__name__)
+
+FLAG: Final = "supervisor_heartbeat"
+# How long a contract found visible to a principal is trusted without asking again. Owners
+# never change, so this only bounds how long a deleted contract's heartbeats still leave here
+# (the worker re-checks every heartbeat anyway).
+VISIBLE_SECONDS: Final = 300.0
+MAX_VISIBLE_ENTRIES: Final = 100_000
+
+
+def require_enabled(settings: Settings) -> None:
+    if not settings.feature_flags.supervisor_heartbeat:
+        raise FeatureDisabled(FLAG)
+
+
+def invalid(exc: InvalidHeartbeat) -> ValidationFailed:
+    return ValidationFailed(
+        f"The heartbeat is not valid: {exc.field}: {exc.problem}.",
+        details={"field": exc.field, "problem": exc.problem},
+    )
+
+
+def owners_of(
+    engine: Engine | None, settings: Settings, contract_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The owners of the contracts that exist, in one query."""
+    if not contract_ids:
+        return {}
+    with unit_of_work(engine=engine, settings=settings) as uow:
+        rows = uow.session.execute(
+            select(Contract.id, Contract.owner_id).where(Contract.id.in_(sorted(contract_ids)))
+        )
+        return {cid: owner for cid, owner in rows}
+
+
+# --- the API module's per-process buffer ----------------------------------------------------
+
+
+class HeartbeatBuffer:
+    """Heartbeats waiting to leave this process, sent as lists; see the module docstring."""
+
+    def __init__(self, send: Sender, batch_size: int, flush_ms: float, max_buffered: int) -> None:
+        self._send = send
+        self.batch_size = min(batch_size, MAX_PER_MESSAGE)
+        self.flush_seconds = flush_ms / 1000
+        self.max_buffered = max(max_buffered, self.batch_size)
+        self._items: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        self._oldest: float | None = None
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.sent = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, principal_id: uuid.UUID, item: dict[str, Any]) -> None:
+        with self._lock:
+            self._items.append((principal_id, item))
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            full = len(self._items) >= self.batch_size
+            self._start_timer()
+        if full:
+            self.flush()
+
+    def flush(self) -> int:
+        """Send everything buffered now (in lists of `batch_size`); returns how many were sent."""
+        with self._send_lock:
+            with self._lock:
+                items, self._items, self._oldest = self._items, [], None
+            sent = 0
+            try:
+                while sent < len(items):
+                    chunk = items[sent : sent + self.batch_size]
+                    groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
+                    for principal, item in chunk:
+                        groups.setdefault(principal, []).append(item)
+                    self._send(TaskName.INGEST_HEARTBEATS.value, message_of(groups), None)
+                    sent += len(chunk)
+            except Exception:
+                self._keep(items[sent:])
+                raise
+            finally:
+                self.sent += sent
+            return sent
+
+    def _keep(self, unsent: list[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        """Put unsent heartbeats back, newest kept within the bound, oldest dropped and counted."""
+        with self._lock:
+            merged = unsent + self._items
+            overflow = len(merged) - self.max_buffered
+            if overflow > 0:
+                self.dropped += overflow
+                log.warning("heartbeat buffer full: %d oldest heartbeats dropped", overflow)
+                merged = merged[overflow:]
+            self._items = merged
+            if merged and self._oldest is None:
+                self._oldest = time.monotonic()
+
+    def _start_timer(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="heartbeat-buffer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            oldest = self._oldest
+            if oldest is None:
+                self._wake.wait(self.flush_seconds)
+                self._wake.clear()
+                continue
+            due = oldest + self.flush_seconds - time.monotonic()
+            if due > 0:
+                time.sleep(due)
+                continue
+            try:
+                self.flush()
+            except Exception:
+                log.warning("heartbeats not sent; kept for the next flush", exc_info=True)
+                time.sleep(self.flush_seconds)
+
+    def close(self) -> None:
+        """Flush what is left and stop the timer (at exit)."""
+        self._closed = True
+        self._wake.set()
+        try:
+            self.flush()
+        except Exception:
+            log.warning("heartbeats still buffered at exit could not be sent", exc_info=True)
+
+
+_buffers: dict[int, HeartbeatBuffer] = {}
+_buffers_lock = threading.Lock()
+
+
+def buffer_for(send: Sender, settings: Settings) -> HeartbeatBuffer:
+    """This process's buffer for `send` (one per sender, shared by every ContractsAPI)."""
+    with _buffers_lock:
+        buffer = _buffers.get(id(send))
+        if buffer is None:
+            cfg = settings.heartbeats
+            buffer = _buffers[id(send)] = HeartbeatBuffer(
+                send, cfg.batch_size, cfg.flush_ms, cfg.max_buffered
+            )
+        return buffer
+
+
+@atexit.register
+def flush_all() -> None:
+    """Flush every buffer of this process (registered at exit)."""
+    with _buffers_lock:
+        buffers = list(_buffers.values())
+    for buffer in buffers:
+        buffer.close()
+
+
+class _VisibleCache:
+    """(principal, contract) pairs found visible recently, so a steady sender pays no query."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: tuple[uuid.UUID, uuid.UUID]) -> bool:
+        at = self._seen.get(key)
+        return at is not None and time.monotonic() - at < VISIBLE_SECONDS
+
+    def add(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        with self._lock:
+            if len(self._seen) >= MAX_VISIBLE_ENTRIES:
+                self._seen.clear()
+            self._seen[key] = time.monotonic()
+
+
+_visible = _VisibleCache()
+
+
+def send_heartbeat(
+    caller: Caller, engine: Engine | None, settings: Settings, send: Sender, raw: Mapping[str, Any]
+) -> uuid.UUID:
+    """Check one heartbeat, buffer it, return its id (the API module's `send_heartbeat`)."""
+    require_enabled(settings)
+    try:
+        hb = parse_heartbeat(raw)
+    except InvalidHeartbeat as exc:
+        raise invalid(exc) from None
+    key = (caller.principal_id, hb.contract_id)
+    if not _visible.fresh(key):
+        owner = owners_of(engine, settings, {hb.contract_id}).get(hb.contract_id)
+        if owner is None or not caller.may_access(owner):
+            raise ContractNotFound(hb.contract_id)
+        _visible.add(key)
+    buffer_for(send, settings).add(caller.principal_id, hb.to_json())
+    return hb.id
+
+
+# --- the HTTP front's group commit ----------------------------------------------------------
+
+
+@dataclass
+class ItemResult:
+    index: int
+    id: uuid.UUID | None
+    code: str | None = None
+    field: str | None = None
+    message: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.code is None
+
+
+@dataclass
+class Submission:
+    """One request's heartbeats: the parsed ones with their positions, and every result."""
+
+    caller: Caller
+    parsed: list[tuple[int, Heartbeat]]
+    results: list[ItemResult]
+
+
+@dataclass
+class _Group:
+    entries: list[Submission] = field(default_factory=list)
+    size: int = 0
+    full: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Coalesce concurrent submissions into one message (see the module docstring)."""
+
+    def __init__(
+        self, flush: Callable[[list[Submission]], None], linger_seconds: float, max_items: int
+    ) -> None:
+        self._flush = flush
+        self.linger = linger_seconds
+        self.max_items = max_items
+        self._open: _Group | None = None
+        self._lock = threading.Lock()
+        self.groups = 0
+
+    def submit(self, entry: Submission) -> None:
+        """Return once the message holding `entry` is in the broker; raise the send's error."""
+        with self._lock:
+            group = self._open
+            leader = group is None
+            if group is None:
+                group = self._open = _Group()
+            group.entries.append(entry)
+            group.size += len(entry.parsed)
+            if group.size >= self.max_items:
+                self._open = None
+                group.full.set()
+        if leader:
+            if self.linger > 0:
+                group.full.wait(self.linger)
+            with self._lock:
+                if self._open is group:
+                    self._open = None
+            try:
+                self.groups += 1
+                self._flush(group.entries)
+            except BaseException as exc:
+                group.error = exc
+            finally:
+                group.done.set()
+        else:
+            group.done.wait()
+        if group.error is not None:
+            raise group.error
+
+
+def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Callable[[list[Submission]], None]:
+    """The group commit's send: one visibility query for the group, then one message."""
+
+    def flush(entries: list[Submission]) -> None:
+        contract_ids = {hb.contract_id for e in entries for _, hb in e.parsed}
+        owners = owners_of(engine, settings, contract_ids)
+        groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        total = 0
+        for entry in entries:
+            for index, hb in entry.parsed:
+                owner = owners.get(hb.contract_id)
+                if owner is None or not entry.caller.may_access(owner):
+                    result = entry.results[index]
+                    result.code = ContractNotFound.code
+                    result.field = "contractId"
+                    result.message = f"Contract {hb.contract_id} does not exist or is not visible to you."
+                    continue
+                groups.setdefault(entry.caller.principal_id, []).append(hb.to_json())
+                total += 1
+        if not total:
+            return
+        if total <= MAX_PER_MESSAGE:
+            send(TaskName.INGEST_HEARTBEATS.value, message_of(groups), None)
+            return
+        for principal, items in groups.items():
+            for start in range(0, len(items), MAX_PER_MESSAGE):
+                send(
+                    TaskName.INGEST_HEARTBEATS.value,
+                    message_of({principal: items[start : start + MAX_PER_MESSAGE]}),
+                    None,
+                )
+
+    return flush
+
+
+def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
+    """Parse each heartbeat of a request; an invalid one gets its own result, the rest go on."""
+    parsed: list[tuple[int, Heartbeat]] = []
+    results: list[ItemResult] = []
+    for index, raw in enumerate(items):
+        try:
+            hb = parse_heartbeat(raw)
+        except InvalidHeartbeat as exc:
+            results.append(
+                ItemResult(
+                    index,
+                    None,
+                    ValidationFailed.code,
+                    exc.field,
+                    f"The heartbeat is not valid: {exc.field}: {exc.problem}.",
+                )
+            )
+            continue
+        parsed.append((index, hb))
+        results.append(ItemResult(index, hb.id))
+    return Submission(caller, parsed, results)
+
+
+__all__ = [
+    "FLAG",
+    "GroupCommit",
+    "HeartbeatBuffer",
+    "ItemResult",
+    "Submission",
+    "buffer_for",
+    "flush_all",
+    "http_flush",
+    "owners_of",
+    "parse_submission",
+    "require_enabled",
+    "send_heartbeat",
+]

@@ -1,0 +1,223 @@
+"""Supervisor heartbeats over HTTP: send them (202, coalesced), read a contract's supervisor.
+
+`POST /api/v1/supervisors/heartbeats` takes one heartbeat (a JSON object) or a list of up to
+1,000. Each is checked on its own: an invalid one is refused with the field named and the
+rest go on (per-item results). Concurrent requests to this process share one broker message
+(a request waits at most `[heartbeats] coalesce_ms` for company) and each is answered 202
+only once the message holding its heartbeats is in the broker.
+
+With the `supervisor_heartbeat` feature flag off, every endpoint here answers 503
+FEATURE_DISABLED.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Body, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from app.auth import Caller
+from app.broker import send_task
+from app.config import get_settings
+from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState
+from app.heartbeat_buffer import GroupCommit, http_flush, parse_submission, require_enabled
+from app.http.deps import Api, ContractId, wiring
+from app.http.errors import API_PREFIX, error_response, error_responses
+from app.schemas import ErrorCode
+from app.supervisors import (
+    HeartbeatItemResult,
+    HeartbeatList,
+    HeartbeatsAccepted,
+    SupervisorStatus,
+    SyncRequested,
+)
+
+E = ErrorCode
+MAX_PER_REQUEST: Final = 1000
+CONTRACT = "/{id:uuid}"
+
+router = APIRouter(
+    tags=["supervisors"],
+    responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
+)
+
+_HEARTBEAT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["taskId", "contractId", "state", "phase", "timestamp"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "Your heartbeat id (default: "
+            "derived from taskId and timestamp, so a resend is stored once)",
+        },
+        "taskId": {"type": "string", "format": "uuid"},
+        "contractId": {"type": "string", "format": "uuid"},
+        "state": {"type": "string", "enum": [s.value for s in SupervisorState]},
+        "phase": {"type": "string", "minLength": 1, "maxLength": 100},
+        "currentActivity": {"type": "string", "maxLength": 2000},
+        "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+        "pendingTaskIds": {
+            "type": "array",
+            "maxItems": MAX_PENDING_TASKS,
+            "items": {"type": "string", "format": "uuid"},
+        },
+        "timestamp": {"type": "string", "format": "date-time", "description": "Your clock, with a time zone"},
+        "incarnation": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "As issued; omitted: the current one",
+        },
+        "daemonId": {"type": ["string", "null"], "maxLength": 200},
+        "host": {"type": ["string", "null"], "maxLength": 255},
+    },
+}
+_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _HEARTBEAT_SCHEMA,
+                        {"type": "array", "maxItems": MAX_PER_REQUEST, "items": _HEARTBEAT_SCHEMA},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+_groups_lock = threading.Lock()
+
+
+def _disabled(exc: FeatureDisabled) -> JSONResponse:
+    return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, exc.message, exc.details)
+
+
+def _group_commit(request: Request) -> GroupCommit:
+    """This app's group commit, made on first use with the app's database and sender."""
+    state = request.app.state
+    found: GroupCommit | None = getattr(state, "heartbeat_group_commit", None)
+    if found is None:
+        with _groups_lock:
+            found = getattr(state, "heartbeat_group_commit", None)
+            if found is None:
+                settings = get_settings()
+                wired = wiring(request)
+                found = GroupCommit(
+                    http_flush(wired.engine, settings, wired.sender or send_task),
+                    settings.heartbeats.coalesce_ms / 1000,
+                    settings.heartbeats.batch_size,
+                )
+                state.heartbeat_group_commit = found
+    return found
+
+
+def accept(request: Request, caller: Caller, body: Any) -> HeartbeatsAccepted:
+    single = isinstance(body, dict)
+    items = [body] if single else body
+    if not isinstance(items, list):
+        raise ValidationFailed(
+            "Send one heartbeat (a JSON object) or a list of them.", details={"field": "body"}
+        )
+    if len(items) > MAX_PER_REQUEST:
+        raise ValidationFailed(
+            f"At most {MAX_PER_REQUEST} heartbeats per request (this one has {len(items)}).",
+            details={"field": "body", "limit": MAX_PER_REQUEST},
+        )
+    submission = parse_submission(caller, items)
+    if single and submission.results and not submission.results[0].accepted:
+        first = submission.results[0]
+        raise ValidationFailed(first.message or "invalid heartbeat", details={"field": first.field})
+    if submission.parsed:
+        _group_commit(request).submit(submission)
+    if single and not submission.results[0].accepted:
+        raise ContractNotFound(submission.parsed[0][1].contract_id)
+    results = [
+        HeartbeatItemResult(
+            index=r.index,
+            id=r.id,
+            status="accepted" if r.accepted else "refused",
+            code=r.code,
+            field=r.field,
+            message=r.message,
+        )
+        for r in submission.results
+    ]
+    accepted = sum(1 for r in submission.results if r.accepted)
+    return HeartbeatsAccepted(accepted=accepted, refused=len(results) - accepted, results=results)
+
+
+@router.post(
+    "/api/v1/supervisors/heartbeats",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=HeartbeatsAccepted,
+    openapi_extra=_BODY,
+    responses=error_responses(E.CONTRACT_NOT_FOUND, E.VALIDATION_FAILED, E.BROKER_UNAVAILABLE, bad_json=True),
+)
+def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) -> Any:
+    """Supervisor heartbeats: one (a JSON object) or a list of up to 1,000, answered 202 once
+    they are queued. In a list, each heartbeat gets its own result: an invalid one (the field
+    is named) or one for a contract you cannot see is refused and the others are accepted. A
+    single heartbeat that is refused answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
+    A heartbeat without an `id` is identified by its task and timestamp, so sending it again
+    stores it once."""
+    try:
+        require_enabled(get_settings())
+    except FeatureDisabled as exc:
+        return _disabled(exc)
+    return accept(request, api.caller, body)
+
+
+@router.get(
+    API_PREFIX + CONTRACT + "/supervisor/status",
+    response_model=SupervisorStatus,
+    responses=error_responses(E.CONTRACT_NOT_FOUND, E.SUPERVISOR_NOT_FOUND),
+)
+def supervisor_status(contract_id: ContractId, api: Api) -> Any:
+    """The contract's supervisor: its newest state (by incarnation, then its own timestamp),
+    its incarnation, when we last received a heartbeat from it, and whether it is alive
+    (received within the heartbeat timeout). SUPERVISOR_NOT_FOUND when none ever reported."""
+    try:
+        return api.supervisor_status(contract_id)
+    except FeatureDisabled as exc:
+        return _disabled(exc)
+
+
+@router.get(
+    API_PREFIX + CONTRACT + "/supervisor/heartbeats",
+    response_model=HeartbeatList,
+    responses=error_responses(E.CONTRACT_NOT_FOUND),
+)
+def supervisor_heartbeats(
+    contract_id: ContractId, api: Api, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> Any:
+    """The contract's heartbeats of the last 24 hours, newest received first; fenced ones
+    (from an incarnation that had been replaced) are marked."""
+    try:
+        return api.supervisor_heartbeats(contract_id, limit)
+    except FeatureDisabled as exc:
+        return _disabled(exc)
+
+
+@router.post(
+    API_PREFIX + CONTRACT + "/supervisor/sync",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SyncRequested,
+    responses=error_responses(E.CONTRACT_NOT_FOUND, E.SUPERVISOR_NOT_FOUND, E.SUPERVISOR_DEAD),
+)
+def supervisor_sync(contract_id: ContractId, api: Api) -> Any:
+    """Ask the supervisor's daemon to send its full state now (a daemon command). Needs a live
+    supervisor: SUPERVISOR_DEAD (503, with when it was last heard) or SUPERVISOR_NOT_FOUND."""
+    try:
+        return api.request_supervisor_sync(contract_id)
+    except FeatureDisabled as exc:
+        return _disabled(exc)
+
+
+__all__ = ["MAX_PER_REQUEST", "accept", "router"]

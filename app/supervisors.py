@@ -1,0 +1,431 @@
+"""Supervisors as callers see them, and the sweep that declares the silent ones dead.
+
+- `supervisor_status`, `heartbeat_history`, `list_daemons`: owner-scoped reads (a contract the
+  caller cannot see answers CONTRACT_NOT_FOUND, exactly like a missing one).
+- `require_live_supervisor`: what a command that needs a live supervisor calls first:
+  SUPERVISOR_NOT_FOUND when none ever sent a heartbeat, SUPERVISOR_DEAD (with when it was
+  last heard) when it was declared dead or has been silent longer than the timeout.
+- `detect_dead_supervisors`: the beat sweep. A supervisor is dead when nothing was *received*
+  from it for `heartbeat_timeout_seconds` (our clock, never the daemon's). Declaring it dead
+  records `supervisor_state_changed` (to `interrupted`) and `supervisor_dead`, bumps its
+  incarnation (so its late heartbeats are fenced) and tells its daemon. Rows are claimed with
+  `FOR UPDATE SKIP LOCKED` and re-checked under the lock, so the sweep is safe to run twice
+  and to overlap: a supervisor is declared dead once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from pydantic import Field
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from app.auth import Caller
+from app.contract_rows import get_contract
+from app.db import UnitOfWork
+from app.domain.errors import SupervisorDead, SupervisorNotFound
+from app.domain.supervisors import SupervisorRecord, daemon_alive, declare_dead, is_dead
+from app.heartbeats import (
+    FENCED_COMMAND,
+    RETENTION,
+    STATE_CHANGED,
+    SUPERVISOR_COLUMNS,
+    SUPERVISOR_DEAD,
+    fenced_payload,
+    supervisor_record,
+)
+from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
+from app.pending_writes import hold_event
+from app.queues import TaskName
+from app.schemas import Schema, Timestamp
+
+SYNC_COMMAND: Final = "sync_supervisor_state"
+DEAD_SWEEP_BATCH: Final = 500
+MAX_DAEMON_SUPERVISORS: Final = 100
+
+_SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+class SupervisorStatus(Schema):
+    """A contract's supervisor: its newest state, and whether it is alive."""
+
+    task_id: uuid.UUID
+    contract_id: uuid.UUID
+    state: str = Field(
+        description="initializing, idle, working, waiting_for_user, waiting_for_tasks, "
+        "blocked, completed, failed or interrupted"
+    )
+    phase: str
+    current_activity: str
+    progress: int = Field(description="0 to 100")
+    pending_task_ids: list[str]
+    last_heartbeat: Timestamp | None = Field(
+        description="The daemon's own timestamp of the heartbeat whose state this is (null after a "
+        "death, until the next incarnation reports)"
+    )
+    last_received_at: Timestamp = Field(description="When the server last received a heartbeat of it")
+    incarnation: int = Field(description="Its current incarnation; heartbeats of older ones are fenced")
+    alive: bool = Field(description="A heartbeat was received within the heartbeat timeout")
+    dead_at: Timestamp | None = Field(description="When it was declared dead, if it was")
+    daemon_id: str | None
+    host: str | None
+
+
+class HeartbeatRecord(Schema):
+    """One heartbeat as received and kept (the last 24 hours)."""
+
+    id: uuid.UUID
+    task_id: uuid.UUID
+    state: str
+    phase: str
+    current_activity: str
+    progress: int
+    pending_task_ids: list[str]
+    timestamp: Timestamp = Field(description="The daemon's timestamp")
+    received_at: Timestamp = Field(description="When the server received it")
+    incarnation: int | None = Field(description="As sent (null: the current one)")
+    fenced: bool = Field(description="Sent by an incarnation that had been replaced: changed nothing")
+    daemon_id: str | None
+    host: str | None
+
+
+class HeartbeatList(Schema):
+    heartbeats: list[HeartbeatRecord] = Field(description="Newest first")
+
+
+class DaemonView(Schema):
+    """A daemon seen in heartbeats (by its `daemonId`)."""
+
+    daemon_id: str
+    host: str | None
+    last_seen_at: Timestamp = Field(description="When the server last received a heartbeat from it")
+    alive: bool = Field(description="Heard from within the heartbeat timeout")
+    supervisors: int = Field(description="Supervisors it runs (that you can see)")
+    alive_supervisors: int
+    supervisor_task_ids: list[uuid.UUID] = Field(description=f"At most {MAX_DAEMON_SUPERVISORS}")
+
+
+class DaemonList(Schema):
+    daemons: list[DaemonView]
+
+
+class HeartbeatItemResult(Schema):
+    index: int = Field(description="Position in the list sent")
+    id: uuid.UUID | None = Field(description="The heartbeat's id (derived when it was sent without one)")
+    status: Literal["accepted", "refused"]
+    code: str | None = Field(default=None, description="Why it was refused (VALIDATION_FAILED, ...)")
+    field: str | None = Field(default=None, description="The field to fix")
+    message: str | None = None
+
+
+class HeartbeatsAccepted(Schema):
+    """Heartbeats queued (202): the accepted ones are in the broker; refused ones say why."""
+
+    accepted: int
+    refused: int
+    results: list[HeartbeatItemResult]
+
+
+class SyncRequested(Schema):
+    """The supervisor's daemon was asked to send its full state now."""
+
+    requested: bool
+    task_id: uuid.UUID
+    state: str
+    incarnation: int
+    last_received_at: Timestamp
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+def _latest(session: Session, contract_id: uuid.UUID) -> SupervisorRecord | None:
+    """The contract's supervisor: the one heard from most recently."""
+    row = session.execute(
+        select(*SUPERVISOR_COLUMNS)
+        .where(Supervisor.contract_id == contract_id)
+        .order_by(Supervisor.last_received_at.desc())
+        .limit(1)
+    ).first()
+    return supervisor_record(row) if row is not None else None
+
+
+def _alive(record: SupervisorRecord, now: datetime, timeout: timedelta) -> bool:
+    """Alive as stored and not silent past the timeout (even before the sweep has run)."""
+    return record.alive and not is_dead(record, now, timeout)
+
+
+def status_view(record: SupervisorRecord, now: datetime, timeout: timedelta) -> SupervisorStatus:
+    return SupervisorStatus(
+        task_id=record.task_id,
+        contract_id=record.contract_id,
+        state=record.state.value,
+        phase=record.phase,
+        current_activity=record.current_activity,
+        progress=record.progress,
+        pending_task_ids=list(record.pending_task_ids),
+        last_heartbeat=record.sent_at,
+        last_received_at=record.last_received_at,
+        incarnation=record.incarnation,
+        alive=_alive(record, now, timeout),
+        dead_at=record.dead_at,
+        daemon_id=record.daemon_id,
+        host=record.host,
+    )
+
+
+def supervisor_status(
+    session: Session, caller: Caller, contract_id: uuid.UUID, now: datetime, timeout: timedelta
+) -> SupervisorStatus:
+    contract = get_contract(session, caller, contract_id)
+    record = _latest(session, contract.id)
+    if record is None:
+        raise SupervisorNotFound(contract.id)
+    return status_view(record, now, timeout)
+
+
+def require_live_supervisor(
+    session: Session, contract_id: uuid.UUID, now: datetime, timeout: timedelta
+) -> SupervisorRecord:
+    """The contract's live supervisor, or SUPERVISOR_NOT_FOUND / SUPERVISOR_DEAD (with when it
+    was last heard). For commands that need a supervisor to act on them."""
+    record = _latest(session, contract_id)
+    if record is None:
+        raise SupervisorNotFound(contract_id)
+    if not _alive(record, now, timeout):
+        incarnation = record.incarnation if not record.alive else record.incarnation + 1
+        raise SupervisorDead(
+            contract_id, record.task_id, record.last_received_at, record.dead_at, incarnation
+        )
+    return record
+
+
+def heartbeat_history(
+    session: Session, caller: Caller, contract_id: uuid.UUID, limit: int, now: datetime
+) -> HeartbeatList:
+    """The contract's heartbeats of the last 24 hours, newest (by receive time) first."""
+    contract = get_contract(session, caller, contract_id)
+    h = SupervisorHeartbeat
+    rows = session.scalars(
+        select(h)
+        .where(h.contract_id == contract.id, h.received_at >= now - RETENTION)
+        .order_by(h.received_at.desc(), h.sent_at.desc())
+        .limit(limit)
+    )
+    return HeartbeatList(
+        heartbeats=[
+            HeartbeatRecord(
+                id=r.id,
+                task_id=r.task_id,
+                state=r.state,
+                phase=r.phase,
+                current_activity=r.current_activity,
+                progress=r.progress,
+                pending_task_ids=list(r.pending_task_ids or []),
+                timestamp=r.sent_at,
+                received_at=r.received_at,
+                incarnation=r.incarnation,
+                fenced=r.fenced,
+                daemon_id=r.daemon_id,
+                host=r.host,
+            )
+            for r in rows
+        ]
+    )
+
+
+def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timedelta) -> DaemonList:
+    """Daemons seen in heartbeats of the caller's contracts (every owner's for an admin)."""
+    query = (
+        select(
+            Supervisor.daemon_id,
+            Supervisor.host,
+            Supervisor.task_id,
+            Supervisor.last_received_at,
+            Supervisor.alive,
+        )
+        .join(Contract, Contract.id == Supervisor.contract_id)
+        .where(Supervisor.daemon_id.is_not(None))
+        .order_by(Supervisor.daemon_id, Supervisor.last_received_at.desc())
+    )
+    if not caller.is_admin:
+        query = query.where(Contract.owner_id == caller.owner_id)
+    daemons: dict[str, dict[str, Any]] = {}
+    for daemon_id, host, task_id, received, alive in session.execute(query):
+        if daemon_id is None:
+            continue
+        entry = daemons.get(daemon_id)
+        if entry is None:
+            entry = daemons[daemon_id] = {
+                "host": host,
+                "last": received,
+                "total": 0,
+                "alive": 0,
+                "tasks": [],
+            }
+        entry["total"] += 1
+        entry["alive"] += int(bool(alive) and now - received <= timeout)
+        if len(entry["tasks"]) < MAX_DAEMON_SUPERVISORS:
+            entry["tasks"].append(task_id)
+    return DaemonList(
+        daemons=[
+            DaemonView(
+                daemon_id=daemon_id,
+                host=e["host"],
+                last_seen_at=e["last"],
+                alive=daemon_alive(e["last"], now, timeout),
+                supervisors=e["total"],
+                alive_supervisors=e["alive"],
+                supervisor_task_ids=e["tasks"],
+            )
+            for daemon_id, e in sorted(daemons.items(), key=lambda kv: kv[1]["last"], reverse=True)
+        ]
+    )
+
+
+def request_sync(
+    uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, now: datetime, timeout: timedelta
+) -> SyncRequested:
+    """Ask the supervisor's daemon to send its full state now (a daemon command).
+
+    Needs a live supervisor: SUPERVISOR_NOT_FOUND or SUPERVISOR_DEAD otherwise.
+    """
+    contract = get_contract(uow.session, caller, contract_id)
+    record = require_live_supervisor(uow.session, contract.id, now, timeout)
+    uow.session.add(
+        DaemonCommand(
+            contract_id=contract.id,
+            command=SYNC_COMMAND,
+            payload={
+                "taskId": str(record.task_id),
+                "incarnation": record.incarnation,
+                "daemonId": record.daemon_id,
+                "host": record.host,
+            },
+            created_at=now,
+        )
+    )
+    uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract.id)})
+    return SyncRequested(
+        requested=True,
+        task_id=record.task_id,
+        state=record.state.value,
+        incarnation=record.incarnation,
+        last_received_at=record.last_received_at,
+    )
+
+
+# --- the dead sweep -------------------------------------------------------------------------
+
+
+def detect_dead_supervisors(
+    uow: UnitOfWork, now: datetime, timeout: timedelta, limit: int = DEAD_SWEEP_BATCH
+) -> list[SupervisorRecord]:
+    """Declare dead the supervisors nothing was received from for `timeout`; at most `limit`.
+
+    Returns the records as they are after the declaration. Claimed with SKIP LOCKED (a row an
+    ingesting worker holds is being proven alive right now) and written only if its write
+    counter did not move, so an overlapping sweep or a heartbeat that just arrived wins.
+    """
+    cutoff = now - timeout
+    rows = uow.session.execute(
+        select(*SUPERVISOR_COLUMNS)
+        .where(Supervisor.alive.is_(True), Supervisor.last_received_at < cutoff)
+        .order_by(Supervisor.last_received_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    declared: list[SupervisorRecord] = []
+    contracts: set[uuid.UUID] = set()
+    for row in rows:
+        record = supervisor_record(row)
+        if not is_dead(record, now, timeout):
+            continue
+        after, changes = declare_dead(record, now)
+        written = uow.session.execute(
+            update(_SUPERVISORS)
+            .where(_SUPERVISORS.c.task_id == record.task_id, _SUPERVISORS.c.version == record.version)
+            .values(
+                incarnation=after.incarnation,
+                version=bindparam("new_version"),
+                state=after.state.value,
+                alive=False,
+                dead_at=now,
+                sent_at=None,
+                updated_at=now,
+            ),
+            {"new_version": after.version},
+        )
+        if not getattr(written, "rowcount", 0):
+            continue
+        for change in changes:
+            hold_event(
+                uow.session,
+                change.contract_id,
+                STATE_CHANGED,
+                {"contractId": str(change.contract_id), **change.payload()},
+                now,
+            )
+        hold_event(
+            uow.session,
+            record.contract_id,
+            SUPERVISOR_DEAD,
+            {
+                "contractId": str(record.contract_id),
+                "taskId": str(record.task_id),
+                "lastReceivedAt": record.last_received_at.isoformat(),
+                "lastState": record.state.value,
+                "deadIncarnation": record.incarnation,
+                "newIncarnation": after.incarnation,
+                "timeoutSeconds": timeout.total_seconds(),
+            },
+            now,
+        )
+        uow.session.add(
+            DaemonCommand(
+                contract_id=record.contract_id,
+                command=FENCED_COMMAND,
+                payload=fenced_payload(
+                    record.task_id, record.incarnation, after.incarnation, record.daemon_id, record.host
+                ),
+                created_at=now,
+            )
+        )
+        contracts.add(record.contract_id)
+        declared.append(after)
+    for contract_id in sorted(contracts):
+        uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract_id)})
+    return declared
+
+
+def supervisors_of(session: Session, contract_id: uuid.UUID) -> Sequence[SupervisorRecord]:
+    rows = session.execute(select(*SUPERVISOR_COLUMNS).where(Supervisor.contract_id == contract_id))
+    return [supervisor_record(r) for r in rows]
+
+
+__all__ = [
+    "SYNC_COMMAND",
+    "DaemonList",
+    "DaemonView",
+    "HeartbeatItemResult",
+    "HeartbeatList",
+    "HeartbeatRecord",
+    "HeartbeatsAccepted",
+    "SupervisorStatus",
+    "SyncRequested",
+    "detect_dead_supervisors",
+    "heartbeat_history",
+    "list_daemons",
+    "request_sync",
+    "require_live_supervisor",
+    "status_view",
+    "supervisor_status",
+    "supervisors_of",
+]

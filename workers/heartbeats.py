@@ -1,0 +1,73 @@
+"""Heartbeat tasks: ingest a list (`heartbeats` queue), declare the silent dead, drop old days.
+
+Each task decodes, calls one service in `app`, and returns; each is safe to run twice (a
+heartbeat id is stored once, the dead sweep re-checks under the row lock, retention only
+drops what is past the cut-off). With the `supervisor_heartbeat` feature flag off they do
+nothing: queued heartbeats are acknowledged and dropped, the sweeps skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from app import heartbeats, supervisors
+from app.broker import send_task
+from app.config import get_settings
+from app.db import unit_of_work
+from app.models import utcnow
+from app.queues import TaskName
+from workers.base import AccountableTask
+from workers.broker_redis import broker_key, broker_redis
+from workers.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+
+# The live monitor's light `heartbeat` notice: published after commit, never stored.
+MONITOR_CHANNEL = "monitor:heartbeats"
+
+
+def _publish_notice(notices: list[dict[str, Any]]) -> None:
+    broker_redis().publish(broker_key(MONITOR_CHANNEL), json.dumps({"type": "heartbeat", "items": notices}))
+
+
+def _enabled(what: str) -> bool:
+    if get_settings().feature_flags.supervisor_heartbeat:
+        return True
+    log.info("%s skipped: feature flag supervisor_heartbeat is off", what)
+    return False
+
+
+@celery_app.task(name=TaskName.INGEST_HEARTBEATS, base=AccountableTask)
+def ingest(message: Any) -> dict[str, int] | None:
+    """A list of heartbeats, stored with a constant number of statements."""
+    if not _enabled("heartbeat ingestion"):
+        return None
+    return heartbeats.ingest(message, sender=send_task, notify=_publish_notice).as_dict()
+
+
+@celery_app.task(name=TaskName.DETECT_DEAD_SUPERVISORS, base=AccountableTask)
+def detect_dead_supervisors() -> int:
+    """Supervisors silent for `heartbeat_timeout_seconds` (by receive time) are declared dead."""
+    if not _enabled("dead-supervisor sweep"):
+        return 0
+    settings = get_settings()
+    timeout = timedelta(seconds=settings.contracts.heartbeat_timeout_seconds)
+    total = 0
+    while True:
+        with unit_of_work(send_task) as uow:
+            declared = supervisors.detect_dead_supervisors(uow, utcnow(), timeout)
+        total += len(declared)
+        if len(declared) < supervisors.DEAD_SWEEP_BATCH:
+            return total
+
+
+@celery_app.task(name=TaskName.HEARTBEAT_RETENTION, base=AccountableTask)
+def heartbeat_retention() -> int:
+    """Heartbeats older than 24 h go: day partitions dropped (PostgreSQL), chunks deleted (SQLite)."""
+    if not _enabled("heartbeat retention"):
+        return 0
+    report = heartbeats.apply_retention()
+    return len(report.dropped) + report.deleted_rows
