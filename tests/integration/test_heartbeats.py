@@ -1,0 +1,409 @@
+"""Supervisor heartbeats end to end: API module / HTTP → Redis → real `celery worker` → PostgreSQL.
+
+One worker (two processes, queues heartbeats, sweeps and contracts) serves the module; its
+heartbeat timeout is shortened to 2 s by configuration, and the sweeps are sent the way beat
+sends them (twice at once where overlap matters), so nothing sleeps for two minutes.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app import heartbeats
+from app.api import ContractsAPI
+from app.broker import get_celery, send_task
+from app.db import get_engine, unit_of_work
+from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.heartbeat_partitions import partition_name
+from app.http import create_app
+from app.models import DaemonCommand, DeadLetter, Supervisor, SupervisorHeartbeat, utcnow
+from app.queues import TaskName
+from tests.integration.helpers import event_types
+from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    proc = start_worker(
+        tmp_path_factory.mktemp("hb"),
+        queues="heartbeats,sweeps,contracts",
+        concurrency=2,
+        extra_env={"MAKIMA_CONTRACTS__HEARTBEAT_TIMEOUT_SECONDS": str(TIMEOUT_S)},
+    )
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+def beat(task: TaskName) -> None:
+    """What beat does: send a sweep task (no arguments) to the sweeps queue."""
+    get_celery().send_task(task.value, queue="sweeps")
+
+
+def hb(cid: uuid.UUID, task: uuid.UUID, state: str, at: datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "taskId": str(task),
+        "contractId": str(cid),
+        "state": state,
+        "phase": "plan",
+        "currentActivity": f"{state} at {at.isoformat()}",
+        "progress": 10,
+        "pendingTaskIds": [],
+        "timestamp": at.isoformat(),
+        **extra,
+    }
+
+
+def rows(cid: uuid.UUID) -> list[SupervisorHeartbeat]:
+    with unit_of_work() as uow:
+        return list(
+            uow.session.scalars(select(SupervisorHeartbeat).where(SupervisorHeartbeat.contract_id == cid))
+        )
+
+
+def supervisor(task: uuid.UUID) -> Supervisor | None:
+    with unit_of_work() as uow:
+        return uow.session.get(Supervisor, task)
+
+
+def wait_rows(cid: uuid.UUID, count: int, timeout: float = 30) -> list[SupervisorHeartbeat]:
+    return wait_for(lambda: (found := rows(cid)) and len(found) >= count and found, timeout=timeout,
+                    what=f"{count} heartbeat rows")  # fmt: skip
+
+
+@pytest.fixture
+def daemon(make_caller, worker: WorkerProcess) -> tuple[ContractsAPI, uuid.UUID]:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    return api, uuid.UUID(str(api.create_contract("heartbeats", "simple").id))
+
+
+def test_duplicate_late_and_out_of_order_heartbeats_leave_the_newest_state_and_one_row_per_id(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    api, cid = daemon
+    task = uuid.uuid4()
+    t0 = utcnow()
+    # Batch 1: the newest heartbeat arrives first.
+    newest = api.send_heartbeat(cid, task, "idle", "plan", progress=60, timestamp=t0 + timedelta(seconds=3))
+    api.flush()
+    wait_rows(cid, 1)
+    # Batch 2: older ones late and out of order, the newest again, and one twice in the batch.
+    older = [
+        api.send_heartbeat(cid, task, "working", "plan", progress=p, timestamp=t0 + timedelta(seconds=s))
+        for s, p in ((2, 40), (0, 0), (1, 20))
+    ]
+    api.send_heartbeat(cid, task, "idle", "plan", progress=60, timestamp=t0 + timedelta(seconds=3))
+    api.send_heartbeat(cid, task, "working", "plan", progress=0, timestamp=t0)
+    assert api.flush() == 5
+    stored = wait_rows(cid, 4)
+    # Batch 3: a sender's resend of the whole lot, as one more list.
+    for s, p, st in ((3, 60, "idle"), (2, 40, "working"), (0, 0, "working"), (1, 20, "working")):
+        api.send_heartbeat(cid, task, st, "plan", progress=p, timestamp=t0 + timedelta(seconds=s))
+    api.flush()
+
+    def counted() -> dict[str, int] | None:
+        with unit_of_work() as uow:
+            c = heartbeats.counters(uow.session)
+        return c if c["received"] >= 10 else None
+
+    wait_for(counted, what="three batches ingested")
+    stored = rows(cid)
+    assert sorted(r.id for r in stored) == sorted({newest, *older})  # one row per id
+    row = supervisor(task)
+    assert row is not None
+    assert (row.state, row.progress, row.heartbeat_id, row.incarnation) == ("idle", 60, newest, 1)
+    # One state change: none → idle; the late 'working' heartbeats changed nothing.
+    assert event_types(cid).count("supervisor_state_changed") == 1
+    status = api.supervisor_status(cid)
+    assert status.state == "idle" and status.alive and status.last_received_at >= t0
+    history = api.supervisor_heartbeats(cid, limit=10).heartbeats
+    assert len(history) == 4 and not any(h.fenced for h in history)
+
+
+def test_a_list_with_one_invalid_heartbeat_stores_the_rest(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    t0 = utcnow()
+    tasks = [uuid.uuid4() for _ in range(4)]
+    body = [hb(cid, t, "working", t0) for t in tasks]
+    body.insert(2, {**hb(cid, uuid.uuid4(), "working", t0), "progress": 150})
+    body.append(hb(uuid.uuid4(), uuid.uuid4(), "working", t0))  # a contract nobody has
+    with TestClient(create_app()) as client:
+        resp = client.post(
+            "/api/v1/supervisors/heartbeats", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert resp.status_code == 202, resp.text
+    answer = resp.json()
+    assert (answer["accepted"], answer["refused"]) == (4, 2)
+    refused = [r for r in answer["results"] if r["status"] == "refused"]
+    assert [(r["index"], r["code"], r["field"]) for r in refused] == [
+        (2, "VALIDATION_FAILED", "progress"),
+        (5, "CONTRACT_NOT_FOUND", "contractId"),
+    ]
+    wait_rows(cid, 4)
+    assert all(supervisor(t) is not None for t in tasks)
+
+    # A message that bypassed the API (one bad heartbeat inside) is judged per item too:
+    # the rest are stored, the bad one is kept as a dead letter naming the field.
+    good, bad = hb(cid, uuid.uuid4(), "idle", t0), {**hb(cid, uuid.uuid4(), "idle", t0), "state": "asleep"}
+    send_task(
+        TaskName.INGEST_HEARTBEATS.value,
+        heartbeats.message_of({api.caller.principal_id: [good, bad]}),
+    )
+    wait_rows(cid, 5)
+
+    def parked() -> DeadLetter | None:
+        with unit_of_work() as uow:
+            found = uow.session.scalars(
+                select(DeadLetter).where(DeadLetter.task_name == TaskName.INGEST_HEARTBEATS.value)
+            ).all()
+            return next((d for d in found if bad["taskId"] in d.raw_body), None)
+
+    letter = wait_for(parked, what="the invalid heartbeat parked")
+    assert "state" in letter.error
+
+
+def test_the_api_module_refuses_what_it_can_judge_at_once(daemon: tuple[ContractsAPI, uuid.UUID]) -> None:
+    api, cid = daemon
+    with pytest.raises(ValidationFailed) as bad:
+        api.send_heartbeat(cid, uuid.uuid4(), "dreaming", "plan")
+    assert bad.value.details["field"] == "state"
+    with pytest.raises(ContractNotFound):
+        api.send_heartbeat(uuid.uuid4(), uuid.uuid4(), "working", "plan")
+
+
+def dead_events(cid: uuid.UUID) -> int:
+    return event_types(cid).count("supervisor_dead")
+
+
+def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fenced(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    api, cid = daemon
+    task = uuid.uuid4()
+    t0 = utcnow()
+    api.send_heartbeat(cid, task, "working", "execute", timestamp=t0, daemon_id="d-dead", host="host-a")
+    api.flush()
+    wait_for(lambda: supervisor(task), what="supervisor stored")
+    beat(TaskName.DETECT_DEAD_SUPERVISORS)  # within the timeout: nothing happens
+    wait_for(lambda: (r := supervisor(task)) and r.last_received_at < utcnow() - timedelta(seconds=TIMEOUT_S),
+             timeout=10, what="silence past the timeout")  # fmt: skip
+    assert supervisor(task).alive  # type: ignore[union-attr]
+    for _ in range(3):  # overlapping sweeps, as a slow beat and a fast one would send them
+        beat(TaskName.DETECT_DEAD_SUPERVISORS)
+    wait_for(lambda: dead_events(cid) == 1, what="declared dead")
+    beat(TaskName.DETECT_DEAD_SUPERVISORS)
+    row = supervisor(task)
+    assert row is not None and (row.alive, row.state, row.incarnation) == (False, "interrupted", 2)
+    types = event_types(cid)
+    assert types.count("supervisor_dead") == 1
+    assert types[-2:] == ["supervisor_state_changed", "supervisor_dead"]
+
+    # The old incarnation's late heartbeat (no incarnation, a later clock): kept, fenced, no effect.
+    late = api.send_heartbeat(cid, task, "working", "execute", timestamp=t0 + timedelta(seconds=30))
+    api.flush()
+    stored = {r.id: r for r in wait_rows(cid, 2)}
+    assert stored[late].fenced
+    row = supervisor(task)
+    assert row is not None and (row.alive, row.state, row.incarnation) == (False, "interrupted", 2)
+
+    def told() -> list[DaemonCommand]:
+        with unit_of_work() as uow:
+            return list(
+                uow.session.scalars(
+                    select(DaemonCommand).where(
+                        DaemonCommand.contract_id == cid,
+                        DaemonCommand.command == heartbeats.FENCED_COMMAND,
+                        DaemonCommand.published_at.is_not(None),
+                    )
+                )
+            )
+
+    commands = wait_for(lambda: len(told()) >= 2 and told(), what="fence commands published")
+    assert {c.payload["currentIncarnation"] for c in commands} == {2}
+    assert commands[0].payload["daemonId"] == "d-dead"
+    with pytest.raises(Exception) as dead:
+        api.request_supervisor_sync(cid)
+    assert getattr(dead.value, "code", "") == "SUPERVISOR_DEAD"
+    assert dead.value.details["lastReceivedAt"] is not None  # type: ignore[attr-defined]
+
+    # A restart names the new incarnation (it was told it): alive again, one state change.
+    api.send_heartbeat(cid, task, "initializing", "execute", timestamp=t0 - timedelta(hours=1), incarnation=2)
+    api.flush()
+    wait_for(lambda: (r := supervisor(task)) and r.alive, what="revived by incarnation 2")
+    assert supervisor(task).state == "initializing"  # type: ignore[union-attr]
+    assert dead_events(cid) == 1
+
+
+def test_skewed_clocks_neither_kill_early_nor_keep_alive(daemon: tuple[ContractsAPI, uuid.UUID]) -> None:
+    api, cid = daemon
+    skews = {uuid.uuid4(): timedelta(hours=1), uuid.uuid4(): -timedelta(hours=1), uuid.uuid4(): timedelta(0)}
+    start = utcnow()
+    beats = 0
+    # Keep sending (every 0.5 s, four times the timeout) while the sweep runs often.
+    while utcnow() - start < timedelta(seconds=TIMEOUT_S * 2):
+        for task, skew in skews.items():
+            api.send_heartbeat(cid, task, "working", "plan", timestamp=utcnow() + skew)
+        api.flush()
+        beats += 1
+        beat(TaskName.DETECT_DEAD_SUPERVISORS)
+        threading.Event().wait(0.5)
+    wait_rows(cid, beats * 3)
+    assert dead_events(cid) == 0, "a supervisor that kept sending was declared dead"
+    assert all(supervisor(t).alive for t in skews)  # type: ignore[union-attr]
+    # Then they all stop: each is declared dead once the timeout passes, the +1 h clock too.
+    threading.Event().wait(TIMEOUT_S + 0.3)
+    beat(TaskName.DETECT_DEAD_SUPERVISORS)
+    wait_for(lambda: dead_events(cid) == 3, what="all three declared dead")
+    assert not any(supervisor(t).alive for t in skews)  # type: ignore[union-attr]
+
+
+def test_retention_drops_old_partitions_and_keeps_the_last_day(
+    daemon: tuple[ContractsAPI, uuid.UUID], worker: WorkerProcess
+) -> None:
+    api, cid = daemon
+    now = utcnow()
+    old = now - timedelta(days=3)
+    message = heartbeats.message_of(
+        {api.caller.principal_id: [hb(cid, uuid.uuid4(), "working", old) for _ in range(3)]}
+    )
+    heartbeats.ingest(message, now=old)  # as if received three days ago: its own day partition
+    api.send_heartbeat(cid, uuid.uuid4(), "working", "plan", timestamp=now)
+    api.flush()
+    wait_rows(cid, 4)
+    assert old.date() in heartbeats.partition_days()
+
+    beat(TaskName.HEARTBEAT_RETENTION)
+    wait_for(lambda: old.date() not in heartbeats.partition_days(), what="old partition dropped")
+    days = heartbeats.partition_days()
+    assert now.date() in days and (now + timedelta(days=2)).date() in days  # created ahead
+    kept = rows(cid)
+    assert len(kept) == 1 and kept[0].received_at > now - timedelta(hours=24)
+    with get_engine().connect() as conn:
+        assert not conn.execute(
+            text("SELECT 1 FROM pg_tables WHERE tablename = :t"), {"t": partition_name(old.date())}
+        ).first()
+
+
+def test_http_status_history_daemons_and_owner_scoping(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="user")[0]
+    stranger = make_caller(role="user")[0]
+    task = uuid.uuid4()
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app()) as client:
+        missing = client.get(f"/api/v1/contracts/{cid}/supervisor/status", headers=headers)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "SUPERVISOR_NOT_FOUND"
+        one = hb(cid, task, "waiting_for_tasks", utcnow(), daemonId="daemon-7", host="gpu-7",
+                 pendingTaskIds=[str(uuid.uuid4())])  # fmt: skip
+        sent = client.post("/api/v1/supervisors/heartbeats", json=one, headers=headers)
+        assert sent.status_code == 202 and sent.json()["accepted"] == 1
+        wait_rows(cid, 1)
+        status = client.get(f"/api/v1/contracts/{cid}/supervisor/status", headers=headers).json()
+        assert status["state"] == "waiting_for_tasks" and status["alive"] and status["incarnation"] == 1
+        assert status["pendingTaskIds"] == one["pendingTaskIds"] and status["lastReceivedAt"]
+        history = client.get(f"/api/v1/contracts/{cid}/supervisor/heartbeats?limit=5", headers=headers)
+        assert [h["id"] for h in history.json()["heartbeats"]] == [sent.json()["results"][0]["id"]]
+        daemons = client.get("/api/v1/daemons", headers=headers).json()["daemons"]
+        mine = next(d for d in daemons if d["daemonId"] == "daemon-7")
+        assert mine["host"] == "gpu-7" and mine["alive"] and str(task) in mine["supervisorTaskIds"]
+        sync = client.post(f"/api/v1/contracts/{cid}/supervisor/sync", headers=headers)
+        assert sync.status_code == 202 and sync.json()["state"] == "waiting_for_tasks"
+        other = {"Authorization": f"Bearer {stranger}"}
+        for path in ("supervisor/status", "supervisor/heartbeats"):
+            assert client.get(f"/api/v1/contracts/{cid}/{path}", headers=other).status_code == 404
+        assert all(
+            d["daemonId"] != "daemon-7"
+            for d in client.get("/api/v1/daemons", headers=other).json()["daemons"]
+        )
+        refused = client.post("/api/v1/supervisors/heartbeats", json=one, headers=other)
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "CONTRACT_NOT_FOUND"
+
+
+def test_concurrent_http_requests_share_broker_messages(make_caller, worker: WorkerProcess) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = uuid.UUID(str(api.create_contract("coalesced", "simple").id))
+    messages: list[int] = []
+    lock = threading.Lock()
+
+    def counting_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        with lock:
+            messages.append(sum(len(g["heartbeats"]) for g in payload["groups"]))
+        return send_task(task, payload, countdown)
+
+    app = create_app(sender=counting_send)
+    headers = {"Authorization": f"Bearer {token}"}
+    requests = 40
+    with TestClient(app) as client:
+        go = threading.Barrier(requests)
+
+        def one(i: int) -> None:
+            go.wait()
+            resp = client.post("/api/v1/supervisors/heartbeats", json=hb(cid, uuid.uuid4(), "idle", utcnow()),
+                               headers=headers)  # fmt: skip
+            assert resp.status_code == 202, resp.text
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(messages) == requests
+    assert len(messages) < requests / 2, f"{len(messages)} messages for {requests} requests"
+    wait_rows(cid, requests)
+
+
+def test_the_feature_flag_off_answers_feature_disabled_and_workers_skip(
+    daemon: tuple[ContractsAPI, uuid.UUID], monkeypatch: pytest.MonkeyPatch, make_caller
+) -> None:
+    from app.config import Settings
+
+    api, cid = daemon
+    off = Settings(feature_flags={"supervisor_heartbeat": False})  # type: ignore[arg-type]
+    monkeypatch.setattr("app.http.supervisors.get_settings", lambda: off)
+    monkeypatch.setattr("app.api.get_settings", lambda: off)
+    token = make_caller(owner=api.caller.owner_id)[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app()) as client:
+        for method, path in (
+            ("POST", "/api/v1/supervisors/heartbeats"),
+            ("GET", f"/api/v1/contracts/{cid}/supervisor/status"),
+            ("GET", f"/api/v1/contracts/{cid}/supervisor/heartbeats"),
+            ("GET", "/api/v1/daemons"),
+        ):
+            resp = client.request(method, path, headers=headers, json=hb(cid, uuid.uuid4(), "idle", utcnow()))
+            assert resp.status_code == 503, (path, resp.text)
+            assert resp.json()["error"]["code"] == "FEATURE_DISABLED"
+    with pytest.raises(FeatureDisabled):
+        ContractsAPI(token, settings=off).send_heartbeat(cid, uuid.uuid4(), "idle", "plan")
+
+
+def test_counters_add_up_across_processes(worker: WorkerProcess) -> None:
+    with unit_of_work() as uow:
+        totals = heartbeats.counters(uow.session)
+        shards = uow.session.scalar(select(func.count()).select_from(text("heartbeat_counters")))
+    assert totals["received"] == totals["stored"] + totals["duplicates"] + totals["refused"]
+    assert totals["fenced"] >= 1 and totals["duplicates"] >= 1 and totals["refused"] >= 1
+    assert shards and shards >= 1
