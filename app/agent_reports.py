@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.completion_flow import advance_if_ready
 from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
-from app.db import UnitOfWork, dialect_insert, upsert_ignoring
+from app.db import UnitOfWork, dialect_insert_for
 from app.domain.completion import Decision
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
@@ -27,15 +29,59 @@ from app.events import record_event
 from app.models import Contract, ContractTask, ProcessedMessage
 from app.queues import TaskName
 
+# Core statements on the tables (not the ORM entities), executed with parameters: the ORM
+# would treat an entity INSERT with a parameter dict as a bulk insert without a rowcount.
+_TASKS: Table = ContractTask.__table__  # type: ignore[assignment]
+_CLAIMS: Table = ProcessedMessage.__table__  # type: ignore[assignment]
+
+
+@lru_cache(maxsize=4)
+def _claim_statement(dialect: str) -> Any:
+    """Built once per dialect: on the hot path, building a statement costs more than running it."""
+    return (
+        dialect_insert_for(dialect, _CLAIMS)
+        .values(
+            contract_id=bindparam("contract_id"),
+            message_id=bindparam("message_id"),
+            kind=bindparam("kind"),
+            processed_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=["contract_id", "message_id"])
+    )
+
+
+@lru_cache(maxsize=4)
+def _task_result_statement(dialect: str) -> Any:
+    insert = dialect_insert_for(dialect, _TASKS).values(
+        id=bindparam("task_id"),
+        contract_id=bindparam("contract_id"),
+        name=bindparam("name"),
+        status=bindparam("status"),
+        is_supervisor=False,
+        phase=bindparam("phase"),
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        completed_at=bindparam("now"),
+    )
+    return insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={
+            "status": insert.excluded.status,
+            "updated_at": insert.excluded.updated_at,
+            "completed_at": insert.excluded.completed_at,
+        },
+        where=(ContractTask.status != TaskStatus.DONE.value)
+        & (ContractTask.contract_id == insert.excluded.contract_id),
+    ).returning(ContractTask.id)
+
 
 def claim_message(
     session: Session, contract_id: uuid.UUID, message_id: str, kind: str, now: datetime
 ) -> bool:
     """Record that a message's effect is being committed; False if it already was."""
-    stmt = upsert_ignoring(session, ProcessedMessage, ["contract_id", "message_id"]).values(
-        contract_id=contract_id, message_id=message_id, kind=kind, processed_at=now
-    )
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    stmt = _claim_statement(session.get_bind().dialect.name)
+    params = {"contract_id": contract_id, "message_id": message_id, "kind": kind, "now": now}
+    return bool(session.execute(stmt, params).rowcount)  # type: ignore[attr-defined]
 
 
 def first_delivery(
@@ -136,23 +182,16 @@ def _record_task_result(
     report on a done task changes nothing. A task id of another contract is refused.
     """
     status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
-    insert = dialect_insert(session, ContractTask).values(
-        id=task_id,
-        contract_id=contract.id,
-        name=task_name,
-        status=status,
-        is_supervisor=False,
-        phase=contract.phase,
-        created_at=now,
-        updated_at=now,
-        completed_at=now,
-    )
-    stmt = insert.on_conflict_do_update(
-        index_elements=["id"],
-        set_={"status": status, "updated_at": now, "completed_at": now},
-        where=(ContractTask.status != TaskStatus.DONE.value) & (ContractTask.contract_id == contract.id),
-    ).returning(ContractTask.id)
-    if session.execute(stmt).first() is not None:
+    stmt = _task_result_statement(session.get_bind().dialect.name)
+    params = {
+        "task_id": task_id,
+        "contract_id": contract.id,
+        "name": task_name,
+        "status": status,
+        "phase": contract.phase,
+        "now": now,
+    }
+    if session.execute(stmt, params).first() is not None:
         return True
     owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
     if owner is not None and owner != contract.id:

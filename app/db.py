@@ -25,13 +25,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import Settings, get_settings
+from app.live_events import events_committed
 from app.models import utcnow
 from app.outbox import close_sent_rows, sent_rows
 from app.pending_writes import hold_contract_changes, hold_outbox_row, write_pending
@@ -129,15 +130,19 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def dialect_insert(session: Session, model: type[DeclarativeBase]) -> Any:
-    """An `INSERT` that can take `ON CONFLICT ...`, in the session's dialect.
+def dialect_insert_for(dialect: str, model: type[DeclarativeBase] | Table) -> Any:
+    """An `INSERT` that can take `ON CONFLICT ...`, in the named dialect.
 
     PostgreSQL and SQLite spell upserts the same way but SQLAlchemy builds them from each
     dialect's own `insert`; this is the one place that picks, so callers stay dialect-free.
     """
-    dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(model)
+
+
+def dialect_insert(session: Session, model: type[DeclarativeBase]) -> Any:
+    """`dialect_insert_for` the session's own dialect."""
+    return dialect_insert_for(session.get_bind().dialect.name, model)
 
 
 def upsert_ignoring(session: Session, model: type[DeclarativeBase], conflict: list[str]) -> Any:
@@ -196,6 +201,8 @@ def unit_of_work(
         with session.begin():
             yield uow
             written = write_pending(session)
+        if written.events:  # committed: wake the live readers, count for /metrics (app.live_events)
+            events_committed(written.event_ids, written.events)
         if uow.outbox:
             _send_outbox(bind, uow.outbox, written.outbox_ids, sender)
 
@@ -244,6 +251,7 @@ __all__ = [
     "UnitOfWork",
     "alembic_config",
     "dialect_insert",
+    "dialect_insert_for",
     "dispose_engines",
     "downgrade",
     "get_engine",

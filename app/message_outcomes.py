@@ -28,13 +28,13 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.db import dialect_insert
-from app.models import MessageOutcome, utcnow
-from app.pending_writes import pending
+from app.models import MessageOutcome
+from app.pending_writes import hold_applied
 from app.schemas import Schema
 
 _APPLIED_KEY: Final = "makima.applied_messages"
@@ -119,45 +119,11 @@ def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: dateti
 def applied_at_commit(session: Session, sent: Sent) -> None:
     """Mark the message applied when this transaction commits, with the events it wrote.
 
-    Event ids exist only once the held events are written (`app.pending_writes`, just before
-    COMMIT), so the row is written from the session's `before_commit`, inside the same
-    transaction: a rollback (a refusal, a crash) leaves the message pending.
+    Event ids exist only once the held events are written, so the receipt is held with them
+    (`app.pending_writes`) and goes out in the same statement, inside the same transaction:
+    a rollback (a refusal, a crash) leaves the message pending.
     """
-    session.info.setdefault(_APPLIED_KEY, []).append(sent)
-
-
-@event.listens_for(Session, "before_commit")
-def _write_applied(session: Session) -> None:
-    marks: list[Sent] | None = session.info.pop(_APPLIED_KEY, None)
-    if not marks:
-        return
-    event_ids = list(pending(session).event_ids)
-    now = utcnow()
-    for sent in marks:
-        insert = dialect_insert(session, MessageOutcome).values(
-            principal_id=sent.principal_id,
-            message_id=sent.message_id,
-            contract_id=sent.contract_id,
-            task=sent.task,
-            status=OutcomeStatus.APPLIED.value,
-            event_ids=event_ids,
-            accepted_at=now,
-            updated_at=now,
-        )
-        # A repeat delivery of an applied message finds it applied and keeps its event ids.
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["principal_id", "message_id"],
-                set_={
-                    "status": OutcomeStatus.APPLIED.value,
-                    "event_ids": insert.excluded.event_ids,
-                    "error_code": None,
-                    "error_message": None,
-                    "updated_at": now,
-                },
-                where=MessageOutcome.status != OutcomeStatus.APPLIED.value,
-            )
-        )
+    hold_applied(session, sent.principal_id, sent.message_id, sent.contract_id, sent.task)
 
 
 # -- refusing (dead letters) --------------------------------------------------------------------

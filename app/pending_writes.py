@@ -20,10 +20,11 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import JSON, Table, Uuid, insert, inspect, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.models import Contract, ContractEvent, OutboxMessage
+from app.models import Contract, ContractEvent, MessageOutcome, OutboxMessage
 from app.prepared import execute_sql
 
 _KEY = "makima.pending_writes"
@@ -40,6 +41,8 @@ class PendingWrites:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     contracts: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
     locked: set[uuid.UUID] = field(default_factory=set)
+    # Senders' receipts: message outcomes to mark applied, with this transaction's event ids.
+    applied: list[dict[str, Any]] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
 
@@ -64,6 +67,15 @@ def hold_outbox_row(
 ) -> None:
     pending(session).outbox.append(
         {"task": task, "payload": payload, "not_before": not_before, "created_at": now}
+    )
+
+
+def hold_applied(
+    session: Session, principal_id: uuid.UUID, message_id: str, contract_id: uuid.UUID, task: str
+) -> None:
+    """Mark a sender's message applied, with the events this transaction writes, at commit."""
+    pending(session).applied.append(
+        {"principal_id": principal_id, "message_id": message_id, "contract_id": contract_id, "task": task}
     )
 
 
@@ -112,7 +124,7 @@ def write_pending(session: Session) -> PendingWrites:
         session.flush()
     writes = pending(session)
     changes = list(writes.contracts.items())
-    if not (changes or writes.events or writes.outbox):
+    if not (changes or writes.events or writes.outbox or writes.applied):
         return writes
     if session.get_bind().dialect.name == "postgresql":
         _write_as_one_statement(session, writes, changes)
@@ -123,10 +135,22 @@ def write_pending(session: Session) -> PendingWrites:
         if written is not None:
             session.expunge(written)
     writes.contracts.clear()
+    writes.applied.clear()
     return writes
 
 
-Shape = tuple[tuple[tuple[str, ...], ...], int, int]
+Shape = tuple[tuple[tuple[str, ...], ...], int, int, int]
+
+# A receipt: insert `applied`, or turn a pending/refused one applied; an applied one stays as
+# it is (a repeat delivery keeps the first application's event ids).
+_APPLIED_SQL = (
+    "INSERT INTO message_outcomes (principal_id, message_id, contract_id, task, status, event_ids, "
+    "accepted_at, updated_at) VALUES (%(a{i}_principal_id)s::uuid, %(a{i}_message_id)s, "
+    "%(a{i}_contract_id)s::uuid, %(a{i}_task)s, 'applied', {event_ids}, %(a_now)s, %(a_now)s) "
+    "ON CONFLICT (principal_id, message_id) DO UPDATE SET status = 'applied', "
+    "event_ids = EXCLUDED.event_ids, error_code = NULL, error_message = NULL, "
+    "updated_at = EXCLUDED.updated_at WHERE message_outcomes.status <> 'applied'"
+)
 
 
 def _placeholder(table: Table, column: str, name: str) -> str:
@@ -145,7 +169,7 @@ def _combined_sql(shape: Shape) -> str:
     Written out once per shape and cached: compiling a multi-CTE statement through the
     SQL expression layer on every commit cost more than the round trips it saved.
     """
-    contract_columns, n_events, n_outbox = shape
+    contract_columns, n_events, n_outbox, n_applied = shape
     ctes = []
     for i, columns in enumerate(contract_columns):
         sets = ", ".join(f"{col} = {_placeholder(_CONTRACTS, col, f'c{i}_{col}')}" for col in columns)
@@ -163,6 +187,11 @@ def _combined_sql(shape: Shape) -> str:
             f"{prefix}s AS (INSERT INTO {table.name} ({', '.join(names)}) VALUES {rows} RETURNING id)"
         )
         returned.append(f"SELECT '{prefix}' AS kind, id FROM {prefix}s")
+    event_ids = (
+        "(SELECT coalesce(jsonb_agg(id ORDER BY id), '[]'::jsonb) FROM es)" if n_events else "'[]'::jsonb"
+    )
+    for i in range(n_applied):
+        ctes.append(f"a{i} AS ({_APPLIED_SQL.format(i=i, event_ids=event_ids)})")
     body = " UNION ALL ".join(returned) or "SELECT '-' AS kind, 0 AS id"
     return f"WITH {', '.join(ctes)} {body}" if ctes else body
 
@@ -180,6 +209,10 @@ def _driver_value(table: Table, column: str, value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
 def _write_as_one_statement(
     session: Session, writes: PendingWrites, changes: list[tuple[uuid.UUID, dict[str, Any]]]
 ) -> None:
@@ -193,7 +226,13 @@ def _write_as_one_statement(
     for prefix, table, rows in (("e", _EVENTS, writes.events), ("o", _OUTBOX, writes.outbox)):
         for i, row in enumerate(rows):
             params.update({f"{prefix}{i}_{col}": _driver_value(table, col, v) for col, v in row.items()})
-    sql = _combined_sql((tuple(contract_columns), len(writes.events), len(writes.outbox)))
+    for i, receipt in enumerate(writes.applied):
+        params.update(
+            {f"a{i}_{col}": str(v) if isinstance(v, uuid.UUID) else v for col, v in receipt.items()}
+        )
+    params["a_now"] = datetime.now(UTC)
+    shape = (tuple(contract_columns), len(writes.events), len(writes.outbox), len(writes.applied))
+    sql = _combined_sql(shape)
     prepare = bool(session.info.get("prepared_statements", True))
     returned = cast(
         list[tuple[str, int]], execute_sql(session.connection(), sql, params, prepare=prepare).all()
@@ -218,10 +257,29 @@ def _write_one_by_one(
         writes.outbox_ids.append(
             session.execute(insert(_OUTBOX).values(row).returning(_OUTBOX.c.id)).scalar_one()
         )
+    now = datetime.now(UTC)
+    for receipt in writes.applied:
+        upsert = sqlite_insert(MessageOutcome).values(
+            **receipt, status="applied", event_ids=list(writes.event_ids), accepted_at=now, updated_at=now
+        )
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["principal_id", "message_id"],
+                set_={
+                    "status": "applied",
+                    "event_ids": upsert.excluded.event_ids,
+                    "error_code": None,
+                    "error_message": None,
+                    "updated_at": now,
+                },
+                where=MessageOutcome.status != "applied",
+            )
+        )
 
 
 __all__ = [
     "PendingWrites",
+    "hold_applied",
     "hold_contract_changes",
     "hold_event",
     "hold_outbox_row",
