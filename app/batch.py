@@ -75,7 +75,7 @@ from app.sweeps import claim
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 1000
+CHUNK: Final = 2000
 SLICE_SECONDS: Final = 20.0
 MAX_LIST: Final = 100
 BATCH_COUNTER: Final = "batch_operations_total"
@@ -324,7 +324,11 @@ def _judge_dry_run(session: Session, row: BatchOperationRow, op: BatchOperation)
 
 
 def _item(
-    row: BatchOperationRow, cid: uuid.UUID, outcome: Outcome, error: tuple[str, str] | None = None
+    row: BatchOperationRow,
+    cid: uuid.UUID,
+    outcome: Outcome,
+    error: tuple[str, str] | None = None,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
     """A `batch_items` row; `error` is (code, message)."""
     return {
@@ -333,7 +337,7 @@ def _item(
         "outcome": outcome.value,
         "error_code": error[0] if error else None,
         "error_message": error[1] if error else None,
-        "processed_at": utcnow(),
+        "processed_at": at or utcnow(),
     }
 
 
@@ -347,9 +351,32 @@ def _judged(row: BatchOperationRow, op: BatchOperation, cid: uuid.UUID, status: 
     return _item(row, cid, Outcome.AFFECTED)
 
 
+_ITEMS_SQL: Final = text(
+    "INSERT INTO batch_items (batch_id, contract_id, outcome, error_code, error_message, processed_at) "
+    "SELECT CAST(:batch AS uuid), u.id, u.outcome, u.code, u.message, :now "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:outcomes AS text[]), CAST(:codes AS text[]), "
+    "CAST(:messages AS text[])) AS u(id, outcome, code, message)"
+)
+
+
 def _record_items(session: Session, items: list[dict[str, Any]]) -> None:
-    if items:
+    """One statement for a chunk's items (arrays on PostgreSQL, a multi-row insert elsewhere)."""
+    if not items:
+        return
+    if session.get_bind().dialect.name != "postgresql":
         session.execute(insert(BatchItem), items)
+        return
+    session.execute(
+        _ITEMS_SQL,
+        {
+            "batch": str(items[0]["batch_id"]),
+            "now": items[0]["processed_at"],
+            "ids": [str(i["contract_id"]) for i in items],
+            "outcomes": [i["outcome"] for i in items],
+            "codes": [i["error_code"] for i in items],
+            "messages": [i["error_message"] for i in items],
+        },
+    )
 
 
 # --- running a batch ----------------------------------------------------------------------------
@@ -588,6 +615,11 @@ def request_restart(uow: UnitOfWork, contract: Contract, batch_id: uuid.UUID, no
     uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract.id)})
 
 
+# The chunk's ids as one array parameter (not thousands of bind parameters to render).
+_CLAIM_SQL: Final = text(
+    "SELECT id, status, status_changed_at, last_activity_at FROM contracts "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) FOR UPDATE SKIP LOCKED"
+).columns(Contract.id, Contract.status, Contract.status_changed_at, Contract.last_activity_at)
 _MOVE_SQL: Final = text(
     "UPDATE contracts SET status = :target, status_changed_at = :now, waiting_for = NULL, "
     "blocked_reason = NULL, last_activity_at = :now, updated_at = :now "
@@ -616,27 +648,26 @@ def _apply_in_bulk(
     new status and the reason; for a resume, the `evaluate_progress` follow-up).
     """
     locked: dict[uuid.UUID, tuple[uuid.UUID, str, datetime, datetime]] = {
-        r[0]: (r[0], r[1], r[2], r[3])
-        for r in session.execute(
-            select(Contract.id, Contract.status, Contract.status_changed_at, Contract.last_activity_at)
-            .where(Contract.id.in_(list(ids)))
-            .with_for_update(skip_locked=True)
-        )
+        r[0]: (r[0], r[1], r[2], r[3]) for r in session.execute(_CLAIM_SQL, {"ids": [str(i) for i in ids]})
     }
     items: list[dict[str, Any]] = []
     moving: list[tuple[uuid.UUID, str]] = []
+    # The status table's verdict depends only on the status: judged once per status met.
+    verdicts: dict[str, dict[str, Any]] = {}
     for cid in ids:
         found = locked.get(cid)
         if found is None:
-            items.append(_item(row, cid, Outcome.DEFERRED))
+            items.append(_item(row, cid, Outcome.DEFERRED, at=now))
             continue
         _, status, changed, active = found
         if not op.selects(_facts(status, changed, active), row.as_of):
-            items.append(_item(row, cid, Outcome.SKIPPED))
+            items.append(_item(row, cid, Outcome.SKIPPED, at=now))
             continue
-        item = _judged(row, op, cid, Status(status))
-        items.append(item)
-        if item["outcome"] == Outcome.AFFECTED.value:
+        verdict = verdicts.get(status)
+        if verdict is None:
+            verdict = verdicts[status] = _judged(row, op, cid, Status(status))
+        items.append({**verdict, "contract_id": cid, "processed_at": now})
+        if verdict["outcome"] == Outcome.AFFECTED.value:
             moving.append((cid, status))
     outbox: list[tuple[int, str, dict[str, Any]]] = []
     if not moving:
