@@ -64,6 +64,10 @@ class ContractsConfig(BaseModel):
     heartbeat_interval_seconds: float = Field(30, gt=0)
     heartbeat_timeout_seconds: float = Field(120, gt=0)
     monitor_ws_buffer_size: int = Field(1000, gt=0)
+    # Contract events are kept this long (the live monitor's catch-up reaches back this far).
+    event_retention_days: float = Field(14, gt=0)
+    # How often a live reader looks for new events when no wake-up arrives (the fallback).
+    monitor_poll_seconds: float = Field(1.0, gt=0)
     stale_detection_interval_seconds: float = Field(60, gt=0)
 
     @property
@@ -71,10 +75,6 @@ class ContractsConfig(BaseModel):
         return self.completion_grace_period_minutes * 60
 
 
-class FeatureFlags(BaseModel):
-    """Plan "Feature Flags": each capability can be switched off for a staged rollout."""
-
-    model_config = ConfigDict(extra="forbid")
 class HeartbeatsConfig(BaseModel):
     """`[heartbeats]`: how heartbeats are batched on their way in, and how often history is pruned.
 
@@ -93,6 +93,10 @@ class HeartbeatsConfig(BaseModel):
     retention_interval_seconds: float = Field(3600, gt=0)
 
 
+class FeatureFlags(BaseModel):
+    """Plan "Feature Flags": each capability can be switched off for a staged rollout."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enhanced_contract_status: bool = True
     auto_complete: bool = True
@@ -244,11 +248,11 @@ class Settings(BaseSettings):
     database_prepared_statements: bool = True
     contracts: ContractsConfig = ContractsConfig()
     feature_flags: FeatureFlags = FeatureFlags()
+    heartbeats: HeartbeatsConfig = HeartbeatsConfig()
 
     @classmethod
     def settings_customise_sources(
         cls,
-    heartbeats: HeartbeatsConfig = HeartbeatsConfig()
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
@@ -298,11 +302,11 @@ __all__ = [
     "ConfigError",
     "ContractsConfig",
     "FeatureFlags",
+    "HeartbeatsConfig",
     "Settings",
     "allowed_keys",
     "allowed_variables",
     "config_file",
-    "HeartbeatsConfig",
     "find_project_dir",
     "get_settings",
     "safe_url",

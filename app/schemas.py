@@ -71,6 +71,8 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
     # The database connection broke (restart, failover): nothing was applied, retry.
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    # A capability switched off in `[feature_flags]` (e.g. monitoring_dashboard): 404.
+    FEATURE_DISABLED = "FEATURE_DISABLED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

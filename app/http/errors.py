@@ -91,6 +91,7 @@ EDGE_STATUS: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.METHOD_NOT_ALLOWED: status.HTTP_405_METHOD_NOT_ALLOWED,
         ErrorCode.BROKER_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
         ErrorCode.DATABASE_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
+        ErrorCode.FEATURE_DISABLED: status.HTTP_404_NOT_FOUND,
         ErrorCode.INTERNAL_ERROR: status.HTTP_500_INTERNAL_SERVER_ERROR,
     }
 )
@@ -106,6 +107,26 @@ WS_FORBIDDEN: Final = 4403
 WS_NOT_FOUND: Final = 4404
 WS_TOO_SLOW: Final = 4408  # the client fell behind: reconnect and resume after the last event id seen
 WS_INTERNAL_ERROR: Final = 1011  # RFC 6455 "unexpected condition"
+
+
+class FeatureDisabled(Exception):
+    """A capability switched off in `[feature_flags]`: FEATURE_DISABLED (404), naming the flag."""
+
+    def __init__(self, flag: str, what: str) -> None:
+        super().__init__(
+            f"{what} switched off on this server ([feature_flags] {flag} = false); "
+            f"ask its operator to switch {flag} on."
+        )
+        self.flag = flag
+
+
+def feature_disabled_response(exc: FeatureDisabled) -> JSONResponse:
+    return error_response(status.HTTP_404_NOT_FOUND, ErrorCode.FEATURE_DISABLED, str(exc), {"flag": exc.flag})
+
+
+async def _on_feature_disabled(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FeatureDisabled)
+    return feature_disabled_response(exc)
 
 
 def status_for(exc: BaseException) -> int:
@@ -239,6 +260,11 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
             "The database connection was lost (a restart or failover) before the request could "
             "be confirmed. Retry in a moment.",
             {"retryAfterSeconds": 1},
+        ),
+        ErrorCode.FEATURE_DISABLED: (
+            "The live monitor and dashboard are switched off on this server ([feature_flags] "
+            "monitoring_dashboard = false); ask its operator to switch monitoring_dashboard on.",
+            {"flag": "monitoring_dashboard"},
         ),
         ErrorCode.INTERNAL_ERROR: (
             "The server failed to handle this request. It has been logged; quote the reference when "
@@ -492,6 +518,7 @@ def install_error_handlers(application: FastAPI) -> None:
     application.add_exception_handler(RequestValidationError, _on_validation_error)
     application.add_exception_handler(InvalidRequest, _on_invalid_request)
     application.add_exception_handler(ContractError, _on_contract_error)
+    application.add_exception_handler(FeatureDisabled, _on_feature_disabled)
     application.add_exception_handler(Unauthenticated, _on_unauthenticated)
     application.add_exception_handler(StarletteHTTPException, _on_http_exception)
     application.add_exception_handler(StatementError, _on_statement_error)
@@ -513,9 +540,11 @@ __all__ = [
     "WS_TOO_SLOW",
     "WS_UNAUTHENTICATED",
     "ErrorJSONResponse",
+    "FeatureDisabled",
     "error_response",
     "error_responses",
     "example_body",
+    "feature_disabled_response",
     "install_error_handlers",
     "status_for",
     "unauthenticated_first",

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from app.db import downgrade, migrate
-from app.models import Base
+from app.models import SERVER_ONLY_COLUMNS, SERVER_ONLY_INDEXES, Base
 from tests.isolation import Isolation
 
 pytestmark = pytest.mark.integration
@@ -38,12 +38,24 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+def _not_server_only(obj: object, name: str | None, type_: str, reflected: bool, _other: object) -> bool:
+    """Leave out what PostgreSQL keeps and the models do not map (`app.models.SERVER_ONLY_*`)."""
+    if type_ == "column":
+        return (getattr(getattr(obj, "table", None), "name", None), name) not in SERVER_ONLY_COLUMNS
+    return not (type_ == "index" and name in SERVER_ONLY_INDEXES)
+
+
 def _schema_differences(url: str) -> list[object]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
+                conn,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": True,
+                    "include_object": _not_server_only,
+                },
             )
             return list(compare_metadata(context, Base.metadata))
     finally:

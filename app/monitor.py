@@ -1,0 +1,429 @@
+"""The live monitor: one reader per API process, many subscribers, filters, back-pressure.
+
+A `Hub` (one per app, started with its first subscriber) follows the event table's tail
+(`app.live_events.read_after`, below the commit horizon) whenever a wake-up arrives on the
+Redis channel, and at least every `monitor_poll_seconds`; it reads each new event once, encodes
+it once, and offers it to every subscriber whose filter and owner match. It never waits for a
+subscriber: each has a bounded buffer (`monitor_ws_buffer_size`), and one that falls behind
+is marked overflowed, dropped from the fan-out and closed by its connection with the resume
+code (WebSocket 4408, SSE a `resume` event); it reconnects with the last id it saw.
+
+A subscriber that connects with `after` (the last event id it saw) is registered with the hub
+first, so live events start collecting in its buffer, and then catches up from the table in
+pages (its own owner and contract ids, below the horizon) until a page comes back short. The
+horizon only moves forward, so the catch-up reaches at least the hub's position at
+registration; buffered live events at or before the caught-up position are dropped. Nothing
+is missed, nothing is sent twice, and the order is the stream's `(xid, id)` order.
+
+Heartbeat notices are live only: they carry no id and are not replayed on catch-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from sqlalchemy import Engine, select
+
+from app.auth import Caller
+from app.config import Settings, get_settings
+from app.domain.lifecycle import Status
+from app.live_events import (
+    PAGE_SIZE,
+    LiveEvent,
+    Position,
+    channel,
+    position_of,
+    read_after,
+    redis_url,
+    tail_position,
+)
+
+log = logging.getLogger(__name__)
+
+STALE_TYPES: Final = frozenset({"stale_detected", "stale_cleared"})
+HEARTBEAT: Final = "heartbeat"
+
+
+class FilterError(ValueError):
+    """A filter message that cannot be used; `problems` say which field and why."""
+
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{p['field']}: {p['problem']}" for p in problems))
+        self.problems = problems
+
+
+def _field(data: Mapping[str, Any], camel: str, snake: str) -> Any:
+    return data[camel] if camel in data else data.get(snake)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorFilter:
+    """Seed 4.1.2: contract ids, statuses, include_stale, include_heartbeats (empty: everything)."""
+
+    contract_ids: frozenset[uuid.UUID] = frozenset()
+    statuses: frozenset[str] = frozenset()
+    include_stale: bool = False
+    include_heartbeats: bool = False
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> MonitorFilter:
+        """From a filter message, camelCase (`contractIds`) or the seed's snake_case."""
+        problems: list[dict[str, Any]] = []
+        raw_ids = _field(data, "contractIds", "contract_ids") or []
+        ids: set[uuid.UUID] = set()
+        if not isinstance(raw_ids, list):
+            problems.append({"field": "contractIds", "problem": "must be a list of contract ids"})
+            raw_ids = []
+        for raw in raw_ids:
+            try:
+                ids.add(uuid.UUID(str(raw)))
+            except ValueError:
+                problems.append({"field": "contractIds", "problem": f"'{raw}' is not a UUID", "given": raw})
+        raw_statuses = _field(data, "statuses", "statuses") or []
+        allowed = [s.value for s in Status]
+        if not isinstance(raw_statuses, list):
+            problems.append({"field": "statuses", "problem": "must be a list of statuses"})
+            raw_statuses = []
+        for raw in raw_statuses:
+            if raw not in allowed:
+                problems.append(
+                    {
+                        "field": "statuses",
+                        "problem": f"'{raw}' is not a status; allowed: {', '.join(allowed)}",
+                        "given": raw,
+                    }
+                )
+        flags = {}
+        for camel, snake in (("includeStale", "include_stale"), ("includeHeartbeats", "include_heartbeats")):
+            value = _field(data, camel, snake)
+            if value is not None and not isinstance(value, bool):
+                problems.append({"field": camel, "problem": "must be true or false", "given": value})
+            flags[snake] = bool(value)
+        if len(ids) > 1000:
+            problems.append({"field": "contractIds", "problem": "at most 1000 contract ids"})
+        if problems:
+            raise FilterError(problems)
+        return cls(
+            frozenset(ids), frozenset(raw_statuses), flags["include_stale"], flags["include_heartbeats"]
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "contractIds": sorted(str(c) for c in self.contract_ids),
+            "statuses": sorted(self.statuses),
+            "includeStale": self.include_stale,
+            "includeHeartbeats": self.include_heartbeats,
+        }
+
+    def matches(self, type_: str, contract_id: uuid.UUID, status: str | None) -> bool:
+        if type_ in STALE_TYPES and not self.include_stale:
+            return False
+        if type_ == HEARTBEAT and not self.include_heartbeats:
+            return False
+        if self.contract_ids and contract_id not in self.contract_ids:
+            return False
+        return not self.statuses or status in self.statuses
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message for clients, encoded once: an event (with its position) or a live notice."""
+
+    position: Position | None
+    event_id: int | None
+    type: str
+    text: str
+
+
+def event_item(event: LiveEvent) -> Item:
+    return Item(event.position, event.id, event.type, json.dumps(event.message(), separators=(",", ":")))
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One client: who it is, what it wants, its bounded buffer and where it is in the stream."""
+
+    caller: Caller
+    filter: MonitorFilter
+    limit: int
+    position: Position | None = None
+    last_id: int | None = None
+    buffer: deque[Item] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def accepts(self, owner_id: str, type_: str, contract_id: uuid.UUID, status: str | None) -> bool:
+        return self.caller.may_access(owner_id) and self.filter.matches(type_, contract_id, status)
+
+    def offer(self, item: Item) -> None:
+        """Never blocks: a full buffer marks the subscriber overflowed (its connection closes)."""
+        if self.overflowed.is_set():
+            return
+        if len(self.buffer) >= self.limit:
+            self.overflowed.set()
+            self.wake.set()
+            return
+        self.buffer.append(item)
+        self.wake.set()
+
+    def is_new(self, item: Item) -> bool:
+        """Whether a buffered item is still to be sent (not already sent by the catch-up)."""
+        return item.position is None or self.position is None or item.position > self.position
+
+    def sent(self, item: Item) -> None:
+        """Record an item as sent (only once the send returned: a cancelled send did not happen)."""
+        if item.position is not None:
+            self.position = item.position
+            self.last_id = item.event_id
+
+    def sent_event(self, event: LiveEvent) -> None:
+        self.position = event.position
+        self.last_id = event.id
+
+
+class Hub:
+    """The per-process reader and fan-out (see the module docstring)."""
+
+    def __init__(
+        self, engine_factory: Callable[[], Engine], settings: Callable[[], Settings] = get_settings
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._settings = settings
+        self.subscribers: set[Subscriber] = set()
+        self.position: Position | None = None
+        self._wake = asyncio.Event()
+        self._started: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._owners: dict[uuid.UUID, tuple[str, str]] = {}
+        self.events_read = 0
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine_factory()
+
+    async def start(self) -> None:
+        if self._started is None:
+            self._started = asyncio.create_task(self._run(), name="monitor-hub")
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._started is not None:
+            self._started.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._started
+            self._started = None
+
+    async def subscribe(self, caller: Caller, flt: MonitorFilter, after: int | None) -> Subscriber:
+        """Register a subscriber; with `after`, it catches up (`catch_up`) before its live items."""
+        await self.start()
+        settings = self._settings()
+        sub = Subscriber(caller, flt, settings.contracts.monitor_ws_buffer_size)
+        if after is not None:
+            sub.position = await asyncio.to_thread(self._position_of, after)
+            sub.last_id = after
+        else:  # live from now: what committed before this moment is history
+            sub.position = await asyncio.to_thread(self._tail)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def _position_of(self, after: int) -> Position | None:
+        with self.engine.connect() as conn, _session(conn) as session:
+            return position_of(session, after)
+
+    async def catch_up(self, sub: Subscriber, send: Callable[[str], Any]) -> int:
+        """Send the stored events after the subscriber's position; returns how many were sent."""
+        sent = 0
+        owner = None if sub.caller.is_admin else sub.caller.owner_id
+        while sub.position is not None:
+            start = sub.position
+            page = await asyncio.to_thread(self._read, start, owner, tuple(sub.filter.contract_ids))
+            for event in page:
+                if sub.filter.matches(event.type, event.contract_id, event.status):
+                    await send(event_item(event).text)
+                    sent += 1
+                sub.sent_event(event)
+            if len(page) < PAGE_SIZE:
+                break
+        return sent
+
+    def _read(
+        self, after: Position, owner: str | None, contract_ids: tuple[uuid.UUID, ...]
+    ) -> list[LiveEvent]:
+        with self.engine.connect() as conn, _session(conn) as session:
+            return read_after(session, after, PAGE_SIZE, owner, contract_ids)
+
+    def _tail(self) -> Position:
+        with self.engine.connect() as conn, _session(conn) as session:
+            return tail_position(session)
+
+    async def _run(self) -> None:
+        listener: asyncio.Task[None] | None = None
+        while self.position is None:
+            try:
+                self.position = await asyncio.to_thread(self._tail)
+            except Exception:
+                log.exception("monitor: cannot read the event table's tail; retrying")
+                await asyncio.sleep(1)
+        self._ready.set()
+        try:
+            listener = asyncio.create_task(self._listen(), name="monitor-wakeups")
+            while True:
+                poll = self._settings().contracts.monitor_poll_seconds
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
+                self._wake.clear()
+                try:
+                    await self._follow()
+                except Exception:
+                    log.exception("monitor: reading new events failed; retrying")
+                    await asyncio.sleep(0.5)
+        finally:
+            if listener is not None:
+                listener.cancel()
+
+    async def _follow(self) -> None:
+        """Read everything new below the horizon and offer it to the subscribers."""
+        while self.position is not None:
+            page = await asyncio.to_thread(self._read, self.position, None, ())
+            if page:
+                self.position = page[-1].position
+                self.events_read += len(page)
+                self._dispatch(page)
+            if len(page) < PAGE_SIZE:
+                return
+
+    def _dispatch(self, events: list[LiveEvent]) -> None:
+        for event in events:
+            self._owners[event.contract_id] = (event.owner_id, event.contract_status)
+            if not self.subscribers:
+                continue
+            item: Item | None = None
+            for sub in list(self.subscribers):
+                if sub.accepts(event.owner_id, event.type, event.contract_id, event.status):
+                    item = item or event_item(event)
+                    sub.offer(item)
+                    if sub.overflowed.is_set():
+                        self.subscribers.discard(sub)
+        if len(self._owners) > 100_000:
+            self._owners.clear()
+
+    async def _listen(self) -> None:
+        """Follow the Redis wake-up channel; reconnect after a failure (the poll covers the gap)."""
+        while True:
+            client = aioredis.Redis.from_url(redis_url(self._settings()))
+            try:
+                pubsub = client.pubsub()
+                await pubsub.subscribe(channel(self._settings()))
+                self._wake.set()  # anything committed while we were not listening
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    await self._on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("monitor: wake-up channel lost (%s); polling until it is back", exc)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _on_message(self, data: bytes | str) -> None:
+        try:
+            batch = json.loads(data)
+        except ValueError:
+            return
+        notices = []
+        for message in batch if isinstance(batch, list) else [batch]:
+            if not isinstance(message, dict):
+                continue
+            if "events" in message:
+                self._wake.set()
+            elif "notice" in message:
+                notices.append(message)
+        if notices and self.subscribers:
+            await self._dispatch_notices(notices)
+
+    async def _dispatch_notices(self, notices: list[dict[str, Any]]) -> None:
+        parsed: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        for notice in notices:
+            try:
+                contract_id = uuid.UUID(str(notice["contractId"]))
+            except (KeyError, ValueError):
+                continue
+            raw = notice.get("payload")
+            payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            body = {**payload, "id": None, "type": str(notice["notice"]), "contractId": str(contract_id)}
+            parsed.append((contract_id, body))
+        unknown = {cid for cid, _ in parsed if cid not in self._owners}
+        if unknown:
+            self._owners.update(await asyncio.to_thread(self._load_owners, unknown))
+        for contract_id, body in parsed:
+            owner = self._owners.get(contract_id)
+            if owner is None:
+                continue
+            item: Item | None = None
+            for sub in list(self.subscribers):
+                if sub.accepts(owner[0], body["type"], contract_id, owner[1]):
+                    item = item or Item(None, None, body["type"], json.dumps(body, separators=(",", ":")))
+                    sub.offer(item)
+                    if sub.overflowed.is_set():
+                        self.subscribers.discard(sub)
+
+    def _load_owners(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+        from app.models import Contract
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Contract.id, Contract.owner_id, Contract.status).where(Contract.id.in_(ids))
+            ).all()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+
+@contextlib.contextmanager
+def _session(conn: Any) -> Any:
+    from sqlalchemy.orm import Session
+
+    with Session(bind=conn) as session:
+        yield session
+
+
+async def pump(sub: Subscriber, hub: Hub, send: Callable[[str], Any]) -> None:
+    """Send a subscriber its catch-up and then its live items, until it overflows or is cancelled."""
+    await hub.catch_up(sub, send)
+    while not sub.overflowed.is_set():
+        while sub.buffer:
+            item = sub.buffer.popleft()
+            if sub.is_new(item):
+                await send(item.text)
+                sub.sent(item)
+        if sub.overflowed.is_set():
+            return
+        sub.wake.clear()
+        if not sub.buffer:
+            await sub.wake.wait()
+
+
+__all__ = [
+    "HEARTBEAT",
+    "STALE_TYPES",
+    "FilterError",
+    "Hub",
+    "Item",
+    "MonitorFilter",
+    "Subscriber",
+    "event_item",
+    "pump",
+]

@@ -1,0 +1,316 @@
+"""The live monitor against a real uvicorn, PostgreSQL and Redis: filters, catch-up, isolation,
+back-pressure, SSE (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+from websockets.exceptions import ConnectionClosed
+
+from app.api import ContractsAPI
+from app.config import get_settings
+from app.db import get_engine, unit_of_work
+from app.domain.lifecycle import Status
+from app.http.application import create_app
+from app.http.errors import WS_TOO_SLOW
+from app.live_events import publish_notice
+from app.models import ContractEvent
+from tests.integration.live_server import RawClient, drain, open_monitor, receive_until, serve
+
+pytestmark = pytest.mark.integration
+
+
+def _no_broker(task: str, payload: dict[str, Any], countdown: float | None = None, /) -> str:
+    return "not-sent"
+
+
+@pytest.fixture(scope="module")
+def server(database: str) -> Iterator[str]:
+    with serve(create_app(sender=_no_broker)) as base:
+        yield base
+
+
+def _api(make_caller: Any, owner: str | None = None, role: str = "user") -> tuple[str, ContractsAPI]:
+    token, caller = make_caller(owner, role)
+    return token, ContractsAPI(caller=caller, sender=_no_broker)
+
+
+def _active(api: ContractsAPI, name: str = "live") -> uuid.UUID:
+    cid = api.create_contract(name, "simple").id
+    api.change_status(cid, Status.ACTIVE)
+    return cid
+
+
+def _toggle(api: ContractsAPI, cid: uuid.UUID, times: int) -> None:
+    for i in range(times):
+        api.change_status(cid, Status.PAUSED if i % 2 == 0 else Status.ACTIVE, reason=f"toggle {i}")
+
+
+def _event_ids(*contract_ids: uuid.UUID) -> list[int]:
+    with unit_of_work() as uow:
+        return list(
+            uow.session.scalars(
+                select(ContractEvent.id)
+                .where(ContractEvent.contract_id.in_(contract_ids))
+                .order_by(ContractEvent.id)
+            )
+        )
+
+
+def _last_id() -> int:
+    with unit_of_work() as uow:
+        return int(uow.session.execute(text("SELECT coalesce(max(id), 0) FROM contract_events")).scalar_one())
+
+
+def test_filters_by_contract_id_and_by_status(server: str, make_caller: Any) -> None:
+    token, api = _api(make_caller)
+    one, two = _active(api, "one"), _active(api, "two")
+    by_id = open_monitor(server, token, contractIds=[str(one)])
+    by_status = open_monitor(server, token, statuses=["paused"])
+    everything = open_monitor(server, token)
+    _toggle(api, one, 3)  # paused, active, paused
+    _toggle(api, two, 2)  # paused, active
+    got_by_id, got_by_status, got_all = drain(by_id), drain(by_status), drain(everything)
+
+    assert [e["contractId"] for e in got_by_id] == [str(one)] * 3
+    assert [e["newStatus"] for e in got_by_id] == ["paused", "active", "paused"]
+    assert [(e["contractId"], e["newStatus"]) for e in got_by_status] == [
+        (str(one), "paused"),
+        (str(one), "paused"),
+        (str(two), "paused"),
+    ] or sorted(e["contractId"] for e in got_by_status) == sorted([str(one), str(one), str(two)])
+    assert all(e["type"] == "status_changed" and isinstance(e["id"], int) for e in got_all)
+    assert len(got_all) == 5
+    for ws in (by_id, by_status, everything):
+        ws.close()
+
+
+def test_the_filter_can_change_on_the_open_connection(server: str, make_caller: Any) -> None:
+    token, api = _api(make_caller)
+    one, two = _active(api, "one"), _active(api, "two")
+    ws = open_monitor(server, token, contract_ids=[str(one)])  # the seed's snake_case
+    _toggle(api, two, 1)
+    _toggle(api, one, 1)
+    assert [e["contractId"] for e in drain(ws, idle=1)] == [str(one)]
+    ws.send(json.dumps({"contractIds": [str(two)]}))
+    assert json.loads(ws.recv(timeout=5))["filter"]["contractIds"] == [str(two)]
+    api.change_status(one, Status.ACTIVE)
+    api.change_status(two, Status.ACTIVE)
+    assert [e["contractId"] for e in drain(ws, idle=1)] == [str(two)]
+    ws.close()
+
+
+def test_heartbeats_only_with_include_heartbeats_and_browser_auth(server: str, make_caller: Any) -> None:
+    token, api = _api(make_caller)
+    cid = _active(api)
+    with_beats = open_monitor(server, token, header=False, includeHeartbeats=True)
+    without = open_monitor(server, token)
+    time.sleep(0.3)
+    publish_notice("heartbeat", cid, {"state": "working", "activity": "testing", "progress": 40})
+    api.change_status(cid, Status.PAUSED)
+    got_with, got_without = drain(with_beats), drain(without)
+    assert {e["type"] for e in got_with} == {"heartbeat", "status_changed"}
+    beat = next(e for e in got_with if e["type"] == "heartbeat")
+    assert beat["id"] is None and beat["progress"] == 40 and beat["contractId"] == str(cid)
+    assert [e["type"] for e in got_without] == ["status_changed"]
+
+
+def test_another_owners_events_never_arrive_admin_sees_all(server: str, make_caller: Any) -> None:
+    _, api_a = _api(make_caller)
+    token_b, _api_b = _api(make_caller)
+    token_admin, _ = _api(make_caller, role="admin")
+    cid = _active(api_a)
+    start = _last_id()
+    b = open_monitor(server, token_b, after=start)
+    b_asks_for_it = open_monitor(server, token_b, contractIds=[str(cid)], after=0)
+    admin = open_monitor(server, token_admin, contractIds=[str(cid)], after=start)
+    _toggle(api_a, cid, 4)
+    assert drain(b, idle=1) == []
+    assert drain(b_asks_for_it, idle=0.5) == []
+    assert [e["id"] for e in drain(admin)] == _event_ids(cid)[-4:]
+
+
+def test_reconnecting_with_the_last_id_gets_every_event_once_in_order_while_two_writers_commit(
+    server: str, make_caller: Any
+) -> None:
+    """Two writers commit concurrently, and a third holds an inserted event uncommitted while
+    later ids commit (the case `id > last` alone would skip); the client keeps disconnecting
+    and resuming with the last id it saw."""
+    token, api = _api(make_caller)
+    first, second, held = _active(api, "w1"), _active(api, "w2"), _active(api, "held")
+    after = _last_id()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(cid: uuid.UUID, n: int) -> None:
+        try:
+            _toggle(api, cid, n)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def slow_writer() -> None:
+        engine = get_engine()
+        try:
+            while not stop.is_set():
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(
+                            "INSERT INTO contract_events (contract_id, type, payload, created_at) "
+                            "VALUES (:c, 'deliverable_completed', CAST(:p AS jsonb), now())"
+                        ),
+                        {"c": str(held), "p": json.dumps({"contractId": str(held), "slow": True})},
+                    )
+                    time.sleep(random.uniform(0.05, 0.25))  # the id is taken; later ids commit first
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=writer, args=(first, 120)),
+        threading.Thread(target=writer, args=(second, 120)),
+        threading.Thread(target=slow_writer),
+    ]
+    for t in threads:
+        t.start()
+    received: list[dict[str, Any]] = []
+    last = after
+    reconnects = 0
+    while any(t.is_alive() for t in threads[:2]) or reconnects < 3:
+        ws = open_monitor(server, token, contractIds=[str(first), str(second), str(held)], after=last)
+        deadline = time.monotonic() + random.uniform(0.2, 0.6)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    message = json.loads(ws.recv(timeout=0.1))
+                except TimeoutError:
+                    continue
+                received.append(message)
+                last = message["id"]
+        finally:
+            ws.close()  # disconnect while the writers go on
+        reconnects += 1
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    ws = open_monitor(server, token, contractIds=[str(first), str(second), str(held)], after=last)
+    received.extend(drain(ws, idle=2))
+    ws.close()
+
+    expected = [i for i in _event_ids(first, second, held) if i > after]
+    ids = [m["id"] for m in received]
+    assert len(ids) == len(set(ids)), "an event arrived twice"
+    assert sorted(ids) == expected, f"missing {sorted(set(expected) - set(ids))[:10]}"
+    assert reconnects >= 3
+    for cid in (first, second):  # each writer's own events arrive in the order it committed them
+        mine = [m["id"] for m in received if m["contractId"] == str(cid)]
+        assert mine == sorted(mine) and len(mine) == 120
+
+
+def test_a_slow_client_is_closed_with_the_resume_code_and_others_keep_up(
+    server: str, make_caller: Any
+) -> None:
+    token, api = _api(make_caller)
+    cid = _active(api)
+    settings = get_settings()
+    saved = settings.contracts.monitor_ws_buffer_size
+    settings.contracts.monitor_ws_buffer_size = 50
+    try:
+        start = _last_id()
+        total = 800
+        slow = RawClient(server, token)  # reads nothing until the end
+        slow.send({})
+        fast = open_monitor(server, token)
+        got_fast: list[dict[str, Any]] = []
+        arrived: list[float] = []
+
+        failures: list[BaseException] = []
+
+        def read_fast() -> None:
+            try:
+                while len(got_fast) < total:
+                    got_fast.append(json.loads(fast.recv(timeout=60)))
+                    arrived.append(time.monotonic())
+            except BaseException as exc:  # pragma: no cover - asserted below
+                failures.append(exc)
+
+        reader = threading.Thread(target=read_fast)
+        reader.start()
+        reason = "x" * 10_000  # big events fill the socket buffers (several MB) quickly
+        t0 = time.monotonic()
+        for i in range(total):
+            api.change_status(cid, Status.PAUSED if i % 2 == 0 else Status.ACTIVE, reason=f"{i} {reason}")
+        writing = time.monotonic() - t0
+        reader.join(timeout=60)
+        assert not failures, failures
+        assert [m["id"] for m in got_fast] == _event_ids(cid)[-total:]
+        assert arrived[-1] - t0 < writing + 2, "the fast client was held up by the slow one"
+        # the slow one: what the socket buffers held, then the close with the resume rule
+        seen: list[dict[str, Any]] = []
+        close: tuple[int, str] | None = None
+        for opcode, payload in slow.frames():
+            if opcode == 0x1:
+                message = json.loads(payload)
+                if message.get("type") != "subscribed":
+                    seen.append(message)
+            elif opcode == 0x8:
+                close = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
+        assert close is not None and close[0] == WS_TOO_SLOW, close
+        assert f"resume after {seen[-1]['id']}" in close[1], (close, len(seen))
+        assert len(seen) < total
+        last = seen[-1]["id"] if seen else start
+        resumed = open_monitor(server, token, after=last)
+        rest = receive_until(resumed, total - len(seen), timeout=30)
+        assert [m["id"] for m in seen + rest] == _event_ids(cid)[-total:]
+        for ws in (fast, resumed):
+            ws.close()
+    finally:
+        settings.contracts.monitor_ws_buffer_size = saved
+
+
+def test_bad_filter_and_bad_token_close_with_their_codes(server: str, make_caller: Any) -> None:
+    from websockets.sync.client import connect
+
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    with connect(url, additional_headers={"Authorization": "Bearer mk_nope"}) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    token, _ = _api(make_caller)
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        ws.send(json.dumps({"statuses": ["sleeping"]}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        assert "sleeping" in closed.value.rcvd.reason
+
+
+def test_sse_stream_resumes_from_last_event_id(server: str, make_caller: Any) -> None:
+    token, api = _api(make_caller)
+    cid = _active(api)
+    start = _last_id()
+    _toggle(api, cid, 3)
+    ids = _event_ids(cid)[-3:]
+    headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(ids[0])}
+    got: list[int] = []
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream("GET", "/api/v1/contracts/events/stream", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                got.append(int(line[4:]))
+            if len(got) == 2:
+                break
+    assert got == ids[1:]
+    assert start < ids[0]
