@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.broker import Sender
-from app.http import audit, batch, contracts, daemons, health, messages, monitor, reports, supervisors
+from app.http import audit, batch, contracts, daemons, health, messages, metrics, monitor, reports, supervisors
 from app.http.deps import Wiring
 from app.http.docs import install_docs
 from app.http.errors import install_error_handlers
@@ -58,6 +58,7 @@ def create_app(
     application.include_router(messages.router)
     application.include_router(health.router)
     application.include_router(monitor.router)
+    application.include_router(metrics.router)
     application.include_router(supervisors.router)
     application.include_router(daemons.router)
     install_docs(application)
