@@ -10,7 +10,18 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.broker import Sender
-from app.http import audit, batch, contracts, daemons, health, messages, metrics, monitor, reports, supervisors
+from app.http import (
+    audit,
+    batch,
+    contracts,
+    daemons,
+    health,
+    messages,
+    metrics,
+    monitor,
+    reports,
+    supervisors,
+)
 from app.http.deps import Wiring
 from app.http.docs import install_docs
 from app.http.errors import install_error_handlers
