@@ -113,7 +113,7 @@ class BatchProgress(Schema):
 
 
 class BatchOperationError(Schema):
-    """One contract the batch could not act on, and why (seed BatchOperationError)."""
+    """One contract the batch could not act on, and why."""
 
     contract_id: uuid.UUID
     error: str
@@ -121,8 +121,8 @@ class BatchOperationError(Schema):
 
 
 class BatchView(Schema):
-    """A batch as it stands; once `completed`, the seed's BatchOperationResult (`operation`,
-    `affectedCount`, `affectedIds`, `errors`) is complete."""
+    """A batch as it stands; once `completed`, its result (`operation`, `affectedCount`,
+    `affectedIds`, `errors`) is complete."""
 
     batch_id: uuid.UUID
     operation: str
