@@ -37,6 +37,7 @@ from app.auth import Unauthenticated
 from app.domain.errors import (
     ContractError,
     ContractNotFound,
+    FeatureDisabled,
     Forbidden,
     InvalidDeliverable,
     InvalidTransition,
@@ -66,6 +67,7 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         SupervisorNotFound: status.HTTP_404_NOT_FOUND,
         SupervisorDead: status.HTTP_503_SERVICE_UNAVAILABLE,
         Forbidden: status.HTTP_403_FORBIDDEN,
+        FeatureDisabled: status.HTTP_503_SERVICE_UNAVAILABLE,
         ContractError: status.HTTP_400_BAD_REQUEST,
         Unauthenticated: status.HTTP_401_UNAUTHORIZED,
         InvalidRequest: status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -91,7 +93,6 @@ EDGE_STATUS: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.METHOD_NOT_ALLOWED: status.HTTP_405_METHOD_NOT_ALLOWED,
         ErrorCode.BROKER_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
         ErrorCode.DATABASE_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
-        ErrorCode.FEATURE_DISABLED: status.HTTP_404_NOT_FOUND,
         ErrorCode.INTERNAL_ERROR: status.HTTP_500_INTERNAL_SERVER_ERROR,
     }
 )
@@ -105,28 +106,9 @@ WS_INVALID_REQUEST: Final = 4400  # a bad filter or message
 WS_UNAUTHENTICATED: Final = 4401
 WS_FORBIDDEN: Final = 4403
 WS_NOT_FOUND: Final = 4404
+WS_FEATURE_DISABLED: Final = 4503  # FEATURE_DISABLED: the flag named in the reason is off
 WS_TOO_SLOW: Final = 4408  # the client fell behind: reconnect and resume after the last event id seen
 WS_INTERNAL_ERROR: Final = 1011  # RFC 6455 "unexpected condition"
-
-
-class FeatureDisabled(Exception):
-    """A capability switched off in `[feature_flags]`: FEATURE_DISABLED (404), naming the flag."""
-
-    def __init__(self, flag: str, what: str) -> None:
-        super().__init__(
-            f"{what} switched off on this server ([feature_flags] {flag} = false); "
-            f"ask its operator to switch {flag} on."
-        )
-        self.flag = flag
-
-
-def feature_disabled_response(exc: FeatureDisabled) -> JSONResponse:
-    return error_response(status.HTTP_404_NOT_FOUND, ErrorCode.FEATURE_DISABLED, str(exc), {"flag": exc.flag})
-
-
-async def _on_feature_disabled(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, FeatureDisabled)
-    return feature_disabled_response(exc)
 
 
 def status_for(exc: BaseException) -> int:
@@ -262,9 +244,10 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
             {"retryAfterSeconds": 1},
         ),
         ErrorCode.FEATURE_DISABLED: (
-            "The live monitor and dashboard are switched off on this server ([feature_flags] "
-            "monitoring_dashboard = false); ask its operator to switch monitoring_dashboard on.",
-            {"flag": "monitoring_dashboard"},
+            "This feature is disabled on this server (feature flag 'monitoring_dashboard' is off). An "
+            "operator can turn it on with [feature_flags] monitoring_dashboard = true or "
+            "MAKIMA_FEATURE_FLAGS__MONITORING_DASHBOARD=true.",
+            {"featureFlag": "monitoring_dashboard"},
         ),
         ErrorCode.INTERNAL_ERROR: (
             "The server failed to handle this request. It has been logged; quote the reference when "
@@ -518,7 +501,6 @@ def install_error_handlers(application: FastAPI) -> None:
     application.add_exception_handler(RequestValidationError, _on_validation_error)
     application.add_exception_handler(InvalidRequest, _on_invalid_request)
     application.add_exception_handler(ContractError, _on_contract_error)
-    application.add_exception_handler(FeatureDisabled, _on_feature_disabled)
     application.add_exception_handler(Unauthenticated, _on_unauthenticated)
     application.add_exception_handler(StarletteHTTPException, _on_http_exception)
     application.add_exception_handler(StatementError, _on_statement_error)
@@ -533,6 +515,7 @@ __all__ = [
     "EDGE_STATUS",
     "ERROR_STATUS",
     "STATUS_BY_ERROR",
+    "WS_FEATURE_DISABLED",
     "WS_FORBIDDEN",
     "WS_INTERNAL_ERROR",
     "WS_INVALID_REQUEST",
@@ -540,11 +523,9 @@ __all__ = [
     "WS_TOO_SLOW",
     "WS_UNAUTHENTICATED",
     "ErrorJSONResponse",
-    "FeatureDisabled",
     "error_response",
     "error_responses",
     "example_body",
-    "feature_disabled_response",
     "install_error_handlers",
     "status_for",
     "unauthenticated_first",

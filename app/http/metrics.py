@@ -14,7 +14,7 @@ from app.metrics import render
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", include_in_schema=False)  # Prometheus text, not a JSON operation
 async def metrics(request: Request) -> Response:
     """Counters summed over every process of this host, gauges read from the database now."""
     engine = wiring(request).engine or get_engine()

@@ -661,6 +661,7 @@ def test_every_domain_error_code_has_an_http_status() -> None:
         "SUPERVISOR_DEAD": 503,
         "VALIDATION_FAILED": 400,
         "FORBIDDEN": 403,
+        "FEATURE_DISABLED": 503,
     }
 
 

@@ -314,3 +314,25 @@ def test_sse_stream_resumes_from_last_event_id(server: str, make_caller: Any) ->
                 break
     assert got == ids[1:]
     assert start < ids[0]
+
+
+def test_monitoring_switched_off_says_so(server: str, make_caller: Any) -> None:
+    from websockets.sync.client import connect
+
+    token, _ = _api(make_caller)
+    flags = get_settings().feature_flags
+    flags.monitoring_dashboard = False
+    try:
+        response = httpx.get(
+            server + "/api/v1/contracts/events/stream", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "FEATURE_DISABLED"
+        url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
+            assert "FEATURE_DISABLED" in closed.value.rcvd.reason
+    finally:
+        flags.monitoring_dashboard = True
