@@ -100,12 +100,12 @@ def test_the_filter_can_change_on_the_open_connection(server: str, make_caller: 
     ws = open_monitor(server, token, contract_ids=[str(one)])  # the seed's snake_case
     _toggle(api, two, 1)
     _toggle(api, one, 1)
-    assert [e["contractId"] for e in drain(ws, idle=1)] == [str(one)]
+    assert [e["contractId"] for e in drain(ws, idle=2.5)] == [str(one)]
     ws.send(json.dumps({"contractIds": [str(two)]}))
     assert json.loads(ws.recv(timeout=5))["filter"]["contractIds"] == [str(two)]
     api.change_status(one, Status.ACTIVE)
     api.change_status(two, Status.ACTIVE)
-    assert [e["contractId"] for e in drain(ws, idle=1)] == [str(two)]
+    assert [e["contractId"] for e in drain(ws, idle=2.5)] == [str(two)]
     ws.close()
 
 
