@@ -672,7 +672,7 @@ ev AS (
 ),
 due AS (
   SELECT id FROM contracts
-  WHERE id = ANY(%(live)s::text[]::uuid[]) AND last_activity_at < %(bump_before)s::timestamptz
+  WHERE id = ANY(%(live)s::uuid[]) AND last_activity_at < %(bump_before)s::timestamptz
   ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
 ),
 bump AS (
@@ -725,19 +725,19 @@ class _PostgresStore(_Store):
             return {}
         rows = self._run(
             session,
-            "SELECT id, owner_id FROM contracts WHERE id = ANY(%(ids)s::text[]::uuid[])",
-            {"ids": [str(c) for c in contract_ids]},
+            "SELECT id, owner_id FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
+            {"ids": sorted(contract_ids)},
         )
         return {_as_uuid(cid): owner for cid, owner in rows}
 
     def supervisors(
         self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
     ) -> dict[uuid.UUID, SupervisorRecord]:
-        ids = sorted({str(t) for t in task_ids})
+        ids = sorted(set(task_ids))
         if not ids:
             return {}
         columns = ", ".join(c.key for c in SUPERVISOR_COLUMNS)
-        sql = f"SELECT {columns} FROM supervisors WHERE task_id = ANY(%(ids)s::text[]::uuid[]) ORDER BY task_id"
+        sql = f"SELECT {columns} FROM supervisors WHERE task_id = ANY(%(ids)s::uuid[]) ORDER BY task_id"
         if lock:
             sql += " FOR UPDATE"
         rows = self._run(session, sql, {"ids": ids})
@@ -817,7 +817,7 @@ class _PostgresStore(_Store):
             "oldest": (day - timedelta(days=2)).isoformat(),
             "received_at": received_at.isoformat(),
             "events": _dumps(events),
-            "live": [str(c) for c in live],
+            "live": list(live),
             "bump_before": bump_before.isoformat(),
             "shard": _shard(),
             "received": counts.received,

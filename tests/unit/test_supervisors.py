@@ -1,0 +1,245 @@
+"""The pure supervisor rules: parsing, ordering, fencing, liveness; and the batching machinery."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app.domain.supervisors import (
+    Heartbeat,
+    InvalidHeartbeat,
+    Outcome,
+    SupervisorRecord,
+    SupervisorState,
+    activity_bump_before,
+    declare_dead,
+    derive_heartbeat_id,
+    is_dead,
+    parse_heartbeat,
+    plan_batch,
+)
+
+T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
+CID, TASK = uuid.uuid4(), uuid.uuid4()
+
+
+def raw(**over: Any) -> dict[str, Any]:
+    base = {
+        "taskId": str(TASK),
+        "contractId": str(CID),
+        "state": "working",
+        "phase": "execute",
+        "currentActivity": "Implementing user authentication",
+        "progress": 45,
+        "pendingTaskIds": [str(uuid.uuid4())],
+        "timestamp": "2026-01-31T10:30:00Z",
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def beat(seconds: float, state: str = "working", **over: Any) -> Heartbeat:
+    return parse_heartbeat(raw(state=state, timestamp=(T0 + timedelta(seconds=seconds)).isoformat(), **over))
+
+
+def test_every_state_of_the_seed_is_recognised_and_round_trips() -> None:
+    assert [s.value for s in SupervisorState] == [
+        "initializing", "idle", "working", "waiting_for_user", "waiting_for_tasks",
+        "blocked", "completed", "failed", "interrupted",
+    ]  # fmt: skip
+    for state in SupervisorState:
+        hb = parse_heartbeat(raw(state=state.value))
+        assert parse_heartbeat(hb.to_json()) == hb
+
+
+def test_a_heartbeat_without_an_id_gets_one_from_its_task_and_timestamp() -> None:
+    first, again = parse_heartbeat(raw()), parse_heartbeat(raw())
+    assert first.id == again.id == derive_heartbeat_id(TASK, T0)
+    assert parse_heartbeat(raw(timestamp="2026-01-31T10:30:01Z")).id != first.id
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("progress", 101),
+        ("progress", True),
+        ("state", "sleeping"),
+        ("taskId", "nope"),
+        ("timestamp", "2026-01-31T10:30:00"),  # no time zone
+        ("timestamp", "1970-01-01T00:00:00Z"),
+        ("phase", ""),
+        ("phase", "a\x00b"),
+        ("pendingTaskIds", ["x"]),
+        ("incarnation", 0),
+        ("currentActivity", "x" * 2001),
+        ("bogus", 1),
+    ],
+)
+def test_an_invalid_heartbeat_names_its_field(field: str, value: Any) -> None:
+    with pytest.raises(InvalidHeartbeat) as exc:
+        parse_heartbeat({**raw(), field: value})
+    assert exc.value.field == field
+
+
+def record(**over: Any) -> SupervisorRecord:
+    base: dict[str, Any] = {
+        "task_id": TASK,
+        "contract_id": CID,
+        "incarnation": 1,
+        "state": SupervisorState.WORKING,
+        "phase": "execute",
+        "current_activity": "",
+        "progress": 0,
+        "pending_task_ids": (),
+        "heartbeat_id": None,
+        "sent_at": T0,
+        "last_received_at": T0,
+        "alive": True,
+        "dead_at": None,
+        "daemon_id": None,
+        "host": None,
+        "version": 1,
+    }
+    base.update(over)
+    return SupervisorRecord(**base)
+
+
+def test_the_newest_state_wins_whatever_the_order_and_repeats_are_duplicates() -> None:
+    batch = [beat(3, "idle"), beat(1), beat(2, "blocked"), beat(3, "idle")]
+    plan = plan_batch(batch, {}, T0)
+    assert plan.outcomes == [Outcome.APPLIED, Outcome.STALE, Outcome.STALE, Outcome.DUPLICATE]
+    (_, after) = plan.writes[TASK]
+    assert after.state is SupervisorState.IDLE and after.sent_at == T0 + timedelta(seconds=3)
+    assert [(c.old_state, c.new_state) for c in plan.changes] == [(None, SupervisorState.IDLE)]
+    assert len(plan.rows_to_store()) == 3
+
+
+def test_an_older_heartbeat_never_overwrites_and_no_change_means_no_event() -> None:
+    current = {TASK: record(sent_at=T0 + timedelta(seconds=10))}
+    plan = plan_batch([beat(5, "idle")], current, T0 + timedelta(seconds=30))
+    assert plan.outcomes == [Outcome.STALE]
+    _, after = plan.writes[TASK]
+    assert after.state is SupervisorState.WORKING
+    assert after.last_received_at == T0 + timedelta(seconds=30)  # still proves liveness
+    assert plan.changes == []
+
+
+def test_a_newer_incarnation_wins_whatever_its_clock_says() -> None:
+    current = {TASK: record(sent_at=T0 + timedelta(hours=1))}  # a clock that ran ahead
+    plan = plan_batch([beat(0, "idle", incarnation=2)], current, T0)
+    assert plan.outcomes == [Outcome.APPLIED] and plan.writes[TASK][1].incarnation == 2
+
+
+def test_fencing_an_older_incarnation_and_a_dead_supervisors_unnamed_heartbeat() -> None:
+    alive2 = {TASK: record(incarnation=2)}
+    plan = plan_batch([beat(100, incarnation=1)], alive2, T0)
+    assert plan.outcomes == [Outcome.FENCED] and TASK not in plan.writes
+    assert [(f.sent_incarnation, f.current_incarnation) for f in plan.fenced] == [(1, 2)]
+    dead, changes = declare_dead(record(), T0 + timedelta(minutes=5))
+    assert (dead.incarnation, dead.alive, dead.state, dead.sent_at) == (
+        2,
+        False,
+        SupervisorState.INTERRUPTED,
+        None,
+    )
+    assert [(c.old_state, c.new_state) for c in changes] == [
+        (SupervisorState.WORKING, SupervisorState.INTERRUPTED)
+    ]
+    late = plan_batch([beat(400)], {TASK: dead}, T0 + timedelta(minutes=6))
+    assert late.outcomes == [Outcome.FENCED] and late.writes == {}
+    restart = plan_batch(
+        [beat(-3600, "initializing", incarnation=2)], {TASK: dead}, T0 + timedelta(minutes=6)
+    )
+    assert restart.outcomes == [Outcome.APPLIED] and restart.writes[TASK][1].alive
+    assert restart.changes[0].revived
+
+
+def test_liveness_is_judged_by_receive_time_only() -> None:
+    timeout = timedelta(seconds=120)
+    ahead = record(sent_at=T0 + timedelta(hours=1), last_received_at=T0)
+    behind = record(sent_at=T0 - timedelta(hours=1), last_received_at=T0)
+    for rec in (ahead, behind):
+        assert not is_dead(rec, T0 + timedelta(seconds=119), timeout)
+        assert is_dead(rec, T0 + timedelta(seconds=121), timeout)
+    assert not is_dead(record(alive=False), T0 + timedelta(days=1), timeout)
+
+
+def test_activity_moves_only_when_older_than_a_tenth_of_the_stale_threshold() -> None:
+    assert activity_bump_before(T0, timedelta(minutes=30)) == T0 - timedelta(minutes=3)
+
+
+def test_a_task_id_of_another_contract_is_refused() -> None:
+    plan = plan_batch([beat(1)], {TASK: record(contract_id=uuid.uuid4())}, T0)
+    assert plan.outcomes == [Outcome.REFUSED] and plan.rows_to_store() == []
+
+
+# --- the batching machinery (no broker: a sender that records) -----------------------------
+
+
+def test_the_buffer_flushes_every_n_and_after_t_and_keeps_what_the_broker_refused() -> None:
+    from app.heartbeat_buffer import HeartbeatBuffer
+
+    sent: list[dict[str, Any]] = []
+    fail = threading.Event()
+
+    def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        if fail.is_set():
+            raise ConnectionError("broker down")
+        sent.append(payload)
+        return "id"
+
+    buffer = HeartbeatBuffer(send, batch_size=3, flush_ms=20, max_buffered=5)
+    principal = uuid.uuid4()
+    for i in range(3):
+        buffer.add(principal, {"n": i})
+    assert len(sent) == 1 and len(sent[0]["groups"][0]["heartbeats"]) == 3  # every N
+    buffer.add(principal, {"n": 3})
+    threading.Event().wait(0.2)
+    assert len(sent) == 2  # after T
+    buffer.close()
+    buffer = HeartbeatBuffer(send, batch_size=3, flush_ms=60_000, max_buffered=5)  # no timer in the way
+    fail.set()
+    for i in range(2):
+        buffer.add(principal, {"n": 10 + i})
+    with pytest.raises(ConnectionError):
+        buffer.add(principal, {"n": 12})  # the third triggers a send, which fails: all kept
+    for i in range(3):  # while the broker is down, every add past the batch size tries and fails
+        with pytest.raises(ConnectionError):
+            buffer.add(principal, {"n": 20 + i})
+    assert len(buffer) == 5 and buffer.dropped == 1  # bounded: the oldest goes
+    fail.clear()
+    buffer.close()
+    assert len(buffer) == 0 and buffer.sent == 5 and buffer.sent + buffer.dropped == 6
+
+
+def test_the_group_commit_coalesces_concurrent_submissions_and_answers_after_the_send() -> None:
+    from app.auth import Caller, Role
+    from app.heartbeat_buffer import GroupCommit, Submission
+
+    flushed: list[int] = []
+
+    def flush(entries: list[Submission]) -> None:
+        threading.Event().wait(0.01)
+        flushed.append(len(entries))
+
+    group = GroupCommit(flush, linger_seconds=0.05, max_items=1000)
+    caller = Caller(uuid.uuid4(), "o", Role.SUPERVISOR)
+    done: list[int] = []
+    start = threading.Barrier(20)
+
+    def one() -> None:
+        start.wait()
+        group.submit(Submission(caller, [(0, beat(0))], []))
+        done.append(len(flushed))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(flushed) == 20 and len(flushed) < 20
+    assert all(d >= 1 for d in done)  # nobody was answered before its group was sent
