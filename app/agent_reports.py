@@ -112,6 +112,11 @@ def record_task_started(
         return contract
     refuse_if_closed(contract, "tasks")
     task = uow.session.get(ContractTask, task_id)
+    if task is not None and task.contract_id != contract.id:
+        raise ValidationFailed(
+            f"Task {task_id} belongs to another contract; a task id names one task.",
+            details={"taskId": str(task_id)},
+        )
     if task is None:
         uow.session.add(
             ContractTask(

@@ -19,11 +19,12 @@ with `.model_dump(mode="json")`), the same classes the HTTP front publishes.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -55,6 +56,7 @@ from app.queues import TaskName
 from app.views import ContractFilter, contract_view, contract_views
 
 MAX_MESSAGE_ID = 200
+MESSAGE_ID: Final = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_MESSAGE_ID}}}")
 
 
 def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
@@ -109,7 +111,7 @@ class ContractsAPI:
         fields: dict[str, Any],
         *,
         closed: str | None = None,
-        completed_task: uuid.UUID | None = None,
+        reported_task: uuid.UUID | None = None,
     ) -> str:
         """Judge what can be judged now, record the message as pending, then send it.
 
@@ -121,10 +123,11 @@ class ContractsAPI:
         already applied is not sent again.
         """
         message_id = message_id or str(uuid.uuid4())
-        if not 0 < len(message_id) <= MAX_MESSAGE_ID:
+        if not MESSAGE_ID.fullmatch(message_id):
             raise ValidationFailed(
-                f"A messageId must be 1 to {MAX_MESSAGE_ID} characters long.",
-                details={"length": len(message_id)},
+                f"A messageId is 1 to {MAX_MESSAGE_ID} characters of A-Z, a-z, 0-9 and . _ : @ - "
+                "(so it can be asked for by URL later), like a UUID.",
+                details={"length": len(message_id), "pattern": MESSAGE_ID.pattern},
             )
         payload = {
             "messageId": message_id,
@@ -136,8 +139,8 @@ class ContractsAPI:
             contract = get_contract(uow.session, self.caller, contract_id)
             if closed is not None:
                 refuse_if_closed(contract, closed)
-            if completed_task is not None:
-                _refuse_foreign_task(uow.session, contract.id, completed_task)
+            if reported_task is not None:
+                _refuse_foreign_task(uow.session, contract.id, reported_task)
             sent = Sent(self.caller.principal_id, message_id, contract.id, task.value)
             fresh = message_outcomes.accept(uow.session, sent, payload, self._clock())
         if fresh:
@@ -193,6 +196,7 @@ class ContractsAPI:
             message_id,
             {"taskId": str(task_id), "taskName": task_name, "isSupervisor": is_supervisor},
             closed="tasks",
+            reported_task=task_id,
         )
 
     def report_task_completed(
@@ -211,7 +215,7 @@ class ContractsAPI:
             message_id,
             {"taskId": str(task_id), "taskName": task_name, "success": success},
             closed="task results",
-            completed_task=task_id,
+            reported_task=task_id,
         )
 
     def mark_deliverable(
@@ -296,7 +300,8 @@ class ContractsAPI:
             rows, cursor = views.list_contracts(
                 uow.session, self.caller, flt or ContractFilter(), self._clock(), uow.settings
             )
-            return schemas.ContractPage(contracts=contract_views(uow.session, rows), next_cursor=cursor)
+            page = contract_views(uow.session, rows, with_phase_config=False)
+            return schemas.ContractPage(contracts=page, next_cursor=cursor)
 
     def change_status(
         self,

@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     # Deliveries of one message before it is parked in dead_letters instead of run again.
     max_deliveries: int = Field(5, ge=1)
     # Redis visibility timeout: longer than the longest task plus any countdown we schedule.
-    visibility_timeout_seconds: int = Field(3600, ge=1)
+    visibility_timeout_seconds: int = Field(600, ge=1)
     # How often a worker looks for unacknowledged messages of dead workers to restore.
     unacked_restore_interval_seconds: int = Field(10, ge=1)
     # PostgreSQL: run the hot paths' statements as server-side prepared statements (they

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from app.agent_reports import first_delivery
-from app.auth import Caller
+from app.auth import PERSON_ROLES, Caller
 from app.completion_flow import begin_completion, complete
 from app.contract_rows import (
     apply_phase,
@@ -26,8 +26,8 @@ from app.contract_rows import (
 )
 from app.db import UnitOfWork
 from app.domain.completion import check_phase_readiness, registered_validators
-from app.domain.errors import ValidationFailed
-from app.domain.lifecycle import Status, WaitingFor, check_transition
+from app.domain.errors import Forbidden, ValidationFailed
+from app.domain.lifecycle import Status, WaitingFor, check_transition, decision_for_a_person
 from app.domain.phase_change import (
     ContractSnapshot,
     PhaseChangeRequest,
@@ -117,6 +117,22 @@ def change_status(
     contract = lock_contract(uow.session, caller, contract_id)
     if target is Status.WAITING_FOR_INPUT and waiting_for is None:
         waiting_for = WaitingFor.QUESTION
+    decision = decision_for_a_person(Status(contract.status), target)
+    declining = (
+        target is Status.ACTIVE
+        and contract.status == Status.WAITING_FOR_INPUT.value
+        and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
+    )
+    if decision is not None and not caller.is_person:
+        if declining:
+            # Declining answers the confirmation wait, and that answer is a person's to give.
+            config = phase_config_of(contract)
+            raise person_must_confirm(
+                contract.phase,
+                config.next_phase(contract.phase) or contract.phase,
+                [d.to_json() for d in config.get(contract.phase).deliverables],
+            )
+        raise Forbidden(decision, caller.role.value, sorted(PERSON_ROLES))
     if target is Status.COMPLETING:
         check_transition(Status(contract.status), target)
         config = phase_config_of(contract)
@@ -142,19 +158,6 @@ def change_status(
         previous = Status(contract.status)
         complete(uow, contract, now, reason=reason or "completion confirmed")
         return previous, contract
-    declining = (
-        target is Status.ACTIVE
-        and contract.status == Status.WAITING_FOR_INPUT.value
-        and contract.waiting_for == WaitingFor.PHASE_CONFIRMATION.value
-    )
-    if declining and not caller.is_person:
-        # Declining answers the confirmation wait, and that answer is a person's to give.
-        config = phase_config_of(contract)
-        raise person_must_confirm(
-            contract.phase,
-            config.next_phase(contract.phase) or contract.phase,
-            [d.to_json() for d in config.get(contract.phase).deliverables],
-        )
     previous = set_status(
         uow.session,
         contract,
@@ -268,6 +271,7 @@ def set_auto_complete(
     uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, enabled: bool, *, now: datetime
 ) -> Contract:
     contract = lock_contract(uow.session, caller, contract_id)
+    refuse_if_closed(contract, "settings")
     if contract.auto_complete_enabled != enabled:
         contract.auto_complete_enabled = enabled
         touch(contract, now)

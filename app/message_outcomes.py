@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.db import dialect_insert
+from app.domain.errors import ValidationFailed
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied
 from app.schemas import Schema
@@ -108,9 +109,31 @@ def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: dateti
             "error_message": None,
             "updated_at": now,
         },
-        where=MessageOutcome.status != OutcomeStatus.APPLIED.value,
+        # Only the same report again: a message id names one report, never another one.
+        where=(MessageOutcome.status != OutcomeStatus.APPLIED.value)
+        & (MessageOutcome.task == insert.excluded.task)
+        & (MessageOutcome.contract_id == insert.excluded.contract_id)
+        & (MessageOutcome.payload == insert.excluded.payload),
     ).returning(MessageOutcome.status)
-    return session.execute(stmt).first() is not None
+    if session.execute(stmt).first() is not None:
+        return True
+    existing = session.get(MessageOutcome, (sent.principal_id, sent.message_id), populate_existing=True)
+    if existing is not None and (
+        existing.task != sent.task
+        or existing.contract_id != sent.contract_id
+        or existing.payload != dict(payload)
+    ):
+        raise ValidationFailed(
+            f"messageId '{sent.message_id}' was already used for another report "
+            f"({existing.task} on contract {existing.contract_id}); a message id names one report. "
+            "Use a new id for a new report, or resend the same report unchanged.",
+            details={
+                "messageId": sent.message_id,
+                "usedFor": existing.task,
+                "contractId": str(existing.contract_id),
+            },
+        )
+    return False
 
 
 # -- applying (workers) ----------------------------------------------------------------------

@@ -120,7 +120,8 @@ class Contract(Schema):
     name: str
     contract_type: str
     phase_config: dict[str, Any] | None = Field(
-        description="The contract's own phases, when it brought them."
+        description="The contract's own phases, when it brought them. Left out (null) in a page "
+        "of contracts; read the contract itself for it."
     )
     phase: str
     status: Status

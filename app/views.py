@@ -55,8 +55,14 @@ def contract_view(session: Session, contract: Contract) -> schemas.Contract:
     return contract_views(session, [contract])[0]
 
 
-def contract_views(session: Session, contracts: Sequence[Contract]) -> list[schemas.Contract]:
+def contract_views(
+    session: Session, contracts: Sequence[Contract], *, with_phase_config: bool = True
+) -> list[schemas.Contract]:
     """Contracts with their current phase's deliverables and task counts.
+
+    A page of contracts leaves out each contract's own `phaseConfig` (`with_phase_config=False`):
+    it can be up to a megabyte, and a page of 500 would be half a gigabyte. The contract
+    itself (`GET /contracts/{id}`) carries it.
 
     A person reads progress on the contract itself, so every answer that carries a contract
     carries it. Two queries for the whole list, however long (completed deliverables, task
@@ -87,7 +93,9 @@ def contract_views(session: Session, contracts: Sequence[Contract]) -> list[sche
         if (cid, phase) in wanted:
             counts.setdefault((cid, phase), {})[status] = int(count)
     return [
-        _contract_schema(c, completed.get((c.id, c.phase), {}), counts.get((c.id, c.phase), {}))
+        _contract_schema(
+            c, completed.get((c.id, c.phase), {}), counts.get((c.id, c.phase), {}), with_phase_config
+        )
         for c in contracts
     ]
 
@@ -101,14 +109,17 @@ def _current_deliverables(contract: Contract) -> tuple[Deliverable, ...]:
 
 
 def _contract_schema(
-    contract: Contract, completed: Mapping[str, datetime], by_status: Mapping[str, int]
+    contract: Contract,
+    completed: Mapping[str, datetime],
+    by_status: Mapping[str, int],
+    with_phase_config: bool = True,
 ) -> schemas.Contract:
     return schemas.Contract(
         id=contract.id,
         owner_id=contract.owner_id,
         name=contract.name,
         contract_type=contract.contract_type,
-        phase_config=contract.phase_config,
+        phase_config=contract.phase_config if with_phase_config else None,
         phase=contract.phase,
         status=Status(contract.status),
         version=contract.version,

@@ -97,6 +97,21 @@ def check_transition(
         )
 
 
+def decision_for_a_person(current: Status, target: Status) -> str | None:
+    """Which moves settle something a person was asked to decide; None for any other move.
+
+    A contract `completing` waits for a person to confirm early or reject (`completed` /
+    `active`); one `waiting_for_input` waits for a person's answer (leaving to `active` or
+    `paused` settles or sets aside that question). A supervisor may still
+    report failure (`failed`) from either: that is a fact about the work, not a decision.
+    """
+    if current is Status.COMPLETING and target in (Status.COMPLETED, Status.ACTIVE):
+        return "confirm or reject a completion"
+    if current is Status.WAITING_FOR_INPUT and target in (Status.ACTIVE, Status.PAUSED):
+        return "answer or set aside what the contract is waiting for"
+    return None
+
+
 def render_table() -> str:
     """The transition table as markdown, for the README and for people reading a failure."""
     lines = ["| from | may move to |", "|---|---|"]

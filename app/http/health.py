@@ -33,9 +33,12 @@ _UNAVAILABLE_EXAMPLE: dict[str, Any] = {
 }
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 def healthz() -> Liveness:
-    """Liveness: answers 200 while the process serves requests; touches nothing else."""
+    """Liveness: answers 200 while the process serves requests; touches nothing else.
+
+    HEAD is answered too: some load balancers probe with it.
+    """
     return Liveness()
 
 

@@ -1,0 +1,205 @@
+"""What an attacker found, each now refused in the error shape (every test seen failing first).
+
+- A message id names one report: reusing it for a different report is refused, not silently
+  dropped or misreported as applied.
+- A message id must be servable back by URL (`GET /api/v1/messages/{messageId}`).
+- A task id names one task: `started` with another contract's task id is refused.
+- Decisions a person was asked for (confirm or reject a completion, answer or set aside a
+  wait) are refused to a supervisor; a supervisor may still report failure.
+- A page of contracts leaves out each contract's own phaseConfig (up to 1 MiB each).
+- Settings of a closed contract are not changed; HEAD /healthz answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.api import ContractsAPI
+from app.http import create_app
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+CONTRACTS = "/api/v1/contracts"
+
+
+def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+    return "kept"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(sender=_no_send), raise_server_exceptions=False) as c:
+        yield c
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_contract(client: TestClient, token: str, **body: Any) -> str:
+    resp = client.post(
+        CONTRACTS, json={"name": "attack", "contractType": "simple", **body}, headers=auth(token)
+    )
+    assert resp.status_code == 201, resp.text
+    cid = str(resp.json()["id"])
+    assert (
+        client.post(
+            f"{CONTRACTS}/{cid}/status", json={"targetStatus": "active"}, headers=auth(token)
+        ).status_code
+        == 200
+    )
+    return cid
+
+
+def test_a_message_id_reused_for_another_report_is_refused(client: TestClient, make_caller: Any) -> None:
+    token, _ = make_caller(role="supervisor")
+    cid, other = new_contract(client, token), new_contract(client, token)
+    task = str(uuid.uuid4())
+    first = client.post(
+        f"{CONTRACTS}/{cid}/tasks/{task}/started",
+        json={"taskName": "w", "messageId": "dup-1"},
+        headers=auth(token),
+    )
+    assert first.status_code == 202, first.text
+    same_again = client.post(
+        f"{CONTRACTS}/{cid}/tasks/{task}/started",
+        json={"taskName": "w", "messageId": "dup-1"},
+        headers=auth(token),
+    )
+    assert same_again.status_code == 202  # the same report resent: fine
+    for path, body in [
+        (f"{cid}/tasks/{task}/completed", {"taskName": "w", "success": True, "messageId": "dup-1"}),
+        (f"{other}/tasks/{uuid.uuid4()}/started", {"taskName": "w", "messageId": "dup-1"}),
+    ]:
+        resp = client.post(f"{CONTRACTS}/{path}", json=body, headers=auth(token))
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "VALIDATION_FAILED" and "already used" in error["message"]
+
+
+@pytest.mark.parametrize("message_id", ["a/b", " ", "tab\there", "x" * 201])
+def test_a_message_id_that_could_not_be_asked_for_by_url_is_refused(
+    client: TestClient, make_caller: Any, message_id: str
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    cid = new_contract(client, token)
+    resp = client.post(
+        f"{CONTRACTS}/{cid}/tasks/{uuid.uuid4()}/started",
+        json={"taskName": "w", "messageId": message_id},
+        headers=auth(token),
+    )
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"]["code"] in ("VALIDATION_FAILED", "INVALID_REQUEST")
+
+
+def test_started_with_another_contracts_task_id_is_refused(client: TestClient, make_caller: Any) -> None:
+    token, _ = make_caller(role="supervisor")
+    first, second = new_contract(client, token), new_contract(client, token)
+    task = str(uuid.uuid4())
+    api = ContractsAPI(token, sender=_no_send)
+    # Record the task on the first contract the way a worker would, in process.
+    from app.agent_reports import record_task_started
+    from app.db import unit_of_work
+    from app.models import utcnow
+
+    with unit_of_work() as uow:
+        record_task_started(
+            uow,
+            api.caller,
+            uuid.UUID(first),
+            task_id=uuid.UUID(task),
+            task_name="w",
+            is_supervisor=False,
+            now=utcnow(),
+        )
+    resp = client.post(
+        f"{CONTRACTS}/{second}/tasks/{task}/started", json={"taskName": "w"}, headers=auth(token)
+    )
+    assert resp.status_code == 400, resp.text
+    assert "another contract" in resp.json()["error"]["message"]
+
+
+def completing(client: TestClient, token: str) -> str:
+    cid = new_contract(client, token)
+    for deliverable in ("plan-document", "pull-request"):
+        if deliverable == "pull-request":
+            resp = client.post(f"{CONTRACTS}/{cid}/phase", json={"phase": "execute"}, headers=auth(token))
+            assert resp.status_code == 200, resp.text
+        resp = client.post(f"{CONTRACTS}/{cid}/deliverables/{deliverable}/complete", headers=auth(token))
+        assert resp.status_code == 200, resp.text
+    resp = client.post(f"{CONTRACTS}/{cid}/status", json={"targetStatus": "completing"}, headers=auth(token))
+    assert resp.status_code == 200, resp.text
+    return cid
+
+
+@pytest.mark.parametrize("target", ["completed", "active"])
+def test_a_supervisor_cannot_decide_a_completion(client: TestClient, make_caller: Any, target: str) -> None:
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    person, _ = make_caller(owner)
+    supervisor, _ = make_caller(owner, role="supervisor")
+    cid = completing(client, person)
+    resp = client.post(f"{CONTRACTS}/{cid}/status", json={"targetStatus": target}, headers=auth(supervisor))
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"]["code"] == "FORBIDDEN"
+    failed = client.post(
+        f"{CONTRACTS}/{cid}/status",
+        json={"targetStatus": "failed", "reason": "disk gone"},
+        headers=auth(supervisor),
+    )
+    assert failed.status_code == 200, failed.text  # failure is a fact, not a decision
+
+
+@pytest.mark.parametrize("target", ["active", "paused"])
+def test_a_supervisor_cannot_set_aside_what_a_contract_waits_for(
+    client: TestClient, make_caller: Any, target: str
+) -> None:
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    person, _ = make_caller(owner)
+    supervisor, _ = make_caller(owner, role="supervisor")
+    cid = new_contract(client, person)
+    waiting = client.post(
+        f"{CONTRACTS}/{cid}/status", json={"targetStatus": "waiting_for_input"}, headers=auth(person)
+    )
+    assert waiting.status_code == 200, waiting.text
+    body: dict[str, Any] = {"targetStatus": target}
+    resp = client.post(f"{CONTRACTS}/{cid}/status", json=body, headers=auth(supervisor))
+    assert resp.status_code == 403, resp.text
+    assert client.post(f"{CONTRACTS}/{cid}/status", json=body, headers=auth(person)).status_code == 200
+
+
+def test_a_page_of_contracts_leaves_out_their_own_phase_configs(client: TestClient, make_caller: Any) -> None:
+    token, _ = make_caller()
+    config = {
+        "phases": [{"id": f"p{i}", "deliverables": [{"id": f"d{j}"} for j in range(50)]} for i in range(20)]
+    }
+    resp = client.post(
+        CONTRACTS, json={"name": "big", "contractType": "own", "phaseConfig": config}, headers=auth(token)
+    )
+    assert resp.status_code == 201, resp.text
+    cid = resp.json()["id"]
+    page = client.get(CONTRACTS, headers=auth(token)).json()["contracts"]
+    assert [c["phaseConfig"] for c in page if c["id"] == cid] == [None]
+    assert client.get(f"{CONTRACTS}/{cid}", headers=auth(token)).json()["phaseConfig"] == config
+
+
+def test_a_closed_contracts_auto_complete_is_not_changed(client: TestClient, make_caller: Any) -> None:
+    token, _ = make_caller()
+    cid = new_contract(client, token)
+    client.post(
+        f"{CONTRACTS}/{cid}/status", json={"targetStatus": "failed", "reason": "x"}, headers=auth(token)
+    )
+    resp = client.put(f"{CONTRACTS}/{cid}/auto-complete", json={"enabled": False}, headers=auth(token))
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "VALIDATION_FAILED", resp.text
+
+
+def test_head_healthz_answers(client: TestClient) -> None:
+    assert client.head("/healthz").status_code == 200
