@@ -101,6 +101,20 @@ def guarded_and_waiting(person: Actor) -> str:
     return cid
 
 
+def waiting_on_a_question(person: Actor) -> str:
+    cid = active(person)
+    person.ok("POST", f"{BASE}/{cid}/status", {"targetStatus": "waiting_for_input", "waitingFor": "question"})
+    return cid
+
+
+def completing(person: Actor) -> str:
+    cid = ready_to_advance(person)
+    person.ok("POST", f"{BASE}/{cid}/phase", {"phase": "execute"})
+    person.ok("POST", f"{BASE}/{cid}/deliverables/pull-request/complete")
+    person.ok("POST", f"{BASE}/{cid}/status", {"targetStatus": "completing"})
+    return cid
+
+
 # --- the operations: (prepare, act) → the response -------------------------------------------
 
 Prepare = Callable[[Actor], str | None]
@@ -164,6 +178,28 @@ OPERATIONS: dict[str, Operation] = {
         guarded_and_waiting,
         lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/phase", {"phase": "execute", "confirmed": True}),
     ),
+    "decline-phase-confirmation": Operation(
+        "Decline a `phase_confirmation` wait",
+        guarded_and_waiting,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/status", {"targetStatus": "active"}),
+    ),
+    "set-aside-a-wait": Operation(
+        "Leave any other wait (to `active` or `paused`)",
+        waiting_on_a_question,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/status", {"targetStatus": "paused"}),
+    ),
+    "decide-completion": Operation(
+        "Confirm or reject a completion",
+        completing,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/status", {"targetStatus": "completed"}),
+    ),
+    "batch": Operation(
+        "Batch operations",
+        lambda person: None,
+        lambda actor, _: actor.call(
+            "POST", f"{BASE}/batch", {"operation": "pause_all", "reason": "roles", "dryRun": True}
+        ),
+    ),
     "mark-deliverable": Operation(
         "Mark a deliverable",
         active,
@@ -197,13 +233,15 @@ NO_API = (404, "NOT_FOUND")  # tokens are an operator's CLI job on the server, f
 TABLE: dict[str, dict[str, tuple[int, str | None]]] = {
     op: {role: (ALLOWED.get(op, 200), None) for role in ROLES} for op in OPERATIONS
 }
-for _op in ("confirm-guarded-phase", "answer-phase-confirmation"):
+for _op in ("confirm-guarded-phase", "answer-phase-confirmation", "decline-phase-confirmation"):
     TABLE[_op]["supervisor"] = PERSON_MUST_CONFIRM
+for _op in ("set-aside-a-wait", "decide-completion"):
+    TABLE[_op]["supervisor"] = (403, "FORBIDDEN")
+TABLE["batch"] = {"user": (403, "FORBIDDEN"), "supervisor": (403, "FORBIDDEN"), "admin": (200, None)}
 TABLE["tokens"] = dict.fromkeys(ROLES, NO_API)
 
 # Rows of the README table with no endpoint yet; their cells are what the README promises.
 COMING = {
-    "Batch operations": {"user": "no", "supervisor": "no", "admin": "yes"},
     "Answer a question": {"user": "yes", "supervisor": "no", "admin": "yes"},
 }
 
@@ -237,7 +275,7 @@ def test_each_role_may_do_what_the_role_table_says(client: TestClient, operation
 
 
 @pytest.mark.parametrize("role", ["user", "supervisor"])
-@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op not in ("create", "tokens")])
+@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op not in ("create", "tokens", "batch")])
 def test_a_user_or_supervisor_cannot_reach_another_owners_contract(
     client: TestClient, operation: str, role: str
 ) -> None:
