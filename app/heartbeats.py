@@ -261,8 +261,10 @@ def ingest(
                     "contractId": str(after.contract_id),
                     "taskId": str(after.task_id),
                     "state": after.state.value,
+                    "activity": after.current_activity,
                     "progress": after.progress,
                     "incarnation": after.incarnation,
+                    "alive": after.alive,
                 }
                 for _, after in plan.writes.values()
             ]

@@ -8,29 +8,30 @@ nothing: queued heartbeats are acknowledged and dropped, the sweeps skip.
 
 from __future__ import annotations
 
-import json
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 
-from app import heartbeats, supervisors
+from app import heartbeats, live_events, metrics, supervisors
 from app.broker import send_task
 from app.config import get_settings
 from app.db import unit_of_work
 from app.models import utcnow
 from app.queues import TaskName
 from workers.base import AccountableTask
-from workers.broker_redis import broker_key, broker_redis
 from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)
 
-# The live monitor's light `heartbeat` notice: published after commit, never stored.
-MONITOR_CHANNEL = "monitor:heartbeats"
 
-
-def _publish_notice(notices: list[dict[str, Any]]) -> None:
-    broker_redis().publish(broker_key(MONITOR_CHANNEL), json.dumps({"type": "heartbeat", "items": notices}))
+def _publish_notices(notices: list[dict[str, Any]]) -> None:
+    """The live monitor's light `heartbeat` notices (after commit; never stored as events)."""
+    if not get_settings().feature_flags.monitoring_dashboard:
+        return
+    for notice in notices:
+        contract_id = uuid.UUID(notice.pop("contractId"))
+        live_events.publish_notice("heartbeat", contract_id, notice)
 
 
 def _enabled(what: str) -> bool:
@@ -45,7 +46,9 @@ def ingest(message: Any) -> dict[str, int] | None:
     """A list of heartbeats, stored with a constant number of statements."""
     if not _enabled("heartbeat ingestion"):
         return None
-    return heartbeats.ingest(message, sender=send_task, notify=_publish_notice).as_dict()
+    report = heartbeats.ingest(message, sender=send_task, notify=_publish_notices)
+    metrics.count_heartbeats(report.stored)
+    return report.as_dict()
 
 
 @celery_app.task(name=TaskName.DETECT_DEAD_SUPERVISORS, base=AccountableTask)
