@@ -64,10 +64,6 @@ class ContractsConfig(BaseModel):
     heartbeat_interval_seconds: float = Field(30, gt=0)
     heartbeat_timeout_seconds: float = Field(120, gt=0)
     monitor_ws_buffer_size: int = Field(1000, gt=0)
-    # Contract events are kept this long (the live monitor's catch-up reaches back this far).
-    event_retention_days: float = Field(14, gt=0)
-    # How often a live reader looks for new events when no wake-up arrives (the fallback).
-    monitor_poll_seconds: float = Field(1.0, gt=0)
     stale_detection_interval_seconds: float = Field(60, gt=0)
 
     @property
@@ -91,6 +87,17 @@ class HeartbeatsConfig(BaseModel):
     max_buffered: int = Field(20000, ge=1)
     coalesce_ms: float = Field(2, ge=0, le=1000)
     retention_interval_seconds: float = Field(3600, gt=0)
+
+
+class MonitorConfig(BaseModel):
+    """`[monitor]`: the live event stream (`app.live_events`, `app.monitor`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Contract events are kept this long (the live monitor's catch-up reaches back this far).
+    event_retention_days: float = Field(14, gt=0)
+    # How often a live reader looks for new events when no wake-up arrives (the fallback).
+    poll_seconds: float = Field(1.0, gt=0)
 
 
 class FeatureFlags(BaseModel):
@@ -248,6 +255,7 @@ class Settings(BaseSettings):
     database_prepared_statements: bool = True
     contracts: ContractsConfig = ContractsConfig()
     feature_flags: FeatureFlags = FeatureFlags()
+    monitor: MonitorConfig = MonitorConfig()
     heartbeats: HeartbeatsConfig = HeartbeatsConfig()
 
     @classmethod
@@ -303,6 +311,7 @@ __all__ = [
     "ContractsConfig",
     "FeatureFlags",
     "HeartbeatsConfig",
+    "MonitorConfig",
     "Settings",
     "allowed_keys",
     "allowed_variables",

