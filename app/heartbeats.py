@@ -63,6 +63,7 @@ from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings, get_settings
 from app.db import UnitOfWork, get_engine, unit_of_work
+from app.domain.records import EventType
 from app.domain.supervisors import (
     BatchPlan,
     Heartbeat,
@@ -99,8 +100,8 @@ COUNTER_SHARDS: Final = 16
 MAX_ATTEMPTS: Final = 5
 
 # Event types written here (snake_case, like `app.domain.records.EventType`).
-STATE_CHANGED: Final = "supervisor_state_changed"
-SUPERVISOR_DEAD: Final = "supervisor_dead"
+STATE_CHANGED: Final = EventType.SUPERVISOR_STATE_CHANGED.value
+SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
 # What a fenced daemon is told on the daemon command queue.
 FENCED_COMMAND: Final = "supervisor_fenced"
 

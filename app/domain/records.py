@@ -33,6 +33,8 @@ class EventType(StrEnum):
     COMPLETION_REJECTED = "completion_rejected"
     COMPLETION_CLEANUP = "completion_cleanup"
     PHASE_CONFIRMATION_DECLINED = "phase_confirmation_declined"
+    SUPERVISOR_STATE_CHANGED = "supervisor_state_changed"
+    SUPERVISOR_DEAD = "supervisor_dead"
     WORKTREE_CREATED = "worktree_created"
     # Scheduled maintenance and batch operations (app.sweeps, app.batch).
     STALE_DETECTED = "stale_detected"
