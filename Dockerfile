@@ -1,4 +1,4 @@
-# One image for every app service of docker-compose.yml: api, worker, beat, flower.
+# One image for every app service of docker-compose.yml: api, worker, worker-batch, beat, flower.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,12 +9,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/makima
 
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-COPY beat_schedule.py ./
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them
+# (this layer is rebuilt only when pyproject.toml changes).
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the code, installed without touching the dependencies above.
+COPY README.md beat_schedule.py ./
 COPY app ./app
 COPY workers ./workers
-RUN pip install . \
+RUN pip install --no-deps . \
     && useradd --system --create-home --home-dir /home/makima makima \
     && mkdir -p /var/lib/makima \
     && chown makima /var/lib/makima

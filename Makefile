@@ -20,7 +20,7 @@ STAMP := $(VENV)/.makima-installed
 .PHONY: help install run test test-unit test-integration bench lint format typecheck flower services clean
 
 help:
-	@echo "make run          run the API, a worker and beat (embedded SQLite + Redis by default)"
+	@echo "make run          run the API, a worker, a batch worker and beat (embedded SQLite + Redis by default)"
 	@echo "make test         all tests (ensures PostgreSQL and Redis are running)"
 	@echo "make test-unit    unit tests only (no services needed)"
 	@echo "make bench        run every benchmark in bench/"

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from app.cli.console import err, fail
 from app.config import ConfigError, Settings, get_settings, safe_url
-from app.dead_letters import DeadLetterError
+from app.dead_letters import AlreadyReplayed, DeadLetterError, DeadLetterNotFound, NotReplayable
 from app.domain.errors import (
     ContractError,
     ContractNotFound,
@@ -48,6 +48,21 @@ EXIT_CODES: dict[type[ContractError], int] = {
     PhaseGuardRequired: EXIT_CONFLICT,
     SupervisorDead: EXIT_UNAVAILABLE,
 }
+
+# Dead letters (`makima dead-letters ...`) are the CLI's own: their code and exit code.
+DEAD_LETTER_CODES: dict[type[DeadLetterError], tuple[str, int]] = {
+    DeadLetterNotFound: ("DEAD_LETTER_NOT_FOUND", EXIT_NOT_FOUND),
+    NotReplayable: ("NOT_REPLAYABLE", EXIT_INVALID),
+    AlreadyReplayed: ("ALREADY_REPLAYED", EXIT_CONFLICT),
+}
+
+
+def dead_letter_code_for(exc: DeadLetterError) -> tuple[str, int]:
+    """The code and exit code of a dead-letter error (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in DEAD_LETTER_CODES:
+            return DEAD_LETTER_CODES[cls]
+    return "DEAD_LETTER_ERROR", EXIT_FAILURE
 
 
 def exit_code_for(exc: ContractError) -> int:
@@ -92,7 +107,8 @@ class ErrorMappingGroup(TyperGroup):
         except ConfigError as exc:
             raise fail(f"configuration: {exc}") from None
         except DeadLetterError as exc:
-            raise fail(str(exc)) from None
+            code, exit_code = dead_letter_code_for(exc)
+            raise fail(f"{code}: {exc}", exit_code) from None
         except (OperationalError, ProgrammingError) as exc:
             first = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
             raise fail(
@@ -102,6 +118,7 @@ class ErrorMappingGroup(TyperGroup):
 
 
 __all__ = [
+    "DEAD_LETTER_CODES",
     "EXIT_CODES",
     "EXIT_CONFLICT",
     "EXIT_FAILURE",
@@ -109,6 +126,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_UNAVAILABLE",
     "ErrorMappingGroup",
+    "dead_letter_code_for",
     "exit_code_for",
     "load_settings",
 ]

@@ -463,8 +463,8 @@ def test_dead_letters_list_show_and_replay_through_the_running_worker(embedded: 
     assert "does not decode" in broken.stderr and "until it is fixed" in broken.stderr
 
     missing = embedded.cli("dead-letters", "replay", "987654321")
-    assert missing.returncode == 1
-    assert "no dead letter with id 987654321" in missing.stderr
+    assert missing.returncode == 3
+    assert "error: DEAD_LETTER_NOT_FOUND: no dead letter with id 987654321" in missing.stderr
 
 
 # -- the embedded Redis dies: nothing accepted is lost, and `makima run` says so --------------
