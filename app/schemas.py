@@ -279,3 +279,55 @@ __all__ = [
     "TaskCounts",
     "Timestamp",
 ]
+
+
+# --- dashboard (seed 4.4, `app.dashboard`) ----------------------------------------------------
+
+
+class StaleContractInfo(Schema):
+    """A contract the stale rule picks (active or created, silent longer than the threshold)."""
+
+    id: uuid.UUID
+    name: str
+    phase: str
+    status: Status
+    last_activity: Timestamp
+    stale_duration_secs: int = Field(description="Seconds since the last activity.")
+
+
+class WaitingContractInfo(Schema):
+    """A contract in `waiting_for_input` and what it waits for."""
+
+    id: uuid.UUID
+    name: str
+    phase: str
+    waiting_for: str = Field(description="question, phase_confirmation or completion_confirmation.")
+    waiting_since: Timestamp
+    question: str | None = Field(
+        default=None, description="The question's text, when one is recorded (no questions table yet: null)."
+    )
+
+
+class ResourceUsage(Schema):
+    active_supervisors: int = Field(description="Supervisors alive and heard within the heartbeat timeout.")
+    running_tasks: int = Field(description="Spawned tasks (not supervisors) in status running.")
+    pending_tasks: int = Field(description="Task ids the live supervisors report as pending.")
+    active_daemons: int = Field(description="Daemons with a supervisor heard within the heartbeat timeout.")
+    worktrees: int = Field(description="Worktrees reported and not yet released.")
+
+
+class Dashboard(Schema):
+    """The dashboard summary of the caller's contracts (an admin's: every owner's)."""
+
+    status_counts: dict[str, int] = Field(description="Contracts by status (every status, 0 included).")
+    phase_counts: dict[str, int] = Field(description="Active contracts by phase.")
+    stale_contracts: list[StaleContractInfo] = Field(description="Oldest silence first, at most 50.")
+    stale_count: int = Field(description="All stale contracts (the list may be cut at 50).")
+    waiting_for_input: list[WaitingContractInfo] = Field(description="Longest wait first, at most 50.")
+    waiting_count: int
+    recent_events: list[Event] = Field(description="The newest events, newest first.")
+    resource_usage: ResourceUsage
+    generated_at: Timestamp
+
+
+__all__ += ["Dashboard", "ResourceUsage", "StaleContractInfo", "WaitingContractInfo"]

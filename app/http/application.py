@@ -15,6 +15,7 @@ from app.http import (
     batch,
     contracts,
     daemons,
+    dashboard,
     health,
     messages,
     metrics,
@@ -63,6 +64,7 @@ def create_app(
     # Resources whose paths sit beside `/{id}` (dashboard, batch, monitor) may be included in
     # any order: contract ids only match UUIDs (`{id:uuid}`), never a static segment.
     application.include_router(batch.router)  # static /batch ahead of /{id}
+    application.include_router(dashboard.router)  # static /dashboard ahead of /{id}
     application.include_router(contracts.router)
     application.include_router(audit.router)
     application.include_router(reports.router)

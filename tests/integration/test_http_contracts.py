@@ -570,7 +570,7 @@ def test_unknown_status_is_a_422_naming_the_allowed_statuses(actor: Any) -> None
 def test_a_contract_id_that_is_not_a_uuid_is_no_endpoint(actor: Any) -> None:
     """Contract ids match only UUIDs, so `/dashboard` or `/batch` can never be taken for one."""
     user = actor()
-    for segment in ("42", "not-a-uuid", "dashboard"):
+    for segment in ("42", "not-a-uuid", "dashboards"):
         assert_error(user.call("GET", f"{BASE}/{segment}"), 404, "NOT_FOUND")
     # `/batch` is an endpoint of its own (admin only), never a contract id.
     assert_error(user.call("GET", f"{BASE}/batch"), 403, "FORBIDDEN")
@@ -591,6 +591,8 @@ def test_static_paths_beside_contract_ids_are_not_routed_to_the_contract_handler
     assert all(getattr(route, "endpoint", None) is not contracts.get_contract for route in matched)
     if segment == "batch":  # an admin-only endpoint of its own
         assert_error(actor().call("GET", path), 403, "FORBIDDEN")
+    elif segment == "dashboard":  # an endpoint of its own (app.http.dashboard)
+        assert actor().call("GET", path).status_code == 200
     else:
         assert_error(actor().call("GET", path), 404, "NOT_FOUND")
 

@@ -1,0 +1,204 @@
+"""The dashboard summary (seed 4.4, `GET /api/v1/contracts/dashboard`): a handful of aggregates.
+
+Owner-scoped like every read (an admin sees every owner's). Each part is one query over the
+whole set of the caller's contracts, never one per contract:
+
+- `statusCounts`: `GROUP BY status`; `phaseCounts`: `GROUP BY phase` of the `active` ones.
+- `staleContracts`: the one stale rule (`app.sweeps.stale_criteria`, the list's `stale`
+  filter and the sweep's), oldest silence first, at most `limit`; `staleCount` is the total.
+- `waitingForInput`: contracts in `waiting_for_input`, longest wait first, with what each
+  waits for (`waitingFor`: question, phase_confirmation, completion_confirmation). There is no
+  questions table yet, so `question` is empty; a person answers from the contract's name.
+- `recentEvents`: the newest `recent` events of the caller's contracts.
+- `resourceUsage`: live supervisors (alive and heard within the heartbeat timeout, the
+  liveness rule of `app.supervisors`), the task ids they report pending, running tasks
+  (`contract_tasks`, not supervisors), daemons heard within the timeout, worktrees not
+  released.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import Select, distinct, func, select
+from sqlalchemy.orm import Session
+
+from app import schemas
+from app.auth import Caller
+from app.config import Settings
+from app.domain.lifecycle import Status
+from app.domain.records import TaskStatus
+from app.events import event_view
+from app.models import Contract, ContractEvent, ContractTask, ContractWorktree, Supervisor
+from app.sweeps import stale_criteria, stale_threshold
+
+LIST_LIMIT: Final = 50
+RECENT_EVENTS: Final = 20
+
+
+_Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])
+
+
+def _scoped(query: _Q, caller: Caller) -> _Q:
+    return query if caller.is_admin else query.where(Contract.owner_id == caller.owner_id)
+
+
+def _json_length(session: Session) -> Any:
+    """`jsonb_array_length` on PostgreSQL, `json_array_length` on SQLite."""
+    name = "jsonb_array_length" if session.get_bind().dialect.name == "postgresql" else "json_array_length"
+    return getattr(func, name)(Supervisor.pending_task_ids)
+
+
+def build_dashboard(
+    session: Session,
+    caller: Caller,
+    now: datetime,
+    settings: Settings,
+    *,
+    limit: int = LIST_LIMIT,
+    recent: int = RECENT_EVENTS,
+) -> schemas.Dashboard:
+    status_counts = {s.value: 0 for s in Status}
+    for status, count in session.execute(
+        _scoped(select(Contract.status, func.count()).group_by(Contract.status), caller)
+    ):
+        status_counts[str(status)] = int(count)
+
+    phase_counts = {
+        str(phase): int(count)
+        for phase, count in session.execute(
+            _scoped(
+                select(Contract.phase, func.count())
+                .where(Contract.status == Status.ACTIVE.value)
+                .group_by(Contract.phase)
+                .order_by(Contract.phase),
+                caller,
+            )
+        )
+    }
+
+    threshold = stale_threshold(settings)
+    stale_where = stale_criteria(now, threshold)
+    stale_count = int(
+        session.scalar(_scoped(select(func.count()).select_from(Contract).where(stale_where), caller)) or 0
+    )
+    stale = [
+        schemas.StaleContractInfo(
+            id=cid,
+            name=name,
+            phase=phase,
+            status=Status(status),
+            last_activity=last,
+            stale_duration_secs=int((now - last).total_seconds()),
+        )
+        for cid, name, phase, status, last in session.execute(
+            _scoped(
+                select(Contract.id, Contract.name, Contract.phase, Contract.status, Contract.last_activity_at)
+                .where(stale_where)
+                .order_by(Contract.last_activity_at, Contract.id)
+                .limit(limit),
+                caller,
+            )
+        )
+    ]
+
+    waiting_where = Contract.status == Status.WAITING_FOR_INPUT.value
+    waiting_count = status_counts[Status.WAITING_FOR_INPUT.value]
+    waiting = [
+        schemas.WaitingContractInfo(
+            id=cid,
+            name=name,
+            phase=phase,
+            waiting_for=waiting_for or "input",
+            waiting_since=since,
+            question=None,
+        )
+        for cid, name, phase, waiting_for, since in session.execute(
+            _scoped(
+                select(
+                    Contract.id,
+                    Contract.name,
+                    Contract.phase,
+                    Contract.waiting_for,
+                    Contract.status_changed_at,
+                )
+                .where(waiting_where)
+                .order_by(Contract.status_changed_at, Contract.id)
+                .limit(limit),
+                caller,
+            )
+        )
+    ]
+
+    events = [
+        event_view(e)
+        for e in session.scalars(
+            _scoped(
+                select(ContractEvent)
+                .join(Contract, Contract.id == ContractEvent.contract_id)
+                .order_by(ContractEvent.id.desc())
+                .limit(recent),
+                caller,
+            )
+        )
+    ]
+
+    live_since = now - timedelta(seconds=settings.contracts.heartbeat_timeout_seconds)
+    supervisors, pending = session.execute(
+        _scoped(
+            select(func.count(), func.coalesce(func.sum(_json_length(session)), 0))
+            .select_from(Supervisor)
+            .join(Contract, Contract.id == Supervisor.contract_id)
+            .where(Supervisor.alive.is_(True), Supervisor.last_received_at >= live_since),
+            caller,
+        )
+    ).one()
+    daemons = session.scalar(
+        _scoped(
+            select(func.count(distinct(Supervisor.daemon_id)))
+            .select_from(Supervisor)
+            .join(Contract, Contract.id == Supervisor.contract_id)
+            .where(Supervisor.daemon_id.is_not(None), Supervisor.last_received_at >= live_since),
+            caller,
+        )
+    )
+    running = session.scalar(
+        _scoped(
+            select(func.count())
+            .select_from(ContractTask)
+            .join(Contract, Contract.id == ContractTask.contract_id)
+            .where(ContractTask.status == TaskStatus.RUNNING.value, ContractTask.is_supervisor.is_(False)),
+            caller,
+        )
+    )
+    worktrees = session.scalar(
+        _scoped(
+            select(func.count())
+            .select_from(ContractWorktree)
+            .join(Contract, Contract.id == ContractWorktree.contract_id)
+            .where(ContractWorktree.released_at.is_(None)),
+            caller,
+        )
+    )
+
+    return schemas.Dashboard(
+        status_counts=status_counts,
+        phase_counts=phase_counts,
+        stale_contracts=stale,
+        stale_count=stale_count,
+        waiting_for_input=waiting,
+        waiting_count=waiting_count,
+        recent_events=events,
+        resource_usage=schemas.ResourceUsage(
+            active_supervisors=int(supervisors or 0),
+            running_tasks=int(running or 0),
+            pending_tasks=int(pending or 0),
+            active_daemons=int(daemons or 0),
+            worktrees=int(worktrees or 0),
+        ),
+        generated_at=now,
+    )
+
+
+__all__ = ["LIST_LIMIT", "RECENT_EVENTS", "build_dashboard"]
