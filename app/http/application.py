@@ -16,6 +16,7 @@ from app.http import (
     contracts,
     daemons,
     dashboard,
+    dashboard_page,
     health,
     messages,
     metrics,
@@ -74,6 +75,7 @@ def create_app(
     application.include_router(metrics.router)
     application.include_router(supervisors.router)
     application.include_router(daemons.router)
+    application.include_router(dashboard_page.router)  # the HTML page at /dashboard (no /api prefix)
     install_docs(application)
     install_error_handlers(application)
     # Outside the routers: a body is bounded (size, nesting, numbers, text) before it is parsed.

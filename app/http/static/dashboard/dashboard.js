@@ -1,0 +1,363 @@
+// The live dashboard (README "Dashboard page"). Every piece of data reaches the DOM through
+// textContent or attributes set from code: never innerHTML.
+"use strict";
+
+(function () {
+  const API = "/api/v1";
+  const TOKEN_KEY = "makima.dashboard.token";
+  const MAX_EVENTS = 200;
+  const MAX_CONTRACTS = 1000;
+
+  let socket = null;
+  let lastEventId = null;
+  let reconnectTimer = null;
+  let refreshTimer = null;
+  let refreshing = false;
+  let refreshAgain = false;
+  let phaseOrders = {};
+  let contractsById = new Map();
+
+  const $ = (id) => document.getElementById(id);
+  const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      if (cell instanceof Node) td.appendChild(cell);
+      else td.textContent = cell === null || cell === undefined ? "" : String(cell);
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function fill(tableId, rows, emptyText, columns) {
+    const body = $(tableId).querySelector("tbody");
+    body.replaceChildren();
+    if (rows.length === 0) {
+      const tr = document.createElement("tr");
+      const td = el("td", emptyText, "muted");
+      td.colSpan = columns;
+      tr.appendChild(td);
+      body.appendChild(tr);
+      return;
+    }
+    for (const r of rows) body.appendChild(r);
+  }
+
+  function notice(text) { $("notice").textContent = text || ""; }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      const err = (body && body.error) || {};
+      super(err.message || "HTTP " + status);
+      this.status = status;
+      this.code = err.code || "HTTP_" + status;
+      this.details = err.details;
+    }
+  }
+
+  async function call(method, path, body) {
+    const headers = { Authorization: "Bearer " + token() };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const resp = await fetch(path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await resp.json(); } catch (e) { data = null; }
+    if (!resp.ok) throw new ApiError(resp.status, data);
+    return data;
+  }
+
+  // --- reading the state ------------------------------------------------------------------
+
+  async function listContracts(query) {
+    const out = [];
+    let cursor = null;
+    do {
+      const params = new URLSearchParams(query || {});
+      params.set("limit", "500");
+      if (cursor) params.set("cursor", cursor);
+      const page = await call("GET", API + "/contracts?" + params.toString());
+      out.push(...page.contracts);
+      cursor = page.nextCursor;
+    } while (cursor && out.length < MAX_CONTRACTS);
+    return out;
+  }
+
+  async function summary(contracts) {
+    // The server's summary when this service has it (GET /contracts/dashboard), else counted here.
+    try {
+      return await call("GET", API + "/contracts/dashboard");
+    } catch (e) {
+      if (e.status === 401) throw e;
+    }
+    const statusCounts = {};
+    const phaseCounts = {};
+    for (const c of contracts) {
+      statusCounts[c.status] = (statusCounts[c.status] || 0) + 1;
+      if (c.status === "active") phaseCounts[c.phase] = (phaseCounts[c.phase] || 0) + 1;
+    }
+    const stale = await listContracts({ stale: "true" });
+    const now = Date.now();
+    return {
+      statusCounts, phaseCounts,
+      staleContracts: stale.map((c) => ({
+        id: c.id, name: c.name, phase: c.phase,
+        staleDurationSecs: Math.round((now - Date.parse(c.lastActivityAt)) / 1000),
+      })),
+      waitingForInput: contracts.filter((c) => c.status === "waiting_for_input").map((c) => ({
+        id: c.id, name: c.name, phase: c.phase, waitingFor: c.waitingFor || "question",
+        waitingSince: c.statusChangedAt, question: null,
+      })),
+      resourceUsage: null,
+    };
+  }
+
+  async function supervisors(contracts) {
+    const rows = [];
+    let alive = 0;
+    let dead = 0;
+    const open = contracts.filter((c) => !["completed", "failed", "archived"].includes(c.status)).slice(0, 25);
+    await Promise.all(open.map(async (c) => {
+      try {
+        const s = await call("GET", API + "/contracts/" + c.id + "/supervisor/status");
+        if (s.alive) alive += 1; else dead += 1;
+        rows.push({ name: c.name, state: s.state, alive: s.alive, heard: s.lastReceivedAt, host: s.host });
+      } catch (e) {
+        // SUPERVISOR_NOT_FOUND (none ever reported) or FEATURE_DISABLED: nothing to show.
+      }
+    }));
+    let daemons = [];
+    try { daemons = (await call("GET", API + "/daemons")).daemons; } catch (e) { daemons = []; }
+    return { rows, alive, dead, daemons };
+  }
+
+  function duration(secs) {
+    if (secs < 120) return secs + " s";
+    if (secs < 7200) return Math.round(secs / 60) + " min";
+    if (secs < 172800) return Math.round(secs / 3600) + " h";
+    return Math.round(secs / 86400) + " d";
+  }
+
+  function statusCell(status) { return el("span", status, "status status-" + status); }
+
+  function nextPhase(contract) {
+    const own = contract.phaseConfig && contract.phaseConfig.phases;
+    const ids = own ? own.map((p) => p.id) : phaseOrders[contract.contractType] || [];
+    const at = ids.indexOf(contract.phase);
+    return at >= 0 && at + 1 < ids.length ? ids[at + 1] : null;
+  }
+
+  function confirmButton(contract) {
+    const next = nextPhase(contract);
+    if (!next) return el("span", "");
+    const button = el("button", "Confirm → " + next, "primary confirm-phase");
+    button.type = "button";
+    button.dataset.contractId = contract.id;
+    button.addEventListener("click", () => confirmPhase(contract, next, button));
+    return button;
+  }
+
+  async function confirmPhase(contract, next, button) {
+    button.disabled = true;
+    try {
+      const moved = await call("POST", API + "/contracts/" + contract.id + "/phase", {
+        phase: next, confirmed: true, expectedVersion: contract.version,
+      });
+      notice("Confirmed: " + moved.name + " moved to phase " + moved.phase + ".");
+    } catch (e) {
+      notice("Could not confirm " + contract.name + ": " + e.code + ": " + e.message);
+      button.disabled = false;
+    }
+    scheduleRefresh(0);
+  }
+
+  function render(contracts, sum, sup) {
+    const counts = Object.entries(sum.statusCounts || {}).filter(([, n]) => n > 0);
+    fill("status-counts", counts.map(([s, n]) => {
+      const tr = row([statusCell(s), n]);
+      tr.dataset.status = s;
+      tr.lastChild.className = "num";
+      return tr;
+    }), "no contracts", 2);
+    fill("phase-counts", Object.entries(sum.phaseCounts || {}).map(([p, n]) => {
+      const tr = row([p, n]);
+      tr.dataset.phase = p;
+      tr.lastChild.className = "num";
+      return tr;
+    }), "no active contracts", 2);
+
+    fill("waiting", (sum.waitingForInput || []).map((w) => {
+      const c = contractsById.get(w.id);
+      const what = w.question ? w.waitingFor + ": " + w.question : w.waitingFor;
+      const action = c && w.waitingFor === "phase_confirmation" ? confirmButton(c) : el("span", "");
+      const tr = row([w.name, w.phase, what, action]);
+      tr.dataset.contractId = w.id;
+      return tr;
+    }), "nobody is waiting", 4);
+
+    fill("stale", (sum.staleContracts || []).map((s) => {
+      const tr = row([s.name, s.phase, duration(s.staleDurationSecs)]);
+      tr.dataset.contractId = s.id;
+      return tr;
+    }), "nothing is stale", 3);
+
+    fill("contracts", contracts.map((c) => {
+      const tr = row([c.name, statusCell(c.status), c.phase, c.waitingFor || "",
+        new Date(c.lastActivityAt).toLocaleString()]);
+      tr.dataset.contractId = c.id;
+      tr.children[1].className = "status-cell";
+      tr.children[2].className = "phase-cell";
+      return tr;
+    }), "no contracts yet", 5);
+
+    const usage = sum.resourceUsage;
+    const parts = [sup.alive + " alive", sup.dead + " dead"];
+    if (usage) parts.push(usage.runningTasks + " running tasks", usage.activeDaemons + " live daemons");
+    $("supervisor-summary").textContent = "Supervisors: " + parts.join(" · ");
+    const supRows = sup.rows.map((s) => row([s.name, s.state,
+      el("span", s.alive ? "alive" : "dead", "pill " + (s.alive ? "alive" : "dead"))]));
+    for (const d of sup.daemons) {
+      supRows.push(row(["daemon " + d.daemonId + (d.host ? " @ " + d.host : ""),
+        d.aliveSupervisors + "/" + d.supervisors + " supervisors",
+        el("span", d.alive ? "alive" : "dead", "pill " + (d.alive ? "alive" : "dead"))]));
+    }
+    fill("supervisors", supRows, "no supervisor has reported", 3);
+  }
+
+  async function refresh() {
+    if (refreshing) { refreshAgain = true; return; }
+    refreshing = true;
+    try {
+      const contracts = await listContracts();
+      contractsById = new Map(contracts.map((c) => [c.id, c]));
+      const [sum, sup] = await Promise.all([summary(contracts), supervisors(contracts)]);
+      render(contracts, sum, sup);
+      document.body.dataset.refreshed = String(Date.now());
+    } catch (e) {
+      if (e.status === 401) { signOut("That token was refused: " + e.message); return; }
+      notice("Could not refresh: " + e.message);
+    } finally {
+      refreshing = false;
+      if (refreshAgain) { refreshAgain = false; scheduleRefresh(0); }
+    }
+  }
+
+  function scheduleRefresh(delay) {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(refresh, delay === undefined ? 250 : delay);
+  }
+
+  // --- the live monitor -------------------------------------------------------------------
+
+  function describe(ev) {
+    const name = (contractsById.get(ev.contractId) || {}).name || ev.contractId || "";
+    let what = ev.type;
+    if (ev.type === "status_changed") what += " " + ev.oldStatus + " → " + ev.newStatus;
+    else if (ev.type === "phase_changed") what += " " + (ev.oldPhase || ev.fromPhase || "?") + " → " + (ev.newPhase || ev.toPhase || "?");
+    const when = ev.createdAt ? new Date(ev.createdAt).toLocaleTimeString() : new Date().toLocaleTimeString();
+    return when + "  " + name + "  " + what + (ev.reason ? " (" + ev.reason + ")" : "");
+  }
+
+  function addEvent(ev) {
+    const list = $("events");
+    const item = el("li", describe(ev), "fresh");
+    item.dataset.type = ev.type;
+    if (ev.contractId) item.dataset.contractId = ev.contractId;
+    list.insertBefore(item, list.firstChild);
+    setTimeout(() => item.classList.remove("fresh"), 3000);
+    while (list.children.length > MAX_EVENTS) list.removeChild(list.lastChild);
+  }
+
+  function setLive(on, text) {
+    const pill = $("live");
+    pill.textContent = text;
+    pill.className = "pill " + (on ? "on" : "off");
+  }
+
+  function connect() {
+    if (!token()) return;
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + API + "/contracts/monitor";
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ type: "auth", token: token() }));
+      const filter = { includeStale: true, includeHeartbeats: false };
+      if (lastEventId !== null) filter.after = lastEventId;
+      ws.send(JSON.stringify(filter));
+    };
+    ws.onmessage = (msg) => {
+      let ev;
+      try { ev = JSON.parse(msg.data); } catch (e) { return; }
+      if (ev.type === "subscribed") { setLive(true, "live"); scheduleRefresh(0); return; }
+      if (typeof ev.id === "number") lastEventId = ev.id;
+      addEvent(ev);
+      scheduleRefresh();
+    };
+    ws.onclose = (e) => {
+      if (socket !== ws) return;
+      socket = null;
+      if (e.code === 4401) { signOut("The live monitor refused the token: " + e.reason); return; }
+      if (e.code === 4503) { setLive(false, "monitor disabled"); return; }
+      setLive(false, "reconnecting");
+      clearTimeout(reconnectTimer);
+      reconnectTimer = setTimeout(connect, 2000);
+    };
+  }
+
+  // --- signing in and out -----------------------------------------------------------------
+
+  async function start() {
+    $("sign-in-panel").hidden = true;
+    $("board").hidden = false;
+    $("sign-out").hidden = false;
+    try {
+      phaseOrders = await (await fetch("/dashboard/phases.json")).json();
+    } catch (e) { phaseOrders = {}; }
+    await refresh();
+    if (token()) connect();
+  }
+
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    const ws = socket;
+    socket = null;
+    if (ws) ws.close();
+    clearTimeout(reconnectTimer);
+    setLive(false, "offline");
+    $("board").hidden = true;
+    $("sign-out").hidden = true;
+    $("sign-in-panel").hidden = false;
+    $("sign-in-error").textContent = message || "";
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const value = $("token").value.trim();
+    if (!value) { $("sign-in-error").textContent = "Paste a token first."; return; }
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("token").value = "";
+    try {
+      await call("GET", API + "/contracts?limit=1");
+    } catch (e) {
+      signOut(e.status === 401 ? "That token was refused: " + e.message : "Could not reach the API: " + e.message);
+      return;
+    }
+    $("sign-in-error").textContent = "";
+    start();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("sign-in-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", () => signOut(""));
+    if (token()) start();
+  });
+})();
