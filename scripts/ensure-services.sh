@@ -20,6 +20,10 @@ for tool in pg_isready redis-cli; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ensure-services: '$tool' is not installed" >&2; exit 1; }
 done
 
+# The dashboard page's browser test (tests/integration/test_dashboard_page.py) drives Debian's
+# chromium; install it once, and never fail the run over it (the test then skips itself).
+command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "ensure-services: chromium could not be installed; the browser test will be skipped"
+
 if ! pg_up; then
     version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
     if [ -z "$version" ]; then
