@@ -222,7 +222,7 @@
     const usage = sum.resourceUsage;
     const parts = [sup.alive + " alive", sup.dead + " dead"];
     if (usage) parts.push(usage.runningTasks + " running tasks", usage.activeDaemons + " live daemons");
-    $("supervisor-summary").textContent = "Supervisors: " + parts.join(" · ");
+    $("supervisor-summary").textContent = parts.join(" · ");
     const supRows = sup.rows.map((s) => row([s.name, s.state,
       el("span", s.alive ? "alive" : "dead", "pill " + (s.alive ? "alive" : "dead"))]));
     for (const d of sup.daemons) {
