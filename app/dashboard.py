@@ -44,6 +44,13 @@ def _scoped(query: _Q, caller: Caller) -> _Q:
     return query if caller.is_admin else query.where(Contract.owner_id == caller.owner_id)
 
 
+def _joined(query: _Q, table: Any, caller: Caller) -> _Q:
+    """Scope rows of a table hanging off a contract: an admin's need no join (every row counts)."""
+    if caller.is_admin:
+        return query
+    return query.join(Contract, Contract.id == table.contract_id).where(Contract.owner_id == caller.owner_id)
+
+
 def _json_length(session: Session) -> Any:
     """`jsonb_array_length` on PostgreSQL, `json_array_length` on SQLite."""
     name = "jsonb_array_length" if session.get_bind().dialect.name == "postgresql" else "json_array_length"
@@ -145,39 +152,34 @@ def build_dashboard(
     ]
 
     live_since = now - timedelta(seconds=settings.contracts.heartbeat_timeout_seconds)
-    supervisors, pending = session.execute(
-        _scoped(
-            select(func.count(), func.coalesce(func.sum(_json_length(session)), 0))
+    # Heard within the timeout: a live supervisor if also not declared dead; its daemon is live.
+    alive = Supervisor.alive.is_(True)
+    supervisors, pending, daemons = session.execute(
+        _joined(
+            select(
+                func.count().filter(alive),
+                func.coalesce(func.sum(_json_length(session)).filter(alive), 0),
+                func.count(distinct(Supervisor.daemon_id)),
+            )
             .select_from(Supervisor)
-            .join(Contract, Contract.id == Supervisor.contract_id)
-            .where(Supervisor.alive.is_(True), Supervisor.last_received_at >= live_since),
+            .where(Supervisor.last_received_at >= live_since),
+            Supervisor,
             caller,
         )
     ).one()
-    daemons = session.scalar(
-        _scoped(
-            select(func.count(distinct(Supervisor.daemon_id)))
-            .select_from(Supervisor)
-            .join(Contract, Contract.id == Supervisor.contract_id)
-            .where(Supervisor.daemon_id.is_not(None), Supervisor.last_received_at >= live_since),
-            caller,
-        )
-    )
     running = session.scalar(
-        _scoped(
+        _joined(
             select(func.count())
             .select_from(ContractTask)
-            .join(Contract, Contract.id == ContractTask.contract_id)
             .where(ContractTask.status == TaskStatus.RUNNING.value, ContractTask.is_supervisor.is_(False)),
+            ContractTask,
             caller,
         )
     )
     worktrees = session.scalar(
-        _scoped(
-            select(func.count())
-            .select_from(ContractWorktree)
-            .join(Contract, Contract.id == ContractWorktree.contract_id)
-            .where(ContractWorktree.released_at.is_(None)),
+        _joined(
+            select(func.count()).select_from(ContractWorktree).where(ContractWorktree.released_at.is_(None)),
+            ContractWorktree,
             caller,
         )
     )

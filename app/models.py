@@ -107,6 +107,8 @@ class Contract(Base):
         Index("idx_contracts_status", "status"),
         Index("idx_contracts_last_activity", "last_activity_at"),
         Index("idx_contracts_owner_created", "owner_id", "created_at", "id"),
+        Index("idx_contracts_status_phase", "status", "phase"),  # 0009: the dashboard
+        Index("idx_contracts_status_activity", "status", "last_activity_at"),  # 0009: stale rule
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
