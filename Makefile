@@ -13,6 +13,9 @@ PYTHON ?= python3
 # revoke tasks. `make flower FLOWER_PORT=5556 FLOWER_ADDRESS=0.0.0.0` (then enable its auth).
 FLOWER_PORT ?= 5555
 FLOWER_ADDRESS ?= 127.0.0.1
+# Tasks by name, queue (routing key), argument (ids, never a token) and worker, times relative;
+# the same options as the compose service.
+FLOWER_OPTIONS ?= --natural_time --tasks_columns=name,state,routing_key,args,received,started,runtime,worker,retries --purge_offline_workers=600
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.makima-installed
 
@@ -72,7 +75,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 flower: $(STAMP)
-	$(BIN)/celery -A workers.celery_app flower --address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT)
+	$(BIN)/celery -A workers.celery_app flower --address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT) $(FLOWER_OPTIONS)
 
 clean:
 	rm -rf .makima .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -102,10 +102,19 @@ def test_batch_operations_have_a_worker_of_their_own(compose: dict[str, Any]) ->
     assert "batch" not in worker_queues(compose, "worker")
 
 
+FLOWER_OPTIONS = (
+    "--natural_time",
+    "--tasks_columns=name,state,routing_key,args,received,started,runtime,worker,retries",
+    "--purge_offline_workers=600",
+)
+
+
 def test_beat_and_flower(compose: dict[str, Any]) -> None:
     assert command_text(compose["services"]["beat"]).startswith("celery -A workers.celery_app beat")
     flower = compose["services"]["flower"]
-    assert command_text(flower) == "celery -A workers.celery_app flower --port=5555"
+    assert command_text(flower) == " ".join(
+        ("celery -A workers.celery_app flower --port=5555", *FLOWER_OPTIONS)
+    )
     # Flower has no auth unless configured: reachable from this host only.
     assert published(flower) == {"127.0.0.1:5555:5555"}
 
@@ -117,3 +126,26 @@ def test_infrastructure_has_healthchecks_the_app_waits_for(compose: dict[str, An
     for name in APP_SERVICES:
         for dependency, spec in services[name]["depends_on"].items():
             assert spec["condition"] == "service_healthy", (name, dependency)
+
+
+@pytest.mark.parametrize(("name", "node"), [("worker", "worker"), ("worker-batch", "batch")])
+def test_workers_have_node_names_a_person_reads_and_the_healthcheck_pings(
+    compose: dict[str, Any], name: str, node: str
+) -> None:
+    """Flower and `celery inspect` list `worker@<host>` and `batch@<host>`, not `celery@<host>`.
+
+    `$$HOSTNAME` is compose's escape for the container's `$HOSTNAME` (what `%h` expands to).
+    """
+    service = compose["services"][name]
+    assert f" -n {node}@%h " in f"{command_text(service)} "
+    assert f"-d {node}@$$HOSTNAME " in " ".join(map(str, service["healthcheck"]["test"]))
+
+
+def test_flower_shows_task_name_queue_args_and_worker_with_the_makefile_options() -> None:
+    """Each task with its name, queue (routing key), argument and worker; `make flower` alike."""
+    columns = next(o for o in FLOWER_OPTIONS if o.startswith("--tasks_columns=")).split("=", 1)[1]
+    assert {"name", "routing_key", "args", "worker"} <= set(columns.split(","))
+    assert "kwargs" not in columns and "result" not in columns  # one payload argument, no result
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"FLOWER_OPTIONS ?= {' '.join(FLOWER_OPTIONS)}" in makefile
+    assert "$(FLOWER_OPTIONS)" in makefile
