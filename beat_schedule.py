@@ -53,4 +53,7 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
         "delete-expired-archives": _every(interval, TaskName.DELETE_EXPIRED_ARCHIVES),
         # Re-send batch operations whose runner stopped making progress (message lost with a worker).
         "resume-stalled-batches": _every(interval, TaskName.RESUME_STALLED_BATCHES),
+        # Delete contract events past [monitor] event_retention_days in bounded transactions;
+        # on the heartbeat retention's cadence (hourly): an event a little past retention is harmless.
+        "prune-events": _every(settings.heartbeats.retention_interval_seconds, TaskName.PRUNE_EVENTS),
     }

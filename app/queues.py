@@ -47,6 +47,7 @@ class TaskName(StrEnum):
     PAUSE_TIMED_OUT_INPUTS = "sweeps.pause_timed_out_inputs"
     DELETE_EXPIRED_ARCHIVES = "sweeps.delete_expired_archives"
     RESUME_STALLED_BATCHES = "sweeps.resume_stalled_batches"
+    PRUNE_EVENTS = "sweeps.prune_events"
     # Batch operations an admin asked for (app.batch), long and low priority.
     RUN_BATCH = "batch.run"
 

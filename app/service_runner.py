@@ -360,6 +360,7 @@ class ServiceGroup:
             if self.stop.is_set():
                 return 0
             self._migrate()
+            self._reset_metrics()
             if self.stop.is_set():
                 return 0
             env = self._child_env = child_environment(settings, embedded_broker)
@@ -386,6 +387,19 @@ class ServiceGroup:
                 redis_server.stop(self.options.stop_timeout)
             if children or (redis_server is not None and redis_server.pid):
                 self.say("Stopped.")
+
+    def _reset_metrics(self) -> None:
+        """Start the counters' files afresh: this run owns every process that writes them.
+
+        prometheus-client's multiprocess mode keeps one file per process that ever counted;
+        left from an earlier run they would be summed forever. Prometheus reads a counter that
+        starts again from zero as a restart, which it is.
+        """
+        named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = Path(named) if named else self.settings.data_dir / "metrics"
+        for stale in directory.glob("*.db"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def _migrate(self) -> None:
         from app.db import dispose_engines, migrate

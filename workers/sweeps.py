@@ -69,3 +69,19 @@ def resume_stalled_batches() -> int:
     for batch_id in stalled:
         send_task(TaskName.RUN_BATCH, {"batchId": str(batch_id)})
     return len(stalled)
+
+
+@celery_app.task(name=TaskName.PRUNE_EVENTS, base=AccountableTask)
+def prune_events() -> int:
+    """Contract events past `[monitor] event_retention_days` go, 10,000 per transaction."""
+    from app.live_events import prune_events as prune
+
+    retention = get_settings().monitor.event_retention_days
+    pruned = 0
+    for _ in range(100):  # bounded per run; the next run goes on
+        with unit_of_work() as uow:
+            gone = prune(uow.session, utcnow(), retention)
+        pruned += gone
+        if gone == 0:
+            break
+    return pruned

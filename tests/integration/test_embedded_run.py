@@ -508,6 +508,19 @@ def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRun]
         stop_run(run)
 
 
+def test_a_run_starts_the_metrics_counters_afresh(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Counter files of an earlier run's processes would be summed forever: a run removes them."""
+    workdir = tmp_path_factory.mktemp("metrics-reset")
+    stale = workdir / ".makima" / "metrics" / "counter_99999.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier run")
+    run = start_run(workdir)
+    try:
+        assert not stale.exists(), run.log_text()[-3000:]
+    finally:
+        stop_run(run)
+
+
 def test_reports_queued_when_the_embedded_redis_is_killed_are_applied_after_its_restart(
     fresh_run: EmbeddedRun,
 ) -> None:
