@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -127,15 +126,17 @@ class DatabaseCollector(Collector):
             for status in Status:
                 by_status.add_metric([status.value], counts.get(status.value, 0))
             yield by_status
-            cutoff = utcnow() - timedelta(minutes=settings.contracts.stale_threshold_minutes)
+            # The one stale rule (the list filter, the dashboard and the sweep use it too).
+            from app.sweeps import stale_criteria, stale_threshold
+
             stale = conn.execute(
-                select(func.count()).where(
-                    Contract.status.in_([s.value for s in Status.open()]), Contract.last_activity_at < cutoff
-                )
+                select(func.count())
+                .select_from(Contract)
+                .where(stale_criteria(utcnow(), stale_threshold(settings)))
             ).scalar_one()
             yield GaugeMetricFamily(
                 "contracts_stale_count",
-                "Open contracts with no activity for longer than the stale threshold.",
+                "Contracts stale by the one rule: active or created, silent past the stale threshold.",
                 value=stale,
             )
             tables = set(inspect(conn).get_table_names())
