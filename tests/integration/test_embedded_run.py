@@ -90,8 +90,15 @@ SWEEP_INTERVAL = "2"
 
 
 def without_makima_settings() -> dict[str, str]:
-    """This process's environment minus every MAKIMA_* setting."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MAKIMA_")}
+    """This process's environment minus every MAKIMA_* setting and its metrics directory.
+
+    `app.metrics` points PROMETHEUS_MULTIPROC_DIR at this test process's own counters when it
+    is imported; a run of its own keeps its counters in its own data directory (and clears
+    them at start, which must never reach this process's files).
+    """
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith("MAKIMA_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
 
 
 def stripped_environment(workdir: Path, port: int) -> dict[str, str]:
