@@ -1,6 +1,6 @@
 """`archive_old` over many contracts on PostgreSQL, against one bulk UPDATE of the same rows.
 
-The batch path is what a worker on the `batch` queue runs (`app.batch.run_batch`): chunks of
+The batch path is what a worker on the `batch` queue runs (`app.batch_runner.run_batch`): chunks of
 `app.batch.CHUNK` contracts, each one short transaction that locks the batch row, claims the
 chunk with `FOR UPDATE SKIP LOCKED`, judges every contract with the status table, moves them,
 writes one `status_changed` event per contract, records an item per contract and the cursor.
@@ -68,7 +68,7 @@ def _copy_contracts(engine: object, n: int) -> None:
 def run(db_url: str) -> None:
     from sqlalchemy import text
 
-    from app import batch
+    from app import batch, batch_runner
     from app.api import ContractsAPI
     from app.auth import Role, create_token
     from app.db import get_engine, unit_of_work
@@ -110,8 +110,8 @@ def run(db_url: str) -> None:
     t0 = time.perf_counter()
     view, _ = api.start_batch("archive_old", {"olderThanHours": 168, "statusFilter": ["completed", "failed"]})
     started = time.perf_counter() - t0
-    runner = batch.Runner(engine=engine)
-    while not batch.run_batch(runner, view.batch_id, slice_seconds=3600):
+    runner = batch_runner.Runner(engine=engine)
+    while not batch_runner.run_batch(runner, view.batch_id, slice_seconds=3600):
         pass
     batch_seconds = time.perf_counter() - t0
     done = api.batch_status(view.batch_id)

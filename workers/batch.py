@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from app import batch
+from app import batch, batch_runner
 from app.broker import send_task
 from app.config import get_settings
 from app.db import get_engine
@@ -32,8 +32,8 @@ class BatchRef(BaseModel):
 def run_batch(message: Any) -> bool:
     ref = decode(BatchRef, message)
     settings = get_settings()
-    runner = batch.Runner(engine=get_engine(), sender=send_task, settings=settings)
-    finished = batch.run_batch(runner, ref.batch_id, slice_seconds=batch.slice_seconds(settings))
+    runner = batch_runner.Runner(engine=get_engine(), sender=send_task, settings=settings)
+    finished = batch_runner.run_batch(runner, ref.batch_id, slice_seconds=batch.slice_seconds(settings))
     if not finished:
         send_task(TaskName.RUN_BATCH, {"batchId": str(ref.batch_id)})
     return finished
