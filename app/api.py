@@ -286,15 +286,6 @@ class ContractsAPI:
         with self._uow() as uow:
             return contract_view(uow.session, get_contract(uow.session, self.caller, contract_id))
 
-    def check_visible(self, contract_id: uuid.UUID) -> None:
-        """Raise ContractNotFound unless this caller may see the contract (one indexed read).
-
-        Reports are enqueued, so a wrong id would only surface later as a dead letter; the
-        HTTP front checks first to answer 404 at once.
-        """
-        with self._uow() as uow:
-            get_contract(uow.session, self.caller, contract_id)
-
     def list_contracts(self, flt: ContractFilter | None = None) -> schemas.ContractPage:
         with self._uow() as uow:
             rows, cursor = views.list_contracts(

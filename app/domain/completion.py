@@ -10,13 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
 
 from app.domain.lifecycle import Status
 from app.domain.phases import PhaseConfig, PhaseGate
 from app.domain.records import TaskStatus
-
-TASK_DONE: Final = TaskStatus.DONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +90,15 @@ def check_gate(gate: PhaseGate | None, facts: GateFacts) -> ReadinessResult:
     work = [t for t in facts.tasks if not t.is_supervisor]
     req = gate.required_tasks
     if req.kind == "all_complete":
-        incomplete = sum(1 for t in work if t.status != TASK_DONE)
+        incomplete = sum(1 for t in work if t.status != TaskStatus.DONE)
         if incomplete:
             missing.append(f"{incomplete} tasks incomplete")
     elif req.kind == "min_complete":
-        done = sum(1 for t in work if t.status == TASK_DONE)
+        done = sum(1 for t in work if t.status == TaskStatus.DONE)
         if done < req.count:
             missing.append(f"Need {req.count} tasks complete, have {done}")
     elif req.kind == "named_tasks":
-        done_names = {t.name for t in work if t.status == TASK_DONE}
+        done_names = {t.name for t in work if t.status == TaskStatus.DONE}
         missing.extend(f"Task '{n}' not complete" for n in req.names if n not in done_names)
     for name in gate.validators:
         validator = _VALIDATORS.get(name)
