@@ -127,13 +127,23 @@ def get_contract(contract_id: ContractId, api: Api) -> Contract:
 
 @router.post(
     CONTRACT + "/status",
-    responses=error_responses(E.INVALID_TRANSITION, E.VALIDATION_FAILED, E.CONTRACT_NOT_FOUND, bad_json=True),
+    responses=error_responses(
+        E.INVALID_TRANSITION,
+        E.VALIDATION_FAILED,
+        E.CONTRACT_NOT_FOUND,
+        E.FORBIDDEN,
+        E.PHASE_GUARD_REQUIRED,
+        bad_json=True,
+    ),
 )
 def change_status(contract_id: ContractId, body: ChangeStatusRequest, api: Api) -> ChangeStatusResponse:
     """Move the contract to another status.
 
     Only moves in the status table are allowed; any other answers 400 INVALID_TRANSITION with
-    the statuses it may move to. `failed` needs a `reason`, `blocked` a `blocker`.
+    the statuses it may move to. `failed` needs a `reason`, `blocked` a `blocker`. Settling
+    what a person was asked (confirming or rejecting a completion, leaving a wait) is a
+    person's: a supervisor gets 403 FORBIDDEN, or 409 PHASE_GUARD_REQUIRED for a phase
+    confirmation.
     """
     return api.change_status(
         contract_id,
