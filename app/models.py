@@ -183,6 +183,10 @@ class ContractWorktree(Base):
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # 0010: which daemon holds it (commands about it go to that daemon's queue), and when the
+    # daemon reported it removed (a released worktree not yet removed is still on its disk).
+    daemon_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DaemonCommand(Base):
@@ -200,6 +204,8 @@ class DaemonCommand(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # 0010: the daemon it is for, when known (its own queue and its HTTP feed); none means any.
+    daemon_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class ProcessedMessage(Base):
@@ -500,6 +506,81 @@ class HeartbeatCounter(Base):
 
 
 __all__ += ["HeartbeatCounter", "Supervisor", "SupervisorHeartbeat"]
+
+# A daemon reads its commands in order (`daemon_commands` by daemon, then id).
+Index("idx_daemon_commands_daemon_id", DaemonCommand.daemon_id, DaemonCommand.id)
+
+
+# --- supervisor state, conversation and questions (migration 0010) --------------------------
+
+
+class SupervisorStateRow(Base):
+    """What a restarted daemon needs of its supervisor (seed 3.4), saved at the plan's save points.
+
+    Ordered by (`incarnation`, `state_version`): a save of an older incarnation is fenced and an
+    older version never overwrites a newer one. The conversation lives in
+    `supervisor_conversation`, one row per message, appended in increments; `history_length` is
+    how many messages this state says it has, so a missing or extra row is visible.
+    `checkpoint` is a snapshot of a save the daemon marked consistent (restoration falls back to
+    it when the current state does not agree with the contract).
+    """
+
+    __tablename__ = "supervisor_states"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    contract_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), index=True)
+    incarnation: Mapped[int] = mapped_column(Integer)
+    state_version: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(40))
+    phase: Mapped[str] = mapped_column(String(100))
+    current_activity: Mapped[str] = mapped_column(Text)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    spawned_task_ids: Mapped[list[str]] = mapped_column(JsonType)
+    waiting_on_task_ids: Mapped[list[str]] = mapped_column(JsonType)
+    history_length: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    daemon_id: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConversationMessage(Base):
+    """One message of a supervisor's conversation history, at its position `seq` (from 0)."""
+
+    __tablename__ = "supervisor_conversation"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    contract_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), index=True)
+    message: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SupervisorQuestion(Base):
+    """A question a supervisor asked a person: open until answered (once) or cancelled."""
+
+    __tablename__ = "supervisor_questions"
+    __table_args__ = (Index("idx_supervisor_questions_contract_status", "contract_id", "status", "asked_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    contract_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"))
+    task_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    question: Mapped[str] = mapped_column(Text)
+    question_type: Mapped[str] = mapped_column(String(40))
+    options: Mapped[list[str]] = mapped_column(JsonType)
+    context: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    asked_by: Mapped[str] = mapped_column(String(200))
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    answer: Mapped[Any | None] = mapped_column(JsonType)
+    answered_by: Mapped[str | None] = mapped_column(String(200))
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    daemon_id: Mapped[str | None] = mapped_column(String(200))
+
+
+__all__ += ["ConversationMessage", "SupervisorQuestion", "SupervisorStateRow"]
 
 
 # --- live events (migration 0008) ------------------------------------------------------------

@@ -179,15 +179,96 @@ class Forbidden(ContractError):
         )
 
 
+class SupervisorFenced(ContractError):
+    """A save or report from an incarnation the server has replaced (declared dead, restarted)."""
+
+    code = "SUPERVISOR_FENCED"
+
+    def __init__(self, contract_id: object, task_id: object, sent: int, current: int) -> None:
+        super().__init__(
+            f"Incarnation {sent} of supervisor {task_id} was replaced by incarnation {current}: "
+            "nothing it sends changes state. Restore (GET .../supervisor/restoration) to get the "
+            "current incarnation.",
+            {
+                "contractId": str(contract_id),
+                "taskId": str(task_id),
+                "incarnation": sent,
+                "currentIncarnation": current,
+            },
+        )
+
+
+class StaleState(ContractError):
+    """A state save older than the one stored: it never overwrites the newer one."""
+
+    code = "STALE_STATE"
+
+    def __init__(self, task_id: object, sent: tuple[int, int], stored: tuple[int, int]) -> None:
+        super().__init__(
+            f"State version {sent[1]} (incarnation {sent[0]}) of supervisor {task_id} is older than "
+            f"the stored version {stored[1]} (incarnation {stored[0]}); it was not applied. Send a "
+            "higher stateVersion.",
+            {
+                "taskId": str(task_id),
+                "incarnation": sent[0],
+                "stateVersion": sent[1],
+                "storedIncarnation": stored[0],
+                "storedStateVersion": stored[1],
+            },
+        )
+
+
+class HistoryGap(ContractError):
+    """An append that starts past the end of the stored history: the messages between are missing."""
+
+    code = "HISTORY_GAP"
+
+    def __init__(self, task_id: object, history_from: int, stored_length: int) -> None:
+        super().__init__(
+            f"historyFrom is {history_from} but supervisor {task_id} has {stored_length} stored "
+            f"messages: resend the history from {stored_length} (any value from 0 to "
+            f"{stored_length} is accepted).",
+            {"taskId": str(task_id), "historyFrom": history_from, "storedLength": stored_length},
+        )
+
+
+class QuestionNotFound(ContractError):
+    code = "QUESTION_NOT_FOUND"
+
+    def __init__(self, contract_id: object, question_id: object) -> None:
+        super().__init__(
+            f"Contract {contract_id} has no question {question_id}. List its questions with "
+            f"GET /api/v1/contracts/{contract_id}/questions.",
+            {"contractId": str(contract_id), "questionId": str(question_id)},
+        )
+
+
+class QuestionClosed(ContractError):
+    """The question was answered already (with another answer) or cancelled."""
+
+    code = "QUESTION_CLOSED"
+
+    def __init__(self, question_id: object, status: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(
+            f"Question {question_id} is {status}: it takes no other answer.",
+            {"questionId": str(question_id), "status": status, **(details or {})},
+        )
+
+
 __all__ = [
     "ContractError",
     "ContractNotFound",
     "FeatureDisabled",
     "Forbidden",
+    "HistoryGap",
     "InvalidDeliverable",
     "InvalidTransition",
     "PhaseGuardRequired",
+    "QuestionClosed",
+    "QuestionNotFound",
+    "StaleState",
     "SupervisorDead",
+    "SupervisorFenced",
     "SupervisorNotFound",
     "ValidationFailed",
     "VersionConflict",

@@ -40,6 +40,14 @@ class EventType(StrEnum):
     STALE_DETECTED = "stale_detected"
     STALE_CLEARED = "stale_cleared"
     SUPERVISOR_RESTART_REQUESTED = "supervisor_restart_requested"
+    # Supervisor state, questions and restoration (app.supervisor_state, app.questions).
+    SUPERVISOR_STATE_SAVED = "supervisor_state_saved"
+    SUPERVISOR_RESTORED = "supervisor_restored"
+    SUPERVISOR_SYNC_REQUESTED = "supervisor_sync_requested"
+    QUESTION_ASKED = "question_asked"
+    QUESTION_ANSWERED = "question_answered"
+    QUESTION_CANCELLED = "question_cancelled"
+    WORKTREE_REMOVED = "worktree_removed"
 
 
 __all__ = ["EventType", "TaskStatus"]

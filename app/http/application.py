@@ -21,8 +21,11 @@ from app.http import (
     messages,
     metrics,
     monitor,
+    questions,
     reports,
+    supervisor_state,
     supervisors,
+    worktrees,
 )
 from app.http.deps import Wiring
 from app.http.docs import install_docs
@@ -75,6 +78,9 @@ def create_app(
     application.include_router(metrics.router)
     application.include_router(supervisors.router)
     application.include_router(daemons.router)
+    application.include_router(supervisor_state.router)
+    application.include_router(questions.router)
+    application.include_router(worktrees.router)
     application.include_router(dashboard_page.router)  # the HTML page at /dashboard (no /api prefix)
     install_docs(application)
     install_error_handlers(application)

@@ -4,7 +4,9 @@
     ├── ContractError ........ 400 unless a subclass says otherwise (a rule nobody mapped yet)
     │   ├── ContractNotFound 404 · InvalidTransition 400 · VersionConflict 409
     │   ├── PhaseGuardRequired 409 · InvalidDeliverable 400 · ValidationFailed 400
-    │   └── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
+    │   ├── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
+    │   └── SupervisorFenced 409 · StaleState 409 · HistoryGap 409 · QuestionNotFound 404
+    │       · QuestionClosed 409
     ├── Unauthenticated ...... 401 UNAUTHENTICATED
     └── InvalidRequest ....... 422 INVALID_REQUEST
 
@@ -39,10 +41,15 @@ from app.domain.errors import (
     ContractNotFound,
     FeatureDisabled,
     Forbidden,
+    HistoryGap,
     InvalidDeliverable,
     InvalidTransition,
     PhaseGuardRequired,
+    QuestionClosed,
+    QuestionNotFound,
+    StaleState,
     SupervisorDead,
+    SupervisorFenced,
     SupervisorNotFound,
     ValidationFailed,
     VersionConflict,
@@ -67,6 +74,11 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         SupervisorNotFound: status.HTTP_404_NOT_FOUND,
         SupervisorDead: status.HTTP_503_SERVICE_UNAVAILABLE,
         Forbidden: status.HTTP_403_FORBIDDEN,
+        SupervisorFenced: status.HTTP_409_CONFLICT,
+        StaleState: status.HTTP_409_CONFLICT,
+        HistoryGap: status.HTTP_409_CONFLICT,
+        QuestionNotFound: status.HTTP_404_NOT_FOUND,
+        QuestionClosed: status.HTTP_409_CONFLICT,
         FeatureDisabled: status.HTTP_503_SERVICE_UNAVAILABLE,
         ContractError: status.HTTP_400_BAD_REQUEST,
         Unauthenticated: status.HTTP_401_UNAUTHORIZED,

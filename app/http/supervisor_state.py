@@ -1,0 +1,9 @@
+"""Routes for supervisor state (filled in by the issue-11 work)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
+
+__all__ = ["router"]
