@@ -13,8 +13,8 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import Field
-from starlette.exceptions import HTTPException
 
 from app.api import ContractsAPI
 from app.batch import BatchList, BatchView, require_admin
@@ -22,7 +22,7 @@ from app.domain.lifecycle import Status
 from app.domain.maintenance import DEFAULT_ARCHIVE_STATUSES, MAX_HOURS
 from app.http.bodies import MAX_TEXT, SafeStr, _Body
 from app.http.deps import contracts_api
-from app.http.errors import API_PREFIX, error_responses
+from app.http.errors import API_PREFIX, error_response, error_responses
 from app.schemas import ErrorCode
 
 E = ErrorCode
@@ -138,16 +138,22 @@ def list_batches(
     return api.list_batches(limit)
 
 
-@router.get("/batch/{batchId:uuid}", responses=error_responses(E.NOT_FOUND))
+@router.get("/batch/{batchId:uuid}", response_model=BatchView, responses=error_responses(E.NOT_FOUND))
 def batch_status(
     api: AdminApi,
     batch_id: Annotated[uuid.UUID, Path(alias="batchId", description="The id POST answered.")],
-) -> BatchView:
+) -> BatchView | JSONResponse:
     """Progress (`progress.done` of `progress.total`) while the batch runs; once `completed`,
     the result: `operation`, `affectedCount`, `affectedIds`, `errors` (per contract)."""
     view = api.batch_status(batch_id)
     if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND)
+        return error_response(
+            status.HTTP_404_NOT_FOUND,
+            E.NOT_FOUND,
+            f"No batch operation {batch_id}: it was never started here, or its record was removed. "
+            "List recent ones with GET /api/v1/contracts/batch.",
+            {"batchId": str(batch_id)},
+        )
     return view
 
 

@@ -306,7 +306,10 @@ def test_only_an_admin_may_run_or_read_batches_and_the_audit(
         assert conn.scalar(text("SELECT count(*) FROM batch_operations")) == 0
     admin = token(engine)
     assert client.get(BATCH, headers=admin).status_code == 200
-    assert client.get(f"{BATCH}/{uuid.uuid4()}", headers=admin).json()["error"]["code"] == "NOT_FOUND"
+    unknown = uuid.uuid4()
+    error = client.get(f"{BATCH}/{unknown}", headers=admin).json()["error"]
+    assert error["code"] == "NOT_FOUND" and error["details"] == {"batchId": str(unknown)}
+    assert f"No batch operation {unknown}" in error["message"]
 
 
 def test_the_same_idempotency_key_returns_the_same_batch(
