@@ -63,6 +63,24 @@ def _refuse_constant(literal: str) -> Any:
     raise _NotANumber(literal)
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose key repeats is refused: which of the two values was meant is a guess."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _finite_float(text: str) -> float:
     """A JSON number with a fraction or exponent; one a double cannot hold is refused."""
     value = float(text)
@@ -180,7 +198,14 @@ def check_json_body(body: bytes) -> None:
     Malformed JSON passes through untouched: FastAPI's own 400 names the position.
     """
     try:
-        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(
+            body, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
+    except _DuplicateKey as exc:
+        raise _bad(
+            "json_duplicate_key",
+            f"the key {exc.key[:100]!r} appears twice in one object; send each key once",
+        ) from None
     except _NotANumber as exc:
         if exc.literal in ("NaN", "Infinity", "-Infinity"):
             raise _bad(

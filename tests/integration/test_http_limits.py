@@ -415,6 +415,18 @@ def test_a_number_with_more_digits_than_python_reads_is_a_400(
     assert error["code"] == "INVALID_REQUEST"
 
 
+def test_a_key_sent_twice_in_one_object_is_a_400_naming_the_key_and_nothing_is_created(
+    client: TestClient, owner: tuple[str, dict[str, str]]
+) -> None:
+    _, headers = owner
+    raw = '{"name": "first", "contractType": "simple", "name": "second"}'
+    error = assert_error_shape(post_raw(client, headers, BASE, raw), 400)
+    assert error["code"] == "INVALID_REQUEST"
+    problem = error["details"]["problems"][0]
+    assert problem["type"] == "json_duplicate_key" and "'name'" in problem["problem"]
+    assert client.get(BASE, headers=headers).json()["contracts"] == []
+
+
 # --- who learns what --------------------------------------------------------------------
 
 
