@@ -255,6 +255,25 @@ class QuestionClosed(ContractError):
         )
 
 
+class QuestionIdReused(ContractError):
+    """A question id asked again with other content, or the id of another contract's question.
+
+    Asking again with the same `questionId` is safe only as a repeat of the same question; a
+    new question needs a new id.
+    """
+
+    code = "QUESTION_ID_REUSED"
+
+    def __init__(self, question_id: object, differs: Sequence[str]) -> None:
+        what = f"with another {', '.join(differs)}" if differs else "on another contract"
+        super().__init__(
+            f"Question id {question_id} was already asked {what}. Asking again with the same id "
+            "must repeat the same question, type, options and context; ask a new question with a "
+            "new questionId.",
+            {"questionId": str(question_id), "differs": list(differs)},
+        )
+
+
 __all__ = [
     "ContractError",
     "ContractNotFound",
@@ -265,6 +284,7 @@ __all__ = [
     "InvalidTransition",
     "PhaseGuardRequired",
     "QuestionClosed",
+    "QuestionIdReused",
     "QuestionNotFound",
     "StaleState",
     "SupervisorDead",
