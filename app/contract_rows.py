@@ -171,6 +171,12 @@ def set_status(
         "reason": reason or blocker or waiting_for,
     }
     record_event(session, contract.id, EventType.STATUS_CHANGED, payload, now)
+    if target in Status.terminal() and previous not in Status.terminal():
+        # A closed contract's open questions are cancelled with it (imported here: app.questions
+        # builds on this module).
+        from app.questions import cancel_open_questions
+
+        cancel_open_questions(session, contract, now)
     return previous
 
 

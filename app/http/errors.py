@@ -6,7 +6,7 @@
     │   ├── PhaseGuardRequired 409 · InvalidDeliverable 400 · ValidationFailed 400
     │   ├── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
     │   └── SupervisorFenced 409 · StaleState 409 · HistoryGap 409 · QuestionNotFound 404
-    │       · QuestionClosed 409
+    │       · QuestionClosed 409 · QuestionIdReused 409
     ├── Unauthenticated ...... 401 UNAUTHENTICATED
     └── InvalidRequest ....... 422 INVALID_REQUEST
 
@@ -46,6 +46,7 @@ from app.domain.errors import (
     InvalidTransition,
     PhaseGuardRequired,
     QuestionClosed,
+    QuestionIdReused,
     QuestionNotFound,
     StaleState,
     SupervisorDead,
@@ -79,6 +80,7 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         HistoryGap: status.HTTP_409_CONFLICT,
         QuestionNotFound: status.HTTP_404_NOT_FOUND,
         QuestionClosed: status.HTTP_409_CONFLICT,
+        QuestionIdReused: status.HTTP_409_CONFLICT,
         FeatureDisabled: status.HTTP_503_SERVICE_UNAVAILABLE,
         ContractError: status.HTTP_400_BAD_REQUEST,
         Unauthenticated: status.HTTP_401_UNAUTHORIZED,
@@ -223,6 +225,32 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
         ErrorCode.SUPERVISOR_DEAD: (
             "The contract's supervisor stopped sending heartbeats; restart it and retry.",
             {"contractId": "2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"},
+        ),
+        ErrorCode.QUESTION_NOT_FOUND: (
+            "Contract 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13 has no question "
+            "7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54. List its questions with "
+            "GET /api/v1/contracts/2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13/questions.",
+            {
+                "contractId": "2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13",
+                "questionId": "7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54",
+            },
+        ),
+        ErrorCode.QUESTION_CLOSED: (
+            "Question 7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54 is answered: it takes no other answer.",
+            {
+                "questionId": "7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54",
+                "status": "answered",
+                "answer": "PostgreSQL",
+                "answeredBy": "0b6f3c2e-8d1a-4e5f-b7c9-1a2d3e4f5a6b",
+                "answeredAt": "2026-11-26T10:15:00+00:00",
+            },
+        ),
+        ErrorCode.QUESTION_ID_REUSED: (
+            "Question id 7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54 was already asked with different "
+            "content (options). "
+            "Asking again with the same id must repeat the same question, type, options and "
+            "context; ask a new question with a new questionId.",
+            {"questionId": "7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54", "differs": ["options"]},
         ),
         ErrorCode.INVALID_REQUEST: (
             "The request does not match the API schema: force: Input should be a valid boolean.",

@@ -664,6 +664,12 @@ def test_every_domain_error_code_has_an_http_status() -> None:
         "VALIDATION_FAILED": 400,
         "FORBIDDEN": 403,
         "FEATURE_DISABLED": 503,
+        "SUPERVISOR_FENCED": 409,
+        "STALE_STATE": 409,
+        "HISTORY_GAP": 409,
+        "QUESTION_NOT_FOUND": 404,
+        "QUESTION_CLOSED": 409,
+        "QUESTION_ID_REUSED": 409,
     }
 
 
