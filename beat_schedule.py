@@ -51,6 +51,9 @@ def build_schedule(settings: Settings) -> dict[str, Any]:
         "pause-timed-out-inputs": _every(interval, TaskName.PAUSE_TIMED_OUT_INPUTS),
         # Delete archived contracts past archive_retention_days, each one audited.
         "delete-expired-archives": _every(interval, TaskName.DELETE_EXPIRED_ARCHIVES),
+        # Ask daemons again to remove worktrees of closed contracts they have not reported removed,
+        # each at most once per [worktrees] cleanup_interval_seconds (the sweep only looks this often).
+        "cleanup-worktrees": _every(interval, TaskName.CLEANUP_WORKTREES),
         # Re-send batch operations whose runner stopped making progress (message lost with a worker).
         "resume-stalled-batches": _every(interval, TaskName.RESUME_STALLED_BATCHES),
         # Delete contract events past [monitor] event_retention_days in bounded transactions;

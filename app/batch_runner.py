@@ -39,6 +39,7 @@ from app.batch import (
 from app.broker import Sender
 from app.config import Settings
 from app.contract_rows import lock_contract
+from app.daemon_commands import queue_command
 from app.db import UnitOfWork, unit_of_work
 from app.deletion_audit import delete_archived
 from app.domain.errors import ContractError, ContractNotFound
@@ -51,7 +52,6 @@ from app.models import (
     BatchOperationRow,
     Contract,
     ContractTask,
-    DaemonCommand,
     utcnow,
 )
 from app.outbox import sent_rows
@@ -272,13 +272,13 @@ def request_restart(uow: UnitOfWork, contract: Contract, batch_id: uuid.UUID, no
             )
         )
     ]
-    uow.session.add(
-        DaemonCommand(
-            contract_id=contract.id,
-            command="restart_supervisor",
-            payload={"supervisorTaskIds": supervisors, "reason": "stale", "batchId": str(batch_id)},
-            created_at=now,
-        )
+    # To the daemon heard last for the contract's supervisor (the shared queue when none named one).
+    queue_command(
+        uow,
+        contract.id,
+        "restart_supervisor",
+        {"supervisorTaskIds": supervisors, "reason": "stale", "batchId": str(batch_id)},
+        now,
     )
     record_event(
         uow.session,
@@ -291,7 +291,6 @@ def request_restart(uow: UnitOfWork, contract: Contract, batch_id: uuid.UUID, no
         },
         now,
     )
-    uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract.id)})
 
 
 # The chunk's ids as one array parameter (not thousands of bind parameters to render).

@@ -25,9 +25,12 @@ Why each setting is what it is:
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import uuid
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 from celery import Celery
 from kombu.entity import Exchange
@@ -38,7 +41,14 @@ from app.queues import Queue, queue_for
 
 TASK_EXCHANGE = Exchange("makima", type="direct")
 DAEMON_EXCHANGE = Exchange("makima.daemon", type="direct", durable=True)
+# Commands that name no daemon (sent before daemons were named, or for a contract whose
+# supervisor never said which daemon runs it) go to this one shared queue.
 DAEMON_QUEUE = KombuQueue("daemon.commands", DAEMON_EXCHANGE, routing_key="daemon.commands", durable=True)
+# A daemon id becomes part of a queue name and a routing key as it is, when it is made of these
+# characters and is not a word the shared queue uses; any other id (spaces, slashes, non-ASCII,
+# kombu's binding separator "\x06\x16", ...) is named by a digest instead (`daemon_queue_key`).
+SAFE_DAEMON_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
+_RESERVED_DAEMON_IDS: Final = frozenset({"commands"})
 
 
 class Sender(Protocol):
@@ -124,15 +134,43 @@ def send_task(task: str, payload: dict[str, Any], countdown: float | None = None
     return task_id
 
 
-def publish_daemon_commands(commands: list[dict[str, Any]]) -> None:
-    """Publish commands on the daemons' command queue (durable, JSON), retrying the connection."""
+def daemon_queue_key(daemon_id: str) -> str:
+    """What a daemon's id becomes in its queue name and routing key.
+
+    Daemon ids come from clients (a heartbeat's or a report's `daemonId`: 1 to 200 characters,
+    anything but NUL). An id of letters, digits and `. _ : @ -` is used as it is; any other id,
+    and the reserved `commands` (the shared queue's own name), becomes `~` and the first 32 hex
+    digits of its SHA-256 (UTF-8), so no client can reach another daemon's queue, the shared
+    one, or a name kombu's Redis bindings cannot hold.
+    """
+    if SAFE_DAEMON_ID.fullmatch(daemon_id) and daemon_id not in _RESERVED_DAEMON_IDS:
+        return daemon_id
+    return "~" + hashlib.sha256(daemon_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def daemon_queue(daemon_id: str | None) -> KombuQueue:
+    """The durable queue a daemon reads: `daemon.commands.<key>`, bound with `daemon.<key>`
+    on the daemon exchange; None is the shared `daemon.commands`."""
+    if daemon_id is None:
+        return DAEMON_QUEUE
+    key = daemon_queue_key(daemon_id)
+    return KombuQueue(f"daemon.commands.{key}", DAEMON_EXCHANGE, routing_key=f"daemon.{key}", durable=True)
+
+
+def publish_daemon_commands(commands: Sequence[dict[str, Any]]) -> None:
+    """Publish commands, each to its daemon's queue (declared on the way, durable, JSON).
+
+    A command body's `daemonId` picks the queue (`daemon_queue`); a command with none goes to
+    the shared `daemon.commands`. Retries the connection like every send.
+    """
     with get_celery().producer_or_acquire() as producer:
         for body in commands:
+            queue = daemon_queue(body.get("daemonId"))
             producer.publish(
                 body,
                 exchange=DAEMON_EXCHANGE,
-                routing_key=DAEMON_QUEUE.routing_key,
-                declare=[DAEMON_QUEUE],
+                routing_key=queue.routing_key,
+                declare=[queue],
                 serializer="json",
                 retry=True,
             )
@@ -141,8 +179,11 @@ def publish_daemon_commands(commands: list[dict[str, Any]]) -> None:
 __all__ = [
     "DAEMON_EXCHANGE",
     "DAEMON_QUEUE",
+    "SAFE_DAEMON_ID",
     "Sender",
     "build_celery",
+    "daemon_queue",
+    "daemon_queue_key",
     "get_celery",
     "publish_daemon_commands",
     "send_task",

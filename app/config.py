@@ -100,6 +100,19 @@ class MonitorConfig(BaseModel):
     poll_seconds: float = Field(1.0, gt=0)
 
 
+class WorktreesConfig(BaseModel):
+    """`[worktrees]`: how often the cleanup asks a daemon again to remove an orphaned worktree.
+
+    A worktree of a closed contract (completed, failed, archived) that its daemon has not
+    reported removed gets a `remove_worktree` command at most once per `cleanup_interval_seconds`
+    (`app.worktrees`); the sweep that looks runs every `[contracts] stale_detection_interval_seconds`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cleanup_interval_seconds: float = Field(3600, gt=0)
+
+
 class FeatureFlags(BaseModel):
     """Plan "Feature Flags": each capability can be switched off for a staged rollout."""
 
@@ -257,6 +270,7 @@ class Settings(BaseSettings):
     feature_flags: FeatureFlags = FeatureFlags()
     monitor: MonitorConfig = MonitorConfig()
     heartbeats: HeartbeatsConfig = HeartbeatsConfig()
+    worktrees: WorktreesConfig = WorktreesConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -313,6 +327,7 @@ __all__ = [
     "HeartbeatsConfig",
     "MonitorConfig",
     "Settings",
+    "WorktreesConfig",
     "allowed_keys",
     "allowed_variables",
     "config_file",

@@ -5,20 +5,73 @@ published to the broker after commit by `contracts.publish_daemon_commands`, and
 its daemon over HTTP), so a broker outage delays a command but never loses it. A command
 names the daemon it is for when we know it: the one given, else the daemon whose heartbeats
 last spoke for the contract's supervisor.
+
+- `queue_command` / `queue_commands`: write rows (one, or many with one lookup and one
+  INSERT) and have them published once this transaction commits, once per contract however
+  many commands it decided.
+- `publish_pending`: hand unpublished rows to the broker, each to its daemon's queue
+  (`app.broker.daemon_queue`: `daemon.commands.<daemonId>`, or the shared `daemon.commands`
+  for a command that names no daemon).
+- `read_feed`: a daemon's commands over HTTP, for daemons that cannot read the broker. Command
+  ids come from a sequence taken before COMMIT, so `id > after` alone could skip a command
+  whose transaction took a lower id and committed later; on PostgreSQL the feed reads below the
+  commit horizon in `(xid, id)` order (migration 0011), as the live event stream does.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import select
+from pydantic import Field
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from app.db import UnitOfWork
-from app.models import DaemonCommand, Supervisor
+from app.auth import Caller
+from app.broker import publish_daemon_commands as publish_to_daemons
+from app.db import UnitOfWork, unit_of_work
+from app.domain.errors import ValidationFailed
+from app.domain.supervisors import MAX_DAEMON_ID
+from app.models import Contract, DaemonCommand, Supervisor, utcnow
 from app.queues import TaskName
+from app.schemas import Schema, Timestamp
+
+MAX_FEED: Final = 1000
+_DISPATCHED: Final = "makima.daemon_commands_dispatched"
+
+
+def check_daemon_id(value: str, field: str = "daemonId") -> str:
+    """A daemon id as heartbeats take it (`app.domain.supervisors`): 1 to 200 characters, not
+    blank, no NUL, no lone surrogate. What becomes a queue name of it is `app.broker`'s concern."""
+    problem = None
+    if not isinstance(value, str) or not value.strip():
+        problem = "must be a non-empty string"
+    elif len(value) > MAX_DAEMON_ID:
+        problem = f"at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
+    elif "\x00" in value:
+        problem = "must not contain NUL characters"
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "must be valid Unicode (no lone surrogates)"
+    if problem is not None:
+        raise ValidationFailed(f"{field} {problem}.", details={"field": field, "limit": MAX_DAEMON_ID})
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NewCommand:
+    """A command to queue: for a contract, about a task (its supervisor's daemon), or a daemon."""
+
+    contract_id: uuid.UUID
+    command: str
+    payload: dict[str, Any]
+    daemon_id: str | None = None
+    task_id: uuid.UUID | None = None
 
 
 def daemon_of(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID | None = None) -> str | None:
@@ -29,6 +82,64 @@ def daemon_of(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID | Non
     if task_id is not None:
         query = query.where(Supervisor.task_id == task_id)
     return session.scalars(query.order_by(Supervisor.last_received_at.desc()).limit(1)).first()
+
+
+def daemons_of(
+    session: Session, contract_ids: Iterable[uuid.UUID]
+) -> dict[tuple[uuid.UUID, uuid.UUID | None], str]:
+    """`daemon_of` for many contracts in one query: keyed (contract, task) and (contract, None),
+    the latter the daemon heard last for the contract."""
+    ids = sorted(set(contract_ids))
+    found: dict[tuple[uuid.UUID, uuid.UUID | None], str] = {}
+    if not ids:
+        return found
+    rows = session.execute(
+        select(Supervisor.contract_id, Supervisor.task_id, Supervisor.daemon_id)
+        .where(Supervisor.contract_id.in_(ids), Supervisor.daemon_id.is_not(None))
+        .order_by(Supervisor.last_received_at.desc())
+    )
+    for contract_id, task_id, daemon_id in rows:
+        if daemon_id is None:
+            continue
+        found.setdefault((contract_id, task_id), daemon_id)
+        found.setdefault((contract_id, None), daemon_id)
+    return found
+
+
+def _publish_after_commit(uow: UnitOfWork, contract_ids: Iterable[uuid.UUID]) -> None:
+    """One publish follow-up per contract per transaction, however many commands it decided."""
+    done: set[uuid.UUID] = uow.session.info.setdefault(_DISPATCHED, set())
+    for contract_id in dict.fromkeys(contract_ids):
+        if contract_id not in done:
+            done.add(contract_id)
+            uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract_id)})
+
+
+def queue_commands(uow: UnitOfWork, commands: Sequence[NewCommand], now: datetime) -> list[DaemonCommand]:
+    """Write many command rows at once: the daemons not given looked up in one query, the rows
+    flushed in one INSERT (so their ids are known), published once this transaction commits.
+
+    A command with a `task_id` goes to the daemon of that task's supervisor; without one, to
+    the daemon heard last for the contract; when neither is known, to the shared queue.
+    """
+    if not commands:
+        return []
+    unnamed = [c.contract_id for c in commands if c.daemon_id is None]
+    known = daemons_of(uow.session, unnamed) if unnamed else {}
+    rows = [
+        DaemonCommand(
+            contract_id=c.contract_id,
+            command=c.command,
+            payload=c.payload,
+            created_at=now,
+            daemon_id=c.daemon_id if c.daemon_id is not None else known.get((c.contract_id, c.task_id)),
+        )
+        for c in commands
+    ]
+    uow.session.add_all(rows)
+    uow.session.flush()
+    _publish_after_commit(uow, (c.contract_id for c in commands))
+    return rows
 
 
 def queue_command(
@@ -52,8 +163,158 @@ def queue_command(
     )
     uow.session.add(row)
     uow.session.flush()
-    uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract_id)})
+    _publish_after_commit(uow, [contract_id])
     return row
 
 
-__all__ = ["daemon_of", "queue_command"]
+# --- publishing -----------------------------------------------------------------------------
+
+
+def command_body(cmd: DaemonCommand) -> dict[str, Any]:
+    """What a daemon receives, on its queue and in its feed alike (camelCase)."""
+    return {
+        "commandId": cmd.id,
+        "contractId": str(cmd.contract_id),
+        "command": cmd.command,
+        "payload": cmd.payload,
+        "daemonId": cmd.daemon_id,
+        "createdAt": cmd.created_at.isoformat(),
+    }
+
+
+def publish_pending(contract_id: uuid.UUID | None = None) -> int:
+    """Publish unpublished commands from the outbox, each to its daemon's queue.
+
+    At least once: a crash between publish and commit republishes, and every command
+    carries its outbox id so a daemon can ignore one it already carried out. Rows are
+    claimed with SKIP LOCKED, so overlapping publishers never send one twice.
+    """
+    with unit_of_work() as uow:
+        query = (
+            select(DaemonCommand)
+            .where(DaemonCommand.published_at.is_(None))
+            .order_by(DaemonCommand.id)
+            .with_for_update(skip_locked=True)
+        )
+        if contract_id is not None:
+            query = query.where(DaemonCommand.contract_id == contract_id)
+        commands = list(uow.session.scalars(query))
+        if not commands:
+            return 0
+        publish_to_daemons([command_body(cmd) for cmd in commands])
+        now = utcnow()
+        for cmd in commands:
+            cmd.published_at = now
+    return len(commands)
+
+
+# --- a daemon's feed over HTTP --------------------------------------------------------------
+
+
+class DaemonCommandView(Schema):
+    """One command, as its daemon's queue carries it."""
+
+    command_id: int = Field(description="Increasing; carry it out once (a command may arrive twice)")
+    contract_id: uuid.UUID
+    command: str = Field(
+        description="stop_supervisor, remove_worktree, supervisor_fenced, restart_supervisor, "
+        "sync_supervisor_state, ..."
+    )
+    payload: dict[str, Any]
+    created_at: Timestamp
+
+
+class DaemonCommandFeed(Schema):
+    """A daemon's commands after `after`, oldest first; pass `nextAfter` back to read on."""
+
+    daemon_id: str
+    commands: list[DaemonCommandView]
+    next_after: int = Field(description="The last command id returned (`after` itself when none was)")
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _position(session: Session, daemon_id: str, after: int) -> tuple[int, int]:
+    """The feed position just after command `after`: `(xid, id)` on PostgreSQL.
+
+    An id no longer held (its contract was deleted) resumes from the oldest of the daemon's
+    commands with a larger id, or else just below the commit horizon (nothing in flight is
+    missed).
+    """
+    if after <= 0:
+        return (0, 0)
+    found = session.execute(
+        text("SELECT xid::text::bigint FROM daemon_commands WHERE id = :id"), {"id": after}
+    ).scalar()
+    if found is None:
+        found = session.execute(
+            text("SELECT min(xid)::text::bigint FROM daemon_commands WHERE daemon_id = :d AND id > :id"),
+            {"d": daemon_id, "id": after},
+        ).scalar()
+    if found is None:
+        horizon = session.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar()
+        return (int(horizon or 1) - 1, 2**62)
+    return (int(found), after)
+
+
+def read_feed(session: Session, caller: Caller, daemon_id: str, after: int, limit: int) -> DaemonCommandFeed:
+    """The daemon's commands after command `after`, for contracts the caller may see.
+
+    Only commands that name this daemon (`daemon_id`), in the order they became final: on
+    PostgreSQL the writing transaction's id, then the command id, and only transactions older
+    than every one still running, so a command committed late is delivered after, never
+    skipped; on SQLite (serial writers) the command id.
+    """
+    query = (
+        select(DaemonCommand)
+        .join(Contract, Contract.id == DaemonCommand.contract_id)
+        .where(DaemonCommand.daemon_id == daemon_id)
+        .limit(limit)
+    )
+    if not caller.is_admin:
+        query = query.where(Contract.owner_id == caller.owner_id)
+    if _is_postgres(session):
+        axid, aid = _position(session, daemon_id, after)
+        query = query.where(
+            text(
+                "(daemon_commands.xid, daemon_commands.id) > (CAST(CAST(:axid AS text) AS xid8), :aid) "
+                "AND daemon_commands.xid < pg_snapshot_xmin(pg_current_snapshot())"
+            ).bindparams(axid=axid, aid=aid)
+        ).order_by(text("daemon_commands.xid"), DaemonCommand.id)
+    else:
+        query = query.where(DaemonCommand.id > after).order_by(DaemonCommand.id)
+    rows = list(session.scalars(query))
+    return DaemonCommandFeed(
+        daemon_id=daemon_id,
+        commands=[
+            DaemonCommandView(
+                command_id=r.id,
+                contract_id=r.contract_id,
+                command=r.command,
+                payload=r.payload,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ],
+        next_after=rows[-1].id if rows else after,
+    )
+
+
+__all__ = [
+    "MAX_FEED",
+    "DaemonCommandFeed",
+    "DaemonCommandView",
+    "NewCommand",
+    "check_daemon_id",
+    "command_body",
+    "daemon_of",
+    "daemons_of",
+    "publish_pending",
+    "queue_command",
+    "queue_commands",
+    "read_feed",
+]

@@ -12,8 +12,9 @@ whole set of the caller's contracts, never one per contract:
 - `recentEvents`: the newest `recent` events of the caller's contracts.
 - `resourceUsage`: live supervisors (alive and heard within the heartbeat timeout, the
   liveness rule of `app.supervisors`), the task ids they report pending, running tasks
-  (`contract_tasks`, not supervisors), daemons heard within the timeout, worktrees not
-  released.
+  (`contract_tasks`, not supervisors), daemons heard within the timeout, worktrees open.
+- `worktrees`: every worktree by state (open, released: its daemon was asked to remove it,
+  removed), in the same one query.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from app.domain.records import TaskStatus
 from app.events import event_view
 from app.models import Contract, ContractEvent, ContractTask, ContractWorktree, Supervisor
 from app.sweeps import stale_criteria, stale_threshold
+from app.worktrees import state_counts
 
 LIST_LIMIT: Final = 50
 RECENT_EVENTS: Final = 20
@@ -176,13 +178,10 @@ def build_dashboard(
             caller,
         )
     )
-    worktrees = session.scalar(
-        _joined(
-            select(func.count()).select_from(ContractWorktree).where(ContractWorktree.released_at.is_(None)),
-            ContractWorktree,
-            caller,
-        )
-    )
+    # Every worktree by state in one query; resourceUsage.worktrees is the open ones.
+    opened, released, removed = session.execute(
+        _joined(select(*state_counts()).select_from(ContractWorktree), ContractWorktree, caller)
+    ).one()
 
     return schemas.Dashboard(
         status_counts=status_counts,
@@ -197,7 +196,10 @@ def build_dashboard(
             running_tasks=int(running or 0),
             pending_tasks=int(pending or 0),
             active_daemons=int(daemons or 0),
-            worktrees=int(worktrees or 0),
+            worktrees=int(opened or 0),
+        ),
+        worktrees=schemas.WorktreeCounts(
+            open=int(opened or 0), released=int(released or 0), removed=int(removed or 0)
         ),
         generated_at=now,
     )

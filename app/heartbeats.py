@@ -59,6 +59,7 @@ from app import heartbeat_partitions as partitions
 from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings, get_settings
+from app.daemon_commands import NewCommand, queue_commands
 from app.db import UnitOfWork, get_engine, unit_of_work
 from app.domain.records import EventType
 from app.domain.supervisors import (
@@ -81,10 +82,7 @@ from app.heartbeat_store import (
     supervisor_record,
 )
 from app.messages import MessageRejected
-from app.models import (
-    DaemonCommand,
-    utcnow,
-)
+from app.models import utcnow
 from app.queues import TaskName
 
 log = logging.getLogger(__name__)
@@ -315,22 +313,25 @@ def _merge(plan: BatchPlan, retry: BatchPlan, failed: set[uuid.UUID]) -> BatchPl
 
 
 def _tell_fenced(uow: UnitOfWork, plan: BatchPlan, now: datetime) -> None:
-    """Queue a `supervisor_fenced` command per fenced supervisor (daemon-command outbox)."""
-    contracts = set()
-    for f in plan.fenced:
-        uow.session.add(
-            DaemonCommand(
-                contract_id=f.contract_id,
-                command=FENCED_COMMAND,
-                payload=fenced_payload(
-                    f.task_id, f.sent_incarnation, f.current_incarnation, f.daemon_id, f.host
-                ),
-                created_at=now,
+    """Queue a `supervisor_fenced` command per fenced supervisor (daemon-command outbox).
+
+    Each goes to the daemon that sent the fenced heartbeat (else the one that ran that
+    supervisor), all in one statement, published after commit.
+    """
+    queue_commands(
+        uow,
+        [
+            NewCommand(
+                f.contract_id,
+                FENCED_COMMAND,
+                fenced_payload(f.task_id, f.sent_incarnation, f.current_incarnation, f.daemon_id, f.host),
+                daemon_id=f.daemon_id,
+                task_id=f.task_id,
             )
-        )
-        contracts.add(f.contract_id)
-    for contract_id in sorted(contracts):
-        uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract_id)})
+            for f in plan.fenced
+        ],
+        now,
+    )
 
 
 def fenced_payload(

@@ -52,6 +52,12 @@ class CompletionCheck(Message):
 
 class WorktreeCreated(Message):
     path: str = Field(min_length=1)
+    daemon_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class WorktreeRemoved(Message):
+    path: str = Field(min_length=1)
+    daemon_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class ContractRef(BaseModel):
@@ -97,6 +103,7 @@ __all__ = [
     "TaskCompleted",
     "TaskStarted",
     "WorktreeCreated",
+    "WorktreeRemoved",
     "caller_of",
     "decode",
 ]

@@ -27,6 +27,7 @@ class TaskName(StrEnum):
     TASK_COMPLETED = "contracts.task_completed"
     MARK_DELIVERABLE = "contracts.mark_deliverable"
     WORKTREE_CREATED = "contracts.worktree_created"
+    WORKTREE_REMOVED = "contracts.worktree_removed"
     CHECK_COMPLETION = "contracts.check_completion"
     # Follow-ups the service decides itself, sent through the outbox after commit.
     EVALUATE_PROGRESS = "contracts.evaluate_progress"
@@ -48,6 +49,7 @@ class TaskName(StrEnum):
     DELETE_EXPIRED_ARCHIVES = "sweeps.delete_expired_archives"
     RESUME_STALLED_BATCHES = "sweeps.resume_stalled_batches"
     PRUNE_EVENTS = "sweeps.prune_events"
+    CLEANUP_WORKTREES = "sweeps.cleanup_worktrees"
     # Batch operations an admin asked for (app.batch), long and low priority.
     RUN_BATCH = "batch.run"
 

@@ -319,7 +319,15 @@ class ResourceUsage(Schema):
     running_tasks: int = Field(description="Spawned tasks (not supervisors) in status running.")
     pending_tasks: int = Field(description="Task ids the live supervisors report as pending.")
     active_daemons: int = Field(description="Daemons with a supervisor heard within the heartbeat timeout.")
-    worktrees: int = Field(description="Worktrees reported and not yet released.")
+    worktrees: int = Field(description="Worktrees open: reported, neither released nor removed.")
+
+
+class WorktreeCounts(Schema):
+    """Worktrees by state (`app.worktrees`): per contract, per daemon, for the fleet."""
+
+    open: int = Field(description="Reported created, not yet asked to be removed")
+    released: int = Field(description="Its daemon was asked to remove it; not yet reported removed")
+    removed: int = Field(description="Reported removed by its daemon")
 
 
 class Dashboard(Schema):
@@ -333,7 +341,8 @@ class Dashboard(Schema):
     waiting_count: int
     recent_events: list[Event] = Field(description="The newest events, newest first.")
     resource_usage: ResourceUsage
+    worktrees: WorktreeCounts = Field(description="Every worktree of your contracts, by state.")
     generated_at: Timestamp
 
 
-__all__ += ["Dashboard", "ResourceUsage", "StaleContractInfo", "WaitingContractInfo"]
+__all__ += ["Dashboard", "ResourceUsage", "StaleContractInfo", "WaitingContractInfo", "WorktreeCounts"]

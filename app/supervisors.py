@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.contract_rows import get_contract
+from app.daemon_commands import NewCommand, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
 from app.domain.supervisors import SupervisorRecord, daemon_alive, declare_dead, is_dead
@@ -42,6 +43,7 @@ from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
 from app.queues import TaskName
 from app.schemas import Schema, Timestamp
+from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"
 DEAD_SWEEP_BATCH: Final = 500
@@ -101,15 +103,18 @@ class HeartbeatList(Schema):
 
 
 class DaemonView(Schema):
-    """A daemon seen in heartbeats (by its `daemonId`)."""
+    """A daemon seen in heartbeats or worktree reports (by its `daemonId`)."""
 
     daemon_id: str
     host: str | None
-    last_seen_at: Timestamp = Field(description="When the server last received a heartbeat from it")
+    last_seen_at: Timestamp | None = Field(
+        description="When the server last received a heartbeat from it (null: it only reported worktrees)"
+    )
     alive: bool = Field(description="Heard from within the heartbeat timeout")
     supervisors: int = Field(description="Supervisors it runs (that you can see)")
     alive_supervisors: int
     supervisor_task_ids: list[uuid.UUID] = Field(description=f"At most {MAX_DAEMON_SUPERVISORS}")
+    worktrees: WorktreeCounts = Field(description="The worktrees it reported (of your contracts), by state")
 
 
 class DaemonList(Schema):
@@ -242,7 +247,9 @@ def heartbeat_history(
 
 
 def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timedelta) -> DaemonList:
-    """Daemons seen in heartbeats of the caller's contracts (every owner's for an admin)."""
+    """Daemons seen in heartbeats or worktree reports of the caller's contracts (every owner's
+    for an admin): the ones heard from first, most recent first, then those known only from
+    their worktrees, by id."""
     query = (
         select(
             Supervisor.daemon_id,
@@ -274,20 +281,36 @@ def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timed
         entry["alive"] += int(bool(alive) and now - received <= timeout)
         if len(entry["tasks"]) < MAX_DAEMON_SUPERVISORS:
             entry["tasks"].append(task_id)
-    return DaemonList(
-        daemons=[
-            DaemonView(
-                daemon_id=daemon_id,
-                host=e["host"],
-                last_seen_at=e["last"],
-                alive=daemon_alive(e["last"], now, timeout),
-                supervisors=e["total"],
-                alive_supervisors=e["alive"],
-                supervisor_task_ids=e["tasks"],
-            )
-            for daemon_id, e in sorted(daemons.items(), key=lambda kv: kv[1]["last"], reverse=True)
-        ]
-    )
+    worktrees = counts_by_daemon(session, caller)
+    none = WorktreeCounts(open=0, released=0, removed=0)
+    heard = [
+        DaemonView(
+            daemon_id=daemon_id,
+            host=e["host"],
+            last_seen_at=e["last"],
+            alive=daemon_alive(e["last"], now, timeout),
+            supervisors=e["total"],
+            alive_supervisors=e["alive"],
+            supervisor_task_ids=e["tasks"],
+            worktrees=worktrees.get(daemon_id, none),
+        )
+        for daemon_id, e in sorted(daemons.items(), key=lambda kv: kv[1]["last"], reverse=True)
+    ]
+    silent = [
+        DaemonView(
+            daemon_id=daemon_id,
+            host=None,
+            last_seen_at=None,
+            alive=False,
+            supervisors=0,
+            alive_supervisors=0,
+            supervisor_task_ids=[],
+            worktrees=counts,
+        )
+        for daemon_id, counts in sorted(worktrees.items())
+        if daemon_id not in daemons
+    ]
+    return DaemonList(daemons=heard + silent)
 
 
 def request_sync(
@@ -343,7 +366,7 @@ def detect_dead_supervisors(
         .with_for_update(skip_locked=True)
     ).all()
     declared: list[SupervisorRecord] = []
-    contracts: set[uuid.UUID] = set()
+    told: list[NewCommand] = []
     for row in rows:
         record = supervisor_record(row)
         if not is_dead(record, now, timeout):
@@ -388,20 +411,20 @@ def detect_dead_supervisors(
             },
             now,
         )
-        uow.session.add(
-            DaemonCommand(
-                contract_id=record.contract_id,
-                command=FENCED_COMMAND,
-                payload=fenced_payload(
+        told.append(
+            NewCommand(
+                record.contract_id,
+                FENCED_COMMAND,
+                fenced_payload(
                     record.task_id, record.incarnation, after.incarnation, record.daemon_id, record.host
                 ),
-                created_at=now,
+                daemon_id=record.daemon_id,
+                task_id=record.task_id,
             )
         )
-        contracts.add(record.contract_id)
         declared.append(after)
-    for contract_id in sorted(contracts):
-        uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract_id)})
+    # Each to the daemon that ran the supervisor, in one statement, published after commit.
+    queue_commands(uow, told, now)
     return declared
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import agent_reports, completion_flow, contracts, message_outcomes, worktrees
+from app import agent_reports, completion_flow, contracts, daemon_commands, message_outcomes, worktrees
 from app.broker import send_task
 from app.db import UnitOfWork, unit_of_work
 from app.messages import (
@@ -21,6 +21,7 @@ from app.messages import (
     TaskCompleted,
     TaskStarted,
     WorktreeCreated,
+    WorktreeRemoved,
     caller_of,
     decode,
 )
@@ -93,7 +94,29 @@ def worktree_created(message: Any) -> None:
     with unit_of_work(send_task) as uow:
         _applied_at_commit(uow, TaskName.WORKTREE_CREATED, msg)
         worktrees.record_worktree(
-            uow, caller_of(uow.session, msg), msg.contract_id, path=msg.path, now=utcnow()
+            uow,
+            caller_of(uow.session, msg),
+            msg.contract_id,
+            path=msg.path,
+            daemon_id=msg.daemon_id,
+            message_id=msg.message_id,
+            now=utcnow(),
+        )
+
+
+@celery_app.task(name=TaskName.WORKTREE_REMOVED, base=AccountableTask)
+def worktree_removed(message: Any) -> None:
+    msg = decode(WorktreeRemoved, message)
+    with unit_of_work(send_task) as uow:
+        _applied_at_commit(uow, TaskName.WORKTREE_REMOVED, msg)
+        worktrees.record_worktree_removed(
+            uow,
+            caller_of(uow.session, msg),
+            msg.contract_id,
+            path=msg.path,
+            daemon_id=msg.daemon_id,
+            message_id=msg.message_id,
+            now=utcnow(),
         )
 
 
@@ -124,7 +147,7 @@ def finalize_completion(message: Any) -> None:
 @celery_app.task(name=TaskName.PUBLISH_DAEMON_COMMANDS, base=AccountableTask)
 def publish_commands(message: Any) -> None:
     ref = decode(ContractRef, message)
-    worktrees.publish_daemon_commands(ref.contract_id)
+    daemon_commands.publish_pending(ref.contract_id)
 
 
 @celery_app.task(name=TaskName.PING)

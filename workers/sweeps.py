@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app import batch, sweeps, worktrees
+from app import batch, daemon_commands, sweeps, worktrees
 from app.broker import send_task
 from app.config import get_settings
 from app.db import get_engine, unit_of_work
@@ -23,7 +23,14 @@ def finalize_due_completions() -> int:
 @celery_app.task(name=TaskName.PUBLISH_PENDING_DAEMON_COMMANDS, base=AccountableTask)
 def publish_pending_daemon_commands() -> int:
     """Outbox catch-up: commands committed but not yet handed to the broker."""
-    return worktrees.publish_daemon_commands()
+    return daemon_commands.publish_pending()
+
+
+@celery_app.task(name=TaskName.CLEANUP_WORKTREES, base=AccountableTask)
+def cleanup_worktrees() -> int:
+    """Worktrees of closed contracts not reported removed: ask their daemons again, at most
+    once per `[worktrees] cleanup_interval_seconds` each."""
+    return worktrees.cleanup_orphans(sender=send_task)
 
 
 @celery_app.task(name=TaskName.RELAY_OUTBOX, base=AccountableTask)

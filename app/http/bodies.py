@@ -116,6 +116,25 @@ class TaskCompletedRequest(_Body):
 
 class WorktreeCreatedRequest(_Body):
     path: SafeStr = Field(min_length=1, max_length=4096)
+    daemon_id: SafeStr | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The daemon holding it (as in its heartbeats): commands about it go to its queue.",
+    )
+    message_id: SafeStr | None = Field(
+        None, min_length=1, max_length=200, description="Idempotency key; resending the same id is harmless."
+    )
+
+
+class WorktreeRemovedRequest(_Body):
+    path: SafeStr = Field(min_length=1, max_length=4096, description="The path as reported created.")
+    daemon_id: SafeStr | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The daemon that removed it; needed only when two daemons hold the same path.",
+    )
     message_id: SafeStr | None = Field(
         None, min_length=1, max_length=200, description="Idempotency key; resending the same id is harmless."
     )
@@ -131,4 +150,5 @@ __all__ = [
     "TaskCompletedRequest",
     "TaskStartedRequest",
     "WorktreeCreatedRequest",
+    "WorktreeRemovedRequest",
 ]

@@ -1,18 +1,35 @@
-"""`GET /api/v1/daemons`: the agent daemons seen in heartbeats, so "active daemons" is a fact."""
+"""`/api/v1/daemons`: the agent daemons seen in heartbeats and worktree reports, and each
+daemon's command feed.
+
+- `GET /api/v1/daemons`: every daemon of your contracts, so "active daemons" is a fact, with
+  its supervisors and its worktrees by state.
+- `GET /api/v1/daemons/{daemonId}/commands?after=&limit=&wait=`: the commands for one daemon,
+  the same ones its broker queue `daemon.commands.<daemonId>` carries, for a daemon that cannot
+  read the broker (and for the fleet simulator). Owner-scoped: only commands about contracts
+  you may see (an admin's: all). `wait` turns an empty answer into a long poll: the request
+  looks again every half second until a command arrives or `wait` seconds pass, without
+  holding a worker thread meanwhile.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 
+from app.daemon_commands import MAX_FEED, DaemonCommandFeed
 from app.domain.errors import FeatureDisabled
+from app.http.bodies import SafeStr
 from app.http.deps import Api
 from app.http.errors import error_response, error_responses
 from app.schemas import ErrorCode
 from app.supervisors import DaemonList
 
 E = ErrorCode
+MAX_WAIT_SECONDS: Final = 25.0
+POLL_SECONDS: Final = 0.5
 
 router = APIRouter(
     prefix="/api/v1/daemons",
@@ -20,16 +37,63 @@ router = APIRouter(
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )
 
+DaemonId = Annotated[
+    SafeStr,
+    Path(
+        alias="daemonId",
+        min_length=1,
+        max_length=200,
+        description="The daemon's id, as its heartbeats and reports name it (URL-encoded).",
+    ),
+]
+
 
 @router.get("", response_model=DaemonList)
 def list_daemons(api: Api) -> Any:
-    """Daemons that sent heartbeats (with a `daemonId`) for your contracts, most recently heard
-    first: their host, when last heard, whether alive (heard within the heartbeat timeout),
-    and the supervisors they run."""
+    """Daemons that sent heartbeats or reported worktrees (with a `daemonId`) for your contracts:
+    the ones heard from first, most recently heard first, with their host, whether alive (heard
+    within the heartbeat timeout), the supervisors they run and their worktrees by state; then
+    the daemons known only from worktree reports (`lastSeenAt` null)."""
     try:
         return api.daemons()
     except FeatureDisabled as exc:
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, exc.message, exc.details)
+
+
+@router.get(
+    "/{daemonId:path}/commands",
+    response_model=DaemonCommandFeed,
+    responses=error_responses(E.VALIDATION_FAILED),
+)
+async def daemon_commands(
+    request: Request,
+    api: Api,
+    daemon_id: DaemonId,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="The last commandId you carried out (0: from the start).")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_FEED, description="Commands per answer.")] = 100,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Seconds to wait for a command when there is none yet (a long poll).",
+        ),
+    ] = 0,
+) -> Any:
+    """The commands for this daemon after `after`, oldest first, about contracts you may see
+    (a supervisor reads its own daemon's). Each carries its `commandId`: carry out each once
+    (a command may come twice, here and on the broker) and pass `nextAfter` back to read on.
+    With `wait`, an empty answer waits up to that many seconds for a command."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        feed = await run_in_threadpool(api.daemon_commands, daemon_id, after, limit)
+        left = deadline - loop.time()
+        if feed.commands or left <= 0 or await request.is_disconnected():
+            return feed
+        await asyncio.sleep(min(POLL_SECONDS, left))
 
 
 __all__ = ["router"]

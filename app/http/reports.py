@@ -2,7 +2,8 @@
 
 A daemon must never block on this service, so these judge only what can be judged now and
 answer at once: a contract the caller cannot see is CONTRACT_NOT_FOUND (404); a closed one
-(completed, failed, archived) is VALIDATION_FAILED (400) naming its status; a task id of
+(completed, failed, archived) is VALIDATION_FAILED (400) naming its status (except a
+worktree removed, which follows completion); a task id of
 another contract is VALIDATION_FAILED. Otherwise the report is recorded as pending, queued,
 and answered 202 with its `messageId`. A worker applies it; what became of it is
 `GET /api/v1/messages/{messageId}`, and resending the same messageId has no further effect
@@ -13,7 +14,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.http.bodies import TaskCompletedRequest, TaskStartedRequest, WorktreeCreatedRequest
+from app.http.bodies import (
+    TaskCompletedRequest,
+    TaskStartedRequest,
+    WorktreeCreatedRequest,
+    WorktreeRemovedRequest,
+)
 from app.http.deps import Api, ContractId, TaskId
 from app.http.errors import API_PREFIX, error_responses
 from app.schemas import Accepted, ErrorCode
@@ -62,9 +68,24 @@ def task_completed(
 
 @router.post(CONTRACT + "/worktrees", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS)
 def worktree_created(contract_id: ContractId, body: WorktreeCreatedRequest, api: Api) -> Accepted:
-    """A daemon created a worktree; it is released when the contract completes."""
+    """A daemon created a worktree; when the contract closes, the daemon named in `daemonId` is
+    asked (on its own queue) to remove it."""
     return Accepted(
-        message_id=api.report_worktree_created(contract_id, body.path, message_id=body.message_id)
+        message_id=api.report_worktree_created(
+            contract_id, body.path, message_id=body.message_id, daemon_id=body.daemon_id
+        )
+    )
+
+
+@router.post(CONTRACT + "/worktrees/removed", status_code=status.HTTP_202_ACCEPTED, responses=_REPORT_ERRORS)
+def worktree_removed(contract_id: ContractId, body: WorktreeRemovedRequest, api: Api) -> Accepted:
+    """A daemon removed a worktree: it is marked removed and no more is asked about it. Accepted
+    on closed contracts too (daemons remove worktrees after completion); a path never reported
+    created is recorded as removed all the same."""
+    return Accepted(
+        message_id=api.report_worktree_removed(
+            contract_id, body.path, message_id=body.message_id, daemon_id=body.daemon_id
+        )
     )
 
 
