@@ -41,11 +41,11 @@ from app import (
     supervisors,
     views,
 )
-from app import questions as question_service
-from app.auth import Caller, authenticate
 from app import daemon_commands as command_service
-from app.broker import Sender, send_task
+from app import questions as question_service
 from app import worktrees as worktree_service
+from app.auth import Caller, authenticate
+from app.broker import Sender, send_task
 from app.config import Settings, get_settings
 from app.contract_rows import get_contract, refuse_if_closed
 from app.db import UnitOfWork, unit_of_work
@@ -71,18 +71,6 @@ def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid
         )
 
 
-class ContractsAPI:
-    """Everything a caller may do, on behalf of one authenticated principal."""
-
-    def __init__(
-        self,
-        token: str | None = None,
-        *,
-        caller: Caller | None = None,
-        engine: Engine | None = None,
-        sender: Sender | None = None,
-        settings: Settings | None = None,
-        clock: Callable[[], datetime] = utcnow,
 def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
     """A worktree report's fields, checked now: a worker cannot store what these refuse."""
     if not isinstance(path, str) or not 1 <= len(path) <= worktree_service.MAX_PATH or "\x00" in path:
@@ -96,6 +84,18 @@ def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
     return fields
 
 
+class ContractsAPI:
+    """Everything a caller may do, on behalf of one authenticated principal."""
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        caller: Caller | None = None,
+        engine: Engine | None = None,
+        sender: Sender | None = None,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
         self._send: Sender = sender or send_task
@@ -275,6 +275,8 @@ def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
         *,
         daemon_id: str | None = None,
     ) -> str:
+        """A daemon removed a worktree; allowed on closed contracts too (removal follows
+        completion). A path never reported created is recorded as removed all the same."""
         return self._enqueue(
             TaskName.WORKTREE_REMOVED, contract_id, message_id, _worktree_fields(path, daemon_id)
         )
@@ -287,8 +289,6 @@ def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
         """Judge the gate now and answer; when it is met, the flow is enqueued after commit."""
         with self._uow() as uow:
             done = completion_flow.check_completion(uow, self.caller, contract_id, now=self._clock())
-        """A daemon removed a worktree; allowed on closed contracts too (removal follows
-        completion). A path never reported created is recorded as removed all the same."""
             return schemas.CompletionCheck(
                 ready=done.readiness.ready,
                 would_complete=done.would_complete,
@@ -534,6 +534,57 @@ def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
                 uow.session, self.caller, self._clock(), self._heartbeat_timeout()
             )
 
+    # -- worktrees and each daemon's commands (app.worktrees, app.daemon_commands) --------
+
+    def worktrees(self, contract_id: uuid.UUID) -> worktree_service.WorktreeList:
+        """A contract's worktrees (open, released, removed) and their counts."""
+        with self._uow() as uow:
+            return worktree_service.contract_worktrees(uow.session, self.caller, contract_id)
+
+    def daemon_commands(
+        self, daemon_id: str, after: int = 0, limit: int = 100
+    ) -> command_service.DaemonCommandFeed:
+        """The commands for daemon `daemon_id` after command id `after` (its HTTP feed), of the
+        contracts this caller may see; pass `next_after` back to read on. The same commands
+        reach the daemon's broker queue `daemon.commands.<daemonId>`."""
+        command_service.check_daemon_id(daemon_id)
+        if not 1 <= limit <= command_service.MAX_FEED:
+            raise ValidationFailed(
+                f"limit is 1 to {command_service.MAX_FEED} (got {limit}).",
+                details={"field": "limit", "limit": command_service.MAX_FEED},
+            )
+        if after < 0:
+            raise ValidationFailed(
+                f"after is a command id, 0 or more (got {after}).", details={"field": "after"}
+            )
+        with self._uow() as uow:
+            return command_service.read_feed(uow.session, self.caller, daemon_id, after, limit)
+
+    def cleanup_worktrees(
+        self, *, dry_run: bool = False, limit: int = 1000
+    ) -> worktree_service.WorktreeCleanup:
+        """Ask the daemons of orphaned worktrees (closed contracts, not reported removed) to
+        remove them, at most once per `[worktrees] cleanup_interval_seconds` each; admins only.
+        A dry run answers what would be asked and changes nothing."""
+        batch.require_admin(self.caller, "clean up worktrees")
+        if not 1 <= limit <= worktree_service.MAX_CLEANUP:
+            raise ValidationFailed(
+                f"limit is 1 to {worktree_service.MAX_CLEANUP} (got {limit}).",
+                details={"field": "limit", "limit": worktree_service.MAX_CLEANUP},
+            )
+        interval = worktree_service.cleanup_interval(self._settings)
+        with self._uow() as uow:
+            now = self._clock()
+            asked = worktree_service.ask_orphans(uow, now, interval, limit, dry_run=dry_run)
+            if dry_run:
+                more = (
+                    len(asked) == limit
+                    and len(worktree_service.ask_orphans(uow, now, interval, limit + 1, dry_run=True)) > limit
+                )
+            else:
+                more = worktree_service.any_orphans_due(uow.session, now, interval)
+            return worktree_service.cleanup_report(asked, dry_run=dry_run, more=more, interval=interval)
+
     def request_supervisor_sync(self, contract_id: uuid.UUID) -> supervisors.SyncRequested:
         """Ask the live supervisor's daemon for its full state (SUPERVISOR_DEAD if it is not live)."""
         heartbeat_buffer.require_enabled(self._settings)
@@ -615,54 +666,3 @@ def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
 
 
 __all__ = ["ContractsAPI", "MessageStatus", "Sender"]
-    # -- worktrees and each daemon's commands (app.worktrees, app.daemon_commands) --------
-
-    def worktrees(self, contract_id: uuid.UUID) -> worktree_service.WorktreeList:
-        """A contract's worktrees (open, released, removed) and their counts."""
-        with self._uow() as uow:
-            return worktree_service.contract_worktrees(uow.session, self.caller, contract_id)
-
-    def daemon_commands(
-        self, daemon_id: str, after: int = 0, limit: int = 100
-    ) -> command_service.DaemonCommandFeed:
-        """The commands for daemon `daemon_id` after command id `after` (its HTTP feed), of the
-        contracts this caller may see; pass `next_after` back to read on. The same commands
-        reach the daemon's broker queue `daemon.commands.<daemonId>`."""
-        command_service.check_daemon_id(daemon_id)
-        if not 1 <= limit <= command_service.MAX_FEED:
-            raise ValidationFailed(
-                f"limit is 1 to {command_service.MAX_FEED} (got {limit}).",
-                details={"field": "limit", "limit": command_service.MAX_FEED},
-            )
-        if after < 0:
-            raise ValidationFailed(
-                f"after is a command id, 0 or more (got {after}).", details={"field": "after"}
-            )
-        with self._uow() as uow:
-            return command_service.read_feed(uow.session, self.caller, daemon_id, after, limit)
-
-    def cleanup_worktrees(
-        self, *, dry_run: bool = False, limit: int = 1000
-    ) -> worktree_service.WorktreeCleanup:
-        """Ask the daemons of orphaned worktrees (closed contracts, not reported removed) to
-        remove them, at most once per `[worktrees] cleanup_interval_seconds` each; admins only.
-        A dry run answers what would be asked and changes nothing."""
-        batch.require_admin(self.caller, "clean up worktrees")
-        if not 1 <= limit <= worktree_service.MAX_CLEANUP:
-            raise ValidationFailed(
-                f"limit is 1 to {worktree_service.MAX_CLEANUP} (got {limit}).",
-                details={"field": "limit", "limit": worktree_service.MAX_CLEANUP},
-            )
-        interval = worktree_service.cleanup_interval(self._settings)
-        with self._uow() as uow:
-            now = self._clock()
-            asked = worktree_service.ask_orphans(uow, now, interval, limit, dry_run=dry_run)
-            if dry_run:
-                more = (
-                    len(asked) == limit
-                    and len(worktree_service.ask_orphans(uow, now, interval, limit + 1, dry_run=True)) > limit
-                )
-            else:
-                more = worktree_service.any_orphans_due(uow.session, now, interval)
-            return worktree_service.cleanup_report(asked, dry_run=dry_run, more=more, interval=interval)
-
