@@ -4,8 +4,8 @@ Each cell is one request made with a real token of that role against a contract 
 person of the owner: `user` and `supervisor` act on their own owner's contract, `admin`
 (an operator) on another owner's. The expected answers live in `TABLE`; a test reads the
 README's table and checks it says the same, so the documentation cannot drift from the rule.
-Rows marked "coming" in the README (batch operations, answering questions) have no endpoint
-yet and are checked here only for being marked so.
+Rows marked "coming" in the README have no endpoint yet and are checked here only for being
+marked so (none is, now).
 
 The app records what it would enqueue instead of sending it, so no worker acts behind the
 assertions' back.
@@ -107,6 +107,20 @@ def waiting_on_a_question(person: Actor) -> str:
     return cid
 
 
+# The question each contract prepared by `asked` holds, by contract id (a question is asked by
+# the owner's supervisor: a person answers questions, never asks them).
+QUESTIONS: dict[str, str] = {}
+
+
+def asked(person: Actor) -> str:
+    cid = active(person)
+    owner = person.ok("GET", f"{BASE}/{cid}")["ownerId"]
+    supervisor = new_actor(person.client, owner, "supervisor")
+    body = {"question": "Deploy on Friday?", "type": "confirmation"}
+    QUESTIONS[cid] = supervisor.ok("POST", f"{BASE}/{cid}/questions", body, expect=201)["id"]
+    return cid
+
+
 def completing(person: Actor) -> str:
     cid = ready_to_advance(person)
     person.ok("POST", f"{BASE}/{cid}/phase", {"phase": "execute"})
@@ -136,6 +150,14 @@ def _read(actor: Actor, cid: str | None) -> Any:
     assert cid in [c["id"] for c in listed["contracts"]], "readable one by one but missing from the list"
     assert actor.call("GET", f"{BASE}/{cid}/events").status_code == 200
     return actor.call("GET", f"{BASE}/{cid}/phase-readiness")
+
+
+def _read_questions(actor: Actor, cid: str | None) -> Any:
+    listed = actor.call("GET", f"{BASE}/{cid}/questions")
+    if listed.status_code != 200:
+        return listed
+    assert [q["id"] for q in listed.json()["questions"]] == [QUESTIONS[str(cid)]]
+    return actor.call("GET", f"{BASE}/{cid}/questions/{QUESTIONS[str(cid)]}")
 
 
 def _task_report(kind: str) -> Act:
@@ -218,6 +240,26 @@ OPERATIONS: dict[str, Operation] = {
         created,
         lambda actor, cid: actor.call("PUT", f"{BASE}/{cid}/auto-complete", {"enabled": True}),
     ),
+    "ask-question": Operation(
+        "Ask a question",
+        active,
+        lambda actor, cid: actor.call(
+            "POST", f"{BASE}/{cid}/questions", {"question": "Which database?", "type": "free_text"}
+        ),
+    ),
+    "read-questions": Operation("Read a contract's questions", asked, _read_questions),
+    "answer-question": Operation(
+        "Answer a question",
+        asked,
+        lambda actor, cid: actor.call(
+            "POST", f"{BASE}/{cid}/questions/{QUESTIONS[str(cid)]}/answer", {"answer": True}
+        ),
+    ),
+    "withdraw-question": Operation(
+        "Withdraw a question",
+        asked,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/questions/{QUESTIONS[str(cid)]}/cancel"),
+    ),
     "tokens": Operation(
         "Create, list, revoke tokens",
         lambda person: None,
@@ -226,7 +268,13 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 # What each role gets: an HTTP status, and for refusals the error code.
-ALLOWED = {"create": 201, "task-started": 202, "task-completed": 202, "worktree-created": 202}
+ALLOWED = {
+    "create": 201,
+    "task-started": 202,
+    "task-completed": 202,
+    "worktree-created": 202,
+    "ask-question": 201,
+}
 PERSON_MUST_CONFIRM = (409, "PHASE_GUARD_REQUIRED")
 NO_API = (404, "NOT_FOUND")  # tokens are an operator's CLI job on the server, for no API role
 
@@ -239,11 +287,13 @@ for _op in ("set-aside-a-wait", "decide-completion"):
     TABLE[_op]["supervisor"] = (403, "FORBIDDEN")
 TABLE["batch"] = {"user": (403, "FORBIDDEN"), "supervisor": (403, "FORBIDDEN"), "admin": (200, None)}
 TABLE["tokens"] = dict.fromkeys(ROLES, NO_API)
+# A question exists so that a person decides: supervisors ask and withdraw, people answer.
+for _op in ("ask-question", "withdraw-question"):
+    TABLE[_op]["user"] = (403, "FORBIDDEN")
+TABLE["answer-question"]["supervisor"] = (403, "FORBIDDEN")
 
 # Rows of the README table with no endpoint yet; their cells are what the README promises.
-COMING = {
-    "Answer a question": {"user": "yes", "supervisor": "no", "admin": "yes"},
-}
+COMING: dict[str, dict[str, str]] = {}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -347,6 +397,8 @@ def test_the_readme_role_table_matches_the_tested_cells() -> None:
 def test_the_readme_marks_the_rows_without_an_endpoint_as_coming() -> None:
     section = README.read_text().split("## Who may do what", 1)[1].split("\n## ", 1)[0]
     table = readme_role_table()
+    marked = re.findall(r"^\| (.+?) \*\(coming\)\* \|", section, flags=re.MULTILINE)
+    assert sorted(marked) == sorted(COMING), "a row is marked coming but has an endpoint, or the reverse"
     for label, cells in COMING.items():
         assert f"| {label} *(coming)* |" in section, f"README row '{label}' is not marked coming"
         for role, allowed in cells.items():
