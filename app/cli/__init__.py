@@ -6,10 +6,13 @@
     makima dead-letters list [--all] [--format table|json]
     makima dead-letters show ID
     makima dead-letters replay ID
+    makima simulate --supervisors 200 --duration 60 [--crash-rate 2] [--json]
 
 The commands above are the operator's: they work on this machine's database and broker
-(`service`, `tokens`, `dead_letters`). The remote `makima contracts ...` client, which speaks
-HTTP only, gets a module of its own here and is added to `app` the same way. Errors become
+(`service`, `tokens`, `dead_letters`); `simulate` drives a running service over HTTP like a
+fleet of daemons, making its tokens on this machine's database when none are given. The
+remote `makima contracts ...` client, which speaks HTTP only, gets a module of its own here
+and is added to `app` the same way. Errors become
 exit codes and `error: ...` lines in one place, `errors.ErrorMappingGroup`, for all of them.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import service
+from app.cli import service, simulate
 from app.cli.dead_letters import dead_letters_app
 from app.cli.errors import ErrorMappingGroup
 from app.cli.tokens import token_app
@@ -33,6 +36,7 @@ app.command()(service.run)
 app.command()(service.migrate)
 app.add_typer(token_app, name="token")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.command()(simulate.simulate)
 
 
 def main() -> None:
