@@ -1,0 +1,907 @@
+"""Supervisor persistent state (seed 3.4) and the restoration decision (seed 3.6): pure rules.
+
+A daemon saves what it would need after a crash at the plan's save points (an LLM response, a
+task spawned, a question asked, a phase change); the server keeps it and, when a daemon
+restarts, decides how to restore it. Everything here takes and returns plain values (stdlib
+only, the clock passed in), so the API module, the HTTP front and the tests judge alike:
+
+- **A save** (`parse_save`): the wire form (camelCase) becomes a `StateSave`, or
+  `ValidationFailed` naming the field and the limit. Requests are bounded: at most
+  `MAX_APPEND` history messages per save, `MAX_TASK_IDS` task ids per list, `MAX_CONTENT`
+  characters per message.
+- **Ordering** (`judge_save`): saves are ordered by (incarnation, stateVersion). A save of an
+  incarnation older than the current one is fenced (`SupervisorFenced`); one older than the
+  stored save is `StaleState`; an equal one is the same save sent again (a duplicate: nothing
+  is written, the stored figures are the answer); a newer one is applied. A newer incarnation
+  wins whatever its stateVersion, so a restored daemon may count its versions afresh.
+- **History** is appended in increments: `historyFrom` is the position of the first message
+  sent. It may not lie past the stored end (`HistoryGap`, which says where to resend from);
+  messages at or after it are replaced, so a daemon that compacted its conversation rewrites
+  its tail. Without `historyFrom` an append lands at the end; without either the history is
+  untouched.
+- **Checkpoints** mark a save as a consistent point: a snapshot of the state and of how long
+  the history was is kept beside the current state. A later save that rewrites history the
+  checkpoint covers leaves it unusable (`historyIntact: false`): its messages are gone.
+- **Restoration** (`decide_restoration`, `next_step`): the protocol's branch — `fresh` when
+  nothing is stored, `resume` when the stored state agrees with the contract and its history,
+  `checkpoint` when it does not but the last checkpoint does, `fresh` again when neither is
+  usable — with every inconsistency named, then the first step of 5-8 that applies.
+- **Context** (`restoration_context`): a compact plain-text summary a supervisor can be
+  given, bounded at `CONTEXT_LIMIT` bytes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.supervisors import (
+    EARLIEST,
+    LATEST,
+    MAX_ACTIVITY,
+    MAX_DAEMON_ID,
+    MAX_HOST,
+    MAX_INCARNATION,
+    MAX_PHASE,
+    SupervisorState,
+)
+
+# Bounds of one save (a request body is at most 1 MiB anyway; these keep each part honest).
+MAX_TASK_IDS: Final = 1000
+MAX_APPEND: Final = 200
+MAX_CONTENT: Final = 65_536
+MAX_MESSAGE_NAME: Final = 200
+MAX_TOOL_CALL_ID: Final = 200
+MAX_CHECKPOINT_ID: Final = 200
+MAX_NOTE: Final = 2000
+MAX_ERROR: Final = 10_000
+MAX_STATE_VERSION: Final = 2**63 - 1
+MAX_HISTORY_POSITION: Final = 2**31 - 1
+# The restoration context: small enough to hand to a model as one message.
+CONTEXT_LIMIT: Final = 8192
+# How many ids or messages an inconsistency's detail quotes before it says "and N more".
+QUOTED: Final = 5
+
+ROLES: Final = ("system", "user", "assistant", "tool")
+SAVE_FIELDS: Final = frozenset(
+    {
+        "taskId",
+        "incarnation",
+        "stateVersion",
+        "state",
+        "phase",
+        "currentActivity",
+        "progress",
+        "error",
+        "spawnedTaskIds",
+        "waitingOnTaskIds",
+        "historyFrom",
+        "historyAppend",
+        "checkpoint",
+        "daemonId",
+        "host",
+    }
+)
+MESSAGE_FIELDS: Final = frozenset({"role", "content", "name", "toolCallId", "at"})
+CHECKPOINT_FIELDS: Final = frozenset({"id", "note"})
+
+
+class InvalidValue(ValueError):
+    """One value cannot be accepted; `field` names it, `limit` is the bound it broke, if any."""
+
+    def __init__(self, field_name: str, problem: str, limit: int | None = None) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+        self.limit = limit
+
+    def as_validation_failed(self) -> ValidationFailed:
+        details: dict[str, Any] = {"field": self.field, "problem": self.problem}
+        if self.limit is not None:
+            details["limit"] = self.limit
+        return ValidationFailed(f"{self.field}: {self.problem}.", details=details)
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def _text(raw: Any, name: str, limit: int, *, empty: bool = True) -> str:
+    if not isinstance(raw, str):
+        raise InvalidValue(name, "must be a string")
+    if not empty and not raw.strip():
+        raise InvalidValue(name, "must not be empty")
+    if len(raw) > limit:
+        raise InvalidValue(name, f"at most {limit} characters (this one has {len(raw)})", limit)
+    if "\x00" in raw:
+        raise InvalidValue(name, "must not contain NUL characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(name, "must be valid Unicode (no lone surrogates)") from None
+    return raw
+
+
+def _int(raw: Any, name: str, low: int, high: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidValue(name, f"must be a whole number from {low} to {high}")
+    if not low <= raw <= high:
+        raise InvalidValue(name, f"must be from {low} to {high} (got {raw})")
+    return raw
+
+
+def _uuid(raw: Any, name: str) -> uuid.UUID:
+    if isinstance(raw, uuid.UUID):
+        return raw
+    if not isinstance(raw, str):
+        raise InvalidValue(name, "must be a UUID string")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidValue(name, f"'{raw[:60]}' is not a UUID") from None
+
+
+def _uuid_list(raw: Any, name: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise InvalidValue(name, "must be a list of task ids (UUIDs)")
+    if len(raw) > MAX_TASK_IDS:
+        raise InvalidValue(name, f"at most {MAX_TASK_IDS} task ids (this one has {len(raw)})", MAX_TASK_IDS)
+    return tuple(dict.fromkeys(str(_uuid(item, f"{name}[{i}]")) for i, item in enumerate(raw)))
+
+
+def _timestamp(raw: Any, name: str) -> datetime:
+    if isinstance(raw, datetime):
+        value = raw
+    elif isinstance(raw, str) and len(raw) <= 40:
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            raise InvalidValue(name, f"'{raw}' is not an ISO 8601 date-time") from None
+    else:
+        raise InvalidValue(name, "must be an ISO 8601 date-time string with a time zone")
+    if value.tzinfo is None:
+        raise InvalidValue(name, "needs a time zone (for example 2026-01-31T10:30:00Z)")
+    value = value.astimezone(UTC)
+    if not EARLIEST <= value < LATEST:
+        raise InvalidValue(name, f"must lie between {EARLIEST.year} and {LATEST.year}")
+    return value
+
+
+def _state(raw: Any, name: str) -> SupervisorState:
+    try:
+        return SupervisorState(raw)
+    except (ValueError, TypeError):
+        allowed = ", ".join(s.value for s in SupervisorState)
+        shown = str(raw)[:60]
+        raise InvalidValue(name, f"'{shown}' is not a supervisor state; one of: {allowed}") from None
+
+
+def _unknown(raw: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        name = f"{where}.{unknown[0][:60]}" if where else unknown[0][:60]
+        raise InvalidValue(name, f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One conversation message, as the daemon's model client knows it."""
+
+    role: str
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+    at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored and wire form (camelCase); `parse_message(m.to_json()) == m`."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["toolCallId"] = self.tool_call_id
+        if self.at is not None:
+            out["at"] = self.at.isoformat()
+        return out
+
+
+def parse_message(raw: Any, where: str = "message") -> Message:
+    """A message as sent or stored → `Message`, or `InvalidValue` naming the field."""
+    if not isinstance(raw, Mapping):
+        raise InvalidValue(where, "must be a JSON object {role, content, name?, toolCallId?, at?}")
+    _unknown(raw, MESSAGE_FIELDS, where)
+    role = raw.get("role")
+    if role not in ROLES:
+        raise InvalidValue(f"{where}.role", f"must be one of: {', '.join(ROLES)}")
+    if raw.get("content") is None:
+        raise InvalidValue(f"{where}.content", "is required")
+    content = _text(raw["content"], f"{where}.content", MAX_CONTENT)
+    name = raw.get("name")
+    if name is not None:
+        name = _text(name, f"{where}.name", MAX_MESSAGE_NAME, empty=False)
+    tool_call_id = raw.get("toolCallId")
+    if tool_call_id is not None:
+        tool_call_id = _text(tool_call_id, f"{where}.toolCallId", MAX_TOOL_CALL_ID, empty=False)
+    at = raw.get("at")
+    return Message(
+        role=str(role),
+        content=content,
+        name=name,
+        tool_call_id=tool_call_id,
+        at=_timestamp(at, f"{where}.at") if at is not None else None,
+    )
+
+
+# --- a save ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointMark:
+    """The daemon's word that this save is a consistent point."""
+
+    id: str
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateSave:
+    """One save of a supervisor's persistent state, checked."""
+
+    task_id: uuid.UUID
+    state_version: int
+    state: SupervisorState
+    phase: str
+    current_activity: str = ""
+    progress: int = 0
+    error: str | None = None
+    spawned_task_ids: tuple[str, ...] = ()
+    waiting_on_task_ids: tuple[str, ...] = ()
+    incarnation: int | None = None
+    history_from: int | None = None
+    history_append: tuple[Message, ...] | None = None
+    checkpoint: CheckpointMark | None = None
+    daemon_id: str | None = None
+    host: str | None = None
+
+    def touches_history(self) -> bool:
+        return self.history_from is not None or self.history_append is not None
+
+
+def parse_save(raw: Any) -> StateSave:
+    """A save as sent (camelCase JSON object) → `StateSave`, or `ValidationFailed` naming the
+    field (and the limit it broke)."""
+    try:
+        return _parse_save(raw)
+    except InvalidValue as exc:
+        raise exc.as_validation_failed() from None
+
+
+def _parse_save(raw: Any) -> StateSave:
+    if not isinstance(raw, Mapping):
+        raise InvalidValue("body", "must be a JSON object")
+    _unknown(raw, SAVE_FIELDS, "")
+    for name in ("taskId", "stateVersion", "state", "phase"):
+        if raw.get(name) is None:
+            raise InvalidValue(name, "is required")
+    append_raw = raw.get("historyAppend")
+    append: tuple[Message, ...] | None = None
+    if append_raw is not None:
+        if not isinstance(append_raw, list | tuple):
+            raise InvalidValue("historyAppend", "must be a list of messages")
+        if len(append_raw) > MAX_APPEND:
+            raise InvalidValue(
+                "historyAppend",
+                f"at most {MAX_APPEND} messages per save (this one has {len(append_raw)}); send the "
+                "rest in the next saves, each with historyFrom where it starts",
+                MAX_APPEND,
+            )
+        append = tuple(parse_message(m, f"historyAppend[{i}]") for i, m in enumerate(append_raw))
+    history_from = raw.get("historyFrom")
+    if history_from is not None:
+        history_from = _int(history_from, "historyFrom", 0, MAX_HISTORY_POSITION)
+    checkpoint_raw = raw.get("checkpoint")
+    checkpoint: CheckpointMark | None = None
+    if checkpoint_raw is not None:
+        if not isinstance(checkpoint_raw, Mapping):
+            raise InvalidValue("checkpoint", "must be an object {id, note?} or null")
+        _unknown(checkpoint_raw, CHECKPOINT_FIELDS, "checkpoint")
+        if checkpoint_raw.get("id") is None:
+            raise InvalidValue("checkpoint.id", "is required")
+        note = checkpoint_raw.get("note")
+        checkpoint = CheckpointMark(
+            _text(checkpoint_raw["id"], "checkpoint.id", MAX_CHECKPOINT_ID, empty=False),
+            _text(note, "checkpoint.note", MAX_NOTE) if note is not None else None,
+        )
+    incarnation = raw.get("incarnation")
+    activity = raw.get("currentActivity")
+    progress = raw.get("progress")
+    error = raw.get("error")
+    daemon_id = raw.get("daemonId")
+    host = raw.get("host")
+    return StateSave(
+        task_id=_uuid(raw["taskId"], "taskId"),
+        state_version=_int(raw["stateVersion"], "stateVersion", 0, MAX_STATE_VERSION),
+        state=_state(raw["state"], "state"),
+        phase=_text(raw["phase"], "phase", MAX_PHASE, empty=False),
+        current_activity="" if activity is None else _text(activity, "currentActivity", MAX_ACTIVITY),
+        progress=0 if progress is None else _int(progress, "progress", 0, 100),
+        error=None if error is None else _text(error, "error", MAX_ERROR),
+        spawned_task_ids=_uuid_list(raw.get("spawnedTaskIds"), "spawnedTaskIds"),
+        waiting_on_task_ids=_uuid_list(raw.get("waitingOnTaskIds"), "waitingOnTaskIds"),
+        incarnation=None if incarnation is None else _int(incarnation, "incarnation", 1, MAX_INCARNATION),
+        history_from=history_from,
+        history_append=append,
+        checkpoint=checkpoint,
+        daemon_id=None if daemon_id is None else _text(daemon_id, "daemonId", MAX_DAEMON_ID, empty=False),
+        host=None if host is None else _text(host, "host", MAX_HOST, empty=False),
+    )
+
+
+# --- ordering -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """What ordering needs of the stored save: its key and how long its history is."""
+
+    incarnation: int
+    state_version: int
+    history_length: int
+
+    def key(self) -> tuple[int, int]:
+        return (self.incarnation, self.state_version)
+
+
+class SaveVerdict(StrEnum):
+    APPLY = "apply"  # newer than the stored save: written
+    DUPLICATE = "duplicate"  # the stored save sent again: nothing written, the stored figures answer
+
+
+@dataclass(frozen=True, slots=True)
+class SavePlan:
+    """What one save does: its verdict, the incarnation it speaks for, where its history lands."""
+
+    verdict: SaveVerdict
+    incarnation: int
+    history_from: int | None  # None: the history is left as it is
+    history_length: int  # after the save
+
+
+def current_incarnation(supervisor_incarnation: int | None, stored: StoredOrder | None) -> int:
+    """The incarnation in force: the supervisors row's (the heartbeats' authority), else the
+    stored save's own, else 1."""
+    if supervisor_incarnation is not None:
+        return supervisor_incarnation
+    return stored.incarnation if stored is not None else 1
+
+
+def judge_save(contract_id: uuid.UUID, save: StateSave, stored: StoredOrder | None, current: int) -> SavePlan:
+    """Decide a save against the stored one; raises SupervisorFenced, StaleState, HistoryGap.
+
+    Fencing comes first (an old incarnation may write nothing, whatever it sends), then the
+    order, then the history: a duplicate is answered before its history is looked at, so a
+    resent append is one append.
+    """
+    incarnation = save.incarnation if save.incarnation is not None else current
+    if incarnation < current:
+        raise SupervisorFenced(contract_id, save.task_id, incarnation, current)
+    key = (incarnation, save.state_version)
+    if stored is not None:
+        if key < stored.key():
+            raise StaleState(save.task_id, key, stored.key())
+        if key == stored.key():
+            return SavePlan(SaveVerdict.DUPLICATE, incarnation, None, stored.history_length)
+    stored_length = stored.history_length if stored is not None else 0
+    history_from = save.history_from
+    if history_from is None and save.history_append is not None:
+        history_from = stored_length
+    if history_from is not None and history_from > stored_length:
+        raise HistoryGap(save.task_id, history_from, stored_length)
+    if history_from is None:
+        return SavePlan(SaveVerdict.APPLY, incarnation, None, stored_length)
+    return SavePlan(
+        SaveVerdict.APPLY, incarnation, history_from, history_from + len(save.history_append or ())
+    )
+
+
+def snapshot_of(
+    save: StateSave, plan: SavePlan, saved_at: datetime, checkpoint: CheckpointMark | None = None
+) -> dict[str, Any]:
+    """The state a save leaves, as a checkpoint stores it (camelCase JSON)."""
+    out: dict[str, Any] = {
+        "incarnation": plan.incarnation,
+        "stateVersion": save.state_version,
+        "state": save.state.value,
+        "phase": save.phase,
+        "currentActivity": save.current_activity,
+        "progress": save.progress,
+        "error": save.error,
+        "spawnedTaskIds": list(save.spawned_task_ids),
+        "waitingOnTaskIds": list(save.waiting_on_task_ids),
+        "historyLength": plan.history_length,
+        "savedAt": saved_at.isoformat(),
+    }
+    if checkpoint is not None:
+        out = {"id": checkpoint.id, "note": checkpoint.note, **out, "historyIntact": True}
+    return out
+
+
+def checkpoint_after(
+    save: StateSave, plan: SavePlan, stored: Mapping[str, Any] | None, saved_at: datetime
+) -> dict[str, Any] | None:
+    """The checkpoint kept after an applied save: a new one if the save takes one; else the
+    stored one, marked `historyIntact: false` once the save rewrote history it covers."""
+    if save.checkpoint is not None:
+        return snapshot_of(save, plan, saved_at, save.checkpoint)
+    if stored is None:
+        return None
+    covered = stored.get("historyLength")
+    if (
+        plan.history_from is not None
+        and isinstance(covered, int)
+        and plan.history_from < covered
+        and stored.get("historyIntact", True) is True
+    ):
+        return {**stored, "historyIntact": False, "historyRewrittenFrom": plan.history_from}
+    return dict(stored)
+
+
+def worth_an_event(save: StateSave, before_state: str | None, before_phase: str | None) -> bool:
+    """A `supervisor_state_saved` event only for what a person would want in the history: a
+    first save, a change of state or phase, a checkpoint. Not one per save."""
+    return (
+        before_state is None
+        or before_state != save.state.value
+        or before_phase != save.phase
+        or save.checkpoint is not None
+    )
+
+
+# --- restoration ----------------------------------------------------------------------------
+
+
+class Branch(StrEnum):
+    FRESH = "fresh"
+    CHECKPOINT = "checkpoint"
+    RESUME = "resume"
+
+
+class NextStep(StrEnum):
+    """The protocol's steps 5-8: the first that applies."""
+
+    START_FRESH = "start_fresh"
+    REDELIVER_QUESTIONS = "redeliver_questions"
+    RESUME_WAITING = "resume_waiting"
+    RESUME = "resume"
+
+
+class InconsistencyKind(StrEnum):
+    PHASE_MISMATCH = "phase_mismatch"
+    UNKNOWN_WAITED_TASKS = "unknown_waited_tasks"
+    HISTORY_TRUNCATED = "history_truncated"
+    HISTORY_MALFORMED = "history_malformed"
+    STATE_MALFORMED = "state_malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Inconsistency:
+    kind: InconsistencyKind
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A restorable state: the current save or a checkpoint, every value checked."""
+
+    incarnation: int
+    state_version: int
+    state: SupervisorState
+    phase: str
+    current_activity: str
+    progress: int
+    error: str | None
+    spawned_task_ids: tuple[str, ...]
+    waiting_on_task_ids: tuple[str, ...]
+    history_length: int
+    saved_at: datetime | None
+    checkpoint_id: str | None = None
+    checkpoint_note: str | None = None
+
+
+def parse_snapshot(raw: Mapping[str, Any]) -> Snapshot:
+    """A stored state (camelCase, as `snapshot_of` writes it) → `Snapshot`, or InvalidValue."""
+    if not isinstance(raw, Mapping):
+        raise InvalidValue("checkpoint", "is not an object")
+    history_length = raw.get("historyLength")
+    saved_at = raw.get("savedAt")
+    error = raw.get("error")
+    checkpoint_id = raw.get("id")
+    note = raw.get("note")
+    return Snapshot(
+        incarnation=_int(raw.get("incarnation"), "incarnation", 1, MAX_INCARNATION),
+        state_version=_int(raw.get("stateVersion"), "stateVersion", 0, MAX_STATE_VERSION),
+        state=_state(raw.get("state"), "state"),
+        phase=_text(raw.get("phase"), "phase", MAX_PHASE, empty=False),
+        current_activity=_text(raw.get("currentActivity", ""), "currentActivity", MAX_ACTIVITY),
+        progress=_int(raw.get("progress", 0), "progress", 0, 100),
+        error=None if error is None else _text(error, "error", MAX_ERROR),
+        spawned_task_ids=_uuid_list(raw.get("spawnedTaskIds"), "spawnedTaskIds"),
+        waiting_on_task_ids=_uuid_list(raw.get("waitingOnTaskIds"), "waitingOnTaskIds"),
+        history_length=_int(history_length, "historyLength", 0, MAX_HISTORY_POSITION),
+        saved_at=None if saved_at is None else _timestamp(saved_at, "savedAt"),
+        checkpoint_id=None if checkpoint_id is None else _text(checkpoint_id, "id", MAX_CHECKPOINT_ID),
+        checkpoint_note=None if note is None else _text(note, "note", MAX_NOTE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryScan:
+    """What a pass over the stored conversation found, below `scanned` (the longest length
+    any candidate claims): the first position with no row, and the positions whose row is not
+    a valid message (the first few, with their problem, and how many in all)."""
+
+    scanned: int
+    first_missing: int | None = None
+    malformed: tuple[tuple[int, str], ...] = ()
+    malformed_count: int = 0
+
+    def missing_before(self, length: int) -> int | None:
+        return self.first_missing if self.first_missing is not None and self.first_missing < length else None
+
+    def malformed_before(self, length: int) -> list[tuple[int, str]]:
+        return [(seq, problem) for seq, problem in self.malformed if seq < length]
+
+
+@dataclass
+class HistoryScanner:
+    """Builds a `HistoryScan` from rows seen in position order (one pass, bounded memory)."""
+
+    scanned: int
+    expected: int = 0
+    first_missing: int | None = None
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+    malformed_count: int = 0
+
+    def see(self, seq: int, raw: Any) -> Message | None:
+        """One stored row; returns the message, or None when it is not a valid one."""
+        if seq >= self.scanned:
+            return None
+        if seq > self.expected and self.first_missing is None:
+            self.first_missing = self.expected
+        self.expected = seq + 1
+        try:
+            return parse_message(raw, f"message {seq}")
+        except InvalidValue as exc:
+            self.malformed_count += 1
+            if len(self.malformed) < QUOTED:
+                self.malformed.append((seq, str(exc)[:200]))
+            return None
+
+    def done(self) -> HistoryScan:
+        first_missing = self.first_missing
+        if first_missing is None and self.expected < self.scanned:
+            first_missing = self.expected
+        return HistoryScan(self.scanned, first_missing, tuple(self.malformed), self.malformed_count)
+
+
+def _quote(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:QUOTED])
+    return shown if len(ids) <= QUOTED else f"{shown} and {len(ids) - QUOTED} more"
+
+
+def check_snapshot(
+    raw: Mapping[str, Any],
+    contract_phase: str,
+    known_tasks: frozenset[str],
+    scan: HistoryScan,
+    history_intact: bool = True,
+) -> tuple[Snapshot | None, list[Inconsistency]]:
+    """Is this stored state restorable? The parsed snapshot (None if it does not parse) and
+    every way it disagrees with the contract or with the stored conversation."""
+    try:
+        snapshot = parse_snapshot(raw)
+    except InvalidValue as exc:
+        return None, [Inconsistency(InconsistencyKind.STATE_MALFORMED, str(exc)[:300])]
+    found: list[Inconsistency] = []
+    if snapshot.phase != contract_phase:
+        found.append(
+            Inconsistency(
+                InconsistencyKind.PHASE_MISMATCH,
+                f"the state is in phase '{snapshot.phase}' but the contract is in '{contract_phase}'",
+            )
+        )
+    unknown = [t for t in snapshot.waiting_on_task_ids if t not in known_tasks]
+    if unknown:
+        found.append(
+            Inconsistency(
+                InconsistencyKind.UNKNOWN_WAITED_TASKS,
+                f"{len(unknown)} waited-on task(s) are not tasks of this contract: {_quote(unknown)}",
+            )
+        )
+    missing = scan.missing_before(snapshot.history_length)
+    if missing is not None:
+        found.append(
+            Inconsistency(
+                InconsistencyKind.HISTORY_TRUNCATED,
+                f"the state has {snapshot.history_length} history messages but message {missing} is missing",
+            )
+        )
+    elif not history_intact:
+        found.append(
+            Inconsistency(
+                InconsistencyKind.HISTORY_TRUNCATED,
+                "a later save rewrote the history this checkpoint covers",
+            )
+        )
+    bad = scan.malformed_before(snapshot.history_length)
+    if bad:
+        found.append(
+            Inconsistency(
+                InconsistencyKind.HISTORY_MALFORMED,
+                "; ".join(problem for _, problem in bad)
+                + (
+                    f" (and {scan.malformed_count - len(bad)} more)"
+                    if scan.malformed_count > len(bad)
+                    else ""
+                ),
+            )
+        )
+    return snapshot, found
+
+
+@dataclass(frozen=True, slots=True)
+class RestorationDecision:
+    """The branch taken, what is restored, and why."""
+
+    branch: Branch
+    snapshot: Snapshot | None
+    inconsistencies: tuple[Inconsistency, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def history_length(self) -> int:
+        return self.snapshot.history_length if self.snapshot is not None else 0
+
+
+def decide_restoration(
+    state: Mapping[str, Any] | None,
+    checkpoint: Mapping[str, Any] | None,
+    contract_phase: str,
+    known_tasks: frozenset[str],
+    scan: HistoryScan,
+) -> RestorationDecision:
+    """Steps 2-4 of the protocol: load, validate, fall back to the last checkpoint.
+
+    `state` is the stored save (camelCase, as `snapshot_of` shapes it), `checkpoint` the
+    stored checkpoint, `known_tasks` the contract's task ids, `scan` the stored conversation
+    checked up to the longest length either claims.
+    """
+    if state is None:
+        return RestorationDecision(
+            Branch.FRESH,
+            None,
+            warnings=("No supervisor state is stored for this contract: start fresh.",),
+        )
+    snapshot, found = check_snapshot(state, contract_phase, known_tasks, scan)
+    if snapshot is not None and not found:
+        return RestorationDecision(Branch.RESUME, snapshot)
+    if checkpoint is None:
+        return RestorationDecision(
+            Branch.FRESH,
+            None,
+            tuple(found),
+            ("The stored state is inconsistent and no checkpoint was taken: start fresh.",),
+        )
+    intact = checkpoint.get("historyIntact", True) is True if isinstance(checkpoint, Mapping) else True
+    marked, problems = check_snapshot(checkpoint, contract_phase, known_tasks, scan, intact)
+    if marked is not None and not problems:
+        return RestorationDecision(
+            Branch.CHECKPOINT,
+            marked,
+            tuple(found),
+            (
+                f"The stored state is inconsistent: restored from checkpoint '{marked.checkpoint_id}' "
+                f"(state version {marked.state_version}, {marked.history_length} history messages).",
+            ),
+        )
+    why = "; ".join(f"{p.kind.value}: {p.detail}" for p in problems)
+    return RestorationDecision(
+        Branch.FRESH,
+        None,
+        tuple(found),
+        (
+            f"The stored state is inconsistent and the last checkpoint is not usable either ({why}): "
+            "start fresh.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WaitedTask:
+    """A waited-on task and what the contract knows of it now."""
+
+    task_id: str
+    name: str | None
+    status: str | None
+    exists: bool
+
+    @property
+    def unfinished(self) -> bool:
+        return self.exists and self.status == "running"
+
+
+def next_step(decision: RestorationDecision, open_questions: int, waiting: Sequence[WaitedTask]) -> NextStep:
+    """Steps 5-8: re-deliver open questions, else resume waiting on unfinished tasks, else resume.
+
+    A restoration that found nothing to restore starts fresh (step 2's "not found" branch,
+    taken by `fresh` whatever the reason).
+    """
+    if decision.snapshot is None:
+        return NextStep.START_FRESH
+    if open_questions:
+        return NextStep.REDELIVER_QUESTIONS
+    if any(t.unfinished for t in waiting):
+        return NextStep.RESUME_WAITING
+    return NextStep.RESUME
+
+
+# --- the restoration context ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenQuestion:
+    question: str
+    question_type: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedAnswer:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextFacts:
+    """Everything the context summarises, as plain values."""
+
+    contract_name: str
+    contract_type: str
+    status: str
+    phase: str
+    version: int
+    deliverables_done: tuple[str, ...]
+    deliverables_missing: tuple[str, ...]
+    decision: RestorationDecision
+    next: NextStep
+    waiting: tuple[WaitedTask, ...] = ()
+    questions: tuple[OpenQuestion, ...] = ()
+    answers: tuple[ReceivedAnswer, ...] = ()
+    history_kept: int = 0
+
+
+def _clip(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _listed(items: Sequence[str], per_item: int, most: int = 10) -> str:
+    shown = [_clip(i, per_item) for i in items[:most]]
+    rest = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(shown) + rest if shown else "none"
+
+
+_NEXT_TEXT: Final = {
+    NextStep.START_FRESH: "Start fresh: plan the current phase from the contract's state.",
+    NextStep.REDELIVER_QUESTIONS: "Re-deliver the open questions to the user and wait for their answers.",
+    NextStep.RESUME_WAITING: "Resume waiting for the unfinished tasks above.",
+    NextStep.RESUME: "Resume from the last state.",
+}
+
+
+def restoration_context(facts: ContextFacts) -> str:
+    """A compact plain-text summary of where the supervisor stands, ≤ CONTEXT_LIMIT bytes."""
+    d = facts.decision
+    lines = [
+        f"Contract: {_clip(facts.contract_name, 200)} (type {_clip(facts.contract_type, 100)}), status "
+        f"{facts.status}, phase {facts.phase}, version {facts.version}.",
+        f"Deliverables of {facts.phase}: done: {_listed(facts.deliverables_done, 100)}; "
+        f"missing: {_listed(facts.deliverables_missing, 100)}.",
+    ]
+    snap = d.snapshot
+    if d.branch is Branch.RESUME and snap is not None:
+        lines.append(
+            f"Restored: the last saved state (incarnation {snap.incarnation}, version {snap.state_version})."
+        )
+    elif d.branch is Branch.CHECKPOINT and snap is not None:
+        lines.append(
+            f"Restored: checkpoint '{_clip(snap.checkpoint_id or '', 100)}' (version {snap.state_version}); "
+            "the later state was inconsistent."
+        )
+    else:
+        lines.append("Restored: nothing (starting fresh).")
+    for problem in d.inconsistencies[:QUOTED]:
+        lines.append(f"Inconsistent: {problem.kind.value}: {_clip(problem.detail, 300)}")
+    if snap is not None:
+        lines.append(
+            f"Your state: {snap.state.value} in phase {snap.phase}, progress {snap.progress}%, "
+            f"activity: {_clip(snap.current_activity, 300) or '(none)'}."
+        )
+        if snap.error:
+            lines.append(f"Error: {_clip(snap.error, 300)}")
+        lines.append(f"Tasks you spawned: {len(snap.spawned_task_ids)}.")
+    if facts.waiting:
+        shown = [
+            f"{_clip(t.name or t.task_id, 80)} ({t.status if t.exists else 'unknown task'})"
+            for t in facts.waiting
+        ]
+        lines.append(f"Waiting on {len(facts.waiting)} task(s): {_listed(shown, 120)}.")
+    if facts.questions:
+        lines.append(f"Open questions ({len(facts.questions)}):")
+        for q in facts.questions[:QUOTED]:
+            options = f" [options: {_listed(q.options, 60, 8)}]" if q.options else ""
+            lines.append(f"- ({q.question_type}) {_clip(q.question, 300)}{options}")
+    if facts.answers:
+        lines.append(f"Answers received ({len(facts.answers)}):")
+        for a in facts.answers[:QUOTED]:
+            lines.append(f"- {_clip(a.question, 200)} -> {_clip(a.answer, 300)}")
+    if snap is not None:
+        lines.append(
+            f"History: {snap.history_length} messages restored ({facts.history_kept} sent with this "
+            "restoration; read older ones from .../supervisor/history)."
+        )
+    lines.append(f"Next: {_NEXT_TEXT[facts.next]}")
+    text = "\n".join(lines)
+    encoded = text.encode("utf-8")
+    if len(encoded) <= CONTEXT_LIMIT:
+        return text
+    return encoded[: CONTEXT_LIMIT - 4].decode("utf-8", "ignore") + "\n…"
+
+
+__all__ = [
+    "CONTEXT_LIMIT",
+    "MAX_APPEND",
+    "MAX_CONTENT",
+    "MAX_TASK_IDS",
+    "ROLES",
+    "Branch",
+    "CheckpointMark",
+    "ContextFacts",
+    "HistoryScan",
+    "HistoryScanner",
+    "Inconsistency",
+    "InconsistencyKind",
+    "InvalidValue",
+    "Message",
+    "NextStep",
+    "OpenQuestion",
+    "ReceivedAnswer",
+    "RestorationDecision",
+    "SavePlan",
+    "SaveVerdict",
+    "Snapshot",
+    "StateSave",
+    "StoredOrder",
+    "WaitedTask",
+    "check_snapshot",
+    "checkpoint_after",
+    "current_incarnation",
+    "decide_restoration",
+    "judge_save",
+    "next_step",
+    "parse_message",
+    "parse_save",
+    "parse_snapshot",
+    "restoration_context",
+    "snapshot_of",
+    "worth_an_event",
+]

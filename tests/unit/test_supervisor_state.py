@@ -1,0 +1,231 @@
+"""The pure rules of a state save: what a save may carry, how saves are ordered, where history lands."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.supervisor_state import (
+    MAX_APPEND,
+    MAX_CONTENT,
+    MAX_TASK_IDS,
+    CheckpointMark,
+    SaveVerdict,
+    StoredOrder,
+    checkpoint_after,
+    current_incarnation,
+    judge_save,
+    parse_message,
+    parse_save,
+    parse_snapshot,
+    snapshot_of,
+    worth_an_event,
+)
+from app.domain.supervisors import SupervisorState
+
+CID, TASK = uuid.uuid4(), uuid.uuid4()
+T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
+
+
+def raw(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "taskId": str(TASK),
+        "stateVersion": 3,
+        "state": "working",
+        "phase": "execute",
+        "currentActivity": "Implementing user authentication",
+        "progress": 45,
+        "spawnedTaskIds": [str(uuid.uuid4())],
+        "waitingOnTaskIds": [],
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def msg(i: int, role: str = "assistant") -> dict[str, Any]:
+    return {"role": role, "content": f"message {i}"}
+
+
+def refused(**over: Any) -> dict[str, Any]:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_save(raw(**over))
+    return caught.value.details
+
+
+# --- what a save may carry --------------------------------------------------------------------
+
+
+def test_a_save_round_trips_every_field() -> None:
+    save = parse_save(
+        raw(
+            incarnation=2,
+            error=None,
+            historyFrom=4,
+            historyAppend=[
+                {
+                    "role": "tool",
+                    "content": "42",
+                    "name": "calc",
+                    "toolCallId": "c-1",
+                    "at": "2026-01-31T10:30:00Z",
+                }
+            ],
+            checkpoint={"id": "after-plan", "note": "plan agreed"},
+            daemonId="d-7",
+            host="gpu-7",
+        )
+    )
+    assert (save.task_id, save.incarnation, save.state_version, save.state) == (
+        TASK,
+        2,
+        3,
+        SupervisorState.WORKING,
+    )
+    assert save.history_from == 4 and save.history_append is not None
+    (message,) = save.history_append
+    assert (message.role, message.name, message.tool_call_id, message.at) == ("tool", "calc", "c-1", T0)
+    assert parse_message(message.to_json()) == message
+    assert save.checkpoint == CheckpointMark("after-plan", "plan agreed")
+    assert (save.daemon_id, save.host) == ("d-7", "gpu-7")
+
+
+def test_every_refusal_names_the_field_and_the_limit() -> None:
+    assert refused(stateVersion=None)["field"] == "stateVersion"
+    assert refused(stateVersion=-1)["field"] == "stateVersion"
+    assert refused(state="dreaming")["field"] == "state"
+    assert "waiting_for_tasks" in refused(state="dreaming")["problem"]
+    assert refused(progress=101)["field"] == "progress"
+    assert refused(incarnation=0)["field"] == "incarnation"
+    assert refused(taskId="nope")["field"] == "taskId"
+    assert refused(phase="")["field"] == "phase"
+    assert refused(surprise=1)["field"] == "surprise"
+    many = refused(spawnedTaskIds=[str(uuid.uuid4()) for _ in range(MAX_TASK_IDS + 1)])
+    assert (many["field"], many["limit"]) == ("spawnedTaskIds", MAX_TASK_IDS)
+    assert refused(waitingOnTaskIds=["not-a-uuid"])["field"] == "waitingOnTaskIds[0]"
+    too_long = refused(historyAppend=[msg(0), {"role": "user", "content": "x" * (MAX_CONTENT + 1)}])
+    assert (too_long["field"], too_long["limit"]) == ("historyAppend[1].content", MAX_CONTENT)
+    too_many = refused(historyAppend=[msg(i) for i in range(MAX_APPEND + 1)])
+    assert (too_many["field"], too_many["limit"]) == ("historyAppend", MAX_APPEND)
+    assert refused(historyAppend=[{"role": "robot", "content": "x"}])["field"] == "historyAppend[0].role"
+    assert refused(historyAppend=[{"role": "user"}])["field"] == "historyAppend[0].content"
+    assert refused(historyAppend=[{**msg(0), "at": "yesterday"}])["field"] == "historyAppend[0].at"
+    assert refused(historyFrom=-1)["field"] == "historyFrom"
+    assert refused(checkpoint={"note": "no id"})["field"] == "checkpoint.id"
+    assert refused(currentActivity="nul\x00")["field"] == "currentActivity"
+
+
+# --- ordering ---------------------------------------------------------------------------------
+
+
+def stored(incarnation: int = 1, version: int = 5, length: int = 10) -> StoredOrder:
+    return StoredOrder(incarnation, version, length)
+
+
+def test_the_incarnation_in_force_is_the_heartbeats_else_the_saves_own_else_one() -> None:
+    assert current_incarnation(3, stored(incarnation=2)) == 3
+    assert current_incarnation(None, stored(incarnation=2)) == 2
+    assert current_incarnation(None, None) == 1
+
+
+def test_a_newer_save_applies_an_equal_one_is_a_duplicate_an_older_one_is_stale() -> None:
+    assert judge_save(CID, parse_save(raw(stateVersion=6)), stored(), 1).verdict is SaveVerdict.APPLY
+    duplicate = judge_save(CID, parse_save(raw(stateVersion=5, historyAppend=[msg(10)])), stored(), 1)
+    assert (duplicate.verdict, duplicate.history_from, duplicate.history_length) == (
+        SaveVerdict.DUPLICATE,
+        None,
+        10,
+    )
+    with pytest.raises(StaleState) as stale:
+        judge_save(CID, parse_save(raw(stateVersion=4)), stored(), 1)
+    assert stale.value.details == {
+        "taskId": str(TASK),
+        "incarnation": 1,
+        "stateVersion": 4,
+        "storedIncarnation": 1,
+        "storedStateVersion": 5,
+    }
+
+
+def test_a_newer_incarnation_wins_whatever_its_state_version() -> None:
+    plan = judge_save(
+        CID, parse_save(raw(incarnation=2, stateVersion=0)), stored(incarnation=1, version=99), 2
+    )
+    assert (plan.verdict, plan.incarnation) == (SaveVerdict.APPLY, 2)
+
+
+def test_an_incarnation_older_than_the_one_in_force_is_fenced_whatever_its_version() -> None:
+    with pytest.raises(SupervisorFenced) as fenced:
+        judge_save(CID, parse_save(raw(incarnation=1, stateVersion=1000)), stored(), 2)
+    assert (fenced.value.details["incarnation"], fenced.value.details["currentIncarnation"]) == (1, 2)
+    # Without an incarnation, a save speaks for the one in force.
+    assert judge_save(CID, parse_save(raw(stateVersion=6)), stored(incarnation=2), 2).incarnation == 2
+
+
+def test_history_is_appended_at_history_from_never_past_the_stored_end() -> None:
+    at_end = judge_save(CID, parse_save(raw(stateVersion=6, historyAppend=[msg(10), msg(11)])), stored(), 1)
+    assert (at_end.history_from, at_end.history_length) == (10, 12)
+    rewrite = judge_save(
+        CID, parse_save(raw(stateVersion=6, historyFrom=4, historyAppend=[msg(4)])), stored(), 1
+    )
+    assert (rewrite.history_from, rewrite.history_length) == (4, 5)
+    truncate = judge_save(CID, parse_save(raw(stateVersion=6, historyFrom=2)), stored(), 1)
+    assert (truncate.history_from, truncate.history_length) == (2, 2)
+    untouched = judge_save(CID, parse_save(raw(stateVersion=6)), stored(), 1)
+    assert (untouched.history_from, untouched.history_length) == (None, 10)
+    with pytest.raises(HistoryGap) as gap:
+        judge_save(CID, parse_save(raw(stateVersion=6, historyFrom=11, historyAppend=[msg(11)])), stored(), 1)
+    assert (gap.value.details["historyFrom"], gap.value.details["storedLength"]) == (11, 10)
+    first = judge_save(CID, parse_save(raw(historyFrom=0, historyAppend=[msg(0)])), None, 1)
+    assert (first.verdict, first.history_length) == (SaveVerdict.APPLY, 1)
+
+
+def test_a_stale_save_is_refused_before_its_history_is_judged() -> None:
+    with pytest.raises(StaleState):
+        judge_save(CID, parse_save(raw(stateVersion=1, historyFrom=99, historyAppend=[msg(0)])), stored(), 1)
+
+
+# --- checkpoints and events ---------------------------------------------------------------------
+
+
+def test_a_checkpoint_is_a_snapshot_of_its_save_and_survives_later_saves_until_its_history_is_rewritten() -> (
+    None
+):
+    save = parse_save(raw(historyFrom=0, historyAppend=[msg(0), msg(1)], checkpoint={"id": "cp-1"}))
+    plan = judge_save(CID, save, None, 1)
+    checkpoint = checkpoint_after(save, plan, None, T0)
+    assert checkpoint is not None
+    snap = parse_snapshot(checkpoint)
+    assert (snap.checkpoint_id, snap.state_version, snap.history_length, snap.saved_at) == ("cp-1", 3, 2, T0)
+    assert checkpoint["historyIntact"] is True
+
+    later = parse_save(raw(stateVersion=4, historyAppend=[msg(2)]))
+    kept = checkpoint_after(later, judge_save(CID, later, StoredOrder(1, 3, 2), 1), checkpoint, T0)
+    assert kept == checkpoint
+    rewrite = parse_save(raw(stateVersion=5, historyFrom=1, historyAppend=[msg(1)]))
+    spoiled = checkpoint_after(rewrite, judge_save(CID, rewrite, StoredOrder(1, 4, 3), 1), checkpoint, T0)
+    assert spoiled is not None and spoiled["historyIntact"] is False and spoiled["historyRewrittenFrom"] == 1
+
+
+def test_an_event_only_for_a_first_save_a_change_of_state_or_phase_or_a_checkpoint() -> None:
+    save = parse_save(raw())
+    assert worth_an_event(save, None, None)
+    assert not worth_an_event(save, "working", "execute")
+    assert worth_an_event(save, "idle", "execute")
+    assert worth_an_event(save, "working", "plan")
+    assert worth_an_event(parse_save(raw(checkpoint={"id": "x"})), "working", "execute")
+
+
+def test_snapshot_of_a_save_is_what_a_restoration_reads_back() -> None:
+    save = parse_save(raw(waitingOnTaskIds=[str(TASK)]))
+    plan = judge_save(CID, save, None, 1)
+    snap = parse_snapshot(snapshot_of(save, plan, T0))
+    assert (snap.state, snap.phase, snap.waiting_on_task_ids, snap.saved_at) == (
+        SupervisorState.WORKING,
+        "execute",
+        (str(TASK),),
+        T0,
+    )
