@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.contract_rows import get_contract, lock_contract, refuse_if_closed, set_status, touch
-from app.daemon_commands import queue_command
+from app.daemon_commands import daemon_of, queue_command
 from app.db import UnitOfWork, dialect_insert
 from app.domain.errors import (
     Forbidden,
@@ -194,6 +194,13 @@ def _resume_if_last(
         set_status(uow.session, contract, Status.ACTIVE, now, reason=reason)
         # Work resumes: the gate may have been met while the contract waited.
         uow.dispatch_after_commit(TaskName.EVALUATE_PROGRESS, {"contractId": str(contract.id)})
+
+
+def _daemon_for(session: Session, row: SupervisorQuestion) -> str | None:
+    """Where an answer goes when the asker named no daemon: the daemon heard running the asking
+    task, else the one heard last for the contract's supervisor (None: the shared queue)."""
+    found = daemon_of(session, row.contract_id, row.task_id) if row.task_id else None
+    return found or daemon_of(session, row.contract_id)
 
 
 def _answer_command_id(session: Session, row: SupervisorQuestion) -> int | None:
@@ -366,8 +373,7 @@ def answer_question(
             "answeredAt": now.isoformat(),
         },
         now,
-        daemon_id=row.daemon_id,
-        task_id=row.task_id,
+        daemon_id=row.daemon_id or _daemon_for(session, row),
     )
     record_event(
         session,
