@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -485,3 +486,28 @@ def test_questions_are_read_a_page_at_a_time_oldest_first(team: Team) -> None:
     bad = team.person.call("GET", f"{BASE}/{team.cid}/questions", after=str(uuid.uuid4()))
     assert assert_error(bad, 400, "VALIDATION_FAILED")["field"] == "after"
     assert commands(team.cid) == []  # reading sends the daemons nothing
+
+
+def test_the_last_two_answers_given_at_once_resume_the_contract_once(team: Team) -> None:
+    """Each answer locks the contract's row: whichever commits second sees no question left open."""
+    asked = [team.ask(question=f"Question {i}")["id"] for i in range(2)]
+    person = ContractsAPI(team.person.token)
+    barrier = threading.Barrier(2)
+    outcomes: list[Any] = []
+
+    def answer(question_id: str) -> None:
+        barrier.wait()
+        outcomes.append(person.answer_question(uuid.UUID(team.cid), uuid.UUID(question_id), "yes"))
+
+    threads = [threading.Thread(target=answer, args=(q,)) for q in asked]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(o.contract_status.value for o in outcomes) == ["active", "waiting_for_input"]
+    assert team.contract()["status"] == "active"
+    events = team.person.ok("GET", f"{BASE}/{team.cid}/events")["events"]
+    resumed = [e for e in events if e["type"] == "status_changed" and e["payload"]["newStatus"] == "active"]
+    assert len(resumed) == 2  # created → active when the supervisor started, then once after the answers
+    assert len(commands(team.cid)) == 2
