@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 
@@ -48,3 +49,20 @@ def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:
     api.report_task_started(cid, supervisor, "supervisor", is_supervisor=True)
     wait_for(lambda: contract_row(cid).status == Status.ACTIVE.value, what="supervisor start → active")
     return cid
+
+
+_RECEIVED: dict[str | None, list[dict[str, Any]]] = {}
+
+
+def commands_received(daemon_id: str | None) -> list[dict[str, Any]]:
+    """The commands daemon `daemon_id` received on its own broker queue, oldest first (None:
+    the shared `daemon.commands`), read as a daemon reads them: each call takes what arrived
+    since the last one off the queue, and answers everything received in this test run."""
+    from app.broker import daemon_queue, get_celery
+
+    received = _RECEIVED.setdefault(daemon_id, [])
+    with get_celery().connection_for_read() as conn:
+        queue = daemon_queue(daemon_id)(conn.default_channel)
+        while (message := queue.get(no_ack=True)) is not None:
+            received.append(message.decode())
+    return list(received)

@@ -165,12 +165,23 @@ def _task_report(kind: str) -> Act:
         task = uuid.uuid4()
         if kind == "worktree":
             return actor.call("POST", f"{BASE}/{cid}/worktrees", {"path": f"/srv/wt/{task}"})
+        if kind == "worktree-removed":
+            return actor.call("POST", f"{BASE}/{cid}/worktrees/removed", {"path": f"/srv/wt/{task}"})
         body: dict[str, Any] = {"taskName": "implement"}
         if kind == "completed":
             body["success"] = True
         return actor.call("POST", f"{BASE}/{cid}/tasks/{task}/{kind}", body)
 
     return act
+
+
+def _read_worktrees(actor: Actor, cid: str | None) -> Any:
+    """A contract's worktrees, then the daemons and one daemon's command feed (owner-scoped)."""
+    listed = actor.call("GET", f"{BASE}/{cid}/worktrees")
+    if listed.status_code != 200:
+        return listed
+    assert actor.call("GET", "/api/v1/daemons").status_code == 200
+    return actor.call("GET", "/api/v1/daemons/roles-daemon/commands")
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -230,6 +241,13 @@ OPERATIONS: dict[str, Operation] = {
     "task-started": Operation("Task reports", active, _task_report("started")),
     "task-completed": Operation("Task reports", active, _task_report("completed")),
     "worktree-created": Operation("Task reports", active, _task_report("worktree")),
+    "worktree-removed": Operation("Task reports", active, _task_report("worktree-removed")),
+    "read-worktrees": Operation("Read worktrees, daemons and a daemon's commands", active, _read_worktrees),
+    "cleanup-worktrees": Operation(
+        "Clean up orphaned worktrees",
+        lambda person: None,
+        lambda actor, _: actor.call("POST", "/api/v1/worktrees/cleanup?dryRun=true"),
+    ),
     "check-completion": Operation(
         "Check completion",
         active,
@@ -273,6 +291,7 @@ ALLOWED = {
     "task-started": 202,
     "task-completed": 202,
     "worktree-created": 202,
+    "worktree-removed": 202,
     "ask-question": 201,
 }
 PERSON_MUST_CONFIRM = (409, "PHASE_GUARD_REQUIRED")
@@ -287,6 +306,11 @@ for _op in ("set-aside-a-wait", "decide-completion"):
     TABLE[_op]["supervisor"] = (403, "FORBIDDEN")
 TABLE["batch"] = {"user": (403, "FORBIDDEN"), "supervisor": (403, "FORBIDDEN"), "admin": (200, None)}
 TABLE["tokens"] = dict.fromkeys(ROLES, NO_API)
+TABLE["cleanup-worktrees"] = {
+    "user": (403, "FORBIDDEN"),
+    "supervisor": (403, "FORBIDDEN"),
+    "admin": (200, None),
+}
 # A question exists so that a person decides: supervisors ask and withdraw, people answer.
 for _op in ("ask-question", "withdraw-question"):
     TABLE[_op]["user"] = (403, "FORBIDDEN")
@@ -325,7 +349,9 @@ def test_each_role_may_do_what_the_role_table_says(client: TestClient, operation
 
 
 @pytest.mark.parametrize("role", ["user", "supervisor"])
-@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op not in ("create", "tokens", "batch")])
+@pytest.mark.parametrize(
+    "operation", [op for op in OPERATIONS if op not in ("create", "tokens", "batch", "cleanup-worktrees")]
+)
 def test_a_user_or_supervisor_cannot_reach_another_owners_contract(
     client: TestClient, operation: str, role: str
 ) -> None:

@@ -1,0 +1,305 @@
+"""Each daemon's command queue and its HTTP feed, end to end through a real worker.
+
+A command that names a daemon travels on that daemon's own durable queue
+(`daemon.commands.<daemonId>`) and is listed in its feed (`GET /api/v1/daemons/{daemonId}/commands`);
+a command that names none stays on the shared `daemon.commands`. The daemon is the one the
+command names, else the one whose heartbeats last spoke for the supervisor concerned. Queues
+are read here the way a daemon reads them (`helpers.commands_received`).
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.api import ContractsAPI
+from app.auth import Role, create_token
+from app.broker import DAEMON_QUEUE, daemon_queue, daemon_queue_key, send_task
+from app.daemon_commands import queue_command
+from app.db import unit_of_work
+from app.http import create_app
+from app.models import Supervisor, utcnow
+from tests.integration.helpers import commands_received
+from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    proc = start_worker(tmp_path_factory.mktemp("daemon-commands"), queues="contracts,heartbeats,sweeps")
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def token_for(owner: str, role: str) -> str:
+    with unit_of_work() as uow:
+        return create_token(uow.session, owner, Role(role))
+
+
+def feed(client: TestClient, token: str, daemon_id: str, **query: Any) -> Any:
+    path = f"/api/v1/daemons/{urllib.parse.quote(daemon_id, safe='')}/commands"
+    resp = client.get(path, params=query, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def feed_of(client: TestClient, token: str, daemon_id: str, count: int, **query: Any) -> Any:
+    """The feed once it lists `count` commands: it holds a command back while any older
+    transaction on the database server is still running (the commit horizon)."""
+    return wait_for(
+        lambda: (page := feed(client, token, daemon_id, **query)) and len(page["commands"]) >= count and page,
+        what=f"{count} commands in {daemon_id}'s feed",
+    )
+
+
+def daemon_heard(task: uuid.UUID, daemon_id: str) -> bool:
+    with unit_of_work() as uow:
+        row = uow.session.get(Supervisor, task)
+        return row is not None and row.daemon_id == daemon_id
+
+
+def supervisor_on(api: ContractsAPI, daemon_id: str, incarnation: int = 1) -> tuple[uuid.UUID, uuid.UUID]:
+    """A contract whose supervisor's heartbeats name `daemon_id`: (contract, supervisor task)."""
+    cid = api.create_contract("daemon commands", "simple").id
+    task = uuid.uuid4()
+    api.send_heartbeat(cid, task, "working", "plan", incarnation=incarnation, daemon_id=daemon_id, host="h")
+    api.flush()
+    wait_for(lambda: daemon_heard(task, daemon_id), what=f"supervisor heard on {daemon_id}")
+    return cid, task
+
+
+def fence(api: ContractsAPI, cid: uuid.UUID, task: uuid.UUID) -> None:
+    """A heartbeat of an older incarnation, naming no daemon: the service tells the daemon that
+    runs the supervisor (`supervisor_fenced`), which it finds from the supervisor's heartbeats."""
+    api.send_heartbeat(cid, task, "working", "plan", incarnation=1)
+    api.flush()
+
+
+def of_contract(commands: list[dict[str, Any]], cid: uuid.UUID) -> list[dict[str, Any]]:
+    return [c for c in commands if c["contractId"] == str(cid)]
+
+
+# --- the queue a daemon's id becomes ----------------------------------------------------------
+
+
+def test_a_daemon_id_becomes_its_queue_name_only_when_it_is_safe() -> None:
+    assert daemon_queue_key("gpu-7.eu:a@b_c") == "gpu-7.eu:a@b_c"
+    queue = daemon_queue("gpu-7")
+    assert (queue.name, queue.routing_key, queue.durable) == ("daemon.commands.gpu-7", "daemon.gpu-7", True)
+    assert queue.exchange.name == DAEMON_QUEUE.exchange.name
+    assert daemon_queue(None) is DAEMON_QUEUE
+    # Spaces, slashes, non-ASCII, kombu's binding separator, the shared queue's own word: a digest.
+    for unsafe in ("gpu 7", "a/b", "\u03b1", "x\x06\x16y", "commands", "~abc", "x" * 201):
+        key = daemon_queue_key(unsafe)
+        assert key.startswith("~") and len(key) == 33 and key[1:].isalnum(), unsafe
+    assert daemon_queue_key("gpu 7") != daemon_queue_key("gpu 8")
+    assert daemon_queue("commands").name != DAEMON_QUEUE.name
+
+
+# --- each daemon's queue and feed -------------------------------------------------------------
+
+
+def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_other(
+    worker: WorkerProcess, client: TestClient, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    d, e = f"d-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}"
+    cid, task = supervisor_on(api, d, incarnation=2)
+    supervisor_on(api, e)  # another live daemon of the same owner
+
+    fence(api, cid, task)
+
+    told = wait_for(lambda: of_contract(commands_received(d), cid), what=f"a command on {d}'s queue")
+    assert [c["command"] for c in told] == ["supervisor_fenced"]
+    assert told[0]["payload"]["taskId"] == str(task) and told[0]["daemonId"] == d
+    assert told[0]["payload"]["currentIncarnation"] == 2
+    assert of_contract(commands_received(e), cid) == []
+    assert of_contract(commands_received(None), cid) == []
+
+    mine = feed_of(client, token, d, 1)
+    assert mine["daemonId"] == d
+    assert [(c["commandId"], c["command"]) for c in mine["commands"]] == [
+        (told[0]["commandId"], "supervisor_fenced")
+    ]
+    assert mine["nextAfter"] == told[0]["commandId"]
+    assert of_contract(feed(client, token, e)["commands"], cid) == []
+    assert feed(client, token, d, after=mine["nextAfter"])["commands"] == []
+    # The API module reads the same feed.
+    assert [c.command_id for c in api.daemon_commands(d).commands] == [told[0]["commandId"]]
+
+
+def test_a_command_that_names_no_daemon_stays_on_the_shared_queue(worker: WorkerProcess, make_caller) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = api.create_contract("no daemon yet", "simple").id
+    with unit_of_work(send_task) as uow:
+        command_id = queue_command(uow, cid, "restart_supervisor", {"reason": "test"}, utcnow()).id
+
+    shared = wait_for(lambda: of_contract(commands_received(None), cid), what="the shared queue")
+    assert [(c["commandId"], c["daemonId"]) for c in shared] == [(command_id, None)]
+
+
+def test_unsafe_daemon_ids_get_a_queue_of_their_digest_and_a_feed_by_their_own_name(
+    worker: WorkerProcess, client: TestClient, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    for daemon_id in (f"gpu 7/\u03b1 {uuid.uuid4().hex[:6]}", "commands"):
+        cid, task = supervisor_on(api, daemon_id, incarnation=2)
+        fence(api, cid, task)
+        told = wait_for(
+            lambda d=daemon_id, c=cid: of_contract(commands_received(d), c), what=f"{daemon_id!r}'s queue"
+        )
+        assert told[0]["command"] == "supervisor_fenced" and told[0]["daemonId"] == daemon_id
+        assert of_contract(commands_received(None), cid) == []
+        listed = feed_of(client, token, daemon_id, 1)["commands"]
+        assert [c["commandId"] for c in of_contract(listed, cid)] == [told[0]["commandId"]]
+
+
+def test_the_feed_is_owner_scoped(worker: WorkerProcess, client: TestClient) -> None:
+    """Two owners' daemons may share an id: each owner reads only its own contracts' commands,
+    a stranger reads none, an admin reads all."""
+    daemon_id = f"shared-{uuid.uuid4().hex[:8]}"
+    owners = [f"owner-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    sent: dict[str, int] = {}
+    for owner in owners:
+        api = ContractsAPI(token_for(owner, "supervisor"))
+        cid = api.create_contract("scoped", "simple").id
+        with unit_of_work(send_task) as uow:
+            sent[owner] = queue_command(uow, cid, "restart_supervisor", {}, utcnow(), daemon_id=daemon_id).id
+
+    for owner in owners:
+        for role in ("user", "supervisor"):
+            listed = feed_of(client, token_for(owner, role), daemon_id, 1)["commands"]
+            assert [c["commandId"] for c in listed] == [sent[owner]], (owner, role)
+    stranger = feed(client, token_for(f"stranger-{uuid.uuid4().hex[:8]}", "supervisor"), daemon_id)
+    assert stranger == {"daemonId": daemon_id, "commands": [], "nextAfter": 0}
+    admin = feed_of(client, token_for("operators", "admin"), daemon_id, 2)["commands"]
+    assert sorted(c["commandId"] for c in admin) == sorted(sent.values())
+
+
+def test_a_command_committed_late_is_delivered_after_never_skipped(client: TestClient, make_caller) -> None:
+    """Ids are taken before COMMIT: a command whose transaction took the lower id and commits
+    last is not skipped by a daemon reading `after=<the higher id>`, because the higher one is
+    held back until the lower one's transaction is over."""
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = api.create_contract("horizon", "simple").id
+    daemon_id = f"h-{uuid.uuid4().hex[:8]}"
+
+    def queue(uow: Any, name: str) -> int:
+        return queue_command(uow, cid, name, {}, utcnow(), daemon_id=daemon_id).id
+
+    with unit_of_work() as slow:
+        first = queue(slow, "first")  # the lower id, its transaction still open
+        with unit_of_work() as fast:
+            second = queue(fast, "second")
+        assert first < second
+        assert feed(client, token, daemon_id)["commands"] == []  # "second" waits for "first"
+    page = feed_of(client, token, daemon_id, 2)
+    assert [c["commandId"] for c in page["commands"]] == [first, second]
+    assert feed(client, token, daemon_id, after=page["nextAfter"])["commands"] == []
+    # Paging: one at a time, in the same order.
+    one = feed(client, token, daemon_id, limit=1)
+    assert [c["commandId"] for c in one["commands"]] == [first] and one["nextAfter"] == first
+    assert [c["commandId"] for c in feed(client, token, daemon_id, after=first)["commands"]] == [second]
+
+
+def test_a_long_poll_answers_with_the_command_that_arrives_while_it_waits(
+    client: TestClient, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = api.create_contract("long poll", "simple").id
+    daemon_id = f"lp-{uuid.uuid4().hex[:8]}"
+    polling = threading.Event()
+    answer: dict[str, Any] = {}
+
+    def poll() -> None:
+        polling.set()
+        answer.update(feed(client, token, daemon_id, wait=20))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    polling.wait()
+    with unit_of_work() as uow:
+        command_id = queue_command(uow, cid, "sync_supervisor_state", {}, utcnow(), daemon_id=daemon_id).id
+    reader.join(timeout=30)
+    assert [c["commandId"] for c in answer["commands"]] == [command_id]
+    assert answer["commands"][0]["contractId"] == str(cid)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"after": -1}, "after"),
+        ({"wait": 26}, "wait"),
+        ({"wait": "soon"}, "wait"),
+    ],
+)
+def test_bad_feed_queries_are_refused_naming_the_field(
+    client: TestClient, make_caller, query: dict[str, Any], field: str
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    resp = client.get(
+        "/api/v1/daemons/d-1/commands", params=query, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 422, resp.text
+    assert [p["field"] for p in resp.json()["error"]["details"]["problems"]] == [field]
+
+
+def test_a_daemon_id_the_heartbeats_would_refuse_is_refused_by_the_feed(
+    client: TestClient, make_caller
+) -> None:
+    token, _ = make_caller(role="supervisor")
+    headers = {"Authorization": f"Bearer {token}"}
+    too_long = client.get(f"/api/v1/daemons/{'x' * 201}/commands", headers=headers)
+    assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "INVALID_REQUEST"
+    blank = client.get("/api/v1/daemons/%20%20/commands", headers=headers)
+    assert blank.status_code == 400 and blank.json()["error"]["code"] == "VALIDATION_FAILED"
+    assert "daemonId" in blank.json()["error"]["message"]
+    assert client.get("/api/v1/daemons/d-1/commands").status_code == 401
+
+
+def test_commands_are_published_once_each_with_their_daemon(worker: WorkerProcess, make_caller) -> None:
+    """The outbox row is marked published; a second publish of the same contract sends nothing."""
+    from app.daemon_commands import publish_pending
+    from app.models import DaemonCommand
+
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = api.create_contract("published", "simple").id
+    daemon_id = f"p-{uuid.uuid4().hex[:8]}"
+    with unit_of_work() as uow:  # no sender: only the publisher below sends it
+        command_id = queue_command(uow, cid, "restart_supervisor", {}, utcnow(), daemon_id=daemon_id).id
+    assert publish_pending(cid) == 1
+    assert publish_pending(cid) == 0
+    with unit_of_work() as uow:
+        published = uow.session.scalar(
+            select(DaemonCommand.published_at).where(DaemonCommand.id == command_id)
+        )
+    assert published is not None
+    got = wait_for(lambda: commands_received(daemon_id), what="the command on its queue")
+    assert [c["commandId"] for c in got] == [command_id]
