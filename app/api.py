@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -37,12 +37,14 @@ from app import (
     deletion_audit,
     heartbeat_buffer,
     message_outcomes,
+    restoration,
     schemas,
     supervisors,
     views,
 )
 from app import daemon_commands as command_service
 from app import questions as question_service
+from app import supervisor_state as state_service
 from app import worktrees as worktree_service
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
@@ -52,6 +54,7 @@ from app.db import UnitOfWork, unit_of_work
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
+from app.domain.supervisor_state import parse_save
 from app.events import event_view, events_after
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.models import ContractTask, utcnow
@@ -60,6 +63,15 @@ from app.views import ContractFilter, contract_view, contract_views
 
 MAX_MESSAGE_ID = 200
 MESSAGE_ID: Final = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_MESSAGE_ID}}}")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    """A paging or size argument out of its range is the caller's error, naming the bounds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationFailed(
+            f"{name} is a whole number from {low} to {high} (got {value!r}).",
+            details={"field": name, "limit": high},
+        )
 
 
 def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
@@ -525,6 +537,124 @@ class ContractsAPI:
         heartbeat_buffer.require_enabled(self._settings)
         with self._uow() as uow:
             return supervisors.heartbeat_history(uow.session, self.caller, contract_id, limit, self._clock())
+
+    # -- supervisor state, restoration and restart (app.supervisor_state, app.restoration) --
+
+    def save_supervisor_state(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID,
+        *,
+        state_version: int,
+        state: str,
+        phase: str,
+        current_activity: str = "",
+        progress: int | None = None,
+        error: str | None = None,
+        spawned_task_ids: Sequence[uuid.UUID | str] = (),
+        waiting_on_task_ids: Sequence[uuid.UUID | str] = (),
+        incarnation: int | None = None,
+        history_from: int | None = None,
+        history_append: Sequence[Mapping[str, Any]] | None = None,
+        checkpoint: Mapping[str, Any] | None = None,
+        daemon_id: str | None = None,
+        host: str | None = None,
+    ) -> state_service.StateSaved:
+        """Save the supervisor's persistent state now (one short transaction; a supervisor's or
+        admin's call). Ordered by (incarnation, state_version): an older save is STALE_STATE, an
+        older incarnation SUPERVISOR_FENCED, the stored one sent again answers `applied=False`.
+        `history_append` messages are `{role, content, name?, toolCallId?, at?}`, appended at
+        `history_from` (default: the stored end; HISTORY_GAP past it); `checkpoint` is
+        `{id, note?}` and marks this save as a consistent point."""
+        heartbeat_buffer.require_enabled(self._settings)
+        raw: dict[str, Any] = {
+            "taskId": str(task_id),
+            "stateVersion": state_version,
+            "state": state,
+            "phase": phase,
+            "currentActivity": current_activity,
+            "progress": progress,
+            "error": error,
+            "spawnedTaskIds": [str(t) for t in spawned_task_ids],
+            "waitingOnTaskIds": [str(t) for t in waiting_on_task_ids],
+            "incarnation": incarnation,
+            "historyFrom": history_from,
+            "historyAppend": list(history_append) if history_append is not None else None,
+            "checkpoint": dict(checkpoint) if checkpoint is not None else None,
+            "daemonId": daemon_id,
+            "host": host,
+        }
+        save = parse_save({k: v for k, v in raw.items() if v is not None})
+        with self._uow() as uow:
+            return state_service.save_state(uow, self.caller, contract_id, save, self._clock())
+
+    def supervisor_state(
+        self, contract_id: uuid.UUID, task_id: uuid.UUID | None = None
+    ) -> state_service.SupervisorStateView:
+        """The stored state (`task_id`'s, or the most recently saved one); SUPERVISOR_NOT_FOUND if none."""
+        heartbeat_buffer.require_enabled(self._settings)
+        with self._uow() as uow:
+            return state_service.read_state(uow.session, self.caller, contract_id, task_id)
+
+    def supervisor_history(
+        self, contract_id: uuid.UUID, task_id: uuid.UUID | None = None, start: int = 0, limit: int = 200
+    ) -> state_service.HistoryPage:
+        """A page of the stored conversation from position `start` (at most `limit`, ≤ 1000)."""
+        heartbeat_buffer.require_enabled(self._settings)
+        _check_range("from", start, 0, 2**31 - 1)
+        _check_range("limit", limit, 1, state_service.MAX_HISTORY_PAGE)
+        with self._uow() as uow:
+            return state_service.read_history(uow.session, self.caller, contract_id, task_id, start, limit)
+
+    def restore_supervisor(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID | None = None,
+        daemon_id: str | None = None,
+        host: str | None = None,
+        *,
+        history_limit: int = 200,
+    ) -> restoration.Restoration:
+        """What a restarted daemon needs (seed 3.6): the branch taken, the restored state and
+        history, open questions, answers, waited-on tasks, the next step and a context text.
+        A supervisor's call claims the supervisor and answers its new incarnation; a user's or
+        admin's is a read-only preview."""
+        heartbeat_buffer.require_enabled(self._settings)
+        _check_range("historyLimit", history_limit, 1, restoration.MAX_HISTORY_LIMIT)
+        with self._uow() as uow:
+            return restoration.restore(
+                uow,
+                self.caller,
+                contract_id,
+                self._clock(),
+                task_id=task_id,
+                daemon_id=daemon_id,
+                host=host,
+                history_limit=history_limit,
+            )
+
+    def restart_supervisor(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID | None = None,
+        *,
+        reason: str | None = None,
+        incarnation: int | None = None,
+    ) -> restoration.RestartRequested:
+        """Restart the supervisor (a user's or admin's call): a new incarnation fences the running
+        one and a `restart_supervisor` command goes to its daemon. Pass the `incarnation` you
+        mean to replace to make a retry safe."""
+        heartbeat_buffer.require_enabled(self._settings)
+        with self._uow() as uow:
+            return restoration.restart(
+                uow,
+                self.caller,
+                contract_id,
+                self._clock(),
+                task_id=task_id,
+                reason=reason,
+                incarnation=incarnation,
+            )
 
     def daemons(self) -> supervisors.DaemonList:
         """The daemons seen in heartbeats of this caller's contracts, alive or not."""

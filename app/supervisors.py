@@ -25,11 +25,13 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.contract_rows import get_contract
-from app.daemon_commands import NewCommand, queue_commands
+from app.contract_rows import get_contract, lock_contract
+from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
+from app.domain.records import EventType
 from app.domain.supervisors import SupervisorRecord, daemon_alive, declare_dead, is_dead
+from app.events import record_event
 from app.heartbeats import (
     FENCED_COMMAND,
     RETENTION,
@@ -39,10 +41,10 @@ from app.heartbeats import (
     fenced_payload,
     supervisor_record,
 )
-from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
+from app.models import Contract, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
-from app.queues import TaskName
 from app.schemas import Schema, Timestamp
+from app.supervisor_state import StoredStateSummary, find_state, stored_summary
 from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"
@@ -146,6 +148,11 @@ class SyncRequested(Schema):
     state: str
     incarnation: int
     last_received_at: Timestamp
+    command_id: int = Field(description="The `sync_supervisor_state` daemon command (its outbox id)")
+    stored_state: StoredStateSummary | None = Field(
+        description="The persistent state stored so far (null: none saved yet); the daemon's answer "
+        "arrives as a newer save"
+    )
 
 
 # --- reads ----------------------------------------------------------------------------------
@@ -316,32 +323,44 @@ def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timed
 def request_sync(
     uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, now: datetime, timeout: timedelta
 ) -> SyncRequested:
-    """Ask the supervisor's daemon to send its full state now (a daemon command).
+    """Ask the supervisor's daemon to send its full state now (seed 3.7): a
+    `sync_supervisor_state` command to its daemon's queue and a `supervisor_sync_requested`
+    event; answers with the command's id and the state stored so far.
 
     Needs a live supervisor: SUPERVISOR_NOT_FOUND or SUPERVISOR_DEAD otherwise.
     """
-    contract = get_contract(uow.session, caller, contract_id)
+    contract = lock_contract(uow.session, caller, contract_id)
     record = require_live_supervisor(uow.session, contract.id, now, timeout)
-    uow.session.add(
-        DaemonCommand(
-            contract_id=contract.id,
-            command=SYNC_COMMAND,
-            payload={
-                "taskId": str(record.task_id),
-                "incarnation": record.incarnation,
-                "daemonId": record.daemon_id,
-                "host": record.host,
-            },
-            created_at=now,
-        )
+    command = queue_command(
+        uow,
+        contract.id,
+        SYNC_COMMAND,
+        {
+            "taskId": str(record.task_id),
+            "incarnation": record.incarnation,
+            "daemonId": record.daemon_id,
+            "host": record.host,
+        },
+        now,
+        daemon_id=record.daemon_id,
+        task_id=record.task_id,
     )
-    uow.dispatch_after_commit(TaskName.PUBLISH_DAEMON_COMMANDS, {"contractId": str(contract.id)})
+    record_event(
+        uow.session,
+        contract.id,
+        EventType.SUPERVISOR_SYNC_REQUESTED,
+        {"taskId": str(record.task_id), "incarnation": record.incarnation, "commandId": command.id},
+        now,
+    )
+    stored = find_state(uow.session, contract.id, record.task_id)
     return SyncRequested(
         requested=True,
         task_id=record.task_id,
         state=record.state.value,
         incarnation=record.incarnation,
         last_received_at=record.last_received_at,
+        command_id=command.id,
+        stored_state=stored_summary(stored) if stored is not None else None,
     )
 
 

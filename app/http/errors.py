@@ -226,6 +226,33 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
             "The contract's supervisor stopped sending heartbeats; restart it and retry.",
             {"contractId": "2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"},
         ),
+        ErrorCode.SUPERVISOR_FENCED: (
+            "Incarnation 1 of supervisor 9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c was replaced by incarnation 2: "
+            "nothing it sends changes state. Restore (GET .../supervisor/restoration) to get the current "
+            "incarnation.",
+            {
+                "contractId": "2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13",
+                "taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c",
+                "incarnation": 1,
+                "currentIncarnation": 2,
+            },
+        ),
+        ErrorCode.STALE_STATE: (
+            "State version 4 (incarnation 2) of supervisor 9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c is older "
+            "than the stored version 7 (incarnation 2); it was not applied. Send a higher stateVersion.",
+            {
+                "taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c",
+                "incarnation": 2,
+                "stateVersion": 4,
+                "storedIncarnation": 2,
+                "storedStateVersion": 7,
+            },
+        ),
+        ErrorCode.HISTORY_GAP: (
+            "historyFrom is 40 but supervisor 9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c has 32 stored messages: "
+            "resend the history from 32 (any value from 0 to 32 is accepted).",
+            {"taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c", "historyFrom": 40, "storedLength": 32},
+        ),
         ErrorCode.QUESTION_NOT_FOUND: (
             "Contract 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13 has no question "
             "7d4e2a10-5c3b-4f8e-9a61-2b0c9d8e7f54. List its questions with "
