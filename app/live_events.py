@@ -230,6 +230,44 @@ def tail_position(session: Session) -> Position:
     return Position(0, int(newest))
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What had committed at one moment: where a subscriber that starts "now" starts.
+
+    A position is not enough for that on PostgreSQL: an event committed just before the
+    moment can still be above the horizon (an older transaction anywhere on the cluster is
+    running), so "everything after the horizon" would hand it over as if it were new. The
+    snapshot names exactly which transactions had finished: those below `xmin`, and those
+    below `xmax` not in `running`. On SQLite (`xmax` 0) it is the newest id.
+    """
+
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+    newest_id: int = 0
+
+    def committed(self, position: Position) -> bool:
+        """Whether the event at `position` had committed when the snapshot was taken."""
+        if self.xmax == 0:
+            return position.id <= self.newest_id
+        return position.xid < self.xmin or (position.xid < self.xmax and position.xid not in self.running)
+
+
+def current_snapshot(session: Session) -> Snapshot:
+    """The transactions committed as of now (see `Snapshot`)."""
+    if _postgres(session):
+        row = session.execute(
+            text(
+                "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,"
+                " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) x)"
+                " FROM pg_current_snapshot() s"
+            )
+        ).one()
+        return Snapshot(int(row[0]), int(row[1]), frozenset(int(x) for x in row[2]))
+    newest = session.execute(text("SELECT coalesce(max(id), 0) FROM contract_events")).scalar_one()
+    return Snapshot(0, 0, frozenset(), int(newest))
+
+
 def prune_events(session: Session, now: datetime, retention_days: float, batch: int = 10_000) -> int:
     """Delete events older than the retention (a batch at a time); returns how many went.
 
@@ -335,7 +373,9 @@ __all__ = [
     "START",
     "LiveEvent",
     "Position",
+    "Snapshot",
     "channel",
+    "current_snapshot",
     "events_committed",
     "position_of",
     "prune_events",

@@ -15,6 +15,17 @@ horizon only moves forward, so the catch-up reaches at least the hub's position 
 registration; buffered live events at or before the caught-up position are dropped. Nothing
 is missed, nothing is sent twice, and the order is the stream's `(xid, id)` order.
 
+A subscriber without `after` starts now: it is registered, then a database snapshot is taken,
+and the buffered events whose transactions that snapshot saw committed are history, not sent
+(`Snapshot`: an event committed just before can still be above the horizon, behind an older
+transaction that is still open).
+
+Each wake-up names the last event id of the transaction that sent it. When a read does not
+return it (the horizon holds it back: an older transaction anywhere on the PostgreSQL cluster
+is still open), the hub looks again after 5 ms, then 10, 20, 40, then every 50 ms (for up to
+30 s), so the event follows that transaction's end closely instead of waiting for the next
+poll or wake-up.
+
 Heartbeat notices are live only: they carry no id and are not replayed on catch-up.
 """
 
@@ -40,7 +51,9 @@ from app.live_events import (
     PAGE_SIZE,
     LiveEvent,
     Position,
+    Snapshot,
     channel,
+    current_snapshot,
     position_of,
     read_after,
     redis_url,
@@ -51,6 +64,17 @@ log = logging.getLogger(__name__)
 
 STALE_TYPES: Final = frozenset({"stale_detected", "stale_cleared"})
 HEARTBEAT: Final = "heartbeat"
+# An event announced by a wake-up but still above the commit horizon (an older transaction
+# somewhere on the cluster is still open) is looked for again after this long, doubling up to
+# RETRY_MAX_SECONDS: it is delivered within that of the transaction's end, not at the next
+# poll. While one is held, a hub reads at most 1/RETRY_MAX_SECONDS times a second (an indexed
+# query that finds nothing).
+RETRY_FIRST_SECONDS: Final = 0.005
+RETRY_MAX_SECONDS: Final = 0.05
+# An announced event not read by then is no longer waited for (the poll goes on).
+AWAIT_LIMIT_SECONDS: Final = 30.0
+# Event ids the hub dispatched, kept to recognise a wake-up that arrives after its read.
+RECENT_IDS: Final = 10_000
 
 
 class FilterError(ValueError):
@@ -157,6 +181,8 @@ class Subscriber:
     limit: int
     position: Position | None = None
     last_id: int | None = None
+    # A subscription without `after` starts now: events committed before it are history.
+    since: Snapshot | None = None
     buffer: deque[Item] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -176,8 +202,15 @@ class Subscriber:
         self.wake.set()
 
     def is_new(self, item: Item) -> bool:
-        """Whether a buffered item is still to be sent (not already sent by the catch-up)."""
-        return item.position is None or self.position is None or item.position > self.position
+        """Whether a buffered item is still to be sent: not sent by the catch-up, not history."""
+        if item.position is None:
+            return True
+        if self.since is not None:
+            if self.since.committed(item.position):
+                return False
+            if self.since.xmax == 0 or item.position.xid >= self.since.xmax:
+                self.since = None  # in stream order every later event is newer still
+        return self.position is None or item.position > self.position
 
     def sent(self, item: Item) -> None:
         """Record an item as sent (only once the send returned: a cancelled send did not happen)."""
@@ -205,6 +238,10 @@ class Hub:
         self._ready = asyncio.Event()
         self._owners: dict[uuid.UUID, tuple[str, str]] = {}
         self.events_read = 0
+        # Wake-ups' last event ids not read yet (id -> when announced), and ids already read.
+        self._awaited: dict[int, float] = {}
+        self._recent: set[int] = set()
+        self._retry = RETRY_FIRST_SECONDS
 
     @property
     def engine(self) -> Engine:
@@ -230,9 +267,14 @@ class Hub:
         if after is not None:
             sub.position = await asyncio.to_thread(self._position_of, after)
             sub.last_id = after
-        else:  # live from now: what committed before this moment is history
-            sub.position = await asyncio.to_thread(self._tail)
-        self.subscribers.add(sub)
+            self.subscribers.add(sub)
+        else:
+            # Live from now. Registered first, so whatever the hub reads from here on reaches
+            # the buffer; then the snapshot says which of it had committed before this moment
+            # (history: `is_new` drops it). An event committed after the snapshot cannot have
+            # been read before the registration.
+            self.subscribers.add(sub)
+            sub.since = await asyncio.to_thread(self._snapshot)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -264,6 +306,10 @@ class Hub:
         with self.engine.connect() as conn, _session(conn) as session:
             return read_after(session, after, PAGE_SIZE, owner, contract_ids)
 
+    def _snapshot(self) -> Snapshot:
+        with self.engine.connect() as conn, _session(conn) as session:
+            return current_snapshot(session)
+
     def _tail(self) -> Position:
         with self.engine.connect() as conn, _session(conn) as session:
             return tail_position(session)
@@ -281,17 +327,33 @@ class Hub:
             listener = asyncio.create_task(self._listen(), name="monitor-wakeups")
             while True:
                 poll = self._settings().monitor.poll_seconds
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), poll)
+                woken = True
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._next_read_in(poll))
+                except TimeoutError:
+                    woken = False
                 self._wake.clear()
                 try:
                     await self._follow()
                 except Exception:
                     log.exception("monitor: reading new events failed; retrying")
                     await asyncio.sleep(0.5)
+                if not self._awaited:
+                    self._retry = RETRY_FIRST_SECONDS
+                elif not woken:  # still held back: look again, less and less often
+                    self._retry = min(self._retry * 2, RETRY_MAX_SECONDS, poll)
         finally:
             if listener is not None:
                 listener.cancel()
+
+    def _next_read_in(self, poll: float) -> float:
+        """The poll, or sooner while an announced event is still held back by the horizon."""
+        if not self._awaited:
+            return poll
+        too_old = asyncio.get_running_loop().time() - AWAIT_LIMIT_SECONDS
+        for event_id in [i for i, at in self._awaited.items() if at < too_old]:
+            del self._awaited[event_id]
+        return min(self._retry, poll) if self._awaited else poll
 
     async def _follow(self) -> None:
         """Read everything new below the horizon and offer it to the subscribers."""
@@ -305,8 +367,12 @@ class Hub:
                 return
 
     def _dispatch(self, events: list[LiveEvent]) -> None:
+        if len(self._recent) > RECENT_IDS:
+            self._recent.clear()
         for event in events:
             self._owners[event.contract_id] = (event.owner_id, event.contract_status)
+            self._recent.add(event.id)
+            self._awaited.pop(event.id, None)
             if not self.subscribers:
                 continue
             item: Item | None = None
@@ -350,6 +416,9 @@ class Hub:
             if not isinstance(message, dict):
                 continue
             if "events" in message:
+                last = message.get("last")
+                if isinstance(last, int) and not isinstance(last, bool) and last not in self._recent:
+                    self._awaited[last] = asyncio.get_running_loop().time()
                 self._wake.set()
             elif "notice" in message:
                 notices.append(message)

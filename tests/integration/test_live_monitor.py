@@ -336,3 +336,59 @@ def test_monitoring_switched_off_says_so(server: str, make_caller: Any) -> None:
             assert "FEATURE_DISABLED" in closed.value.rcvd.reason
     finally:
         flags.monitoring_dashboard = True
+
+
+def _hold_the_horizon() -> Any:
+    """Another client's transaction that took an id and stays open: the cluster's horizon stops at it."""
+    conn = get_engine().connect()
+    conn.begin()
+    conn.execute(text("SELECT pg_current_xact_id()"))
+    return conn
+
+
+def test_a_subscription_without_after_starts_now_even_behind_an_open_transaction(
+    server: str, make_caller: Any
+) -> None:
+    """An event committed just before the subscription is still above the horizon while an older
+    transaction is open; it is history for the new subscriber all the same."""
+    token, api = _api(make_caller)
+    cid = _active(api)
+    holder = _hold_the_horizon()
+    try:
+        api.change_status(cid, Status.PAUSED, reason="before the subscription")
+        ws = open_monitor(server, token, contractIds=[str(cid)])
+        api.change_status(cid, Status.ACTIVE, reason="after the subscription")
+    finally:
+        holder.rollback()
+        holder.close()
+    got = drain(ws)
+    ws.close()
+    assert [(e["newStatus"], e["reason"]) for e in got] == [("active", "after the subscription")]
+    assert [e["id"] for e in got] == _event_ids(cid)[-1:]
+
+
+def test_an_event_held_back_by_an_open_transaction_arrives_when_it_ends_without_waiting_for_a_poll(
+    server: str, make_caller: Any
+) -> None:
+    """Its wake-up came while the horizon held it back; with no poll for a minute and no further
+    wake-up, the hub's own re-reads deliver it once the older transaction has ended."""
+    token, api = _api(make_caller)
+    cid = _active(api)
+    monitor = get_settings().monitor
+    saved = monitor.poll_seconds
+    ws = open_monitor(server, token, contractIds=[str(cid)])
+    monitor.poll_seconds = 60
+    try:
+        time.sleep(1.2)  # the hub's wait under the old poll ends; from here on it waits 60 s
+        holder = _hold_the_horizon()
+        try:
+            api.change_status(cid, Status.PAUSED, reason="held back")
+            assert drain(ws, idle=1) == []  # still behind the open transaction
+        finally:
+            holder.rollback()
+            holder.close()
+        got = receive_until(ws, 1, timeout=20)
+    finally:
+        monitor.poll_seconds = saved
+        ws.close()
+    assert [(e["newStatus"], e["reason"]) for e in got] == [("paused", "held back")]
