@@ -60,6 +60,7 @@ from app.simulation.plan import (
 from app.simulation.reconciliation import (
     Acknowledged,
     compare_restoration,
+    expected_fallback,
     pending_question_ids,
     restored_history_length,
     restored_state,
@@ -69,7 +70,7 @@ from app.simulation.service import ROUTE_MISSING, Feature, Service
 
 READS: Final = "reads"  # call statistics of the checks that follow items up
 START_CONFIRM_SECONDS: Final = 30.0
-PHASE_SETTLE_SECONDS: Final = 20.0
+PHASE_SETTLE_SECONDS: Final = 60.0
 RESTORE_ATTEMPTS: Final = 3
 MAX_LISTED_TASKS: Final = 200
 
@@ -328,11 +329,13 @@ class Supervisor:
             f"/contracts/{self.cid}/deliverables/{deliverable}/complete",
             fleet.tokens.supervisor,
         )
+        target = PHASE_MOVES.get(deliverable)
+        if target is not None and not (answer.status and not answer.ok):
+            self.ack.phase_moving = target  # the contract may move to it now
         if answer.ok:
             item.accept()
             m.delivered.add(deliverable)
             m.say("assistant", f"Marked {deliverable} complete.")
-            target = PHASE_MOVES.get(deliverable)
             if target is not None:
                 m.moving_to = target
                 await self.settle_phase(PHASE_SETTLE_SECONDS)
@@ -357,7 +360,7 @@ class Supervisor:
                 return
             if fleet.clock() >= deadline:
                 return
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
 
     async def refresh(self) -> None:
         """Between steps: answers from the daemon's feed, task starts confirmed, a phase seen."""
@@ -464,6 +467,8 @@ class Supervisor:
             m.history_acked = held if isinstance(held, int) else length
             self.ack.state = (m.incarnation, version)
             self.ack.history_length = m.history_acked
+            if body["phase"] == self.ack.phase_moving:
+                self.ack.phase_moving = None
         elif answer.status:
             item.refuse(answer.code or "?", answer.message)
             if answer.code in ("SUPERVISOR_FENCED", "STALE_STATE", "HISTORY_GAP"):
@@ -514,6 +519,8 @@ class Supervisor:
                 return False
             if answer.ok and isinstance(answer.body, dict):
                 problems = compare_restoration(self.ack, answer.body)
+                if expected_fallback(self.ack, answer.body):
+                    fleet.fallbacks += 1
                 if problems:
                     item.lose("did not match what was acknowledged")
                     fleet.mismatches.extend(f"supervisor {self.index} ({self.cid}): {p}" for p in problems)
@@ -762,6 +769,7 @@ class Fleet:
         self.crashes_skipped = 0
         self.restoration_count = 0
         self.restorations_abandoned = 0
+        self.fallbacks = 0
         self.background: list[asyncio.Task[None]] = []
 
     def elapsed(self) -> float:
@@ -837,6 +845,11 @@ class Fleet:
         restorations.append(f"{self.crash_count} crash{'' if self.crash_count == 1 else 'es'}")
         if self.crashes_skipped:
             restorations.append(f"{self.crashes_skipped} crashes called off (no restoration endpoint)")
+        if self.fallbacks:
+            restorations.append(
+                f"{self.fallbacks} fell back to a checkpoint or a fresh start as the protocol says: the "
+                "contract had moved to the next phase before its supervisor saved a state in it"
+            )
         if self.restorations_abandoned:
             restorations.append(f"{self.restorations_abandoned} gave up after {RESTORE_ATTEMPTS} tries")
         unanswered = sum(1 for i in self.ledger.of(Kind.CONTRACTS) if i.fate is Fate.UNANSWERED)

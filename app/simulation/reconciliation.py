@@ -144,6 +144,7 @@ class Acknowledged:
     open_questions: set[str] = field(default_factory=set)  # asked, no answer acknowledged
     answered: set[str] = field(default_factory=set)  # the person's answer acknowledged
     uncertain_questions: set[str] = field(default_factory=set)  # an ask or answer without answer
+    phase_moving: str | None = None  # a deliverable moved the phase; no save in it acknowledged yet
 
 
 def _ids(entries: Any) -> set[str]:
@@ -192,23 +193,39 @@ def answered_question_ids(restoration: Mapping[str, Any]) -> set[str]:
     return _ids(restoration.get("answeredQuestions"))
 
 
+def inconsistency_kinds(restoration: Mapping[str, Any]) -> list[str]:
+    found = restoration.get("inconsistencies") or []
+    return [str(i.get("kind")) if isinstance(i, Mapping) else str(i) for i in found]
+
+
+def expected_fallback(ack: Acknowledged, restoration: Mapping[str, Any]) -> bool:
+    """The contract moved to the next phase and the supervisor had not saved a state in it
+    yet: the stored state's phase is behind the contract's, and the protocol's answer is the
+    last consistent checkpoint, else a fresh start. That, and only that, is expected then."""
+    kinds = inconsistency_kinds(restoration)
+    return ack.phase_moving is not None and bool(kinds) and set(kinds) == {"phase_mismatch"}
+
+
 def compare_restoration(ack: Acknowledged, restoration: Mapping[str, Any]) -> list[str]:
     """Where a restoration disagrees with what the service had acknowledged to the supervisor
     (empty: it matched). The service answers from its own records; the observer checks it
     gave back the last acknowledged state version, the history that far, and every open
-    question as pending and no answered one as pending."""
+    question as pending and no answered one as pending. A fallback the protocol prescribes
+    (`expected_fallback`) matches as long as the questions still do."""
     problems: list[str] = []
-    inconsistencies = restoration.get("inconsistencies") or []
-    if inconsistencies:
-        problems.append(f"the service found the stored state inconsistent: {inconsistencies}")
+    fallback = expected_fallback(ack, restoration)
+    if restoration.get("inconsistencies") and not fallback:
+        problems.append(f"the service found the stored state inconsistent: {restoration['inconsistencies']}")
     version = restored_version(restoration)
-    if ack.state is None:
+    if fallback:
+        pass
+    elif ack.state is None:
         if version is not None and version not in ack.uncertain_versions:
             problems.append(f"restored stateVersion {version} though no save was acknowledged")
     elif version != ack.state[1] and version not in ack.uncertain_versions:
         problems.append(f"stateVersion: {ack.state[1]} acknowledged, {version} restored")
     length = restored_history_length(restoration)
-    if length != ack.history_length and length not in ack.uncertain_history:
+    if not fallback and length != ack.history_length and length not in ack.uncertain_history:
         problems.append(f"history: {ack.history_length} messages acknowledged, {length} restored")
     pending = pending_question_ids(restoration)
     for qid in sorted(ack.open_questions - pending - ack.uncertain_questions):
@@ -360,6 +377,8 @@ __all__ = [
     "answered_question_ids",
     "compare_restoration",
     "exit_code",
+    "expected_fallback",
+    "inconsistency_kinds",
     "judge_heartbeats",
     "judge_message",
     "judge_questions",

@@ -39,6 +39,7 @@ from app.simulation.reconciliation import (
     RunFacts,
     compare_restoration,
     exit_code,
+    expected_fallback,
     judge_heartbeats,
     judge_message,
     judge_questions,
@@ -375,6 +376,27 @@ def test_nothing_acknowledged_matches_a_fresh_start_and_inconsistencies_never_ma
     assert compare_restoration(acknowledged(), checkpointed)[0].startswith(
         "the service found the stored state"
     )
+
+
+def test_a_phase_moved_before_its_save_makes_the_protocols_fallback_the_expected_answer() -> None:
+    moved = restoration(
+        branch="fresh",
+        state=None,
+        history=[],
+        inconsistencies=[{"kind": "phase_mismatch", "detail": "the state is in phase 'plan' ..."}],
+    )
+    assert compare_restoration(acknowledged(phase_moving="execute"), moved) == []
+    assert expected_fallback(acknowledged(phase_moving="execute"), moved)
+    # without a phase move pending, the same answer lost an acknowledged state
+    assert compare_restoration(acknowledged(), moved)[0].startswith("the service found the stored state")
+    # any other inconsistency is never expected
+    truncated = restoration(inconsistencies=[{"kind": "phase_mismatch"}, {"kind": "history_truncated"}])
+    assert not expected_fallback(acknowledged(phase_moving="execute"), truncated)
+    # and the questions must still come back
+    lost_question = {**moved, "pendingQuestions": []}
+    assert compare_restoration(acknowledged(phase_moving="execute"), lost_question) == [
+        "question q-open is open but was not restored as pending"
+    ]
 
 
 def result(*rows_lost: int) -> Reconciliation:
