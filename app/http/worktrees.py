@@ -14,15 +14,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from app.http.batch import AdminApi
+from app.api import ContractsAPI
+from app.batch import require_admin
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
 from app.schemas import ErrorCode
 from app.worktrees import MAX_CLEANUP, WorktreeCleanup, WorktreeList
 
 E = ErrorCode
+
+
+def cleanup_api(api: Api) -> ContractsAPI:
+    """The caller's API, if the caller is an admin; 403 FORBIDDEN before the query is read."""
+    require_admin(api.caller, "clean up worktrees")
+    return api
+
 
 router = APIRouter(
     tags=["worktrees"],
@@ -48,7 +56,7 @@ def contract_worktrees(contract_id: ContractId, api: Api) -> WorktreeList:
     responses=error_responses(E.FORBIDDEN),
 )
 def cleanup_worktrees(
-    api: AdminApi,
+    api: Annotated[ContractsAPI, Depends(cleanup_api)],
     dry_run: Annotated[
         bool,
         Query(alias="dryRun", description="Answer what would be asked, and ask nothing."),

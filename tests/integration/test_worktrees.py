@@ -373,6 +373,7 @@ def test_the_cleanup_endpoint_is_an_admins_and_answers_what_it_asked(
     for refused in (person, daemon):
         resp = refused.call("POST", "/api/v1/worktrees/cleanup")
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "FORBIDDEN", resp.text
+        assert "clean up worktrees" in resp.json()["error"]["message"]
 
     dry = admin.ok("POST", "/api/v1/worktrees/cleanup", dryRun="true")
     planned = [w for w in dry["worktrees"] if w["worktreeId"] in mine]

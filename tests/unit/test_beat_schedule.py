@@ -15,6 +15,7 @@ ON_THE_SWEEP_INTERVAL = {
     "delete-expired-archives": TaskName.DELETE_EXPIRED_ARCHIVES,
     "relay-outbox": TaskName.RELAY_OUTBOX,
     "resume-stalled-batches": TaskName.RESUME_STALLED_BATCHES,
+    "cleanup-worktrees": TaskName.CLEANUP_WORKTREES,
 }
 
 
