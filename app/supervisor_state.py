@@ -110,7 +110,7 @@ class StoredStateSummary(Schema):
 
 
 class SupervisorStateView(Schema):
-    """A supervisor's stored persistent state (seed 3.4); its history is read page by page."""
+    """A supervisor's stored persistent state; its history is read page by page."""
 
     task_id: uuid.UUID
     contract_id: uuid.UUID

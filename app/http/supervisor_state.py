@@ -38,7 +38,6 @@ from app.domain.supervisors import (
     MAX_HOST,
     MAX_INCARNATION,
     MAX_PHASE,
-    SupervisorState,
 )
 from app.http.bodies import SafeStr, _Body
 from app.http.deps import Api, ContractId
@@ -82,7 +81,7 @@ class CheckpointBody(_Body):
 
 
 class SaveStateRequest(_Body):
-    """One save of the supervisor's persistent state (seed 3.4)."""
+    """One save of the supervisor's persistent state."""
 
     task_id: TaskIdField = Field(description="The supervisor's task id")
     incarnation: int | None = Field(
@@ -94,7 +93,17 @@ class SaveStateRequest(_Body):
         description="Orders saves within an incarnation: higher is newer; the stored one again is a "
         "duplicate (applied: false); lower is STALE_STATE",
     )
-    state: Annotated[SupervisorState, Field(strict=False)]
+    state: Literal[
+        "initializing",
+        "idle",
+        "working",
+        "waiting_for_user",
+        "waiting_for_tasks",
+        "blocked",
+        "completed",
+        "failed",
+        "interrupted",
+    ]
     phase: SafeStr = Field(min_length=1, max_length=MAX_PHASE)
     current_activity: SafeStr = Field("", max_length=MAX_ACTIVITY)
     progress: int | None = Field(None, ge=0, le=100)
@@ -156,7 +165,7 @@ def save_state(contract_id: ContractId, body: SaveStateRequest, api: Api) -> Any
         contract_id,
         body.task_id,
         state_version=body.state_version,
-        state=body.state.value,
+        state=body.state,
         phase=body.phase,
         current_activity=body.current_activity,
         progress=body.progress,
@@ -224,7 +233,7 @@ def restoration(
         Query(alias="historyLimit", ge=1, le=MAX_HISTORY_LIMIT, description="Newest messages to send"),
     ] = 200,
 ) -> Any:
-    """What a restarted daemon needs (seed 3.6): the branch the server took (`fresh`,
+    """What a restarted daemon needs: the branch the server took (`fresh`,
     `checkpoint`, `resume`) with every inconsistency found, the restored state and the newest
     history, open questions to re-deliver, answers received, waited-on tasks with their status,
     the next step and a context text. A supervisor's call claims the supervisor: it is issued a

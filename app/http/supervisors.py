@@ -212,11 +212,11 @@ def supervisor_heartbeats(
     responses=error_responses(E.CONTRACT_NOT_FOUND, E.SUPERVISOR_NOT_FOUND, E.SUPERVISOR_DEAD),
 )
 def supervisor_sync(contract_id: ContractId, api: Api) -> Any:
-    """Ask the supervisor's daemon to send its full state now (seed 3.7): a
-    `sync_supervisor_state` command to its daemon's queue. Answers the command's id and the
-    persistent state stored so far (`storedState`, null when none was saved); the daemon's
-    answer arrives as a newer state save. Needs a live supervisor: SUPERVISOR_DEAD (503, with
-    when it was last heard) or SUPERVISOR_NOT_FOUND."""
+    """Ask the supervisor's daemon to send its full state now: a `sync_supervisor_state`
+    command to its daemon's queue. Answers the command's id and the persistent state stored so
+    far (`storedState`, null when none was saved); the daemon's answer arrives as a newer state
+    save. Needs a live supervisor: SUPERVISOR_DEAD (503, with when it was last heard) or
+    SUPERVISOR_NOT_FOUND."""
     try:
         return api.request_supervisor_sync(contract_id)
     except FeatureDisabled as exc:
