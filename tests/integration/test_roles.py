@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 
-from app.auth import Role, create_token
+from app import heartbeats
+from app.auth import Role, authenticate, create_token
 from app.db import unit_of_work
 from app.http import create_app
+from app.models import utcnow
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
@@ -184,6 +186,46 @@ def _read_worktrees(actor: Actor, cid: str | None) -> Any:
     return actor.call("GET", "/api/v1/daemons/roles-daemon/commands")
 
 
+# The supervisor each contract prepared by `with_a_supervisor` runs, by contract id.
+SUPERVISORS: dict[str, str] = {}
+
+
+def with_a_supervisor(person: Actor) -> str:
+    """An active contract whose supervisor (a daemon of the owner) saved its state and is alive:
+    its heartbeat is ingested here, as a worker would, since this app sends nothing."""
+    cid = active(person)
+    owner = person.ok("GET", f"{BASE}/{cid}")["ownerId"]
+    daemon = new_actor(person.client, owner, "supervisor")
+    task = SUPERVISORS[cid] = str(uuid.uuid4())
+    state = {"taskId": task, "stateVersion": 1, "state": "working", "phase": "plan", "daemonId": "roles-d"}
+    daemon.ok("POST", f"{BASE}/{cid}/supervisor/state", state)
+    with unit_of_work() as uow:
+        principal = authenticate(uow.session, daemon.token).principal_id
+    beat = {
+        "taskId": task,
+        "contractId": cid,
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+    }
+    heartbeats.ingest(heartbeats.message_of({principal: [beat]}))
+    return cid
+
+
+def _save_state(actor: Actor, cid: str | None) -> Any:
+    body = {"taskId": SUPERVISORS[str(cid)], "stateVersion": 2, "state": "idle", "phase": "plan"}
+    return actor.call("POST", f"{BASE}/{cid}/supervisor/state", body)
+
+
+def _read_state(actor: Actor, cid: str | None) -> Any:
+    """The stored state, a page of its history, then the restoration (a supervisor's claims)."""
+    for path in ("state", "history"):
+        resp = actor.call("GET", f"{BASE}/{cid}/supervisor/{path}")
+        if resp.status_code != 200:
+            return resp
+    return actor.call("GET", f"{BASE}/{cid}/supervisor/restoration")
+
+
 OPERATIONS: dict[str, Operation] = {
     "create": Operation(
         "Create a contract",
@@ -278,6 +320,20 @@ OPERATIONS: dict[str, Operation] = {
         asked,
         lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/questions/{QUESTIONS[str(cid)]}/cancel"),
     ),
+    "save-state": Operation("Save a supervisor's state", with_a_supervisor, _save_state),
+    "read-state": Operation(
+        "Read a supervisor's state, history and restoration", with_a_supervisor, _read_state
+    ),
+    "restart-supervisor": Operation(
+        "Restart a supervisor",
+        with_a_supervisor,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/supervisor/restart", {"reason": "roles"}),
+    ),
+    "sync-supervisor": Operation(
+        "Ask a supervisor to sync its state",
+        with_a_supervisor,
+        lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/supervisor/sync"),
+    ),
     "tokens": Operation(
         "Create, list, revoke tokens",
         lambda person: None,
@@ -293,6 +349,8 @@ ALLOWED = {
     "worktree-created": 202,
     "worktree-removed": 202,
     "ask-question": 201,
+    "restart-supervisor": 202,
+    "sync-supervisor": 202,
 }
 PERSON_MUST_CONFIRM = (409, "PHASE_GUARD_REQUIRED")
 NO_API = (404, "NOT_FOUND")  # tokens are an operator's CLI job on the server, for no API role
@@ -315,6 +373,9 @@ TABLE["cleanup-worktrees"] = {
 for _op in ("ask-question", "withdraw-question"):
     TABLE[_op]["user"] = (403, "FORBIDDEN")
 TABLE["answer-question"]["supervisor"] = (403, "FORBIDDEN")
+# A supervisor's state is the daemon's record of itself; restarting it is a person's decision.
+TABLE["save-state"]["user"] = (403, "FORBIDDEN")
+TABLE["restart-supervisor"]["supervisor"] = (403, "FORBIDDEN")
 
 # Rows of the README table with no endpoint yet; their cells are what the README promises.
 COMING: dict[str, dict[str, str]] = {}
