@@ -152,7 +152,10 @@ def simulate(
         f"seed {chosen_seed}).",
         markup=False,
     )
-    result = asyncio.run(run_fleet(options, tokens, target, lambda line: err.print(line, markup=False)))
+    try:
+        result = asyncio.run(run_fleet(options, tokens, target, lambda line: err.print(line, markup=False)))
+    except KeyboardInterrupt:
+        raise fail("interrupted: the fleet stopped before its reconciliation.", 130) from None
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:

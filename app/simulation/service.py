@@ -161,23 +161,31 @@ class Service:
         feature: Feature | None = None,
         attempts: int = MAX_ATTEMPTS,
     ) -> Answer:
-        """One request, resent as is while the service asks for patience; never raises."""
+        """One request, resent as is while the service asks for patience; never raises.
+
+        Latency is measured from the moment the request leaves (not while it waits for a slot).
+        """
         headers = {"Authorization": f"Bearer {token}"}
         stats = self.ledger.stats(str(kind))
         answer = Answer(0, NO_ANSWER, None)
+        pause = 0.0
         for attempt in range(attempts):
-            started = self.clock()
+            if attempt:
+                await asyncio.sleep(pause)
+            backoff = min(0.5 * 2**attempt, 5.0)
             try:
                 async with self.limit:
+                    started = self.clock()
                     response = await self.client.request(
                         method, API + path, headers=headers, json=json, params=params
                     )
+                    latency = (self.clock() - started) * 1000.0
             except httpx.HTTPError as exc:
                 stats.record(NO_ANSWER, None)
-                answer = Answer(0, NO_ANSWER, {"error": {"code": NO_ANSWER, "message": str(exc)}})
-                await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+                problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                answer = Answer(0, NO_ANSWER, {"error": {"code": NO_ANSWER, "message": problem}})
+                pause = backoff
                 continue
-            latency = (self.clock() - started) * 1000.0
             try:
                 body: Any = response.json() if response.content else None
             except ValueError:
@@ -187,10 +195,10 @@ class Service:
             answer = Answer(response.status_code, code, body)
             wait = retry_after(response) if response.status_code == 503 else None
             if wait is not None:
-                await asyncio.sleep(wait)
+                pause = wait
                 continue
             if response.status_code >= 500 and code not in FINAL_5XX:
-                await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+                pause = backoff
                 continue
             break
         self._note_route(feature, answer)

@@ -3,15 +3,18 @@ the reconciliation (what counts as applied, refused or lost; when a restoration 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import statistics
 from typing import Any
 
+import httpx
 import pytest
 
 from app.domain.phases import CONTRACT_TYPES
 from app.domain.questions import QuestionType, parse_answer, parse_question
+from app.simulation.fleet import READS
 from app.simulation.ledger import Fate, Item, Kind, Ledger, percentile, progress_line, tally
 from app.simulation.plan import (
     CONTRACT_TYPE,
@@ -45,7 +48,7 @@ from app.simulation.reconciliation import (
     judge_questions,
     judge_states,
 )
-from app.simulation.service import error_code
+from app.simulation.service import RECHECK_SECONDS, Feature, Service, error_code
 
 
 def view(**over: Any) -> View:
@@ -440,3 +443,89 @@ def test_an_error_is_counted_by_the_services_code_or_by_its_http_status() -> Non
         error_code(409, {"error": {"code": "STALE_STATE", "message": "...", "details": {}}}) == "STALE_STATE"
     )
     assert error_code(502, "<html>bad gateway</html>") == "HTTP_502"
+
+
+# --- the client: patient with 503s, tolerant of missing routes (an in-memory transport) -----------
+
+
+def refusal(status: int, code: str, **details: Any) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": code, "message": "...", "details": details}})
+
+
+def ask_question(service: Service) -> Any:
+    path = "/contracts/c/questions"
+    return asyncio.run(service.call(Kind.QUESTIONS, "POST", path, "mk", json={}, feature=Feature.QUESTIONS))
+
+
+def service_with(handler: Any, clock: Any = None) -> tuple[Service, Ledger, list[str]]:
+    said: list[str] = []
+    ledger = Ledger()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://service")
+    extra = {"clock": clock} if clock is not None else {}
+    return Service(client, ledger, concurrency=4, say=said.append, **extra), ledger, said
+
+
+def test_a_503_with_retry_after_is_sent_again_as_it_was_and_counted_by_code() -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        if len(seen) == 1:
+            unavailable = refusal(503, "BROKER_UNAVAILABLE")
+            unavailable.headers["Retry-After"] = "0"
+            return unavailable
+        return httpx.Response(202, json={"messageId": "m-1"})
+
+    service, ledger, _ = service_with(handler)
+    body = {"taskName": "t", "success": True, "messageId": "m-1"}
+    path = "/contracts/c/tasks/t/completed"
+    answer = asyncio.run(service.call(Kind.REPORTS, "POST", path, "mk", json=body))
+    assert answer.ok and answer.field("messageId") == "m-1"
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same id, byte for byte
+    assert ledger.stats("reports").codes == {"BROKER_UNAVAILABLE": 1, "2xx": 1}
+
+
+def test_a_refusal_is_answered_at_once_and_never_resent() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return refusal(409, "STALE_STATE", storedStateVersion=4)
+
+    service, _, _ = service_with(handler)
+    answer = asyncio.run(service.call(Kind.STATES, "POST", "/contracts/c/supervisor/state", "mk", json={}))
+    assert (answer.status, answer.code, answer.details) == (409, "STALE_STATE", {"storedStateVersion": 4})
+    assert len(calls) == 1
+
+
+def test_an_unexpected_answer_is_counted_by_status_and_never_raises() -> None:
+    service, ledger, _ = service_with(lambda request: httpx.Response(418, text="<html>teapot</html>"))
+    answer = asyncio.run(service.call(READS, "GET", "/contracts/c", "mk"))
+    assert (answer.status, answer.code, answer.body) == (418, "HTTP_418", "<html>teapot</html>")
+    assert ledger.stats(READS).codes == {"HTTP_418": 1}
+
+
+def test_a_missing_route_skips_its_feature_with_one_notice_and_is_tried_again_later() -> None:
+    now = [0.0]
+    routes = {"missing": True}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if routes["missing"]:
+            return refusal(404, "NOT_FOUND")
+        return httpx.Response(201, json={"id": "q"})
+
+    service, _, said = service_with(handler, clock=lambda: now[0])
+    assert ask_question(service).code == "NOT_FOUND"
+    assert not service.available(Feature.QUESTIONS)
+    assert len(said) == 1 and "no POST /api/v1/contracts/{id}/questions yet" in said[0]
+    now[0] += RECHECK_SECONDS
+    assert service.available(Feature.QUESTIONS)  # time to look again
+    routes["missing"] = False
+    assert ask_question(service).ok
+    assert service.available(Feature.QUESTIONS) and "answers now" in said[-1]
+
+
+def test_a_resource_the_service_does_not_have_is_not_a_missing_route() -> None:
+    service, _, said = service_with(lambda request: refusal(404, "CONTRACT_NOT_FOUND"))
+    assert ask_question(service).code == "CONTRACT_NOT_FOUND"
+    assert service.available(Feature.QUESTIONS) and said == []
