@@ -16,11 +16,15 @@ FLOWER_ADDRESS ?= 127.0.0.1
 # Tasks by name, queue (routing key), argument (ids, never a token) and worker, times relative;
 # the same options as the compose service.
 FLOWER_OPTIONS ?= --natural_time --tasks_columns=name,state,routing_key,args,received,started,runtime,worker,retries --purge_offline_workers=600
+# `make simulate` drives a simulated fleet against the service `make run` started (another terminal).
+SUPERVISORS ?= 200
+DURATION ?= 60
+CRASH_RATE ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.makima-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration bench lint format typecheck flower services clean
+.PHONY: help install run test test-unit test-integration bench lint format typecheck flower simulate services clean
 
 help:
 	@echo "make run          run the API, a worker, a batch worker and beat (embedded SQLite + Redis by default)"
@@ -30,6 +34,7 @@ help:
 	@echo "make lint         ruff check + ruff format --check"
 	@echo "make typecheck    mypy --strict"
 	@echo "make flower       Flower on http://$(FLOWER_ADDRESS):$(FLOWER_PORT) (FLOWER_PORT=, FLOWER_ADDRESS=)"
+	@echo "make simulate     $(SUPERVISORS) simulated supervisors for $(DURATION) s against 'make run' (SUPERVISORS=, DURATION=, CRASH_RATE=)"
 	@echo "VENV=$(VENV)"
 
 $(BIN)/python:
@@ -76,6 +81,9 @@ typecheck: $(STAMP)
 
 flower: $(STAMP)
 	$(BIN)/celery -A workers.celery_app flower --address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT) $(FLOWER_OPTIONS)
+
+simulate: $(STAMP)
+	$(BIN)/makima simulate --supervisors $(SUPERVISORS) --duration $(DURATION) --crash-rate $(CRASH_RATE)
 
 clean:
 	rm -rf .makima .mypy_cache .ruff_cache .pytest_cache *.egg-info
