@@ -53,11 +53,12 @@ from app.domain.supervisor_state import (
     ReceivedAnswer,
     RestorationDecision,
     WaitedTask,
+    check_label,
     decide_restoration,
     next_step,
     restoration_context,
 )
-from app.domain.supervisors import StateChange, SupervisorRecord, SupervisorState
+from app.domain.supervisors import MAX_DAEMON_ID, MAX_HOST, StateChange, SupervisorRecord, SupervisorState
 from app.events import record_event
 from app.gate import load_gate_facts, phase_config_of
 from app.heartbeat_store import SUPERVISOR_COLUMNS, supervisor_record
@@ -415,6 +416,10 @@ def restore(
     """The restoration of the contract's supervisor (`task_id`'s, or the most recently saved);
     a supervisor's call claims it (see the module docstring)."""
     session = uow.session
+    if daemon_id is not None:
+        daemon_id = check_label(daemon_id, "daemonId", MAX_DAEMON_ID)
+    if host is not None:
+        host = check_label(host, "host", MAX_HOST)
     claim = caller.role is Role.SUPERVISOR
     contract = (
         lock_contract(session, caller, contract_id) if claim else get_contract(session, caller, contract_id)

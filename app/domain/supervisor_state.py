@@ -126,6 +126,15 @@ def _text(raw: Any, name: str, limit: int, *, empty: bool = True) -> str:
     return raw
 
 
+def check_label(raw: Any, name: str, limit: int) -> str:
+    """A caller's short label (a daemon id, a host): 1 to `limit` characters, not blank, no
+    NUL; else `ValidationFailed` naming the field and the limit."""
+    try:
+        return _text(raw, name, limit, empty=False)
+    except InvalidValue as exc:
+        raise exc.as_validation_failed() from None
+
+
 def _int(raw: Any, name: str, low: int, high: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise InvalidValue(name, f"must be a whole number from {low} to {high}")
@@ -892,6 +901,7 @@ __all__ = [
     "StateSave",
     "StoredOrder",
     "WaitedTask",
+    "check_label",
     "check_snapshot",
     "checkpoint_after",
     "current_incarnation",

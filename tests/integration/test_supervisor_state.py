@@ -280,6 +280,12 @@ def test_bad_input_is_refused_naming_the_field_never_a_server_error(owner: Owner
     assert (
         client.get(f"{BASE}/{cid}/supervisor/history?limit=1001", headers=owner.headers()).status_code == 422
     )
+    with pytest.raises(ValidationFailed) as long_id:  # the API module judges what the HTTP schema does
+        owner.api.restore_supervisor(cid, task, daemon_id="d" * 201)
+    assert (long_id.value.details["field"], long_id.value.details["limit"]) == ("daemonId", 200)
+    with pytest.raises(ValidationFailed) as paging:
+        owner.api.supervisor_history(cid, task, limit=0)
+    assert paging.value.details["field"] == "limit"
     assert state_row(task) is None
 
 
