@@ -19,6 +19,16 @@ ordering by `(xid, id)` puts that later one after it. A client only ever holds a
 SQLite needs none of this: writers are serial (BEGIN IMMEDIATE takes the write lock at BEGIN)
 so ids commit in order; there the position is `(0, id)`.
 
+**Whose transactions count.** `pg_snapshot_xmin` is the oldest transaction running anywhere on
+the cluster, other databases' included, and those cannot write our events: another
+application's (or another test run's) long transaction would hold the stream back for as long
+as it stays open. `Horizon.DATABASE` leaves out each running transaction proven to belong to
+another database: its id's lock holder (`pg_locks`, the lock every transaction holds on its own
+id) is a backend connected to another database (`pg_stat_get_activity`: pid and database are
+read together). A transaction without that proof (a prepared one, a backend the statistics do
+not show yet) still counts. It costs a read of the lock table, so readers use the cluster's
+horizon first and this one when an event they were told about is still held back.
+
 **Wake-up after commit: Redis pub/sub.** After a transaction that wrote events commits, the
 committing process publishes a small message on one Redis channel (`<key prefix>makima:live`)
 from a background thread (the commit path only appends to a queue). Every API process keeps
@@ -46,6 +56,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Final
 
 import redis
@@ -132,31 +143,59 @@ _SELECT: Final = (
 )
 
 
+class Horizon(StrEnum):
+    """Below which transaction id every writer of our events has finished (PostgreSQL)."""
+
+    # The oldest transaction running on the cluster: one cheap snapshot function.
+    CLUSTER = "pg_snapshot_xmin(pg_current_snapshot())"
+    # The oldest running transaction not proven to be another database's (module docstring).
+    DATABASE = (
+        "coalesce((SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+        " WHERE x::xid NOT IN (SELECT l.transactionid FROM pg_locks l"
+        " JOIN pg_stat_get_activity(NULL) a ON a.pid = l.pid"
+        " WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted"
+        " AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))),"
+        " pg_snapshot_xmax(pg_current_snapshot()))"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Events read in stream order, and how far the stream is complete for that read.
+
+    `complete_to`: every event of the read's scope at or before this position is in `events`
+    (or was at or before `after`). For a full page, the last event's position; for a short
+    one on PostgreSQL, just below the horizon the read used. None on SQLite and when nothing
+    is known beyond `after`.
+    """
+
+    events: list[LiveEvent]
+    complete_to: Position | None
+
+
 def read_after(
     session: Session,
     after: Position,
     limit: int = PAGE_SIZE,
     owner_id: str | None = None,
     contract_ids: Sequence[uuid.UUID] = (),
-) -> list[LiveEvent]:
+    horizon: Horizon = Horizon.CLUSTER,
+) -> Page:
     """Committed events after `after`, in stream order, below the commit horizon.
 
     `owner_id` (None: every owner) and `contract_ids` narrow the read for one client's
     catch-up; the shared tail reader passes neither and filters in memory.
     """
+    postgres = _postgres(session)
     params: dict[str, Any] = {"limit": limit}
     where: list[str] = []
-    if _postgres(session):
-        sql = _SELECT.format(xid="e.xid::text::bigint")
+    if postgres:
         where.append("(e.xid, e.id) > (CAST(CAST(:axid AS text) AS xid8), :aid)")
-        where.append("e.xid < pg_snapshot_xmin(pg_current_snapshot())")
+        where.append("e.xid < horizon.h")
         params.update(axid=after.xid, aid=after.id)
-        order = "ORDER BY e.xid, e.id"
     else:
-        sql = _SELECT.format(xid="0")
         where.append("e.id > :aid")
         params["aid"] = after.id
-        order = "ORDER BY e.id"
     if owner_id is not None:
         where.append("c.owner_id = :owner")
         params["owner"] = owner_id
@@ -164,11 +203,30 @@ def read_after(
         names = []
         for i, cid in enumerate(contract_ids):
             names.append(f":c{i}")
-            params[f"c{i}"] = cid.hex if not _postgres(session) else str(cid)
+            params[f"c{i}"] = str(cid) if postgres else cid.hex
         where.append(f"e.contract_id IN ({', '.join(names)})")
-    statement = f"{sql}WHERE {' AND '.join(where)} {order} LIMIT :limit"
+    if not postgres:
+        statement = f"{_SELECT.format(xid='0')}WHERE {' AND '.join(where)} ORDER BY e.id LIMIT :limit"
+        rows = session.execute(text(statement), params).all()
+        events = [_live_event(row) for row in rows]
+        return Page(events, events[-1].position if len(events) == limit else None)
+    # The horizon is taken once, in the statement that reads (the same snapshot), and comes
+    # back even when no event does.
+    inner = (
+        f"{_SELECT.format(xid='e.xid::text::bigint')}WHERE {' AND '.join(where)} "
+        "ORDER BY e.xid, e.id LIMIT :limit"
+    )
+    statement = (
+        f"WITH horizon AS (SELECT {horizon.value} AS h) "
+        "SELECT horizon.h::text::bigint AS horizon, ev.* FROM horizon "
+        f"LEFT JOIN LATERAL ({inner}) ev ON true ORDER BY ev.xid, ev.id"
+    )
     rows = session.execute(text(statement), params).all()
-    return [_live_event(row) for row in rows]
+    events = [_live_event(row) for row in rows if row.id is not None]
+    if len(events) == limit:
+        return Page(events, events[-1].position)
+    # Short: everything of the read's scope below the horizon is here.
+    return Page(events, Position(int(rows[0].horizon) - 1, 2**62))
 
 
 def _live_event(row: Any) -> LiveEvent:
@@ -222,9 +280,7 @@ def tail_position(session: Session) -> Position:
     still in flight. On SQLite: the newest id.
     """
     if _postgres(session):
-        horizon = session.execute(
-            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        ).scalar_one()
+        horizon = session.execute(text(f"SELECT ({Horizon.DATABASE.value})::text::bigint")).scalar_one()
         return Position(int(horizon) - 1, 2**62)
     newest = session.execute(text("SELECT coalesce(max(id), 0) FROM contract_events")).scalar_one()
     return Position(0, int(newest))
@@ -371,7 +427,9 @@ __all__ = [
     "CHANNEL_NAME",
     "PAGE_SIZE",
     "START",
+    "Horizon",
     "LiveEvent",
+    "Page",
     "Position",
     "Snapshot",
     "channel",

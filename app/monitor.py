@@ -10,19 +10,21 @@ code (WebSocket 4408, SSE a `resume` event); it reconnects with the last id it s
 
 A subscriber that connects with `after` (the last event id it saw) is registered with the hub
 first, so live events start collecting in its buffer, and then catches up from the table in
-pages (its own owner and contract ids, below the horizon) until a page comes back short. The
-horizon only moves forward, so the catch-up reaches at least the hub's position at
-registration; buffered live events at or before the caught-up position are dropped. Nothing
-is missed, nothing is sent twice, and the order is the stream's `(xid, id)` order.
+pages (its own owner and contract ids, below the horizon) until it has read at least as far as
+the hub had when it registered (a short page says how far it is complete: just below its
+horizon). Buffered live events at or before the caught-up position are dropped. Nothing is
+missed, nothing is sent twice, and the order is the stream's `(xid, id)` order.
 
 A subscriber without `after` starts now: it is registered, then a database snapshot is taken,
 and the buffered events whose transactions that snapshot saw committed are history, not sent
 (`Snapshot`: an event committed just before can still be above the horizon, behind an older
 transaction that is still open).
 
-Each wake-up names the last event id of the transaction that sent it. When a read does not
-return it (the horizon holds it back: an older transaction anywhere on the PostgreSQL cluster
-is still open), the hub looks again after 5 ms, then 10, 20, 40, then every 50 ms (for up to
+Each wake-up names the last event id of the transaction that sent it. When a read below the
+cluster's horizon does not return it (an older transaction anywhere on the PostgreSQL cluster
+is still open), the hub reads again below the database's horizon (`Horizon.DATABASE`: other
+databases' transactions left out), and while it is still held back (by one of this
+database's transactions) looks again after 5 ms, then 10, 20, 40, then every 50 ms (for up to
 30 s), so the event follows that transaction's end closely instead of waiting for the next
 poll or wake-up.
 
@@ -49,7 +51,9 @@ from app.config import Settings, get_settings
 from app.domain.lifecycle import Status
 from app.live_events import (
     PAGE_SIZE,
+    Horizon,
     LiveEvent,
+    Page,
     Position,
     Snapshot,
     channel,
@@ -183,6 +187,8 @@ class Subscriber:
     last_id: int | None = None
     # A subscription without `after` starts now: events committed before it are history.
     since: Snapshot | None = None
+    # With `after`: the hub's position when it registered; its catch-up reads at least that far.
+    catch_up_to: Position | None = None
     buffer: deque[Item] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -268,6 +274,7 @@ class Hub:
             sub.position = await asyncio.to_thread(self._position_of, after)
             sub.last_id = after
             self.subscribers.add(sub)
+            sub.catch_up_to = self.position  # from here on the hub's reads reach the buffer
         else:
             # Live from now. Registered first, so whatever the hub reads from here on reaches
             # the buffer; then the snapshot says which of it had committed before this moment
@@ -285,26 +292,43 @@ class Hub:
             return position_of(session, after)
 
     async def catch_up(self, sub: Subscriber, send: Callable[[str], Any]) -> int:
-        """Send the stored events after the subscriber's position; returns how many were sent."""
+        """Send the stored events after the subscriber's position; returns how many were sent.
+
+        Done once the table has been read at least as far as the hub had read when the
+        subscriber registered (`catch_up_to`): everything after that is in its buffer. A read
+        whose horizon is still short of it (the hub's was the database's, this one's lags for
+        a moment) is repeated shortly.
+        """
         sent = 0
         owner = None if sub.caller.is_admin else sub.caller.owner_id
+        retry = RETRY_FIRST_SECONDS
         while sub.position is not None:
-            start = sub.position
-            page = await asyncio.to_thread(self._read, start, owner, tuple(sub.filter.contract_ids))
-            for event in page:
+            page = await asyncio.to_thread(
+                self._read, sub.position, owner, tuple(sub.filter.contract_ids), Horizon.DATABASE
+            )
+            for event in page.events:
                 if sub.filter.matches(event.type, event.contract_id, event.status):
                     await send(event_item(event).text)
                     sent += 1
                 sub.sent_event(event)
-            if len(page) < PAGE_SIZE:
+            if len(page.events) == PAGE_SIZE:
+                continue
+            target = sub.catch_up_to
+            if page.complete_to is None or target is None or page.complete_to >= target:
                 break
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, RETRY_MAX_SECONDS)
         return sent
 
     def _read(
-        self, after: Position, owner: str | None, contract_ids: tuple[uuid.UUID, ...]
-    ) -> list[LiveEvent]:
+        self,
+        after: Position,
+        owner: str | None,
+        contract_ids: tuple[uuid.UUID, ...],
+        horizon: Horizon = Horizon.CLUSTER,
+    ) -> Page:
         with self.engine.connect() as conn, _session(conn) as session:
-            return read_after(session, after, PAGE_SIZE, owner, contract_ids)
+            return read_after(session, after, PAGE_SIZE, owner, contract_ids, horizon)
 
     def _snapshot(self) -> Snapshot:
         with self.engine.connect() as conn, _session(conn) as session:
@@ -334,7 +358,12 @@ class Hub:
                     woken = False
                 self._wake.clear()
                 try:
-                    await self._follow()
+                    # The cluster's horizon first (cheap); the database's when an event a
+                    # wake-up announced is still held back (another database's transaction,
+                    # or one of ours: then the retries below wait for it).
+                    await self._follow(Horizon.CLUSTER)
+                    if self._awaited:
+                        await self._follow(Horizon.DATABASE)
                 except Exception:
                     log.exception("monitor: reading new events failed; retrying")
                     await asyncio.sleep(0.5)
@@ -355,15 +384,15 @@ class Hub:
             del self._awaited[event_id]
         return min(self._retry, poll) if self._awaited else poll
 
-    async def _follow(self) -> None:
+    async def _follow(self, horizon: Horizon) -> None:
         """Read everything new below the horizon and offer it to the subscribers."""
         while self.position is not None:
-            page = await asyncio.to_thread(self._read, self.position, None, ())
-            if page:
-                self.position = page[-1].position
-                self.events_read += len(page)
-                self._dispatch(page)
-            if len(page) < PAGE_SIZE:
+            page = await asyncio.to_thread(self._read, self.position, None, (), horizon)
+            if page.events:
+                self.position = page.events[-1].position
+                self.events_read += len(page.events)
+                self._dispatch(page.events)
+            if len(page.events) < PAGE_SIZE:
                 return
 
     def _dispatch(self, events: list[LiveEvent]) -> None:

@@ -392,3 +392,40 @@ def test_an_event_held_back_by_an_open_transaction_arrives_when_it_ends_without_
         monitor.poll_seconds = saved
         ws.close()
     assert [(e["newStatus"], e["reason"]) for e in got] == [("paused", "held back")]
+
+
+def test_another_databases_open_transaction_holds_back_neither_the_stream_nor_a_catch_up(
+    server: str, make_caller: Any
+) -> None:
+    """A transaction in another database on the cluster (another application, another test run)
+    cannot write our events; with no poll for a minute, the event arrives while it is open."""
+    from sqlalchemy import create_engine
+
+    from tests.isolation import PG_ADMIN_URL
+
+    token, api = _api(make_caller)
+    cid = _active(api)
+    monitor = get_settings().monitor
+    saved = monitor.poll_seconds
+    ws = open_monitor(server, token, contractIds=[str(cid)])
+    monitor.poll_seconds = 60
+    elsewhere = create_engine(PG_ADMIN_URL)
+    other = elsewhere.connect()
+    try:
+        time.sleep(1.2)  # the hub's wait under the old poll ends; from here on it waits 60 s
+        other.begin()
+        other.execute(text("SELECT pg_current_xact_id()"))
+        before = _event_ids(cid)[-1]
+        api.change_status(cid, Status.PAUSED, reason="while another database's transaction is open")
+        got = receive_until(ws, 1, timeout=20)
+        catching_up = open_monitor(server, token, contractIds=[str(cid)], after=before)
+        caught = receive_until(catching_up, 1, timeout=20)
+        catching_up.close()
+    finally:
+        monitor.poll_seconds = saved
+        other.rollback()
+        other.close()
+        elsewhere.dispose()
+        ws.close()
+    assert [e["id"] for e in got] == [e["id"] for e in caught] == _event_ids(cid)[-1:]
+    assert got[0]["reason"] == "while another database's transaction is open"
