@@ -323,7 +323,7 @@ class ResourceUsage(Schema):
 
 
 class WorktreeCounts(Schema):
-    """Worktrees by state (`app.worktrees`): per contract, per daemon, for the fleet."""
+    """Worktrees by state: per contract, per daemon, for the fleet."""
 
     open: int = Field(description="Reported created, not yet asked to be removed")
     released: int = Field(description="Its daemon was asked to remove it; not yet reported removed")
