@@ -705,13 +705,11 @@ class ContractsAPI:
         interval = worktree_service.cleanup_interval(self._settings)
         with self._uow() as uow:
             now = self._clock()
-            asked = worktree_service.ask_orphans(uow, now, interval, limit, dry_run=dry_run)
-            if dry_run:
-                more = (
-                    len(asked) == limit
-                    and len(worktree_service.ask_orphans(uow, now, interval, limit + 1, dry_run=True)) > limit
-                )
+            if dry_run:  # one more than the limit tells whether more are due
+                asked = worktree_service.ask_orphans(uow, now, interval, limit + 1, dry_run=True)
+                more, asked = len(asked) > limit, asked[:limit]
             else:
+                asked = worktree_service.ask_orphans(uow, now, interval, limit)
                 more = worktree_service.any_orphans_due(uow.session, now, interval)
             return worktree_service.cleanup_report(asked, dry_run=dry_run, more=more, interval=interval)
 

@@ -375,6 +375,8 @@ def test_the_cleanup_endpoint_is_an_admins_and_answers_what_it_asked(
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "FORBIDDEN", resp.text
         assert "clean up worktrees" in resp.json()["error"]["message"]
 
+    one = admin.ok("POST", "/api/v1/worktrees/cleanup", dryRun="true", limit=1)
+    assert one["asked"] == 1 and len(one["worktrees"]) == 1 and one["more"] is True
     dry = admin.ok("POST", "/api/v1/worktrees/cleanup", dryRun="true")
     planned = [w for w in dry["worktrees"] if w["worktreeId"] in mine]
     assert dry["dryRun"] is True and len(planned) == 2
