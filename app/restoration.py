@@ -20,8 +20,10 @@ the running one: it is no longer alive until the new incarnation reports), queue
 (counted as `supervisor_restarts_total`). Sending the incarnation to replace makes a retry
 safe: a restart of an incarnation already replaced by a restart answers that restart again.
 
-Locks are taken in the order every writer of a contract uses: the contract row, then the
-supervisor's `supervisors` row, then its `supervisor_states` row.
+The contract row is locked first, as every writer of a contract does, so saves, claims and
+restarts of one contract's supervisors take turns; only then the supervisor's
+`supervisor_states` and `supervisors` rows (the heartbeat ingestion and the dead sweep take no
+contract lock and never lock a state row, so no two writers wait on each other in a circle).
 """
 
 from __future__ import annotations
