@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import select, text
+from sqlalchemy import Boolean, Select, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -35,6 +35,7 @@ from app.broker import publish_daemon_commands as publish_to_daemons
 from app.db import UnitOfWork, unit_of_work
 from app.domain.errors import ValidationFailed
 from app.domain.supervisors import MAX_DAEMON_ID
+from app.live_events import Horizon
 from app.models import Contract, DaemonCommand, Supervisor, utcnow
 from app.queues import TaskName
 from app.schemas import Schema, Timestamp
@@ -254,11 +255,24 @@ def _position(session: Session, daemon_id: str, after: int) -> tuple[int, int]:
             {"d": daemon_id, "id": after},
         ).scalar()
     if found is None:
-        horizon = session.execute(
-            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        ).scalar()
+        horizon = session.execute(text(f"SELECT ({Horizon.DATABASE.value})::text::bigint")).scalar()
         return (int(horizon or 1) - 1, 2**62)
     return (int(found), after)
+
+
+def _settled(session: Session, query: Select[Any], horizon: Horizon) -> tuple[list[DaemonCommand], bool]:
+    """The rows of `query` below `horizon`, in stream order, and whether one past it was held back.
+
+    Each row says in the same statement (the same snapshot) whether its transaction is below
+    the horizon; rows are in `(xid, id)` order, so the settled ones are a prefix.
+    """
+    settled = literal_column(f"daemon_commands.xid < ({horizon.value})", Boolean()).label("settled")
+    rows: list[DaemonCommand] = []
+    for row, below in session.execute(query.add_columns(settled)):
+        if not below:
+            return rows, True
+        rows.append(row)
+    return rows, False
 
 
 def read_feed(session: Session, caller: Caller, daemon_id: str, after: int, limit: int) -> DaemonCommandFeed:
@@ -267,7 +281,10 @@ def read_feed(session: Session, caller: Caller, daemon_id: str, after: int, limi
     Only commands that name this daemon (`daemon_id`), in the order they became final: on
     PostgreSQL the writing transaction's id, then the command id, and only transactions older
     than every one still running, so a command committed late is delivered after, never
-    skipped; on SQLite (serial writers) the command id.
+    skipped; on SQLite (serial writers) the command id. The horizon is the cluster's oldest
+    running transaction (one cheap function); when that holds a command back, the read is made
+    again below this database's own horizon (`app.live_events.Horizon`), so a long transaction
+    of another database on the same server does not stall the feed.
     """
     query = (
         select(DaemonCommand)
@@ -281,13 +298,14 @@ def read_feed(session: Session, caller: Caller, daemon_id: str, after: int, limi
         axid, aid = _position(session, daemon_id, after)
         query = query.where(
             text(
-                "(daemon_commands.xid, daemon_commands.id) > (CAST(CAST(:axid AS text) AS xid8), :aid) "
-                "AND daemon_commands.xid < pg_snapshot_xmin(pg_current_snapshot())"
+                "(daemon_commands.xid, daemon_commands.id) > (CAST(CAST(:axid AS text) AS xid8), :aid)"
             ).bindparams(axid=axid, aid=aid)
         ).order_by(text("daemon_commands.xid"), DaemonCommand.id)
+        rows, held = _settled(session, query, Horizon.CLUSTER)
+        if held:
+            rows, _ = _settled(session, query, Horizon.DATABASE)
     else:
-        query = query.where(DaemonCommand.id > after).order_by(DaemonCommand.id)
-    rows = list(session.scalars(query))
+        rows = list(session.scalars(query.where(DaemonCommand.id > after).order_by(DaemonCommand.id)))
     return DaemonCommandFeed(
         daemon_id=daemon_id,
         commands=[

@@ -225,6 +225,32 @@ def test_a_command_committed_late_is_delivered_after_never_skipped(client: TestC
     assert [c["commandId"] for c in feed(client, token, daemon_id, after=first)["commands"]] == [second]
 
 
+def test_another_databases_open_transaction_does_not_hold_the_feed_back(
+    client: TestClient, make_caller
+) -> None:
+    """A transaction of another database on the same server (another application, another test
+    run) cannot write our commands: a command committed while it is open is in the feed at once."""
+    from sqlalchemy import create_engine, text
+
+    from tests.isolation import PG_ADMIN_URL
+
+    token, _ = make_caller(role="supervisor")
+    cid = ContractsAPI(token).create_contract("elsewhere", "simple").id
+    daemon_id = f"x-{uuid.uuid4().hex[:8]}"
+    elsewhere = create_engine(PG_ADMIN_URL)
+    try:
+        with elsewhere.connect() as other, other.begin():
+            other.execute(text("SELECT pg_current_xact_id()"))  # an open transaction with an id
+            with unit_of_work() as uow:
+                command_id = queue_command(
+                    uow, cid, "restart_supervisor", {}, utcnow(), daemon_id=daemon_id
+                ).id
+            listed = feed(client, token, daemon_id)["commands"]
+    finally:
+        elsewhere.dispose()
+    assert [c["commandId"] for c in listed] == [command_id]
+
+
 def test_a_long_poll_answers_with_the_command_that_arrives_while_it_waits(
     client: TestClient, make_caller
 ) -> None:
