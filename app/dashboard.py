@@ -7,8 +7,10 @@ whole set of the caller's contracts, never one per contract:
 - `staleContracts`: the one stale rule (`app.sweeps.stale_criteria`, the list's `stale`
   filter and the sweep's), oldest silence first, at most `limit`; `staleCount` is the total.
 - `waitingForInput`: contracts in `waiting_for_input`, longest wait first, with what each
-  waits for (`waitingFor`: question, phase_confirmation, completion_confirmation). There is no
-  questions table yet, so `question` is empty; a person answers from the contract's name.
+  waits for (`waitingFor`: question, phase_confirmation, completion_confirmation), the oldest
+  open question's text (`question`, seed 4.4) and its open questions (`openQuestions`, with
+  their type and options, so a person can answer from the dashboard): one more query, for the
+  listed contracts only, and only when one waits.
 - `recentEvents`: the newest `recent` events of the caller's contracts.
 - `resourceUsage`: live supervisors (alive and heard within the heartbeat timeout, the
   liveness rule of `app.supervisors`), the task ids they report pending, running tasks
@@ -19,6 +21,7 @@ whole set of the caller's contracts, never one per contract:
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
@@ -29,14 +32,16 @@ from app import schemas
 from app.auth import Caller
 from app.config import Settings
 from app.domain.lifecycle import Status
+from app.domain.questions import QuestionStatus
 from app.domain.records import TaskStatus
 from app.events import event_view
-from app.models import Contract, ContractEvent, ContractTask, ContractWorktree, Supervisor
+from app.models import Contract, ContractEvent, ContractTask, ContractWorktree, Supervisor, SupervisorQuestion
 from app.sweeps import stale_criteria, stale_threshold
 from app.worktrees import state_counts
 
 LIST_LIMIT: Final = 50
 RECENT_EVENTS: Final = 20
+QUESTIONS_PER_CONTRACT: Final = 20
 
 
 _Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])
@@ -57,6 +62,38 @@ def _json_length(session: Session) -> Any:
     """`jsonb_array_length` on PostgreSQL, `json_array_length` on SQLite."""
     name = "jsonb_array_length" if session.get_bind().dialect.name == "postgresql" else "json_array_length"
     return getattr(func, name)(Supervisor.pending_task_ids)
+
+
+def _open_questions(
+    session: Session, contract_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[schemas.OpenQuestion]]:
+    """The open questions of these contracts, oldest first, at most QUESTIONS_PER_CONTRACT each."""
+    if not contract_ids:
+        return {}
+    q = SupervisorQuestion
+    rank = func.row_number().over(partition_by=q.contract_id, order_by=(q.asked_at, q.id)).label("rank")
+    ranked = (
+        select(q.contract_id, q.id, q.question, q.question_type, q.options, q.context, q.asked_at, rank)
+        .where(q.contract_id.in_(contract_ids), q.status == QuestionStatus.OPEN.value)
+        .subquery()
+    )
+    out: dict[uuid.UUID, list[schemas.OpenQuestion]] = {}
+    for cid, qid, text, kind, options, context, asked_at, _ in session.execute(
+        select(ranked)
+        .where(ranked.c.rank <= QUESTIONS_PER_CONTRACT)
+        .order_by(ranked.c.contract_id, ranked.c.rank)
+    ):
+        out.setdefault(cid, []).append(
+            schemas.OpenQuestion(
+                id=qid,
+                question=text,
+                type=kind,
+                options=list(options or []),
+                context=context,
+                asked_at=asked_at,
+            )
+        )
+    return out
 
 
 def build_dashboard(
@@ -114,6 +151,22 @@ def build_dashboard(
 
     waiting_where = Contract.status == Status.WAITING_FOR_INPUT.value
     waiting_count = status_counts[Status.WAITING_FOR_INPUT.value]
+    waiting_rows = session.execute(
+        _scoped(
+            select(
+                Contract.id,
+                Contract.name,
+                Contract.phase,
+                Contract.waiting_for,
+                Contract.status_changed_at,
+            )
+            .where(waiting_where)
+            .order_by(Contract.status_changed_at, Contract.id)
+            .limit(limit),
+            caller,
+        )
+    ).all()
+    open_questions = _open_questions(session, [row[0] for row in waiting_rows])
     waiting = [
         schemas.WaitingContractInfo(
             id=cid,
@@ -121,23 +174,10 @@ def build_dashboard(
             phase=phase,
             waiting_for=waiting_for or "input",
             waiting_since=since,
-            question=None,
+            question=open_questions[cid][0].question if open_questions.get(cid) else None,
+            open_questions=open_questions.get(cid, []),
         )
-        for cid, name, phase, waiting_for, since in session.execute(
-            _scoped(
-                select(
-                    Contract.id,
-                    Contract.name,
-                    Contract.phase,
-                    Contract.waiting_for,
-                    Contract.status_changed_at,
-                )
-                .where(waiting_where)
-                .order_by(Contract.status_changed_at, Contract.id)
-                .limit(limit),
-                caller,
-            )
-        )
+        for cid, name, phase, waiting_for, since in waiting_rows
     ]
 
     events = [

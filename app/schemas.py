@@ -301,6 +301,17 @@ class StaleContractInfo(Schema):
     stale_duration_secs: int = Field(description="Seconds since the last activity.")
 
 
+class OpenQuestion(Schema):
+    """An open question of a waiting contract: what a person needs to answer it."""
+
+    id: uuid.UUID
+    question: str
+    type: str = Field(description="free_text, single_choice, multiple_choice or confirmation.")
+    options: list[str] = Field(description="The choices of a single_choice or multiple_choice question.")
+    context: str | None
+    asked_at: Timestamp
+
+
 class WaitingContractInfo(Schema):
     """A contract in `waiting_for_input` and what it waits for."""
 
@@ -310,7 +321,12 @@ class WaitingContractInfo(Schema):
     waiting_for: str = Field(description="question, phase_confirmation or completion_confirmation.")
     waiting_since: Timestamp
     question: str | None = Field(
-        default=None, description="The question's text, when one is recorded (no questions table yet: null)."
+        default=None, description="The oldest open question's text; null when none is open."
+    )
+    open_questions: list[OpenQuestion] = Field(
+        default_factory=list,
+        description="Its open questions, oldest first (at most 20): answer each with "
+        "POST .../questions/{questionId}/answer.",
     )
 
 

@@ -2,8 +2,9 @@
 
 A real uvicorn on a loopback port against the test PostgreSQL; the page signs in with a token,
 shows a status change made through the API after it loaded (over the live monitor, no reload),
-and confirms a guarded phase. The screenshot goes to a tmp path; with
-WRITE_DASHBOARD_SCREENSHOT=1 it is also copied to docs/dashboard.png (the README shows it).
+confirms a guarded phase, and answers the questions a supervisor asks through the API (each
+type with its input) until the contract is active again. The screenshot goes to a tmp path;
+with WRITE_DASHBOARD_SCREENSHOT=1 it is also copied to docs/dashboard.png (the README shows it).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Client:
         return self.ok("POST", f"{BASE}/{cid}/status", {"targetStatus": target, **fields})
 
 
-def test_dashboard_signs_in_follows_live_events_and_confirms_a_phase(
+def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_questions(
     server: str, make_caller: Any, tmp_path: Path
 ) -> None:
     owner = f"owner-{uuid.uuid4().hex[:8]}"
@@ -89,6 +90,12 @@ def test_dashboard_signs_in_follows_live_events_and_confirms_a_phase(
     waiting = user.create("Needs an answer")
     user.status(waiting, "active")
     user.status(waiting, "waiting_for_input", waitingFor="question")
+    asking = user.create("OAuth login")
+    user.status(asking, "active")
+    migrating = user.create("Session store migration")
+    user.status(migrating, "active")
+    scoping = user.create("Token scopes")
+    user.status(scoping, "active")
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -133,6 +140,81 @@ def test_dashboard_signs_in_follows_live_events_and_confirms_a_phase(
                 page.locator(f'#events li[data-contract-id="{guarded}"][data-type="phase_changed"]').first
             ).to_contain_text("plan → execute", timeout=15_000)
             assert user.ok("GET", f"{BASE}/{guarded}")["phase"] == "execute"
+            assert page.evaluate("window.__notReloaded === true")
+
+            # A supervisor asks through the API; each question appears live with its input.
+            def ask(cid: str, question: str, kind: str, **more: Any) -> str:
+                body = {"question": question, "type": kind, **more}
+                return str(supervisor.ok("POST", f"{BASE}/{cid}/questions", body)["id"])
+
+            provider = ask(
+                asking,
+                "Which identity provider?",
+                "single_choice",
+                options=["Google", "GitHub", "Okta"],
+                context="The plan names two; the customer uses one.",
+            )
+            notes = ask(asking, "Anything the release notes must say?", "free_text")
+            drop = ask(migrating, "May I drop the legacy session table?", "confirmation")
+            ask(
+                scoping,
+                "Which scopes does the app need?",
+                "multiple_choice",
+                options=["email", "profile", "groups"],
+            )
+            asking_row = page.locator(f'#contracts tr[data-contract-id="{asking}"]')
+            sync_api.expect(asking_row.locator(".status-cell")).to_have_text(
+                "waiting_for_input", timeout=15_000
+            )
+            choice = page.locator(f'form.question[data-question-id="{provider}"]')
+            sync_api.expect(choice.locator('input[type="radio"]')).to_have_count(3, timeout=15_000)
+            sync_api.expect(choice).to_contain_text("The plan names two; the customer uses one.")
+            sync_api.expect(
+                page.locator(f'form.question[data-question-id="{notes}"] textarea')
+            ).to_have_count(1)
+            scopes = page.locator('form.question[data-type="multiple_choice"] input[type="checkbox"]')
+            sync_api.expect(scopes).to_have_count(3, timeout=15_000)
+            # The summary carries the oldest open question's text (seed 4.4) and every open one.
+            summary = user.ok("GET", f"{BASE}/dashboard")
+            waits = {w["id"]: w for w in summary["waitingForInput"]}
+            assert waits[asking]["question"] == "Which identity provider?"
+            assert [q["id"] for q in waits[asking]["openQuestions"]] == [provider, notes]
+            assert waits[asking]["openQuestions"][0]["options"] == ["Google", "GitHub", "Okta"]
+            assert waits[waiting]["question"] is None and waits[waiting]["openQuestions"] == []
+
+            # One answer of two: the contract still waits.
+            choice.locator('input[value="Okta"]').check()
+            choice.locator("button.answer").click()
+            sync_api.expect(page.locator("#notice")).to_contain_text("it still waits for question")
+            sync_api.expect(choice).to_have_count(0, timeout=15_000)
+            # A half-typed answer survives a refresh brought by another contract's event.
+            text_form = page.locator(f'form.question[data-question-id="{notes}"]')
+            text_form.locator("textarea").fill("Mention the new login page.")
+            user.status(live, "active", reason="unrelated")
+            sync_api.expect(live_row.locator(".status-cell")).to_have_text("active", timeout=15_000)
+            sync_api.expect(text_form.locator("textarea")).to_have_value("Mention the new login page.")
+            # The last answer: the contract is active again, live.
+            text_form.locator("button.answer").click()
+            sync_api.expect(asking_row.locator(".status-cell")).to_have_text("active", timeout=15_000)
+            sync_api.expect(page.locator(f'#waiting tr[data-contract-id="{asking}"]')).to_have_count(0)
+            sync_api.expect(page.locator("#notice")).to_contain_text("it is active again")
+            answered = page.locator(f'#events li[data-contract-id="{asking}"][data-type="question_answered"]')
+            sync_api.expect(answered).to_have_count(2, timeout=15_000)
+            sync_api.expect(answered.first).to_contain_text("Mention the new login page.")
+            sync_api.expect(
+                page.locator(f'#events li[data-contract-id="{asking}"][data-type="question_asked"]').first
+            ).to_contain_text("Anything the release notes must say?")
+            # A confirmation is a Yes or a No.
+            page.locator(f'form.question[data-question-id="{drop}"] button.answer-yes').click()
+            migrating_row = page.locator(f'#contracts tr[data-contract-id="{migrating}"]')
+            sync_api.expect(migrating_row.locator(".status-cell")).to_have_text("active", timeout=15_000)
+            assert user.ok("GET", f"{BASE}/{asking}/questions/{provider}")["answer"] == "Okta"
+            assert (
+                user.ok("GET", f"{BASE}/{asking}/questions/{notes}")["answer"]
+                == "Mention the new login page."
+            )
+            assert user.ok("GET", f"{BASE}/{migrating}/questions/{drop}")["answer"] is True
+            assert user.ok("GET", f"{BASE}/{asking}")["status"] == "active"
             assert page.evaluate("window.__notReloaded === true")
             assert errors == []
 

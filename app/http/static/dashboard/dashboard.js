@@ -16,6 +16,10 @@
   let refreshAgain = false;
   let phaseOrders = {};
   let contractsById = new Map();
+  // What a person has typed or chosen in a question's form, by question id: a refresh that
+  // redraws the waiting table puts it back.
+  const drafts = new Map();
+  let waitingShown = null;
 
   const $ = (id) => document.getElementById(id);
   const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -121,6 +125,22 @@
     };
   }
 
+  async function withQuestions(sum) {
+    // A summary without openQuestions (counted here, or an older server): ask each waiting
+    // contract for its open questions (GET .../questions?open=true).
+    await Promise.all((sum.waitingForInput || []).slice(0, 25).map(async (w) => {
+      if (Array.isArray(w.openQuestions)) return;
+      try {
+        w.openQuestions = (await call("GET", API + "/contracts/" + w.id + "/questions?open=true")).questions;
+      } catch (e) {
+        if (e.status === 401) throw e;
+        w.openQuestions = [];
+      }
+      if (!w.question && w.openQuestions.length) w.question = w.openQuestions[0].question;
+    }));
+    return sum;
+  }
+
   async function supervisors(contracts) {
     const rows = [];
     let alive = 0;
@@ -166,6 +186,134 @@
     return button;
   }
 
+  // --- answering a question ------------------------------------------------------------------
+
+  function shownAnswer(answer) {
+    if (answer === true) return "yes";
+    if (answer === false) return "no";
+    return Array.isArray(answer) ? answer.join(", ") : String(answer);
+  }
+
+  function choice(kind, q, option, index) {
+    const label = el("label", null, "option");
+    const input = document.createElement("input");
+    input.type = kind;
+    input.name = "q-" + q.id;
+    input.value = option;
+    input.id = "q-" + q.id + "-" + index;
+    const saved = drafts.get(q.id);
+    input.checked = Array.isArray(saved) && saved.includes(option);
+    label.appendChild(input);
+    label.appendChild(document.createTextNode(" " + option));
+    return label;
+  }
+
+  function chosen(form) {
+    return Array.from(form.querySelectorAll("input:checked")).map((input) => input.value);
+  }
+
+  function questionForm(w, q) {
+    // One form per open question, its input by type; answered like a guarded phase is
+    // confirmed: one POST, a notice, a refresh (the live monitor brings the contract's change).
+    const form = el("form", null, "question");
+    form.dataset.questionId = q.id;
+    form.dataset.type = q.type;
+    form.appendChild(el("p", q.question, "question-text"));
+    if (q.context) form.appendChild(el("p", q.context, "question-context muted"));
+    const controls = el("div", null, "controls");
+    form.appendChild(controls);
+    const remember = () => {
+      if (q.type === "free_text") drafts.set(q.id, form.querySelector("textarea").value);
+      else drafts.set(q.id, chosen(form));
+    };
+    if (q.type === "confirmation") {
+      for (const [label, value] of [["Yes", true], ["No", false]]) {
+        const button = el("button", label, value ? "primary answer answer-yes" : "answer answer-no");
+        button.type = "button";
+        button.addEventListener("click", () => answer(w, q, value, form));
+        controls.appendChild(button);
+      }
+      return form;
+    }
+    if (q.type === "free_text") {
+      const text = document.createElement("textarea");
+      text.name = "answer";
+      text.rows = 2;
+      text.maxLength = 10000;
+      text.setAttribute("aria-label", "Answer to: " + q.question);
+      text.value = typeof drafts.get(q.id) === "string" ? drafts.get(q.id) : "";
+      controls.appendChild(text);
+    } else {
+      const kind = q.type === "multiple_choice" ? "checkbox" : "radio";
+      (q.options || []).forEach((option, i) => controls.appendChild(choice(kind, q, option, i)));
+    }
+    form.addEventListener("input", remember);
+    form.addEventListener("change", remember);
+    const submit = el("button", "Answer", "primary answer");
+    submit.type = "submit";
+    controls.appendChild(submit);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      let value;
+      if (q.type === "free_text") {
+        value = form.querySelector("textarea").value;
+        if (!value.trim()) { notice("Write an answer first."); return; }
+      } else if (q.type === "single_choice") {
+        const picked = chosen(form);
+        if (picked.length !== 1) { notice("Choose one of the options first."); return; }
+        value = picked[0];
+      } else {
+        value = chosen(form);
+        if (value.length === 0) { notice("Choose at least one option first."); return; }
+      }
+      answer(w, q, value, form);
+    });
+    return form;
+  }
+
+  async function answer(w, q, value, form) {
+    const buttons = Array.from(form.querySelectorAll("button"));
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const done = await call("POST", API + "/contracts/" + w.id + "/questions/" + q.id + "/answer",
+        { answer: value });
+      drafts.delete(q.id);
+      const then = done.contractStatus === "waiting_for_input"
+        ? "it still waits for " + (done.waitingFor || "input")
+        : "it is " + done.contractStatus + " again";
+      notice("Answered \u201c" + q.question + "\u201d on " + w.name + ": " + shownAnswer(done.question.answer) +
+        "; " + then + ".");
+    } catch (e) {
+      notice("Could not answer \u201c" + q.question + "\u201d: " + e.code + ": " + e.message);
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+    scheduleRefresh(0);
+  }
+
+  function waitingRows(waiting) {
+    const rows = [];
+    for (const w of waiting) {
+      const c = contractsById.get(w.id);
+      const what = w.question ? w.waitingFor + ": " + w.question : w.waitingFor;
+      const action = c && w.waitingFor === "phase_confirmation" ? confirmButton(c) : el("span", "");
+      const tr = row([w.name, w.phase, what, action]);
+      tr.dataset.contractId = w.id;
+      rows.push(tr);
+      for (const q of w.openQuestions || []) {
+        const qr = document.createElement("tr");
+        qr.className = "question-row";
+        qr.dataset.contractId = w.id;
+        qr.dataset.questionId = q.id;
+        const td = document.createElement("td");
+        td.colSpan = 4;
+        td.appendChild(questionForm(w, q));
+        qr.appendChild(td);
+        rows.push(qr);
+      }
+    }
+    return rows;
+  }
+
   async function confirmPhase(contract, next, button) {
     button.disabled = true;
     try {
@@ -195,14 +343,15 @@
       return tr;
     }), "no active contracts", 2);
 
-    fill("waiting", (sum.waitingForInput || []).map((w) => {
-      const c = contractsById.get(w.id);
-      const what = w.question ? w.waitingFor + ": " + w.question : w.waitingFor;
-      const action = c && w.waitingFor === "phase_confirmation" ? confirmButton(c) : el("span", "");
-      const tr = row([w.name, w.phase, what, action]);
-      tr.dataset.contractId = w.id;
-      return tr;
-    }), "nobody is waiting", 4);
+    // Redrawn only when what it shows changed, so a refresh brought by an unrelated event does
+    // not take the focus (or a half-typed answer) from a person answering a question.
+    const waiting = sum.waitingForInput || [];
+    const shown = JSON.stringify(waiting.map((w) => [w.id, w.name, w.phase, w.waitingFor, w.question,
+      (contractsById.get(w.id) || {}).version, (w.openQuestions || []).map((q) => q.id)]));
+    if (shown !== waitingShown) {
+      waitingShown = shown;
+      fill("waiting", waitingRows(waiting), "nobody is waiting", 4);
+    }
 
     fill("stale", (sum.staleContracts || []).map((s) => {
       const tr = row([s.name, s.phase, duration(s.staleDurationSecs)]);
@@ -239,7 +388,7 @@
     try {
       const contracts = await listContracts();
       contractsById = new Map(contracts.map((c) => [c.id, c]));
-      const [sum, sup] = await Promise.all([summary(contracts), supervisors(contracts)]);
+      const [sum, sup] = await Promise.all([summary(contracts).then(withQuestions), supervisors(contracts)]);
       render(contracts, sum, sup);
       document.body.dataset.refreshed = String(Date.now());
     } catch (e) {
@@ -263,6 +412,8 @@
     let what = ev.type;
     if (ev.type === "status_changed") what += " " + ev.oldStatus + " → " + ev.newStatus;
     else if (ev.type === "phase_changed") what += " " + (ev.oldPhase || ev.fromPhase || "?") + " → " + (ev.newPhase || ev.toPhase || "?");
+    else if (ev.type === "question_asked" && ev.question) what += ": " + ev.question;
+    else if (ev.type === "question_answered" && ev.answer !== undefined) what += ": " + shownAnswer(ev.answer);
     const when = ev.createdAt ? new Date(ev.createdAt).toLocaleTimeString() : new Date().toLocaleTimeString();
     return when + "  " + name + "  " + what + (ev.reason ? " (" + ev.reason + ")" : "");
   }
@@ -328,6 +479,8 @@
 
   function signOut(message) {
     sessionStorage.removeItem(TOKEN_KEY);
+    drafts.clear();
+    waitingShown = null;
     const ws = socket;
     socket = null;
     if (ws) ws.close();
