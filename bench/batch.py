@@ -40,6 +40,7 @@ def main() -> None:
     finally:
         scratch.drop_database()
         scratch.purge_keys()
+        scratch.remove_metrics()
 
 
 def _copy_contracts(engine: object, n: int) -> None:

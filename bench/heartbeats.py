@@ -320,6 +320,7 @@ def main() -> None:
             w.stop()
         scratch.drop_database()
         scratch.purge_keys()
+        scratch.remove_metrics()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -104,6 +104,7 @@ def main() -> None:
             w.stop()
         scratch.drop_database()
         scratch.purge_keys()
+        scratch.remove_metrics()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ keys under `<label>-<random>:` in Redis, and removes both when it is done.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PG_ADMIN_URL = os.environ.get(
     "TEST_MAKIMA_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -33,14 +36,23 @@ class Isolation:
     def key_prefix(self) -> str:
         return f"{self.label.replace('_', '-')}-{self.run_id}:"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """This run's Prometheus counters: two runs in one checkout must not add to each other's."""
+        return Path(tempfile.gettempdir()) / f"{self.label}-{self.run_id}-metrics"
+
     def environment(self) -> dict[str, str]:
-        """Settings that point `app` at this run's database, keyspace and no config file."""
+        """Settings that point `app` at this run's database, keyspace, counters and no config file."""
         return {
             "MAKIMA_DATABASE_URL": self.db_url,
             "MAKIMA_BROKER_URL": REDIS_URL,
             "MAKIMA_BROKER_KEY_PREFIX": self.key_prefix,
             "MAKIMA_CONFIG": "/dev/null",  # no config file, wherever the tests run
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
+
+    def remove_metrics(self) -> None:
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def create_database(self, migrated: bool = True) -> None:
         """Create the database, migrated to head unless the caller wants it empty."""

@@ -48,6 +48,7 @@ def redis_keyspace() -> Iterator[str]:
     """This run's Redis key prefix; every key under it is deleted at the end."""
     yield KEY_PREFIX
     RUN.purge_keys()
+    RUN.remove_metrics()
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def engine() -> Iterator[Engine]:
     finally:
         RUN.drop_database()
         RUN.purge_keys()
+        RUN.remove_metrics()
 
 
 @pytest.fixture(scope="module")
