@@ -20,17 +20,21 @@ FLOWER_OPTIONS ?= --natural_time --tasks_columns=name,state,routing_key,args,rec
 SUPERVISORS ?= 200
 DURATION ?= 60
 CRASH_RATE ?= 2
+# bench/monitor.py's size and producer (its defaults are the issue's: 1,000 subscribers, 60 s,
+# the fleet simulator), e.g. `make bench-monitor MONITOR_BENCH="--subscribers 300 --seconds 20"`.
+MONITOR_BENCH ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.makima-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration bench lint format typecheck flower simulate services clean
+.PHONY: help install run test test-unit test-integration bench bench-monitor lint format typecheck flower simulate services clean
 
 help:
 	@echo "make run          run the API, a worker, a batch worker and beat (embedded SQLite + Redis by default)"
 	@echo "make test         all tests (ensures PostgreSQL and Redis are running)"
 	@echo "make test-unit    unit tests only (no services needed)"
 	@echo "make bench        run every benchmark in bench/"
+	@echo "make bench-monitor  the live monitor under load only (MONITOR_BENCH=\"--subscribers N --seconds S\")"
 	@echo "make lint         ruff check + ruff format --check"
 	@echo "make typecheck    mypy --strict"
 	@echo "make flower       Flower on http://$(FLOWER_ADDRESS):$(FLOWER_PORT) (FLOWER_PORT=, FLOWER_ADDRESS=)"
@@ -65,8 +69,13 @@ test-integration: $(STAMP) services
 bench: $(STAMP) services
 	@set -e; found=0; for f in bench/*.py; do \
 		case "$$(basename $$f)" in _*) continue;; esac; \
-		found=1; echo "== $$f"; $(BIN)/python $$f; \
+		found=1; echo "== $$f"; \
+		if [ "$$(basename $$f)" = monitor.py ]; then $(BIN)/python $$f $(MONITOR_BENCH); \
+		else $(BIN)/python $$f; fi; \
 	done; [ $$found = 1 ] || echo "no benchmarks in bench/"
+
+bench-monitor: $(STAMP) services
+	$(BIN)/python bench/monitor.py $(MONITOR_BENCH)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ The bar (issue 13): p99 under 250 ms with 1,000 subscribers. The machine's other
 the cores, and PostgreSQL's commit horizon is cluster-wide: a long transaction anywhere on the
 cluster holds back every event behind it (`--hold-ms` makes one; README "Live monitor").
 
-    python bench/monitor.py [--subscribers 1000] [--seconds 60] [--processes 2]
+    python bench/monitor.py [--subscribers 1000] [--seconds 60] [--processes 2] [--api-processes 1]
                             [--producer simulate|steady] [--supervisors 25] [--rate 20]
                             [--hold-ms 0 --hold-every-ms 500] [--no-compression]
 """
@@ -207,11 +207,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api() -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn as `makima run` starts it (one process, default protocol implementations)."""
+def start_api(processes: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn as `makima run` starts it (one process, default protocol implementations).
+
+    With `processes` > 1, uvicorn's own `--workers`: the subscribers spread over the processes
+    (the kernel hands each connection to one), and each process's hub reads the events once.
+    """
     import httpx
 
     port = free_port()
+    more = ["--workers", str(processes)] if processes > 1 else []
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -226,6 +231,7 @@ def start_api() -> tuple[subprocess.Popen[bytes], str]:
             "2",
             "--log-level",
             "warning",
+            *more,
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         start_new_session=True,
@@ -252,10 +258,15 @@ def start_workers(data_dir: Path) -> list[Any]:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU the process and its children (uvicorn's workers) have used so far."""
     import psutil
 
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    total = 0.0
+    main = psutil.Process(pid)
+    for proc in [main, *main.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 # --- the producers ----------------------------------------------------------------------------
@@ -637,6 +648,9 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60, help="how long the producer runs")
     parser.add_argument("--processes", type=int, default=2, help="subscriber processes")
+    parser.add_argument(
+        "--api-processes", type=int, default=1, help="uvicorn --workers (makima run starts 1)"
+    )
     parser.add_argument("--baseline-seconds", type=float, default=20, help="the one-subscriber run")
     parser.add_argument(
         "--producer",
@@ -683,7 +697,7 @@ def main() -> None:
         with unit_of_work() as uow:
             token = create_token(uow.session, owner, Role.USER)
             daemons_token = create_token(uow.session, owner, Role.SUPERVISOR)
-        api, base = start_api()
+        api, base = start_api(args.api_processes)
         producer: SteadyProducer | SimulatedFleet
         if args.producer == "steady":
             producer = SteadyProducer(token, args.rate)
@@ -694,7 +708,8 @@ def main() -> None:
         load = os.getloadavg()
         print(
             f"monitor bench: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};"
-            f" producer: {producer.name}; {args.processes} subscriber processes;"
+            f" producer: {producer.name}; {args.api_processes} API process(es);"
+            f" {args.processes} subscriber processes;"
             f" clients {'offer' if compression else 'do not offer'} permessage-deflate",
             flush=True,
         )
