@@ -359,6 +359,165 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
   (SELECT count(*) FROM cnt)
 """
 
+# The supervisors' fold, in the database (PostgreSQL). The worker sends the list, de-duplicated
+# by id, and one statement judges every heartbeat against its supervisor's row as it is now
+# (locked, in task order, so two workers never wait on each other in a circle):
+#   fenced   an older incarnation's, or an unnamed one of a supervisor declared dead;
+#   refused  its task id belongs to another contract;
+#   the winner per supervisor: the newest of the rest by (incarnation, timestamp), the first
+#   received among equals; it replaces the stored state only when newer than it; every
+#   unfenced heartbeat proves liveness (last_received_at).
+# A supervisor seen for the first time gets a row first (`_SUP_FIRST`, version 0: nothing
+# committed ever shows it), so the fold can lock every supervisor it judges. Nothing is read
+# back but the rare and the small: the refused and fenced heartbeats, and the notices.
+_SUP_FIRST = """
+INSERT INTO supervisors (task_id, contract_id, incarnation, version, state, phase, current_activity, progress,
+  pending_task_ids, heartbeat_id, sent_at, last_received_at, alive, dead_at, daemon_id, host, created_at,
+  updated_at)
+SELECT t.task_id, t.contract_id, 1, 0, 'initializing', '-', '', 0, '[]', NULL, NULL,
+  %(received_at)s::timestamptz, true, NULL, NULL, NULL, %(received_at)s::timestamptz,
+  %(received_at)s::timestamptz
+FROM unnest(%(tasks)s::uuid[], %(contracts)s::uuid[]) AS t(task_id, contract_id)
+ORDER BY t.task_id
+ON CONFLICT (task_id) DO NOTHING
+"""
+
+_FOLD = """
+WITH b AS (
+  SELECT * FROM json_to_recordset(%(rows)s::json) AS r(n int, "contractId" uuid, id uuid, "taskId" uuid,
+    incarnation int, state text, phase text, "currentActivity" text, progress int, "pendingTaskIds" jsonb,
+    "timestamp" timestamptz, "daemonId" text, host text)
+),
+cur AS MATERIALIZED (
+  SELECT s.task_id, s.contract_id, s.incarnation, s.state, s.sent_at, s.alive, s.version
+  FROM supervisors s WHERE s.task_id = ANY(%(tasks)s::uuid[]) ORDER BY s.task_id FOR UPDATE
+),
+j AS MATERIALIZED (
+  SELECT b.n, b."contractId" AS contract_id, b.id, b."taskId" AS task_id, b.incarnation, b.state, b.phase,
+    coalesce(b."currentActivity", '') AS current_activity, coalesce(b.progress, 0) AS progress,
+    coalesce(b."pendingTaskIds", '[]') AS pending_task_ids, b."timestamp" AS sent_at,
+    b."daemonId" AS daemon_id, b.host, c.version AS cver, c.state AS cstate, c.alive AS calive,
+    c.incarnation AS cinc,
+    coalesce(c.sent_at, '-infinity'::timestamptz) AS csent,
+    (c.task_id IS NULL OR c.contract_id <> b."contractId") AS refused,
+    coalesce(c.version > 0 AND CASE WHEN b.incarnation IS NULL THEN NOT c.alive
+                                    ELSE b.incarnation < c.incarnation END, false) AS fenced,
+    coalesce(b.incarnation, CASE WHEN c.version > 0 THEN c.incarnation ELSE 1 END) AS eff
+  FROM b LEFT JOIN cur c ON c.task_id = b."taskId"
+),
+w AS MATERIALIZED (
+  SELECT DISTINCT ON (j.task_id) j.*, (j.cver = 0 OR (j.eff, j.sent_at) > (j.cinc, j.csent)) AS newer
+  FROM j WHERE NOT j.refused AND NOT j.fenced
+  ORDER BY j.task_id, j.eff DESC, j.sent_at DESC, j.n
+),
+upd AS (
+  UPDATE supervisors s SET version = s.version + 1,
+    last_received_at = greatest(s.last_received_at, %(received_at)s::timestamptz),
+    incarnation = CASE WHEN w.newer THEN w.eff ELSE s.incarnation END,
+    state = CASE WHEN w.newer THEN w.state ELSE s.state END,
+    phase = CASE WHEN w.newer THEN w.phase ELSE s.phase END,
+    current_activity = CASE WHEN w.newer THEN w.current_activity ELSE s.current_activity END,
+    progress = CASE WHEN w.newer THEN w.progress ELSE s.progress END,
+    pending_task_ids = CASE WHEN w.newer THEN w.pending_task_ids ELSE s.pending_task_ids END,
+    heartbeat_id = CASE WHEN w.newer THEN w.id ELSE s.heartbeat_id END,
+    sent_at = CASE WHEN w.newer THEN w.sent_at ELSE s.sent_at END,
+    alive = s.alive OR w.newer,
+    dead_at = CASE WHEN w.newer THEN NULL ELSE s.dead_at END,
+    daemon_id = CASE WHEN w.newer THEN coalesce(w.daemon_id, s.daemon_id) ELSE s.daemon_id END,
+    host = CASE WHEN w.newer THEN coalesce(w.host, s.host) ELSE s.host END,
+    updated_at = %(received_at)s::timestamptz
+  FROM w WHERE s.task_id = w.task_id
+  RETURNING s.task_id, s.contract_id, s.state, s.current_activity, s.progress, s.incarnation, s.alive
+),
+ev AS (
+  INSERT INTO contract_events (contract_id, type, payload, created_at)
+  SELECT w.contract_id, %(event_type)s,
+    jsonb_build_object('contractId', w.contract_id, 'taskId', w.task_id,
+      'oldState', CASE WHEN w.cver = 0 THEN NULL ELSE w.cstate END, 'newState', w.state, 'incarnation', w.eff)
+    || CASE WHEN w.cver > 0 AND NOT w.calive THEN '{"revived": true}'::jsonb ELSE '{}'::jsonb END,
+    %(received_at)s::timestamptz
+  FROM w WHERE w.newer AND (w.cver = 0 OR w.cstate <> w.state OR NOT w.calive)
+  ORDER BY w.n
+  RETURNING id
+),
+ins AS (
+  INSERT INTO supervisor_heartbeats (contract_id, id, received_day, received_at, task_id, incarnation, state,
+    phase, current_activity, progress, pending_task_ids, sent_at, fenced, daemon_id, host)
+  SELECT j.contract_id, j.id, %(day)s::date, %(received_at)s::timestamptz, j.task_id, j.incarnation, j.state,
+    j.phase, j.current_activity, j.progress, j.pending_task_ids, j.sent_at, j.fenced, j.daemon_id, j.host
+  FROM j
+  WHERE NOT j.refused AND NOT EXISTS (
+    SELECT 1 FROM supervisor_heartbeats h
+    WHERE h.contract_id = j.contract_id AND h.id = j.id
+      AND h.received_day < %(day)s::date AND h.received_day >= %(oldest)s::date)
+  ON CONFLICT (contract_id, id, received_day) DO NOTHING
+  RETURNING 1
+),
+due AS (
+  SELECT id FROM contracts
+  WHERE id IN (SELECT j.contract_id FROM j WHERE NOT j.refused AND NOT j.fenced)
+    AND last_activity_at < %(bump_before)s::timestamptz
+  ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+),
+bump AS (
+  UPDATE contracts c SET last_activity_at = %(received_at)s::timestamptz FROM due WHERE c.id = due.id
+  RETURNING 1
+),
+k AS (
+  SELECT (SELECT count(*) FROM ins) AS stored,
+    count(*) FILTER (WHERE NOT j.refused) AS offered,
+    count(*) FILTER (WHERE j.fenced) AS fenced,
+    count(*) FILTER (WHERE j.refused) AS refused
+  FROM j
+),
+cnt AS (
+  INSERT INTO heartbeat_counters AS t (shard, received, stored, duplicates, fenced, refused, updated_at)
+  SELECT %(shard)s, %(received)s, k.stored, k.offered + %(repeats)s - k.stored, k.fenced,
+    k.refused + %(refused)s, %(received_at)s::timestamptz FROM k
+  ON CONFLICT (shard) DO UPDATE SET received = t.received + EXCLUDED.received,
+    stored = t.stored + EXCLUDED.stored, duplicates = t.duplicates + EXCLUDED.duplicates,
+    fenced = t.fenced + EXCLUDED.fenced, refused = t.refused + EXCLUDED.refused,
+    updated_at = EXCLUDED.updated_at
+  RETURNING 1
+)
+SELECT k.stored, k.offered, k.fenced, (SELECT count(*) FROM bump), (SELECT count(*) FROM ev),
+  (SELECT count(*) FROM w WHERE w.newer), (SELECT count(*) FROM cnt),
+  (SELECT coalesce(json_agg(j.n), '[]') FROM j WHERE j.refused)::text,
+  (SELECT coalesce(json_agg(json_build_object('contractId', f.contract_id, 'taskId', f.task_id,
+     'incarnation', f.incarnation, 'current', f.cinc, 'daemonId', f.daemon_id, 'host', f.host)), '[]')
+   FROM (SELECT DISTINCT ON (j.task_id, j.incarnation) j.* FROM j WHERE j.fenced
+         ORDER BY j.task_id, j.incarnation, j.n) f)::text,
+  CASE WHEN %(notices)s THEN (SELECT coalesce(json_agg(json_build_object('contractId', u.contract_id,
+     'taskId', u.task_id, 'state', u.state, 'activity', u.current_activity, 'progress', u.progress,
+     'incarnation', u.incarnation, 'alive', u.alive)), '[]') FROM upd u)::text
+  ELSE (SELECT count(*) FROM upd)::text END
+FROM k
+"""
+
+
+_COUNT_ONLY = """
+INSERT INTO heartbeat_counters AS t (shard, received, stored, duplicates, fenced, refused, updated_at)
+VALUES (%(shard)s, %(received)s, 0, 0, 0, %(refused)s, %(at)s::timestamptz)
+ON CONFLICT (shard) DO UPDATE SET received = t.received + EXCLUDED.received,
+  refused = t.refused + EXCLUDED.refused, updated_at = EXCLUDED.updated_at
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    """What the fold did: counts, and the few things the worker still needs by name."""
+
+    stored: int
+    offered: int
+    fenced: int
+    touched: int
+    state_changes: int
+    applied: int
+    refused: list[int]  # positions (`n`) of heartbeats whose task id is another contract's
+    fenced_supervisors: list[dict[str, Any]]  # one per (supervisor, sent incarnation)
+    notices: list[dict[str, Any]]  # the supervisors written, when asked for
+
+
 _ensured: set[date] = set()
 _ensure_lock = threading.Lock()
 
@@ -443,6 +602,88 @@ class PostgresStore(HeartbeatStore):
         }
         return {a.task_id for _, a in writes} - done
 
+    def owners_by_text(self, session: Session, contract_ids: Iterable[str]) -> dict[str, str]:
+        """The owners of the contracts that exist, keyed by the id as text (no UUID objects)."""
+        ids = sorted(set(contract_ids))
+        if not ids:
+            return {}
+        rows = self._run(
+            session,
+            "SELECT id::text, owner_id FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
+            {"ids": _uuid_array(ids)},
+        )
+        return {cid: owner for cid, owner in rows}
+
+    def fold(
+        self,
+        session: Session,
+        rows: list[dict[str, Any]],
+        first_contract: dict[str, str],
+        received_at: datetime,
+        bump_before: datetime,
+        *,
+        received: int,
+        repeats: int,
+        refused: int,
+        notices: bool,
+    ) -> FoldResult:
+        """Store a de-duplicated list of heartbeats in wire form (each with its position `n`).
+
+        Two statements whatever the list's length: the first sight of new supervisors, then the
+        fold (see `_FOLD`), which writes supervisors, events, history, activity and counters.
+        `first_contract` maps each task id to the contract of its first heartbeat.
+        """
+        tasks = sorted(first_contract)
+        task_array = _uuid_array(tasks)
+        self._run(
+            session,
+            _SUP_FIRST,
+            {
+                "tasks": task_array,
+                "contracts": _uuid_array([first_contract[t] for t in tasks]),
+                "received_at": received_at.isoformat(),
+            },
+        )
+        day = received_at.date()
+        params = {
+            "rows": _dumps(rows),
+            "tasks": task_array,
+            "received_at": received_at.isoformat(),
+            "event_type": STATE_CHANGED,
+            "day": day.isoformat(),
+            "oldest": (day - timedelta(days=2)).isoformat(),
+            "bump_before": bump_before.isoformat(),
+            "shard": _shard(),
+            "received": received,
+            "repeats": repeats,
+            "refused": refused,
+            "notices": notices,
+        }
+        row = self._run(session, _FOLD, params).one()
+        stored, offered, fenced, touched, changes, applied, _counted, foreign, fenced_json, written = row
+        return FoldResult(
+            stored=int(stored),
+            offered=int(offered),
+            fenced=int(fenced),
+            touched=int(touched),
+            state_changes=int(changes),
+            applied=int(applied),
+            refused=json.loads(foreign),
+            fenced_supervisors=json.loads(fenced_json),
+            notices=json.loads(written) if notices else [],
+        )
+
+    def fold_nothing(
+        self, session: Session, received_at: datetime, received: int, refused: int
+    ) -> FoldResult:
+        """A list with nothing to store still counts what it received and refused."""
+        self._run(
+            session,
+            _COUNT_ONLY,
+            {"shard": _shard(), "received": received, "refused": refused, "at": received_at.isoformat()},
+        )
+        return FoldResult(0, 0, 0, 0, 0, 0, [], [], [])
+
     def write_rest(
         self,
         session: Session,
@@ -494,6 +735,11 @@ class PostgresStore(HeartbeatStore):
         return int(stored), int(touched)
 
 
+def _uuid_array(ids: Sequence[str]) -> str:
+    """A uuid[] literal from canonical UUID strings (cheaper than adapting a list of UUIDs)."""
+    return "{" + ",".join(ids) + "}"
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -515,6 +761,7 @@ __all__ = [
     "STATE_CHANGED",
     "SUPERVISOR_COLUMNS",
     "BatchCounts",
+    "FoldResult",
     "HeartbeatStore",
     "PostgresStore",
     "SqliteStore",

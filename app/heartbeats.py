@@ -70,6 +70,7 @@ from app.domain.supervisors import (
     activity_bump_before,
     parse_heartbeat,
     plan_batch,
+    wire_heartbeat,
 )
 from app.heartbeat_store import (
     COUNTERS,
@@ -77,6 +78,7 @@ from app.heartbeat_store import (
     SUPERVISOR_COLUMNS,
     BatchCounts,
     HeartbeatStore,
+    PostgresStore,
     forget_partitions,
     store_for,
     supervisor_record,
@@ -189,6 +191,8 @@ def ingest(
     bind = engine or get_engine()
     store = store_for(bind, settings)
     store.prepare(bind, received_at.date())
+    if isinstance(store, PostgresStore):
+        return _ingest_folded(groups, store, sender, bind, settings, received_at, notify)
     report = IngestReport()
     notices: list[dict[str, Any]] = []
     with unit_of_work(sender, engine=bind, settings=settings) as uow:
@@ -271,6 +275,116 @@ def ingest(
         except Exception:  # a live notice is best effort; the table is the record
             log.warning("heartbeat notice not published", exc_info=True)
     return report
+
+
+def _ingest_folded(
+    groups: list[tuple[Any, list[Any]]],
+    store: PostgresStore,
+    sender: Sender | None,
+    bind: Engine,
+    settings: Settings,
+    received_at: datetime,
+    notify: Notify | None,
+) -> IngestReport:
+    """PostgreSQL: the same rules, with the supervisors' fold done by the database.
+
+    Python only checks the heartbeats (the quick wire-form check; `parse_heartbeat` for
+    anything else), drops repeated ids, checks the senders' rights, and hands the list to
+    `PostgresStore.fold`: no supervisor row is read back, no `Heartbeat` object is built.
+    """
+    report = IngestReport()
+    with unit_of_work(sender, engine=bind, settings=settings) as uow:
+        session = uow.session
+        checked: list[tuple[Caller, dict[str, Any]]] = []
+        for principal, items in groups:
+            report.received += len(items)
+            try:
+                caller = check_principal(session, uuid.UUID(str(principal)))
+            except (InvalidPrincipal, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, InvalidPrincipal) else "principalId is not a UUID"
+                report.refused += [Refusal(r, "MESSAGE_REJECTED", "principalId", reason) for r in items]
+                continue
+            for raw in items:
+                try:
+                    checked.append((caller, wire_heartbeat(raw)))
+                except InvalidHeartbeat as exc:
+                    report.refused.append(Refusal(raw, "VALIDATION_FAILED", exc.field, exc.problem))
+        owners = store.owners_by_text(session, {item["contractId"] for _, item in checked})
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        first_contract: dict[str, str] = {}
+        repeats = 0
+        for caller, item in checked:
+            contract_id = item["contractId"]
+            owner = owners.get(contract_id)
+            if owner is None or not caller.may_access(owner):
+                report.refused.append(
+                    Refusal(item, "CONTRACT_NOT_FOUND", "contractId", "no such contract visible to you")
+                )
+                continue
+            key = (contract_id, item["id"])
+            if key in seen:
+                repeats += 1
+                continue
+            seen.add(key)
+            first_contract.setdefault(item["taskId"], contract_id)
+            rows.append({**item, "n": len(rows)})
+        if rows:
+            stale_threshold = timedelta(minutes=settings.contracts.stale_threshold_minutes)
+            done = store.fold(
+                session,
+                rows,
+                first_contract,
+                received_at,
+                activity_bump_before(received_at, stale_threshold),
+                received=report.received,
+                repeats=repeats,
+                refused=len(report.refused),
+                notices=notify is not None,
+            )
+        else:
+            done = store.fold_nothing(session, received_at, report.received, len(report.refused))
+        for n in done.refused:
+            item = {k: v for k, v in rows[n].items() if k != "n"}
+            report.refused.append(
+                Refusal(item, "VALIDATION_FAILED", "taskId", "another contract's supervisor")
+            )
+        report.stored = done.stored
+        report.duplicates = repeats + done.offered - done.stored
+        report.fenced = done.fenced
+        report.applied = done.applied
+        report.state_changes = done.state_changes
+        report.contracts_touched = done.touched
+        if done.fenced_supervisors:
+            _tell_fenced_rows(uow, done.fenced_supervisors, received_at)
+        if report.refused:
+            _park_refused(session, report.refused, received_at)
+    if notify is not None and done.notices:
+        try:
+            notify(done.notices)
+        except Exception:  # a live notice is best effort; the table is the record
+            log.warning("heartbeat notice not published", exc_info=True)
+    return report
+
+
+def _tell_fenced_rows(uow: UnitOfWork, fenced: list[dict[str, Any]], now: datetime) -> None:
+    """`_tell_fenced` for the fold's answer (one row per fenced supervisor and sent incarnation)."""
+    queue_commands(
+        uow,
+        [
+            NewCommand(
+                uuid.UUID(f["contractId"]),
+                FENCED_COMMAND,
+                fenced_payload(
+                    uuid.UUID(f["taskId"]), f["incarnation"], f["current"], f["daemonId"], f["host"]
+                ),
+                daemon_id=f["daemonId"],
+                task_id=uuid.UUID(f["taskId"]),
+            )
+            for f in fenced
+        ],
+        now,
+    )
 
 
 def _apply_supervisors(

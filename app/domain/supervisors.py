@@ -21,12 +21,13 @@ the API module and the HTTP front alike:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, cast
 
 
 class SupervisorState(StrEnum):
@@ -248,6 +249,79 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
         daemon_id=daemon_id,
         host=host,
     )
+
+
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PLAIN_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_STATES: Final = frozenset(s.value for s in SupervisorState)
+_TEXTS: Final = (("phase", MAX_PHASE), ("currentActivity", MAX_ACTIVITY), ("daemonId", MAX_DAEMON_ID),
+                 ("host", MAX_HOST))  # fmt: skip
+
+
+def _plain_text(raw: Any, limit: int) -> bool:
+    return type(raw) is str and len(raw) <= limit and raw.isascii() and "\x00" not in raw
+
+
+def _canonical(raw: Any) -> bool:
+    return type(raw) is str and _CANONICAL_UUID.fullmatch(raw) is not None
+
+
+def _wire_form(raw: Any) -> bool:
+    """True when `raw` is valid *and already in the form `to_json` gives* (so it can be stored as sent).
+
+    The quick check for the worker's hot path: what our own senders produce (`Heartbeat.to_json`:
+    canonical lower-case UUIDs, an id, a plain ISO timestamp, ASCII text). Anything else, valid or
+    not, answers False and goes through `parse_heartbeat`, which names the field or normalizes it.
+    """
+    if type(raw) is not dict or not raw.keys() <= FIELDS:
+        return False
+    if not (
+        _canonical(raw.get("id")) and _canonical(raw.get("taskId")) and _canonical(raw.get("contractId"))
+    ):
+        return False
+    if raw.get("state") not in _STATES:
+        return False
+    phase = raw.get("phase")
+    if not _plain_text(phase, MAX_PHASE) or not cast(str, phase).strip():
+        return False
+    for name, limit in _TEXTS[1:]:
+        value = raw.get(name)
+        if value is not None and not _plain_text(value, limit):
+            return False
+        if name != "currentActivity" and value is not None and not value.strip():
+            return False
+    progress = raw.get("progress", 0)
+    if type(progress) is not int or not 0 <= progress <= 100:
+        return False
+    incarnation = raw.get("incarnation")
+    if incarnation is not None and (type(incarnation) is not int or not 1 <= incarnation <= MAX_INCARNATION):
+        return False
+    pending = raw.get("pendingTaskIds", ())
+    if type(pending) is not list and pending != ():
+        return False
+    if len(pending) > MAX_PENDING_TASKS or not all(_canonical(p) for p in pending):
+        return False
+    stamp = raw.get("timestamp")
+    if type(stamp) is not str or _PLAIN_TIMESTAMP.fullmatch(stamp) is None:
+        return False
+    try:
+        value = datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return EARLIEST <= value < LATEST
+
+
+def wire_heartbeat(raw: Any) -> dict[str, Any]:
+    """A heartbeat as sent → its wire form (`Heartbeat.to_json`'s fields), or `InvalidHeartbeat`.
+
+    The worker stores heartbeats from this form without building `Heartbeat` objects: a
+    heartbeat already in that form (every one our senders produce) is returned as it is after
+    a quick check (`_wire_form`, a few microseconds); any other goes through `parse_heartbeat`,
+    so both accept and refuse exactly the same heartbeats, with the same field named.
+    """
+    if _wire_form(raw):
+        return cast(dict[str, Any], raw)
+    return parse_heartbeat(raw).to_json()
 
 
 # --- the stored state and how a heartbeat moves it ------------------------------------------
