@@ -21,6 +21,7 @@ from app.domain.supervisors import (
     is_dead,
     parse_heartbeat,
     plan_batch,
+    wire_heartbeat,
 )
 
 T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
@@ -83,6 +84,54 @@ def test_an_invalid_heartbeat_names_its_field(field: str, value: Any) -> None:
     with pytest.raises(InvalidHeartbeat) as exc:
         parse_heartbeat({**raw(), field: value})
     assert exc.value.field == field
+
+
+WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", host="h-1")).to_json()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        WIRE,
+        {k: v for k, v in WIRE.items() if k not in ("currentActivity", "progress", "pendingTaskIds")},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00Z"},
+        {**WIRE, "timestamp": "2026-01-31T12:30:00.123456+02:00"},
+        {**WIRE, "taskId": WIRE["taskId"].upper()},
+        {k: v for k, v in WIRE.items() if k != "id"},
+        {**WIRE, "phase": "exécuter"},
+        {**WIRE, "pendingTaskIds": None, "progress": None, "incarnation": None},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00"},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00+99:00"},
+        {**WIRE, "timestamp": "1999-12-31T23:59:59Z"},
+        {**WIRE, "progress": True},
+        {**WIRE, "progress": 101},
+        {**WIRE, "incarnation": 0},
+        {**WIRE, "phase": "   "},
+        {**WIRE, "host": ""},
+        {**WIRE, "daemonId": "d\x00"},
+        {**WIRE, "currentActivity": "x" * 2001},
+        {**WIRE, "pendingTaskIds": [WIRE["taskId"], "x"]},
+        {**WIRE, "state": "sleeping"},
+        {**WIRE, "bogus": 1},
+        {**WIRE, "id": "nope"},
+        [WIRE],
+    ],
+)
+def test_the_workers_quick_check_accepts_and_refuses_exactly_what_parsing_does(sent: Any) -> None:
+    try:
+        parsed = parse_heartbeat(sent)
+    except InvalidHeartbeat as exc:
+        with pytest.raises(InvalidHeartbeat) as quick:
+            wire_heartbeat(sent)
+        assert quick.value.field == exc.field
+        return
+    assert parse_heartbeat(wire_heartbeat(sent)) == parsed
+
+
+def test_what_our_senders_produce_takes_the_quick_path_unchanged() -> None:
+    assert wire_heartbeat(WIRE) is WIRE
+    sent = parse_heartbeat(raw()).to_json()
+    assert wire_heartbeat(sent) is sent
 
 
 def record(**over: Any) -> SupervisorRecord:
