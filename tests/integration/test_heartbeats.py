@@ -407,3 +407,87 @@ def test_counters_add_up_across_processes(worker: WorkerProcess) -> None:
     assert totals["received"] == totals["stored"] + totals["duplicates"] + totals["refused"]
     assert totals["fenced"] >= 1 and totals["duplicates"] >= 1 and totals["refused"] >= 1
     assert shards and shards >= 1
+
+
+def test_one_list_judges_a_new_supervisor_a_foreign_claim_a_late_one_and_a_repeat_together(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    api, cid = daemon
+    other = uuid.UUID(str(api.create_contract("another", "simple").id))
+    task = uuid.uuid4()
+    t0 = utcnow()
+    first = {**hb(cid, task, "working", t0), "id": str(uuid.uuid4())}
+    message = heartbeats.message_of(
+        {
+            api.caller.principal_id: [
+                first,
+                hb(other, task, "blocked", t0 + timedelta(seconds=5)),  # the task is cid's: refused
+                hb(cid, task, "idle", t0 - timedelta(seconds=5)),  # late: kept, changes nothing
+                first,  # the same id again: stored once
+            ]
+        }
+    )
+    report = heartbeats.ingest(message, sender=send_task)
+    assert report.as_dict() == {
+        "received": 4,
+        "stored": 2,
+        "duplicates": 1,
+        "fenced": 0,
+        "refused": 1,
+        "applied": 1,
+        "stateChanges": 1,
+    }
+    assert [(r.field, r.problem) for r in report.refused] == [("taskId", "another contract's supervisor")]
+    row = supervisor(task)
+    assert row is not None and (row.contract_id, row.state, row.version) == (cid, "working", 1)
+    assert len(rows(cid)) == 2 and rows(other) == []
+    assert event_types(cid).count("supervisor_state_changed") == 1
+    assert "supervisor_state_changed" not in event_types(other)
+
+    # Sent again (a redelivery): nothing new is stored, nothing changes, every one is counted.
+    again = heartbeats.ingest(message, sender=send_task)
+    assert (again.stored, again.duplicates, again.state_changes, len(again.refused)) == (0, 3, 0, 1)
+    assert supervisor(task).version == 2  # type: ignore[union-attr]  # the receive time moved on
+
+
+def test_lists_ingested_at_once_by_several_writers_leave_the_newest_state_and_one_row_per_id(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    api, cid = daemon
+    tasks = [uuid.uuid4() for _ in range(40)]
+    t0 = utcnow()
+    states = ("working", "idle", "blocked")
+    lists = [
+        heartbeats.message_of(
+            {
+                api.caller.principal_id: [
+                    {**hb(cid, t, states[i % 3], t0 + timedelta(seconds=i)), "progress": i}
+                    for t in (tasks if i % 2 else reversed(tasks))
+                ]
+            }
+        )
+        for i in range(24)
+    ]
+    reports: list[heartbeats.IngestReport] = []
+    errors: list[BaseException] = []
+
+    def writer(mine: list[dict[str, Any]]) -> None:
+        for message in mine:
+            try:
+                reports.append(heartbeats.ingest(message, sender=send_task))
+            except BaseException as exc:  # a deadlock or a key error would land here
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(lists[i::4][::-1] if i % 2 else lists[i::4],))
+               for i in range(4)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.stored for r in reports) == 24 * 40 and len(rows(cid)) == 24 * 40
+    for task in tasks:
+        row = supervisor(task)
+        assert row is not None and (row.progress, row.state, row.alive) == (23, states[23 % 3], True)
+    changes = event_types(cid).count("supervisor_state_changed")
+    assert changes == sum(r.state_changes for r in reports)  # an event for each change, no more
