@@ -383,10 +383,23 @@ class ContractsAPI:
         confirmed: bool = False,
         force: bool = False,
     ) -> schemas.Contract:
+        """The guarded phase change in a transaction of its own (`contracts.change_phase_now`,
+        no ORM on the hot path), then the contract with its new phase's progress."""
         request = PhaseChangeRequest(phase, expected_version, confirmed, force)
+        if self._token is not None:
+            with self._uow():
+                pass  # the token checked again, as every call does (before the change, not inside it)
+        row = contracts.change_phase_now(
+            self.caller,
+            contract_id,
+            request,
+            now=self._clock(),
+            sender=self._send,
+            engine=self._engine,
+            settings=self._settings,
+        )
         with self._uow() as uow:
-            contract = contracts.change_phase(uow, self.caller, contract_id, request, now=self._clock())
-            return contract_view(uow.session, contract)
+            return contract_view(uow.session, row.as_contract())
 
     def complete_deliverable(
         self, contract_id: uuid.UUID, deliverable_id: str, *, phase: str | None = None

@@ -9,11 +9,12 @@ below the guarded commands (`app.contracts`) and the completion flow that both u
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, column, select, text
+from sqlalchemy import JSON, Connection, Row, TextualSelect, column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -22,7 +23,7 @@ from app.domain.errors import ContractNotFound, ValidationFailed
 from app.domain.lifecycle import Status, check_transition
 from app.domain.records import EventType
 from app.events import record_event
-from app.gate import load_gate_facts
+from app.gate import gate_facts, load_gate_facts
 from app.models import Contract
 from app.pending_writes import pending
 
@@ -79,8 +80,9 @@ _ROW_AND_FACTS_SQL = (
 _LOCK_NAME, _FACTS_NAME = "mk_lock_contract", "mk_contract_facts"
 
 
-@lru_cache(maxsize=4)
-def _lock_with_facts_query(prepare: bool, prepared_already: bool) -> Any:
+@lru_cache(maxsize=8)
+def _lock_with_facts_text(prepare: bool, prepared_already: bool, begin: bool) -> TextualSelect:
+    """The lock and the row with its facts as one string; `begin` opens the transaction in it."""
     if prepare:
         sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {_FACTS_NAME}(:id)"
         if not prepared_already:
@@ -91,9 +93,14 @@ def _lock_with_facts_query(prepare: bool, prepared_already: bool) -> Any:
     else:
         lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, _ROW_AND_FACTS_SQL))
         sql = f"{lock}; {facts}"
-    statement = text(sql).columns(
-        *Contract.__table__.c, column("facts_done", JSON), column("facts_tasks", JSON)
-    )
+    if begin:
+        sql = f"BEGIN; {sql}"
+    return text(sql).columns(*Contract.__table__.c, column("facts_done", JSON), column("facts_tasks", JSON))
+
+
+@lru_cache(maxsize=4)
+def _lock_with_facts_query(prepare: bool, prepared_already: bool) -> Any:
+    statement = _lock_with_facts_text(prepare, prepared_already, False)
     return select(
         Contract, statement.selected_columns.facts_done, statement.selected_columns.facts_tasks
     ).from_statement(statement)
@@ -127,6 +134,89 @@ def lock_contract_with_facts(
     return contract, GateFacts(contract.phase, frozenset(done), summaries)
 
 
+@dataclass(slots=True)
+class ContractRow:
+    """A contract row as plain values: what the guarded phase change's Core path judges.
+
+    No session, no identity map, no attribute instrumentation: the row is read under its
+    lock, judged by the pure domain and written back by one statement, so an ORM object
+    would only be built to be thrown away. `as_contract` makes a detached ORM object for a
+    caller that wants the usual view of it.
+    """
+
+    id: uuid.UUID
+    owner_id: str
+    name: str
+    contract_type: str
+    phase_config: dict[str, Any] | None
+    phase: str
+    status: str
+    version: int
+    phase_guard: bool
+    auto_complete_enabled: bool
+    status_changed_at: datetime
+    last_activity_at: datetime
+    waiting_for: str | None
+    blocked_reason: str | None
+    failure_reason: str | None
+    completion_detected_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def update(self, columns: dict[str, Any]) -> None:
+        for key, value in columns.items():
+            setattr(self, key, value)
+
+    def as_contract(self) -> Contract:
+        return Contract(**{name: getattr(self, name) for name in _CONTRACT_FIELDS})
+
+
+_CONTRACT_FIELDS = tuple(c.name for c in Contract.__table__.c)
+# Rows are read by position: the dataclass must name the table's columns in the table's order.
+if tuple(f.name for f in fields(ContractRow)) != _CONTRACT_FIELDS:
+    raise RuntimeError(f"ContractRow's fields are not contracts' columns {_CONTRACT_FIELDS}")
+
+
+def _row_values(row: Row[Any]) -> ContractRow:
+    return ContractRow(*row[: len(_CONTRACT_FIELDS)])
+
+
+def lock_row_with_facts(
+    connection: Connection, caller: Caller | None, contract_id: uuid.UUID, *, prepare: bool = True
+) -> tuple[ContractRow, GateFacts]:
+    """Open the transaction, lock the row, read it and its phase's gate facts: a Core connection.
+
+    On PostgreSQL the connection is in autocommit mode and this one round trip carries the
+    `BEGIN` as well (the caller sends `COMMIT` or `ROLLBACK`): psycopg2 would otherwise spend
+    a round trip of its own on `BEGIN`. On SQLite the transaction is already open
+    (`BEGIN IMMEDIATE`, the write lock) and these are two plain statements. An invisible
+    contract is reported exactly like a missing one.
+    """
+    if connection.dialect.name == "postgresql":
+        known: set[str] = connection.info.setdefault("makima.prepared", set())
+        query = _lock_with_facts_text(prepare, _LOCK_NAME in known, True)
+        result = connection.execute(query, {"id": contract_id}).one_or_none()
+        if prepare:
+            known.add(_LOCK_NAME)
+        if result is None:
+            raise ContractNotFound(contract_id)
+        contract = _row_values(result)
+        done, tasks = result[-2], result[-1]
+        summaries = tuple(TaskSummary(name, status, bool(sup)) for name, status, sup in tasks)
+        facts = GateFacts(contract.phase, frozenset(done), summaries)
+    else:
+        found = connection.execute(
+            select(*Contract.__table__.c).where(Contract.__table__.c.id == contract_id)
+        ).one_or_none()
+        if found is None:
+            raise ContractNotFound(contract_id)
+        contract = _row_values(found)
+        facts = gate_facts(connection, contract.id, contract.phase)
+    if caller is not None and not caller.may_access(contract.owner_id):
+        raise ContractNotFound(contract_id)
+    return contract, facts
+
+
 def touch(contract: Contract, now: datetime) -> None:
     contract.last_activity_at = now
     contract.updated_at = now
@@ -141,6 +231,44 @@ def refuse_if_closed(contract: Contract, what: str) -> None:
         )
 
 
+def status_columns(
+    previous: Status,
+    target: Status,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    blocker: str | None = None,
+    waiting_for: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A status move as plain values: (the contract columns it sets, its event's payload).
+
+    Checked against the status table first. Shared by `set_status` (an ORM row) and the
+    guarded phase change's Core path (`app.contracts.change_phase_now`), so both move a
+    status the same way.
+    """
+    check_transition(previous, target, reason=reason, blocker=blocker)
+    columns: dict[str, Any] = {
+        "status": target.value,
+        "status_changed_at": now,
+        "waiting_for": waiting_for if target is Status.WAITING_FOR_INPUT else None,
+        "blocked_reason": blocker if target is Status.BLOCKED else None,
+        "last_activity_at": now,
+        "updated_at": now,
+    }
+    if target is Status.FAILED:
+        columns["failure_reason"] = reason
+    if target is Status.COMPLETING:
+        columns["completion_detected_at"] = now
+    elif previous is Status.COMPLETING and target is Status.ACTIVE:
+        columns["completion_detected_at"] = None
+    payload: dict[str, Any] = {
+        "oldStatus": previous.value,
+        "newStatus": target.value,
+        "reason": reason or blocker or waiting_for,
+    }
+    return columns, payload
+
+
 def set_status(
     session: Session,
     contract: Contract,
@@ -153,23 +281,11 @@ def set_status(
 ) -> Status:
     """Move the status along the table, keep the side columns honest, record the event."""
     previous = Status(contract.status)
-    check_transition(previous, target, reason=reason, blocker=blocker)
-    contract.status = target.value
-    contract.status_changed_at = now
-    contract.waiting_for = waiting_for if target is Status.WAITING_FOR_INPUT else None
-    contract.blocked_reason = blocker if target is Status.BLOCKED else None
-    if target is Status.FAILED:
-        contract.failure_reason = reason
-    if target is Status.COMPLETING:
-        contract.completion_detected_at = now
-    elif previous is Status.COMPLETING and target is Status.ACTIVE:
-        contract.completion_detected_at = None
-    touch(contract, now)
-    payload: dict[str, Any] = {
-        "oldStatus": previous.value,
-        "newStatus": target.value,
-        "reason": reason or blocker or waiting_for,
-    }
+    columns, payload = status_columns(
+        previous, target, now, reason=reason, blocker=blocker, waiting_for=waiting_for
+    )
+    for key, value in columns.items():
+        setattr(contract, key, value)
     record_event(session, contract.id, EventType.STATUS_CHANGED, payload, now)
     if target in Status.terminal() and previous not in Status.terminal():
         # A closed contract's open questions are cancelled with it (imported here: app.questions
@@ -178,6 +294,26 @@ def set_status(
 
         cancel_open_questions(session, contract, now)
     return previous
+
+
+def phase_columns(
+    old_phase: str, new_phase: str, new_version: int, now: datetime, *, forced: bool, confirmed: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A phase move as plain values: (the contract columns it sets, its event's payload)."""
+    columns: dict[str, Any] = {
+        "phase": new_phase,
+        "version": new_version,
+        "last_activity_at": now,
+        "updated_at": now,
+    }
+    payload = {
+        "oldPhase": old_phase,
+        "newPhase": new_phase,
+        "version": new_version,
+        "forced": forced,
+        "confirmed": confirmed,
+    }
+    return columns, payload
 
 
 def apply_phase(
@@ -191,31 +327,24 @@ def apply_phase(
     confirmed: bool,
 ) -> None:
     """Move to a phase the caller already judged allowed; bump the version, record the event."""
-    old = contract.phase
-    contract.phase = new_phase
-    contract.version = new_version
-    touch(contract, now)
-    record_event(
-        session,
-        contract.id,
-        EventType.PHASE_CHANGED,
-        {
-            "oldPhase": old,
-            "newPhase": new_phase,
-            "version": contract.version,
-            "forced": forced,
-            "confirmed": confirmed,
-        },
-        now,
+    columns, payload = phase_columns(
+        contract.phase, new_phase, new_version, now, forced=forced, confirmed=confirmed
     )
+    for key, value in columns.items():
+        setattr(contract, key, value)
+    record_event(session, contract.id, EventType.PHASE_CHANGED, payload, now)
 
 
 __all__ = [
+    "ContractRow",
     "apply_phase",
     "get_contract",
     "lock_contract",
     "lock_contract_with_facts",
+    "lock_row_with_facts",
+    "phase_columns",
     "refuse_if_closed",
     "set_status",
+    "status_columns",
     "touch",
 ]

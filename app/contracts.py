@@ -11,35 +11,47 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine
 
 from app.agent_reports import first_delivery
 from app.auth import PERSON_ROLES, Caller
 from app.completion_flow import begin_completion, complete
+from app.config import Settings, get_settings
 from app.contract_rows import (
+    ContractRow,
     apply_phase,
     lock_contract,
     lock_contract_with_facts,
+    lock_row_with_facts,
+    phase_columns,
     refuse_if_closed,
     set_status,
+    status_columns,
     touch,
 )
-from app.db import UnitOfWork
-from app.domain.completion import check_phase_readiness, registered_validators
+from app.db import Dispatch, UnitOfWork, after_commit, get_engine
+from app.domain.completion import GateFacts, check_phase_readiness, registered_validators
 from app.domain.errors import Forbidden, ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor, check_transition, decision_for_a_person
 from app.domain.phase_change import (
     ContractSnapshot,
+    PhaseChangePlan,
     PhaseChangeRequest,
     person_must_confirm,
     plan_phase_change,
 )
-from app.domain.phases import parse_phase_config, resolve_phase_config, validate_deliverable
+from app.domain.phases import PhaseConfig, parse_phase_config, resolve_phase_config, validate_deliverable
 from app.domain.records import EventType
 from app.events import record_event
 from app.gate import load_gate_facts, phase_config_of
 from app.models import CompletedDeliverable, Contract
+from app.pending_writes import PendingWrites, event_row, outbox_row, write_held
 from app.queues import TaskName
+
+if TYPE_CHECKING:
+    from app.broker import Sender
 
 MAX_NAME = 500  # contracts.name
 MAX_ID = 100  # contracts.contract_type and contracts.phase
@@ -186,6 +198,28 @@ def change_status(
     return previous, contract
 
 
+def _plan(
+    contract: ContractRow | Contract, facts: GateFacts, request: PhaseChangeRequest, caller: Caller
+) -> tuple[PhaseConfig, PhaseChangePlan]:
+    """The domain's judgement of a phase change on the locked row, whichever path read it.
+
+    Whether a person asks is taken from the authenticated caller, whatever the request says:
+    only a `user` or `admin` may lift a phase guard (DESIGN "Who may do what").
+    """
+    request = replace(request, caller_is_person=caller.is_person)
+    config = phase_config_of(contract)
+    snapshot = ContractSnapshot(
+        contract.phase, Status(contract.status), contract.version, contract.phase_guard, contract.waiting_for
+    )
+    return config, plan_phase_change(config, snapshot, facts, request)
+
+
+def _moves_forward(config: PhaseConfig, plan: PhaseChangePlan) -> bool:
+    """Judge the new phase after commit; a person's forced move backwards is not undone by automation."""
+    ids = config.phase_ids()
+    return ids.index(plan.new_phase) > ids.index(plan.old_phase)
+
+
 def change_phase(
     uow: UnitOfWork,
     caller: Caller,
@@ -194,18 +228,13 @@ def change_phase(
     *,
     now: datetime,
 ) -> Contract:
-    """The guarded phase change: version check, gate, phase guard, all under the row lock.
+    """The guarded phase change inside a unit of work: version check, gate, phase guard, under the row lock.
 
-    Whether a person asks is taken from the authenticated caller, whatever the request says:
-    only a `user` or `admin` may lift a phase guard (DESIGN "Who may do what").
+    For a caller already in a transaction; a phase change on its own (the HTTP front, the API
+    module) takes `change_phase_now`, the same rules on a Core connection.
     """
-    request = replace(request, caller_is_person=caller.is_person)
     contract, facts = lock_contract_with_facts(uow.session, caller, contract_id)
-    config = phase_config_of(contract)
-    snapshot = ContractSnapshot(
-        contract.phase, Status(contract.status), contract.version, contract.phase_guard, contract.waiting_for
-    )
-    plan = plan_phase_change(config, snapshot, facts, request)
+    config, plan = _plan(contract, facts, request, caller)
     # Apply the plan as the domain decided it: its version, and its status (a confirmed move
     # out of waiting_for_input returns the contract to active).
     apply_phase(
@@ -219,11 +248,105 @@ def change_phase(
     )
     if plan.new_status is not Status(contract.status):
         set_status(uow.session, contract, plan.new_status, now, reason="phase confirmed")
-    ids = config.phase_ids()
-    if ids.index(plan.new_phase) > ids.index(plan.old_phase):
-        # Judge the new phase; a person's forced move backwards is not undone by automation.
+    if _moves_forward(config, plan):
         uow.dispatch_after_commit(TaskName.EVALUATE_PROGRESS, {"contractId": str(contract.id)})
     return contract
+
+
+def change_phase_now(
+    caller: Caller,
+    contract_id: uuid.UUID,
+    request: PhaseChangeRequest,
+    *,
+    now: datetime,
+    sender: Sender | None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> ContractRow:
+    """The guarded phase change as a transaction of its own, on a Core connection.
+
+    The same rules as `change_phase` (the row lock, the caller's visibility, the version
+    check, the gate, the phase guard, the event and the follow-up's outbox row in the same
+    transaction, the follow-up sent only after COMMIT) without the ORM: the row is read as
+    plain values, judged by the pure domain, and written back with its event and outbox row
+    by the one statement `app.pending_writes.write_held` sends. On PostgreSQL the `BEGIN`
+    travels with the lock: three round trips (BEGIN + lock + facts, the write, COMMIT),
+    as many as a plain `UPDATE` in a transaction of its own takes through psycopg2.
+    """
+    settings = settings or get_settings()
+    bind = engine or get_engine()
+    prepare = settings.database_prepared_statements
+    if bind.dialect.name == "postgresql":
+        with bind.connect() as connection:
+            # The driver's own switch, not `isolation_level="AUTOCOMMIT"`: SQLAlchemy's resets
+            # it through `set_isolation_level`, which cost psycopg2 a round trip each way.
+            driver = connection.connection.dbapi_connection
+            assert driver is not None
+            driver.autocommit = True
+            try:
+                contract, written, outbox = _change_phase_on(
+                    connection, caller, contract_id, request, now, prepare
+                )
+                connection.exec_driver_sql("COMMIT")
+            except BaseException:
+                _roll_back(connection)
+                raise
+            finally:
+                if not connection.invalidated:
+                    driver.autocommit = False
+    else:
+        with bind.begin() as connection:  # BEGIN IMMEDIATE: SQLite's write lock (app.db)
+            contract, written, outbox = _change_phase_on(
+                connection, caller, contract_id, request, now, prepare
+            )
+    after_commit(bind, written, outbox, sender)
+    return contract
+
+
+def _change_phase_on(
+    connection: Connection,
+    caller: Caller,
+    contract_id: uuid.UUID,
+    request: PhaseChangeRequest,
+    now: datetime,
+    prepare: bool,
+) -> tuple[ContractRow, PendingWrites, list[Dispatch]]:
+    contract, facts = lock_row_with_facts(connection, caller, contract_id, prepare=prepare)
+    config, plan = _plan(contract, facts, request, caller)
+    written = PendingWrites()
+    columns, payload = phase_columns(
+        plan.old_phase, plan.new_phase, plan.new_version, now, forced=plan.forced, confirmed=plan.confirmed
+    )
+    # Event payloads carry their contract's id, as `app.events.record_event` writes them.
+    cid = str(contract.id)
+    written.events.append(
+        event_row(contract.id, EventType.PHASE_CHANGED.value, {"contractId": cid, **payload}, now)
+    )
+    if plan.new_status is not Status(contract.status):
+        # A confirmed move out of waiting_for_input returns the contract to active.
+        status, payload = status_columns(
+            Status(contract.status), plan.new_status, now, reason="phase confirmed"
+        )
+        columns.update(status)
+        written.events.append(
+            event_row(contract.id, EventType.STATUS_CHANGED.value, {"contractId": cid, **payload}, now)
+        )
+    contract.update(columns)
+    outbox: list[Dispatch] = []
+    if _moves_forward(config, plan):
+        follow_up = Dispatch(TaskName.EVALUATE_PROGRESS, {"contractId": cid})
+        written.outbox.append(outbox_row(follow_up.task, follow_up.payload, None, now))
+        outbox.append(follow_up)
+    write_held(connection, written, [(contract.id, columns)], prepare=prepare)
+    return contract, written, outbox
+
+
+def _roll_back(connection: Connection) -> None:
+    """End a failed transaction the connection opened itself; a connection that cannot is dropped."""
+    try:
+        connection.exec_driver_sql("ROLLBACK")
+    except Exception:
+        connection.invalidate()
 
 
 def mark_deliverable(
@@ -283,6 +406,7 @@ def set_auto_complete(
 
 __all__ = [
     "change_phase",
+    "change_phase_now",
     "change_status",
     "create_contract",
     "mark_deliverable",

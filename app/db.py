@@ -35,7 +35,7 @@ from app.config import Settings, get_settings
 from app.live_events import events_committed
 from app.models import utcnow
 from app.outbox import close_sent_rows, sent_rows
-from app.pending_writes import hold_contract_changes, hold_outbox_row, write_pending
+from app.pending_writes import PendingWrites, hold_contract_changes, hold_outbox_row, write_pending
 
 if TYPE_CHECKING:
     from app.broker import Sender
@@ -201,10 +201,21 @@ def unit_of_work(
         with session.begin():
             yield uow
             written = write_pending(session)
-        if written.events:  # committed: wake the live readers, count for /metrics (app.live_events)
-            events_committed(written.event_ids, written.events)
-        if uow.outbox:
-            _send_outbox(bind, uow.outbox, written.outbox_ids, sender)
+        after_commit(bind, written, uow.outbox, sender)
+
+
+def after_commit(
+    engine: Engine, written: PendingWrites, outbox: list[Dispatch], sender: Sender | None
+) -> None:
+    """What follows a COMMIT: wake the live readers, count for /metrics, send the follow-ups.
+
+    The unit of work calls it, and so does the guarded phase change's Core path
+    (`app.contracts.change_phase_now`), which commits on a connection of its own.
+    """
+    if written.events:  # committed: wake the live readers, count for /metrics (app.live_events)
+        events_committed(written.event_ids, written.events)
+    if outbox:
+        _send_outbox(engine, outbox, written.outbox_ids, sender)
 
 
 def _send_outbox(engine: Engine, outbox: list[Dispatch], row_ids: list[int], sender: Sender | None) -> None:
@@ -249,6 +260,7 @@ def alembic_config(url: str | None = None) -> Any:
 __all__ = [
     "Dispatch",
     "UnitOfWork",
+    "after_commit",
     "alembic_config",
     "dialect_insert",
     "dialect_insert_for",

@@ -12,9 +12,9 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final, Protocol
 
-from sqlalchemy import Boolean, String, bindparam, cast, false, null, select, union_all
+from sqlalchemy import Boolean, Connection, String, bindparam, cast, false, null, select, union_all
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -29,13 +29,27 @@ from app.domain.completion import (
 from app.domain.phases import PhaseConfig, parse_phase_config, resolve_phase_config
 from app.models import CompletedDeliverable, Contract, ContractTask
 
+
+class ConfiguredContract(Protocol):
+    """What choosing a contract's phases reads: an ORM row or a plain `ContractRow` alike."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def contract_type(self) -> str: ...
+    @property
+    def phase_config(self) -> dict[str, Any] | None: ...
+
+
 PHASE_CONFIG_CACHE_SIZE: Final = 512
 _ConfigKey = tuple[uuid.UUID, int, bytes, tuple[str, ...]]
 _parsed_configs: OrderedDict[_ConfigKey, PhaseConfig] = OrderedDict()
 _parsed_configs_lock = threading.Lock()
 
 
-def _config_key(contract: Contract, validators: tuple[str, ...]) -> _ConfigKey | None:
+def _config_key(contract: ConfiguredContract, validators: tuple[str, ...]) -> _ConfigKey | None:
     """(id, version, digest of the raw config, registered validators), or None if unhashable.
 
     A contract's phase_config never changes after creation today, but nothing enforces that,
@@ -50,7 +64,7 @@ def _config_key(contract: Contract, validators: tuple[str, ...]) -> _ConfigKey |
     return (contract.id, contract.version, digest, validators)
 
 
-def phase_config_of(contract: Contract) -> PhaseConfig:
+def phase_config_of(contract: ConfiguredContract) -> PhaseConfig:
     """The contract's own phases if it brought them, else its type's.
 
     Every read of a contract asks for its phases (list pages, readiness, each report a worker
@@ -99,15 +113,19 @@ _FACTS = union_all(
 
 
 def load_gate_facts(session: Session, contract: Contract, phase: str | None = None) -> GateFacts:
-    """The phase's completed deliverables and its tasks, in one round trip (UNION ALL).
+    """The phase's completed deliverables and its tasks, in one round trip (UNION ALL)."""
+    return gate_facts(session, contract.id, phase or contract.phase)
+
+
+def gate_facts(executor: Session | Connection, contract_id: uuid.UUID, phase: str) -> GateFacts:
+    """`load_gate_facts` on a session or a Core connection (the guarded phase change's path).
 
     A deliverable row carries its id in `name` and NULL status; a task row its name, status
     and supervisor flag.
     """
-    phase = phase or contract.phase
     done: set[str] = set()
     summaries: list[TaskSummary] = []
-    for name, status, is_supervisor in session.execute(_FACTS, {"cid": contract.id, "phase": phase}):
+    for name, status, is_supervisor in executor.execute(_FACTS, {"cid": contract_id, "phase": phase}):
         if status is None:
             done.add(name)
         else:
@@ -130,7 +148,9 @@ def switches_for(contract: Contract, settings: Settings) -> AutomationSwitches:
 
 __all__ = [
     "PHASE_CONFIG_CACHE_SIZE",
+    "ConfiguredContract",
     "cached_phase_configs",
+    "gate_facts",
     "load_gate_facts",
     "phase_config_of",
     "readiness",

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import JSON, Table, Uuid, insert, inspect, update
+from sqlalchemy import JSON, Connection, Table, Uuid, insert, inspect, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -57,17 +57,25 @@ def pending(session: Session) -> PendingWrites:
 def hold_event(
     session: Session, contract_id: uuid.UUID, type_: str, payload: dict[str, Any], now: datetime
 ) -> None:
-    pending(session).events.append(
-        {"contract_id": contract_id, "type": type_, "payload": payload, "created_at": now}
-    )
+    pending(session).events.append(event_row(contract_id, type_, payload, now))
 
 
 def hold_outbox_row(
     session: Session, task: str, payload: dict[str, Any], not_before: datetime | None, now: datetime
 ) -> None:
-    pending(session).outbox.append(
-        {"task": task, "payload": payload, "not_before": not_before, "created_at": now}
-    )
+    pending(session).outbox.append(outbox_row(task, payload, not_before, now))
+
+
+def outbox_row(
+    task: str, payload: dict[str, Any], not_before: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """A `task_outbox` row as `write_held` takes it."""
+    return {"task": task, "payload": payload, "not_before": not_before, "created_at": now}
+
+
+def event_row(contract_id: uuid.UUID, type_: str, payload: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A `contract_events` row as `write_held` takes it (the payload as it is stored)."""
+    return {"contract_id": contract_id, "type": type_, "payload": payload, "created_at": now}
 
 
 def hold_applied(
@@ -126,10 +134,8 @@ def write_pending(session: Session) -> PendingWrites:
     changes = list(writes.contracts.items())
     if not (changes or writes.events or writes.outbox or writes.applied):
         return writes
-    if session.get_bind().dialect.name == "postgresql":
-        _write_as_one_statement(session, writes, changes)
-    else:
-        _write_one_by_one(session, writes, changes)
+    prepare = bool(session.info.get("prepared_statements", True))
+    write_held(session.connection(), writes, changes, prepare=prepare)
     for contract_id, _ in changes:
         written = session.identity_map.get(session.identity_key(Contract, contract_id))
         if written is not None:
@@ -137,6 +143,25 @@ def write_pending(session: Session) -> PendingWrites:
     writes.contracts.clear()
     writes.applied.clear()
     return writes
+
+
+def write_held(
+    connection: Connection,
+    writes: PendingWrites,
+    changes: list[tuple[uuid.UUID, dict[str, Any]]],
+    *,
+    prepare: bool = True,
+) -> None:
+    """Write `changes` (contract id, columns) and the held rows on `connection`, ids into `writes`.
+
+    The one helper both dialects go through: one statement on PostgreSQL, plain statements on
+    SQLite. The unit of work calls it at commit; the guarded phase change's Core path
+    (`app.contracts.change_phase_now`) calls it with the rows it built itself.
+    """
+    if connection.dialect.name == "postgresql":
+        _write_as_one_statement(connection, writes, changes, prepare)
+    else:
+        _write_one_by_one(connection, writes, changes)
 
 
 Shape = tuple[tuple[tuple[str, ...], ...], int, int, int]
@@ -214,7 +239,10 @@ def _plain(value: Any) -> Any:
 
 
 def _write_as_one_statement(
-    session: Session, writes: PendingWrites, changes: list[tuple[uuid.UUID, dict[str, Any]]]
+    connection: Connection,
+    writes: PendingWrites,
+    changes: list[tuple[uuid.UUID, dict[str, Any]]],
+    prepare: bool,
 ) -> None:
     params: dict[str, Any] = {}
     contract_columns = []
@@ -233,10 +261,7 @@ def _write_as_one_statement(
     params["a_now"] = datetime.now(UTC)
     shape = (tuple(contract_columns), len(writes.events), len(writes.outbox), len(writes.applied))
     sql = _combined_sql(shape)
-    prepare = bool(session.info.get("prepared_statements", True))
-    returned = cast(
-        list[tuple[str, int]], execute_sql(session.connection(), sql, params, prepare=prepare).all()
-    )
+    returned = cast(list[tuple[str, int]], execute_sql(connection, sql, params, prepare=prepare).all())
     for kind, row_id in returned:
         if kind == "e":
             writes.event_ids.append(row_id)
@@ -245,24 +270,24 @@ def _write_as_one_statement(
 
 
 def _write_one_by_one(
-    session: Session, writes: PendingWrites, changes: list[tuple[uuid.UUID, dict[str, Any]]]
+    connection: Connection, writes: PendingWrites, changes: list[tuple[uuid.UUID, dict[str, Any]]]
 ) -> None:
     for contract_id, values in changes:
-        session.execute(update(_CONTRACTS).where(_CONTRACTS.c.id == contract_id).values(**values))
+        connection.execute(update(_CONTRACTS).where(_CONTRACTS.c.id == contract_id).values(**values))
     for row in writes.events:
         writes.event_ids.append(
-            session.execute(insert(_EVENTS).values(row).returning(_EVENTS.c.id)).scalar_one()
+            connection.execute(insert(_EVENTS).values(row).returning(_EVENTS.c.id)).scalar_one()
         )
     for row in writes.outbox:
         writes.outbox_ids.append(
-            session.execute(insert(_OUTBOX).values(row).returning(_OUTBOX.c.id)).scalar_one()
+            connection.execute(insert(_OUTBOX).values(row).returning(_OUTBOX.c.id)).scalar_one()
         )
     now = datetime.now(UTC)
     for receipt in writes.applied:
         upsert = sqlite_insert(MessageOutcome).values(
             **receipt, status="applied", event_ids=list(writes.event_ids), accepted_at=now, updated_at=now
         )
-        session.execute(
+        connection.execute(
             upsert.on_conflict_do_update(
                 index_elements=["principal_id", "message_id"],
                 set_={
@@ -279,11 +304,14 @@ def _write_one_by_one(
 
 __all__ = [
     "PendingWrites",
+    "event_row",
     "hold_applied",
     "hold_contract_changes",
     "hold_event",
     "hold_outbox_row",
+    "outbox_row",
     "pending",
     "pending_events",
+    "write_held",
     "write_pending",
 ]

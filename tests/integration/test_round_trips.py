@@ -1,8 +1,11 @@
 """Round trips on the hot paths, counted, so a change that adds one fails here loudly.
 
 Counted are the statements the database driver executes (SQLAlchemy's
-`before_cursor_execute`), not BEGIN/COMMIT. Budgets: a guarded phase change at most 6, a
-task-completed message (through the worker task's own code, in-process) at most 8.
+`before_cursor_execute`); psycopg2's own BEGIN and COMMIT are not among them. Budgets: a
+guarded phase change inside a unit of work at most 6, a task-completed message (through the
+worker task's own code, in-process) at most 8. The phase change on its own
+(`change_phase_now`, what the HTTP front runs) sends its BEGIN and COMMIT itself, so they are
+counted: exactly three round trips, the whole transaction.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import OperationalError
 
 from app import contracts
 from app.api import ContractsAPI
-from app.db import get_engine, unit_of_work
+from app.auth import Role, create_token
+from app.db import get_engine, migrate, unit_of_work
+from app.domain.errors import ContractNotFound, VersionConflict
 from app.domain.lifecycle import Status
 from app.domain.phase_change import PhaseChangeRequest
 from app.models import utcnow
@@ -25,6 +31,7 @@ from app.models import utcnow
 pytestmark = pytest.mark.integration
 
 PHASE_CHANGE_BUDGET = 6
+PHASE_CHANGE_ON_ITS_OWN = 3
 TASK_COMPLETED_BUDGET = 8
 
 
@@ -65,6 +72,75 @@ def test_a_guarded_phase_change_costs_at_most_six_statements(make_caller) -> Non
         )
     print(f"guarded phase change: {len(statements)} statements", *statements, sep="\n  ")
     assert 0 < len(statements) <= PHASE_CHANGE_BUDGET, statements
+
+
+def test_a_phase_change_on_its_own_is_three_round_trips_begin_and_commit_included(make_caller) -> None:
+    _, caller = make_caller()
+    cid = _active_contract(caller)
+    with unit_of_work(_no_send) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=utcnow())
+    request = PhaseChangeRequest("execute", expected_version=1)
+    with counted_statements() as statements:
+        row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
+    print(f"phase change on its own: {len(statements)} statements", *statements, sep="\n  ")
+    assert (row.phase, row.version) == ("execute", 2)
+    assert len(statements) == PHASE_CHANGE_ON_ITS_OWN, statements
+    assert statements[0].startswith("BEGIN;") and statements[-1] == "COMMIT", statements
+    events = ContractsAPI(caller=caller).events(cid).events
+    assert [e.type for e in events][-1] == "phase_changed"
+
+
+def test_a_refused_phase_change_releases_the_row_and_leaves_the_pool_transactional(make_caller) -> None:
+    """The Core path opens its transaction itself, so it must close it itself on a refusal."""
+    _, caller = make_caller()
+    cid = _active_contract(caller)
+    stale = PhaseChangeRequest("execute", expected_version=7)
+    with counted_statements() as statements, pytest.raises(VersionConflict):
+        contracts.change_phase_now(caller, cid, stale, now=utcnow(), sender=_no_send)
+    assert statements[-1] == "ROLLBACK", statements
+    _, stranger = make_caller()
+    with pytest.raises(ContractNotFound):
+        contracts.change_phase_now(
+            stranger, cid, PhaseChangeRequest("execute"), now=utcnow(), sender=_no_send
+        )
+
+    # Nobody holds the row: another connection locks it without waiting.
+    other = create_engine(get_engine().url)
+    try:
+        with other.begin() as conn:
+            conn.execute(text("SELECT 1 FROM contracts WHERE id = :id FOR UPDATE NOWAIT"), {"id": cid})
+    except OperationalError as exc:  # pragma: no cover - the failure this test exists for
+        pytest.fail(f"the refused change left the row locked: {exc}")
+    finally:
+        other.dispose()
+    # Every pooled connection is back to transactions managed by the driver.
+    engine = get_engine()
+    held = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:
+        assert all(c.connection.dbapi_connection.autocommit is False for c in held)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_the_guarded_change_on_its_own_keeps_its_rules_on_sqlite(tmp_path) -> None:
+    """The embedded default takes the same function: its own lock (BEGIN IMMEDIATE) and statements."""
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    with unit_of_work(engine=engine) as uow:
+        token = create_token(uow.session, "sqlite-owner", Role.USER)
+    api = ContractsAPI(token, engine=engine, sender=_no_send)
+    cid = uuid.UUID(str(api.create_contract("embedded", "simple").id))
+    api.change_status(cid, Status.ACTIVE)
+    api.complete_deliverable(cid, "plan-document")
+    with pytest.raises(VersionConflict):
+        api.change_phase(cid, "execute", expected_version=5)
+    changed = api.change_phase(cid, "execute", expected_version=1)
+    assert (changed.phase, changed.version) == ("execute", 2)
+    types = [e.type for e in api.events(cid).events]
+    assert types[-1] == "phase_changed" and types.count("phase_changed") == 1
+    engine.dispose()
 
 
 def test_a_task_completed_message_costs_at_most_eight_statements(make_caller) -> None:
