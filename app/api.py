@@ -55,6 +55,7 @@ from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.domain.supervisor_state import parse_save
+from app.domain.supervisors import derive_heartbeat_id
 from app.events import event_view, events_after
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.models import ContractTask, utcnow
@@ -521,8 +522,11 @@ class ContractsAPI:
             "currentActivity": current_activity,
             "progress": progress,
             "pendingTaskIds": [str(t) for t in pending_task_ids],
-            "timestamp": (timestamp or self._clock()).isoformat(),
+            "timestamp": (sent_at := timestamp or self._clock()).isoformat(),
         }
+        if heartbeat_id is None and isinstance(task_id, uuid.UUID) and sent_at.tzinfo is not None:
+            # The id the server would derive, named here so the heartbeat leaves in wire form.
+            heartbeat_id = derive_heartbeat_id(task_id, sent_at)
         optional = {"id": heartbeat_id, "incarnation": incarnation, "daemonId": daemon_id, "host": host}
         raw.update(
             {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in optional.items() if v is not None}

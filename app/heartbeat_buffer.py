@@ -35,7 +35,7 @@ from app.broker import Sender
 from app.config import Settings
 from app.db import unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
-from app.domain.supervisors import Heartbeat, InvalidHeartbeat, parse_heartbeat
+from app.domain.supervisors import InvalidHeartbeat, wire_heartbeat
 from app.heartbeats import MAX_PER_MESSAGE, message_of
 from app.models import Contract
 from app.queues import TaskName
@@ -204,14 +204,14 @@ class _VisibleCache:
     """(principal, contract) pairs found visible recently, so a steady sender pays no query."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+        self._seen: dict[tuple[uuid.UUID, str], float] = {}
         self._lock = threading.Lock()
 
-    def fresh(self, key: tuple[uuid.UUID, uuid.UUID]) -> bool:
+    def fresh(self, key: tuple[uuid.UUID, str]) -> bool:
         at = self._seen.get(key)
         return at is not None and time.monotonic() - at < VISIBLE_SECONDS
 
-    def add(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+    def add(self, key: tuple[uuid.UUID, str]) -> None:
         with self._lock:
             if len(self._seen) >= MAX_VISIBLE_ENTRIES:
                 self._seen.clear()
@@ -227,17 +227,18 @@ def send_heartbeat(
     """Check one heartbeat, buffer it, return its id (the API module's `send_heartbeat`)."""
     require_enabled(settings)
     try:
-        hb = parse_heartbeat(raw)
+        item = wire_heartbeat(raw)
     except InvalidHeartbeat as exc:
         raise invalid(exc) from None
-    key = (caller.principal_id, hb.contract_id)
+    key = (caller.principal_id, item["contractId"])
     if not _visible.fresh(key):
-        owner = owners_of(engine, settings, {hb.contract_id}).get(hb.contract_id)
+        contract_id = uuid.UUID(item["contractId"])
+        owner = owners_of(engine, settings, {contract_id}).get(contract_id)
         if owner is None or not caller.may_access(owner):
-            raise ContractNotFound(hb.contract_id)
+            raise ContractNotFound(contract_id)
         _visible.add(key)
-    buffer_for(send, settings).add(caller.principal_id, hb.to_json())
-    return hb.id
+    buffer_for(send, settings).add(caller.principal_id, item)
+    return uuid.UUID(item["id"])
 
 
 # --- the HTTP front's group commit ----------------------------------------------------------
@@ -261,7 +262,7 @@ class Submission:
     """One request's heartbeats: the parsed ones with their positions, and every result."""
 
     caller: Caller
-    parsed: list[tuple[int, Heartbeat]]
+    parsed: list[tuple[int, dict[str, Any]]]  # (position, the heartbeat in wire form)
     results: list[ItemResult]
 
 
@@ -322,20 +323,20 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
     """The group commit's send: one visibility query for the group, then one message."""
 
     def flush(entries: list[Submission]) -> None:
-        contract_ids = {hb.contract_id for e in entries for _, hb in e.parsed}
-        owners = owners_of(engine, settings, contract_ids)
+        contract_ids = {uuid.UUID(item["contractId"]) for e in entries for _, item in e.parsed}
+        owners = {str(cid): owner for cid, owner in owners_of(engine, settings, contract_ids).items()}
         groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
         total = 0
         for entry in entries:
-            for index, hb in entry.parsed:
-                owner = owners.get(hb.contract_id)
+            for index, item in entry.parsed:
+                owner = owners.get(item["contractId"])
                 if owner is None or not entry.caller.may_access(owner):
                     result = entry.results[index]
                     result.code = ContractNotFound.code
                     result.field = "contractId"
-                    result.message = f"Contract {hb.contract_id} does not exist or is not visible to you."
+                    result.message = f"Contract {item['contractId']} does not exist or is not visible to you."
                     continue
-                groups.setdefault(entry.caller.principal_id, []).append(hb.to_json())
+                groups.setdefault(entry.caller.principal_id, []).append(item)
                 total += 1
         if not total:
             return
@@ -355,11 +356,11 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
 
 def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
     """Parse each heartbeat of a request; an invalid one gets its own result, the rest go on."""
-    parsed: list[tuple[int, Heartbeat]] = []
+    parsed: list[tuple[int, dict[str, Any]]] = []
     results: list[ItemResult] = []
     for index, raw in enumerate(items):
         try:
-            hb = parse_heartbeat(raw)
+            item = wire_heartbeat(raw)
         except InvalidHeartbeat as exc:
             results.append(
                 ItemResult(
@@ -371,8 +372,8 @@ def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
                 )
             )
             continue
-        parsed.append((index, hb))
-        results.append(ItemResult(index, hb.id))
+        parsed.append((index, item))
+        results.append(ItemResult(index, uuid.UUID(item["id"])))
     return Submission(caller, parsed, results)
 
 

@@ -13,6 +13,7 @@ FEATURE_DISABLED.
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Query, Request, status
@@ -137,7 +138,7 @@ def accept(request: Request, caller: Caller, body: Any) -> HeartbeatsAccepted:
     if submission.parsed:
         _group_commit(request).submit(submission)
     if single and not submission.results[0].accepted:
-        raise ContractNotFound(submission.parsed[0][1].contract_id)
+        raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
     results = [
         HeartbeatItemResult(
             index=r.index,

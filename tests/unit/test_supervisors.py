@@ -282,7 +282,7 @@ def test_the_group_commit_coalesces_concurrent_submissions_and_answers_after_the
 
     def one() -> None:
         start.wait()
-        group.submit(Submission(caller, [(0, beat(0))], []))
+        group.submit(Submission(caller, [(0, beat(0).to_json())], []))
         done.append(len(flushed))
 
     threads = [threading.Thread(target=one) for _ in range(20)]
