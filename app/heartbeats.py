@@ -5,26 +5,31 @@ hundred a second here), so heartbeats travel in lists (`app.heartbeat_buffer`) a
 ingests a list like this, whatever its length:
 
 1. who sent it: each group's principal, re-checked (cached, `app.auth.check_principal`);
-   the contracts' owners in **one** query, so a sender acts only on contracts it may see;
-2. the supervisors' stored states in **one** query;
-3. the pure domain decides everything (`app.domain.supervisors.plan_batch`): per heartbeat
-   applied / stale / fenced / duplicate / refused; per supervisor the newest state by
-   (incarnation, timestamp), keys de-duplicated inside the batch, newest kept; the state
-   changes worth an event; the fenced daemons to tell;
-4. **one** upsert of the changed supervisors, guarded by the row's write counter (`version`)
-   and by `(stored.incarnation, stored.sent_at) <= (new.incarnation, new.sent_at)`: a row
-   another writer moved since step 2 is not overwritten; its heartbeats are judged again on
-   the row as it now is (locked, this time). Retries are rare (a sender's resend racing its
-   original, the dead sweep racing a late heartbeat) and bounded;
-5. **one** statement for the rest: the history rows (a duplicate id stored once), the
-   `supervisor_state_changed` events, the contracts' `last_activity_at` (moved only when
-   older than a tenth of the stale threshold: rewriting the wide contract row per heartbeat
-   was the largest cost), and the counters.
+   each heartbeat checked (`wire_heartbeat`: a quick check of what our senders produce,
+   `parse_heartbeat` for anything else, so the same heartbeats are refused with the same
+   field named); the contracts' owners in **one** query, so a sender acts only on
+   contracts it may see;
+2. on PostgreSQL (`_ingest_folded`), the list de-duplicated by id goes to the database,
+   which folds it into the supervisors itself (`PostgresStore.fold`): **two** statements,
+   the first sight of new supervisors, then one that locks the list's supervisors in task
+   order and judges every heartbeat against its row as it is then: fenced, another
+   contract's, or one of the rest, of which the newest by (incarnation, timestamp) replaces
+   the stored state only if newer; it writes the supervisors, the `supervisor_state_changed`
+   events (only for a real change), the history rows (a duplicate id stored once), the
+   contracts' `last_activity_at` (moved only when older than a tenth of the stale
+   threshold: rewriting the wide contract row per heartbeat was the largest cost) and the
+   counters, and answers only what is rare or small (the refused and fenced heartbeats, the
+   live notices). No supervisor row is read back and no per-heartbeat object is built: the
+   read-back and the Python fold were most of a list's cost;
+3. on SQLite (one writer at a time, a statement is a function call) the supervisors'
+   stored states are read in **one** query, the pure domain decides everything
+   (`app.domain.supervisors.plan_batch`, the same rules), and the writes go through
+   executemany, guarded by the row's write counter (`version`) and by
+   `(stored.incarnation, stored.sent_at) <= (new.incarnation, new.sent_at)`.
 
 On PostgreSQL each list travels as one JSON parameter expanded server-side
-(`jsonb_to_recordset`); on SQLite (the embedded default: one writer, no round trips) the
-same decisions are written with executemany. Fenced heartbeats (rare) also write daemon
-commands through the daemon-command outbox.
+(`json_to_recordset`). Fenced heartbeats (rare) also write daemon commands through the
+daemon-command outbox.
 
 **Duplicates across partitions.** The history is partitioned by received day, and a
 partitioned table's key must hold the partition key: `(contract_id, id, received_day)`. Within
