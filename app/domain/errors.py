@@ -265,7 +265,7 @@ class QuestionIdReused(ContractError):
     code = "QUESTION_ID_REUSED"
 
     def __init__(self, question_id: object, differs: Sequence[str]) -> None:
-        what = f"with another {', '.join(differs)}" if differs else "on another contract"
+        what = f"with different content ({', '.join(differs)})" if differs else "on another contract"
         super().__init__(
             f"Question id {question_id} was already asked {what}. Asking again with the same id "
             "must repeat the same question, type, options and context; ask a new question with a "
