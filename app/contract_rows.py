@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Row, TextualSelect, column, select, text
+from sqlalchemy import JSON, BigInteger, Connection, Row, TextualSelect, column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -77,30 +77,46 @@ _ROW_AND_FACTS_SQL = (
     " FROM contract_tasks t WHERE t.contract_id = contracts.id AND t.phase = contracts.phase) AS facts_tasks "
     "FROM contracts WHERE id = $1"
 )
-_LOCK_NAME, _FACTS_NAME = "mk_lock_contract", "mk_contract_facts"
+# The Core path (`lock_row_with_facts`) also reserves the ids of the event and the outbox row
+# it will most likely write, so its write can carry the COMMIT (`app.pending_writes.write_held`).
+_ROW_FACTS_AND_IDS_SQL = _ROW_AND_FACTS_SQL.replace(
+    " FROM contracts WHERE id = $1",
+    ", nextval('contract_events_id_seq') AS next_event_id, nextval('task_outbox_id_seq') AS next_outbox_id"
+    " FROM contracts WHERE id = $1",
+)
+_LOCK_NAME, _FACTS_NAME, _FACTS_IDS_NAME = "mk_lock_contract", "mk_contract_facts", "mk_contract_facts_ids"
+_FACT_COLUMNS = (column("facts_done", JSON), column("facts_tasks", JSON))
+_ID_COLUMNS = (column("next_event_id", BigInteger), column("next_outbox_id", BigInteger))
+
+
+@lru_cache(maxsize=16)
+def _lock_with_facts_text(prepare: bool, known: frozenset[str], core: bool) -> TextualSelect:
+    """The lock and the row with its facts as one string.
+
+    `core`: the transaction opens in it (`BEGIN`) and the ids are reserved. `known`: the
+    statements this connection has prepared already.
+    """
+    facts_name, facts_sql = (
+        (_FACTS_IDS_NAME, _ROW_FACTS_AND_IDS_SQL) if core else (_FACTS_NAME, _ROW_AND_FACTS_SQL)
+    )
+    if prepare:
+        sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {facts_name}(:id)"
+        if facts_name not in known:
+            sql = f"PREPARE {facts_name}(uuid) AS {facts_sql}; {sql}"
+        if _LOCK_NAME not in known:
+            sql = f"PREPARE {_LOCK_NAME}(uuid) AS {_LOCK_SQL}; {sql}"
+    else:
+        lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, facts_sql))
+        sql = f"{lock}; {facts}"
+    if core:
+        sql = f"BEGIN; {sql}"
+    extra = (*_FACT_COLUMNS, *_ID_COLUMNS) if core else _FACT_COLUMNS
+    return text(sql).columns(*Contract.__table__.c, *extra)
 
 
 @lru_cache(maxsize=8)
-def _lock_with_facts_text(prepare: bool, prepared_already: bool, begin: bool) -> TextualSelect:
-    """The lock and the row with its facts as one string; `begin` opens the transaction in it."""
-    if prepare:
-        sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {_FACTS_NAME}(:id)"
-        if not prepared_already:
-            sql = (
-                f"PREPARE {_LOCK_NAME}(uuid) AS {_LOCK_SQL}; "
-                f"PREPARE {_FACTS_NAME}(uuid) AS {_ROW_AND_FACTS_SQL}; {sql}"
-            )
-    else:
-        lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, _ROW_AND_FACTS_SQL))
-        sql = f"{lock}; {facts}"
-    if begin:
-        sql = f"BEGIN; {sql}"
-    return text(sql).columns(*Contract.__table__.c, column("facts_done", JSON), column("facts_tasks", JSON))
-
-
-@lru_cache(maxsize=4)
-def _lock_with_facts_query(prepare: bool, prepared_already: bool) -> Any:
-    statement = _lock_with_facts_text(prepare, prepared_already, False)
+def _lock_with_facts_query(prepare: bool, known: frozenset[str]) -> Any:
+    statement = _lock_with_facts_text(prepare, known, False)
     return select(
         Contract, statement.selected_columns.facts_done, statement.selected_columns.facts_tasks
     ).from_statement(statement)
@@ -120,10 +136,10 @@ def lock_contract_with_facts(
         return contract, load_gate_facts(session, contract)
     prepare = bool(session.info.get("prepared_statements", True))
     known: set[str] = session.connection().info.setdefault("makima.prepared", set())
-    query = _lock_with_facts_query(prepare, _LOCK_NAME in known)
+    query = _lock_with_facts_query(prepare, frozenset(known & {_LOCK_NAME, _FACTS_NAME}))
     row = session.execute(query.execution_options(populate_existing=True), {"id": contract_id}).one_or_none()
     if prepare:
-        known.add(_LOCK_NAME)
+        known.update((_LOCK_NAME, _FACTS_NAME))
     if row is None:
         raise ContractNotFound(contract_id)
     contract, done, tasks = row
@@ -183,27 +199,30 @@ def _row_values(row: Row[Any]) -> ContractRow:
 
 def lock_row_with_facts(
     connection: Connection, caller: Caller | None, contract_id: uuid.UUID, *, prepare: bool = True
-) -> tuple[ContractRow, GateFacts]:
+) -> tuple[ContractRow, GateFacts, tuple[int, int] | None]:
     """Open the transaction, lock the row, read it and its phase's gate facts: a Core connection.
 
     On PostgreSQL the connection is in autocommit mode and this one round trip carries the
     `BEGIN` as well (the caller sends `COMMIT` or `ROLLBACK`): psycopg2 would otherwise spend
-    a round trip of its own on `BEGIN`. On SQLite the transaction is already open
-    (`BEGIN IMMEDIATE`, the write lock) and these are two plain statements. An invisible
-    contract is reported exactly like a missing one.
+    a round trip of its own on `BEGIN`. It also reserves an event id and an outbox id (the
+    third value), so the write can carry the `COMMIT`. On SQLite the transaction is already
+    open (`BEGIN IMMEDIATE`, the write lock), these are two plain statements and nothing is
+    reserved. An invisible contract is reported exactly like a missing one.
     """
+    reserved: tuple[int, int] | None = None
     if connection.dialect.name == "postgresql":
         known: set[str] = connection.info.setdefault("makima.prepared", set())
-        query = _lock_with_facts_text(prepare, _LOCK_NAME in known, True)
+        query = _lock_with_facts_text(prepare, frozenset(known & {_LOCK_NAME, _FACTS_IDS_NAME}), True)
         result = connection.execute(query, {"id": contract_id}).one_or_none()
         if prepare:
-            known.add(_LOCK_NAME)
+            known.update((_LOCK_NAME, _FACTS_IDS_NAME))
         if result is None:
             raise ContractNotFound(contract_id)
         contract = _row_values(result)
-        done, tasks = result[-2], result[-1]
+        done, tasks, event_id, outbox_id = result[len(_CONTRACT_FIELDS) :]
         summaries = tuple(TaskSummary(name, status, bool(sup)) for name, status, sup in tasks)
         facts = GateFacts(contract.phase, frozenset(done), summaries)
+        reserved = (int(event_id), int(outbox_id))
     else:
         found = connection.execute(
             select(*Contract.__table__.c).where(Contract.__table__.c.id == contract_id)
@@ -214,7 +233,7 @@ def lock_row_with_facts(
         facts = gate_facts(connection, contract.id, contract.phase)
     if caller is not None and not caller.may_access(contract.owner_id):
         raise ContractNotFound(contract_id)
-    return contract, facts
+    return contract, facts, reserved
 
 
 def touch(contract: Contract, now: datetime) -> None:

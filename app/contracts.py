@@ -270,8 +270,9 @@ def change_phase_now(
     transaction, the follow-up sent only after COMMIT) without the ORM: the row is read as
     plain values, judged by the pure domain, and written back with its event and outbox row
     by the one statement `app.pending_writes.write_held` sends. On PostgreSQL the `BEGIN`
-    travels with the lock: three round trips (BEGIN + lock + facts, the write, COMMIT),
-    as many as a plain `UPDATE` in a transaction of its own takes through psycopg2.
+    travels with the lock and the `COMMIT` with the write: two round trips, where a plain
+    `UPDATE` in a transaction of its own takes three through psycopg2 (BEGIN, UPDATE,
+    COMMIT). A confirmed change out of waiting_for_input (two events) sends its COMMIT alone.
     """
     settings = settings or get_settings()
     bind = engine or get_engine()
@@ -287,7 +288,6 @@ def change_phase_now(
                 contract, written, outbox = _change_phase_on(
                     connection, caller, contract_id, request, now, prepare
                 )
-                connection.exec_driver_sql("COMMIT")
             except BaseException:
                 _roll_back(connection)
                 raise
@@ -311,7 +311,7 @@ def _change_phase_on(
     now: datetime,
     prepare: bool,
 ) -> tuple[ContractRow, PendingWrites, list[Dispatch]]:
-    contract, facts = lock_row_with_facts(connection, caller, contract_id, prepare=prepare)
+    contract, facts, reserved = lock_row_with_facts(connection, caller, contract_id, prepare=prepare)
     config, plan = _plan(contract, facts, request, caller)
     written = PendingWrites()
     columns, payload = phase_columns(
@@ -337,7 +337,20 @@ def _change_phase_on(
         follow_up = Dispatch(TaskName.EVALUATE_PROGRESS, {"contractId": cid})
         written.outbox.append(outbox_row(follow_up.task, follow_up.payload, None, now))
         outbox.append(follow_up)
-    write_held(connection, written, [(contract.id, columns)], prepare=prepare)
+    changes = [(contract.id, columns)]
+    if reserved is None:  # SQLite: the engine's transaction commits
+        write_held(connection, written, changes, prepare=prepare)
+    elif len(written.events) == 1 and len(written.outbox) <= 1:
+        # The usual change: its rows take the ids reserved under the lock, and the write
+        # carries the COMMIT. (A reserved id left unused is a gap in a sequence, nothing more.)
+        written.events[0]["id"] = reserved[0]
+        if written.outbox:
+            written.outbox[0]["id"] = reserved[1]
+        write_held(connection, written, changes, prepare=prepare, commit=True)
+    else:
+        # A confirmed change also writes the status event: ids as the write returns them.
+        write_held(connection, written, changes, prepare=prepare)
+        connection.exec_driver_sql("COMMIT")
     return contract, written, outbox
 
 

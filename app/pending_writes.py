@@ -151,20 +151,30 @@ def write_held(
     changes: list[tuple[uuid.UUID, dict[str, Any]]],
     *,
     prepare: bool = True,
+    commit: bool = False,
 ) -> None:
     """Write `changes` (contract id, columns) and the held rows on `connection`, ids into `writes`.
 
     The one helper both dialects go through: one statement on PostgreSQL, plain statements on
     SQLite. The unit of work calls it at commit; the guarded phase change's Core path
     (`app.contracts.change_phase_now`) calls it with the rows it built itself.
+
+    `commit` (PostgreSQL, a transaction the caller opened with its own `BEGIN`): the
+    statement and the `COMMIT` go in one round trip. The driver returns only the last
+    statement's result, so every held row must carry its `id` already (reserved with
+    `nextval` under the lock); those are the ids reported.
     """
-    if connection.dialect.name == "postgresql":
-        _write_as_one_statement(connection, writes, changes, prepare)
-    else:
+    if connection.dialect.name != "postgresql":
+        if commit:
+            raise ValueError("write_held(commit=True) is for a PostgreSQL transaction opened by its caller")
         _write_one_by_one(connection, writes, changes)
+        return
+    if commit and not all("id" in row for row in (*writes.events, *writes.outbox)):
+        raise ValueError("write_held(commit=True) needs every held row's id reserved beforehand")
+    _write_as_one_statement(connection, writes, changes, prepare, commit)
 
 
-Shape = tuple[tuple[tuple[str, ...], ...], int, int, int]
+Shape = tuple[tuple[tuple[str, ...], ...], int, int, int, bool]
 
 # A receipt: insert `applied`, or turn a pending/refused one applied; an applied one stays as
 # it is (a repeat delivery keeps the first application's event ids).
@@ -194,7 +204,7 @@ def _combined_sql(shape: Shape) -> str:
     Written out once per shape and cached: compiling a multi-CTE statement through the
     SQL expression layer on every commit cost more than the round trips it saved.
     """
-    contract_columns, n_events, n_outbox, n_applied = shape
+    contract_columns, n_events, n_outbox, n_applied, ids_given = shape
     ctes = []
     for i, columns in enumerate(contract_columns):
         sets = ", ".join(f"{col} = {_placeholder(_CONTRACTS, col, f'c{i}_{col}')}" for col in columns)
@@ -203,7 +213,7 @@ def _combined_sql(shape: Shape) -> str:
     for prefix, table, count in (("e", _EVENTS, n_events), ("o", _OUTBOX, n_outbox)):
         if not count:
             continue
-        names = [c.name for c in table.c if c.name != "id"]
+        names = [c.name for c in table.c if ids_given or c.name != "id"]
         rows = ", ".join(
             "(" + ", ".join(_placeholder(table, col, f"{prefix}{i}_{col}") for col in names) + ")"
             for i in range(count)
@@ -243,6 +253,7 @@ def _write_as_one_statement(
     writes: PendingWrites,
     changes: list[tuple[uuid.UUID, dict[str, Any]]],
     prepare: bool,
+    commit: bool,
 ) -> None:
     params: dict[str, Any] = {}
     contract_columns = []
@@ -259,8 +270,13 @@ def _write_as_one_statement(
             {f"a{i}_{col}": str(v) if isinstance(v, uuid.UUID) else v for col, v in receipt.items()}
         )
     params["a_now"] = datetime.now(UTC)
-    shape = (tuple(contract_columns), len(writes.events), len(writes.outbox), len(writes.applied))
+    shape = (tuple(contract_columns), len(writes.events), len(writes.outbox), len(writes.applied), commit)
     sql = _combined_sql(shape)
+    if commit:
+        execute_sql(connection, sql, params, prepare=prepare, then="COMMIT")
+        writes.event_ids.extend(row["id"] for row in writes.events)
+        writes.outbox_ids.extend(row["id"] for row in writes.outbox)
+        return
     returned = cast(list[tuple[str, int]], execute_sql(connection, sql, params, prepare=prepare).all())
     for kind, row_id in returned:
         if kind == "e":

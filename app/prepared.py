@@ -41,14 +41,17 @@ def statement_name(sql: str) -> str:
 
 
 def execute_sql(
-    connection: Connection, sql: str, params: Mapping[str, Any], *, prepare: bool = True
+    connection: Connection, sql: str, params: Mapping[str, Any], *, prepare: bool = True, then: str = ""
 ) -> CursorResult[Any]:
     """Run `sql` (psycopg2 `%(name)s` style): prepared on PostgreSQL when `prepare`, else as text.
 
-    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip.
+    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip. `then` is
+    a statement without parameters sent after it in the same round trip (`COMMIT`); the
+    result is then that statement's, not `sql`'s.
     """
+    tail = f"; {then}" if then else ""
     if not prepare or connection.dialect.name != "postgresql":
-        return connection.exec_driver_sql(sql, dict(params))
+        return connection.exec_driver_sql(sql + tail, dict(params))
     body, order = _prepared_form(sql)
     name = statement_name(sql)
     args = ", ".join(f"%({n})s" for n in order)
@@ -56,7 +59,7 @@ def execute_sql(
     known: set[str] = connection.info.setdefault(_INFO_KEY, set())
     if name not in known:
         run = f"PREPARE {name} AS {body.replace('%', '%%')}; {run}"
-    result = connection.exec_driver_sql(run, dict(params))
+    result = connection.exec_driver_sql(run + tail, dict(params))
     known.add(name)
     return result
 

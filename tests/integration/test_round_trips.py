@@ -4,8 +4,8 @@ Counted are the statements the database driver executes (SQLAlchemy's
 `before_cursor_execute`); psycopg2's own BEGIN and COMMIT are not among them. Budgets: a
 guarded phase change inside a unit of work at most 6, a task-completed message (through the
 worker task's own code, in-process) at most 8. The phase change on its own
-(`change_phase_now`, what the HTTP front runs) sends its BEGIN and COMMIT itself, so they are
-counted: exactly three round trips, the whole transaction.
+(`change_phase_now`, what the HTTP front runs) sends its BEGIN and COMMIT itself, with its
+two statements, so they are counted: exactly two round trips, the whole transaction.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from app.api import ContractsAPI
 from app.auth import Role, create_token
 from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, VersionConflict
-from app.domain.lifecycle import Status
+from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.models import utcnow
 
 pytestmark = pytest.mark.integration
 
 PHASE_CHANGE_BUDGET = 6
-PHASE_CHANGE_ON_ITS_OWN = 3
+PHASE_CHANGE_ON_ITS_OWN = 2
 TASK_COMPLETED_BUDGET = 8
 
 
@@ -44,7 +44,7 @@ def counted_statements() -> Iterator[list[str]]:
     statements: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        statements.append(statement.split("\n", 1)[0][:120])
+        statements.append(statement)
 
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", count)
@@ -52,6 +52,10 @@ def counted_statements() -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+def _short(statements: list[str]) -> list[str]:
+    return [s.split("\n", 1)[0][:120] for s in statements]
 
 
 def _active_contract(caller: Any) -> uuid.UUID:
@@ -70,11 +74,11 @@ def test_a_guarded_phase_change_costs_at_most_six_statements(make_caller) -> Non
         contracts.change_phase(
             uow, caller, cid, PhaseChangeRequest("execute", expected_version=1), now=utcnow()
         )
-    print(f"guarded phase change: {len(statements)} statements", *statements, sep="\n  ")
+    print(f"guarded phase change: {len(statements)} statements", *_short(statements), sep="\n  ")
     assert 0 < len(statements) <= PHASE_CHANGE_BUDGET, statements
 
 
-def test_a_phase_change_on_its_own_is_three_round_trips_begin_and_commit_included(make_caller) -> None:
+def test_a_phase_change_on_its_own_is_two_round_trips_begin_and_commit_included(make_caller) -> None:
     _, caller = make_caller()
     cid = _active_contract(caller)
     with unit_of_work(_no_send) as uow:
@@ -82,12 +86,28 @@ def test_a_phase_change_on_its_own_is_three_round_trips_begin_and_commit_include
     request = PhaseChangeRequest("execute", expected_version=1)
     with counted_statements() as statements:
         row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
-    print(f"phase change on its own: {len(statements)} statements", *statements, sep="\n  ")
+    print(f"phase change on its own: {len(statements)} statements", *_short(statements), sep="\n  ")
     assert (row.phase, row.version) == ("execute", 2)
     assert len(statements) == PHASE_CHANGE_ON_ITS_OWN, statements
-    assert statements[0].startswith("BEGIN;") and statements[-1] == "COMMIT", statements
+    assert statements[0].startswith("BEGIN;") and statements[-1].endswith("; COMMIT"), statements
     events = ContractsAPI(caller=caller).events(cid).events
     assert [e.type for e in events][-1] == "phase_changed"
+
+
+def test_a_confirmed_phase_change_writes_both_events_and_commits_alone(make_caller) -> None:
+    """Out of waiting_for_input: the status event too, so the ids come back and COMMIT follows."""
+    _, caller = make_caller()
+    cid = _active_contract(caller)
+    api = ContractsAPI(caller=caller, sender=_no_send)
+    api.complete_deliverable(cid, "plan-document")
+    api.change_status(cid, Status.WAITING_FOR_INPUT, waiting_for=WaitingFor.PHASE_CONFIRMATION)
+    request = PhaseChangeRequest("execute", expected_version=1, confirmed=True)
+    with counted_statements() as statements:
+        row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
+    assert (row.phase, row.status, row.waiting_for) == ("execute", "active", None)
+    assert len(statements) == PHASE_CHANGE_ON_ITS_OWN + 1 and statements[-1] == "COMMIT", _short(statements)
+    types = [e.type for e in api.events(cid).events]
+    assert types[-2:] == ["phase_changed", "status_changed"]
 
 
 def test_a_refused_phase_change_releases_the_row_and_leaves_the_pool_transactional(make_caller) -> None:
@@ -162,5 +182,5 @@ def test_a_task_completed_message_costs_at_most_eight_statements(make_caller) ->
     task_completed.run(message())  # warms the principal cache, as a running worker's is
     with counted_statements() as statements:
         task_completed.run(message())
-    print(f"task completed: {len(statements)} statements", *statements, sep="\n  ")
+    print(f"task completed: {len(statements)} statements", *_short(statements), sep="\n  ")
     assert 0 < len(statements) <= TASK_COMPLETED_BUDGET, statements
