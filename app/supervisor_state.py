@@ -48,6 +48,8 @@ from app.domain.supervisor_state import (
     judge_save,
     parse_message,
     parse_snapshot,
+    refuse_a_different_resend,
+    resend_window,
     worth_an_event,
 )
 from app.events import record_event
@@ -368,6 +370,12 @@ def save_state(
     stored = StoredOrder(row.incarnation, row.state_version, row.history_length)
     plan = judge_save(contract.id, save, stored, current_incarnation(in_force, stored))
     if plan.verdict is SaveVerdict.DUPLICATE:
+        window = resend_window(save, row.history_length)
+        resent = None if window is None else [m for _, m in history_rows(session, save.task_id, *window)]
+        stored_values = {**state_snapshot(row), "daemonId": row.daemon_id, "host": row.host}
+        refuse_a_different_resend(
+            save, plan, stored_values, row.checkpoint if isinstance(row.checkpoint, Mapping) else None, resent
+        )
         return _saved(save.task_id, _current_values(row), applied=False)
     before_state, before_phase = row.state, row.phase
     stored_checkpoint = row.checkpoint if isinstance(row.checkpoint, Mapping) else None

@@ -218,6 +218,29 @@ class StaleState(ContractError):
         )
 
 
+class StateVersionReused(ContractError):
+    """A save under the stored (incarnation, stateVersion) whose content is not the stored save's.
+
+    The same key is safe only as a resend of the same save (a lost answer); a daemon whose
+    state changed counts a new stateVersion, or the change would be dropped in silence.
+    """
+
+    code = "STATE_VERSION_REUSED"
+
+    def __init__(self, task_id: object, incarnation: int, state_version: int, differs: Sequence[str]) -> None:
+        super().__init__(
+            f"State version {state_version} (incarnation {incarnation}) of supervisor {task_id} was "
+            f"already saved with different content ({', '.join(differs)}). Resending a save must "
+            "repeat it exactly; save a changed state with a higher stateVersion.",
+            {
+                "taskId": str(task_id),
+                "incarnation": incarnation,
+                "stateVersion": state_version,
+                "differs": list(differs),
+            },
+        )
+
+
 class HistoryGap(ContractError):
     """An append that starts past the end of the stored history: the messages between are missing."""
 
@@ -287,6 +310,7 @@ __all__ = [
     "QuestionIdReused",
     "QuestionNotFound",
     "StaleState",
+    "StateVersionReused",
     "SupervisorDead",
     "SupervisorFenced",
     "SupervisorNotFound",

@@ -5,8 +5,8 @@
     │   ├── ContractNotFound 404 · InvalidTransition 400 · VersionConflict 409
     │   ├── PhaseGuardRequired 409 · InvalidDeliverable 400 · ValidationFailed 400
     │   ├── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
-    │   └── SupervisorFenced 409 · StaleState 409 · HistoryGap 409 · QuestionNotFound 404
-    │       · QuestionClosed 409 · QuestionIdReused 409
+    │   └── SupervisorFenced 409 · StaleState 409 · StateVersionReused 409 · HistoryGap 409
+    │       · QuestionNotFound 404 · QuestionClosed 409 · QuestionIdReused 409
     ├── Unauthenticated ...... 401 UNAUTHENTICATED
     └── InvalidRequest ....... 422 INVALID_REQUEST
 
@@ -49,6 +49,7 @@ from app.domain.errors import (
     QuestionIdReused,
     QuestionNotFound,
     StaleState,
+    StateVersionReused,
     SupervisorDead,
     SupervisorFenced,
     SupervisorNotFound,
@@ -77,6 +78,7 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         Forbidden: status.HTTP_403_FORBIDDEN,
         SupervisorFenced: status.HTTP_409_CONFLICT,
         StaleState: status.HTTP_409_CONFLICT,
+        StateVersionReused: status.HTTP_409_CONFLICT,
         HistoryGap: status.HTTP_409_CONFLICT,
         QuestionNotFound: status.HTTP_404_NOT_FOUND,
         QuestionClosed: status.HTTP_409_CONFLICT,
@@ -246,6 +248,17 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
                 "stateVersion": 4,
                 "storedIncarnation": 2,
                 "storedStateVersion": 7,
+            },
+        ),
+        ErrorCode.STATE_VERSION_REUSED: (
+            "State version 7 (incarnation 2) of supervisor 9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c was "
+            "already saved with different content (progress, history). Resending a save must repeat "
+            "it exactly; save a changed state with a higher stateVersion.",
+            {
+                "taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c",
+                "incarnation": 2,
+                "stateVersion": 7,
+                "differs": ["progress", "history"],
             },
         ),
         ErrorCode.HISTORY_GAP: (

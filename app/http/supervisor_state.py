@@ -91,7 +91,8 @@ class SaveStateRequest(_Body):
         ge=0,
         le=MAX_STATE_VERSION,
         description="Orders saves within an incarnation: higher is newer; the stored one again is a "
-        "duplicate (applied: false); lower is STALE_STATE",
+        "duplicate (applied: false) when the body is the same, STATE_VERSION_REUSED when it is "
+        "not; lower is STALE_STATE",
     )
     state: Literal[
         "initializing",
@@ -148,6 +149,7 @@ class RestartRequest(_Body):
         E.VALIDATION_FAILED,
         E.SUPERVISOR_FENCED,
         E.STALE_STATE,
+        E.STATE_VERSION_REUSED,
         E.HISTORY_GAP,
         bad_json=True,
     ),
@@ -157,7 +159,8 @@ def save_state(contract_id: ContractId, body: SaveStateRequest, api: Api) -> Any
 
     Saves are ordered by (incarnation, stateVersion): an incarnation the server replaced is
     409 SUPERVISOR_FENCED, an older save 409 STALE_STATE, the stored save sent again answers
-    200 with `applied: false` (a resend is one save, its history append included). History is
+    200 with `applied: false` (a resend is one save, its history append included) and a
+    different save under the stored key is 409 STATE_VERSION_REUSED naming what differs. History is
     appended in increments at `historyFrom` (409 HISTORY_GAP past the stored end, which the
     error names). A `checkpoint` marks this save as a consistent point a restoration can fall
     back to."""

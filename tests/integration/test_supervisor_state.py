@@ -143,6 +143,18 @@ def test_a_save_its_resend_and_an_older_save_leave_the_newest_state_and_one_hist
     again = client.post(url, json=newer, headers=owner.headers())
     assert again.status_code == 200 and again.json()["applied"] is False
     assert (again.json()["stateVersion"], again.json()["historyLength"]) == (2, 3)
+    # Other content under the stored version is not a resend: refused, naming what differs.
+    reused = client.post(
+        url, json={**newer, "progress": 80, "historyAppend": [message(7)]}, headers=owner.headers()
+    )
+    assert reused.status_code == 409, reused.text
+    assert reused.json()["error"]["code"] == "STATE_VERSION_REUSED"
+    assert reused.json()["error"]["details"] == {
+        "taskId": str(task),
+        "incarnation": 1,
+        "stateVersion": 2,
+        "differs": ["progress", "history"],
+    }
     # A save older than the stored one is refused and writes nothing.
     older = client.post(
         url, json=body(task, 1, state="failed", historyAppend=[message(99)]), headers=owner.headers()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.errors import HistoryGap, StaleState, StateVersionReused, SupervisorFenced, ValidationFailed
 from app.domain.supervisor_state import (
     MAX_APPEND,
     MAX_CONTENT,
@@ -22,6 +22,9 @@ from app.domain.supervisor_state import (
     parse_message,
     parse_save,
     parse_snapshot,
+    refuse_a_different_resend,
+    resend_differences,
+    resend_window,
     snapshot_of,
     worth_an_event,
 )
@@ -147,6 +150,49 @@ def test_a_newer_save_applies_an_equal_one_is_a_duplicate_an_older_one_is_stale(
         "stateVersion": 4,
         "storedIncarnation": 1,
         "storedStateVersion": 5,
+    }
+
+
+def stored_save(save_raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, list[Any] | None]:
+    """What the server keeps of an applied first save: the state, its checkpoint, its messages."""
+    save = parse_save(save_raw)
+    plan = judge_save(CID, save, None, 1)
+    history = [m.to_json() for m in save.history_append or ()]
+    state = {**snapshot_of(save, plan, T0), "daemonId": save.daemon_id, "host": save.host}
+    return state, checkpoint_after(save, plan, None, T0), history
+
+
+def test_a_resend_is_the_same_save_any_other_content_under_its_version_is_refused_naming_what_differs() -> (
+    None
+):
+    first = raw(stateVersion=5, historyAppend=[msg(0), msg(1)], checkpoint={"id": "cp"}, daemonId="d-7")
+    state, checkpoint, history = stored_save(first)
+    assert resend_window(parse_save(first), 2) == (0, 2)
+    assert resend_differences(parse_save(first), state, checkpoint, history) == []
+    # The same key with other content is not a resend: nothing may be dropped in silence.
+    changed = {**first, "progress": 46, "historyAppend": [msg(0), msg(9)], "checkpoint": None}
+    assert resend_differences(parse_save(changed), state, checkpoint, history) == [
+        "progress",
+        "history",
+        "checkpoint",
+    ]
+    assert resend_differences(parse_save({**first, "daemonId": "d-8"}), state, checkpoint, history) == [
+        "daemonId"
+    ]
+    # An append that cannot have made the stored history (two messages where one is stored).
+    assert resend_window(parse_save(first), 1) is None
+    assert resend_differences(parse_save(first), state, checkpoint, None) == ["history"]
+    save = parse_save(changed)
+    with pytest.raises(StateVersionReused) as reused:
+        refuse_a_different_resend(
+            save, judge_save(CID, save, stored(version=5, length=2), 1), state, checkpoint, history
+        )
+    assert reused.value.code == "STATE_VERSION_REUSED"
+    assert reused.value.details == {
+        "taskId": str(TASK),
+        "incarnation": 1,
+        "stateVersion": 5,
+        "differs": ["progress", "history", "checkpoint"],
     }
 
 
