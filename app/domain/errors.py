@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 
 class ContractError(Exception):
@@ -167,15 +167,42 @@ class FeatureDisabled(ContractError):
         )
 
 
+# Roles are always listed in this order (a person, a daemon, an operator), whoever builds the list.
+ROLE_ORDER: Final = ("user", "supervisor", "admin")
+
+
+def _in_role_order(roles: Sequence[str]) -> list[str]:
+    known = [r for r in ROLE_ORDER if r in roles]
+    return known + sorted(set(roles) - set(known))
+
+
+def who_to_ask(allowed: Sequence[str]) -> str:
+    """What a refused caller can do next: who holds a role that may.
+
+    A person's decision goes to a person of the owner; a daemon's call to the owner's daemon;
+    only what is the operators' alone goes to an operator.
+    """
+    if "user" in allowed:
+        return "A person of the owner decides this (a user token)."
+    if "supervisor" in allowed:
+        return "It is the owner's daemon's call (a supervisor token)."
+    return "Ask an operator."
+
+
 class Forbidden(ContractError):
-    """The caller is authenticated, but its role may not do this (batch operations: admin)."""
+    """The caller is authenticated, but its role may not do this (batch operations: admin).
+
+    `allowedRoles` is listed in `ROLE_ORDER`; the message ends with who to ask (`who_to_ask`,
+    or the `hint` given)."""
 
     code = "FORBIDDEN"
 
-    def __init__(self, action: str, role: str, allowed: Sequence[str]) -> None:
+    def __init__(self, action: str, role: str, allowed: Sequence[str], hint: str | None = None) -> None:
+        ordered = _in_role_order(allowed)
         super().__init__(
-            f"Your role '{role}' may not {action}; only {', '.join(allowed)} may. Ask an operator.",
-            {"role": role, "allowedRoles": list(allowed)},
+            f"Your role '{role}' may not {action}; only {', '.join(ordered)} may. "
+            f"{hint or who_to_ask(ordered)}",
+            {"role": role, "allowedRoles": ordered},
         )
 
 

@@ -255,6 +255,13 @@ def test_a_supervisor_may_not_answer_and_a_user_may_neither_ask_nor_withdraw(tea
     details = assert_error(refused, 403, "FORBIDDEN")
     assert details == {"role": "supervisor", "allowedRoles": ["user", "admin"]}
     assert "a person decides" in refused.json()["error"]["message"]
+    assert "operator" not in refused.json()["error"]["message"], (
+        "a person of the owner answers, not an operator"
+    )
+    # Leaving the question's wait is a person's decision too, named in the same order.
+    leave = team.supervisor.call("POST", f"{BASE}/{team.cid}/status", {"targetStatus": "active"})
+    assert assert_error(leave, 403, "FORBIDDEN") == {"role": "supervisor", "allowedRoles": ["user", "admin"]}
+    assert "operator" not in leave.json()["error"]["message"]
 
     ask = team.person.call("POST", f"{BASE}/{team.cid}/questions", {"question": "Mine?", "type": "free_text"})
     assert assert_error(ask, 403, "FORBIDDEN") == {"role": "user", "allowedRoles": ["supervisor", "admin"]}

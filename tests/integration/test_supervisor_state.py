@@ -249,6 +249,7 @@ def test_a_supervisor_or_an_admin_saves_a_user_may_not_and_a_stranger_sees_nothi
     refused = client.post(url, json=body(uuid.uuid4(), 1), headers=owner.headers("user"))
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "FORBIDDEN"
     assert refused.json()["error"]["details"]["allowedRoles"] == ["supervisor", "admin"]
+    assert "operator" not in refused.json()["error"]["message"], "the daemon saves, not an operator"
     admin = {"Authorization": f"Bearer {make_caller(role='admin')[0]}"}
     assert client.post(url, json=body(uuid.uuid4(), 1), headers=admin).status_code == 200
     stranger = {"Authorization": f"Bearer {make_caller(role='supervisor')[0]}"}
