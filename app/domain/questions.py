@@ -19,6 +19,7 @@ question and an answer the same way:
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,17 @@ class QuestionDraft:
         return [name for name in stored if stored[name] != given[name]]
 
 
+# What "only blanks" means: whitespace and the invisible format characters (zero-width space
+# U+200B, BOM U+FEFF, ...) that `str.strip` keeps but no reader sees.
+_BLANK_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc"})
+
+
+def is_blank(value: str) -> bool:
+    """Whether `value` has nothing a person can read: empty, or only whitespace and Unicode
+    format characters (categories Zs, Zl, Zp, Cf like U+200B and U+FEFF, and Cc)."""
+    return all(c.isspace() or unicodedata.category(c) in _BLANK_CATEGORIES for c in value)
+
+
 def _refuse(field: str, message: str, missing: bool = False, **details: Any) -> ValidationFailed:
     return ValidationFailed(message, missing=[field] if missing else [], details={"field": field, **details})
 
@@ -111,8 +123,10 @@ def _text(value: object, field: str, limit: int, *, required: bool) -> str | Non
         return None
     if not isinstance(value, str):
         raise _refuse(field, f"'{field}' must be a string; got {type(value).__name__}.")
-    if not value.strip():
-        raise _refuse(field, f"'{field}' must not be empty or only blanks.", limit=limit)
+    if is_blank(value):
+        raise _refuse(
+            field, f"'{field}' must not be empty or only blanks (spaces, zero-width characters).", limit=limit
+        )
     if len(value) > limit:
         raise _refuse(
             field, f"'{field}' may have at most {limit} characters; it has {len(value)}.", limit=limit
@@ -164,11 +178,17 @@ def _options(type_: QuestionType, raw: object) -> tuple[str, ...]:
         label = f"options[{index}]"
         if not isinstance(option, str):
             raise _refuse("options", f"{label} must be a string; got {type(option).__name__}.", index=index)
-        if not option.strip() or len(option) > MAX_OPTION or "\x00" in option:
+        problem = None
+        if is_blank(option):
+            problem = "is empty or only blanks (spaces, zero-width characters)"
+        elif len(option) > MAX_OPTION:
+            problem = f"has {len(option)} characters"
+        elif "\x00" in option:
+            problem = "contains a NUL (\\u0000) character"
+        if problem is not None:
             raise _refuse(
                 "options",
-                f"{label} must have 1 to {MAX_OPTION} characters, not only blanks and no NUL; "
-                f"it has {len(option)}.",
+                f"{label} {problem}; an option has 1 to {MAX_OPTION} characters, not only blanks, no NUL.",
                 index=index,
                 limit=MAX_OPTION,
             )
@@ -228,8 +248,8 @@ def parse_answer(type_: QuestionType, options: Sequence[str], answer: object) ->
     if type_ is QuestionType.FREE_TEXT:
         if not isinstance(answer, str):
             raise _wrong_answer(type_, options, f"got {type(answer).__name__}")
-        if not answer.strip():
-            raise _wrong_answer(type_, options, "it is empty or only blanks")
+        if is_blank(answer):
+            raise _wrong_answer(type_, options, "it is empty or only blanks (spaces, zero-width characters)")
         if len(answer) > MAX_FREE_TEXT_ANSWER:
             raise _wrong_answer(type_, options, f"it has {len(answer)} characters")
         if "\x00" in answer:
@@ -296,6 +316,7 @@ __all__ = [
     "QuestionDraft",
     "QuestionStatus",
     "QuestionType",
+    "is_blank",
     "parse_answer",
     "parse_question",
     "parse_type",
