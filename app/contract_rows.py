@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Connection, Row, TextualSelect, column, select, text
+from sqlalchemy import JSON, Connection, Row, TextualSelect, column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -24,7 +24,7 @@ from app.domain.lifecycle import Status, check_transition
 from app.domain.records import EventType
 from app.events import record_event
 from app.gate import gate_facts, load_gate_facts
-from app.models import Contract
+from app.models import Contract, UTCDateTime
 from app.pending_writes import pending
 
 
@@ -86,37 +86,46 @@ _ROW_FACTS_AND_IDS_SQL = _ROW_AND_FACTS_SQL.replace(
 )
 _LOCK_NAME, _FACTS_NAME, _FACTS_IDS_NAME = "mk_lock_contract", "mk_contract_facts", "mk_contract_facts_ids"
 _FACT_COLUMNS = (column("facts_done", JSON), column("facts_tasks", JSON))
-_ID_COLUMNS = (column("next_event_id", BigInteger), column("next_outbox_id", BigInteger))
 
 
-@lru_cache(maxsize=16)
-def _lock_with_facts_text(prepare: bool, known: frozenset[str], core: bool) -> TextualSelect:
-    """The lock and the row with its facts as one string.
-
-    `core`: the transaction opens in it (`BEGIN`) and the ids are reserved. `known`: the
-    statements this connection has prepared already.
-    """
-    facts_name, facts_sql = (
-        (_FACTS_IDS_NAME, _ROW_FACTS_AND_IDS_SQL) if core else (_FACTS_NAME, _ROW_AND_FACTS_SQL)
-    )
+@lru_cache(maxsize=8)
+def _lock_with_facts_text(prepare: bool, known: frozenset[str]) -> TextualSelect:
+    """The lock and the row with its facts as one string (`known`: prepared on this connection)."""
     if prepare:
-        sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {facts_name}(:id)"
-        if facts_name not in known:
-            sql = f"PREPARE {facts_name}(uuid) AS {facts_sql}; {sql}"
+        sql = f"EXECUTE {_LOCK_NAME}(:id); EXECUTE {_FACTS_NAME}(:id)"
+        if _FACTS_NAME not in known:
+            sql = f"PREPARE {_FACTS_NAME}(uuid) AS {_ROW_AND_FACTS_SQL}; {sql}"
         if _LOCK_NAME not in known:
             sql = f"PREPARE {_LOCK_NAME}(uuid) AS {_LOCK_SQL}; {sql}"
     else:
-        lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, facts_sql))
+        lock, facts = (q.replace("$1", ":id") for q in (_LOCK_SQL, _ROW_AND_FACTS_SQL))
         sql = f"{lock}; {facts}"
-    if core:
-        sql = f"BEGIN; {sql}"
-    extra = (*_FACT_COLUMNS, *_ID_COLUMNS) if core else _FACT_COLUMNS
-    return text(sql).columns(*Contract.__table__.c, *extra)
+    return text(sql).columns(*Contract.__table__.c, *_FACT_COLUMNS)
+
+
+@lru_cache(maxsize=8)
+def _core_lock_sql(prepare: bool, known: frozenset[str]) -> str:
+    """The Core path's string, for the driver as it is: `BEGIN`, the lock, the row, its facts, the ids.
+
+    Sent with `exec_driver_sql`: a textual statement through SQLAlchemy's compiler cost a
+    cache key and result processors per call, more than the values need (psycopg2 already
+    hands back UUIDs, JSON and aware datetimes).
+    """
+    if prepare:
+        sql = f"EXECUTE {_LOCK_NAME}(%(id)s); EXECUTE {_FACTS_IDS_NAME}(%(id)s)"
+        if _FACTS_IDS_NAME not in known:
+            sql = f"PREPARE {_FACTS_IDS_NAME}(uuid) AS {_ROW_FACTS_AND_IDS_SQL}; {sql}"
+        if _LOCK_NAME not in known:
+            sql = f"PREPARE {_LOCK_NAME}(uuid) AS {_LOCK_SQL}; {sql}"
+    else:
+        lock, facts = (q.replace("$1", "%(id)s::uuid") for q in (_LOCK_SQL, _ROW_FACTS_AND_IDS_SQL))
+        sql = f"{lock}; {facts}"
+    return f"BEGIN; {sql}"
 
 
 @lru_cache(maxsize=8)
 def _lock_with_facts_query(prepare: bool, known: frozenset[str]) -> Any:
-    statement = _lock_with_facts_text(prepare, known, False)
+    statement = _lock_with_facts_text(prepare, known)
     return select(
         Contract, statement.selected_columns.facts_done, statement.selected_columns.facts_tasks
     ).from_statement(statement)
@@ -193,6 +202,9 @@ if tuple(f.name for f in fields(ContractRow)) != _CONTRACT_FIELDS:
     raise RuntimeError(f"ContractRow's fields are not contracts' columns {_CONTRACT_FIELDS}")
 
 
+_DATETIME_FIELDS = tuple(c.name for c in Contract.__table__.c if isinstance(c.type, UTCDateTime))
+
+
 def _row_values(row: Row[Any]) -> ContractRow:
     return ContractRow(*row[: len(_CONTRACT_FIELDS)])
 
@@ -212,13 +224,17 @@ def lock_row_with_facts(
     reserved: tuple[int, int] | None = None
     if connection.dialect.name == "postgresql":
         known: set[str] = connection.info.setdefault("makima.prepared", set())
-        query = _lock_with_facts_text(prepare, frozenset(known & {_LOCK_NAME, _FACTS_IDS_NAME}), True)
-        result = connection.execute(query, {"id": contract_id}).one_or_none()
+        sql = _core_lock_sql(prepare, frozenset(known & {_LOCK_NAME, _FACTS_IDS_NAME}))
+        result = connection.exec_driver_sql(sql, {"id": contract_id}).one_or_none()
         if prepare:
             known.update((_LOCK_NAME, _FACTS_IDS_NAME))
         if result is None:
             raise ContractNotFound(contract_id)
         contract = _row_values(result)
+        for name in _DATETIME_FIELDS:  # as `UTCDateTime` reads them: aware, in UTC
+            value = getattr(contract, name)
+            if value is not None:
+                setattr(contract, name, value.astimezone(UTC))
         done, tasks, event_id, outbox_id = result[len(_CONTRACT_FIELDS) :]
         summaries = tuple(TaskSummary(name, status, bool(sup)) for name, status, sup in tasks)
         facts = GateFacts(contract.phase, frozenset(done), summaries)
