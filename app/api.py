@@ -86,12 +86,7 @@ def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid
 
 def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
     """A worktree report's fields, checked now: a worker cannot store what these refuse."""
-    if not isinstance(path, str) or not 1 <= len(path) <= worktree_service.MAX_PATH or "\x00" in path:
-        raise ValidationFailed(
-            f"A worktree path is 1 to {worktree_service.MAX_PATH} characters, without NUL.",
-            details={"field": "path", "limit": worktree_service.MAX_PATH},
-        )
-    fields: dict[str, Any] = {"path": path}
+    fields: dict[str, Any] = {"path": worktree_service.check_worktree_path(path)}
     if daemon_id is not None:
         fields["daemonId"] = command_service.check_daemon_id(daemon_id)
     return fields
@@ -693,7 +688,7 @@ class ContractsAPI:
     ) -> command_service.DaemonCommandFeed:
         """The commands for daemon `daemon_id` after command id `after` (its HTTP feed), of the
         contracts this caller may see; pass `next_after` back to read on. The same commands
-        reach the daemon's broker queue `daemon.commands.<daemonId>`."""
+        reach the daemon's broker queue (`daemon_queue`)."""
         command_service.check_daemon_id(daemon_id)
         if not 1 <= limit <= command_service.MAX_FEED:
             raise ValidationFailed(
@@ -706,6 +701,14 @@ class ContractsAPI:
             )
         with self._uow() as uow:
             return command_service.read_feed(uow.session, self.caller, daemon_id, after, limit)
+
+    def daemon_queue(self, daemon_id: str) -> command_service.DaemonQueue:
+        """The broker queues this caller's owner's daemon `daemon_id` reads: its own (`queue`,
+        `daemon.commands.<owner token>.<daemon key>`) and the owner's queue for commands that
+        name no daemon (`owner_queue`). Daemon ids are not unique across owners, so a daemon
+        reads only queues its owner's commands reach."""
+        command_service.check_daemon_id(daemon_id)
+        return command_service.queue_of(self.caller, daemon_id)
 
     def cleanup_worktrees(
         self, *, dry_run: bool = False, limit: int = 1000

@@ -41,14 +41,15 @@ from app.queues import Queue, queue_for
 
 TASK_EXCHANGE = Exchange("makima", type="direct")
 DAEMON_EXCHANGE = Exchange("makima.daemon", type="direct", durable=True)
-# Commands that name no daemon (sent before daemons were named, or for a contract whose
-# supervisor never said which daemon runs it) go to this one shared queue.
-DAEMON_QUEUE = KombuQueue("daemon.commands", DAEMON_EXCHANGE, routing_key="daemon.commands", durable=True)
+# Daemon ids are chosen by clients and are not unique across owners, so every daemon queue is an
+# owner's: `daemon.commands.<owner token>.<daemon key>`, and commands that name no daemon (a
+# contract whose supervisor never said which daemon runs it) go to the owner's own
+# `daemon.commands.<owner token>`. No owner's command is ever on a queue another owner reads.
+DAEMON_QUEUE_PREFIX: Final = "daemon.commands"
 # A daemon id becomes part of a queue name and a routing key as it is, when it is made of these
-# characters and is not a word the shared queue uses; any other id (spaces, slashes, non-ASCII,
-# kombu's binding separator "\x06\x16", ...) is named by a digest instead (`daemon_queue_key`).
+# characters; any other id (spaces, slashes, non-ASCII, kombu's binding separator "\x06\x16",
+# ...) is named by a digest instead (`daemon_queue_key`).
 SAFE_DAEMON_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
-_RESERVED_DAEMON_IDS: Final = frozenset({"commands"})
 
 
 class Sender(Protocol):
@@ -134,38 +135,56 @@ def send_task(task: str, payload: dict[str, Any], countdown: float | None = None
     return task_id
 
 
+def owner_queue_token(owner_id: str) -> str:
+    """What an owner id becomes in its daemons' queue names: `o` and the first 32 hex digits of
+    its SHA-256 (UTF-8). Always a digest, so it has one fixed shape (no dot, no separator) and
+    no owner id, however it is spelled, can name another owner's queues."""
+    return "o" + hashlib.sha256(owner_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def daemon_queue_key(daemon_id: str) -> str:
     """What a daemon's id becomes in its queue name and routing key.
 
     Daemon ids come from clients (a heartbeat's or a report's `daemonId`: 1 to 200 characters,
-    anything but NUL). An id of letters, digits and `. _ : @ -` is used as it is; any other id,
-    and the reserved `commands` (the shared queue's own name), becomes `~` and the first 32 hex
-    digits of its SHA-256 (UTF-8), so no client can reach another daemon's queue, the shared
-    one, or a name kombu's Redis bindings cannot hold.
+    anything but NUL). An id of letters, digits and `. _ : @ -` is used as it is; any other id
+    becomes `~` and the first 32 hex digits of its SHA-256 (UTF-8), so no client can reach a
+    name kombu's Redis bindings cannot hold. The owner token in front (fixed shape, no dot)
+    keeps one owner's daemon queues apart from every other owner's.
     """
-    if SAFE_DAEMON_ID.fullmatch(daemon_id) and daemon_id not in _RESERVED_DAEMON_IDS:
+    if SAFE_DAEMON_ID.fullmatch(daemon_id):
         return daemon_id
     return "~" + hashlib.sha256(daemon_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def daemon_queue(daemon_id: str | None) -> KombuQueue:
-    """The durable queue a daemon reads: `daemon.commands.<key>`, bound with `daemon.<key>`
-    on the daemon exchange; None is the shared `daemon.commands`."""
+def daemon_queue(owner_id: str, daemon_id: str | None) -> KombuQueue:
+    """The durable queue an owner's daemon reads: `daemon.commands.<owner token>.<key>`, bound
+    with `daemon.<owner token>.<key>` on the daemon exchange; `daemon_id` None is the owner's own
+    queue for commands that name no daemon, `daemon.commands.<owner token>`."""
+    owner = owner_queue_token(owner_id)
     if daemon_id is None:
-        return DAEMON_QUEUE
+        return KombuQueue(
+            f"{DAEMON_QUEUE_PREFIX}.{owner}", DAEMON_EXCHANGE, routing_key=f"daemon.{owner}", durable=True
+        )
     key = daemon_queue_key(daemon_id)
-    return KombuQueue(f"daemon.commands.{key}", DAEMON_EXCHANGE, routing_key=f"daemon.{key}", durable=True)
+    return KombuQueue(
+        f"{DAEMON_QUEUE_PREFIX}.{owner}.{key}",
+        DAEMON_EXCHANGE,
+        routing_key=f"daemon.{owner}.{key}",
+        durable=True,
+    )
 
 
-def publish_daemon_commands(commands: Sequence[dict[str, Any]]) -> None:
-    """Publish commands, each to its daemon's queue (declared on the way, durable, JSON).
+def publish_daemon_commands(commands: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Publish commands, each `(owner id, body)` to its daemon's queue (declared on the way,
+    durable, JSON).
 
-    A command body's `daemonId` picks the queue (`daemon_queue`); a command with none goes to
-    the shared `daemon.commands`. Retries the connection like every send.
+    The owner of the command's contract and the body's `daemonId` pick the queue
+    (`daemon_queue`); a command with no daemon goes to the owner's own queue. Retries the
+    connection like every send.
     """
     with get_celery().producer_or_acquire() as producer:
-        for body in commands:
-            queue = daemon_queue(body.get("daemonId"))
+        for owner_id, body in commands:
+            queue = daemon_queue(owner_id, body.get("daemonId"))
             producer.publish(
                 body,
                 exchange=DAEMON_EXCHANGE,
@@ -178,13 +197,14 @@ def publish_daemon_commands(commands: Sequence[dict[str, Any]]) -> None:
 
 __all__ = [
     "DAEMON_EXCHANGE",
-    "DAEMON_QUEUE",
+    "DAEMON_QUEUE_PREFIX",
     "SAFE_DAEMON_ID",
     "Sender",
     "build_celery",
     "daemon_queue",
     "daemon_queue_key",
     "get_celery",
+    "owner_queue_token",
     "publish_daemon_commands",
     "send_task",
 ]

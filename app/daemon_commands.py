@@ -9,9 +9,11 @@ last spoke for the contract's supervisor.
 - `queue_command` / `queue_commands`: write rows (one, or many with one lookup and one
   INSERT) and have them published once this transaction commits, once per contract however
   many commands it decided.
-- `publish_pending`: hand unpublished rows to the broker, each to its daemon's queue
-  (`app.broker.daemon_queue`: `daemon.commands.<daemonId>`, or the shared `daemon.commands`
-  for a command that names no daemon).
+- `publish_pending`: hand unpublished rows to the broker, each to its daemon's queue, which is
+  its contract owner's (`app.broker.daemon_queue`: `daemon.commands.<owner token>.<daemonId>`,
+  or the owner's own `daemon.commands.<owner token>` for a command that names no daemon):
+  daemon ids are chosen by clients, so one owner naming another's daemon id reaches only a
+  queue of its own.
 - `read_feed`: a daemon's commands over HTTP, for daemons that cannot read the broker. Command
   ids come from a sequence taken before COMMIT, so `id > after` alone could skip a command
   whose transaction took a lower id and committed later; on PostgreSQL the feed reads below the
@@ -20,6 +22,7 @@ last spoke for the contract's supervisor.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from sqlalchemy import Boolean, Select, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
+from app.broker import DAEMON_EXCHANGE, daemon_queue
 from app.broker import publish_daemon_commands as publish_to_daemons
 from app.db import UnitOfWork, unit_of_work
 from app.domain.errors import ValidationFailed
@@ -46,14 +50,18 @@ _DISPATCHED: Final = "makima.daemon_commands_dispatched"
 
 def check_daemon_id(value: str, field: str = "daemonId") -> str:
     """A daemon id as heartbeats take it (`app.domain.supervisors`): 1 to 200 characters, not
-    blank, no NUL, no lone surrogate. What becomes a queue name of it is `app.broker`'s concern."""
+    blank, no lone surrogate; and, since it names a feed and a queue, no NUL or other control
+    character and no U+FFFD (what undecodable bytes in a URL become: two different byte strings
+    would read as one id). What becomes a queue name of it is `app.broker`'s concern."""
     problem = None
     if not isinstance(value, str) or not value.strip():
-        problem = "must be a non-empty string"
+        problem = "must not be blank"
     elif len(value) > MAX_DAEMON_ID:
-        problem = f"at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
-    elif "\x00" in value:
-        problem = "must not contain NUL characters"
+        problem = f"is at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
+    elif any(unicodedata.category(c) == "Cc" for c in value):
+        problem = "must not contain NUL or control characters"
+    elif "\ufffd" in value:
+        problem = "must not contain U+FFFD (bytes that are not UTF-8, e.g. %FF in a URL)"
     else:
         try:
             value.encode("utf-8")
@@ -184,7 +192,8 @@ def command_body(cmd: DaemonCommand) -> dict[str, Any]:
 
 
 def publish_pending(contract_id: uuid.UUID | None = None) -> int:
-    """Publish unpublished commands from the outbox, each to its daemon's queue.
+    """Publish unpublished commands from the outbox, each to its daemon's queue (the queue of
+    that daemon id under the contract's owner).
 
     At least once: a crash between publish and commit republishes, and every command
     carries its outbox id so a daemon can ignore one it already carried out. Rows are
@@ -202,11 +211,51 @@ def publish_pending(contract_id: uuid.UUID | None = None) -> int:
         commands = list(uow.session.scalars(query))
         if not commands:
             return 0
-        publish_to_daemons([command_body(cmd) for cmd in commands])
+        owners: dict[uuid.UUID, str] = {
+            cid: owner
+            for cid, owner in uow.session.execute(
+                select(Contract.id, Contract.owner_id).where(
+                    Contract.id.in_({cmd.contract_id for cmd in commands})
+                )
+            )
+        }
+        publish_to_daemons([(owners[cmd.contract_id], command_body(cmd)) for cmd in commands])
         now = utcnow()
         for cmd in commands:
             cmd.published_at = now
     return len(commands)
+
+
+# --- where a daemon reads its commands ------------------------------------------------------
+
+
+class DaemonQueue(Schema):
+    """The broker queues a daemon of this owner reads (declare them durable, bind them to the
+    `exchange` with their routing keys, consume JSON)."""
+
+    daemon_id: str
+    owner_id: str
+    exchange: str = Field(description="The direct exchange daemon commands are published to")
+    queue: str = Field(description="This daemon's own queue: daemon.commands.<owner token>.<daemon key>")
+    routing_key: str
+    owner_queue: str = Field(
+        description="The owner's queue for commands that name no daemon: daemon.commands.<owner token>"
+    )
+    owner_routing_key: str
+
+
+def queue_of(caller: Caller, daemon_id: str) -> DaemonQueue:
+    """Where the caller's owner's daemon `daemon_id` reads its commands on the broker."""
+    mine, shared = daemon_queue(caller.owner_id, daemon_id), daemon_queue(caller.owner_id, None)
+    return DaemonQueue(
+        daemon_id=daemon_id,
+        owner_id=caller.owner_id,
+        exchange=DAEMON_EXCHANGE.name,
+        queue=mine.name,
+        routing_key=str(mine.routing_key),
+        owner_queue=shared.name,
+        owner_routing_key=str(shared.routing_key),
+    )
 
 
 # --- a daemon's feed over HTTP --------------------------------------------------------------
@@ -326,6 +375,7 @@ __all__ = [
     "MAX_FEED",
     "DaemonCommandFeed",
     "DaemonCommandView",
+    "DaemonQueue",
     "NewCommand",
     "check_daemon_id",
     "command_body",
@@ -334,5 +384,6 @@ __all__ = [
     "publish_pending",
     "queue_command",
     "queue_commands",
+    "queue_of",
     "read_feed",
 ]

@@ -23,7 +23,9 @@ cleanup), so they never deadlock and never decide twice.
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,6 +81,48 @@ def state_counts(table: Any = ContractWorktree) -> tuple[Any, Any, Any]:
         func.count().filter(released),
         func.count().filter(removed),
     )
+
+
+# --- a worktree's path ----------------------------------------------------------------------
+
+# An absolute path: POSIX (`/srv/repo`) or a Windows drive (`C:\\repo`, `C:/repo`).
+_ABSOLUTE: Final = re.compile(r"/|[A-Za-z]:[\\/]")
+_SEGMENTS: Final = re.compile(r"[\\/]")
+
+
+def check_worktree_path(path: object, field: str = "path") -> str:
+    """A worktree path as reported, or `ValidationFailed` naming what is wrong.
+
+    The path goes back to a daemon as it is, in `remove_worktree`, so it must mean one place
+    on its own: absolute (POSIX `/...` or a Windows drive `C:\\...`), with no `..` segment,
+    no NUL or other control character (newlines and tabs included), not blank, at most
+    `MAX_PATH` characters. Nothing is normalised silently: a path that would need it is refused.
+    """
+    limits = {"field": field, "limit": MAX_PATH}
+    if not isinstance(path, str) or not path.strip():
+        raise ValidationFailed(
+            f"{field} must not be blank: give the worktree's absolute path.", details=limits
+        )
+    if len(path) > MAX_PATH:
+        raise ValidationFailed(
+            f"{field} is at most {MAX_PATH} characters (this one has {len(path)}).", details=limits
+        )
+    control = next((c for c in path if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if control is not None:
+        raise ValidationFailed(
+            f"{field} must not contain NUL or control characters (found U+{ord(control):04X}).",
+            details=limits,
+        )
+    if not _ABSOLUTE.match(path):
+        raise ValidationFailed(
+            f"{field} must be an absolute path (/... or a drive such as C:\\...), not {path[:80]!r}.",
+            details=limits,
+        )
+    if ".." in _SEGMENTS.split(path):
+        raise ValidationFailed(
+            f"{field} must not contain '..' segments: give the worktree's own absolute path.", details=limits
+        )
+    return path
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -512,6 +556,7 @@ __all__ = [
     "WorktreeView",
     "any_orphans_due",
     "ask_orphans",
+    "check_worktree_path",
     "cleanup_interval",
     "cleanup_orphans",
     "cleanup_report",

@@ -3,8 +3,12 @@ daemon's command feed.
 
 - `GET /api/v1/daemons`: every daemon of your contracts, so "active daemons" is a fact, with
   its supervisors and its worktrees by state.
+- `GET /api/v1/daemons/{daemonId}/queue`: the broker queues that daemon reads: its own,
+  `daemon.commands.<owner token>.<daemon key>`, and its owner's for commands that name no
+  daemon. Daemon ids are chosen by clients and are not unique across owners, so every queue
+  is one owner's: naming another owner's daemon id never reaches that owner's daemon.
 - `GET /api/v1/daemons/{daemonId}/commands?after=&limit=&wait=`: the commands for one daemon,
-  the same ones its broker queue `daemon.commands.<daemonId>` carries, for a daemon that cannot
+  the same ones its broker queue carries, for a daemon that cannot
   read the broker (and for the fleet simulator). Owner-scoped: only commands about contracts
   you may see (an admin's: all). `wait` turns an empty answer into a long poll: the request
   looks again every half second until a command arrives or `wait` seconds pass, without
@@ -19,7 +23,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from app.daemon_commands import MAX_FEED, DaemonCommandFeed
+from app.daemon_commands import MAX_FEED, DaemonCommandFeed, DaemonQueue
 from app.domain.errors import FeatureDisabled
 from app.http.bodies import SafeStr
 from app.http.deps import Api
@@ -58,6 +62,19 @@ def list_daemons(api: Api) -> Any:
         return api.daemons()
     except FeatureDisabled as exc:
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, exc.message, exc.details)
+
+
+@router.get(
+    "/{daemonId:path}/queue",
+    response_model=DaemonQueue,
+    responses=error_responses(E.VALIDATION_FAILED),
+)
+def daemon_queue(api: Api, daemon_id: DaemonId) -> Any:
+    """Where this daemon of yours reads its commands on the broker: `queue` (bound to
+    `exchange` with `routingKey`) carries the commands naming it, `ownerQueue` those of your
+    contracts that name no daemon. Declare both durable and consume JSON; each command carries
+    its `commandId` (carry it out once)."""
+    return api.daemon_queue(daemon_id)
 
 
 @router.get(

@@ -57,7 +57,7 @@ from app.domain.errors import (
     VersionConflict,
 )
 from app.http.deps import authenticate_token, bearer, wiring
-from app.http.problems import InvalidRequest, problem_from_pydantic, summary
+from app.http.problems import InvalidRequest, problems_from_pydantic, summary
 from app.schemas import ErrorBody, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -446,7 +446,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
                 ]
             },
         )
-    return _invalid([problem_from_pydantic(e, request) for e in errors])
+    return _invalid(problems_from_pydantic(errors, request))
 
 
 async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args
+from typing import Any, Final, get_args
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -89,7 +89,79 @@ def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[st
         problem["problem"] = "must be a JSON object, sent with Content-Type: application/json"
     elif kind == "uuid_parsing":
         problem["problem"] = "must be a UUID, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"
+    elif kind in ("too_long", "too_short", "string_too_long", "string_too_short") and isinstance(
+        error.get("input"), str
+    ):
+        # pydantic counts a constrained text's length in "items": for a string they are characters.
+        longest = kind.endswith("too_long")
+        bound = ctx.get("max_length" if longest else "min_length")
+        most = "at most" if longest else "at least"
+        problem["problem"] = f"must be {most} {bound} characters (this one has {len(error['input'])})"
+        problem["limit"] = bound
     return problem
 
 
-__all__ = ["InvalidRequest", "problem_from_pydantic", "summary"]
+# The shape a union member's tag names (`str`, `function-after[_no_nul(), str]`, `list[...]`).
+_SHAPES: Final[Mapping[str, tuple[str, str]]] = {
+    "str": ("a string", "strings"),
+    "bool": ("a boolean", "booleans"),
+    "int": ("an integer", "integers"),
+    "float": ("a number", "numbers"),
+    "none": ("null", "nulls"),
+    "uuid": ("a UUID", "UUIDs"),
+    "dict": ("an object", "objects"),
+}
+_WRAPPED = re.compile(r"^function-\w+\[.*, (?P<inner>[^,]+)\]$")
+_LISTED = re.compile(r"^(?:list|tuple|set)\[(?P<inner>.*)\]$")
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """A part of an error's location that names a union member, not a field (fields have no brackets)."""
+    return isinstance(part, str) and ("[" in part or part in _SHAPES)
+
+
+def _shape(tag: str, plural: bool = False) -> str:
+    wrapped = _WRAPPED.match(tag)
+    if wrapped:
+        return _shape(wrapped["inner"], plural)
+    listed = _LISTED.match(tag)
+    if listed:
+        return ("lists of " if plural else "a list of ") + _shape(listed["inner"], plural=True)
+    known = _SHAPES.get(tag)
+    if known is None:
+        return tag
+    return known[1] if plural else known[0]
+
+
+def problems_from_pydantic(errors: Sequence[Mapping[str, Any]], request: Request) -> list[dict[str, Any]]:
+    """Every pydantic error as a problem, a union's failed members as one problem on its field.
+
+    pydantic reports a value that fits no member of `str | list[str] | bool` once per member,
+    each located under the member's internal tag; a caller needs the field and the shapes it
+    takes ("answer: must be a string, a list of strings or a boolean").
+    """
+    problems: list[dict[str, Any]] = []
+    unions: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        at = next((i for i, part in enumerate(loc) if i > 0 and _is_union_tag(part)), None)
+        if at is None:
+            problems.append(problem_from_pydantic(error, request))
+            continue
+        head = loc[:at]
+        shape = _shape(str(loc[at]))
+        merged = unions.get(head)
+        if merged is None:
+            merged = problem_from_pydantic({**error, "loc": head, "type": "union_type"}, request)
+            merged["allowed"] = []
+            unions[head] = merged
+            problems.append(merged)
+        if shape not in merged["allowed"]:
+            merged["allowed"].append(shape)
+        shapes = merged["allowed"]
+        listed = ", ".join(shapes[:-1]) + f" or {shapes[-1]}" if len(shapes) > 1 else shapes[0]
+        merged["problem"] = f"must be {listed}"
+    return problems
+
+
+__all__ = ["InvalidRequest", "problem_from_pydantic", "problems_from_pydantic", "summary"]

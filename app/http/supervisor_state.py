@@ -14,11 +14,10 @@ feature flag off, every endpoint here answers 503 FEATURE_DISABLED.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from app.domain.supervisor_state import (
     MAX_APPEND,
@@ -72,7 +71,8 @@ class MessageBody(_Body):
     content: SafeStr = Field(max_length=MAX_CONTENT)
     name: SafeStr | None = Field(None, min_length=1, max_length=MAX_MESSAGE_NAME)
     tool_call_id: SafeStr | None = Field(None, min_length=1, max_length=MAX_TOOL_CALL_ID)
-    at: Annotated[datetime | None, Field(strict=False)] = Field(None, description="With a time zone")
+    # Aware in the schema, so a time without a zone is a 422 problem like any other shape's.
+    at: AwareDatetime | None = Field(None, description="With a time zone (2026-01-31T10:30:00Z)")
 
 
 class CheckpointBody(_Body):

@@ -51,18 +51,19 @@ def new_contract(api: ContractsAPI, **kwargs: object) -> uuid.UUID:
     return cid
 
 
-_RECEIVED: dict[str | None, list[dict[str, Any]]] = {}
+_RECEIVED: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
 
 
-def commands_received(daemon_id: str | None) -> list[dict[str, Any]]:
-    """The commands daemon `daemon_id` received on its own broker queue, oldest first (None:
-    the shared `daemon.commands`), read as a daemon reads them: each call takes what arrived
-    since the last one off the queue, and answers everything received in this test run."""
+def commands_received(daemon_id: str | None, *, owner: str) -> list[dict[str, Any]]:
+    """The commands owner `owner`'s daemon `daemon_id` received on its own broker queue, oldest
+    first (None: the owner's queue for commands that name no daemon), read as a daemon reads
+    them: each call takes what arrived since the last one off the queue, and answers everything
+    received in this test run."""
     from app.broker import daemon_queue, get_celery
 
-    received = _RECEIVED.setdefault(daemon_id, [])
+    received = _RECEIVED.setdefault((owner, daemon_id), [])
     with get_celery().connection_for_read() as conn:
-        queue = daemon_queue(daemon_id)(conn.default_channel)
+        queue = daemon_queue(owner, daemon_id)(conn.default_channel)
         while (message := queue.get(no_ack=True)) is not None:
             received.append(message.decode())
     return list(received)

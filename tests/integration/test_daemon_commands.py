@@ -1,10 +1,12 @@
 """Each daemon's command queue and its HTTP feed, end to end through a real worker.
 
-A command that names a daemon travels on that daemon's own durable queue
-(`daemon.commands.<daemonId>`) and is listed in its feed (`GET /api/v1/daemons/{daemonId}/commands`);
-a command that names none stays on the shared `daemon.commands`. The daemon is the one the
-command names, else the one whose heartbeats last spoke for the supervisor concerned. Queues
-are read here the way a daemon reads them (`helpers.commands_received`).
+A command that names a daemon travels on that daemon's own durable queue, which is its owner's
+(`daemon.commands.<owner token>.<daemonId>`, answered by `GET /api/v1/daemons/{daemonId}/queue`)
+and is listed in its feed (`GET /api/v1/daemons/{daemonId}/commands`); a command that names none
+goes to the owner's own `daemon.commands.<owner token>`. The daemon is the one the command names,
+else the one whose heartbeats last spoke for the supervisor concerned. Two owners may use the
+same daemon id: neither ever receives the other's commands. Queues are read here the way a
+daemon reads them (`helpers.commands_received`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy import select
 
 from app.api import ContractsAPI
 from app.auth import Role, create_token
-from app.broker import DAEMON_QUEUE, daemon_queue, daemon_queue_key, send_task
+from app.broker import DAEMON_EXCHANGE, daemon_queue, daemon_queue_key, owner_queue_token, send_task
 from app.daemon_commands import queue_command
 from app.db import unit_of_work
 from app.http import create_app
@@ -101,18 +103,27 @@ def of_contract(commands: list[dict[str, Any]], cid: uuid.UUID) -> list[dict[str
 # --- the queue a daemon's id becomes ----------------------------------------------------------
 
 
-def test_a_daemon_id_becomes_its_queue_name_only_when_it_is_safe() -> None:
+def test_a_daemon_id_becomes_its_queue_name_only_when_it_is_safe_under_its_owners_token() -> None:
+    owner = owner_queue_token("alice")
+    assert owner.startswith("o") and len(owner) == 33 and owner[1:].isalnum()
+    assert owner_queue_token("alice") != owner_queue_token("bob")
+    assert owner_queue_token("a.b") != owner_queue_token("a") and "." not in owner_queue_token("a.b")
     assert daemon_queue_key("gpu-7.eu:a@b_c") == "gpu-7.eu:a@b_c"
-    queue = daemon_queue("gpu-7")
-    assert (queue.name, queue.routing_key, queue.durable) == ("daemon.commands.gpu-7", "daemon.gpu-7", True)
-    assert queue.exchange.name == DAEMON_QUEUE.exchange.name
-    assert daemon_queue(None) is DAEMON_QUEUE
-    # Spaces, slashes, non-ASCII, kombu's binding separator, the shared queue's own word: a digest.
-    for unsafe in ("gpu 7", "a/b", "\u03b1", "x\x06\x16y", "commands", "~abc", "x" * 201):
+    queue = daemon_queue("alice", "gpu-7")
+    assert (queue.name, queue.routing_key, queue.durable) == (
+        f"daemon.commands.{owner}.gpu-7",
+        f"daemon.{owner}.gpu-7",
+        True,
+    )
+    assert queue.exchange.name == DAEMON_EXCHANGE.name
+    mine = daemon_queue("alice", None)
+    assert (mine.name, mine.routing_key) == (f"daemon.commands.{owner}", f"daemon.{owner}")
+    assert daemon_queue("bob", "gpu-7").name != queue.name
+    # Spaces, slashes, non-ASCII, kombu's binding separator: a digest.
+    for unsafe in ("gpu 7", "a/b", "\u03b1", "x\x06\x16y", "~abc", "x" * 201):
         key = daemon_queue_key(unsafe)
         assert key.startswith("~") and len(key) == 33 and key[1:].isalnum(), unsafe
     assert daemon_queue_key("gpu 7") != daemon_queue_key("gpu 8")
-    assert daemon_queue("commands").name != DAEMON_QUEUE.name
 
 
 # --- each daemon's queue and feed -------------------------------------------------------------
@@ -121,7 +132,7 @@ def test_a_daemon_id_becomes_its_queue_name_only_when_it_is_safe() -> None:
 def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_other(
     worker: WorkerProcess, client: TestClient, make_caller
 ) -> None:
-    token, _ = make_caller(role="supervisor")
+    token, me = make_caller(role="supervisor")
     api = ContractsAPI(token)
     d, e = f"d-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}"
     cid, task = supervisor_on(api, d, incarnation=2)
@@ -129,12 +140,14 @@ def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_ot
 
     fence(api, cid, task)
 
-    told = wait_for(lambda: of_contract(commands_received(d), cid), what=f"a command on {d}'s queue")
+    told = wait_for(
+        lambda: of_contract(commands_received(d, owner=me.owner_id), cid), what=f"a command on {d}'s queue"
+    )
     assert [c["command"] for c in told] == ["supervisor_fenced"]
     assert told[0]["payload"]["taskId"] == str(task) and told[0]["daemonId"] == d
     assert told[0]["payload"]["currentIncarnation"] == 2
-    assert of_contract(commands_received(e), cid) == []
-    assert of_contract(commands_received(None), cid) == []
+    assert of_contract(commands_received(e, owner=me.owner_id), cid) == []
+    assert of_contract(commands_received(None, owner=me.owner_id), cid) == []
 
     mine = feed_of(client, token, d, 1)
     assert mine["daemonId"] == d
@@ -148,30 +161,37 @@ def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_ot
     assert [c.command_id for c in api.daemon_commands(d).commands] == [told[0]["commandId"]]
 
 
-def test_a_command_that_names_no_daemon_stays_on_the_shared_queue(worker: WorkerProcess, make_caller) -> None:
-    token, _ = make_caller(role="supervisor")
+def test_a_command_that_names_no_daemon_goes_to_its_owners_own_queue(
+    worker: WorkerProcess, make_caller
+) -> None:
+    token, me = make_caller(role="supervisor")
+    _, other = make_caller(role="supervisor")
     api = ContractsAPI(token)
     cid = api.create_contract("no daemon yet", "simple").id
     with unit_of_work(send_task) as uow:
         command_id = queue_command(uow, cid, "restart_supervisor", {"reason": "test"}, utcnow()).id
 
-    shared = wait_for(lambda: of_contract(commands_received(None), cid), what="the shared queue")
-    assert [(c["commandId"], c["daemonId"]) for c in shared] == [(command_id, None)]
+    mine = wait_for(
+        lambda: of_contract(commands_received(None, owner=me.owner_id), cid), what="the owner's queue"
+    )
+    assert [(c["commandId"], c["daemonId"]) for c in mine] == [(command_id, None)]
+    assert commands_received(None, owner=other.owner_id) == []
 
 
 def test_unsafe_daemon_ids_get_a_queue_of_their_digest_and_a_feed_by_their_own_name(
     worker: WorkerProcess, client: TestClient, make_caller
 ) -> None:
-    token, _ = make_caller(role="supervisor")
+    token, me = make_caller(role="supervisor")
     api = ContractsAPI(token)
     for daemon_id in (f"gpu 7/\u03b1 {uuid.uuid4().hex[:6]}", "commands"):
         cid, task = supervisor_on(api, daemon_id, incarnation=2)
         fence(api, cid, task)
         told = wait_for(
-            lambda d=daemon_id, c=cid: of_contract(commands_received(d), c), what=f"{daemon_id!r}'s queue"
+            lambda d=daemon_id, c=cid: of_contract(commands_received(d, owner=me.owner_id), c),
+            what=f"{daemon_id!r}'s queue",
         )
         assert told[0]["command"] == "supervisor_fenced" and told[0]["daemonId"] == daemon_id
-        assert of_contract(commands_received(None), cid) == []
+        assert of_contract(commands_received(None, owner=me.owner_id), cid) == []
         listed = feed_of(client, token, daemon_id, 1)["commands"]
         assert [c["commandId"] for c in of_contract(listed, cid)] == [told[0]["commandId"]]
 
@@ -196,6 +216,45 @@ def test_the_feed_is_owner_scoped(worker: WorkerProcess, client: TestClient) -> 
     assert stranger == {"daemonId": daemon_id, "commands": [], "nextAfter": 0}
     admin = feed_of(client, token_for("operators", "admin"), daemon_id, 2)["commands"]
     assert sorted(c["commandId"] for c in admin) == sorted(sent.values())
+
+
+def test_two_owners_using_the_same_daemon_id_never_see_each_others_commands_on_the_broker(
+    worker: WorkerProcess, client: TestClient
+) -> None:
+    """Daemon ids are chosen by clients: each owner's daemon of that id reads its own queue
+    (as `GET /daemons/{id}/queue` names it), which carries its owner's commands only, named or
+    not."""
+    daemon_id = f"gpu-{uuid.uuid4().hex[:8]}"
+    owners = [f"owner-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    sent: dict[str, list[int]] = {}
+    for owner in owners:
+        api = ContractsAPI(token_for(owner, "supervisor"))
+        cid = api.create_contract("same daemon id", "simple").id
+        with unit_of_work(send_task) as uow:
+            sent[owner] = [
+                queue_command(
+                    uow, cid, "remove_worktree", {"path": f"/{owner}"}, utcnow(), daemon_id=daemon_id
+                ).id,
+                queue_command(uow, cid, "restart_supervisor", {}, utcnow()).id,  # names no daemon
+            ]
+
+    for owner in owners:
+        token = token_for(owner, "supervisor")
+        answer = client.get(
+            f"/api/v1/daemons/{daemon_id}/queue", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+        where = answer.json()
+        assert where == ContractsAPI(token).daemon_queue(daemon_id).model_dump(mode="json", by_alias=True)
+        assert where["queue"] == daemon_queue(owner, daemon_id).name
+        assert where["ownerQueue"] == daemon_queue(owner, None).name
+        assert where["exchange"] == DAEMON_EXCHANGE.name and where["ownerId"] == owner
+        named = wait_for(lambda o=owner: commands_received(daemon_id, owner=o), what=f"{owner}'s daemon")
+        unnamed = wait_for(lambda o=owner: commands_received(None, owner=o), what=f"{owner}'s own queue")
+        assert [c["commandId"] for c in named] == sent[owner][:1]
+        assert named[0]["payload"] == {"path": f"/{owner}"}
+        assert [c["commandId"] for c in unnamed] == sent[owner][1:]
+    assert daemon_queue(owners[0], daemon_id).name != daemon_queue(owners[1], daemon_id).name
 
 
 def test_a_command_committed_late_is_delivered_after_never_skipped(client: TestClient, make_caller) -> None:
@@ -305,8 +364,31 @@ def test_a_daemon_id_the_heartbeats_would_refuse_is_refused_by_the_feed(
     assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "INVALID_REQUEST"
     blank = client.get("/api/v1/daemons/%20%20/commands", headers=headers)
     assert blank.status_code == 400 and blank.json()["error"]["code"] == "VALIDATION_FAILED"
-    assert "daemonId" in blank.json()["error"]["message"]
+    assert blank.json()["error"]["message"] == "daemonId must not be blank."
     assert client.get("/api/v1/daemons/d-1/commands").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("%ff%fe", "U+FFFD"),
+        ("%ED%A0%80", "U+FFFD"),
+        ("gpu%ff", "U+FFFD"),
+        ("gpu%07", "control characters"),
+        ("gpu%091", "control characters"),
+        ("%20", "must not be blank"),
+    ],
+)
+def test_a_daemon_id_that_is_not_clean_text_is_refused_not_merged_with_another(
+    client: TestClient, make_caller, raw: str, words: str
+) -> None:
+    """Bytes that are not UTF-8 would decode to U+FFFD, so two different ids would read one feed."""
+    token, _ = make_caller(role="supervisor")
+    for what in ("commands", "queue"):
+        resp = client.get(f"/api/v1/daemons/{raw}/{what}", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code in (400, 422), resp.text
+        error = resp.json()["error"]
+        assert "daemonId" in error["message"] and words in error["message"], error
 
 
 def test_commands_are_published_once_each_with_their_daemon(worker: WorkerProcess, make_caller) -> None:
@@ -314,7 +396,7 @@ def test_commands_are_published_once_each_with_their_daemon(worker: WorkerProces
     from app.daemon_commands import publish_pending
     from app.models import DaemonCommand
 
-    token, _ = make_caller(role="supervisor")
+    token, me = make_caller(role="supervisor")
     api = ContractsAPI(token)
     cid = api.create_contract("published", "simple").id
     daemon_id = f"p-{uuid.uuid4().hex[:8]}"
@@ -327,5 +409,5 @@ def test_commands_are_published_once_each_with_their_daemon(worker: WorkerProces
             select(DaemonCommand.published_at).where(DaemonCommand.id == command_id)
         )
     assert published is not None
-    got = wait_for(lambda: commands_received(daemon_id), what="the command on its queue")
+    got = wait_for(lambda: commands_received(daemon_id, owner=me.owner_id), what="the command on its queue")
     assert [c["commandId"] for c in got] == [command_id]

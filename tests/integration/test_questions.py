@@ -422,6 +422,31 @@ def test_schema_errors_in_a_question_name_the_field(team: Team) -> None:
         assert problems[0]["field"] == field, problems
 
 
+def test_an_answer_of_no_allowed_shape_names_the_field_and_the_shapes_it_takes(team: Team) -> None:
+    asked = team.ask()
+    for answer in (5, [5], {"pick": "PostgreSQL"}):
+        resp = team.person.call(
+            "POST", f"{BASE}/{team.cid}/questions/{asked['id']}/answer", {"answer": answer}
+        )
+        problems = assert_error(resp, 422, "INVALID_REQUEST")["problems"]
+        assert [(p["field"], p["problem"], p["allowed"]) for p in problems] == [
+            (
+                "answer",
+                "must be a string, a list of strings or a boolean",
+                ["a string", "a list of strings", "a boolean"],
+            )
+        ], problems
+    long = team.supervisor.call(
+        "POST", f"{BASE}/{team.cid}/questions", {"question": "q" * 4001, "type": "free_text"}
+    )
+    (problem,) = assert_error(long, 422, "INVALID_REQUEST")["problems"]
+    assert (problem["field"], problem["problem"], problem["limit"]) == (
+        "question",
+        "must be at most 4000 characters (this one has 4001)",
+        4000,
+    )
+
+
 # --- the contract's status ----------------------------------------------------------------------------
 
 

@@ -285,6 +285,20 @@ def test_bad_input_is_refused_naming_the_field_never_a_server_error(owner: Owner
         assert resp.status_code in (400, 422), (field, resp.text)
         problems = resp.json()["error"]["details"].get("problems") or [resp.json()["error"]["details"]]
         assert any(p["field"] == field for p in problems), (field, problems)
+    # A message time without a time zone is a schema problem like any other: 422, naming the field.
+    naive = body(task, 1, historyAppend=[{**message(0), "at": "2026-01-31T10:30:00"}])
+    resp = client.post(url, json=naive, headers=owner.headers())
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "INVALID_REQUEST"), resp.text
+    assert [p["field"] for p in resp.json()["error"]["details"]["problems"]] == ["historyAppend[0].at"]
+    restart = client.post(
+        f"{BASE}/{cid}/supervisor/restart", json={"reason": "r" * 2001}, headers=owner.headers("user")
+    )
+    assert restart.status_code == 422, restart.text
+    (problem,) = restart.json()["error"]["details"]["problems"]
+    assert (problem["field"], problem["problem"]) == (
+        "reason",
+        "must be at most 2000 characters (this one has 2001)",
+    )
     for query in ("historyLimit=0", "historyLimit=1001", "taskId=nope", "daemonId="):
         assert (
             client.get(f"{BASE}/{cid}/supervisor/restoration?{query}", headers=owner.headers()).status_code

@@ -262,6 +262,45 @@ def test_bad_worktree_reports_are_refused_naming_the_field(client: TestClient) -
     assert blank.status_code == 400 and "daemonId" in blank.json()["error"]["message"], blank.text
 
 
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        (" ", "path must not be blank"),
+        ("\n", "path must not be blank"),
+        ("\u3000\t", "path must not be blank"),
+        ("/srv/wt/a\nb", "must not contain NUL or control characters (found U+000A)"),
+        ("/srv/wt/\x1b[2J", "must not contain NUL or control characters (found U+001B)"),
+        ("../../etc/passwd", "path must be an absolute path"),
+        ("srv/wt/a", "path must be an absolute path"),
+        ("/srv/wt/../../etc/passwd", "must not contain '..' segments"),
+        ("C:\\wt\\..\\Windows", "must not contain '..' segments"),
+    ],
+)
+def test_a_worktree_path_is_absolute_without_dot_dot_or_control_characters_and_not_blank(
+    client: TestClient, path: str, words: str
+) -> None:
+    """The path goes back to a daemon as it is, in remove_worktree: it must mean one place."""
+    person, daemon = person_and_daemon(client)
+    cid = person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"]
+    for suffix in ("", "/removed"):
+        resp = daemon.call("POST", f"{BASE}/{cid}/worktrees{suffix}", {"path": path, "daemonId": "d-1"})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "VALIDATION_FAILED" and error["details"]["field"] == "path"
+        assert words in error["message"], error["message"]
+    assert person.worktrees(uuid.UUID(cid))["worktrees"] == []
+
+
+def test_absolute_posix_and_windows_paths_are_kept_exactly_as_sent(
+    worker: WorkerProcess, client: TestClient
+) -> None:
+    person, daemon = person_and_daemon(client)
+    cid = uuid.UUID(person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"])
+    sent = ["/srv/wt/a b/./c", "C:\\wt\\x", "D:/wt/y..z"]
+    daemon.applied(*(daemon.created(cid, path, "d-1") for path in sent))
+    assert sorted(by_path(person.worktrees(cid))) == sorted(sent)
+
+
 # --- completion and the daemon holding each worktree -----------------------------------------
 
 
@@ -300,11 +339,13 @@ def test_completion_asks_the_daemon_that_reported_each_worktree_to_remove_it(
 
     ids = {w["path"]: w["id"] for w in person.worktrees(cid)["worktrees"]}
     for holder, path in ((holds_a, "/srv/wt/a"), (holds_b, "/srv/wt/b")):
-        got = wait_for(lambda h=holder: commands_received(h), what=f"{holder}'s queue")
+        got = wait_for(lambda h=holder: commands_received(h, owner=daemon.owner), what=f"{holder}'s queue")
         assert [(c["command"], c["payload"]["worktreeId"], c["payload"]["path"]) for c in got] == [
             ("remove_worktree", ids[path], path)
         ]
-    stop = wait_for(lambda: commands_received(runs_supervisor), what="the supervisor's daemon's queue")
+    stop = wait_for(
+        lambda: commands_received(runs_supervisor, owner=daemon.owner), what="the supervisor's daemon's queue"
+    )
     assert [(c["command"], c["payload"]["taskId"]) for c in stop] == [("stop_supervisor", str(supervisor))]
     listing = person.worktrees(cid)
     assert listing["counts"] == {"open": 0, "released": 2, "removed": 0}
@@ -316,6 +357,28 @@ def test_completion_asks_the_daemon_that_reported_each_worktree_to_remove_it(
     # A new worktree on a closed contract is still refused at once.
     late = daemon.call("POST", f"{BASE}/{cid}/worktrees", {"path": "/srv/wt/late", "daemonId": holds_a})
     assert late.status_code == 400 and late.json()["error"]["code"] == "VALIDATION_FAILED"
+
+
+def test_a_worktree_reported_with_another_owners_daemon_id_is_never_sent_to_that_owners_daemon(
+    worker: WorkerProcess, client: TestClient
+) -> None:
+    """Daemon ids are chosen by clients: Alice naming Bob's daemon id on her own contract asks
+    only a daemon of hers of that name; Bob's daemon's queue never carries her command."""
+    alice_person, alice = person_and_daemon(client)
+    _, bob = person_and_daemon(client)
+    bobs_daemon = f"bob-gpu-{uuid.uuid4().hex[:8]}"
+    bobs_cid = new_contract(bob.api)
+    bob.applied(bob.created(bobs_cid, "/home/bob/precious-repo", bobs_daemon))
+
+    _, ids = closed_with_worktrees(alice_person, alice, {"/home/bob/precious-repo": bobs_daemon})
+    sweep(worker)
+
+    got = wait_for(lambda: commands_received(bobs_daemon, owner=alice.owner), what="alice's daemon's queue")
+    assert [(c["command"], c["payload"]["worktreeId"]) for c in got] == [
+        ("remove_worktree", ids["/home/bob/precious-repo"])
+    ]
+    assert commands_received(bobs_daemon, owner=bob.owner) == []
+    assert commands_received(None, owner=bob.owner) == []
 
 
 # --- the cleanup of orphans -------------------------------------------------------------------
@@ -335,10 +398,14 @@ def test_the_cleanup_sweep_asks_each_orphan_once_per_interval_until_it_is_remove
 
     sweep(worker, times=2)  # two at once, as two beats by mistake would
     assert commands_about(mine) == dict(zip(mine, (1, 1, 0, 0), strict=True))
-    wait_for(lambda: commands_received(w2), what=f"{w2}'s queue")
-    assert [c["payload"]["worktreeId"] for c in commands_received(w2)] == [ids["/srv/o/b"]]
-    wait_for(lambda: commands_received(w1), what=f"{w1}'s queue")
-    assert [c["payload"]["worktreeId"] for c in commands_received(w1)] == [ids["/srv/o/a"]]
+    wait_for(lambda: commands_received(w2, owner=daemon.owner), what=f"{w2}'s queue")
+    assert [c["payload"]["worktreeId"] for c in commands_received(w2, owner=daemon.owner)] == [
+        ids["/srv/o/b"]
+    ]
+    wait_for(lambda: commands_received(w1, owner=daemon.owner), what=f"{w1}'s queue")
+    assert [c["payload"]["worktreeId"] for c in commands_received(w1, owner=daemon.owner)] == [
+        ids["/srv/o/a"]
+    ]
     assert person.worktrees(cid)["counts"] == {"open": 0, "released": 2, "removed": 1}
 
     sweep(worker)  # within the interval: nothing is asked again
@@ -357,8 +424,8 @@ def test_the_cleanup_sweep_asks_each_orphan_once_per_interval_until_it_is_remove
     daemon.applied(daemon.removed(cid, "/srv/o/a", w1))
     sweep(worker)
     assert commands_about(mine) == dict(zip(mine, (1, 2, 0, 0), strict=True))
-    wait_for(lambda: len(commands_received(w2)) == 2, what=f"{w2} asked again")
-    assert len(commands_received(w1)) == 1
+    wait_for(lambda: len(commands_received(w2, owner=daemon.owner)) == 2, what=f"{w2} asked again")
+    assert len(commands_received(w1, owner=daemon.owner)) == 1
 
 
 def test_the_cleanup_endpoint_is_an_admins_and_answers_what_it_asked(
@@ -391,7 +458,12 @@ def test_the_cleanup_endpoint_is_an_admins_and_answers_what_it_asked(
     assert done["dryRun"] is False and len(asked) == 2 and all(w["commandId"] for w in asked)
     assert {"daemonId": w3, "worktrees": 2} in done["daemons"]
     assert done["asked"] == len(done["worktrees"]) and done["intervalSeconds"] == INTERVAL.total_seconds()
-    got = wait_for(lambda: len(commands_received(w3)) == 2 and commands_received(w3), what=f"{w3}'s queue")
+    got = wait_for(
+        lambda: (
+            len(commands_received(w3, owner=daemon.owner)) == 2 and commands_received(w3, owner=daemon.owner)
+        ),
+        what=f"{w3}'s queue",
+    )
     assert sorted(c["commandId"] for c in got) == sorted(w["commandId"] for w in asked)
 
     again = admin.ok("POST", "/api/v1/worktrees/cleanup")  # safe to repeat: nothing due for these
