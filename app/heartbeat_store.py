@@ -390,7 +390,8 @@ WITH b AS (
 ),
 cur AS MATERIALIZED (
   SELECT s.task_id, s.contract_id, s.incarnation, s.state, s.sent_at, s.alive, s.version
-  FROM supervisors s WHERE s.task_id = ANY(%(tasks)s::uuid[]) ORDER BY s.task_id FOR UPDATE
+  FROM unnest(%(tasks)s::uuid[]) AS t(task_id) JOIN supervisors s ON s.task_id = t.task_id
+  ORDER BY s.task_id FOR UPDATE OF s
 ),
 j AS MATERIALIZED (
   SELECT b.n, b."contractId" AS contract_id, b.id, b."taskId" AS task_id, b.incarnation, b.state, b.phase,
@@ -519,6 +520,20 @@ class FoldResult:
 
 
 _ensured: set[date] = set()
+# Supervisors this process saw committed: they have a row, so a list made only of them skips
+# `_SUP_FIRST`. A supervisors row goes only with its contract, whose heartbeats are refused
+# before the fold (CONTRACT_NOT_FOUND), so a stale entry changes nothing. Bounded: cleared when full.
+_known_tasks: set[str] = set()
+MAX_KNOWN_TASKS: Final = 200_000
+
+
+def remember_supervisors(task_ids: Iterable[str]) -> None:
+    """After commit: these supervisors have a row (see `_known_tasks`)."""
+    if len(_known_tasks) > MAX_KNOWN_TASKS:
+        _known_tasks.clear()
+    _known_tasks.update(task_ids)
+
+
 _ensure_lock = threading.Lock()
 
 
@@ -609,7 +624,8 @@ class PostgresStore(HeartbeatStore):
             return {}
         rows = self._run(
             session,
-            "SELECT id::text, owner_id FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
+            "SELECT c.id::text, c.owner_id FROM unnest(%(ids)s::uuid[]) AS t(id) "
+            "JOIN contracts c ON c.id = t.id",
             {"ids": _uuid_array(ids)},
         )
         return {cid: owner for cid, owner in rows}
@@ -635,15 +651,17 @@ class PostgresStore(HeartbeatStore):
         """
         tasks = sorted(first_contract)
         task_array = _uuid_array(tasks)
-        self._run(
-            session,
-            _SUP_FIRST,
-            {
-                "tasks": task_array,
-                "contracts": _uuid_array([first_contract[t] for t in tasks]),
-                "received_at": received_at.isoformat(),
-            },
-        )
+        new = [t for t in tasks if t not in _known_tasks]
+        if new:
+            self._run(
+                session,
+                _SUP_FIRST,
+                {
+                    "tasks": _uuid_array(new),
+                    "contracts": _uuid_array([first_contract[t] for t in new]),
+                    "received_at": received_at.isoformat(),
+                },
+            )
         day = received_at.date()
         params = {
             "rows": _dumps(rows),
@@ -766,6 +784,7 @@ __all__ = [
     "PostgresStore",
     "SqliteStore",
     "forget_partitions",
+    "remember_supervisors",
     "store_for",
     "supervisor_record",
 ]

@@ -85,6 +85,7 @@ from app.heartbeat_store import (
     HeartbeatStore,
     PostgresStore,
     forget_partitions,
+    remember_supervisors,
     store_for,
     supervisor_record,
 )
@@ -364,6 +365,7 @@ def _ingest_folded(
             _tell_fenced_rows(uow, done.fenced_supervisors, received_at)
         if report.refused:
             _park_refused(session, report.refused, received_at)
+    remember_supervisors(first_contract)  # committed: they have a row now
     if notify is not None and done.notices:
         try:
             notify(done.notices)

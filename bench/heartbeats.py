@@ -248,7 +248,7 @@ def start_http() -> tuple[subprocess.Popen[bytes], str]:
     import requests
 
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(600):  # a loaded machine may take a while to import the app
         try:
             if requests.get(base + "/healthz", timeout=1).status_code == 200:
                 return proc, base
