@@ -36,11 +36,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import Field
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
-from app.contract_rows import get_contract, lock_contract
+from app.contract_rows import get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import queue_command
 from app.db import UnitOfWork, upsert_ignoring
 from app.domain.errors import ContractError, Forbidden, SupervisorNotFound, ValidationFailed
@@ -77,7 +77,7 @@ from app.schemas import Schema, Timestamp
 from app.supervisor_state import (
     HistoryMessage,
     find_state,
-    history_window,
+    newest_history,
     refuse_foreign_supervisor,
     state_snapshot,
 )
@@ -86,6 +86,8 @@ RESTART_COMMAND: Final = "restart_supervisor"
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_ANSWERS: Final = 50
 MAX_REASON: Final = 2000
+# How many of the contract's supervisor task ids a refused claim names.
+MAX_NAMED_SUPERVISORS: Final = 20
 RESTARTING_ROLES: Final = (Role.USER, Role.ADMIN)
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 
@@ -173,13 +175,31 @@ class Restoration(Schema):
     warnings: list[str]
     inconsistencies: list[InconsistencyView]
     state: RestoredState | None
-    history: list[HistoryMessage] = Field(description="The newest `historyLimit` restored messages, in order")
+    history: list[HistoryMessage] = Field(
+        description="The newest `historyLimit` restored messages, in order, and no more than about "
+        "4 MiB of them (`historyTruncated`)"
+    )
     history_from: int = Field(description="The position of the first message in `history`")
+    history_truncated: bool = Field(
+        False,
+        description="True when the size bound (4 MiB) left out older messages within `historyLimit`: "
+        "read them from .../supervisor/history, up to `historyFrom`",
+    )
     history_length: int = Field(
         description="How many messages the restored state has: send the next save with historyFrom "
         "at most this"
     )
     pending_questions: list[PendingQuestionView]
+    questions_redirected: int = Field(
+        0,
+        description="Claimed for a new daemon: how many open questions of this supervisor (or naming "
+        "no task) now have their answers sent to it",
+    )
+    notices: list[str] = Field(
+        default_factory=list,
+        description="What the daemon must do from now on: the incarnation to send with every "
+        "heartbeat and save, where answers to pending questions go",
+    )
     answered_questions: list[AnsweredQuestionView]
     waiting_tasks: list[WaitingTaskView]
     context: str = Field(description="A compact plain-text summary to give the supervisor (≤ 8 KB)")
@@ -194,6 +214,10 @@ class RestartRequested(Schema):
     command_id: int = Field(description="The `restart_supervisor` daemon command")
     incarnation: int = Field(description="The new incarnation the restarted supervisor uses")
     previous_incarnation: int = Field(description="The incarnation replaced (now fenced)")
+    notice: str = Field(
+        description="What the restarted supervisor must do: send the new incarnation with every "
+        "heartbeat and save (a save without it is fenced)"
+    )
 
 
 # --- incarnations ---------------------------------------------------------------------------
@@ -317,6 +341,71 @@ def _latest_supervisor_task(session: Session, contract_id: uuid.UUID) -> uuid.UU
 # --- restoration ----------------------------------------------------------------------------
 
 
+def supervisor_task_ids(session: Session, contract_id: uuid.UUID) -> list[uuid.UUID]:
+    """The tasks the contract knows as its supervisors: started as one, heard from, or saved."""
+    known: dict[uuid.UUID, None] = {}
+    for query in (
+        select(ContractTask.id)
+        .where(ContractTask.contract_id == contract_id, ContractTask.is_supervisor.is_(True))
+        .order_by(ContractTask.created_at.desc())
+        .limit(MAX_NAMED_SUPERVISORS),
+        select(Supervisor.task_id).where(Supervisor.contract_id == contract_id).limit(MAX_NAMED_SUPERVISORS),
+        select(SupervisorStateRow.task_id)
+        .where(SupervisorStateRow.contract_id == contract_id)
+        .limit(MAX_NAMED_SUPERVISORS),
+    ):
+        known.update(dict.fromkeys(session.scalars(query)))
+    return list(known)[:MAX_NAMED_SUPERVISORS]
+
+
+def refuse_unknown_supervisor(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
+    """Only a task the contract knows as a supervisor may be claimed (else every random task id
+    would become a supervisor, a daemon, and the dead sweep's work): a started supervisor task
+    (`contract_tasks.is_supervisor`), or one heard from or saved for this contract."""
+    started = session.scalar(
+        select(ContractTask.id).where(
+            ContractTask.contract_id == contract_id,
+            ContractTask.id == task_id,
+            ContractTask.is_supervisor.is_(True),
+        )
+    )
+    heard = session.scalar(
+        select(Supervisor.task_id).where(Supervisor.contract_id == contract_id, Supervisor.task_id == task_id)
+    )
+    if started is not None or heard is not None:
+        return
+    known = supervisor_task_ids(session, contract_id)
+    error = SupervisorNotFound(
+        contract_id,
+        f"Task {task_id} is not a supervisor of contract {contract_id}: only a task started as its "
+        "supervisor (isSupervisor), heard from or saved for it may be restored. "
+        + (
+            f"Its supervisor task ids: {', '.join(str(t) for t in known)}."
+            if known
+            else "It has none: report the supervisor task started (isSupervisor: true) first."
+        ),
+    )
+    error.details.update({"taskId": str(task_id), "supervisorTaskIds": [str(t) for t in known]})
+    raise error
+
+
+def redirect_questions(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID, daemon_id: str) -> int:
+    """Send the answers to the claimed supervisor's open questions (and to the contract's open
+    questions that name no task) to the daemon that now runs it; how many were re-pointed."""
+    table: Table = SupervisorQuestion.__table__  # type: ignore[assignment]
+    moved = session.execute(
+        update(table)
+        .where(
+            table.c.contract_id == contract_id,
+            table.c.status == QuestionStatus.OPEN.value,
+            or_(table.c.task_id == task_id, table.c.task_id.is_(None)),
+            or_(table.c.daemon_id.is_(None), table.c.daemon_id != daemon_id),
+        )
+        .values(daemon_id=daemon_id)
+    )
+    return int(getattr(moved, "rowcount", 0) or 0)
+
+
 def scan_history(session: Session, task_id: uuid.UUID, length: int) -> HistoryScan:
     """One streamed pass over the stored messages below `length`: gaps and malformed rows."""
     scanner = HistoryScanner(length)
@@ -426,9 +515,13 @@ def restore(
     contract = (
         lock_contract(session, caller, contract_id) if claim else get_contract(session, caller, contract_id)
     )
+    if claim:
+        refuse_if_closed(contract, "supervisor restorations")
     if task_id is not None:
         refuse_foreign_supervisor(session, contract.id, task_id)
     row = find_state(session, contract.id, task_id, lock=claim)
+    if claim and task_id is not None and row is None:
+        refuse_unknown_supervisor(session, contract.id, task_id)
     chosen = task_id or (row.task_id if row is not None else _latest_supervisor_task(session, contract.id))
     state_raw = state_snapshot(row) if row is not None else None
     checkpoint_raw = row.checkpoint if row is not None else None
@@ -469,16 +562,33 @@ def restore(
 
     messages: list[HistoryMessage] = []
     history_from = 0
+    truncated = False
     if snap is not None and row is not None:
-        history_from = max(0, snap.history_length - history_limit)
-        messages, _, _ = history_window(session, row.task_id, history_from, snap.history_length)
+        lowest = max(0, snap.history_length - history_limit)
+        messages, history_from, truncated = newest_history(session, row.task_id, lowest, snap.history_length)
 
     warnings = list(decision.warnings)
+    notices: list[str] = []
     previous = incarnation = None
     claimed = False
+    redirected = 0
     if claim and chosen is not None:
         given = reincarnate(session, contract, chosen, row, now, alive=True, daemon_id=daemon_id, host=host)
         previous, incarnation, claimed = given.previous, given.new, True
+        notices.append(
+            f"Send incarnation {given.new} with every heartbeat and state save: saves without it, or "
+            "with an older one, are fenced (SUPERVISOR_FENCED)."
+        )
+        if daemon_id is not None:
+            redirected = redirect_questions(session, contract.id, chosen, daemon_id)
+            if redirected:
+                notices.append(
+                    f"The answers to {redirected} pending question(s) will come to daemon {daemon_id}."
+                )
+        elif questions:
+            notices.append(
+                "Name your daemon (daemonId) when restoring, so answers to pending questions come to you."
+            )
         record_event(
             session,
             contract.id,
@@ -536,6 +646,7 @@ def restore(
         state=_restored_state(decision),
         history=messages,
         history_from=history_from,
+        history_truncated=truncated,
         history_length=decision.history_length,
         pending_questions=[
             PendingQuestionView(
@@ -548,6 +659,8 @@ def restore(
             )
             for q in questions
         ],
+        questions_redirected=redirected,
+        notices=notices,
         answered_questions=[
             AnsweredQuestionView(
                 id=q.id,
@@ -607,6 +720,7 @@ def restart(
     contract = lock_contract(session, caller, contract_id)
     if caller.role not in RESTARTING_ROLES:
         raise Forbidden("restart a supervisor", caller.role.value, [r.value for r in RESTARTING_ROLES])
+    refuse_if_closed(contract, "supervisor restarts")
     if reason is not None and (len(reason) > MAX_REASON or "\x00" in reason):
         raise ValidationFailed(
             f"reason is at most {MAX_REASON} characters, without NUL.",
@@ -634,6 +748,7 @@ def restart(
                 command_id=earlier.id,
                 incarnation=int(earlier.payload["newIncarnation"]),
                 previous_incarnation=incarnation,
+                notice=_restart_notice(int(earlier.payload["newIncarnation"])),
             )
         raise ValidationFailed(
             f"Incarnation {incarnation} of supervisor {chosen} is not the one in force ({current}) and "
@@ -678,6 +793,14 @@ def restart(
         command_id=command.id,
         incarnation=given.new,
         previous_incarnation=given.previous if given.previous is not None else current,
+        notice=_restart_notice(given.new),
+    )
+
+
+def _restart_notice(new: int) -> str:
+    return (
+        f"The restarted supervisor sends incarnation {new} with every heartbeat and state save; "
+        "saves without it, or with an older one, are fenced (SUPERVISOR_FENCED)."
     )
 
 

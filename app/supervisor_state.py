@@ -23,8 +23,10 @@ one is listed under `malformed`, a missing one under `missing`.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -33,7 +35,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
-from app.contract_rows import get_contract, lock_contract
+from app.contract_rows import get_contract, lock_contract, refuse_if_closed
 from app.db import UnitOfWork, upsert_ignoring
 from app.domain.errors import Forbidden, SupervisorNotFound, ValidationFailed
 from app.domain.records import EventType
@@ -58,6 +60,10 @@ from app.schemas import Schema, Timestamp
 
 SAVING_ROLES: Final = (Role.SUPERVISOR, Role.ADMIN)
 MAX_HISTORY_PAGE: Final = 1000
+# One answer's history is bounded by size as well as by count: messages are added while their
+# stored size (UTF-8 JSON) stays within this, so a page of 1000 messages of 64 Ki characters
+# cannot make a 260 MB answer; the answer says where to read on.
+HISTORY_BYTES: Final = 4 * 1024 * 1024
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -158,6 +164,14 @@ class HistoryPage(Schema):
     history_length: int
     missing: list[int] = Field(description="Positions in this page with no stored message")
     malformed: list[int] = Field(description="Positions in this page whose stored row is not a message")
+    truncated: bool = Field(
+        False,
+        description="True when the page stopped early at the size bound (4 MiB of stored messages) "
+        "before `limit` messages or the end: read on from `nextFrom`",
+    )
+    next_from: int | None = Field(
+        None, description="Where the next page starts (the `from` to send); null when the history ends here"
+    )
 
 
 # --- rows -----------------------------------------------------------------------------------
@@ -340,6 +354,7 @@ def save_state(
     session = uow.session
     contract = lock_contract(session, caller, contract_id)
     require_saver(caller)
+    refuse_if_closed(contract, "supervisor state saves")
     refuse_foreign_supervisor(session, contract.id, save.task_id)
     in_force = session.scalar(
         select(Supervisor.incarnation).where(Supervisor.task_id == save.task_id).with_for_update(read=True)
@@ -503,24 +518,86 @@ def history_rows(session: Session, task_id: uuid.UUID, start: int, end: int) -> 
     return [(int(seq), message) for seq, message in rows]
 
 
+def stored_size(raw: Any) -> int:
+    """A stored message's size as an answer carries it (UTF-8 JSON), for the size bound."""
+    try:
+        return len(json.dumps(raw, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    except (TypeError, ValueError):
+        return len(str(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """Messages read from `start`: the valid ones, the positions missing or malformed, and
+    where the next read starts when the size bound stopped it before `end` (else None)."""
+
+    messages: list[HistoryMessage]
+    missing: list[int]
+    malformed: list[int]
+    next_from: int | None = None
+
+
+def _streamed(session: Session, task_id: uuid.UUID, start: int, end: int, *, newest_first: bool) -> Any:
+    order = ConversationMessage.seq.desc() if newest_first else ConversationMessage.seq
+    return session.execute(
+        select(ConversationMessage.seq, ConversationMessage.message)
+        .where(
+            ConversationMessage.task_id == task_id,
+            ConversationMessage.seq >= start,
+            ConversationMessage.seq < end,
+        )
+        .order_by(order)
+        .execution_options(yield_per=100)
+    )
+
+
 def history_window(
-    session: Session, task_id: uuid.UUID, start: int, end: int
-) -> tuple[list[HistoryMessage], list[int], list[int]]:
-    """The messages at start ≤ seq < end, and the positions found missing and malformed."""
-    found = dict(history_rows(session, task_id, start, end))
+    session: Session, task_id: uuid.UUID, start: int, end: int, budget: int = HISTORY_BYTES
+) -> HistoryWindow:
+    """The messages at start ≤ seq < end, oldest first, streamed: reading stops before the
+    message that would take the page past `budget` bytes (one message is always taken)."""
     messages: list[HistoryMessage] = []
     missing: list[int] = []
     malformed: list[int] = []
-    for seq in range(start, end):
-        if seq not in found:
-            missing.append(seq)
-            continue
-        view = message_view(seq, found[seq])
-        if view is None:
-            malformed.append(seq)
-        else:
-            messages.append(view)
-    return messages, missing, malformed
+    expected, used = start, 0
+    if end > start:
+        for seq, raw in _streamed(session, task_id, start, end, newest_first=False):
+            seq = int(seq)
+            size = stored_size(raw)
+            if used and used + size > budget:
+                missing.extend(range(expected, seq))
+                return HistoryWindow(messages, missing, malformed, seq)
+            used += size
+            missing.extend(range(expected, seq))
+            expected = seq + 1
+            view = message_view(seq, raw)
+            if view is None:
+                malformed.append(seq)
+            else:
+                messages.append(view)
+    missing.extend(range(expected, end))
+    return HistoryWindow(messages, missing, malformed)
+
+
+def newest_history(
+    session: Session, task_id: uuid.UUID, start: int, end: int, budget: int = HISTORY_BYTES
+) -> tuple[list[HistoryMessage], int, bool]:
+    """The newest messages at start ≤ seq < end that fit in `budget` bytes (at least one), in
+    order: (messages, the position they start at, whether the bound cut older ones off)."""
+    taken: list[HistoryMessage] = []
+    used, first = 0, start
+    if end > start:
+        for seq, raw in _streamed(session, task_id, start, end, newest_first=True):
+            seq = int(seq)
+            size = stored_size(raw)
+            if used and used + size > budget:
+                return list(reversed(taken)), first, True
+            used += size
+            first = seq
+            view = message_view(seq, raw)
+            if view is not None:
+                taken.append(view)
+    return list(reversed(taken)), start, False
 
 
 def read_history(
@@ -531,26 +608,33 @@ def read_history(
     start: int,
     limit: int,
 ) -> HistoryPage:
-    """A page of the stored conversation, from position `start`, at most `limit` messages."""
+    """A page of the stored conversation, from position `start`, at most `limit` messages and
+    about `HISTORY_BYTES` of them (`truncated`, `nextFrom` say where to read on)."""
     contract = get_contract(session, caller, contract_id)
     row = _require_state(session, contract.id, task_id)
     end = min(start + limit, row.history_length)
-    messages, missing, malformed = history_window(session, row.task_id, start, end)
+    window = history_window(session, row.task_id, start, end)
+    truncated = window.next_from is not None
+    next_from = window.next_from if truncated else (end if end < row.history_length else None)
     return HistoryPage(
         task_id=row.task_id,
         from_=start,
-        messages=messages,
+        messages=window.messages,
         history_length=row.history_length,
-        missing=missing,
-        malformed=malformed,
+        missing=window.missing,
+        malformed=window.malformed,
+        truncated=truncated,
+        next_from=next_from,
     )
 
 
 __all__ = [
+    "HISTORY_BYTES",
     "MAX_HISTORY_PAGE",
     "CheckpointView",
     "HistoryMessage",
     "HistoryPage",
+    "HistoryWindow",
     "StateSaved",
     "StoredStateSummary",
     "SupervisorStateView",
@@ -559,12 +643,14 @@ __all__ = [
     "history_rows",
     "history_window",
     "message_view",
+    "newest_history",
     "read_history",
     "read_state",
     "refuse_foreign_supervisor",
     "require_saver",
     "save_state",
     "state_snapshot",
+    "stored_size",
     "stored_summary",
     "supervisor_incarnation",
 ]

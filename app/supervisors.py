@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from pydantic import Field
@@ -41,13 +41,14 @@ from app.heartbeats import (
     fenced_payload,
     supervisor_record,
 )
-from app.models import Contract, Supervisor, SupervisorHeartbeat
+from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
 from app.schemas import Schema, Timestamp
 from app.supervisor_state import StoredStateSummary, find_state, stored_summary
 from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"
+RESTART_COMMAND: Final = "restart_supervisor"  # as app.restoration queues it
 DEAD_SWEEP_BATCH: Final = 500
 MAX_DAEMON_SUPERVISORS: Final = 100
 
@@ -212,11 +213,33 @@ def require_live_supervisor(
     if record is None:
         raise SupervisorNotFound(contract_id)
     if not _alive(record, now, timeout):
+        # Not alive as stored: the incarnation in force was issued already (a restart or the
+        # sweep); alive but silent: the sweep has not bumped it yet.
         incarnation = record.incarnation if not record.alive else record.incarnation + 1
+        restarted = None if record.alive else _restart_requested_at(session, record)
         raise SupervisorDead(
-            contract_id, record.task_id, record.last_received_at, record.dead_at, incarnation
+            contract_id, record.task_id, record.last_received_at, record.dead_at, incarnation, restarted
         )
     return record
+
+
+def _restart_requested_at(session: Session, record: SupervisorRecord) -> datetime | None:
+    """When the restart that issued the incarnation in force was requested, if one did."""
+    recent = session.execute(
+        select(DaemonCommand.payload, DaemonCommand.created_at)
+        .where(DaemonCommand.contract_id == record.contract_id, DaemonCommand.command == RESTART_COMMAND)
+        .order_by(DaemonCommand.id.desc())
+        .limit(20)
+    )
+    for payload, created_at in recent:
+        if (
+            isinstance(payload, dict)
+            and payload.get("taskId") == str(record.task_id)
+            and payload.get("newIncarnation") == record.incarnation
+        ):
+            at: datetime = created_at
+            return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return None
 
 
 def heartbeat_history(

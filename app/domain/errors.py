@@ -126,7 +126,8 @@ class SupervisorNotFound(ContractError):
 
 
 class SupervisorDead(ContractError):
-    """The supervisor stopped sending heartbeats (judged by when we last received one)."""
+    """The supervisor is not alive: silent past the timeout, declared dead, or restarted and its
+    new incarnation not heard from yet. The message says which, and what will change it."""
 
     code = "SUPERVISOR_DEAD"
 
@@ -137,18 +138,32 @@ class SupervisorDead(ContractError):
         last_received_at: datetime | None,
         dead_at: datetime | None,
         incarnation: int,
+        restart_requested_at: datetime | None = None,
     ) -> None:
         heard = last_received_at.isoformat() if last_received_at else None
+        last = f"its last heartbeat was received at {heard or 'an unknown time'}"
+        if restart_requested_at is not None:
+            why = (
+                f"A restart was requested at {restart_requested_at.isoformat()}; waiting for "
+                f"incarnation {incarnation} to report ({last}). Retry once it has."
+            )
+        elif dead_at is not None:
+            why = (
+                f"It was declared dead at {dead_at.isoformat()} ({last}); incarnation {incarnation} is "
+                "in force and no daemon runs it. Restart it (POST .../supervisor/restart) or let its "
+                "daemon restore it, then retry."
+            )
+        else:
+            why = f"{last.capitalize()}, longer ago than the heartbeat timeout. Restart it and retry."
         super().__init__(
-            f"The supervisor of contract {contract_id} is not alive: its last heartbeat was "
-            f"received at {heard or 'an unknown time'}. Restart it (its next incarnation is "
-            f"{incarnation}) and retry.",
+            f"The supervisor of contract {contract_id} is not alive. {why}",
             {
                 "contractId": str(contract_id),
                 "taskId": str(task_id),
                 "lastReceivedAt": heard,
                 "deadAt": dead_at.isoformat() if dead_at else None,
                 "incarnation": incarnation,
+                "restartRequestedAt": restart_requested_at.isoformat() if restart_requested_at else None,
             },
         )
 
@@ -207,15 +222,46 @@ class Forbidden(ContractError):
 
 
 class SupervisorFenced(ContractError):
-    """A save or report from an incarnation the server has replaced (declared dead, restarted)."""
+    """A save or report from an incarnation the server has replaced (declared dead, restarted),
+    or a save naming no incarnation once the server has issued one (it cannot be told apart
+    from the replaced daemon's)."""
 
     code = "SUPERVISOR_FENCED"
 
+    def __init__(self, contract_id: object, task_id: object, sent: int | None, current: int) -> None:
+        if sent is None:
+            what = (
+                f"The server issued incarnation {current} of supervisor {task_id} (a restoration, "
+                "restart or declared death): a save must name the incarnation it speaks for; one "
+                "without it could be the replaced daemon's and changes nothing."
+            )
+        else:
+            what = (
+                f"Incarnation {sent} of supervisor {task_id} was replaced by incarnation {current}: "
+                "nothing it sends changes state."
+            )
+        super().__init__(
+            f"{what} Restore (GET .../supervisor/restoration) to get the current incarnation.",
+            {
+                "contractId": str(contract_id),
+                "taskId": str(task_id),
+                "incarnation": sent,
+                "currentIncarnation": current,
+            },
+        )
+
+
+class IncarnationNotIssued(ContractError):
+    """A save naming an incarnation the server never issued (above the one in force): only a
+    restoration, a restart or a declared death issues incarnations."""
+
+    code = "INCARNATION_NOT_ISSUED"
+
     def __init__(self, contract_id: object, task_id: object, sent: int, current: int) -> None:
         super().__init__(
-            f"Incarnation {sent} of supervisor {task_id} was replaced by incarnation {current}: "
-            "nothing it sends changes state. Restore (GET .../supervisor/restoration) to get the "
-            "current incarnation.",
+            f"Incarnation {sent} of supervisor {task_id} was never issued: incarnation {current} is "
+            "in force. Send the incarnation you were issued; a daemon that does not know it restores "
+            "(GET .../supervisor/restoration), which issues the next one.",
             {
                 "contractId": str(contract_id),
                 "taskId": str(task_id),
@@ -231,10 +277,21 @@ class StaleState(ContractError):
     code = "STALE_STATE"
 
     def __init__(self, task_id: object, sent: tuple[int, int], stored: tuple[int, int]) -> None:
+        if sent[0] < stored[0]:
+            what = (
+                f"Incarnation {sent[0]} of supervisor {task_id} is older than the stored save's "
+                f"incarnation {stored[0]} (state version {stored[1]}): no stateVersion of incarnation "
+                f"{sent[0]} can apply; it was not applied. Restore (GET .../supervisor/restoration) to "
+                "get the current incarnation."
+            )
+        else:
+            what = (
+                f"State version {sent[1]} (incarnation {sent[0]}) of supervisor {task_id} is older than "
+                f"the stored version {stored[1]} (incarnation {stored[0]}); it was not applied. Send a "
+                "higher stateVersion."
+            )
         super().__init__(
-            f"State version {sent[1]} (incarnation {sent[0]}) of supervisor {task_id} is older than "
-            f"the stored version {stored[1]} (incarnation {stored[0]}); it was not applied. Send a "
-            "higher stateVersion.",
+            what,
             {
                 "taskId": str(task_id),
                 "incarnation": sent[0],
@@ -330,6 +387,7 @@ __all__ = [
     "FeatureDisabled",
     "Forbidden",
     "HistoryGap",
+    "IncarnationNotIssued",
     "InvalidDeliverable",
     "InvalidTransition",
     "PhaseGuardRequired",

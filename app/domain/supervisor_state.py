@@ -10,7 +10,9 @@ only, the clock passed in), so the API module, the HTTP front and the tests judg
   `MAX_APPEND` history messages per save, `MAX_TASK_IDS` task ids per list, `MAX_CONTENT`
   characters per message.
 - **Ordering** (`judge_save`): saves are ordered by (incarnation, stateVersion). A save of an
-  incarnation older than the current one is fenced (`SupervisorFenced`); one older than the
+  incarnation older than the current one is fenced (`SupervisorFenced`), as is one naming
+  none once the server has issued an incarnation; one above the current one was never issued
+  (`IncarnationNotIssued`); one older than the
   stored save is `StaleState`; an equal one must be the same save sent again (a duplicate:
   nothing is written, the stored figures are the answer; `resend_differences` names what a
   different save under the same key changed, refused as `StateVersionReused`); a newer one is
@@ -41,7 +43,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from app.domain.errors import HistoryGap, StaleState, StateVersionReused, SupervisorFenced, ValidationFailed
+from app.domain.errors import (
+    HistoryGap,
+    IncarnationNotIssued,
+    StaleState,
+    StateVersionReused,
+    SupervisorFenced,
+    ValidationFailed,
+)
 from app.domain.supervisors import (
     EARLIEST,
     LATEST,
@@ -396,15 +405,27 @@ def current_incarnation(supervisor_incarnation: int | None, stored: StoredOrder 
 
 
 def judge_save(contract_id: uuid.UUID, save: StateSave, stored: StoredOrder | None, current: int) -> SavePlan:
-    """Decide a save against the stored one; raises SupervisorFenced, StaleState, HistoryGap.
+    """Decide a save against the stored one; raises SupervisorFenced, IncarnationNotIssued,
+    StaleState, HistoryGap.
 
     Fencing comes first (an old incarnation may write nothing, whatever it sends), then the
     order, then the history: a duplicate is answered before its history is looked at, so a
-    resent append is one append.
+    resent append is one append. Only the server issues incarnations (`current` is the one in
+    force): a save may leave its incarnation out only while the first one is in force (nothing
+    was restored, restarted or declared dead), since afterwards the replaced daemon's save would
+    look the same; an incarnation above the one in force was never issued and is refused, or it
+    would lock the real incarnation out.
     """
-    incarnation = save.incarnation if save.incarnation is not None else current
+    if save.incarnation is None:
+        if current > 1:  # the server has issued an incarnation: the save must say it is that one
+            raise SupervisorFenced(contract_id, save.task_id, None, current)
+        incarnation = current
+    else:
+        incarnation = save.incarnation
     if incarnation < current:
         raise SupervisorFenced(contract_id, save.task_id, incarnation, current)
+    if incarnation > current:
+        raise IncarnationNotIssued(contract_id, save.task_id, incarnation, current)
     key = (incarnation, save.state_version)
     if stored is not None:
         if key < stored.key():

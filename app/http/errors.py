@@ -5,7 +5,8 @@
     │   ├── ContractNotFound 404 · InvalidTransition 400 · VersionConflict 409
     │   ├── PhaseGuardRequired 409 · InvalidDeliverable 400 · ValidationFailed 400
     │   ├── SupervisorNotFound 404 · SupervisorDead 503 · Forbidden 403
-    │   └── SupervisorFenced 409 · StaleState 409 · StateVersionReused 409 · HistoryGap 409
+    │   └── SupervisorFenced 409 · IncarnationNotIssued 409 · StaleState 409
+    │       · StateVersionReused 409 · HistoryGap 409
     │       · QuestionNotFound 404 · QuestionClosed 409 · QuestionIdReused 409
     ├── Unauthenticated ...... 401 UNAUTHENTICATED
     └── InvalidRequest ....... 422 INVALID_REQUEST
@@ -42,6 +43,7 @@ from app.domain.errors import (
     FeatureDisabled,
     Forbidden,
     HistoryGap,
+    IncarnationNotIssued,
     InvalidDeliverable,
     InvalidTransition,
     PhaseGuardRequired,
@@ -77,6 +79,7 @@ STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
         SupervisorDead: status.HTTP_503_SERVICE_UNAVAILABLE,
         Forbidden: status.HTTP_403_FORBIDDEN,
         SupervisorFenced: status.HTTP_409_CONFLICT,
+        IncarnationNotIssued: status.HTTP_409_CONFLICT,
         StaleState: status.HTTP_409_CONFLICT,
         StateVersionReused: status.HTTP_409_CONFLICT,
         HistoryGap: status.HTTP_409_CONFLICT,
@@ -237,6 +240,17 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
                 "taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c",
                 "incarnation": 1,
                 "currentIncarnation": 2,
+            },
+        ),
+        ErrorCode.INCARNATION_NOT_ISSUED: (
+            "Incarnation 50 of supervisor 9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c was never issued: "
+            "incarnation 1 is in force. Send the incarnation you were issued; a daemon that does not "
+            "know it restores (GET .../supervisor/restoration), which issues the next one.",
+            {
+                "contractId": "2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13",
+                "taskId": "9b1d0c7e-4f2a-4e8b-a6c3-5d7e8f9a0b1c",
+                "incarnation": 50,
+                "currentIncarnation": 1,
             },
         ),
         ErrorCode.STALE_STATE: (

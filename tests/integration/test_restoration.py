@@ -29,9 +29,11 @@ from sqlalchemy import select, text
 
 from app.api import ContractsAPI
 from app.db import unit_of_work
-from app.domain.errors import SupervisorFenced
+from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
+from app.domain.lifecycle import Status
 from app.http import create_app
-from app.models import ContractTask, Supervisor, SupervisorHeartbeat
+from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
+from app.supervisor_state import HISTORY_BYTES
 from tests.integration.helpers import event_types, new_contract
 from tests.integration.worker_processes import ROOT, WorkerProcess, start_worker, wait_for
 
@@ -149,8 +151,8 @@ def test_nothing_saved_starts_fresh_with_a_warning_and_still_issues_an_incarnati
     daemon: tuple[str, ContractsAPI],
 ) -> None:
     _, api = daemon
-    cid = api.create_contract("never saved", "simple").id
-    task = uuid.uuid4()
+    cid = new_contract(api, name="never saved")
+    task = _supervisor_task(cid)  # started as the supervisor, never heard from, nothing saved
     restored = api.restore_supervisor(cid, task, daemon_id="d-new")
     assert (restored.branch, restored.next, restored.state, restored.history) == (
         "fresh",
@@ -195,7 +197,7 @@ def test_after_a_crash_mid_conversation_everything_acknowledged_is_restored_and_
 ) -> None:
     token, api = daemon
     cid = new_contract(api, name="crash")
-    task = uuid.uuid4()
+    task = _supervisor_task(cid)
     errors = tmp_path / "daemon.err"
     with errors.open("wb") as err:
         child = subprocess.Popen(
@@ -420,3 +422,200 @@ def test_waited_on_tasks_come_back_with_their_status_and_the_supervisor_resumes_
 def _task_status(task_id: uuid.UUID) -> str | None:
     with unit_of_work() as uow:
         return uow.session.scalar(select(ContractTask.status).where(ContractTask.id == task_id))
+
+
+# --- fencing, closed contracts and bounds (what an attack on the running service found) ---------
+
+
+def _supervisor_task(cid: uuid.UUID) -> uuid.UUID:
+    """The supervisor task `new_contract` started."""
+    with unit_of_work() as uow:
+        found = uow.session.scalar(
+            select(ContractTask.id).where(
+                ContractTask.contract_id == cid, ContractTask.is_supervisor.is_(True)
+            )
+        )
+    assert found is not None
+    return found
+
+
+def _supervisors_of(cid: uuid.UUID) -> int:
+    with unit_of_work() as uow:
+        return len(uow.session.scalars(select(Supervisor.task_id).where(Supervisor.contract_id == cid)).all())
+
+
+def test_once_the_server_issued_an_incarnation_a_save_without_one_is_fenced(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="omitted incarnation")
+    task = _supervisor_task(cid)
+    # Before any restoration, restart or death, incarnation 1 is in force and may go unnamed.
+    assert api.save_supervisor_state(
+        cid, task, state_version=1, state="working", phase="plan", history_append=turn(1)
+    ).applied
+    restored = api.restore_supervisor(cid, task, daemon_id="d-new")
+    assert restored.incarnation == 2
+    assert any("incarnation 2" in notice for notice in restored.notices)
+    assert api.save_supervisor_state(
+        cid, task, state_version=1, state="working", phase="plan", incarnation=2, history_append=turn(2)
+    ).applied
+
+    with pytest.raises(SupervisorFenced) as fenced:  # the replaced daemon leaves it out
+        api.save_supervisor_state(
+            cid, task, state_version=99, state="failed", phase="plan", history_from=0, history_append=[]
+        )
+    assert fenced.value.details["incarnation"] is None
+    assert fenced.value.details["currentIncarnation"] == 2
+    assert "must name" in str(fenced.value)
+    kept = api.supervisor_state(cid, task)
+    assert (kept.incarnation, kept.state_version, kept.state, kept.history_length) == (2, 1, "working", 4)
+
+
+def test_a_save_naming_an_incarnation_never_issued_is_refused_and_the_real_one_keeps_saving(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    token, api = daemon
+    cid = new_contract(api, name="future incarnation")
+    task = _supervisor_task(cid)
+    api.save_supervisor_state(cid, task, state_version=100, state="working", phase="plan")
+    with TestClient(create_app()) as client:
+        resp = client.post(
+            f"{BASE}/{cid}/supervisor/state",
+            json={
+                "taskId": str(task),
+                "incarnation": 50,
+                "stateVersion": 1,
+                "state": "working",
+                "phase": "plan",
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 409, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "INCARNATION_NOT_ISSUED"
+    assert (error["details"]["incarnation"], error["details"]["currentIncarnation"]) == (50, 1)
+    assert "restoration" in error["message"]
+    saved = api.save_supervisor_state(cid, task, state_version=101, state="idle", phase="plan", incarnation=1)
+    assert (saved.applied, saved.incarnation, saved.state_version) == (True, 1, 101)
+
+
+def test_a_closed_contract_takes_no_save_claim_or_restart_but_a_person_may_still_preview(
+    daemon: tuple[str, ContractsAPI], make_caller: Any
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="closed")
+    task = _supervisor_task(cid)
+    api.save_supervisor_state(
+        cid, task, state_version=1, state="working", phase="plan", history_append=turn(1)
+    )
+    person = person_of(api, make_caller)
+    person.change_status(cid, Status.FAILED, reason="abandoned")
+
+    with pytest.raises(ValidationFailed) as save:
+        api.save_supervisor_state(cid, task, state_version=2, state="working", phase="plan")
+    assert save.value.details["status"] == "failed"
+    with pytest.raises(ValidationFailed):
+        api.restore_supervisor(cid, task, daemon_id="d-late")
+    with pytest.raises(ValidationFailed):
+        person.restart_supervisor(cid, task)
+    preview = person.restore_supervisor(cid, task)
+    assert (preview.claimed, preview.branch, preview.history_length) == (False, "resume", 2)
+    assert supervisor_row(task) is None, "nothing was claimed or restarted"
+    assert "supervisor_restored" not in event_types(cid)
+
+
+def test_only_a_task_the_contract_knows_as_its_supervisor_may_be_claimed(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    token, api = daemon
+    cid = new_contract(api, name="phantoms")
+    task = _supervisor_task(cid)
+    with TestClient(create_app()) as client:
+        for _ in range(3):
+            resp = client.get(
+                f"{BASE}/{cid}/supervisor/restoration?taskId={uuid.uuid4()}&daemonId=d-phantom",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert resp.status_code == 404, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "SUPERVISOR_NOT_FOUND"
+            assert error["details"]["supervisorTaskIds"] == [str(task)]
+    assert _supervisors_of(cid) == 0
+    restored = api.restore_supervisor(cid, task, daemon_id="d-real")  # the started supervisor task
+    assert restored.claimed and restored.task_id == task and _supervisors_of(cid) == 1
+
+
+def test_a_restoration_for_a_new_daemon_sends_the_answers_to_open_questions_there(
+    daemon: tuple[str, ContractsAPI], make_caller: Any
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="answers follow")
+    task = _supervisor_task(cid)
+    mine, _ = api.ask_question(cid, "Which region?", "free_text", task_id=task, daemon_id="d-old")
+    anyone, _ = api.ask_question(cid, "Ship it?", "confirmation", daemon_id="d-old")
+    other, _ = api.ask_question(cid, "Other's?", "confirmation", task_id=uuid.uuid4(), daemon_id="d-other")
+    api.save_supervisor_state(cid, task, state_version=1, state="waiting_for_user", phase="plan")
+
+    restored = api.restore_supervisor(cid, task, daemon_id="d-new")
+    assert restored.questions_redirected == 2
+    assert any("d-new" in notice and "answers" in notice for notice in restored.notices)
+    person = person_of(api, make_caller)
+    answered = person.answer_question(cid, mine.id, "eu-west")
+    assert answered.question.daemon_id == "d-new" and _command_daemon(answered.command_id) == "d-new"
+    assert _command_daemon(person.answer_question(cid, anyone.id, True).command_id) == "d-new"
+    assert _command_daemon(person.answer_question(cid, other.id, True).command_id) == "d-other"
+
+
+def _command_daemon(command_id: int | None) -> str | None:
+    assert command_id is not None
+    with unit_of_work() as uow:
+        command = uow.session.get(DaemonCommand, command_id)
+        assert command is not None
+        return command.daemon_id
+
+
+def test_history_answers_are_bounded_by_size_and_say_where_to_read_on(
+    daemon: tuple[str, ContractsAPI], make_caller: Any
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="big history")
+    task = _supervisor_task(cid)
+    big = "x" * 65_536
+    for version in range(4):  # 80 messages of 64 KiB: 5 MiB in all
+        api.save_supervisor_state(
+            cid, task, state_version=version, state="working", phase="plan",
+            history_append=[{"role": "assistant", "content": f"{i}:{big}"[:65_536]} for i in range(20)],
+        )  # fmt: skip
+    page = api.supervisor_history(cid, task, 0, 1000)
+    assert page.truncated and 0 < len(page.messages) < 80
+    assert sum(len(m.content) for m in page.messages) <= HISTORY_BYTES
+    assert page.next_from == len(page.messages)
+    rest = api.supervisor_history(cid, task, page.next_from, 1000)
+    assert (rest.truncated, rest.next_from) == (False, None)
+    assert len(page.messages) + len(rest.messages) == 80
+
+    restored = person_of(api, make_caller).restore_supervisor(cid, task, history_limit=1000)
+    assert restored.history_truncated and restored.history_length == 80
+    assert restored.history_from == 80 - len(restored.history) > 0
+    assert [m.seq for m in restored.history] == list(range(restored.history_from, 80))
+
+
+def test_a_sync_during_a_pending_restart_says_the_restart_is_awaited(
+    daemon: tuple[str, ContractsAPI], make_caller: Any
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="sync after restart")
+    task = _supervisor_task(cid)
+    api.send_heartbeat(cid, task, "working", "plan", daemon_id="d-sync")
+    api.flush()
+    wait_for(lambda: supervisor_row(task), what="the heartbeat ingested")
+    person = person_of(api, make_caller)
+    restarted = person.restart_supervisor(cid, task)
+    assert "incarnation 2" in restarted.notice
+    with pytest.raises(SupervisorDead) as dead:
+        person.request_supervisor_sync(cid)
+    message = str(dead.value)
+    assert "A restart was requested at" in message and "incarnation 2 to report" in message
+    assert "next incarnation" not in message
+    assert dead.value.details["incarnation"] == 2 and dead.value.details["restartRequestedAt"]

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from app.domain.errors import HistoryGap, StaleState, StateVersionReused, SupervisorFenced, ValidationFailed
+from app.domain.errors import (
+    HistoryGap,
+    IncarnationNotIssued,
+    StaleState,
+    StateVersionReused,
+    SupervisorFenced,
+    ValidationFailed,
+)
 from app.domain.supervisor_state import (
     MAX_APPEND,
     MAX_CONTENT,
@@ -207,8 +214,9 @@ def test_an_incarnation_older_than_the_one_in_force_is_fenced_whatever_its_versi
     with pytest.raises(SupervisorFenced) as fenced:
         judge_save(CID, parse_save(raw(incarnation=1, stateVersion=1000)), stored(), 2)
     assert (fenced.value.details["incarnation"], fenced.value.details["currentIncarnation"]) == (1, 2)
-    # Without an incarnation, a save speaks for the one in force.
-    assert judge_save(CID, parse_save(raw(stateVersion=6)), stored(incarnation=2), 2).incarnation == 2
+    # Naming the one in force, a save applies.
+    named = judge_save(CID, parse_save(raw(incarnation=2, stateVersion=6)), stored(incarnation=2), 2)
+    assert named.incarnation == 2
 
 
 def test_history_is_appended_at_history_from_never_past_the_stored_end() -> None:
@@ -275,3 +283,27 @@ def test_snapshot_of_a_save_is_what_a_restoration_reads_back() -> None:
         (str(TASK),),
         T0,
     )
+
+
+def test_once_an_incarnation_was_issued_a_save_must_name_it() -> None:
+    # Incarnation 1 in force, nothing issued by the server yet: leaving it out is fine.
+    assert judge_save(CID, parse_save(raw(stateVersion=6)), stored(), 1).incarnation == 1
+    with pytest.raises(SupervisorFenced) as fenced:  # after a restoration, restart or death
+        judge_save(CID, parse_save(raw(stateVersion=6)), stored(incarnation=2), 2)
+    assert (fenced.value.details["incarnation"], fenced.value.details["currentIncarnation"]) == (None, 2)
+    assert "must name the incarnation" in str(fenced.value)
+
+
+def test_an_incarnation_never_issued_is_refused_naming_the_one_in_force() -> None:
+    with pytest.raises(IncarnationNotIssued) as future:
+        judge_save(CID, parse_save(raw(incarnation=50, stateVersion=1)), stored(), 1)
+    assert (future.value.details["incarnation"], future.value.details["currentIncarnation"]) == (50, 1)
+    assert "restoration" in str(future.value)
+
+
+def test_a_stale_save_of_an_older_incarnation_is_not_told_to_count_higher() -> None:
+    older = str(StaleState(TASK, (1, 100), (2, 1)))
+    assert "Incarnation 1" in older and "older than the stored save's incarnation 2" in older
+    assert "higher stateVersion" not in older and "restoration" in older
+    same = str(StaleState(TASK, (2, 4), (2, 7)))
+    assert "State version 4 (incarnation 2)" in same and "Send a higher stateVersion" in same
