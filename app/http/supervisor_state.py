@@ -85,7 +85,13 @@ class SaveStateRequest(_Body):
 
     task_id: TaskIdField = Field(description="The supervisor's task id")
     incarnation: int | None = Field(
-        None, ge=1, le=MAX_INCARNATION, description="As issued; omitted: the one in force"
+        None,
+        ge=1,
+        le=MAX_INCARNATION,
+        description="The incarnation the server issued you (restoration, restart). May be omitted "
+        "only while incarnation 1 is in force (never restored, restarted or declared dead); "
+        "afterwards a save without it is SUPERVISOR_FENCED, one above the one in force "
+        "INCARNATION_NOT_ISSUED",
     )
     state_version: int = Field(
         ge=0,
@@ -148,6 +154,7 @@ class RestartRequest(_Body):
         E.FORBIDDEN,
         E.VALIDATION_FAILED,
         E.SUPERVISOR_FENCED,
+        E.INCARNATION_NOT_ISSUED,
         E.STALE_STATE,
         E.STATE_VERSION_REUSED,
         E.HISTORY_GAP,
@@ -158,12 +165,13 @@ def save_state(contract_id: ContractId, body: SaveStateRequest, api: Api) -> Any
     """Save the supervisor's persistent state (a supervisor's or admin's call; a user gets 403).
 
     Saves are ordered by (incarnation, stateVersion): an incarnation the server replaced is
-    409 SUPERVISOR_FENCED, an older save 409 STALE_STATE, the stored save sent again answers
+    409 SUPERVISOR_FENCED (so is a save naming none once the server issued one), one it never
+    issued 409 INCARNATION_NOT_ISSUED, an older save 409 STALE_STATE, the stored save sent again answers
     200 with `applied: false` (a resend is one save, its history append included) and a
     different save under the stored key is 409 STATE_VERSION_REUSED naming what differs. History is
     appended in increments at `historyFrom` (409 HISTORY_GAP past the stored end, which the
     error names). A `checkpoint` marks this save as a consistent point a restoration can fall
-    back to."""
+    back to. A closed contract (completed, failed, archived) takes no save (400)."""
     return api.save_supervisor_state(
         contract_id,
         body.task_id,
@@ -213,14 +221,16 @@ def read_history(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE, description="Messages per page")] = 200,
 ) -> Any:
-    """A page of the supervisor's stored conversation, in order, from position `from`."""
+    """A page of the supervisor's stored conversation, in order, from position `from`: at most
+    `limit` messages and about 4 MiB of them; `truncated` says the size bound ended the page
+    early, `nextFrom` where the next page starts (null at the end)."""
     return api.supervisor_history(contract_id, task_id, start, limit)
 
 
 @router.get(
     SUPERVISOR + "/restoration",
     response_model=Restoration,
-    responses=error_responses(E.VALIDATION_FAILED),
+    responses=error_responses(E.VALIDATION_FAILED, E.SUPERVISOR_NOT_FOUND),
 )
 def restoration(
     contract_id: ContractId,
@@ -240,8 +250,13 @@ def restoration(
     `checkpoint`, `resume`) with every inconsistency found, the restored state and the newest
     history, open questions to re-deliver, answers received, waited-on tasks with their status,
     the next step and a context text. A supervisor's call claims the supervisor: it is issued a
-    new incarnation (older ones are fenced from then on). A user's or admin's call is a preview
-    that changes nothing (`claimed: false`)."""
+    new incarnation (older ones are fenced from then on; `notices` says to send it), and the
+    answers to its open questions go to `daemonId` from then on. Only a task the contract knows
+    as its supervisor (started with isSupervisor, heard from, or saved) may be claimed: another
+    is 404 SUPERVISOR_NOT_FOUND naming the contract's supervisor task ids; a closed contract
+    takes no claim (400). The history is the newest `historyLimit` messages that fit in about
+    4 MiB (`historyTruncated`). A user's or admin's call is a preview that changes nothing
+    (`claimed: false`), closed contracts included."""
     return api.restore_supervisor(contract_id, task_id, daemon_id, host, history_limit=history_limit)
 
 
@@ -255,7 +270,8 @@ def restart(contract_id: ContractId, api: Api, body: Annotated[RestartRequest | 
     """Restart the supervisor (a user's or admin's call; a supervisor gets 403): a new incarnation
     fences the running one, and a `restart_supervisor` command (taskId, newIncarnation,
     previousIncarnation, reason) goes to its daemon. SUPERVISOR_NOT_FOUND when it has neither
-    sent a heartbeat nor saved state. The body is optional."""
+    sent a heartbeat nor saved state; a closed contract takes no restart (400). The body is
+    optional."""
     given = body or RestartRequest()
     return api.restart_supervisor(
         contract_id, given.task_id, reason=given.reason, incarnation=given.incarnation
