@@ -258,7 +258,12 @@ def touch(contract: Contract, now: datetime) -> None:
 
 
 def refuse_if_closed(contract: Contract, what: str) -> None:
-    status = Status(contract.status)
+    refuse_if_closed_status(contract.status, what)
+
+
+def refuse_if_closed_status(stored: str, what: str) -> None:
+    """`refuse_if_closed` on a status read without the row (the report's one-statement acceptance)."""
+    status = Status(stored)
     if status in Status.terminal():
         raise ValidationFailed(
             f"The contract is '{status.value}': no more {what} can be recorded on it.",
@@ -379,6 +384,7 @@ __all__ = [
     "lock_row_with_facts",
     "phase_columns",
     "refuse_if_closed",
+    "refuse_if_closed_status",
     "set_status",
     "status_columns",
     "touch",

@@ -31,7 +31,7 @@ from app.contract_rows import (
     status_columns,
     touch,
 )
-from app.db import Dispatch, UnitOfWork, after_commit, get_engine
+from app.db import Dispatch, UnitOfWork, after_commit, driver_autocommit, get_engine
 from app.domain.completion import GateFacts, check_phase_readiness, registered_validators
 from app.domain.errors import Forbidden, ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor, check_transition, decision_for_a_person
@@ -278,12 +278,7 @@ def change_phase_now(
     bind = engine or get_engine()
     prepare = settings.database_prepared_statements
     if bind.dialect.name == "postgresql":
-        with bind.connect() as connection:
-            # The driver's own switch, not `isolation_level="AUTOCOMMIT"`: SQLAlchemy's resets
-            # it through `set_isolation_level`, which cost psycopg2 a round trip each way.
-            driver = connection.connection.dbapi_connection
-            assert driver is not None
-            driver.autocommit = True
+        with driver_autocommit(bind) as connection:
             try:
                 contract, written, outbox = _change_phase_on(
                     connection, caller, contract_id, request, now, prepare
@@ -291,9 +286,6 @@ def change_phase_now(
             except BaseException:
                 _roll_back(connection)
                 raise
-            finally:
-                if not connection.invalidated:
-                    driver.autocommit = False
     else:
         with bind.begin() as connection:  # BEGIN IMMEDIATE: SQLite's write lock (app.db)
             contract, written, outbox = _change_phase_on(

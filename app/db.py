@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
@@ -120,6 +120,28 @@ def get_engine(url: str | None = None) -> Engine:
                 _ping_when_idle(engine)
             _engines[url] = engine
         return engine
+
+
+@contextmanager
+def driver_autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled PostgreSQL connection whose driver commits each statement, for one caller.
+
+    For the hot paths that manage their transaction in their own SQL: one statement that is
+    a transaction by itself, or `BEGIN` sent with the first statement and `COMMIT` with the
+    last (psycopg2 would spend a round trip of its own on each). Whoever sends `BEGIN` here
+    must send `COMMIT` or `ROLLBACK`. The driver's own switch, not SQLAlchemy's
+    `isolation_level="AUTOCOMMIT"`, whose reset costs psycopg2 a round trip each way.
+    """
+    with engine.connect() as connection:
+        driver = connection.connection.dbapi_connection
+        if driver is None:  # pragma: no cover - a checked-out connection always has one
+            raise RuntimeError("no driver connection")
+        driver.autocommit = True
+        try:
+            yield connection
+        finally:
+            if not connection.invalidated:
+                driver.autocommit = False
 
 
 def dispose_engines() -> None:
@@ -266,6 +288,7 @@ __all__ = [
     "dialect_insert_for",
     "dispose_engines",
     "downgrade",
+    "driver_autocommit",
     "get_engine",
     "migrate",
     "unit_of_work",

@@ -20,6 +20,7 @@ application.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,14 +29,16 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.db import dialect_insert
 from app.domain.errors import ValidationFailed
+from app.domain.lifecycle import Status
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied
+from app.prepared import execute_sql
 from app.schemas import Schema
 
 _APPLIED_KEY: Final = "makima.applied_messages"
@@ -136,6 +139,78 @@ def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: dateti
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the one-statement acceptance saw: the contract's owner and status (None when there
+    is no such contract), the reported task's contract, and whether the receipt went in."""
+
+    owner_id: str | None
+    status: str | None
+    task_contract_id: uuid.UUID | None
+    accepted: bool
+
+
+_TERMINAL: Final = ", ".join(f"'{s.value}'" for s in sorted(Status.terminal()))
+
+# The checks `ContractsAPI._enqueue` makes and the pending receipt, as one statement: the
+# receipt goes in only when every check passes; the facts come back so the caller can say
+# which one failed. The conflict rule is `accept`'s.
+_ACCEPT_CHECKED_SQL = (
+    "WITH c AS (SELECT owner_id, status FROM contracts WHERE id = %(contract_id)s::uuid), "
+    "t AS (SELECT contract_id FROM contract_tasks WHERE id = %(task_id)s::uuid), "
+    "ok AS (SELECT 1 FROM c WHERE (%(any_owner)s OR c.owner_id = %(owner_id)s) "
+    f"AND NOT (%(refuse_closed)s AND c.status IN ({_TERMINAL})) "
+    "AND NOT EXISTS (SELECT 1 FROM t WHERE t.contract_id <> %(contract_id)s::uuid)), "
+    "ins AS (INSERT INTO message_outcomes (principal_id, message_id, contract_id, task, payload, status, "
+    "accepted_at, updated_at) SELECT %(principal_id)s::uuid, %(message_id)s, %(contract_id)s::uuid, "
+    "%(task)s, %(payload)s::jsonb, 'pending', %(now)s, %(now)s FROM ok "
+    "ON CONFLICT (principal_id, message_id) DO UPDATE SET contract_id = EXCLUDED.contract_id, "
+    "task = EXCLUDED.task, payload = EXCLUDED.payload, status = 'pending', error_code = NULL, "
+    "error_message = NULL, updated_at = EXCLUDED.updated_at "
+    "WHERE message_outcomes.status <> 'applied' AND message_outcomes.task = EXCLUDED.task "
+    "AND message_outcomes.contract_id = EXCLUDED.contract_id "
+    "AND message_outcomes.payload = EXCLUDED.payload RETURNING 1) "
+    "SELECT (SELECT owner_id FROM c), (SELECT status FROM c), (SELECT contract_id FROM t), "
+    "EXISTS (SELECT 1 FROM ins)"
+)
+
+
+def accept_checked(
+    connection: Connection,
+    caller: Caller,
+    sent: Sent,
+    payload: Mapping[str, Any],
+    now: datetime,
+    *,
+    refuse_closed: bool,
+    task_id: uuid.UUID | None,
+    prepare: bool = True,
+) -> Checked:
+    """Check the report and record it pending in one statement, a transaction by itself (PostgreSQL).
+
+    The same checks and the same receipt as the API module's session path (`accept` after
+    reading the contract and the task), in one round trip on a connection in autocommit
+    (`app.db.driver_autocommit`): a report is accepted at the pace of one statement. When
+    the receipt did not go in although every check passed (the id was used before), the
+    caller asks `accept` why: already applied, or another report under that id.
+    """
+    params = {
+        "contract_id": str(sent.contract_id),
+        "task_id": str(task_id) if task_id is not None else None,
+        "any_owner": caller.is_admin,
+        "owner_id": caller.owner_id,
+        "refuse_closed": refuse_closed,
+        "principal_id": str(sent.principal_id),
+        "message_id": sent.message_id,
+        "task": sent.task,
+        "payload": json.dumps(dict(payload)),
+        "now": now,
+    }
+    row = execute_sql(connection, _ACCEPT_CHECKED_SQL, params, prepare=prepare).one()
+    owner_id, status, task_contract, accepted = tuple(row)
+    return Checked(owner_id, status, task_contract, bool(accepted))
+
+
 # -- applying (workers) ----------------------------------------------------------------------
 
 
@@ -230,11 +305,13 @@ def status_view(message_id: str, row: MessageOutcome | None, *, resent: bool = F
 
 
 __all__ = [
+    "Checked",
     "MessageError",
     "MessageStatus",
     "OutcomeStatus",
     "Sent",
     "accept",
+    "accept_checked",
     "applied_at_commit",
     "find",
     "mark_refused",

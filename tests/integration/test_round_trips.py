@@ -23,7 +23,7 @@ from app import contracts
 from app.api import ContractsAPI
 from app.auth import Role, create_token
 from app.db import get_engine, migrate, unit_of_work
-from app.domain.errors import ContractNotFound, VersionConflict
+from app.domain.errors import ContractNotFound, ValidationFailed, VersionConflict
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.models import utcnow
@@ -161,6 +161,47 @@ def test_the_guarded_change_on_its_own_keeps_its_rules_on_sqlite(tmp_path) -> No
     types = [e.type for e in api.events(cid).events]
     assert types[-1] == "phase_changed" and types.count("phase_changed") == 1
     engine.dispose()
+
+
+def test_a_report_is_accepted_in_one_statement_with_the_same_refusals(make_caller) -> None:
+    """The sender's side of a report: visibility, closed, foreign task and the receipt, one statement."""
+    token, caller = make_caller(role="supervisor")
+    cid = _active_contract(caller)
+    sent: list[dict[str, Any]] = []
+    api = ContractsAPI(token, sender=lambda task, payload, countdown=None: sent.append(payload) or "")
+    task = uuid.uuid4()
+    with counted_statements() as statements:
+        message_id = api.report_task_completed(cid, task, "write tests", success=True)
+    assert len(statements) == 1 and "message_outcomes" in statements[0], _short(statements)
+    assert api.message_status(message_id).status == "pending" and len(sent) == 1
+
+    # The same report again is the same receipt, sent again; the id for another report is refused.
+    assert api.report_task_completed(cid, task, "write tests", success=True, message_id=message_id)
+    assert len(sent) == 2
+    with pytest.raises(ValidationFailed) as reused:
+        api.report_task_completed(cid, task, "other work", success=True, message_id=message_id)
+    assert reused.value.details["usedFor"] == "contracts.task_completed"
+
+    # Another owner's contract is a missing one; another contract's task is named.
+    _, stranger = make_caller()
+    hidden = _active_contract(stranger)
+    with pytest.raises(ContractNotFound):
+        api.report_task_completed(hidden, uuid.uuid4(), "x", success=True)
+    ContractsAPI(caller=stranger, sender=_no_send).report_task_started(hidden, task := uuid.uuid4(), "theirs")
+    from workers.contracts import task_started
+
+    task_started.run(
+        {
+            "messageId": str(uuid.uuid4()),
+            "principalId": str(stranger.principal_id),
+            "contractId": str(hidden),
+            "taskId": str(task),
+            "taskName": "theirs",
+        }
+    )
+    with pytest.raises(ValidationFailed, match="belongs to another contract"):
+        api.report_task_completed(cid, task, "theirs", success=True)
+    assert len(sent) == 2  # nothing refused was sent
 
 
 def test_a_task_completed_message_costs_at_most_eight_statements(make_caller) -> None:
