@@ -89,6 +89,7 @@ class Team:
     admin: Actor
     cid: str
     supervisor_task: str
+    owner: str
 
     def ask(self, expect: int = 201, **fields: Any) -> Any:
         body = {"question": "Which database?", "type": "free_text", **fields}
@@ -120,7 +121,7 @@ def team(client: TestClient) -> Team:
         expect=202,
     )
     wait_for(lambda: contract_row(uuid.UUID(cid)).status == "active", what="supervisor start → active")
-    return Team(person, supervisor, admin, cid, task)
+    return Team(person, supervisor, admin, cid, task, owner)
 
 
 def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -143,10 +144,11 @@ def commands(cid: str) -> list[DaemonCommand]:
         )
 
 
-def queued_commands(daemon_id: str | None, cid: str) -> list[dict[str, Any]]:
-    """The daemon commands for contract `cid` waiting on `daemon_id`'s queue in this run's Redis."""
+def queued_commands(owner: str, daemon_id: str | None, cid: str) -> list[dict[str, Any]]:
+    """The daemon commands for contract `cid` waiting on owner `owner`'s daemon `daemon_id`'s
+    queue in this run's Redis."""
     settings = get_settings()
-    key = f"{settings.broker_key_prefix}{daemon_queue(daemon_id).name}"
+    key = f"{settings.broker_key_prefix}{daemon_queue(owner, daemon_id).name}"
     client = redis.Redis.from_url(settings.effective_broker_url)
     try:
         bodies = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
@@ -223,8 +225,12 @@ def test_two_open_questions_answered_out_of_order_keep_the_contract_waiting_unti
     stored = commands(team.cid)
     assert [c.id for c in stored] == [later["commandId"], last["commandId"]]
     assert [c.daemon_id for c in stored] == ["daemon-hb", "daemon-q1"]
-    on_q1 = wait_for(lambda: queued_commands("daemon-q1", team.cid), what="the answer on daemon-q1's queue")
-    on_hb = wait_for(lambda: queued_commands("daemon-hb", team.cid), what="the answer on daemon-hb's queue")
+    on_q1 = wait_for(
+        lambda: queued_commands(team.owner, "daemon-q1", team.cid), what="the answer on daemon-q1's queue"
+    )
+    on_hb = wait_for(
+        lambda: queued_commands(team.owner, "daemon-hb", team.cid), what="the answer on daemon-hb's queue"
+    )
     assert [(c["commandId"], c["command"]) for c in on_q1] == [(last["commandId"], "answer_question")]
     assert on_q1[0]["payload"] == {
         "questionId": first["id"],

@@ -99,13 +99,14 @@ def state_row(task: uuid.UUID) -> SupervisorStateRow | None:
         return uow.session.get(SupervisorStateRow, task)
 
 
-def commands_for(daemon_id: str | None, command: str, count: int = 1) -> list[dict[str, Any]]:
-    """Read the daemon's own broker queue (as the daemon does) until `count` `command`s arrived."""
+def commands_for(owner: Owner, daemon_id: str | None, command: str, count: int = 1) -> list[dict[str, Any]]:
+    """Read the owner's daemon's own broker queue (as the daemon does) until `count` `command`s
+    arrived."""
     got: list[dict[str, Any]] = []
 
     def arrived() -> list[dict[str, Any]] | None:
         with get_celery().connection_for_read() as conn:
-            queue = daemon_queue(daemon_id)(conn.default_channel)
+            queue = daemon_queue(owner.owner, daemon_id)(conn.default_channel)
             while (received := queue.get(no_ack=True)) is not None:
                 body = received.decode()
                 if body["command"] == command:
@@ -373,7 +374,7 @@ def test_a_restart_fences_the_running_incarnation_and_reaches_the_daemons_queue(
     retry = client.post(url, json={"incarnation": 1}, headers=owner.headers("user"))
     assert retry.status_code == 202 and retry.json() == answer
 
-    (command,) = commands_for(daemon, "restart_supervisor")
+    (command,) = commands_for(owner, daemon, "restart_supervisor")
     assert command["commandId"] == answer["commandId"]
     assert command["payload"] | {"daemonId": None} == {
         "taskId": str(task),
@@ -431,7 +432,7 @@ def test_a_sync_asks_the_daemon_and_answers_with_the_stored_state(owner: Owner, 
         "checkpointId": "cp-7",
         "savedAt": None,
     }
-    commands = commands_for(daemon, "sync_supervisor_state", count=2)
+    commands = commands_for(owner, daemon, "sync_supervisor_state", count=2)
     assert [c["commandId"] for c in commands] == [nothing_saved.json()["commandId"], answer["commandId"]]
     assert commands[1]["payload"]["taskId"] == str(task)
     assert event_types(cid).count("supervisor_sync_requested") == 2
