@@ -39,7 +39,7 @@ from app.domain.lifecycle import Status
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied
 from app.prepared import execute_sql
-from app.schemas import Schema
+from app.schemas import Schema, Timestamp
 
 _APPLIED_KEY: Final = "makima.applied_messages"
 
@@ -65,8 +65,8 @@ class MessageStatus(Schema):
     status: OutcomeStatus = Field(description="pending, applied, refused or unknown")
     contract_id: uuid.UUID | None = None
     task: str | None = Field(default=None, description="The report's kind, e.g. contracts.task_completed.")
-    accepted_at: datetime | None = None
-    updated_at: datetime | None = None
+    accepted_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
     event_ids: list[int] = Field(default_factory=list, description="Events the message produced (applied).")
     error: MessageError | None = Field(default=None, description="Why it was refused (refused).")
     resent: bool = Field(default=False, description="True when this answer comes from a resend that sent it.")
