@@ -150,7 +150,7 @@ class CleanupItem(Schema):
     contract_id: uuid.UUID
     contract_status: str
     path: str
-    daemon_id: str | None = Field(description="The daemon asked (null: the shared daemon.commands queue)")
+    daemon_id: str | None = Field(description="The daemon asked (null: none named, the owner's own queue)")
     command_id: int | None = Field(description="The remove_worktree command (null in a dry run)")
 
 
