@@ -131,8 +131,11 @@ def simulate(
     target = (url or _default_url()).rstrip("/")
     if not target.startswith(("http://", "https://")):
         raise fail(f"--url must start with http:// or https:// (got {target!r}).", EXIT_INVALID)
-    tokens = _tokens(token, person_token)
+    if (token is None) != (person_token is None):
+        _tokens(token, person_token)  # refuses half a pair before anything is asked of the service
+    # The service first: no owner or token is made for a run that cannot start.
     _check_reachable(target)
+    tokens = _tokens(token, person_token)
     chosen_seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
     options = Options(
         supervisors=supervisors,

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import unit_of_work
-from app.models import Contract, MessageOutcome, SupervisorHeartbeat, SupervisorQuestion
+from app.models import Contract, MessageOutcome, Principal, SupervisorHeartbeat, SupervisorQuestion
 from tests.integration.live_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -167,3 +167,22 @@ def test_no_service_at_the_url_says_so_and_fails() -> None:
     assert run.returncode == 1
     assert f"no service answers at {url}" in run.stderr
     assert "makima run" in run.stderr
+
+
+def test_no_service_and_no_tokens_fails_before_any_owner_or_token_is_made() -> None:
+    def simulated_owners() -> int:
+        with unit_of_work() as uow:
+            return int(
+                uow.session.scalar(
+                    select(func.count()).select_from(Principal).where(Principal.owner_id.like("sim-%"))
+                )
+                or 0
+            )
+
+    before = simulated_owners()
+    url = f"http://127.0.0.1:{free_port()}"
+    run = makima("simulate", "--supervisors", "1", "--duration", "1", "--url", url, timeout=60)
+    assert run.returncode == 1
+    assert f"no service answers at {url}" in run.stderr
+    assert "Owner 'sim-" not in run.stderr
+    assert simulated_owners() == before
