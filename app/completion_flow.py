@@ -260,7 +260,8 @@ def finalize_completion(uow: UnitOfWork, contract_id: uuid.UUID, *, now: datetim
             countdown=(due - now).total_seconds(),
         )
         return False
-    complete(uow, contract, now, reason="completion confirmed")
+    # Nobody confirmed this completion: the grace period ran out without a rejection.
+    complete(uow, contract, now, reason=f"grace period of {grace:g} s over; nobody rejected the completion")
     return True
 
 

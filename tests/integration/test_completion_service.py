@@ -119,6 +119,11 @@ def test_finalisation_runs_once_however_often_it_is_delivered(make_caller) -> No
     with unit_of_work() as uow:
         row = uow.session.get(Contract, cid)
         assert row is not None and row.status == "completed"
+    # Nobody confirmed it: the record says the grace period ran out with no rejection.
+    (completed,) = [
+        e for e in events(cid) if e.type == "status_changed" and e.payload.get("newStatus") == "completed"
+    ]
+    assert "nobody rejected" in completed.payload["reason"] and "confirmed" not in completed.payload["reason"]
 
 
 def test_completing_by_hand_needs_the_terminal_phase_with_its_gate_met(make_caller) -> None:
