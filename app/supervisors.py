@@ -72,8 +72,10 @@ class SupervisorStatus(Schema):
     progress: int = Field(description="0 to 100")
     pending_task_ids: list[str]
     last_heartbeat: Timestamp | None = Field(
-        description="The daemon's own timestamp of the heartbeat whose state this is (null after a "
-        "death, until the next incarnation reports)"
+        description="The daemon's own timestamp of the heartbeat whose state this is; null whenever "
+        "the server issued a new incarnation (declared dead, restarted, claimed by a restoration) "
+        "until that incarnation's first heartbeat arrives (lastReceivedAt still says when one was "
+        "last received)"
     )
     last_received_at: Timestamp = Field(description="When the server last received a heartbeat of it")
     incarnation: int = Field(description="Its current incarnation; heartbeats of older ones are fenced")
