@@ -715,12 +715,15 @@ class ContractsAPI:
                 incarnation=incarnation,
             )
 
-    def daemons(self) -> supervisors.DaemonList:
-        """The daemons seen in heartbeats of this caller's contracts, alive or not."""
+    def daemons(self, limit: int = supervisors.DAEMONS_PAGE, cursor: int = 0) -> supervisors.DaemonList:
+        """The daemons seen in heartbeats of this caller's contracts, alive or not: `limit` (≤ 1000)
+        of them from `cursor` (pass the answer's `next_cursor` to read on)."""
         heartbeat_buffer.require_enabled(self._settings)
+        _check_range("limit", limit, 1, supervisors.MAX_DAEMONS_PAGE)
+        _check_range("cursor", cursor, 0, 2**31 - 1)
         with self._uow() as uow:
             return supervisors.list_daemons(
-                uow.session, self.caller, self._clock(), self._heartbeat_timeout()
+                uow.session, self.caller, self._clock(), self._heartbeat_timeout(), limit, cursor
             )
 
     # -- worktrees and each daemon's commands (app.worktrees, app.daemon_commands) --------

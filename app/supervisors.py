@@ -51,6 +51,8 @@ SYNC_COMMAND: Final = "sync_supervisor_state"
 RESTART_COMMAND: Final = "restart_supervisor"  # as app.restoration queues it
 DEAD_SWEEP_BATCH: Final = 500
 MAX_DAEMON_SUPERVISORS: Final = 100
+DAEMONS_PAGE: Final = 100
+MAX_DAEMONS_PAGE: Final = 1000
 
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 
@@ -123,7 +125,12 @@ class DaemonView(Schema):
 
 
 class DaemonList(Schema):
-    daemons: list[DaemonView]
+    daemons: list[DaemonView] = Field(
+        description=f"At most `limit` (default {DAEMONS_PAGE}, ≤ {MAX_DAEMONS_PAGE})"
+    )
+    next_cursor: int | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class HeartbeatItemResult(Schema):
@@ -278,10 +285,18 @@ def heartbeat_history(
     )
 
 
-def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timedelta) -> DaemonList:
+def list_daemons(
+    session: Session,
+    caller: Caller,
+    now: datetime,
+    timeout: timedelta,
+    limit: int = DAEMONS_PAGE,
+    cursor: int = 0,
+) -> DaemonList:
     """Daemons seen in heartbeats or worktree reports of the caller's contracts (every owner's
     for an admin): the ones heard from first, most recent first, then those known only from
-    their worktrees, by id."""
+    their worktrees, by id; `limit` of them from position `cursor` (the list is ordered the same
+    way on every call, so a daemon heard from meanwhile may move across a page boundary)."""
     query = (
         select(
             Supervisor.daemon_id,
@@ -342,7 +357,9 @@ def list_daemons(session: Session, caller: Caller, now: datetime, timeout: timed
         for daemon_id, counts in sorted(worktrees.items())
         if daemon_id not in daemons
     ]
-    return DaemonList(daemons=heard + silent)
+    listed = heard + silent
+    end = cursor + limit
+    return DaemonList(daemons=listed[cursor:end], next_cursor=end if end < len(listed) else None)
 
 
 def request_sync(
@@ -478,6 +495,8 @@ def supervisors_of(session: Session, contract_id: uuid.UUID) -> Sequence[Supervi
 
 
 __all__ = [
+    "DAEMONS_PAGE",
+    "MAX_DAEMONS_PAGE",
     "SYNC_COMMAND",
     "DaemonList",
     "DaemonView",

@@ -29,7 +29,7 @@ from app.http.bodies import SafeStr
 from app.http.deps import Api
 from app.http.errors import error_response, error_responses
 from app.schemas import ErrorCode
-from app.supervisors import DaemonList
+from app.supervisors import DAEMONS_PAGE, MAX_DAEMONS_PAGE, DaemonList
 
 E = ErrorCode
 MAX_WAIT_SECONDS: Final = 25.0
@@ -53,13 +53,22 @@ DaemonId = Annotated[
 
 
 @router.get("", response_model=DaemonList)
-def list_daemons(api: Api) -> Any:
+def list_daemons(
+    api: Api,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_DAEMONS_PAGE, description=f"Daemons per page (≤ {MAX_DAEMONS_PAGE})")
+    ] = DAEMONS_PAGE,
+    cursor: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="The previous page's `nextCursor`; 0 for the first")
+    ] = 0,
+) -> Any:
     """Daemons that sent heartbeats or reported worktrees (with a `daemonId`) for your contracts:
     the ones heard from first, most recently heard first, with their host, whether alive (heard
     within the heartbeat timeout), the supervisors they run and their worktrees by state; then
-    the daemons known only from worktree reports (`lastSeenAt` null)."""
+    the daemons known only from worktree reports (`lastSeenAt` null). A page of `limit`; pass
+    `nextCursor` as `cursor` for the next one."""
     try:
-        return api.daemons()
+        return api.daemons(limit, cursor)
     except FeatureDisabled as exc:
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, exc.message, exc.details)
 

@@ -619,3 +619,20 @@ def test_a_sync_during_a_pending_restart_says_the_restart_is_awaited(
     assert "A restart was requested at" in message and "incarnation 2 to report" in message
     assert "next incarnation" not in message
     assert dead.value.details["incarnation"] == 2 and dead.value.details["restartRequestedAt"]
+
+
+def test_the_daemon_list_comes_in_pages(daemon: tuple[str, ContractsAPI]) -> None:
+    token, api = daemon
+    for i in range(3):  # three daemons, each restoring its own contract's supervisor
+        cid = new_contract(api, name=f"daemon page {i}")
+        api.restore_supervisor(cid, _supervisor_task(cid), daemon_id=f"d-page-{i}")
+    first = api.daemons(limit=2)
+    assert len(first.daemons) == 2 and first.next_cursor == 2
+    rest = api.daemons(limit=2, cursor=first.next_cursor)
+    assert len(rest.daemons) == 1 and rest.next_cursor is None
+    assert {d.daemon_id for d in first.daemons + rest.daemons} == {"d-page-0", "d-page-1", "d-page-2"}
+    with TestClient(create_app()) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        assert len(client.get("/api/v1/daemons?limit=1", headers=auth).json()["daemons"]) == 1
+        too_many = client.get("/api/v1/daemons?limit=1001", headers=auth)
+        assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "INVALID_REQUEST"
