@@ -24,6 +24,7 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -326,7 +327,10 @@ _EXAMPLES: Final[Mapping[ErrorCode, tuple[str, dict[str, Any]]]] = MappingProxyT
         ),
         ErrorCode.FORBIDDEN: ("Your role may not do this; ask an admin.", {"role": "supervisor"}),
         ErrorCode.NOT_FOUND: ("No endpoint at GET /api/v1/contract; see /openapi.json.", {}),
-        ErrorCode.METHOD_NOT_ALLOWED: ("Method Not Allowed", {}),
+        ErrorCode.METHOD_NOT_ALLOWED: (
+            "DELETE is not allowed at /api/v1/contracts/dashboard; allowed: GET.",
+            {"method": "DELETE", "allowed": ["GET"]},
+        ),
         ErrorCode.BROKER_UNAVAILABLE: (
             "The message broker is unreachable, so the request could not be queued. Retry in a few "
             "seconds (with the same messageId, if you sent one).",
@@ -507,11 +511,37 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         status.HTTP_403_FORBIDDEN: ErrorCode.FORBIDDEN,
     }.get(exc.status_code, ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR)
     message = str(exc.detail) if exc.detail else "The request could not be served."
+    details: dict[str, Any] = {}
     if exc.status_code == status.HTTP_404_NOT_FOUND:
         message = f"No endpoint at {request.method} {request.url.path}; see /openapi.json."
-        if request.url.path.startswith(API_PREFIX + "/"):
-            message += " Contract ids are UUIDs, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13."
-    return error_response(exc.status_code, code, message, {}, headers=exc.headers)
+        hint = _uuid_hint(request.url.path)
+        if hint is not None:
+            message += f" {hint[0]} ids are UUIDs, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13."
+            details = {"field": hint[1]}
+    elif exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip())
+        message = f"{request.method} is not allowed at {request.url.path}; allowed: {', '.join(allowed)}."
+        details = {"method": request.method, "allowed": allowed}
+    return error_response(exc.status_code, code, message, details, headers=exc.headers)
+
+
+# Path segments followed by an id that must be a UUID (`{...:uuid}` in the routes): which id a
+# 404 names when that segment is not one, and the field it is.
+_UUID_SEGMENTS: Final = {"contracts": ("Contract", "id"), "questions": ("Question", "questionId")}
+
+
+def _uuid_hint(path: str) -> tuple[str, str] | None:
+    """The id to name in a 404 under the contracts API: the first one that is not a UUID."""
+    if not path.startswith(API_PREFIX + "/"):
+        return None
+    segments = path.split("/")
+    for name, value in pairwise(segments):
+        if name in _UUID_SEGMENTS and value:
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                return _UUID_SEGMENTS[name]
+    return None
 
 
 async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:

@@ -577,6 +577,29 @@ def test_a_contract_id_that_is_not_a_uuid_is_no_endpoint(actor: Any) -> None:
     assert "UUID" in user.call("GET", f"{BASE}/42").json()["error"]["message"]
 
 
+def test_a_404_for_an_id_that_is_not_a_uuid_names_that_id(actor: Any) -> None:
+    user = actor()
+    cid = user.call("POST", BASE, {"name": "ids", "contractType": "simple"}).json()["id"]
+    question = user.call("GET", f"{BASE}/{cid}/questions/not-a-uuid").json()["error"]
+    assert question["code"] == "NOT_FOUND" and question["details"] == {"field": "questionId"}
+    assert "Question ids are UUIDs" in question["message"] and "Contract" not in question["message"]
+    contract = user.call("GET", f"{BASE}/not-a-uuid/questions").json()["error"]
+    assert "Contract ids are UUIDs" in contract["message"] and contract["details"] == {"field": "id"}
+    unknown = user.call("GET", f"{BASE}/{cid}/no-such-thing").json()["error"]
+    assert unknown["code"] == "NOT_FOUND" and "UUID" not in unknown["message"]
+
+
+def test_a_405_names_the_methods_the_path_allows(actor: Any) -> None:
+    user = actor()
+    details = assert_error(user.call("DELETE", f"{BASE}/dashboard"), 405, "METHOD_NOT_ALLOWED")
+    assert details == {"method": "DELETE", "allowed": ["GET"]}
+    resp = user.call("PUT", f"{BASE}/dashboard")
+    assert (
+        resp.json()["error"]["message"] == "PUT is not allowed at /api/v1/contracts/dashboard; allowed: GET."
+    )
+    assert resp.headers["Allow"] == "GET"
+
+
 @pytest.mark.parametrize("segment", ["dashboard", "batch", "monitor"])
 def test_static_paths_beside_contract_ids_are_not_routed_to_the_contract_handler(
     http_app: Any, actor: Any, segment: str
