@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
 from app.contract_rows import get_contract, lock_contract, refuse_if_closed
-from app.daemon_commands import queue_command
+from app.daemon_commands import check_daemon_id, queue_command
 from app.db import UnitOfWork, upsert_ignoring
 from app.domain.errors import ContractError, Forbidden, SupervisorNotFound, ValidationFailed
 from app.domain.questions import QuestionStatus
@@ -60,7 +60,7 @@ from app.domain.supervisor_state import (
     next_step,
     restoration_context,
 )
-from app.domain.supervisors import MAX_DAEMON_ID, MAX_HOST, StateChange, SupervisorRecord, SupervisorState
+from app.domain.supervisors import MAX_HOST, StateChange, SupervisorRecord, SupervisorState
 from app.events import record_event
 from app.gate import load_gate_facts, phase_config_of
 from app.heartbeat_store import SUPERVISOR_COLUMNS, supervisor_record
@@ -507,8 +507,8 @@ def restore(
     """The restoration of the contract's supervisor (`task_id`'s, or the most recently saved);
     a supervisor's call claims it (see the module docstring)."""
     session = uow.session
-    if daemon_id is not None:
-        daemon_id = check_label(daemon_id, "daemonId", MAX_DAEMON_ID)
+    if daemon_id is not None:  # it names the daemon's command queue from now on: as heartbeats take it
+        daemon_id = check_daemon_id(daemon_id)
     if host is not None:
         host = check_label(host, "host", MAX_HOST)
     claim = caller.role is Role.SUPERVISOR

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
 from app.contract_rows import get_contract, lock_contract, refuse_if_closed
+from app.daemon_commands import check_daemon_id
 from app.db import UnitOfWork, upsert_ignoring
 from app.domain.errors import Forbidden, SupervisorNotFound, ValidationFailed
 from app.domain.records import EventType
@@ -355,6 +356,8 @@ def save_state(
     contract = lock_contract(session, caller, contract_id)
     require_saver(caller)
     refuse_if_closed(contract, "supervisor state saves")
+    if save.daemon_id is not None:  # a restoration or restart may address commands to it
+        check_daemon_id(save.daemon_id)
     refuse_foreign_supervisor(session, contract.id, save.task_id)
     in_force = session.scalar(
         select(Supervisor.incarnation).where(Supervisor.task_id == save.task_id).with_for_update(read=True)

@@ -636,3 +636,21 @@ def test_the_daemon_list_comes_in_pages(daemon: tuple[str, ContractsAPI]) -> Non
         assert len(client.get("/api/v1/daemons?limit=1", headers=auth).json()["daemons"]) == 1
         too_many = client.get("/api/v1/daemons?limit=1001", headers=auth)
         assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_a_daemon_id_that_could_not_name_a_queue_is_refused_as_heartbeats_refuse_it(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="daemon ids")
+    task = _supervisor_task(cid)
+    for bad in ("d\x07bell", "d\ufffd", " ", "d" * 201):
+        with pytest.raises(ValidationFailed) as restoring:
+            api.restore_supervisor(cid, task, daemon_id=bad)
+        assert restoring.value.details["field"] == "daemonId"
+        with pytest.raises(ValidationFailed) as saving:
+            api.save_supervisor_state(
+                cid, task, state_version=1, state="working", phase="plan", daemon_id=bad
+            )
+        assert saving.value.details["field"] == "daemonId"
+    assert supervisor_row(task) is None and api.daemons().daemons == []
