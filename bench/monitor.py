@@ -511,10 +511,11 @@ def measure(
 
 
 class OtherTransactions:
-    """Another client's write transactions on the cluster, each held open `hold_ms` then committed.
+    """Another database's write transactions on the cluster, each held open `hold_ms`, then committed.
 
-    The commit horizon is cluster-wide: while one is open, events committed after it began
-    wait for it (what another test run on a shared machine does to the stream).
+    What another application (or another test run on a shared machine) does to the cluster's
+    commit horizon: `pg_snapshot_xmin` stops at each while it is open. The monitor reads below
+    the database's horizon when an event is held back, so these should not delay the stream.
     """
 
     def __init__(self, hold_ms: float, every_ms: float) -> None:
@@ -524,11 +525,11 @@ class OtherTransactions:
         self.count = 0
 
     def _run(self) -> None:
-        from sqlalchemy import text
+        from sqlalchemy import create_engine, text
 
-        from app.db import get_engine
+        from tests.isolation import PG_ADMIN_URL
 
-        engine = get_engine()
+        engine = create_engine(PG_ADMIN_URL)  # the maintenance database: not ours
         rng = random.Random(13)
         # Gaps drawn at random, so the held windows do not lock in step with the producer.
         while not self.stop.wait(rng.uniform(0, 2 * max(self.every - self.hold, 0))):
@@ -536,6 +537,7 @@ class OtherTransactions:
                 conn.execute(text("SELECT pg_current_xact_id()"))  # takes a transaction id
                 time.sleep(self.hold)
             self.count += 1
+        engine.dispose()
 
     def __enter__(self) -> OtherTransactions:
         if self.hold > 0:
@@ -664,7 +666,7 @@ def main() -> None:
         "--hold-ms",
         type=float,
         default=0,
-        help="another client holds a write transaction open this long, every --hold-every-ms",
+        help="another database's client holds a write transaction open this long, every --hold-every-ms",
     )
     parser.add_argument("--hold-every-ms", type=float, default=500)
     parser.add_argument(
@@ -716,7 +718,7 @@ def main() -> None:
         redis_p50, redis_p99 = redis_round_trip()
         if args.hold_ms:
             print(
-                f"  another client holds a write transaction {args.hold_ms:g} ms"
+                f"  another database's client holds a write transaction {args.hold_ms:g} ms"
                 f" every {args.hold_every_ms:g} ms on average"
             )
         with OtherTransactions(args.hold_ms, args.hold_every_ms):
