@@ -22,10 +22,10 @@ from app.completion_flow import advance_if_ready
 from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
 from app.db import UnitOfWork, dialect_insert_for
 from app.domain.completion import Decision
-from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
+from app.foreign_tasks import foreign_task
 from app.models import Contract, ContractTask, ProcessedMessage
 from app.queues import TaskName
 
@@ -113,9 +113,12 @@ def record_task_started(
     refuse_if_closed(contract, "tasks")
     task = uow.session.get(ContractTask, task_id)
     if task is not None and task.contract_id != contract.id:
-        raise ValidationFailed(
+        raise foreign_task(
+            uow.session,
+            task_id,
+            contract.id,
+            task.contract_id,
             f"Task {task_id} belongs to another contract; a task id names one task.",
-            details={"taskId": str(task_id)},
         )
     if task is None:
         uow.session.add(
@@ -200,9 +203,8 @@ def _record_task_result(
         return True
     owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
     if owner is not None and owner != contract.id:
-        raise ValidationFailed(
-            f"Task {task_id} belongs to another contract.",
-            details={"taskId": str(task_id)},
+        raise foreign_task(
+            session, task_id, contract.id, owner, f"Task {task_id} belongs to another contract."
         )
     return False
 

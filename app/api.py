@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,6 +57,7 @@ from app.domain.phase_change import PhaseChangeRequest
 from app.domain.supervisor_state import parse_save
 from app.domain.supervisors import derive_heartbeat_id
 from app.events import event_view, events_after
+from app.foreign_tasks import foreign_task
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.models import ContractTask, utcnow
 from app.queues import TaskName
@@ -79,11 +80,14 @@ def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid
     """A task id that belongs to another contract can never be completed here: say so now."""
     owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
     if owner is not None and owner != contract_id:
-        raise _foreign_task(task_id)
+        raise _foreign_task(session, task_id, contract_id, owner)
 
 
-def _foreign_task(task_id: uuid.UUID) -> ValidationFailed:
-    return ValidationFailed(f"Task {task_id} belongs to another contract.", details={"taskId": str(task_id)})
+def _foreign_task(
+    session: Session | Connection, task_id: uuid.UUID, contract_id: uuid.UUID, other: uuid.UUID
+) -> ValidationFailed:
+    """Explained only to the owner of both contracts (`app.foreign_tasks`)."""
+    return foreign_task(session, task_id, contract_id, other, f"Task {task_id} belongs to another contract.")
 
 
 def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
@@ -211,7 +215,8 @@ class ContractsAPI:
         if closed is not None:
             refuse_if_closed_status(checked.status, closed)
         if reported_task is not None and checked.task_contract_id not in (None, contract_id):
-            raise _foreign_task(reported_task)
+            with engine.connect() as connection:
+                raise _foreign_task(connection, reported_task, contract_id, checked.task_contract_id)
         if checked.accepted:
             return True
         # The id was used before: already applied (not sent again), or another report (refused).

@@ -327,12 +327,13 @@ def set_status(
     for key, value in columns.items():
         setattr(contract, key, value)
     record_event(session, contract.id, EventType.STATUS_CHANGED, payload, now)
-    if target in Status.terminal() and previous not in Status.terminal():
-        # A closed contract's open questions are cancelled with it (imported here: app.questions
-        # builds on this module).
-        from app.questions import cancel_open_questions
+    if (target in Status.terminal() and previous not in Status.terminal()) or target is Status.ACTIVE:
+        # A closed contract's open questions are cancelled with it; one that becomes active
+        # while questions are open waits for them (imported here: app.questions builds on this
+        # module).
+        from app.questions import questions_after_status_change
 
-        cancel_open_questions(session, contract, now)
+        questions_after_status_change(session, contract, previous, now)
     return previous
 
 

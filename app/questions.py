@@ -18,6 +18,11 @@ a contract's questions, its status and its events move together and in order:
 - **close**: when a contract closes (`completed`, `failed`, `archived`), `set_status` cancels
   its open questions in that transaction (`cancel_open_questions`), each with its event, so no
   question of a closed contract stays open.
+- **activate**: a question asked while the contract was `created`, `paused` (the input
+  timeout's pause included) or otherwise not running keeps that status; when the contract
+  then becomes `active` with a question still open, `set_status` sends it on to
+  `waiting_for_input` (`waiting_for = 'question'`) in that transaction
+  (`questions_after_status_change`), so the question is surfaced and never lost.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -56,6 +61,7 @@ from app.domain.questions import (
 )
 from app.domain.records import EventType
 from app.events import record_event
+from app.foreign_tasks import foreign_task
 from app.models import Contract, ContractTask, DaemonCommand, SupervisorQuestion
 from app.queues import TaskName
 from app.schemas import Schema, Timestamp
@@ -168,9 +174,12 @@ def _closed(row: SupervisorQuestion) -> QuestionClosed:
 def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
     owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
     if owner is not None and owner != contract_id:
-        raise ValidationFailed(
+        raise foreign_task(
+            session,
+            task_id,
+            contract_id,
+            owner,
             f"Task {task_id} belongs to another contract; taskId names the supervisor asking on this one.",
-            details={"field": "taskId", "taskId": str(task_id)},
         )
 
 
@@ -434,6 +443,41 @@ def cancel_question(
     return _outcome(row, contract, None)
 
 
+def questions_after_status_change(
+    session: Session, contract: Contract, previous: Status, now: datetime
+) -> None:
+    """What a status change does to the contract's open questions; `set_status` calls it in the
+    transaction of the change, under the contract's row lock, when the contract closes or
+    becomes `active`.
+
+    - Closing (`completed`, `failed`, `archived`): its open questions are cancelled
+      (`cancel_open_questions`).
+    - Becoming `active` (the supervisor started a `created` contract, a person resumed a
+      `paused` one, ...) while a question is open: a question asked while the contract was not
+      running kept its status, so nobody was asked to answer; the contract goes on to
+      `waiting_for_input` (`waiting_for = 'question'`) at once, recorded as the second status
+      change it is, and shows in the dashboard's `waitingForInput` until the last is answered.
+    """
+    status = Status(contract.status)
+    if status in Status.terminal() and previous not in Status.terminal():
+        cancel_open_questions(session, contract, now)
+    elif status is Status.ACTIVE and _has_open_questions(session, contract.id):
+        set_status(session, contract, Status.WAITING_FOR_INPUT, now, waiting_for=WaitingFor.QUESTION.value)
+
+
+def _has_open_questions(session: Session, contract_id: uuid.UUID) -> bool:
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    SupervisorQuestion.contract_id == contract_id,
+                    SupervisorQuestion.status == QuestionStatus.OPEN.value,
+                )
+            )
+        )
+    )
+
+
 def cancel_open_questions(session: Session, contract: Contract, now: datetime) -> int:
     """Cancel a closing contract's open questions, one `question_cancelled` event each.
 
@@ -547,4 +591,5 @@ __all__ = [
     "list_questions",
     "open_questions",
     "question_view",
+    "questions_after_status_change",
 ]

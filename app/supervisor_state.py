@@ -38,7 +38,7 @@ from app.auth import Caller, Role
 from app.contract_rows import get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import check_daemon_id
 from app.db import UnitOfWork, upsert_ignoring
-from app.domain.errors import Forbidden, SupervisorNotFound, ValidationFailed
+from app.domain.errors import Forbidden, SupervisorNotFound
 from app.domain.records import EventType
 from app.domain.supervisor_state import (
     InvalidValue,
@@ -56,6 +56,7 @@ from app.domain.supervisor_state import (
     worth_an_event,
 )
 from app.events import record_event
+from app.foreign_tasks import foreign_task
 from app.models import ConversationMessage, Supervisor, SupervisorStateRow
 from app.schemas import Schema, Timestamp
 
@@ -269,10 +270,13 @@ def refuse_foreign_supervisor(session: Session, contract_id: uuid.UUID, task_id:
     for model in (Supervisor, SupervisorStateRow):
         owner = session.scalar(select(model.contract_id).where(model.task_id == task_id))
         if owner is not None and owner != contract_id:
-            raise ValidationFailed(
+            raise foreign_task(
+                session,
+                task_id,
+                contract_id,
+                owner,
                 f"Task {task_id} is the supervisor of another contract; a supervisor's task id "
                 "belongs to one contract.",
-                details={"field": "taskId", "taskId": str(task_id)},
             )
 
 

@@ -203,3 +203,61 @@ def test_a_closed_contracts_auto_complete_is_not_changed(client: TestClient, mak
 
 def test_head_healthz_answers(client: TestClient) -> None:
     assert client.head("/healthz").status_code == 200
+
+
+def test_another_owners_task_id_is_refused_without_saying_it_exists(
+    client: TestClient, make_caller: Any
+) -> None:
+    """Naming a stranger's task id says only that the id cannot be used here, never that it is
+    another contract's task or supervisor; the owner of both contracts still reads why."""
+    from app.agent_reports import record_task_started
+    from app.db import unit_of_work
+    from app.models import utcnow
+
+    alice, alice_caller = make_caller(role="supervisor")
+    bob, _ = make_caller(role="supervisor")
+    theirs, mine, other_of_alice = (
+        new_contract(client, alice),
+        new_contract(client, bob),
+        new_contract(client, alice),
+    )
+    task, supervisor = uuid.uuid4(), uuid.uuid4()
+    with unit_of_work() as uow:
+        record_task_started(
+            uow,
+            alice_caller,
+            uuid.UUID(theirs),
+            task_id=task,
+            task_name="w",
+            is_supervisor=False,
+            now=utcnow(),
+        )
+    saved = client.post(
+        f"{CONTRACTS}/{theirs}/supervisor/state",
+        json={"taskId": str(supervisor), "stateVersion": 1, "state": "working", "phase": "plan"},
+        headers=auth(alice),
+    )
+    assert saved.status_code == 200, saved.text
+
+    attempts = {
+        "started": ("POST", f"tasks/{task}/started", {"taskName": "w"}),
+        "completed": ("POST", f"tasks/{task}/completed", {"taskName": "w", "success": True}),
+        "question": ("POST", "questions", {"question": "Which?", "type": "free_text", "taskId": str(task)}),
+        "state": (
+            "POST",
+            "supervisor/state",
+            {"taskId": str(supervisor), "stateVersion": 1, "state": "working", "phase": "plan"},
+        ),
+    }
+    for what, (method, path, body) in attempts.items():
+        resp = client.request(method, f"{CONTRACTS}/{mine}/{path}", json=body, headers=auth(bob))
+        assert resp.status_code == 400, (what, resp.text)
+        error = resp.json()["error"]
+        assert error["code"] == "VALIDATION_FAILED", (what, error)
+        assert "cannot be used on this contract" in error["message"], (what, error)
+        assert "another contract" not in error["message"] and "supervisor of" not in error["message"], what
+        assert error["details"]["field"] == "taskId", (what, error)
+
+        own = client.request(method, f"{CONTRACTS}/{other_of_alice}/{path}", json=body, headers=auth(alice))
+        assert own.status_code == 400, (what, own.text)
+        assert "another contract" in own.json()["error"]["message"], (what, own.text)

@@ -549,3 +549,84 @@ def test_the_last_two_answers_given_at_once_resume_the_contract_once(team: Team)
     resumed = [e for e in events if e["type"] == "status_changed" and e["payload"]["newStatus"] == "active"]
     assert len(resumed) == 2  # created → active when the supervisor started, then once after the answers
     assert len(commands(team.cid)) == 2
+
+
+# --- a question asked while the contract was not running ------------------------------------------
+
+
+def status_moves(team: Team) -> list[tuple[str, str]]:
+    events = team.person.ok("GET", f"{BASE}/{team.cid}/events")["events"]
+    moves = [e for e in events if e["type"] == "status_changed"]
+    moves.sort(key=lambda e: e["id"])
+    return [(e["payload"]["oldStatus"], e["payload"]["newStatus"]) for e in moves]
+
+
+def waiting_on_dashboard(team: Team) -> list[str]:
+    board = team.person.ok("GET", f"{BASE}/dashboard")
+    return [w["waitingFor"] for w in board["waitingForInput"] if w["id"] == team.cid]
+
+
+def test_a_question_asked_before_the_supervisor_started_is_surfaced_when_it_starts(
+    client: TestClient,
+) -> None:
+    owner = f"questions-{uuid.uuid4().hex[:8]}"
+    person, supervisor = actor(client, owner, "user"), actor(client, owner, "supervisor")
+    cid = supervisor.ok("POST", BASE, {"name": "asked early", "contractType": "simple"}, expect=201)["id"]
+    team = Team(person, supervisor, actor(client, "operators", "admin"), cid, str(uuid.uuid4()), owner)
+    asked = team.ask()
+    assert team.contract()["status"] == "created"
+
+    supervisor.ok(
+        "POST",
+        f"{BASE}/{cid}/tasks/{team.supervisor_task}/started",
+        {"taskName": "supervisor", "isSupervisor": True},
+        expect=202,
+    )
+    wait_for(lambda: contract_row(uuid.UUID(cid)).status != "created", what="the supervisor's start")
+
+    contract = team.contract()
+    assert (contract["status"], contract["waitingFor"]) == ("waiting_for_input", "question")
+    assert status_moves(team)[-2:] == [("created", "active"), ("active", "waiting_for_input")]
+    assert waiting_on_dashboard(team) == ["question"]
+    assert team.answer(asked["id"], "PostgreSQL")["contractStatus"] == "active"
+    assert waiting_on_dashboard(team) == []
+
+
+def test_a_question_asked_while_paused_is_surfaced_when_a_person_resumes(team: Team) -> None:
+    team.person.ok("POST", f"{BASE}/{team.cid}/status", {"targetStatus": "paused", "reason": "holiday"})
+    asked = team.ask()
+    assert team.contract()["status"] == "paused"
+
+    resumed = team.person.ok("POST", f"{BASE}/{team.cid}/status", {"targetStatus": "active"})
+
+    assert (resumed["previousStatus"], resumed["newStatus"]) == ("paused", "waiting_for_input")
+    assert resumed["contract"]["waitingFor"] == "question"
+    assert status_moves(team)[-2:] == [("paused", "active"), ("active", "waiting_for_input")]
+    assert waiting_on_dashboard(team) == ["question"]
+    answered = team.answer(asked["id"], "PostgreSQL")
+    assert (answered["contractStatus"], answered["waitingFor"]) == ("active", None)
+
+
+def test_a_contract_the_input_timeout_paused_waits_again_for_its_question_when_resumed(team: Team) -> None:
+    from sqlalchemy import update
+
+    from app import sweeps
+    from app.models import Contract, utcnow
+
+    asked = team.ask()
+    assert team.contract()["status"] == "waiting_for_input"
+    with unit_of_work() as uow:  # as if the input timeout had passed
+        uow.session.execute(
+            update(Contract)
+            .where(Contract.id == uuid.UUID(team.cid))
+            .values(status_changed_at=utcnow() - sweeps.input_timeout(get_settings()) * 2)
+        )
+    sweeps.pause_timed_out_inputs(sweeps.Wiring())
+    assert team.contract()["status"] == "paused"
+
+    resumed = team.person.ok("POST", f"{BASE}/{team.cid}/status", {"targetStatus": "active"})
+
+    assert (resumed["previousStatus"], resumed["newStatus"]) == ("paused", "waiting_for_input")
+    assert resumed["contract"]["waitingFor"] == "question"
+    assert waiting_on_dashboard(team) == ["question"]
+    assert team.answer(asked["id"], "PostgreSQL")["contractStatus"] == "active"

@@ -182,7 +182,7 @@ def test_a_report_is_accepted_in_one_statement_with_the_same_refusals(make_calle
         api.report_task_completed(cid, task, "other work", success=True, message_id=message_id)
     assert reused.value.details["usedFor"] == "contracts.task_completed"
 
-    # Another owner's contract is a missing one; another contract's task is named.
+    # Another owner's contract is a missing one; another owner's task id cannot be used, unnamed.
     _, stranger = make_caller()
     hidden = _active_contract(stranger)
     with pytest.raises(ContractNotFound):
@@ -199,7 +199,7 @@ def test_a_report_is_accepted_in_one_statement_with_the_same_refusals(make_calle
             "taskName": "theirs",
         }
     )
-    with pytest.raises(ValidationFailed, match="belongs to another contract"):
+    with pytest.raises(ValidationFailed, match="cannot be used on this contract"):
         api.report_task_completed(cid, task, "theirs", success=True)
     assert len(sent) == 2  # nothing refused was sent
 
