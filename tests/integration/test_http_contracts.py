@@ -688,6 +688,7 @@ def test_every_domain_error_code_has_an_http_status() -> None:
         "FORBIDDEN": 403,
         "FEATURE_DISABLED": 503,
         "SUPERVISOR_FENCED": 409,
+        "INCARNATION_NOT_ISSUED": 409,
         "STALE_STATE": 409,
         "HISTORY_GAP": 409,
         "QUESTION_NOT_FOUND": 404,
