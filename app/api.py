@@ -627,6 +627,9 @@ class ContractsAPI:
         """Save the supervisor's persistent state now (one short transaction; a supervisor's or
         admin's call). Ordered by (incarnation, state_version): an older save is STALE_STATE, an
         older incarnation SUPERVISOR_FENCED, the stored one sent again answers `applied=False`.
+        Pass the `incarnation` a restoration or restart issued: without it a save is accepted only
+        while incarnation 1 is in force (else SUPERVISOR_FENCED), and one above the incarnation in
+        force is INCARNATION_NOT_ISSUED.
         `history_append` messages are `{role, content, name?, toolCallId?, at?}`, appended at
         `history_from` (default: the stored end; HISTORY_GAP past it); `checkpoint` is
         `{id, note?}` and marks this save as a consistent point."""
