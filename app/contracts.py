@@ -9,7 +9,7 @@ holds the same way whoever asks.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,17 @@ from app.contract_rows import (
     phase_columns,
     refuse_if_closed,
     set_status,
-    status_columns,
     touch,
 )
-from app.db import Dispatch, UnitOfWork, after_commit, driver_autocommit, get_engine
+from app.db import (
+    Dispatch,
+    UnitOfWork,
+    after_commit,
+    driver_autocommit,
+    get_engine,
+    roll_back,
+    unit_of_work,
+)
 from app.domain.completion import GateFacts, check_phase_readiness, registered_validators
 from app.domain.errors import Forbidden, ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor, check_transition, decision_for_a_person
@@ -272,27 +279,38 @@ def change_phase_now(
     by the one statement `app.pending_writes.write_held` sends. On PostgreSQL the `BEGIN`
     travels with the lock and the `COMMIT` with the write: two round trips, where a plain
     `UPDATE` in a transaction of its own takes three through psycopg2 (BEGIN, UPDATE,
-    COMMIT). A confirmed change out of waiting_for_input (two events) sends its COMMIT alone.
+    COMMIT). A confirmed change out of waiting_for_input also moves the status: that one is
+    rolled back and made again by `change_phase` in a unit of work, where `set_status` runs
+    every rule a status move has.
     """
     settings = settings or get_settings()
     bind = engine or get_engine()
     prepare = settings.database_prepared_statements
-    if bind.dialect.name == "postgresql":
-        with driver_autocommit(bind) as connection:
-            try:
+    try:
+        if bind.dialect.name == "postgresql":
+            with driver_autocommit(bind) as connection:
+                try:
+                    contract, written, outbox = _change_phase_on(
+                        connection, caller, contract_id, request, now, prepare
+                    )
+                except BaseException:
+                    roll_back(connection)
+                    raise
+        else:
+            with bind.begin() as connection:  # BEGIN IMMEDIATE: SQLite's write lock (app.db)
                 contract, written, outbox = _change_phase_on(
                     connection, caller, contract_id, request, now, prepare
                 )
-            except BaseException:
-                _roll_back(connection)
-                raise
-    else:
-        with bind.begin() as connection:  # BEGIN IMMEDIATE: SQLite's write lock (app.db)
-            contract, written, outbox = _change_phase_on(
-                connection, caller, contract_id, request, now, prepare
-            )
+    except _StatusMoves:
+        with unit_of_work(sender, bind, settings) as uow:
+            moved = change_phase(uow, caller, contract_id, request, now=now)
+            return ContractRow(*(getattr(moved, f.name) for f in fields(ContractRow)))
     after_commit(bind, written, outbox, sender)
     return contract
+
+
+class _StatusMoves(Exception):
+    """The Core path hands a change that also moves the status to the session path."""
 
 
 def _change_phase_on(
@@ -305,6 +323,10 @@ def _change_phase_on(
 ) -> tuple[ContractRow, PendingWrites, list[Dispatch]]:
     contract, facts, reserved = lock_row_with_facts(connection, caller, contract_id, prepare=prepare)
     config, plan = _plan(contract, facts, request, caller)
+    if plan.new_status is not Status(contract.status):
+        # A confirmed change out of waiting_for_input also moves the status, and a status
+        # move has side effects of its own (`set_status`): the session path makes it.
+        raise _StatusMoves
     written = PendingWrites()
     columns, payload = phase_columns(
         plan.old_phase, plan.new_phase, plan.new_version, now, forced=plan.forced, confirmed=plan.confirmed
@@ -314,15 +336,6 @@ def _change_phase_on(
     written.events.append(
         event_row(contract.id, EventType.PHASE_CHANGED.value, {"contractId": cid, **payload}, now)
     )
-    if plan.new_status is not Status(contract.status):
-        # A confirmed move out of waiting_for_input returns the contract to active.
-        status, payload = status_columns(
-            Status(contract.status), plan.new_status, now, reason="phase confirmed"
-        )
-        columns.update(status)
-        written.events.append(
-            event_row(contract.id, EventType.STATUS_CHANGED.value, {"contractId": cid, **payload}, now)
-        )
     contract.update(columns)
     outbox: list[Dispatch] = []
     if _moves_forward(config, plan):
@@ -332,26 +345,14 @@ def _change_phase_on(
     changes = [(contract.id, columns)]
     if reserved is None:  # SQLite: the engine's transaction commits
         write_held(connection, written, changes, prepare=prepare)
-    elif len(written.events) == 1 and len(written.outbox) <= 1:
-        # The usual change: its rows take the ids reserved under the lock, and the write
-        # carries the COMMIT. (A reserved id left unused is a gap in a sequence, nothing more.)
+    else:
+        # The rows take the ids reserved under the lock, and the write carries the COMMIT.
+        # (A reserved id left unused is a gap in a sequence, nothing more.)
         written.events[0]["id"] = reserved[0]
         if written.outbox:
             written.outbox[0]["id"] = reserved[1]
         write_held(connection, written, changes, prepare=prepare, commit=True)
-    else:
-        # A confirmed change also writes the status event: ids as the write returns them.
-        write_held(connection, written, changes, prepare=prepare)
-        connection.exec_driver_sql("COMMIT")
     return contract, written, outbox
-
-
-def _roll_back(connection: Connection) -> None:
-    """End a failed transaction the connection opened itself; a connection that cannot is dropped."""
-    try:
-        connection.exec_driver_sql("ROLLBACK")
-    except Exception:
-        connection.invalidate()
 
 
 def mark_deliverable(

@@ -118,6 +118,7 @@ def get_engine(url: str | None = None) -> Engine:
             else:
                 engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=RECYCLE_SECONDS)
                 _ping_when_idle(engine)
+                _begin_with_first_statement(engine)
             _engines[url] = engine
         return engine
 
@@ -226,6 +227,76 @@ def unit_of_work(
         after_commit(bind, written, uow.outbox, sender)
 
 
+@contextmanager
+def hot_unit_of_work(
+    sender: Sender | None = None, engine: Engine | None = None, settings: Settings | None = None
+) -> Iterator[UnitOfWork]:
+    """`unit_of_work` for a hot path on PostgreSQL: its `BEGIN` goes with its first statement.
+
+    psycopg2 sends `BEGIN` as a round trip of its own; here the session runs on a connection
+    in driver autocommit (`driver_autocommit`) and `BEGIN; ` is put in front of the first
+    statement the transaction sends, `COMMIT` (or `ROLLBACK`) sent at the end. For code that
+    neither commits nor rolls back inside its unit of work (a savepoint is fine): the report
+    tasks of the workers. Elsewhere (SQLite) it is `unit_of_work`.
+    """
+    bind = engine or get_engine()
+    if bind.dialect.name != "postgresql":
+        with unit_of_work(sender, bind, settings) as uow:
+            yield uow
+        return
+    with driver_autocommit(bind) as connection:
+        # This connection's own dict, held here: a connection that breaks is invalidated,
+        # and asking it for its info again would raise instead of the error that broke it.
+        info = connection.info
+        info[_BEGIN_PENDING] = True
+        try:
+            with _session_factory(bind)(bind=connection) as session:
+                uow = UnitOfWork(session, settings or get_settings())
+                session.info["prepared_statements"] = uow.settings.database_prepared_statements
+                with session.begin():
+                    yield uow
+                    written = write_pending(session)
+            if not info[_BEGIN_PENDING]:
+                connection.exec_driver_sql("COMMIT")
+        except BaseException:
+            if not info[_BEGIN_PENDING] and not connection.invalidated:
+                roll_back(connection)
+            raise
+        finally:
+            info.pop(_BEGIN_PENDING, None)
+    after_commit(bind, written, uow.outbox, sender)
+
+
+_BEGIN_PENDING = "makima.begin_pending"
+
+
+def _begin_with_first_statement(engine: Engine) -> None:
+    """For `hot_unit_of_work`: the transaction's `BEGIN` sent in front of its first statement."""
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _prefix(
+        conn: Connection, cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+    ) -> tuple[str, Any]:
+        if conn.info.get(_BEGIN_PENDING):
+            conn.info[_BEGIN_PENDING] = False
+            if executemany:
+                cursor.execute("BEGIN")
+            else:
+                statement = f"BEGIN; {statement}"
+        return statement, parameters
+
+
+def roll_back(connection: Connection) -> None:
+    """End a failed transaction a connection opened itself; a connection that cannot is dropped."""
+    if connection.invalidated:  # broken: the server ended the transaction with the session
+        return
+    try:
+        connection.exec_driver_sql("ROLLBACK")
+    except Exception:
+        if not connection.invalidated:
+            connection.invalidate()
+
+
 def after_commit(
     engine: Engine, written: PendingWrites, outbox: list[Dispatch], sender: Sender | None
 ) -> None:
@@ -290,7 +361,9 @@ __all__ = [
     "downgrade",
     "driver_autocommit",
     "get_engine",
+    "hot_unit_of_work",
     "migrate",
+    "roll_back",
     "unit_of_work",
     "upsert_ignoring",
 ]

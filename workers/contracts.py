@@ -12,7 +12,7 @@ from typing import Any
 
 from app import agent_reports, completion_flow, contracts, daemon_commands, message_outcomes, worktrees
 from app.broker import send_task
-from app.db import UnitOfWork, unit_of_work
+from app.db import UnitOfWork, hot_unit_of_work, unit_of_work
 from app.messages import (
     CompletionCheck,
     ContractRef,
@@ -41,7 +41,7 @@ def _applied_at_commit(uow: UnitOfWork, task: TaskName, msg: Message) -> None:
 @celery_app.task(name=TaskName.TASK_STARTED, base=AccountableTask)
 def task_started(message: Any) -> None:
     msg = decode(TaskStarted, message)
-    with unit_of_work(send_task) as uow:
+    with hot_unit_of_work(send_task) as uow:
         _applied_at_commit(uow, TaskName.TASK_STARTED, msg)
         agent_reports.record_task_started(
             uow,
@@ -58,7 +58,7 @@ def task_started(message: Any) -> None:
 @celery_app.task(name=TaskName.TASK_COMPLETED, base=AccountableTask)
 def task_completed(message: Any) -> None:
     msg = decode(TaskCompleted, message)
-    with unit_of_work(send_task) as uow:
+    with hot_unit_of_work(send_task) as uow:
         _applied_at_commit(uow, TaskName.TASK_COMPLETED, msg)
         agent_reports.record_task_completed(
             uow,

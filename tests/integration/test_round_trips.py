@@ -94,20 +94,19 @@ def test_a_phase_change_on_its_own_is_two_round_trips_begin_and_commit_included(
     assert [e.type for e in events][-1] == "phase_changed"
 
 
-def test_a_confirmed_phase_change_writes_both_events_and_commits_alone(make_caller) -> None:
-    """Out of waiting_for_input: the status event too, so the ids come back and COMMIT follows."""
+def test_a_confirmed_phase_change_moves_the_status_with_every_rule_of_a_status_move(make_caller) -> None:
+    """Out of waiting_for_input the status moves too: `set_status` makes that move, as everywhere."""
     _, caller = make_caller()
     cid = _active_contract(caller)
     api = ContractsAPI(caller=caller, sender=_no_send)
     api.complete_deliverable(cid, "plan-document")
     api.change_status(cid, Status.WAITING_FOR_INPUT, waiting_for=WaitingFor.PHASE_CONFIRMATION)
     request = PhaseChangeRequest("execute", expected_version=1, confirmed=True)
-    with counted_statements() as statements:
-        row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
-    assert (row.phase, row.status, row.waiting_for) == ("execute", "active", None)
-    assert len(statements) == PHASE_CHANGE_ON_ITS_OWN + 1 and statements[-1] == "COMMIT", _short(statements)
+    row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
+    assert (row.phase, row.status, row.waiting_for, row.version) == ("execute", "active", None, 2)
     types = [e.type for e in api.events(cid).events]
     assert types[-2:] == ["phase_changed", "status_changed"]
+    assert types.count("phase_changed") == 1
 
 
 def test_a_refused_phase_change_releases_the_row_and_leaves_the_pool_transactional(make_caller) -> None:
@@ -225,3 +224,5 @@ def test_a_task_completed_message_costs_at_most_eight_statements(make_caller) ->
         task_completed.run(message())
     print(f"task completed: {len(statements)} statements", *_short(statements), sep="\n  ")
     assert 0 < len(statements) <= TASK_COMPLETED_BUDGET, statements
+    # The worker sends its own BEGIN (with the first statement) and COMMIT, so they are counted.
+    assert statements[0].startswith("BEGIN; ") and statements[-1] == "COMMIT", _short(statements)
