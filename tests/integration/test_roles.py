@@ -4,8 +4,6 @@ Each cell is one request made with a real token of that role against a contract 
 person of the owner: `user` and `supervisor` act on their own owner's contract, `admin`
 (an operator) on another owner's. The expected answers live in `TABLE`; a test reads the
 README's table and checks it says the same, so the documentation cannot drift from the rule.
-Rows marked "coming" in the README have no endpoint yet and are checked here only for being
-marked so (none is, now).
 
 The app records what it would enqueue instead of sending it, so no worker acts behind the
 assertions' back.
@@ -13,7 +11,6 @@ assertions' back.
 
 from __future__ import annotations
 
-import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -178,11 +175,13 @@ def _task_report(kind: str) -> Act:
 
 
 def _read_worktrees(actor: Actor, cid: str | None) -> Any:
-    """A contract's worktrees, then the daemons and one daemon's command feed (owner-scoped)."""
+    """A contract's worktrees, then the daemons, one daemon's command feed (owner-scoped) and
+    where that daemon reads its queue."""
     listed = actor.call("GET", f"{BASE}/{cid}/worktrees")
     if listed.status_code != 200:
         return listed
     assert actor.call("GET", "/api/v1/daemons").status_code == 200
+    assert actor.call("GET", "/api/v1/daemons/roles-daemon/queue").status_code == 200
     return actor.call("GET", "/api/v1/daemons/roles-daemon/commands")
 
 
@@ -284,7 +283,9 @@ OPERATIONS: dict[str, Operation] = {
     "task-completed": Operation("Task reports", active, _task_report("completed")),
     "worktree-created": Operation("Task reports", active, _task_report("worktree")),
     "worktree-removed": Operation("Task reports", active, _task_report("worktree-removed")),
-    "read-worktrees": Operation("Read worktrees, daemons and a daemon's commands", active, _read_worktrees),
+    "read-worktrees": Operation(
+        "Read worktrees, daemons, a daemon's commands and its queue", active, _read_worktrees
+    ),
     "cleanup-worktrees": Operation(
         "Clean up orphaned worktrees",
         lambda person: None,
@@ -377,9 +378,6 @@ TABLE["answer-question"]["supervisor"] = (403, "FORBIDDEN")
 TABLE["save-state"]["user"] = (403, "FORBIDDEN")
 TABLE["restart-supervisor"]["supervisor"] = (403, "FORBIDDEN")
 
-# Rows of the README table with no endpoint yet; their cells are what the README promises.
-COMING: dict[str, dict[str, str]] = {}
-
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("operation", list(OPERATIONS))
@@ -457,8 +455,7 @@ def readme_role_table() -> dict[str, dict[str, str]]:
     table: dict[str, dict[str, str]] = {}
     for line in rows[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        label = re.sub(r"\s*\*\(coming\)\*\s*$", "", cells[0])
-        table[label] = dict(zip(ROLES, cells[1:], strict=True))
+        table[cells[0]] = dict(zip(ROLES, cells[1:], strict=True))
     return table
 
 
@@ -479,14 +476,3 @@ def test_the_readme_role_table_matches_the_tested_cells() -> None:
                 )
             else:
                 assert cell.startswith("yes"), (op.readme_row, role, cell)
-
-
-def test_the_readme_marks_the_rows_without_an_endpoint_as_coming() -> None:
-    section = README.read_text().split("## Who may do what", 1)[1].split("\n## ", 1)[0]
-    table = readme_role_table()
-    marked = re.findall(r"^\| (.+?) \*\(coming\)\* \|", section, flags=re.MULTILINE)
-    assert sorted(marked) == sorted(COMING), "a row is marked coming but has an endpoint, or the reverse"
-    for label, cells in COMING.items():
-        assert f"| {label} *(coming)* |" in section, f"README row '{label}' is not marked coming"
-        for role, allowed in cells.items():
-            assert table[label][role].lower().startswith(allowed), (label, role, table[label][role])
