@@ -238,13 +238,14 @@ def free_port() -> int:
 def start_http() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.http:app", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with tempfile.NamedTemporaryFile(prefix="makima-bench-uvicorn-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.http:app", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     import requests
 
     base = f"http://127.0.0.1:{port}"
@@ -253,8 +254,11 @@ def start_http() -> tuple[subprocess.Popen[bytes], str]:
             if requests.get(base + "/healthz", timeout=1).status_code == 200:
                 return proc, base
         except requests.RequestException:
+            if proc.poll() is not None:
+                break
             time.sleep(0.1)
-    raise RuntimeError("uvicorn did not start")
+    tail = Path(log.name).read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"uvicorn did not start (exit {proc.poll()}):\n{tail}")
 
 
 def workers(tmp: Path, count: int = 2) -> list[Any]:

@@ -266,49 +266,51 @@ def _canonical(raw: Any) -> bool:
     return type(raw) is str and _CANONICAL_UUID.fullmatch(raw) is not None
 
 
-def _wire_form(raw: Any) -> bool:
-    """True when `raw` is valid *and already in the form `to_json` gives* (so it can be stored as sent).
+def _wire_form(raw: Any) -> datetime | None:
+    """The timestamp when `raw` is valid *and in the form `to_json` gives, but for a missing id*.
 
-    The quick check for the worker's hot path: what our own senders produce (`Heartbeat.to_json`:
-    canonical lower-case UUIDs, an id, a plain ISO timestamp, ASCII text). Anything else, valid or
-    not, answers False and goes through `parse_heartbeat`, which names the field or normalizes it.
+    The quick check for the hot paths: what our own senders produce (`Heartbeat.to_json`:
+    canonical lower-case UUIDs, an id, a plain ISO timestamp, ASCII text), and what a daemon
+    posting plain JSON usually sends (the same without an id). Anything else, valid or not,
+    answers None and goes through `parse_heartbeat`, which names the field or normalizes it.
     """
     if type(raw) is not dict or not raw.keys() <= FIELDS:
-        return False
-    if not (
-        _canonical(raw.get("id")) and _canonical(raw.get("taskId")) and _canonical(raw.get("contractId"))
-    ):
-        return False
+        return None
+    given = raw.get("id")
+    if given is not None and not _canonical(given):
+        return None
+    if not (_canonical(raw.get("taskId")) and _canonical(raw.get("contractId"))):
+        return None
     if raw.get("state") not in _STATES:
-        return False
+        return None
     phase = raw.get("phase")
     if not _plain_text(phase, MAX_PHASE) or not cast(str, phase).strip():
-        return False
+        return None
     for name, limit in _TEXTS[1:]:
         value = raw.get(name)
         if value is not None and not _plain_text(value, limit):
-            return False
+            return None
         if name != "currentActivity" and value is not None and not value.strip():
-            return False
+            return None
     progress = raw.get("progress", 0)
     if type(progress) is not int or not 0 <= progress <= 100:
-        return False
+        return None
     incarnation = raw.get("incarnation")
     if incarnation is not None and (type(incarnation) is not int or not 1 <= incarnation <= MAX_INCARNATION):
-        return False
+        return None
     pending = raw.get("pendingTaskIds", ())
     if type(pending) is not list and pending != ():
-        return False
+        return None
     if len(pending) > MAX_PENDING_TASKS or not all(_canonical(p) for p in pending):
-        return False
+        return None
     stamp = raw.get("timestamp")
     if type(stamp) is not str or _PLAIN_TIMESTAMP.fullmatch(stamp) is None:
-        return False
+        return None
     try:
         value = datetime.fromisoformat(stamp)
     except ValueError:
-        return False
-    return EARLIEST <= value < LATEST
+        return None
+    return value if EARLIEST <= value < LATEST else None
 
 
 def wire_heartbeat(raw: Any) -> dict[str, Any]:
@@ -316,12 +318,16 @@ def wire_heartbeat(raw: Any) -> dict[str, Any]:
 
     The worker stores heartbeats from this form without building `Heartbeat` objects: a
     heartbeat already in that form (every one our senders produce) is returned as it is after
-    a quick check (`_wire_form`, a few microseconds); any other goes through `parse_heartbeat`,
-    so both accept and refuse exactly the same heartbeats, with the same field named.
+    a quick check (`_wire_form`, a few microseconds), one without an id gets the derived id;
+    any other goes through `parse_heartbeat`, so both accept and refuse exactly the same
+    heartbeats, with the same field named.
     """
-    if _wire_form(raw):
-        return cast(dict[str, Any], raw)
-    return parse_heartbeat(raw).to_json()
+    timestamp = _wire_form(raw)
+    if timestamp is None:
+        return parse_heartbeat(raw).to_json()
+    if raw.get("id") is None:
+        return {**raw, "id": str(derive_heartbeat_id(uuid.UUID(raw["taskId"]), timestamp))}
+    return cast(dict[str, Any], raw)
 
 
 # --- the stored state and how a heartbeat moves it ------------------------------------------
