@@ -109,6 +109,23 @@ def test_a_confirmed_phase_change_moves_the_status_with_every_rule_of_a_status_m
     assert types.count("phase_changed") == 1
 
 
+def test_without_prepared_statements_the_same_paths_send_plain_text(make_caller) -> None:
+    """Behind a transaction-pooling proxy (`database_prepared_statements = false`): no PREPARE."""
+    from app.config import get_settings
+
+    settings = get_settings().model_copy(update={"database_prepared_statements": False})
+    token, caller = make_caller(role="user")
+    cid = _active_contract(caller)
+    api = ContractsAPI(token, sender=_no_send, settings=settings)
+    api.complete_deliverable(cid, "plan-document")
+    with counted_statements() as statements:
+        changed = api.change_phase(cid, "execute", expected_version=1)
+        api.report_task_completed(cid, uuid.uuid4(), "write tests", success=True)
+    assert (changed.phase, changed.version) == ("execute", 2)
+    assert not any("PREPARE" in s or "EXECUTE mk_" in s for s in statements), _short(statements)
+    assert statements[0].startswith("BEGIN; SELECT 1 FROM contracts"), _short(statements)
+
+
 def test_a_refused_phase_change_releases_the_row_and_leaves_the_pool_transactional(make_caller) -> None:
     """The Core path opens its transaction itself, so it must close it itself on a refusal."""
     _, caller = make_caller()
