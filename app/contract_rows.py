@@ -282,9 +282,8 @@ def status_columns(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A status move as plain values: (the contract columns it sets, its event's payload).
 
-    Checked against the status table first. Shared by `set_status` (an ORM row) and the
-    guarded phase change's Core path (`app.contracts.change_phase_now`), so both move a
-    status the same way.
+    Checked against the status table first. `set_status` applies it to an ORM row, with the
+    rules a status move has beyond its columns.
     """
     check_transition(previous, target, reason=reason, blocker=blocker)
     columns: dict[str, Any] = {
