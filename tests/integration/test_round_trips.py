@@ -10,6 +10,7 @@ two statements, so they are counted: exactly two round trips, the whole transact
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,10 +42,14 @@ def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None)
 
 @contextmanager
 def counted_statements() -> Iterator[list[str]]:
+    """This thread's statements only: a background flush (retiring outbox rows, heartbeats)
+    of an earlier test may run on the same engine meanwhile."""
     statements: list[str] = []
+    me = threading.get_ident()
 
     def count(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        statements.append(statement)
+        if threading.get_ident() == me:
+            statements.append(statement)
 
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", count)
