@@ -281,7 +281,8 @@ def _wire_form(raw: Any) -> datetime | None:
         return None
     if not (_canonical(raw.get("taskId")) and _canonical(raw.get("contractId"))):
         return None
-    if raw.get("state") not in _STATES:
+    state = raw.get("state")
+    if type(state) is not str or state not in _STATES:
         return None
     phase = raw.get("phase")
     if not _plain_text(phase, MAX_PHASE) or not cast(str, phase).strip():
