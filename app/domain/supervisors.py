@@ -252,7 +252,8 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
 
 
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_PLAIN_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+# UTC only: Python accepts offsets PostgreSQL refuses (beyond ±15:59); any other is normalized.
+_PLAIN_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]00:00)")
 _STATES: Final = frozenset(s.value for s in SupervisorState)
 _TEXTS: Final = (("phase", MAX_PHASE), ("currentActivity", MAX_ACTIVITY), ("daemonId", MAX_DAEMON_ID),
                  ("host", MAX_HOST))  # fmt: skip

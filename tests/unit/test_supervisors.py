@@ -96,6 +96,7 @@ WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", 
         {k: v for k, v in WIRE.items() if k not in ("currentActivity", "progress", "pendingTaskIds")},
         {**WIRE, "timestamp": "2026-01-31T10:30:00Z"},
         {**WIRE, "timestamp": "2026-01-31T12:30:00.123456+02:00"},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00+20:00"},
         {**WIRE, "taskId": WIRE["taskId"].upper()},
         {k: v for k, v in WIRE.items() if k != "id"},
         {**WIRE, "phase": "exécuter"},
@@ -134,6 +135,8 @@ def test_what_our_senders_produce_takes_the_quick_path_unchanged() -> None:
     assert wire_heartbeat(WIRE) is WIRE
     sent = parse_heartbeat(raw()).to_json()
     assert wire_heartbeat(sent) is sent
+    # Another offset is normalized to UTC (PostgreSQL refuses some Python accepts, e.g. +20:00).
+    assert wire_heartbeat({**WIRE, "timestamp": "2026-01-31T10:30:00+20:00"})["timestamp"].endswith("+00:00")
 
 
 def record(**over: Any) -> SupervisorRecord:
