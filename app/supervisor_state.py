@@ -363,9 +363,11 @@ def save_state(
     if save.daemon_id is not None:  # a restoration or restart may address commands to it
         check_daemon_id(save.daemon_id)
     refuse_foreign_supervisor(session, contract.id, save.task_id)
-    in_force = session.scalar(
-        select(Supervisor.incarnation).where(Supervisor.task_id == save.task_id).with_for_update(read=True)
-    )
+    # Read, not locked: heartbeat ingestion locks `supervisors` rows before it touches their
+    # contracts, so a lock here (taken after the contract's) would invert that order and
+    # deadlock. Restorations and restarts bump the incarnation under the contract lock this
+    # save holds; a death declared meanwhile orders as after this save.
+    in_force = session.scalar(select(Supervisor.incarnation).where(Supervisor.task_id == save.task_id))
     row = find_state(session, contract.id, save.task_id, lock=True)
     if row is None:
         plan = judge_save(contract.id, save, None, current_incarnation(in_force, None))

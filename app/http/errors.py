@@ -554,6 +554,8 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StatementError)
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return _database_unavailable(request, exc)
+    if isinstance(exc, DBAPIError) and _lost_to_a_concurrent_transaction(exc):
+        return _database_busy(request, exc)
     # OverflowError: a date or number the driver cannot convert (a year 0 or 10000 in UTC).
     if not isinstance(exc, DataError) and not isinstance(exc.orig, ValueError | OverflowError):
         return await _on_unexpected(request, exc)
@@ -568,6 +570,37 @@ async def _on_statement_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 DATABASE_RETRY_AFTER: Final = 1
+
+
+# PostgreSQL's deadlock victim, serialization failure and lock timeout; SQLite's busy timeout.
+_CONCURRENCY_SQLSTATES: Final = frozenset({"40P01", "40001", "55P03"})
+
+
+def _lost_to_a_concurrent_transaction(exc: DBAPIError) -> bool:
+    """The transaction was rolled back because of another one, not because of the request."""
+    if getattr(exc.orig, "pgcode", None) in _CONCURRENCY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    """Rolled back in favour of a concurrent transaction: nothing was applied, a retry will be.
+
+    Lock order is kept the same on every path so this is rare, but two paths written by
+    different people can still meet; the caller's request was fine, so it is a 503 with
+    Retry-After like a lost connection (every write here is safe to send again), never a 500.
+    """
+    log.warning(
+        "transaction rolled back by a concurrent one on %s %s: %s", request.method, request.url.path, exc
+    )
+    return error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        ErrorCode.DATABASE_UNAVAILABLE,
+        "The database rolled this request back in favour of a concurrent one (a deadlock or a lock "
+        "timeout): nothing was applied. Retry in a moment; the same request is safe to send again.",
+        {"retryAfterSeconds": DATABASE_RETRY_AFTER, "reason": "concurrent_transaction"},
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
 
 
 def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
