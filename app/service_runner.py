@@ -155,6 +155,11 @@ def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> l
                 settings.http_host,
                 "--port",
                 str(settings.http_port),
+                # The live monitor sends every event to every subscriber: per-message deflate
+                # would compress each one once per connection, a third of the API's CPU per
+                # delivery (bench/monitor.py); events are small JSON, sent uncompressed.
+                "--ws-per-message-deflate",
+                "false",
                 # An open monitor websocket must not hold a shutdown forever.
                 "--timeout-graceful-shutdown",
                 str(max(int(options.stop_timeout / 2), 1)),

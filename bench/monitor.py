@@ -208,7 +208,7 @@ def free_port() -> int:
 
 
 def start_api(processes: int = 1) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn as `makima run` starts it (one process, default protocol implementations).
+    """uvicorn as `makima run` starts it (one process, per-message deflate off).
 
     With `processes` > 1, uvicorn's own `--workers`: the subscribers spread over the processes
     (the kernel hands each connection to one), and each process's hub reads the events once.
@@ -227,6 +227,8 @@ def start_api(processes: int = 1) -> tuple[subprocess.Popen[bytes], str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--ws-per-message-deflate",
+            "false",  # as `makima run` starts it: no per-connection compression of each event
             "--timeout-graceful-shutdown",
             "2",
             "--log-level",
