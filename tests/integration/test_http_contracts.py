@@ -690,6 +690,7 @@ def test_every_domain_error_code_has_an_http_status() -> None:
         "SUPERVISOR_FENCED": 409,
         "INCARNATION_NOT_ISSUED": 409,
         "STALE_STATE": 409,
+        "STATE_VERSION_REUSED": 409,
         "HISTORY_GAP": 409,
         "QUESTION_NOT_FOUND": 404,
         "QUESTION_CLOSED": 409,
