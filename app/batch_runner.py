@@ -45,6 +45,7 @@ from app.deletion_audit import delete_archived
 from app.domain.errors import ContractError, ContractNotFound
 from app.domain.lifecycle import Status
 from app.domain.maintenance import BatchOperation, Operation, parse_batch_operation
+from app.domain.questions import QuestionStatus
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
 from app.models import (
@@ -52,6 +53,7 @@ from app.models import (
     BatchOperationRow,
     Contract,
     ContractTask,
+    SupervisorQuestion,
     utcnow,
 )
 from app.outbox import sent_rows
@@ -201,13 +203,32 @@ def _chunk(uow: UnitOfWork, batch_id: uuid.UUID, limit: int, ids: list[uuid.UUID
         return _ChunkResult(finished=True)
     now = utcnow()
     if session.get_bind().dialect.name == "postgresql" and op.operation in BULK_OPERATIONS:
-        items, outbox = _apply_in_bulk(session, row, op, ids, now)
+        # A contract resumed while a question is open goes on to wait for it (`set_status`):
+        # those few take the guarded path; the rest move in bulk.
+        asking = _with_open_questions(session, ids) if op.target is Status.ACTIVE else set()
+        bulk = [cid for cid in ids if cid not in asking]
+        items, outbox = _apply_in_bulk(session, row, op, bulk, now) if bulk else ([], [])
+        if asking:
+            items += _apply_one_by_one(uow, row, op, [cid for cid in ids if cid in asking], now)
     else:
         items, outbox = _apply_one_by_one(uow, row, op, ids, now), []
     record_items(session, items)
     _count(row, items, now)
     row.cursor = ids[-1]
     return _ChunkResult(ids=list(ids), outbox=outbox)
+
+
+def _with_open_questions(session: Session, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    return set(
+        session.scalars(
+            select(SupervisorQuestion.contract_id)
+            .where(
+                SupervisorQuestion.contract_id.in_(ids),
+                SupervisorQuestion.status == QuestionStatus.OPEN.value,
+            )
+            .distinct()
+        )
+    )
 
 
 def _count(row: BatchOperationRow, items: Sequence[dict[str, Any]], now: datetime) -> None:

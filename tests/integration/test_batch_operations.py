@@ -216,6 +216,29 @@ def test_pause_all_then_resume_all(client: TestClient, engine: Engine, worker: W
     assert events_of(engine, "status_changed") == dict.fromkeys(active, 2)
 
 
+def test_resume_all_leaves_a_contract_with_an_open_question_waiting_for_its_answer(
+    client: TestClient, engine: Engine, worker: WorkerProcess
+) -> None:
+    admin = token(engine)
+    quiet, asking = make(engine, 4, Status.PAUSED, ago=timedelta(0)), make(engine, 2, Status.PAUSED)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO supervisor_questions (id, contract_id, question, question_type, options,"
+                " status, asked_by, asked_at) SELECT gen_random_uuid(), u, 'Which region?', 'free_text',"
+                " '[]', 'open', 'team-supervisor', now() FROM unnest(CAST(:ids AS uuid[])) AS u"
+            ),
+            {"ids": [str(i) for i in asking]},
+        )
+    resumed = run(client, admin, {"operation": "resume_all"})
+    assert sorted(resumed["affectedIds"]) == sorted(str(i) for i in quiet + asking)
+    assert set(statuses(engine, quiet).values()) == {"active"}
+    assert set(statuses(engine, asking).values()) == {"waiting_for_input"}
+    with engine.connect() as conn:
+        waiting_for = set(conn.scalars(select(Contract.waiting_for).where(Contract.id.in_(asking))))
+    assert waiting_for == {"question"}
+
+
 def test_cleanup_archived_deletes_and_audits_each_contract(
     client: TestClient, engine: Engine, worker: WorkerProcess
 ) -> None:
