@@ -1,8 +1,12 @@
 """The contract row under its lock: load it as a caller may see it, and move it with its event.
 
-Every writer follows one shape: lock the row (`SELECT ... FOR UPDATE` on PostgreSQL,
+Every writer follows one shape: lock the row (`SELECT ... FOR NO KEY UPDATE` on PostgreSQL,
 `BEGIN IMMEDIATE` on SQLite), check the caller may see it, ask the pure domain, apply, and
-write the event row in the same transaction. The primitives every writer shares live here,
+write the event row in the same transaction. `NO KEY UPDATE`, not `UPDATE`: writers still
+exclude each other, but rows that merely reference the contract (an event, a heartbeat, a
+supervisor) can be inserted meanwhile (their foreign key takes `KEY SHARE`), so a writer that
+holds a contract and waits for a `supervisors` row never deadlocks with heartbeat ingestion,
+which holds that row and inserts the contract's event. The primitives every writer shares live here,
 below the guarded commands (`app.contracts`) and the completion flow that both use them.
 """
 
@@ -51,7 +55,7 @@ def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUI
         contract = session.scalars(
             select(Contract)
             .where(Contract.id == contract_id)
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         ).one_or_none()
         if contract is not None:
@@ -68,7 +72,7 @@ _COLUMNS = ", ".join(f"contracts.{c.name}" for c in Contract.__table__.c)
 # phase's gate facts. The second statement starts after the lock is held, so on PostgreSQL
 # (READ COMMITTED: a snapshot per statement) it sees everything committed before the lock
 # was granted; a single statement would judge the gate on facts from before the wait.
-_LOCK_SQL = "SELECT 1 FROM contracts WHERE id = $1 FOR UPDATE"
+_LOCK_SQL = "SELECT 1 FROM contracts WHERE id = $1 FOR NO KEY UPDATE"
 _ROW_AND_FACTS_SQL = (
     f"SELECT {_COLUMNS}, "
     "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "

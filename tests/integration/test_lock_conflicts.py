@@ -86,3 +86,33 @@ def test_a_request_chosen_as_a_deadlock_victim_answers_503_with_retry_after(make
     assert error["details"] == {"retryAfterSeconds": 1, "reason": "concurrent_transaction"}
     assert response.headers["Retry-After"] == "1"
     assert api.supervisor_status(cid).incarnation == before  # nothing applied
+
+
+def test_a_held_contract_lets_rows_that_reference_it_be_inserted(make_caller: Any) -> None:
+    """The contract lock excludes other writers of the contract, not inserts that only name it."""
+    from app.contract_rows import lock_contract
+    from app.db import unit_of_work
+
+    token, caller = make_caller(role="user")
+    cid = ContractsAPI(token).create_contract("key share", "simple").id
+    engine = create_engine(DB_URL)
+    with unit_of_work() as uow:
+        lock_contract(uow.session, caller, cid)
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '3s'"))
+            other.execute(
+                text(
+                    "INSERT INTO contract_events (contract_id, type, payload, created_at) "
+                    "VALUES (CAST(:c AS uuid), 'probe', '{}', now())"
+                ),
+                {"c": str(cid)},
+            )
+            other.commit()
+            other.execute(text("SET lock_timeout = '300ms'"))
+            with pytest.raises(Exception, match="lock timeout"):
+                other.execute(
+                    text("UPDATE contracts SET name = 'other writer' WHERE id = CAST(:c AS uuid)"),
+                    {"c": str(cid)},
+                )
+            other.rollback()
+    engine.dispose()
