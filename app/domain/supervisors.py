@@ -187,7 +187,10 @@ def _timestamp(raw: Any) -> datetime:
         raise InvalidHeartbeat("timestamp", "must be an ISO 8601 date-time string with a time zone")
     if value.tzinfo is None:
         raise InvalidHeartbeat("timestamp", "needs a time zone (for example 2026-01-31T10:30:00Z)")
-    value = value.astimezone(UTC)
+    try:  # 9999-12-31T23:59-02:00 is past the last representable instant in UTC
+        value = value.astimezone(UTC)
+    except OverflowError:
+        value = EARLIEST if value.year < EARLIEST.year else LATEST
     if not EARLIEST <= value < LATEST:
         raise InvalidHeartbeat("timestamp", f"must lie between {EARLIEST.year} and {LATEST.year}")
     return value
@@ -310,9 +313,9 @@ def _wire_form(raw: Any) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(stamp)
-    except ValueError:
+        return value if EARLIEST <= value < LATEST else None
+    except (ValueError, OverflowError):
         return None
-    return value if EARLIEST <= value < LATEST else None
 
 
 def wire_heartbeat(raw: Any) -> dict[str, Any]:
