@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from pydantic import Field
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
@@ -85,6 +85,8 @@ from app.supervisor_state import (
 RESTART_COMMAND: Final = "restart_supervisor"
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_ANSWERS: Final = 50
+# Open questions carried whole in a restoration: the answer stays a few MiB at most.
+MAX_PENDING_QUESTIONS: Final = 50
 MAX_REASON: Final = 2000
 # How many of the contract's supervisor task ids a refused claim names.
 MAX_NAMED_SUPERVISORS: Final = 20
@@ -189,7 +191,11 @@ class Restoration(Schema):
         description="How many messages the restored state has: send the next save with historyFrom "
         "at most this"
     )
-    pending_questions: list[PendingQuestionView]
+    pending_questions: list[PendingQuestionView] = Field(
+        description="The contract's open questions, oldest first, at most 50 (each up to ~26 KB): "
+        "page through the rest with GET .../questions?open=true"
+    )
+    pending_question_count: int = Field(description="How many questions are open in all")
     questions_redirected: int = Field(
         0,
         description="Claimed for a new daemon: how many open questions of this supervisor (or naming "
@@ -535,14 +541,23 @@ def restore(
         WaitedTask(t, known[t][0] if t in known else None, known[t][1] if t in known else None, t in known)
         for t in (snap.waiting_on_task_ids if snap is not None else ())
     ]
+    open_questions = (
+        SupervisorQuestion.contract_id == contract.id,
+        SupervisorQuestion.status == QuestionStatus.OPEN.value,
+    )
     questions = list(
         session.scalars(
             select(SupervisorQuestion)
-            .where(
-                SupervisorQuestion.contract_id == contract.id,
-                SupervisorQuestion.status == QuestionStatus.OPEN.value,
-            )
+            .where(*open_questions)
             .order_by(SupervisorQuestion.asked_at)
+            .limit(MAX_PENDING_QUESTIONS)
+        )
+    )
+    open_count = (
+        len(questions)
+        if len(questions) < MAX_PENDING_QUESTIONS
+        else int(
+            session.scalar(select(func.count()).select_from(SupervisorQuestion).where(*open_questions)) or 0
         )
     )
     answered_query = select(SupervisorQuestion).where(
@@ -558,7 +573,7 @@ def restore(
             ).all()
         )
     )
-    step = next_step(decision, len(questions), waiting)
+    step = next_step(decision, open_count, waiting)
 
     messages: list[HistoryMessage] = []
     history_from = 0
@@ -659,6 +674,7 @@ def restore(
             )
             for q in questions
         ],
+        pending_question_count=open_count,
         questions_redirected=redirected,
         notices=notices,
         answered_questions=[

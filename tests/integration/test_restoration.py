@@ -383,6 +383,22 @@ def test_pending_questions_are_redelivered_with_the_answers_received_since_the_s
         (friday.id, "Deploy on Friday?", False)
     ]
     assert "Which database?" in restored.context and "Deploy on Friday? -> false" in restored.context
+    assert restored.pending_question_count == 1
+
+
+def test_a_restoration_carries_at_most_fifty_open_questions_and_counts_them_all(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    _, api = daemon
+    cid = new_contract(api, name="many questions")
+    task = uuid.uuid4()
+    asked = [api.ask_question(cid, f"Question {i}?", "free_text")[0].id for i in range(53)]
+    api.save_supervisor_state(cid, task, state_version=1, state="waiting_for_user", phase="plan")
+
+    restored = api.restore_supervisor(cid, task)
+    assert [q.id for q in restored.pending_questions] == asked[:50]  # the oldest first
+    assert restored.pending_question_count == 53
+    assert restored.next == "redeliver_questions"
 
 
 # --- with waiting tasks -------------------------------------------------------------------------
