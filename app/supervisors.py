@@ -25,7 +25,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.contract_rows import get_contract, lock_contract
+from app.contract_rows import get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
@@ -369,9 +369,11 @@ def request_sync(
     `sync_supervisor_state` command to its daemon's queue and a `supervisor_sync_requested`
     event; answers with the command's id and the state stored so far.
 
-    Needs a live supervisor: SUPERVISOR_NOT_FOUND or SUPERVISOR_DEAD otherwise.
+    Needs a live supervisor: SUPERVISOR_NOT_FOUND or SUPERVISOR_DEAD otherwise; a closed
+    contract's supervisors were told to stop, so it is refused there.
     """
     contract = lock_contract(uow.session, caller, contract_id)
+    refuse_if_closed(contract, "supervisor syncs")
     record = require_live_supervisor(uow.session, contract.id, now, timeout)
     command = queue_command(
         uow,

@@ -516,7 +516,7 @@ def test_a_save_naming_an_incarnation_never_issued_is_refused_and_the_real_one_k
     assert (saved.applied, saved.incarnation, saved.state_version) == (True, 1, 101)
 
 
-def test_a_closed_contract_takes_no_save_claim_or_restart_but_a_person_may_still_preview(
+def test_a_closed_contract_takes_no_save_claim_restart_or_sync_but_a_person_may_still_preview(
     daemon: tuple[str, ContractsAPI], make_caller: Any
 ) -> None:
     _, api = daemon
@@ -535,6 +535,8 @@ def test_a_closed_contract_takes_no_save_claim_or_restart_but_a_person_may_still
         api.restore_supervisor(cid, task, daemon_id="d-late")
     with pytest.raises(ValidationFailed):
         person.restart_supervisor(cid, task)
+    with pytest.raises(ValidationFailed):
+        person.request_supervisor_sync(cid)
     preview = person.restore_supervisor(cid, task)
     assert (preview.claimed, preview.branch, preview.history_length) == (False, "resume", 2)
     assert supervisor_row(task) is None, "nothing was claimed or restarted"
