@@ -315,7 +315,9 @@ def _asked_again(
     """A repeated `questionId`: the stored question if the content is the same.
 
     Where it came from is not content: a daemon that asks its open question again after a
-    restart (a new task or daemon id) has the answer sent to it from now on.
+    restart (a new task or daemon id) has the answer sent to it from now on, if it is the
+    daemon now running the supervisor (a replaced daemon repeating its question cannot pull
+    the answer back from the one a restoration gave it to).
     """
     if row.contract_id != contract.id:
         raise QuestionIdReused(row.id, [])
@@ -326,7 +328,13 @@ def _asked_again(
         if draft.task_id is not None and row.task_id != draft.task_id:
             _refuse_foreign_task(session, contract.id, draft.task_id)
             row.task_id = draft.task_id
-        if draft.daemon_id is not None and row.daemon_id != draft.daemon_id:
+        if (
+            draft.daemon_id is not None
+            and row.daemon_id != draft.daemon_id
+            and (
+                row.task_id is None or daemon_of(session, contract.id, row.task_id) in (None, draft.daemon_id)
+            )
+        ):
             row.daemon_id = draft.daemon_id
     return question_view(row)
 

@@ -578,6 +578,11 @@ def test_a_restoration_for_a_new_daemon_sends_the_answers_to_open_questions_ther
     restored = api.restore_supervisor(cid, task, daemon_id="d-new")
     assert restored.questions_redirected == 2
     assert any("d-new" in notice and "answers" in notice for notice in restored.notices)
+    # The replaced daemon asking its question again does not pull the answer back.
+    repeated, _ = api.ask_question(
+        cid, "Which region?", "free_text", question_id=mine.id, task_id=task, daemon_id="d-old"
+    )
+    assert repeated.daemon_id == "d-new"
     person = person_of(api, make_caller)
     answered = person.answer_question(cid, mine.id, "eu-west")
     assert answered.question.daemon_id == "d-new" and _command_daemon(answered.command_id) == "d-new"
