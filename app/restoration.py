@@ -79,6 +79,7 @@ from app.supervisor_state import (
     find_state,
     newest_history,
     refuse_foreign_supervisor,
+    snapshot_fields,
     state_snapshot,
 )
 
@@ -484,17 +485,8 @@ def _restored_state(decision: RestorationDecision) -> RestoredState | None:
     if snap is None:
         return None
     return RestoredState(
-        incarnation=snap.incarnation,
-        state_version=snap.state_version,
-        state=snap.state.value,
-        phase=snap.phase,
-        current_activity=snap.current_activity,
-        progress=snap.progress,
+        **snapshot_fields(snap),
         error=snap.error,
-        spawned_task_ids=list(snap.spawned_task_ids),
-        waiting_on_task_ids=list(snap.waiting_on_task_ids),
-        history_length=snap.history_length,
-        saved_at=snap.saved_at,
         checkpoint_id=snap.checkpoint_id if decision.branch is Branch.CHECKPOINT else None,
     )
 

@@ -44,6 +44,7 @@ from app.domain.supervisor_state import (
     InvalidValue,
     SavePlan,
     SaveVerdict,
+    Snapshot,
     StateSave,
     StoredOrder,
     checkpoint_after,
@@ -205,6 +206,22 @@ def state_snapshot(row: SupervisorStateRow) -> dict[str, Any]:
     }
 
 
+def snapshot_fields(snap: Snapshot) -> dict[str, Any]:
+    """The fields a checkpoint view and a restored state share, from one snapshot."""
+    return {
+        "incarnation": snap.incarnation,
+        "state_version": snap.state_version,
+        "state": snap.state.value,
+        "phase": snap.phase,
+        "current_activity": snap.current_activity,
+        "progress": snap.progress,
+        "spawned_task_ids": list(snap.spawned_task_ids),
+        "waiting_on_task_ids": list(snap.waiting_on_task_ids),
+        "history_length": snap.history_length,
+        "saved_at": snap.saved_at,
+    }
+
+
 def checkpoint_view(raw: Any) -> CheckpointView | None:
     """The stored checkpoint, or None when there is none (or it no longer parses)."""
     if not isinstance(raw, Mapping):
@@ -216,16 +233,7 @@ def checkpoint_view(raw: Any) -> CheckpointView | None:
     return CheckpointView(
         id=snap.checkpoint_id or "",
         note=snap.checkpoint_note,
-        incarnation=snap.incarnation,
-        state_version=snap.state_version,
-        state=snap.state.value,
-        phase=snap.phase,
-        current_activity=snap.current_activity,
-        progress=snap.progress,
-        spawned_task_ids=list(snap.spawned_task_ids),
-        waiting_on_task_ids=list(snap.waiting_on_task_ids),
-        history_length=snap.history_length,
-        saved_at=snap.saved_at,
+        **snapshot_fields(snap),
         history_intact=raw.get("historyIntact", True) is True,
     )
 
