@@ -362,7 +362,8 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
 # The supervisors' fold, in the database (PostgreSQL). The worker sends the list, de-duplicated
 # by id, and one statement judges every heartbeat against its supervisor's row as it is now
 # (locked, in task order, so two workers never wait on each other in a circle):
-#   fenced   an older incarnation's, or an unnamed one of a supervisor declared dead;
+#   fenced   another incarnation's than the one in force (older, or never issued), or an
+#            unnamed one once an incarnation beyond the first was issued or it was declared dead;
 #   refused  its task id belongs to another contract;
 #   the winner per supervisor: the newest of the rest by (incarnation, timestamp), the first
 #   received among equals; it replaces the stored state only when newer than it; every
@@ -401,8 +402,8 @@ j AS MATERIALIZED (
     c.incarnation AS cinc,
     coalesce(c.sent_at, '-infinity'::timestamptz) AS csent,
     (c.task_id IS NULL OR c.contract_id <> b."contractId") AS refused,
-    coalesce(c.version > 0 AND CASE WHEN b.incarnation IS NULL THEN NOT c.alive
-                                    ELSE b.incarnation < c.incarnation END, false) AS fenced,
+    coalesce(c.version > 0 AND CASE WHEN b.incarnation IS NULL THEN NOT c.alive OR c.incarnation > 1
+                                    ELSE b.incarnation <> c.incarnation END, false) AS fenced,
     coalesce(b.incarnation, CASE WHEN c.version > 0 THEN c.incarnation ELSE 1 END) AS eff
   FROM b LEFT JOIN cur c ON c.task_id = b."taskId"
 ),

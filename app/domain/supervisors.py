@@ -9,10 +9,11 @@ the API module and the HTTP front alike:
 - **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
   incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
   its clock says. An older heartbeat never overwrites a newer state.
-- **Fencing**: a heartbeat of an older incarnation than the stored one is *fenced*: kept for
-  the record, but it changes nothing and proves nothing. A heartbeat with no incarnation
-  counts as the current one while the supervisor is alive; once it has been declared dead,
-  only a heartbeat naming the new incarnation (or a later one) brings it back.
+- **Fencing**: a heartbeat naming another incarnation than the one in force (an older one, or
+  one the server never issued) is *fenced*: kept for the record, but it changes nothing and
+  proves nothing. A heartbeat with no incarnation counts as the current one while the
+  supervisor is alive and still in its first incarnation; once the server issued another (a
+  restoration, a restart, a death), only a heartbeat naming it counts.
 - **Liveness** is judged by the server's receive time, never by the daemon's clock: a
   supervisor whose last accepted heartbeat was *received* more than the timeout ago is dead.
   Declaring it dead bumps its incarnation, so whatever its old incarnation still sends is
@@ -377,13 +378,19 @@ def effective_incarnation(hb: Heartbeat, current: SupervisorRecord | None) -> in
 
 
 def is_fenced(hb: Heartbeat, current: SupervisorRecord | None) -> bool:
-    """An older incarnation's heartbeat; or, for a supervisor declared dead, one that does not
-    name the new incarnation (it can only come from the incarnation that was declared dead)."""
+    """A heartbeat that does not speak for the incarnation in force.
+
+    Incarnations are issued by the server (a restoration, a restart, a death), so a heartbeat
+    naming another one is either an older incarnation's or one nobody issued; and once an
+    incarnation beyond the first was issued, an unnamed heartbeat may be the replaced daemon's,
+    so it must name it (as a state save must). Before that, an unnamed one counts as the
+    current incarnation while the supervisor is alive.
+    """
     if current is None:
         return False
     if hb.incarnation is None:
-        return not current.alive
-    return hb.incarnation < current.incarnation
+        return not current.alive or current.incarnation > 1
+    return hb.incarnation != current.incarnation
 
 
 def judge(

@@ -248,10 +248,16 @@ def test_after_a_crash_mid_conversation_everything_acknowledged_is_restored_and_
         )  # fmt: skip
     assert fenced.value.details["currentIncarnation"] == 2
     late = api.send_heartbeat(cid, task, "working", "plan", incarnation=1, daemon_id="d-crash")
+    # Nor can it take the supervisor back by leaving its incarnation out, or by naming one the
+    # server never issued.
+    unnamed = api.send_heartbeat(cid, task, "failed", "plan", daemon_id="d-crash")
+    invented = api.send_heartbeat(cid, task, "failed", "plan", incarnation=50, daemon_id="d-crash")
     api.flush()
-    wait_for(lambda: _heartbeat_fenced(late), what="the late heartbeat stored, fenced")
+    for hb in (late, unnamed, invented):
+        wait_for(lambda hb=hb: _heartbeat_fenced(hb), what="the replaced daemon's heartbeat stored, fenced")
     sup = supervisor_row(task)
     assert sup is not None and (sup.incarnation, sup.daemon_id) == (2, "d-after-crash")
+    assert sup.state != "failed"
     assert api.supervisor_history(cid, task).history_length == 2 * version  # nothing written since
 
 

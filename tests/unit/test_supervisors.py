@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -186,9 +187,27 @@ def test_an_older_heartbeat_never_overwrites_and_no_change_means_no_event() -> N
 
 
 def test_a_newer_incarnation_wins_whatever_its_clock_says() -> None:
-    current = {TASK: record(sent_at=T0 + timedelta(hours=1))}  # a clock that ran ahead
-    plan = plan_batch([beat(0, "idle", incarnation=2)], current, T0)
+    # The old daemon's clock ran ahead; the server issued incarnation 2 (a restoration or a
+    # restart clears the stored timestamp with the bump), and its first heartbeat wins.
+    ahead = record(sent_at=T0 + timedelta(hours=1))
+    issued = {TASK: replace(ahead, incarnation=2, sent_at=None)}
+    plan = plan_batch([beat(0, "idle", incarnation=2)], issued, T0)
     assert plan.outcomes == [Outcome.APPLIED] and plan.writes[TASK][1].incarnation == 2
+    assert plan_batch([beat(7200, "failed", incarnation=1)], {TASK: plan.writes[TASK][1]}, T0).outcomes == [
+        Outcome.FENCED
+    ]
+
+
+def test_an_incarnation_the_server_never_issued_is_fenced() -> None:
+    current = {TASK: record(incarnation=2)}
+    plan = plan_batch([beat(5, "failed", incarnation=50)], current, T0)
+    assert plan.outcomes == [Outcome.FENCED] and TASK not in plan.writes
+    assert [(f.sent_incarnation, f.current_incarnation) for f in plan.fenced] == [(50, 2)]
+
+
+def test_an_unnamed_heartbeat_counts_only_while_the_first_incarnation_is_in_force() -> None:
+    assert plan_batch([beat(5, "idle")], {TASK: record(incarnation=1)}, T0).outcomes == [Outcome.APPLIED]
+    assert plan_batch([beat(5, "idle")], {TASK: record(incarnation=2)}, T0).outcomes == [Outcome.FENCED]
 
 
 def test_fencing_an_older_incarnation_and_a_dead_supervisors_unnamed_heartbeat() -> None:
