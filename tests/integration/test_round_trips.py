@@ -27,7 +27,9 @@ from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed, VersionConflict
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
+from app.message_outcomes import _ACCEPT_CHECKED_SQL
 from app.models import utcnow
+from app.prepared import statement_name
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +195,10 @@ def test_a_report_is_accepted_in_one_statement_with_the_same_refusals(make_calle
     task = uuid.uuid4()
     with counted_statements() as statements:
         message_id = api.report_task_completed(cid, task, "write tests", success=True)
-    assert len(statements) == 1 and "message_outcomes" in statements[0], _short(statements)
+    # Its text on a connection's first use (PREPARE name AS ...), only its name once the
+    # connection has prepared it (an earlier test may have used this pooled connection).
+    accept = ("message_outcomes", statement_name(_ACCEPT_CHECKED_SQL))
+    assert len(statements) == 1 and any(s in statements[0] for s in accept), _short(statements)
     assert api.message_status(message_id).status == "pending" and len(sent) == 1
 
     # The same report again is the same receipt, sent again; the id for another report is refused.
