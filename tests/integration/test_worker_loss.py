@@ -5,6 +5,7 @@ Runs in its own module so no other worker consumes while the first one holds the
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def worker_is_waiting_on_the_lock() -> bool:
         )
 
 
+_RECEIVED = re.compile(r"Task [\w.]+\[([0-9a-f-]+)\] received")
+_FINISHED = re.compile(r"Task [\w.]+\[([0-9a-f-]+)\] (?:succeeded|raised|retry)")
+
+
+def settled(worker: WorkerProcess) -> bool:
+    """Every task the worker received has finished: no follow-up of the contract's start (an
+    `evaluate_progress`) is still on its way to the row the test is about to lock, where it
+    would block in place of the report the test means to block."""
+    log = worker.log()
+    return set(_RECEIVED.findall(log)) <= set(_FINISHED.findall(log))
+
+
 def test_a_worker_killed_mid_task_loses_no_message(tmp_path: Path, make_caller) -> None:
     """Hold the contract row locked so the task blocks inside its transaction, kill its worker
     with SIGKILL, and let a second worker pick the unacknowledged message up."""
@@ -44,6 +57,7 @@ def test_a_worker_killed_mid_task_loses_no_message(tmp_path: Path, make_caller) 
     second: WorkerProcess | None = None
     try:
         cid = new_contract(api)
+        wait_for(lambda: settled(first), what="the contract's follow-ups done")
         task = uuid.uuid4()
         engine = get_engine()
         blocker = engine.connect()
@@ -89,6 +103,7 @@ def test_a_message_that_keeps_killing_its_worker_is_parked_after_its_delivery_li
     second: WorkerProcess | None = None
     try:
         cid = new_contract(api)
+        wait_for(lambda: settled(first), what="the contract's follow-ups done")
         engine = get_engine()
         blocker = engine.connect()
         tx = blocker.begin()
