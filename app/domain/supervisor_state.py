@@ -60,6 +60,7 @@ from app.domain.supervisors import (
     MAX_INCARNATION,
     MAX_PHASE,
     SupervisorState,
+    parse_uuid,
 )
 
 # Bounds of one save (a request body is at most 1 MiB anyway; these keep each part honest).
@@ -155,14 +156,7 @@ def _int(raw: Any, name: str, low: int, high: int) -> int:
 
 
 def _uuid(raw: Any, name: str) -> uuid.UUID:
-    if isinstance(raw, uuid.UUID):
-        return raw
-    if not isinstance(raw, str):
-        raise InvalidValue(name, "must be a UUID string")
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidValue(name, f"'{raw[:60]}' is not a UUID") from None
+    return parse_uuid(raw, name, InvalidValue)
 
 
 def _uuid_list(raw: Any, name: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -141,15 +141,20 @@ def derive_heartbeat_id(task_id: uuid.UUID, timestamp: datetime) -> uuid.UUID:
     return uuid.uuid5(HEARTBEAT_ID_NAMESPACE, f"{task_id}/{timestamp.astimezone(UTC).isoformat()}")
 
 
-def _uuid(raw: Any, name: str) -> uuid.UUID:
+def parse_uuid(raw: Any, name: str, invalid: Callable[[str, str], Exception]) -> uuid.UUID:
+    """A UUID as sent (or already one); `invalid(field, problem)` is the caller's own error."""
     if isinstance(raw, uuid.UUID):
         return raw
     if not isinstance(raw, str):
-        raise InvalidHeartbeat(name, "must be a UUID string")
+        raise invalid(name, "must be a UUID string")
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise InvalidHeartbeat(name, f"'{raw[:60]}' is not a UUID") from None
+        raise invalid(name, f"'{raw[:60]}' is not a UUID") from None
+
+
+def _uuid(raw: Any, name: str) -> uuid.UUID:
+    return parse_uuid(raw, name, InvalidHeartbeat)
 
 
 def _text(raw: Any, name: str, limit: int, *, empty: bool) -> str:
@@ -643,5 +648,6 @@ __all__ = [
     "judge",
     "outcome_counts",
     "parse_heartbeat",
+    "parse_uuid",
     "plan_batch",
 ]
