@@ -48,7 +48,7 @@ from app.supervisor_state import StoredStateSummary, find_state, stored_summary
 from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"
-RESTART_COMMAND: Final = "restart_supervisor"  # as app.restoration queues it
+RESTART_COMMAND: Final = "restart_supervisor"  # as app.supervisor_restart queues it
 DEAD_SWEEP_BATCH: Final = 500
 MAX_DAEMON_SUPERVISORS: Final = 100
 DAEMONS_PAGE: Final = 100

@@ -41,8 +41,9 @@ from app.domain.supervisors import (
 from app.http.bodies import SafeStr, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
-from app.restoration import MAX_HISTORY_LIMIT, MAX_REASON, RestartRequested, Restoration
+from app.restoration import MAX_HISTORY_LIMIT, Restoration
 from app.schemas import ErrorCode
+from app.supervisor_restart import MAX_REASON, RestartRequested
 from app.supervisor_state import MAX_HISTORY_PAGE, HistoryPage, StateSaved, SupervisorStateView
 
 E = ErrorCode

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from app.domain.supervisor_state import (
+from app.domain.restoration import (
     CONTEXT_LIMIT,
     Branch,
     ContextFacts,
@@ -18,9 +18,13 @@ from app.domain.supervisor_state import (
     OpenQuestion,
     ReceivedAnswer,
     WaitedTask,
+    claim_notices,
+    claimed_history_length,
     decide_restoration,
     next_step,
+    restart_notice,
     restoration_context,
+    waited_task_ids,
 )
 
 T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
@@ -223,3 +227,33 @@ def test_the_context_is_bounded_however_much_there_is_to_say() -> None:
         waiting=tuple(WaitedTask(str(uuid.uuid4()), "t" * 500, "running", True) for _ in range(1000)),
     )
     assert len(restoration_context(huge).encode("utf-8")) <= CONTEXT_LIMIT
+
+
+def test_the_history_a_stored_state_claims_counts_only_a_positive_whole_number() -> None:
+    assert claimed_history_length(state(historyLength=6)) == 6
+    for claimed in (0, -3, True, "6", 6.0, None):
+        assert claimed_history_length(state(historyLength=claimed)) == 0, claimed
+    assert claimed_history_length(None) == 0
+    assert claimed_history_length(["historyLength"]) == 0
+
+
+def test_the_tasks_a_stored_state_waits_on_are_read_as_text_whatever_they_are() -> None:
+    assert waited_task_ids(state(waitingOnTaskIds=[TASK_A, 7])) == [TASK_A, "7"]
+    assert waited_task_ids(state(waitingOnTaskIds="not a list")) == []
+    assert waited_task_ids(None) == []
+
+
+def test_a_claiming_daemon_is_told_its_incarnation_and_where_answers_go() -> None:
+    first, *rest = claim_notices(3, "d-new", 2, questions_pending=True)
+    assert "incarnation 3" in first and "SUPERVISOR_FENCED" in first
+    assert rest == ["The answers to 2 pending question(s) will come to daemon d-new."]
+    # Named, with nothing re-pointed: only the incarnation.
+    assert len(claim_notices(3, "d-new", 0, questions_pending=True)) == 1
+    # Unnamed, with questions pending: asked to name itself next time.
+    assert "daemonId" in claim_notices(3, None, 0, questions_pending=True)[1]
+    assert len(claim_notices(3, None, 0, questions_pending=False)) == 1
+
+
+def test_a_restarted_supervisor_is_told_the_incarnation_to_send() -> None:
+    notice = restart_notice(4)
+    assert "incarnation 4" in notice and "SUPERVISOR_FENCED" in notice
