@@ -332,9 +332,9 @@ def set_status(
     record_event(session, contract.id, EventType.STATUS_CHANGED, payload, now)
     if (target in Status.terminal() and previous not in Status.terminal()) or target is Status.ACTIVE:
         # A closed contract's open questions are cancelled with it; one that becomes active
-        # while questions are open waits for them (imported here: app.questions builds on this
-        # module).
-        from app.questions import questions_after_status_change
+        # while questions are open waits for them (imported here: app.question_waits builds on
+        # this module).
+        from app.question_waits import questions_after_status_change
 
         questions_after_status_change(session, contract, previous, now)
     return previous

@@ -1,4 +1,4 @@
-"""Questions a supervisor asks a person: asked, read, answered once, withdrawn, closed with the contract.
+"""Questions a supervisor asks a person: asked, answered once, withdrawn.
 
 Each write is one short transaction under the contract's row lock (`app.contract_rows`), so
 a contract's questions, its status and its events move together and in order:
@@ -15,14 +15,12 @@ a contract's questions, its status and its events move together and in order:
   The same answer again is the same answer; another one is QUESTION_CLOSED.
 - **withdraw** (the asking side: `supervisor` or `admin`): `cancelled`, a `question_cancelled`
   event, and the same last-question rule.
-- **close**: when a contract closes (`completed`, `failed`, `archived`), `set_status` cancels
-  its open questions in that transaction (`cancel_open_questions`), each with its event, so no
-  question of a closed contract stays open.
-- **activate**: a question asked while the contract was `created`, `paused` (the input
-  timeout's pause included) or otherwise not running keeps that status; when the contract
-  then becomes `active` with a question still open, `set_status` sends it on to
-  `waiting_for_input` (`waiting_for = 'question'`) in that transaction
-  (`questions_after_status_change`), so the question is surfaced and never lost.
+
+How the contract's status follows its questions (resumed after the last, questions cancelled
+when it closes, the wait entered when it becomes `active` with questions open) is
+`app.question_waits`; reading them (one, a page, the open ones) is `app.question_reads`,
+whose `list_questions`, `get_question` and `QuestionList` are importable from here too, as
+`app.api` calls them through this module.
 """
 
 from __future__ import annotations
@@ -32,18 +30,17 @@ from datetime import datetime
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.contract_rows import get_contract, lock_contract, refuse_if_closed, set_status, touch
+from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
 from app.daemon_commands import daemon_of, queue_command
 from app.db import UnitOfWork, dialect_insert
 from app.domain.errors import (
     Forbidden,
     QuestionClosed,
     QuestionIdReused,
-    QuestionNotFound,
     ValidationFailed,
 )
 from app.domain.lifecycle import Status, WaitingFor
@@ -55,7 +52,6 @@ from app.domain.questions import (
     QuestionType,
     parse_answer,
     parse_question,
-    resumes_after,
     same_answer,
     status_after_asking,
 )
@@ -63,45 +59,21 @@ from app.domain.records import EventType
 from app.events import record_event
 from app.foreign_tasks import foreign_task
 from app.models import Contract, ContractTask, DaemonCommand, SupervisorQuestion
-from app.queues import TaskName
-from app.schemas import Schema, Timestamp
+from app.question_reads import (
+    QuestionList,
+    QuestionView,
+    find_question,
+    get_question,
+    list_questions,
+    question_view,
+)
+from app.question_waits import resume_if_last
+from app.schemas import Schema
 
 ANSWER_COMMAND: Final = "answer_question"
-MAX_PAGE: Final = 500
 
 
 # --- answers ------------------------------------------------------------------------------------
-
-
-class QuestionView(Schema):
-    """A question as every caller reads it (and as the restoration context carries it)."""
-
-    id: uuid.UUID
-    contract_id: uuid.UUID
-    task_id: uuid.UUID | None = Field(description="The asking supervisor's task, when it said.")
-    question: str
-    type: QuestionType
-    options: list[str] = Field(description="The choices of a single_choice or multiple_choice question.")
-    context: str | None
-    status: QuestionStatus
-    asked_by: str = Field(description="The principal id that asked.")
-    asked_at: Timestamp
-    answer: str | list[str] | bool | None = Field(
-        description="free_text, single_choice: a string; multiple_choice: a list, in the options' "
-        "order; confirmation: a boolean; null until answered."
-    )
-    answered_by: str | None = Field(description="The principal id of the person who answered.")
-    answered_at: Timestamp | None
-    daemon_id: str | None = Field(description="The daemon the answer is sent to, when the asker named it.")
-
-
-class QuestionList(Schema):
-    """A contract's questions, oldest first."""
-
-    questions: list[QuestionView]
-    next_after: uuid.UUID | None = Field(
-        description="Pass as `after` for the questions after this page; null on the last page."
-    )
 
 
 class QuestionOutcome(Schema):
@@ -113,25 +85,6 @@ class QuestionOutcome(Schema):
     command_id: int | None = Field(
         description="The `answer_question` command that carries the answer to the daemon (null for "
         "a withdrawal)."
-    )
-
-
-def question_view(row: SupervisorQuestion) -> QuestionView:
-    return QuestionView(
-        id=row.id,
-        contract_id=row.contract_id,
-        task_id=row.task_id,
-        question=row.question,
-        type=QuestionType(row.question_type),
-        options=list(row.options),
-        context=row.context,
-        status=QuestionStatus(row.status),
-        asked_by=row.asked_by,
-        asked_at=row.asked_at,
-        answer=row.answer,
-        answered_by=row.answered_by,
-        answered_at=row.answered_at,
-        daemon_id=row.daemon_id,
     )
 
 
@@ -150,14 +103,6 @@ def _outcome(row: SupervisorQuestion, contract: Contract, command_id: int | None
 def _require_role(caller: Caller, roles: tuple[str, ...], action: str) -> None:
     if caller.role.value not in roles:
         raise Forbidden(action, caller.role.value, list(roles))
-
-
-def _question(session: Session, contract_id: uuid.UUID, question_id: uuid.UUID) -> SupervisorQuestion:
-    """The contract's question; another contract's is QUESTION_NOT_FOUND, like a missing one."""
-    row = session.get(SupervisorQuestion, question_id, populate_existing=True)
-    if row is None or row.contract_id != contract_id:
-        raise QuestionNotFound(contract_id, question_id)
-    return row
 
 
 def _closed(row: SupervisorQuestion) -> QuestionClosed:
@@ -181,28 +126,6 @@ def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid
             owner,
             f"Task {task_id} belongs to another contract; taskId names the supervisor asking on this one.",
         )
-
-
-def _resume_if_last(
-    uow: UnitOfWork, contract: Contract, closed_id: uuid.UUID, now: datetime, reason: str
-) -> None:
-    """The contract back to `active` when `closed_id` was the last open question it waited on."""
-    status = Status(contract.status)
-    if not resumes_after(status, contract.waiting_for, 0):
-        return
-    still_open = uow.session.scalar(
-        select(func.count())
-        .select_from(SupervisorQuestion)
-        .where(
-            SupervisorQuestion.contract_id == contract.id,
-            SupervisorQuestion.status == QuestionStatus.OPEN.value,
-            SupervisorQuestion.id != closed_id,
-        )
-    )
-    if resumes_after(status, contract.waiting_for, still_open or 0):
-        set_status(uow.session, contract, Status.ACTIVE, now, reason=reason)
-        # Work resumes: the gate may have been met while the contract waited.
-        uow.dispatch_after_commit(TaskName.EVALUATE_PROGRESS, {"contractId": str(contract.id)})
 
 
 def _daemon_for(session: Session, row: SupervisorQuestion) -> str | None:
@@ -360,7 +283,7 @@ def answer_question(
     session = uow.session
     contract = lock_contract(session, caller, contract_id)
     _require_role(caller, ANSWERING_ROLES, "answer a question (a person decides)")
-    row = _question(session, contract.id, question_id)
+    row = find_question(session, contract.id, question_id)
     kind = QuestionType(row.question_type)
     if row.status == QuestionStatus.ANSWERED.value:
         try:
@@ -406,7 +329,7 @@ def answer_question(
         now,
     )
     touch(contract, now)
-    _resume_if_last(uow, contract, row.id, now, reason="question answered")
+    resume_if_last(uow, contract, row.id, now, reason="question answered")
     return _outcome(row, contract, command.id)
 
 
@@ -428,7 +351,7 @@ def cancel_question(
     session = uow.session
     contract = lock_contract(session, caller, contract_id)
     _require_role(caller, ASKING_ROLES, "withdraw a question")
-    row = _question(session, contract.id, question_id)
+    row = find_question(session, contract.id, question_id)
     if row.status == QuestionStatus.CANCELLED.value:
         return _outcome(row, contract, None)
     if row.status != QuestionStatus.OPEN.value:
@@ -447,143 +370,8 @@ def cancel_question(
         now,
     )
     touch(contract, now)
-    _resume_if_last(uow, contract, row.id, now, reason="question withdrawn")
+    resume_if_last(uow, contract, row.id, now, reason="question withdrawn")
     return _outcome(row, contract, None)
-
-
-def questions_after_status_change(
-    session: Session, contract: Contract, previous: Status, now: datetime
-) -> None:
-    """What a status change does to the contract's open questions; `set_status` calls it in the
-    transaction of the change, under the contract's row lock, when the contract closes or
-    becomes `active`.
-
-    - Closing (`completed`, `failed`, `archived`): its open questions are cancelled
-      (`cancel_open_questions`).
-    - Becoming `active` (the supervisor started a `created` contract, a person resumed a
-      `paused` one, ...) while a question is open: a question asked while the contract was not
-      running kept its status, so nobody was asked to answer; the contract goes on to
-      `waiting_for_input` (`waiting_for = 'question'`) at once, recorded as the second status
-      change it is, and shows in the dashboard's `waitingForInput` until the last is answered.
-    """
-    status = Status(contract.status)
-    if status in Status.terminal() and previous not in Status.terminal():
-        cancel_open_questions(session, contract, now)
-    elif status is Status.ACTIVE and _has_open_questions(session, contract.id):
-        set_status(session, contract, Status.WAITING_FOR_INPUT, now, waiting_for=WaitingFor.QUESTION.value)
-
-
-def _has_open_questions(session: Session, contract_id: uuid.UUID) -> bool:
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    SupervisorQuestion.contract_id == contract_id,
-                    SupervisorQuestion.status == QuestionStatus.OPEN.value,
-                )
-            )
-        )
-    )
-
-
-def cancel_open_questions(session: Session, contract: Contract, now: datetime) -> int:
-    """Cancel a closing contract's open questions, one `question_cancelled` event each.
-
-    Called by `set_status` in the transaction that closes the contract, under its row lock.
-    """
-    reason = f"the contract is {contract.status}"
-    cancelled = session.execute(
-        update(SupervisorQuestion)
-        .where(
-            SupervisorQuestion.contract_id == contract.id,
-            SupervisorQuestion.status == QuestionStatus.OPEN.value,
-        )
-        .values(status=QuestionStatus.CANCELLED.value)
-        .returning(SupervisorQuestion.id, SupervisorQuestion.task_id),
-        execution_options={"synchronize_session": False},
-    ).all()
-    for question_id, task_id in sorted(cancelled, key=lambda r: str(r[0])):
-        record_event(
-            session,
-            contract.id,
-            EventType.QUESTION_CANCELLED,
-            {
-                "questionId": str(question_id),
-                "taskId": str(task_id) if task_id else None,
-                "reason": reason,
-                "cancelledBy": None,
-            },
-            now,
-        )
-    return len(cancelled)
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-
-def open_questions(session: Session, contract_id: uuid.UUID) -> list[SupervisorQuestion]:
-    """A contract's open questions, oldest first (what a restarted supervisor still waits on)."""
-    return list(
-        session.scalars(
-            select(SupervisorQuestion)
-            .where(
-                SupervisorQuestion.contract_id == contract_id,
-                SupervisorQuestion.status == QuestionStatus.OPEN.value,
-            )
-            .order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id)
-        )
-    )
-
-
-def list_questions(
-    session: Session,
-    caller: Caller,
-    contract_id: uuid.UUID,
-    *,
-    open_: bool | None = None,
-    after: uuid.UUID | None = None,
-    limit: int = 100,
-) -> QuestionList:
-    """A contract's questions, oldest first: all, only open (`open_=True`) or only closed (False).
-
-    `after` is the last question id of the previous page.
-    """
-    contract = get_contract(session, caller, contract_id)
-    limit = max(1, min(limit, MAX_PAGE))
-    query = select(SupervisorQuestion).where(SupervisorQuestion.contract_id == contract.id)
-    if open_ is True:
-        query = query.where(SupervisorQuestion.status == QuestionStatus.OPEN.value)
-    elif open_ is False:
-        query = query.where(SupervisorQuestion.status != QuestionStatus.OPEN.value)
-    if after is not None:
-        anchor = session.get(SupervisorQuestion, after)
-        if anchor is None or anchor.contract_id != contract.id:
-            raise ValidationFailed(
-                f"'after' must be the id of one of this contract's questions (the previous page's "
-                f"nextAfter); {after} is not.",
-                details={"field": "after", "after": str(after)},
-            )
-        query = query.where(
-            or_(
-                SupervisorQuestion.asked_at > anchor.asked_at,
-                and_(SupervisorQuestion.asked_at == anchor.asked_at, SupervisorQuestion.id > anchor.id),
-            )
-        )
-    rows = list(
-        session.scalars(query.order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id).limit(limit + 1))
-    )
-    page = rows[:limit]
-    return QuestionList(
-        questions=[question_view(r) for r in page],
-        next_after=page[-1].id if len(rows) > limit else None,
-    )
-
-
-def get_question(
-    session: Session, caller: Caller, contract_id: uuid.UUID, question_id: uuid.UUID
-) -> QuestionView:
-    contract = get_contract(session, caller, contract_id)
-    return question_view(_question(session, contract.id, question_id))
 
 
 __all__ = [
@@ -593,11 +381,7 @@ __all__ = [
     "QuestionView",
     "answer_question",
     "ask_question",
-    "cancel_open_questions",
     "cancel_question",
     "get_question",
     "list_questions",
-    "open_questions",
-    "question_view",
-    "questions_after_status_change",
 ]

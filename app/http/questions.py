@@ -3,7 +3,8 @@
 The asking side (`supervisor`, `admin`) asks and withdraws; a person (`user`, `admin`) answers,
 never a supervisor: a question exists so that a person decides. Anyone who sees the contract
 reads its questions. Another owner's contract answers 404 CONTRACT_NOT_FOUND before any role
-is judged, exactly like a missing one. The rules live in `app.questions`.
+is judged, exactly like a missing one. The rules live in `app.questions` (reads in
+`app.question_reads`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from app.domain.questions import (
 from app.http.bodies import SafeStr, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
-from app.questions import MAX_PAGE, QuestionList, QuestionOutcome, QuestionView
+from app.question_reads import MAX_PAGE, QuestionList, QuestionView
+from app.questions import QuestionOutcome
 from app.schemas import ErrorCode
 
 E = ErrorCode
