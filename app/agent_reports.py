@@ -14,19 +14,31 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Connection, Engine, Table, bindparam, select
 from sqlalchemy.orm import Session
 
-from app.auth import Caller
+from app.auth import Caller, cached_principal
+from app.broker import Sender
 from app.completion_flow import advance_if_ready
-from app.contract_rows import lock_contract, refuse_if_closed, set_status, touch
-from app.db import UnitOfWork, dialect_insert_for
-from app.domain.completion import Decision
+from app.config import Settings, get_settings
+from app.contract_rows import (
+    CONTRACT_COLUMNS,
+    contract_row_from_driver,
+    lock_contract,
+    refuse_if_closed,
+    set_status,
+    touch,
+)
+from app.db import UnitOfWork, after_commit, dialect_insert_for, driver_autocommit, get_engine, roll_back
+from app.domain.completion import Decision, GateFacts, Step, TaskSummary, decide_after_progress
 from app.domain.lifecycle import Status
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
 from app.foreign_tasks import foreign_task
+from app.gate import phase_config_of, switches_for
 from app.models import Contract, ContractTask, ProcessedMessage
+from app.pending_writes import PendingWrites, event_row, write_held
+from app.prepared import execute_sql
 from app.queues import TaskName
 
 # Core statements on the tables (not the ORM entities), executed with parameters: the ORM
@@ -209,4 +221,152 @@ def _record_task_result(
     return False
 
 
-__all__ = ["claim_message", "first_delivery", "record_task_completed", "record_task_started"]
+# -- the task-completed report's Core path ------------------------------------------------------
+#
+# Most task-completed reports are the plain case: a first delivery on an open contract, the
+# task recorded, its event written, and the gate not yet met. That case is the workers' hot
+# path, so it runs without the ORM in two round trips on PostgreSQL: `BEGIN` with the row lock
+# and, once the lock is held, one statement that claims the message id, upserts the task and
+# reads the row with its phase's gate facts; then the write with its `COMMIT`. Anything else (a
+# repeat delivery, a closed contract, a task of another contract or already done, a caller who
+# may not see the contract, a gate that now moves the contract) is rolled back and made by
+# `record_task_completed` in a unit of work, which decides it with every rule.
+
+_LOCK_ROW_SQL = "SELECT 1 FROM contracts WHERE id = %(cid)s::uuid FOR NO KEY UPDATE"
+_CORE_COLUMNS = ", ".join(f"c.{col.name}" for col in Contract.__table__.c)
+_CLAIM_TASK_AND_FACTS_SQL = (
+    f"WITH c AS (SELECT {_CORE_COLUMNS} FROM contracts c WHERE c.id = %(cid)s::uuid), "
+    "claim AS (INSERT INTO processed_messages (contract_id, message_id, kind, processed_at) "
+    " SELECT c.id, %(mid)s::varchar, 'task_completed', %(now)s::timestamptz FROM c "
+    " ON CONFLICT DO NOTHING RETURNING 1), "
+    "up AS (INSERT INTO contract_tasks (id, contract_id, name, status, is_supervisor, phase, created_at, "
+    " updated_at, completed_at) SELECT %(tid)s::uuid, c.id, %(name)s::varchar, %(status)s::varchar, false, "
+    " c.phase, %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz FROM c "
+    " WHERE EXISTS (SELECT 1 FROM claim) "
+    " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, "
+    " completed_at = EXCLUDED.completed_at "
+    " WHERE contract_tasks.status <> 'done' AND contract_tasks.contract_id = EXCLUDED.contract_id "
+    " RETURNING name, status, is_supervisor, phase) "
+    f"SELECT {_CORE_COLUMNS}, EXISTS (SELECT 1 FROM claim) AS fresh, "
+    "(SELECT json_build_array(up.name, up.status, up.is_supervisor, up.phase) FROM up) AS upserted, "
+    "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "
+    " WHERE d.contract_id = c.id AND d.phase = c.phase) AS facts_done, "
+    "(SELECT coalesce(json_agg(json_build_array(t.name, t.status, t.is_supervisor)), '[]'::json) "
+    " FROM contract_tasks t WHERE t.contract_id = c.id AND t.phase = c.phase AND t.id <> %(tid)s::uuid) "
+    " AS facts_tasks, "
+    "nextval('contract_events_id_seq') AS next_event_id FROM c"
+)
+
+
+def task_completed_now(
+    principal_id: uuid.UUID,
+    contract_id: uuid.UUID,
+    *,
+    task_id: uuid.UUID,
+    task_name: str,
+    success: bool,
+    message_id: str,
+    now: datetime,
+    sender: Sender | None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+) -> bool:
+    """Apply the plain case of a task-completed report; False, with nothing changed, otherwise.
+
+    The same effect as `record_task_completed` with the sender's receipt marked applied, and
+    the same guarantees: the row lock, the message id claimed with the effect, the gate judged
+    on facts read under the lock, the event and the receipt in the same transaction, the live
+    readers woken only after COMMIT. False means the caller makes the report in a unit of work
+    (SQLite, a principal not in the cache, or any case but the plain one).
+    """
+    bind = engine or get_engine()
+    caller = cached_principal(principal_id)
+    if bind.dialect.name != "postgresql" or caller is None:
+        return False
+    settings = settings or get_settings()
+    status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
+    params = {
+        "cid": str(contract_id),
+        "mid": message_id,
+        "now": now,
+        "tid": str(task_id),
+        "name": task_name,
+        "status": status,
+    }
+    with driver_autocommit(bind) as connection:
+        try:
+            written = _task_completed_on(connection, caller, params, settings)
+            if written is None:
+                roll_back(connection)
+                return False
+            written.applied.append(
+                {
+                    "principal_id": principal_id,
+                    "message_id": message_id,
+                    "contract_id": contract_id,
+                    "task": TaskName.TASK_COMPLETED.value,
+                }
+            )
+            changes = [(contract_id, {"last_activity_at": now, "updated_at": now})]
+            write_held(
+                connection, written, changes, prepare=settings.database_prepared_statements, commit=True
+            )
+        except BaseException:
+            roll_back(connection)
+            raise
+    after_commit(bind, written, [], sender)
+    return True
+
+
+def _task_completed_on(
+    connection: Connection, caller: Caller, params: dict[str, Any], settings: Settings
+) -> PendingWrites | None:
+    """The first round trip and the judgement: the writes to make, or None for the general path."""
+    row = execute_sql(
+        connection,
+        [_LOCK_ROW_SQL, _CLAIM_TASK_AND_FACTS_SQL],
+        params,
+        prepare=settings.database_prepared_statements,
+        before="BEGIN",
+    ).one_or_none()
+    if row is None:
+        return None
+    contract = contract_row_from_driver(row)
+    fresh, upserted, done, tasks, event_id = row[CONTRACT_COLUMNS:]
+    if not (fresh and upserted and caller.may_access(contract.owner_id)):
+        return None
+    if Status(contract.status) in Status.terminal():
+        return None
+    summaries = [TaskSummary(name, status, bool(sup)) for name, status, sup in tasks]
+    name, status, is_supervisor, phase = upserted
+    if phase == contract.phase:
+        summaries.append(TaskSummary(name, status, bool(is_supervisor)))
+    facts = GateFacts(contract.phase, frozenset(done), tuple(summaries))
+    decision = decide_after_progress(
+        phase_config_of(contract),
+        Status(contract.status),
+        contract.phase_guard,
+        facts,
+        switches_for(contract, settings),
+    )
+    if decision.step is not Step.WAIT:
+        return None
+    payload = {
+        "contractId": str(contract.id),
+        "taskId": params["tid"],
+        "taskName": name,
+        "success": params["status"] == TaskStatus.DONE.value,
+    }
+    written = PendingWrites()
+    event = event_row(contract.id, EventType.TASK_COMPLETED.value, payload, params["now"])
+    written.events.append({"id": int(event_id), **event})
+    return written
+
+
+__all__ = [
+    "claim_message",
+    "first_delivery",
+    "record_task_completed",
+    "record_task_started",
+    "task_completed_now",
+]

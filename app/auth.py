@@ -424,6 +424,17 @@ def check_principal(session: Session, principal_id: uuid.UUID) -> Caller:
     return standing.caller
 
 
+def cached_principal(principal_id: uuid.UUID) -> Caller | None:
+    """`check_principal` answered from its cache alone, or None when it would need the database
+    or would refuse (a path without a session then takes the one that has one, which decides)."""
+    cached, standing = _by_id.get(principal_id)
+    if not cached or standing is None or not standing.has_live_token:
+        return None
+    if standing.live_until is not None and utcnow() >= standing.live_until:
+        return None
+    return standing.caller
+
+
 def _lookup_principal(session: Session, principal_id: uuid.UUID) -> _PrincipalStanding | None:
     now = utcnow()
     live_token = and_(
@@ -474,6 +485,7 @@ __all__ = [
     "TokenInfo",
     "Unauthenticated",
     "authenticate",
+    "cached_principal",
     "check_principal",
     "check_principal_fields",
     "create_token",

@@ -213,6 +213,20 @@ def _row_values(row: Row[Any]) -> ContractRow:
     return ContractRow(*row[: len(_CONTRACT_FIELDS)])
 
 
+def contract_row_from_driver(row: Row[Any]) -> ContractRow:
+    """The contract's columns at the front of a row the driver returned as it is
+    (`exec_driver_sql`), with datetimes as `UTCDateTime` reads them: aware, in UTC."""
+    contract = _row_values(row)
+    for name in _DATETIME_FIELDS:
+        value = getattr(contract, name)
+        if value is not None:
+            setattr(contract, name, value.astimezone(UTC))
+    return contract
+
+
+CONTRACT_COLUMNS = len(_CONTRACT_FIELDS)
+
+
 def lock_row_with_facts(
     connection: Connection, caller: Caller | None, contract_id: uuid.UUID, *, prepare: bool = True
 ) -> tuple[ContractRow, GateFacts, tuple[int, int] | None]:
@@ -234,11 +248,7 @@ def lock_row_with_facts(
             known.update((_LOCK_NAME, _FACTS_IDS_NAME))
         if result is None:
             raise ContractNotFound(contract_id)
-        contract = _row_values(result)
-        for name in _DATETIME_FIELDS:  # as `UTCDateTime` reads them: aware, in UTC
-            value = getattr(contract, name)
-            if value is not None:
-                setattr(contract, name, value.astimezone(UTC))
+        contract = contract_row_from_driver(result)
         done, tasks, event_id, outbox_id = result[len(_CONTRACT_FIELDS) :]
         summaries = tuple(TaskSummary(name, status, bool(sup)) for name, status, sup in tasks)
         facts = GateFacts(contract.phase, frozenset(done), summaries)
@@ -380,8 +390,10 @@ def apply_phase(
 
 
 __all__ = [
+    "CONTRACT_COLUMNS",
     "ContractRow",
     "apply_phase",
+    "contract_row_from_driver",
     "get_contract",
     "lock_contract",
     "lock_contract_with_facts",

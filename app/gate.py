@@ -137,7 +137,14 @@ def readiness(session: Session, contract: Contract) -> ReadinessResult:
     return check_phase_readiness(phase_config_of(contract), load_gate_facts(session, contract))
 
 
-def switches_for(contract: Contract, settings: Settings) -> AutomationSwitches:
+class AutomatedContract(Protocol):
+    """What the automation switches read of a contract: an ORM row or a plain `ContractRow`."""
+
+    @property
+    def auto_complete_enabled(self) -> bool: ...
+
+
+def switches_for(contract: AutomatedContract, settings: Settings) -> AutomationSwitches:
     """The three switches automation obeys: the feature flag, the server, the contract."""
     return AutomationSwitches(
         auto_complete_feature=settings.feature_flags.auto_complete,
@@ -148,6 +155,7 @@ def switches_for(contract: Contract, settings: Settings) -> AutomationSwitches:
 
 __all__ = [
     "PHASE_CONFIG_CACHE_SIZE",
+    "AutomatedContract",
     "ConfiguredContract",
     "cached_phase_configs",
     "gate_facts",

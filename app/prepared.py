@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -41,26 +41,43 @@ def statement_name(sql: str) -> str:
 
 
 def execute_sql(
-    connection: Connection, sql: str, params: Mapping[str, Any], *, prepare: bool = True, then: str = ""
+    connection: Connection,
+    sql: str | Sequence[str],
+    params: Mapping[str, Any],
+    *,
+    prepare: bool = True,
+    before: str = "",
+    then: str = "",
 ) -> CursorResult[Any]:
     """Run `sql` (psycopg2 `%(name)s` style): prepared on PostgreSQL when `prepare`, else as text.
 
-    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip. `then` is
-    a statement without parameters sent after it in the same round trip (`COMMIT`); the
-    result is then that statement's, not `sql`'s.
+    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip. Several
+    statements (a sequence, sharing `params`) go in that one round trip too, each its own
+    snapshot under READ COMMITTED, run in order: a row lock and then a read that must see
+    everything committed before the lock was granted. `before` and `then` are statements
+    without parameters sent first and last (`BEGIN`, `COMMIT`); the result is always the last
+    statement's.
     """
-    tail = f"; {then}" if then else ""
+    statements = [sql] if isinstance(sql, str) else list(sql)
+    parts = [before] if before else []
+    names: list[str] = []
     if not prepare or connection.dialect.name != "postgresql":
-        return connection.exec_driver_sql(sql + tail, dict(params))
-    body, order = _prepared_form(sql)
-    name = statement_name(sql)
-    args = ", ".join(f"%({n})s" for n in order)
-    run = f"EXECUTE {name}({args})" if order else f"EXECUTE {name}"
-    known: set[str] = connection.info.setdefault(_INFO_KEY, set())
-    if name not in known:
-        run = f"PREPARE {name} AS {body.replace('%', '%%')}; {run}"
-    result = connection.exec_driver_sql(run + tail, dict(params))
-    known.add(name)
+        parts.extend(statements)
+    else:
+        known: set[str] = connection.info.setdefault(_INFO_KEY, set())
+        for one in statements:
+            body, order = _prepared_form(one)
+            name = statement_name(one)
+            args = ", ".join(f"%({n})s" for n in order)
+            if name not in known and name not in names:
+                parts.append(f"PREPARE {name} AS {body.replace('%', '%%')}")
+            parts.append(f"EXECUTE {name}({args})" if order else f"EXECUTE {name}")
+            names.append(name)
+    if then:
+        parts.append(then)
+    result = connection.exec_driver_sql("; ".join(parts), dict(params))
+    if names:
+        connection.info[_INFO_KEY].update(names)
     return result
 
 

@@ -58,6 +58,18 @@ def task_started(message: Any) -> None:
 @celery_app.task(name=TaskName.TASK_COMPLETED, base=AccountableTask)
 def task_completed(message: Any) -> None:
     msg = decode(TaskCompleted, message)
+    now = utcnow()
+    if agent_reports.task_completed_now(
+        msg.principal_id,
+        msg.contract_id,
+        task_id=msg.task_id,
+        task_name=msg.task_name,
+        success=msg.success,
+        message_id=msg.message_id,
+        now=now,
+        sender=send_task,
+    ):
+        return  # the plain case, on its Core path; every other case below
     with hot_unit_of_work(send_task) as uow:
         _applied_at_commit(uow, TaskName.TASK_COMPLETED, msg)
         agent_reports.record_task_completed(
@@ -68,7 +80,7 @@ def task_completed(message: Any) -> None:
             task_name=msg.task_name,
             success=msg.success,
             message_id=msg.message_id,
-            now=utcnow(),
+            now=now,
         )
 
 

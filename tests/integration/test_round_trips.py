@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 PHASE_CHANGE_BUDGET = 6
 PHASE_CHANGE_ON_ITS_OWN = 2
 TASK_COMPLETED_BUDGET = 8
+TASK_COMPLETED_PLAIN = 2
 
 
 def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
@@ -230,26 +231,78 @@ def test_a_report_is_accepted_in_one_statement_with_the_same_refusals(make_calle
     assert len(sent) == 2  # nothing refused was sent
 
 
-def test_a_task_completed_message_costs_at_most_eight_statements(make_caller) -> None:
+def _report(caller: Any, cid: uuid.UUID, **fields: Any) -> dict[str, Any]:
+    return {
+        "messageId": str(uuid.uuid4()),
+        "principalId": str(caller.principal_id),
+        "contractId": str(cid),
+        "taskId": str(uuid.uuid4()),
+        "taskName": "write tests",
+        "success": True,
+        **fields,
+    }
+
+
+def test_a_plain_task_completed_message_is_two_round_trips_begin_and_commit_included(make_caller) -> None:
+    """The common case (a first delivery, an open contract, the gate not met) on its Core path."""
     from workers.contracts import task_completed
 
     _, caller = make_caller(role="supervisor")
     cid = _active_contract(caller)
-
-    def message() -> dict[str, Any]:
-        return {
-            "messageId": str(uuid.uuid4()),
-            "principalId": str(caller.principal_id),
-            "contractId": str(cid),
-            "taskId": str(uuid.uuid4()),
-            "taskName": "write tests",
-            "success": True,
-        }
-
-    task_completed.run(message())  # warms the principal cache, as a running worker's is
+    task_completed.run(_report(caller, cid))  # warms the principal cache, as a running worker's is
+    report = _report(caller, cid)
     with counted_statements() as statements:
-        task_completed.run(message())
+        task_completed.run(report)
     print(f"task completed: {len(statements)} statements", *_short(statements), sep="\n  ")
-    assert 0 < len(statements) <= TASK_COMPLETED_BUDGET, statements
-    # The worker sends its own BEGIN (with the first statement) and COMMIT, so they are counted.
-    assert statements[0].startswith("BEGIN; ") and statements[-1] == "COMMIT", _short(statements)
+    assert len(statements) == TASK_COMPLETED_PLAIN, _short(statements)
+    assert statements[0].startswith("BEGIN; ") and statements[-1].endswith("; COMMIT"), _short(statements)
+    api = ContractsAPI(caller=caller)
+    last = api.events(cid).events[-1]
+    assert (last.type, last.payload["taskId"]) == ("task_completed", report["taskId"])
+    outcome = api.message_status(report["messageId"])
+    assert (outcome.status, outcome.event_ids) == ("applied", [last.id])
+
+
+def test_a_repeat_delivery_changes_nothing_and_stays_within_the_budget(make_caller) -> None:
+    """A case off the plain path is rolled back and made by the unit of work: still once-only."""
+    from workers.contracts import task_completed
+
+    _, caller = make_caller(role="supervisor")
+    cid = _active_contract(caller)
+    report = _report(caller, cid)
+    task_completed.run(report)
+    api = ContractsAPI(caller=caller)
+    before = [e.id for e in api.events(cid).events]
+    with counted_statements() as statements:
+        task_completed.run(report)
+    print(f"repeat delivery: {len(statements)} statements", *_short(statements), sep="\n  ")
+    assert 0 < len(statements) <= TASK_COMPLETED_BUDGET, _short(statements)
+    assert [e.id for e in api.events(cid).events] == before
+
+
+def test_the_report_that_meets_the_gate_begins_completion_on_the_general_path(make_caller) -> None:
+    """The last task of the terminal phase: the Core path gives way, the unit of work decides."""
+    from app import agent_reports
+    from workers.contracts import task_completed
+
+    _, caller = make_caller(role="supervisor")
+    cid = _active_contract(caller)
+    task = uuid.uuid4()
+    with unit_of_work(_no_send) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=utcnow())
+        contracts.change_phase(uow, caller, cid, PhaseChangeRequest("execute"), now=utcnow())
+    with unit_of_work(_no_send) as uow:
+        agent_reports.record_task_started(
+            uow, caller, cid, task_id=task, task_name="build", is_supervisor=False, now=utcnow()
+        )
+        contracts.mark_deliverable(uow, caller, cid, "pull-request", now=utcnow())
+    task_completed.run(_report(caller, cid, taskName="warm the principal cache"))
+    assert ContractsAPI(caller=caller).get_contract(cid).status == "active"
+    with counted_statements() as statements:
+        task_completed.run(_report(caller, cid, taskId=str(task), taskName="build"))
+    print(f"gate met: {len(statements)} statements", *_short(statements), sep="\n  ")
+    assert any(s.startswith("ROLLBACK") for s in statements), _short(statements)
+    assert ContractsAPI(caller=caller).get_contract(cid).status == "completing"
+    types = [e.type for e in ContractsAPI(caller=caller).events(cid).events]
+    tail = types[types.index("task_completed", -3) :]
+    assert tail.count("completion_detected") == 1 and types.count("completion_detected") == 1, types
