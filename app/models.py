@@ -104,8 +104,7 @@ class ApiToken(Base):
 class Contract(Base):
     __tablename__ = "contracts"
     __table_args__ = (
-        Index("idx_contracts_status", "status"),
-        Index("idx_contracts_last_activity", "last_activity_at"),
+        # Every contract write maintains each of these (0012 dropped the two they cover).
         Index("idx_contracts_owner_created", "owner_id", "created_at", "id"),
         Index("idx_contracts_status_phase", "status", "phase"),  # 0009: the dashboard
         Index("idx_contracts_status_activity", "status", "last_activity_at"),  # 0009: stale rule
