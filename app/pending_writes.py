@@ -157,13 +157,15 @@ def write_held(
 
     The one helper both dialects go through: one statement on PostgreSQL, plain statements on
     SQLite. The unit of work calls it at commit; the guarded phase change's Core path
-    (`app.contracts.change_phase_now`) calls it with the rows it built itself.
+    (`app.contracts.change_phase_now`) calls it with the rows it built itself. The events'
+    `created_at` is stamped here, as late as it can be (`stamp_events`).
 
     `commit` (PostgreSQL, a transaction the caller opened with its own `BEGIN`): the
     statement and the `COMMIT` go in one round trip. The driver returns only the last
     statement's result, so every held row must carry its `id` already (reserved with
     `nextval` under the lock); those are the ids reported.
     """
+    stamp_events(writes.events)
     if connection.dialect.name != "postgresql":
         if commit:
             raise ValueError("write_held(commit=True) is for a PostgreSQL transaction opened by its caller")
@@ -172,6 +174,23 @@ def write_held(
     if commit and not all("id" in row for row in (*writes.events, *writes.outbox)):
         raise ValueError("write_held(commit=True) needs every held row's id reserved beforehand")
     _write_as_one_statement(connection, writes, changes, prepare, commit)
+
+
+def stamp_events(events: list[dict[str, Any]]) -> None:
+    """Give the held events the time of their write, just before the statement that precedes COMMIT.
+
+    An event's `createdAt` says when it became part of the record; the monitor's latency is
+    read from it. The transaction's own clock (`now`, taken when the change began) would put it
+    before the lock waits and the judgement, and make a slow writer look like a slow stream.
+    Taken in Python, not with `clock_timestamp()`: the same clock as every other timestamp the
+    service writes, on both dialects, and no change to the statement. What is left between this
+    and COMMIT is the write statement itself (on PostgreSQL its COMMIT goes with it on the Core
+    path, in the next round trip otherwise).
+    """
+    if events:
+        now = datetime.now(UTC)
+        for row in events:
+            row["created_at"] = now
 
 
 Shape = tuple[tuple[tuple[str, ...], ...], int, int, int, bool]
@@ -328,6 +347,7 @@ __all__ = [
     "outbox_row",
     "pending",
     "pending_events",
+    "stamp_events",
     "write_held",
     "write_pending",
 ]

@@ -429,3 +429,40 @@ def test_another_databases_open_transaction_holds_back_neither_the_stream_nor_a_
         ws.close()
     assert [e["id"] for e in got] == [e["id"] for e in caught] == _event_ids(cid)[-1:]
     assert got[0]["reason"] == "while another database's transaction is open"
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_an_events_created_at_is_when_its_transaction_wrote_it_not_when_the_change_began(
+    dialect: str, make_caller: Any, tmp_path: Any
+) -> None:
+    """createdAt is what the monitor's latency is read from: a change whose clock says it began
+    five minutes ago (lock waits, a slow judgement) is stamped when its write goes to the
+    database, on the session path (a status change) and the guarded phase change's own path."""
+    from datetime import timedelta
+
+    from app.auth import Role, create_token
+    from app.db import migrate
+    from app.models import utcnow
+
+    engine = None
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'makima.db'}"
+        migrate(url)
+        engine = get_engine(url)
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.USER)
+    else:
+        token, _ = make_caller()
+    api = ContractsAPI(token, engine=engine, sender=_no_broker, clock=lambda: utcnow() - timedelta(minutes=5))
+    cid = uuid.UUID(str(api.create_contract("stamped", "simple").id))
+    began = utcnow()
+    api.change_status(cid, Status.ACTIVE)
+    api.complete_deliverable(cid, "plan-document")
+    api.change_phase(cid, "execute")
+    ended = utcnow()
+    events = {e.type: e.created_at for e in api.events(cid).events}
+    assert {"status_changed", "deliverable_completed", "phase_changed"} <= events.keys()
+    for type_ in ("status_changed", "deliverable_completed", "phase_changed"):
+        assert began <= events[type_] <= ended, type_
+    if engine is not None:
+        engine.dispose()
