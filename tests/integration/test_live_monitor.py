@@ -431,6 +431,30 @@ def test_another_databases_open_transaction_holds_back_neither_the_stream_nor_a_
     assert got[0]["reason"] == "while another database's transaction is open"
 
 
+def _listen_for_wake_ups() -> tuple[Any, Any]:
+    """A subscriber on the live channel, as every API process holds one."""
+    import redis
+
+    from app.live_events import channel, redis_url
+
+    client = redis.Redis.from_url(redis_url())
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(channel())
+    sub.get_message(timeout=1)  # the subscription's confirmation
+    return client, sub
+
+
+def _wake_ups(sub: Any, seconds: float = 3) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = sub.get_message(timeout=0.2)
+        if message is not None:
+            batch = json.loads(message["data"])
+            got += [m for m in (batch if isinstance(batch, list) else [batch]) if "events" in m]
+    return got
+
+
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_an_events_created_at_is_when_its_transaction_wrote_it_not_when_the_change_began(
     dialect: str, make_caller: Any, tmp_path: Any
@@ -466,3 +490,66 @@ def test_an_events_created_at_is_when_its_transaction_wrote_it_not_when_the_chan
         assert began <= events[type_] <= ended, type_
     if engine is not None:
         engine.dispose()
+
+
+def test_a_wake_up_names_its_transactions_event_ids_and_when_its_commit_returned(make_caller: Any) -> None:
+    """What a reader needs (`last`) and what the monitor's latency is measured from: the ids and
+    the writer's clock right after COMMIT, later than the events' createdAt."""
+    from datetime import datetime
+
+    _, api = _api(make_caller)
+    cid = _active(api)
+    client, sub = _listen_for_wake_ups()
+    try:
+        before = time.time()
+        api.change_status(cid, Status.PAUSED, reason="announced")
+        after = time.time()
+        got = _wake_ups(sub)
+    finally:
+        sub.close()
+        client.close()
+    event_id = _event_ids(cid)[-1]
+    mine = [m for m in got if event_id in m.get("ids", [])]
+    assert len(mine) == 1
+    assert (mine[0]["events"], mine[0]["last"], mine[0]["ids"]) == (1, event_id, [event_id])
+    created = datetime.fromisoformat(api.events(cid, after=event_id - 1).events[0].created_at.isoformat())
+    assert before <= created.timestamp() <= mine[0]["committedAt"] <= after
+
+
+def test_heartbeat_ingestion_wakes_the_readers_for_the_state_changes_it_wrote(
+    server: str, make_caller: Any
+) -> None:
+    """The ingestion's one statement writes supervisor_state_changed rows itself (no held events):
+    with the poll set to a minute, the worker task's wake-up is what brings them to the client."""
+    from app import heartbeats
+    from app.models import utcnow
+    from workers.heartbeats import ingest
+
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    token, api = _api(make_caller, owner)
+    _, daemon = make_caller(owner, "supervisor")
+    cid = _active(api)
+    monitor = get_settings().monitor
+    saved = monitor.poll_seconds
+    ws = open_monitor(server, token, contractIds=[str(cid)])
+    monitor.poll_seconds = 60
+    try:
+        time.sleep(1.2)  # the hub's wait under the old poll ends; from here on it waits 60 s
+        beat = {
+            "id": str(uuid.uuid4()),
+            "taskId": str(uuid.uuid4()),
+            "contractId": str(cid),
+            "state": "working",
+            "phase": "plan",
+            "currentActivity": "writing the plan",
+            "progress": 10,
+            "pendingTaskIds": [],
+            "timestamp": utcnow().isoformat(),
+        }
+        report = ingest(heartbeats.message_of({daemon.principal_id: [beat]}))
+        got = receive_until(ws, 1, timeout=10)
+    finally:
+        monitor.poll_seconds = saved
+        ws.close()
+    assert report is not None and report["stateChanges"] == 1
+    assert [(e["type"], e["newState"]) for e in got] == [("supervisor_state_changed", "working")]
