@@ -10,6 +10,7 @@ asks. This package only does what belongs at the HTTP edge:
     health.py       /healthz (liveness) and /readyz (database + broker)
     docs.py         / and the offline /docs and /redoc
     errors.py       error class → status and code, error bodies, WebSocket close codes
+    error_handlers.py  the exception handlers: bad input, refused rules, routing, database, broker
     deps.py         authentication, the caller's ContractsAPI, query parsers
     bodies.py       request bodies (strict, camelCase); answers are `app.schemas`
     problems.py     the field-by-field `problems` of an INVALID_REQUEST

@@ -29,7 +29,7 @@ from app.http import (
 )
 from app.http.deps import Wiring
 from app.http.docs import install_docs
-from app.http.errors import install_error_handlers
+from app.http.error_handlers import install_error_handlers
 from app.http.limits import BodyLimits
 
 DESCRIPTION = (

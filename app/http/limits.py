@@ -30,7 +30,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.errors import API_PREFIX, error_response, unauthenticated_first
+from app.http.error_handlers import unauthenticated_first
+from app.http.errors import API_PREFIX, error_response
 from app.schemas import ErrorCode
 
 MAX_BODY_BYTES: Final = 1024 * 1024
