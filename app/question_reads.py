@@ -4,7 +4,9 @@ Reads take no lock and write nothing. A question is always read through its cont
 another contract's question is QUESTION_NOT_FOUND exactly like a missing one
 (`find_question`, which the answering and withdrawing in `app.questions` use too). Pages are
 oldest first and keyed on the last question of the previous page (`after`), so a question
-asked meanwhile never shifts a page already read.
+asked meanwhile never shifts a page already read. A page is bounded by size as well as by
+count (`QUESTION_PAGE_BYTES`), as the supervisor history is: 500 questions of the largest
+allowed size would otherwise be tens of MB in one answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ from app.models import SupervisorQuestion
 from app.schemas import Schema, Timestamp
 
 MAX_PAGE: Final = 500
+# A page of questions is bounded by size as well as by count, like the supervisor history
+# (`app.supervisor_state.HISTORY_BYTES`): questions are added while the answer's JSON stays
+# within this, so 500 questions of the largest allowed size (in 4-byte characters about
+# 88 KB each, 128 KB once a multiple choice is answered with all its options) cannot make a
+# 60 MB answer; `nextAfter` says where to read on.
+QUESTION_PAGE_BYTES: Final = 4 * 1024 * 1024
+# Room kept for the page's own JSON around the questions (`{"questions":[`, the commas,
+# `],"nextAfter":"<uuid>","truncated":true}`), so the whole answer stays within the bound.
+_PAGE_ENVELOPE_BYTES: Final = 256
+# Rows read from the database at a time: a page that stops at the size bound reads little
+# past it, not 500 rows of up to 128 KB.
+_ROWS_PER_FETCH: Final = 20
 
 
 class QuestionView(Schema):
@@ -54,6 +68,11 @@ class QuestionList(Schema):
     questions: list[QuestionView]
     next_after: uuid.UUID | None = Field(
         description="Pass as `after` for the questions after this page; null on the last page."
+    )
+    truncated: bool = Field(
+        False,
+        description="True when the page stopped early at the size bound (4 MiB of JSON) before "
+        "`limit` questions: read on from `nextAfter`.",
     )
 
 
@@ -106,10 +125,13 @@ def list_questions(
     open_: bool | None = None,
     after: uuid.UUID | None = None,
     limit: int = 100,
+    budget: int = QUESTION_PAGE_BYTES,
 ) -> QuestionList:
     """A contract's questions, oldest first: all, only open (`open_=True`) or only closed (False).
 
-    `after` is the last question id of the previous page.
+    `after` is the last question id of the previous page. A page holds at most `limit`
+    questions and at most `budget` bytes of JSON: it stops before the question that would
+    pass the bound (one question is always taken), `truncated` and `next_after` set.
     """
     contract = get_contract(session, caller, contract_id)
     limit = max(1, min(limit, MAX_PAGE))
@@ -132,14 +154,28 @@ def list_questions(
                 and_(SupervisorQuestion.asked_at == anchor.asked_at, SupervisorQuestion.id > anchor.id),
             )
         )
-    rows = list(
-        session.scalars(query.order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id).limit(limit + 1))
-    )
-    page = rows[:limit]
-    return QuestionList(
-        questions=[question_view(r) for r in page],
-        next_after=page[-1].id if len(rows) > limit else None,
-    )
+    query = query.order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id).limit(limit + 1)
+    page: list[QuestionView] = []
+    used, room = 0, budget - _PAGE_ENVELOPE_BYTES
+    result = session.execute(query.execution_options(yield_per=_ROWS_PER_FETCH)).scalars()
+    try:
+        for row in result:
+            if len(page) == limit:  # the row past the page: there is more to read
+                return QuestionList(questions=page, next_after=page[-1].id)
+            view = question_view(row)
+            size = _json_size(view) + 1  # and its comma
+            if page and used + size > room:
+                return QuestionList(questions=page, next_after=page[-1].id, truncated=True)
+            used += size
+            page.append(view)
+    finally:
+        result.close()
+    return QuestionList(questions=page, next_after=None)
+
+
+def _json_size(view: QuestionView) -> int:
+    """The bytes of a question's JSON as the answer carries it (UTF-8, camelCase)."""
+    return len(view.__pydantic_serializer__.to_json(view, by_alias=True))
 
 
 def get_question(
@@ -151,6 +187,7 @@ def get_question(
 
 __all__ = [
     "MAX_PAGE",
+    "QUESTION_PAGE_BYTES",
     "QuestionList",
     "QuestionView",
     "find_question",

@@ -126,7 +126,9 @@ def list_questions(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Questions per page.")] = 100,
 ) -> QuestionList:
-    """The contract's questions, oldest first."""
+    """The contract's questions, oldest first: at most `limit` of them and at most 4 MiB of
+    JSON. A page that stops early at the size bound says `truncated: true`; pass `nextAfter`
+    back as `after` to read on (null on the last page)."""
     return api.questions(contract_id, open_=open_, after=after, limit=limit)
 
 

@@ -28,8 +28,10 @@ from app.auth import Role, create_token
 from app.broker import daemon_queue
 from app.config import get_settings
 from app.db import unit_of_work
+from app.domain.questions import MAX_CONTEXT, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
 from app.http import create_app
 from app.models import DaemonCommand, Supervisor
+from app.question_reads import MAX_PAGE, QUESTION_PAGE_BYTES
 from tests.integration.helpers import contract_row, event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
@@ -524,6 +526,44 @@ def test_questions_are_read_a_page_at_a_time_oldest_first(team: Team) -> None:
     bad = team.person.call("GET", f"{BASE}/{team.cid}/questions", after=str(uuid.uuid4()))
     assert assert_error(bad, 400, "VALIDATION_FAILED")["field"] == "after"
     assert commands(team.cid) == []  # reading sends the daemons nothing
+
+
+def largest_question(i: int) -> dict[str, Any]:
+    """A question of the largest allowed size, in 4-byte UTF-8 characters: about 88 KB of JSON."""
+    wide = "\U0001d11e"  # 𝄞, four bytes in UTF-8
+    return {
+        "question": f"{i:02d}" + wide * (MAX_QUESTION - 2),
+        "type": "multiple_choice",
+        "options": [f"{i:02d}{n:02d}" + wide * (MAX_OPTION - 4) for n in range(MAX_OPTIONS)],
+        "context": wide * MAX_CONTEXT,
+    }
+
+
+def test_a_page_of_questions_is_bounded_by_size_and_its_cursor_reads_on(team: Team) -> None:
+    """Fifty questions of the largest size are over 4 MiB: a page of up to 500 stops before the
+    one that would pass the bound, and `nextAfter` reads on to the rest, none lost or repeated."""
+    asked = [team.ask(**largest_question(i))["id"] for i in range(50)]
+    seen: list[str] = []
+    pages: list[Any] = []
+    after: str | None = None
+    while True:
+        params = {"limit": MAX_PAGE, **({"after": after} if after else {})}
+        resp = team.person.call("GET", f"{BASE}/{team.cid}/questions", **params)
+        assert resp.status_code == 200, resp.text[:500]
+        assert len(resp.content) <= QUESTION_PAGE_BYTES
+        page = resp.json()
+        pages.append(page)
+        seen += [q["id"] for q in page["questions"]]
+        after = page["nextAfter"]
+        if after is None:
+            break
+    assert seen == asked
+    assert len(pages) == 2 and 0 < len(pages[0]["questions"]) < 50
+    assert (pages[0]["truncated"], pages[1]["truncated"]) == (True, False)
+    assert pages[0]["nextAfter"] == pages[0]["questions"][-1]["id"]
+    from_python = ContractsAPI(team.person.token).questions(uuid.UUID(team.cid), limit=MAX_PAGE)
+    assert [str(q.id) for q in from_python.questions] == [q["id"] for q in pages[0]["questions"]]
+    assert from_python.truncated and str(from_python.next_after) == pages[0]["nextAfter"]
 
 
 def test_the_last_two_answers_given_at_once_resume_the_contract_once(team: Team) -> None:
