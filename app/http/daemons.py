@@ -22,10 +22,10 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.daemon_commands import MAX_FEED, DaemonCommandFeed, DaemonQueue
 from app.domain.errors import FeatureDisabled
-from app.http.bodies import SafeStr
 from app.http.deps import Api
 from app.http.errors import error_response, error_responses
 from app.schemas import ErrorCode
@@ -41,13 +41,37 @@ router = APIRouter(
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )
 
+
+class DaemonIdConvertor(Convertor[str]):
+    """A daemon id in the path: any text, slashes and line breaks included.
+
+    Starlette's `path` convertor is `.*`, and `.` stops at a newline, so an id holding one
+    (`gpu%0A7`) matched no route and answered 404 as if the endpoint did not exist. Routing
+    takes every character here, so the id reaches `check_daemon_id`, which refuses it with
+    400 VALIDATION_FAILED naming `daemonId` and the rule, as for any other control character.
+    """
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("daemonid", DaemonIdConvertor())
+
+# Plain text, not `SafeStr`: a NUL is judged by `check_daemon_id` with the other control
+# characters (400 naming the rule), not by the schema.
 DaemonId = Annotated[
-    SafeStr,
+    str,
     Path(
         alias="daemonId",
         min_length=1,
         max_length=200,
-        description="The daemon's id, as its heartbeats and reports name it (URL-encoded).",
+        description="The daemon's id, as its heartbeats and reports name it (URL-encoded): 1 to 200 "
+        "characters, not blank, no NUL or other control character, no U+FFFD.",
     ),
 ]
 
@@ -74,7 +98,7 @@ def list_daemons(
 
 
 @router.get(
-    "/{daemonId:path}/queue",
+    "/{daemonId:daemonid}/queue",
     response_model=DaemonQueue,
     responses=error_responses(E.VALIDATION_FAILED),
 )
@@ -87,7 +111,7 @@ def daemon_queue(api: Api, daemon_id: DaemonId) -> Any:
 
 
 @router.get(
-    "/{daemonId:path}/commands",
+    "/{daemonId:daemonid}/commands",
     response_model=DaemonCommandFeed,
     responses=error_responses(E.VALIDATION_FAILED),
 )

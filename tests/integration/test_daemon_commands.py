@@ -391,6 +391,38 @@ def test_a_daemon_id_that_is_not_clean_text_is_refused_not_merged_with_another(
         assert "daemonId" in error["message"] and words in error["message"], error
 
 
+CONTROL = "daemonId must not contain NUL or control characters."
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("gpu%0A7", CONTROL),
+        ("gpu%0A", CONTROL),
+        ("%0Agpu", CONTROL),
+        ("gpu%0D%0A", CONTROL),
+        ("a/b%0Ac", CONTROL),
+        ("a%0A" + "b" * 150, CONTROL),
+        ("gpu%00", CONTROL),
+        ("gpu%7F", CONTROL),
+        ("gpu%C2%85", CONTROL),
+        ("%0A", "daemonId must not be blank."),
+    ],
+)
+def test_a_daemon_id_with_a_newline_or_other_control_character_is_refused_naming_the_rule(
+    client: TestClient, make_caller, raw: str, message: str
+) -> None:
+    """A newline too: routing must not read the id as no such endpoint (404), and a NUL is
+    one more control character, not a schema problem."""
+    token, _ = make_caller(role="supervisor")
+    for what in ("commands", "queue"):
+        resp = client.get(f"/api/v1/daemons/{raw}/{what}", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert (error["code"], error["message"]) == ("VALIDATION_FAILED", message)
+        assert (error["details"]["field"], error["details"]["limit"]) == ("daemonId", 200)
+
+
 def test_commands_are_published_once_each_with_their_daemon(worker: WorkerProcess, make_caller) -> None:
     """The outbox row is marked published; a second publish of the same contract sends nothing."""
     from app.daemon_commands import publish_pending
