@@ -5,7 +5,10 @@ the stored state is loaded and checked against the contract and its own conversa
 `app.domain.restoration.decide_restoration` names the branch and every inconsistency), then
 the open questions, the answers received since the restored save, and each waited-on task's
 current status are read, and the first of the protocol's steps 5-8 that applies is named
-(`next`), with a compact context text a supervisor can be given.
+(`next`), with a compact context text a supervisor can be given. What it carries is bounded
+by size as well as by count: the newest history within `HISTORY_BYTES`, the oldest open
+questions within `PENDING_QUESTION_BYTES` (`pendingQuestionsNextAfter` says where the questions
+endpoint reads on).
 
 When a *supervisor* asks, the restoration also **claims** the supervisor
 (`app.supervisor_claims`): it issues a new incarnation (the `supervisors` row is bumped, or
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -74,8 +78,16 @@ from app.supervisor_state import (
 
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_ANSWERS: Final = 50
-# Open questions carried whole in a restoration: the answer stays a few MiB at most.
+# Open questions carried whole in a restoration: the 50 oldest, and only while their JSON stays
+# within PENDING_QUESTION_BYTES. A question of the largest allowed size is about 88 KB in 4-byte
+# characters, so 50 of them (4.4 MB) beside the history's 4 MiB (`HISTORY_BYTES`) made one answer
+# of over 8 MB; the daemon reads the others from the questions endpoint, paged
+# (`pendingQuestionsNextAfter`).
 MAX_PENDING_QUESTIONS: Final = 50
+PENDING_QUESTION_BYTES: Final = 1024 * 1024
+# Open questions read from the database at a time: a list the size bound ends early reads little
+# past it.
+_QUESTION_ROWS_PER_FETCH: Final = 10
 
 
 # --- what the restoring daemon is told ---------------------------------------------------------
@@ -176,10 +188,20 @@ class Restoration(Schema):
         "at most this"
     )
     pending_questions: list[PendingQuestionView] = Field(
-        description="The contract's open questions, oldest first, at most 50 (each up to ~26 KB): "
-        "page through the rest with GET .../questions?open=true"
+        description="The contract's oldest open questions, oldest first: at most 50 and at most 1 MiB "
+        "of JSON (at least one when any is open). Read the others with GET .../questions?open=true"
+        "&after=`pendingQuestionsNextAfter`"
     )
     pending_question_count: int = Field(description="How many questions are open in all")
+    pending_questions_truncated: bool = Field(
+        False,
+        description="True when the size bound (1 MiB) ended `pendingQuestions` before 50 questions",
+    )
+    pending_questions_next_after: uuid.UUID | None = Field(
+        None,
+        description="When more questions are open than `pendingQuestions` carries: its last question's "
+        "id, to pass as `after` to GET .../questions?open=true to read the others; null when all are here",
+    )
     questions_redirected: int = Field(
         0,
         description="Claimed for a new daemon: how many open questions of this supervisor (or naming "
@@ -232,29 +254,76 @@ def _tasks(session: Session, contract_id: uuid.UUID, ids: Sequence[str]) -> dict
     return {str(tid): (name, status) for tid, name, status in rows}
 
 
-def _pending_questions(session: Session, contract_id: uuid.UUID) -> tuple[list[SupervisorQuestion], int]:
-    """The contract's oldest open questions (at most `MAX_PENDING_QUESTIONS`), and how many are
-    open in all (counted only when the page is full)."""
+@dataclass(frozen=True, slots=True)
+class PendingQuestions:
+    """The open questions a restoration carries, and how many are open in all."""
+
+    carried: list[PendingQuestionView]
+    count: int
+    truncated: bool
+
+    @property
+    def next_after(self) -> uuid.UUID | None:
+        """Where the questions endpoint reads on: the last one carried, when not all are."""
+        return self.carried[-1].id if self.count > len(self.carried) else None
+
+
+def pending_questions(
+    session: Session, contract_id: uuid.UUID, budget: int = PENDING_QUESTION_BYTES
+) -> PendingQuestions:
+    """The contract's oldest open questions, in the questions endpoint's order (asked, then id,
+    so its `after` reads on from the last one), while they number at most
+    `MAX_PENDING_QUESTIONS` and their JSON stays within `budget` bytes (the first is always
+    taken); and how many are open in all (counted only when not all were taken)."""
     open_questions = (
         SupervisorQuestion.contract_id == contract_id,
         SupervisorQuestion.status == QuestionStatus.OPEN.value,
     )
-    questions = list(
-        session.scalars(
-            select(SupervisorQuestion)
-            .where(*open_questions)
-            .order_by(SupervisorQuestion.asked_at)
-            .limit(MAX_PENDING_QUESTIONS)
-        )
+    query = (
+        select(SupervisorQuestion)
+        .where(*open_questions)
+        .order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id)
+        .limit(MAX_PENDING_QUESTIONS)
+        .execution_options(yield_per=_QUESTION_ROWS_PER_FETCH)
     )
-    open_count = (
-        len(questions)
-        if len(questions) < MAX_PENDING_QUESTIONS
+    carried: list[PendingQuestionView] = []
+    used, room, truncated = 0, budget - 2, False  # the list's brackets
+    result = session.execute(query).scalars()
+    try:
+        for row in result:
+            view = _pending_view(row)
+            size = _json_size(view) + 1  # and its comma
+            if carried and used + size > room:
+                truncated = True
+                break
+            used += size
+            carried.append(view)
+    finally:
+        result.close()
+    count = (
+        len(carried)
+        if not truncated and len(carried) < MAX_PENDING_QUESTIONS
         else int(
             session.scalar(select(func.count()).select_from(SupervisorQuestion).where(*open_questions)) or 0
         )
     )
-    return questions, open_count
+    return PendingQuestions(carried, count, truncated)
+
+
+def _pending_view(q: SupervisorQuestion) -> PendingQuestionView:
+    return PendingQuestionView(
+        id=q.id,
+        question=q.question,
+        type=q.question_type,
+        options=_options(q.options),
+        context=q.context,
+        asked_at=_aware(q.asked_at),
+    )
+
+
+def _json_size(view: Schema) -> int:
+    """The bytes of a view's JSON as the answer carries it (UTF-8, camelCase)."""
+    return len(view.__pydantic_serializer__.to_json(view, by_alias=True))
 
 
 def _answered_since(
@@ -354,9 +423,9 @@ def restore(
         WaitedTask(t, known[t][0] if t in known else None, known[t][1] if t in known else None, t in known)
         for t in (snap.waiting_on_task_ids if snap is not None else ())
     ]
-    questions, open_count = _pending_questions(session, contract.id)
+    pending = pending_questions(session, contract.id)
     answered = _answered_since(session, contract.id, snap.saved_at if snap is not None else None)
-    step = next_step(decision, open_count, waiting)
+    step = next_step(decision, pending.count, waiting)
 
     messages: list[HistoryMessage] = []
     history_from = 0
@@ -379,7 +448,7 @@ def restore(
             now,
             decision=decision,
             step=step,
-            questions_pending=bool(questions),
+            questions_pending=bool(pending.count),
             daemon_id=daemon_id,
             host=host,
         )
@@ -405,9 +474,8 @@ def restore(
             decision=decision,
             next=step,
             waiting=tuple(waiting),
-            questions=tuple(
-                OpenQuestion(q.question, q.question_type, tuple(_options(q.options))) for q in questions
-            ),
+            questions=tuple(OpenQuestion(q.question, q.type, tuple(q.options)) for q in pending.carried),
+            open_question_count=pending.count,
             answers=tuple(ReceivedAnswer(q.question, _answer_text(q.answer)) for q in answered),
             history_kept=len(messages),
         )
@@ -428,18 +496,10 @@ def restore(
         history_from=history_from,
         history_truncated=truncated,
         history_length=decision.history_length,
-        pending_questions=[
-            PendingQuestionView(
-                id=q.id,
-                question=q.question,
-                type=q.question_type,
-                options=_options(q.options),
-                context=q.context,
-                asked_at=_aware(q.asked_at),
-            )
-            for q in questions
-        ],
-        pending_question_count=open_count,
+        pending_questions=pending.carried,
+        pending_question_count=pending.count,
+        pending_questions_truncated=pending.truncated,
+        pending_questions_next_after=pending.next_after,
         questions_redirected=redirected,
         notices=notices,
         answered_questions=[
@@ -471,14 +531,18 @@ def _aware(value: datetime) -> datetime:
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
+    "MAX_PENDING_QUESTIONS",
+    "PENDING_QUESTION_BYTES",
     "AnsweredQuestionView",
     "ContractSummary",
     "InconsistencyView",
     "PendingQuestionView",
+    "PendingQuestions",
     "RestartRequested",
     "Restoration",
     "RestoredState",
     "WaitingTaskView",
+    "pending_questions",
     "restart",
     "restore",
     "scan_history",

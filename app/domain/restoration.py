@@ -308,6 +308,9 @@ class ContextFacts:
     questions: tuple[OpenQuestion, ...] = ()
     answers: tuple[ReceivedAnswer, ...] = ()
     history_kept: int = 0
+    # How many questions are open in all; `questions` are the ones the restoration carries
+    # (the oldest, bounded by count and size). None: `questions` are all of them.
+    open_question_count: int | None = None
 
 
 def _clip(text: str, limit: int) -> str:
@@ -319,6 +322,18 @@ def _listed(items: Sequence[str], per_item: int, most: int = 10) -> str:
     shown = [_clip(i, per_item) for i in items[:most]]
     rest = f" and {len(items) - most} more" if len(items) > most else ""
     return ", ".join(shown) + rest if shown else "none"
+
+
+def _open_questions(facts: ContextFacts) -> str:
+    """How many questions are open, and where the ones the restoration does not carry are."""
+    carried = len(facts.questions)
+    count = facts.open_question_count if facts.open_question_count is not None else carried
+    if count <= carried:
+        return str(count)
+    return (
+        f"{count}; {carried} in pendingQuestions, read the others with "
+        "GET .../questions?open=true&after=<pendingQuestionsNextAfter>"
+    )
 
 
 _NEXT_TEXT: Final = {
@@ -367,7 +382,7 @@ def restoration_context(facts: ContextFacts) -> str:
         ]
         lines.append(f"Waiting on {len(facts.waiting)} task(s): {_listed(shown, 120)}.")
     if facts.questions:
-        lines.append(f"Open questions ({len(facts.questions)}):")
+        lines.append(f"Open questions ({_open_questions(facts)}):")
         for q in facts.questions[:QUOTED]:
             options = f" [options: {_listed(q.options, 60, 8)}]" if q.options else ""
             lines.append(f"- ({q.question_type}) {_clip(q.question, 300)}{options}")

@@ -31,8 +31,10 @@ from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
 from app.domain.lifecycle import Status
+from app.domain.questions import MAX_CONTEXT, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
+from app.restoration import PENDING_QUESTION_BYTES
 from app.supervisor_state import HISTORY_BYTES
 from tests.integration.helpers import event_types, new_contract
 from tests.integration.worker_processes import ROOT, WorkerProcess, start_worker, wait_for
@@ -405,6 +407,59 @@ def test_a_restoration_carries_at_most_fifty_open_questions_and_counts_them_all(
     assert [q.id for q in restored.pending_questions] == asked[:50]  # the oldest first
     assert restored.pending_question_count == 53
     assert restored.next == "redeliver_questions"
+    # The count, not the size, ended the list: the questions endpoint reads on from the last.
+    assert (restored.pending_questions_truncated, restored.pending_questions_next_after) == (False, asked[49])
+    assert "Open questions (53; 50 in pendingQuestions" in restored.context
+
+
+def largest_question(i: int) -> dict[str, Any]:
+    """A question of the largest allowed size, in 4-byte UTF-8 characters: about 88 KB of JSON."""
+    wide = "\U0001d11e"  # 𝄞, four bytes in UTF-8
+    return {
+        "question": f"{i:02d}" + wide * (MAX_QUESTION - 2),
+        "type_": "multiple_choice",
+        "options": [f"{i:02d}{n:02d}" + wide * (MAX_OPTION - 4) for n in range(MAX_OPTIONS)],
+        "context": wide * MAX_CONTEXT,
+    }
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as the service's answers carry it (compact UTF-8 JSON)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def test_a_restoration_carries_open_questions_within_a_mebibyte_and_says_where_to_read_on(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    """Fifteen open questions of the largest size are 1.3 MB: the restoration carries the oldest
+    that fit in 1 MiB beside its 4 MiB of history, counts them all, and the questions endpoint
+    reads on from `pendingQuestionsNextAfter`, none lost or repeated."""
+    token, api = daemon
+    cid = new_contract(api, name="large questions")
+    task = uuid.uuid4()
+    asked = [str(api.ask_question(cid, **largest_question(i))[0].id) for i in range(15)]
+    api.save_supervisor_state(cid, task, state_version=1, state="waiting_for_user", phase="plan")
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app()) as client:
+        resp = client.get(
+            f"{BASE}/{cid}/supervisor/restoration", params={"taskId": str(task)}, headers=headers
+        )
+        assert resp.status_code == 200, resp.text[:500]
+        restored = resp.json()
+        carried = [q["id"] for q in restored["pendingQuestions"]]
+        assert 0 < len(carried) < 15
+        assert json_size(restored["pendingQuestions"]) <= PENDING_QUESTION_BYTES
+        assert (restored["pendingQuestionCount"], restored["pendingQuestionsTruncated"]) == (15, True)
+        assert restored["pendingQuestionsNextAfter"] == carried[-1]
+        assert restored["next"] == "redeliver_questions"
+        assert f"Open questions (15; {len(carried)} in pendingQuestions" in restored["context"]
+        rest = client.get(
+            f"{BASE}/{cid}/questions",
+            params={"open": "true", "after": restored["pendingQuestionsNextAfter"]},
+            headers=headers,
+        ).json()
+    assert carried + [q["id"] for q in rest["questions"]] == asked
+    assert rest["nextAfter"] is None
 
 
 # --- with waiting tasks -------------------------------------------------------------------------

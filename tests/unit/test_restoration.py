@@ -219,6 +219,18 @@ def test_the_context_says_where_the_contract_and_the_supervisor_stand() -> None:
         assert part in text, part
 
 
+def test_the_context_counts_every_open_question_and_says_where_the_others_are() -> None:
+    carried = (OpenQuestion("Which database?", "choice", ("PostgreSQL", "SQLite")),)
+    all_here = restoration_context(facts(questions=carried, open_question_count=1))
+    assert "Open questions (1):" in all_here and "pendingQuestionsNextAfter" not in all_here
+    some_here = restoration_context(facts(questions=carried, open_question_count=53))
+    assert (
+        "Open questions (53; 1 in pendingQuestions, read the others with "
+        "GET .../questions?open=true&after=<pendingQuestionsNextAfter>):"
+    ) in some_here
+    assert "Which database?" in some_here
+
+
 def test_the_context_is_bounded_however_much_there_is_to_say() -> None:
     huge = facts(
         contract_name="n" * 10_000,
