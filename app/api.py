@@ -55,7 +55,7 @@ from app.domain.errors import ContractNotFound, ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.domain.supervisor_state import parse_save
-from app.domain.supervisors import derive_heartbeat_id
+from app.domain.supervisors import InvalidHeartbeat, heartbeat_wire
 from app.events import event_view, events_after
 from app.foreign_tasks import foreign_task
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
@@ -561,24 +561,26 @@ class ContractsAPI:
         `flush()`. Without `heartbeat_id` the id is derived from the task and timestamp, so
         sending the same heartbeat again stores it once.
         """
-        raw: dict[str, Any] = {
-            "taskId": str(task_id),
-            "contractId": str(contract_id),
-            "state": state,
-            "phase": phase,
-            "currentActivity": current_activity,
-            "progress": progress,
-            "pendingTaskIds": [str(t) for t in pending_task_ids],
-            "timestamp": (sent_at := timestamp or self._clock()).isoformat(),
-        }
-        if heartbeat_id is None and isinstance(task_id, uuid.UUID) and sent_at.tzinfo is not None:
-            # The id the server would derive, named here so the heartbeat leaves in wire form.
-            heartbeat_id = derive_heartbeat_id(task_id, sent_at)
-        optional = {"id": heartbeat_id, "incarnation": incarnation, "daemonId": daemon_id, "host": host}
-        raw.update(
-            {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in optional.items() if v is not None}
-        )
-        return heartbeat_buffer.send_heartbeat(self.caller, self._engine, self._settings, self._send, raw)
+        heartbeat_buffer.require_enabled(self._settings)
+        try:
+            item = heartbeat_wire(
+                task_id,
+                contract_id,
+                state,
+                phase,
+                current_activity=current_activity,
+                progress=progress,
+                pending_task_ids=pending_task_ids,
+                timestamp=timestamp or self._clock(),
+                heartbeat_id=heartbeat_id,
+                incarnation=incarnation,
+                daemon_id=daemon_id,
+                host=host,
+            )
+        except InvalidHeartbeat as exc:
+            raise heartbeat_buffer.invalid(exc) from None
+        heartbeat_buffer.send_wire(self.caller, self._engine, self._settings, self._send, item)
+        return heartbeat_id if type(heartbeat_id) is uuid.UUID else uuid.UUID(item["id"])
 
     def flush(self) -> int:
         """Send the heartbeats this process buffered now; returns how many left."""

@@ -181,6 +181,9 @@ _buffers_lock = threading.Lock()
 
 def buffer_for(send: Sender, settings: Settings) -> HeartbeatBuffer:
     """This process's buffer for `send` (one per sender, shared by every ContractsAPI)."""
+    buffer = _buffers.get(id(send))  # the usual case: no lock (a dict read is atomic)
+    if buffer is not None:
+        return buffer
     with _buffers_lock:
         buffer = _buffers.get(id(send))
         if buffer is None:
@@ -224,12 +227,21 @@ _visible = _VisibleCache()
 def send_heartbeat(
     caller: Caller, engine: Engine | None, settings: Settings, send: Sender, raw: Mapping[str, Any]
 ) -> uuid.UUID:
-    """Check one heartbeat, buffer it, return its id (the API module's `send_heartbeat`)."""
+    """Check one heartbeat as sent, buffer it, return its id."""
     require_enabled(settings)
     try:
         item = wire_heartbeat(raw)
     except InvalidHeartbeat as exc:
         raise invalid(exc) from None
+    send_wire(caller, engine, settings, send, item)
+    return uuid.UUID(item["id"])
+
+
+def send_wire(
+    caller: Caller, engine: Engine | None, settings: Settings, send: Sender, item: dict[str, Any]
+) -> None:
+    """Buffer one checked heartbeat in wire form (the API module's `send_heartbeat`), once its
+    contract is known visible to the caller (cached, see `_VisibleCache`)."""
     key = (caller.principal_id, item["contractId"])
     if not _visible.fresh(key):
         contract_id = uuid.UUID(item["contractId"])
@@ -238,7 +250,6 @@ def send_heartbeat(
             raise ContractNotFound(contract_id)
         _visible.add(key)
     buffer_for(send, settings).add(caller.principal_id, item)
-    return uuid.UUID(item["id"])
 
 
 # --- the HTTP front's group commit ----------------------------------------------------------
@@ -390,4 +401,5 @@ __all__ = [
     "parse_submission",
     "require_enabled",
     "send_heartbeat",
+    "send_wire",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from app.domain.supervisors import (
     activity_bump_before,
     declare_dead,
     derive_heartbeat_id,
+    derived_id_text,
+    heartbeat_wire,
     is_dead,
     parse_heartbeat,
     plan_batch,
@@ -141,6 +143,99 @@ def test_what_our_senders_produce_takes_the_quick_path_unchanged() -> None:
     assert wire_heartbeat(sent) is sent
     # Another offset is normalized to UTC (PostgreSQL refuses some Python accepts, e.g. +20:00).
     assert wire_heartbeat({**WIRE, "timestamp": "2026-01-31T10:30:00+20:00"})["timestamp"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        T0,
+        T0 + timedelta(microseconds=7),
+        datetime(2026, 1, 31, 12, 30, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_the_derived_id_as_text_is_the_derived_uuid(stamp: datetime) -> None:
+    utc = stamp.astimezone(UTC).isoformat()
+    assert derived_id_text(str(TASK), utc) == str(derive_heartbeat_id(TASK, stamp))
+
+
+def spelled_out(**values: Any) -> dict[str, Any]:
+    """What the API module sent before it built the wire form itself: every value as text."""
+    task, stamp, given = values["task_id"], values["timestamp"], values.get("heartbeat_id")
+    sent = {
+        "taskId": str(task),
+        "contractId": str(values["contract_id"]),
+        "state": values["state"],
+        "phase": values["phase"],
+        "currentActivity": values.get("current_activity", ""),
+        "progress": values.get("progress", 0),
+        "pendingTaskIds": [str(t) for t in values.get("pending_task_ids", ())],
+        "timestamp": stamp.isoformat() if isinstance(stamp, datetime) else stamp,
+    }
+    if given is None and isinstance(task, uuid.UUID) and isinstance(stamp, datetime) and stamp.tzinfo:
+        given = derive_heartbeat_id(task, stamp)
+    optional = {"id": given, "incarnation": values.get("incarnation"), "daemonId": values.get("daemon_id"),
+                "host": values.get("host")}  # fmt: skip
+    sent.update({k: str(v) if isinstance(v, uuid.UUID) else v for k, v in optional.items() if v is not None})
+    return sent
+
+
+TYPED: dict[str, Any] = {"task_id": TASK, "contract_id": CID, "state": "working", "phase": "execute",
+                         "timestamp": T0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        TYPED,
+        {
+            **TYPED,
+            "current_activity": "writing tests",
+            "progress": 40,
+            "pending_task_ids": [uuid.uuid4()],
+            "incarnation": 3,
+            "daemon_id": "d-7",
+            "host": "gpu-7",
+            "heartbeat_id": uuid.uuid4(),
+        },
+        {**TYPED, "timestamp": T0 + timedelta(microseconds=120)},
+        {**TYPED, "timestamp": datetime(2026, 1, 31, 12, 30, tzinfo=timezone(timedelta(hours=2)))},
+        {**TYPED, "timestamp": datetime(2026, 1, 31, 10, 30, tzinfo=timezone(timedelta(0), "Z"))},
+        {**TYPED, "timestamp": datetime(2026, 1, 31, 10, 30)},
+        {**TYPED, "timestamp": datetime(1999, 12, 31, 23, 59, tzinfo=UTC)},
+        {**TYPED, "timestamp": "2026-01-31T10:30:00Z"},
+        {**TYPED, "task_id": str(TASK).upper()},
+        {**TYPED, "task_id": "nope"},
+        {**TYPED, "contract_id": str(CID)},
+        {**TYPED, "state": SupervisorState.IDLE},
+        {**TYPED, "state": "sleeping"},
+        {**TYPED, "phase": "exécuter"},
+        {**TYPED, "phase": "  "},
+        {**TYPED, "phase": "x" * 101},
+        {**TYPED, "current_activity": "a\x00b"},
+        {**TYPED, "current_activity": "x" * 2001},
+        {**TYPED, "progress": True},
+        {**TYPED, "progress": 101},
+        {**TYPED, "progress": 40.0},
+        {**TYPED, "incarnation": 0},
+        {**TYPED, "incarnation": 2**31},
+        {**TYPED, "pending_task_ids": [str(TASK)]},
+        {**TYPED, "pending_task_ids": ["x"]},
+        {**TYPED, "pending_task_ids": [uuid.uuid4() for _ in range(1001)]},
+        {**TYPED, "daemon_id": ""},
+        {**TYPED, "host": "h\x00"},
+        {**TYPED, "host": "ünï"},
+        {**TYPED, "heartbeat_id": str(uuid.uuid4())},
+    ],
+)
+def test_the_api_modules_values_are_checked_as_their_text_would_be(values: dict[str, Any]) -> None:
+    try:
+        expected = wire_heartbeat(spelled_out(**values))
+    except InvalidHeartbeat as exc:
+        with pytest.raises(InvalidHeartbeat) as quick:
+            heartbeat_wire(**values)
+        assert quick.value.field == exc.field
+        return
+    assert heartbeat_wire(**values) == expected
 
 
 def record(**over: Any) -> SupervisorRecord:
