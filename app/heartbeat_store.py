@@ -489,9 +489,10 @@ SELECT k.stored, k.offered, k.fenced, (SELECT count(*) FROM bump), (SELECT count
      'incarnation', f.incarnation, 'current', f.cinc, 'daemonId', f.daemon_id, 'host', f.host)), '[]')
    FROM (SELECT DISTINCT ON (j.task_id, j.incarnation) j.* FROM j WHERE j.fenced
          ORDER BY j.task_id, j.incarnation, j.n) f)::text,
-  CASE WHEN %(notices)s THEN (SELECT coalesce(json_agg(json_build_object('contractId', u.contract_id,
-     'taskId', u.task_id, 'state', u.state, 'activity', u.current_activity, 'progress', u.progress,
-     'incarnation', u.incarnation, 'alive', u.alive)), '[]') FROM upd u)::text
+  CASE WHEN %(notices)s THEN (SELECT coalesce(json_agg(json_build_object('notice', 'heartbeat',
+     'contractId', u.contract_id, 'payload', json_build_object('taskId', u.task_id, 'state', u.state,
+     'activity', u.current_activity, 'progress', u.progress, 'incarnation', u.incarnation,
+     'alive', u.alive))), '[]') FROM upd u)::text
   ELSE (SELECT count(*) FROM upd)::text END
 FROM k
 """
@@ -517,7 +518,7 @@ class FoldResult:
     applied: int
     refused: list[int]  # positions (`n`) of heartbeats whose task id is another contract's
     fenced_supervisors: list[dict[str, Any]]  # one per (supervisor, sent incarnation)
-    notices: list[dict[str, Any]]  # the supervisors written, when asked for
+    notices: str  # when asked for: the live notices of the supervisors written, a JSON array
 
 
 _ensured: set[date] = set()
@@ -689,7 +690,7 @@ class PostgresStore(HeartbeatStore):
             applied=int(applied),
             refused=json.loads(foreign),
             fenced_supervisors=json.loads(fenced_json),
-            notices=json.loads(written) if notices else [],
+            notices=written if notices else "[]",
         )
 
     def fold_nothing(
@@ -701,7 +702,7 @@ class PostgresStore(HeartbeatStore):
             _COUNT_ONLY,
             {"shard": _shard(), "received": received, "refused": refused, "at": received_at.isoformat()},
         )
-        return FoldResult(0, 0, 0, 0, 0, 0, [], [], [])
+        return FoldResult(0, 0, 0, 0, 0, 0, [], [], "[]")
 
     def write_rest(
         self,

@@ -109,7 +109,12 @@ SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
 # What a fenced daemon is told on the daemon command queue.
 FENCED_COMMAND: Final = "supervisor_fenced"
 
-Notify = Callable[[list[dict[str, Any]]], None]
+# Receives, after commit, the live monitor's `heartbeat` notices of the supervisors a list wrote:
+# a JSON array of `{"notice": "heartbeat", "contractId", "payload": {taskId, state, activity,
+# progress, incarnation, alive}}`, the shape the live channel carries (`app.live_events`). Text,
+# so that on PostgreSQL what the fold's statement built goes out as it is, never decoded here.
+Notify = Callable[[str], None]
+NOTICE: Final = "heartbeat"
 
 
 # --- the message ----------------------------------------------------------------------------
@@ -265,19 +270,22 @@ def ingest(
         if notify is not None:
             notices = [
                 {
+                    "notice": NOTICE,
                     "contractId": str(after.contract_id),
-                    "taskId": str(after.task_id),
-                    "state": after.state.value,
-                    "activity": after.current_activity,
-                    "progress": after.progress,
-                    "incarnation": after.incarnation,
-                    "alive": after.alive,
+                    "payload": {
+                        "taskId": str(after.task_id),
+                        "state": after.state.value,
+                        "activity": after.current_activity,
+                        "progress": after.progress,
+                        "incarnation": after.incarnation,
+                        "alive": after.alive,
+                    },
                 }
                 for _, after in plan.writes.values()
             ]
     if notify is not None and notices:
         try:
-            notify(notices)
+            notify(json.dumps(notices, separators=(",", ":")))
         except Exception:  # a live notice is best effort; the table is the record
             log.warning("heartbeat notice not published", exc_info=True)
     return report
@@ -366,7 +374,7 @@ def _ingest_folded(
         if report.refused:
             _park_refused(session, report.refused, received_at)
     remember_supervisors(first_contract)  # committed: they have a row now
-    if notify is not None and done.notices:
+    if notify is not None and done.notices != "[]":
         try:
             notify(done.notices)
         except Exception:  # a live notice is best effort; the table is the record

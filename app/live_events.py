@@ -349,19 +349,20 @@ class _Publisher:
     """A background thread that publishes wake-ups and notices, so a commit never waits on Redis.
 
     Messages queued while a publish is in flight go out together (a list), so a burst of
-    commits costs one publish. Errors are logged once a minute at most: readers poll anyway.
-    Restarted after a fork (Celery's prefork children), since threads do not survive one.
+    commits costs one publish. A list already encoded (`publish_encoded`: text) joins that list
+    as it is, without being decoded. Errors are logged once a minute at most: readers poll
+    anyway. Restarted after a fork (Celery's prefork children), since threads do not survive one.
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[dict[str, Any] | str] = queue.SimpleQueue()
         self._pid = -1
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._url = ""
         self._warned_at = 0.0
 
-    def put(self, message: dict[str, Any]) -> None:
+    def put(self, message: dict[str, Any] | str) -> None:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
@@ -381,19 +382,25 @@ class _Publisher:
                     break
             self._publish(batch)
 
-    def _publish(self, batch: list[dict[str, Any]]) -> None:
+    def _publish(self, batch: list[dict[str, Any] | str]) -> None:
         try:
             settings = get_settings()
             url = redis_url(settings)
             if self._client is None or url != self._url:
                 self._client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
                 self._url = url
-            self._client.publish(channel(settings), json.dumps(batch, separators=(",", ":")))
+            self._client.publish(channel(settings), _joined(batch))
         except (redis.RedisError, OSError) as exc:
             self._client = None
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()
                 log.warning("live wake-up not published (%s); readers fall back to polling", exc)
+
+
+def _joined(batch: list[dict[str, Any] | str]) -> str:
+    """One JSON array of every message queued: dicts encoded, encoded arrays spliced in whole."""
+    parts = [json.dumps(m, separators=(",", ":")) if isinstance(m, dict) else m[1:-1] for m in batch]
+    return "[" + ",".join(p for p in parts if p.strip()) + "]"
 
 
 _publisher = _Publisher()
@@ -402,6 +409,12 @@ _publisher = _Publisher()
 def publish(message: dict[str, Any]) -> None:
     """Queue one message for the live channel; returns at once."""
     _publisher.put(message)
+
+
+def publish_encoded(messages: str) -> None:
+    """Queue messages already encoded as one JSON array (the heartbeat ingestion's notices, built
+    by its statement): published as they are, never decoded here. Returns at once."""
+    _publisher.put(messages)
 
 
 def publish_notice(kind: str, contract_id: uuid.UUID, payload: dict[str, Any]) -> None:
@@ -468,6 +481,7 @@ __all__ = [
     "position_of",
     "prune_events",
     "publish",
+    "publish_encoded",
     "publish_notice",
     "read_after",
     "redis_url",

@@ -9,7 +9,6 @@ nothing: queued heartbeats are acknowledged and dropped, the sweeps skip.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -25,13 +24,10 @@ from workers.celery_app import celery_app
 log = logging.getLogger(__name__)
 
 
-def _publish_notices(notices: list[dict[str, Any]]) -> None:
-    """The live monitor's light `heartbeat` notices (after commit; never stored as events)."""
-    if not get_settings().feature_flags.monitoring_dashboard:
-        return
-    for notice in notices:
-        contract_id = uuid.UUID(notice.pop("contractId"))
-        live_events.publish_notice("heartbeat", contract_id, notice)
+def _publish_notices(notices: str) -> None:
+    """The live monitor's light `heartbeat` notices (after commit; never stored as events): the
+    JSON array the ingestion hands over goes out as it is."""
+    live_events.publish_encoded(notices)
 
 
 def _enabled(what: str) -> bool:
@@ -46,7 +42,9 @@ def ingest(message: Any) -> dict[str, int] | None:
     """A list of heartbeats, stored with a constant number of statements."""
     if not _enabled("heartbeat ingestion"):
         return None
-    report = heartbeats.ingest(message, sender=send_task, notify=_publish_notices)
+    # Without the live monitor nobody reads the notices: the ingestion does not even build them.
+    live = get_settings().feature_flags.monitoring_dashboard
+    report = heartbeats.ingest(message, sender=send_task, notify=_publish_notices if live else None)
     # The supervisor_state_changed events its one statement wrote: wake the live readers, as
     # every other committed event does (else they wait for another writer's wake-up or the poll).
     live_events.announce_events(report.state_changes)

@@ -7,7 +7,9 @@ sends them (twice at once where overlap matters), so nothing sleeps for two minu
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ from sqlalchemy import func, select, text
 
 from app import heartbeats
 from app.api import ContractsAPI
+from app.auth import Role, create_token
 from app.broker import get_celery, send_task
-from app.db import get_engine, unit_of_work
+from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
 from app.heartbeat_partitions import partition_name
 from app.http import create_app
@@ -491,3 +494,81 @@ def test_lists_ingested_at_once_by_several_writers_leave_the_newest_state_and_on
         assert row is not None and (row.progress, row.state, row.alive) == (23, states[23 % 3], True)
     changes = event_types(cid).count("supervisor_state_changed")
     assert changes == sum(r.state_changes for r in reports)  # an event for each change, no more
+
+
+def notices_of(message: dict[str, Any], engine: Any = None) -> list[dict[str, Any]]:
+    """The live notices one list hands over after commit, decoded (they are handed over as text)."""
+    handed: list[str] = []
+    heartbeats.ingest(message, sender=send_task, engine=engine, notify=handed.append)
+    assert len(handed) == 1
+    return sorted(json.loads(handed[0]), key=lambda n: n["payload"]["progress"])
+
+
+def expected_notices(cid: uuid.UUID, tasks: list[uuid.UUID]) -> list[dict[str, Any]]:
+    return [
+        {"notice": "heartbeat", "contractId": str(cid),
+         "payload": {"taskId": str(t), "state": "working", "activity": f"step {i}", "progress": i,
+                     "incarnation": 1, "alive": True}}
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+
+
+def test_a_list_hands_over_one_live_notice_per_supervisor_in_the_channels_shape(
+    daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
+) -> None:
+    api, cid = daemon
+    tasks = [uuid.uuid4() for _ in range(3)]
+    t0 = utcnow()
+    items = [{**hb(cid, t, "working", t0), "currentActivity": f"step {i}", "progress": i}
+             for i, t in enumerate(tasks)]  # fmt: skip
+    late = {**items[0], "timestamp": (t0 - timedelta(seconds=5)).isoformat(), "currentActivity": "older"}
+    message = heartbeats.message_of({api.caller.principal_id: [*items, late]})
+    assert notices_of(message) == expected_notices(cid, tasks)  # PostgreSQL: built by the statement
+
+    url = f"sqlite:///{tmp_path / 'makima.db'}"  # the embedded default: built in Python, same shape
+    migrate(url)
+    engine = get_engine(url)
+    try:
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        local = ContractsAPI(token, engine=engine, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(local.create_contract("embedded", "simple").id))
+        items = [{**i, "contractId": str(lid)} for i in [*items, late]]
+        assert notices_of(heartbeats.message_of({local.caller.principal_id: items}), engine) == (
+            expected_notices(lid, tasks)
+        )
+    finally:
+        engine.dispose()
+
+
+def test_the_worker_publishes_the_notices_on_the_live_channel_as_handed_over(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    """What the monitor's subscriber reads: one JSON array holding the notices (app.monitor)."""
+    import redis as redis_client
+
+    from app import live_events
+    from workers.heartbeats import ingest
+
+    api, cid = daemon
+    tasks = [uuid.uuid4() for _ in range(2)]
+    t0 = utcnow()
+    items = [{**hb(cid, t, "working", t0), "currentActivity": f"step {i}", "progress": i}
+             for i, t in enumerate(tasks)]  # fmt: skip
+    client = redis_client.Redis.from_url(live_events.redis_url())
+    sub = client.pubsub()
+    sub.subscribe(live_events.channel())
+    try:
+        sub.get_message(timeout=2)  # the subscription's confirmation
+        ingest(heartbeats.message_of({api.caller.principal_id: items}))
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            message = sub.get_message(timeout=1)
+            if message and message["type"] == "message":
+                batch = json.loads(message["data"])
+                got += [m for m in batch if m.get("notice") == "heartbeat" and m["contractId"] == str(cid)]
+    finally:
+        sub.close()
+        client.close()
+    assert sorted(got, key=lambda n: n["payload"]["progress"]) == expected_notices(cid, tasks)
