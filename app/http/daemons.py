@@ -135,7 +135,9 @@ async def daemon_commands(
     """The commands for this daemon after `after`, oldest first, about contracts you may see
     (a supervisor reads its own daemon's). Each carries its `commandId`: carry out each once
     (a command may come twice, here and on the broker) and pass `nextAfter` back to read on.
-    With `wait`, an empty answer waits up to that many seconds for a command."""
+    A page holds at most `limit` commands and at most 4 MiB of JSON: one that stopped early at
+    the size bound says `truncated: true` (read on at once). With `wait`, an empty answer waits
+    up to that many seconds for a command."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:

@@ -24,10 +24,12 @@ from sqlalchemy import select
 from app.api import ContractsAPI
 from app.auth import Role, create_token
 from app.broker import DAEMON_EXCHANGE, daemon_queue, daemon_queue_key, owner_queue_token, send_task
-from app.daemon_commands import queue_command
-from app.db import unit_of_work
+from app.daemon_commands import FEED_PAGE_BYTES, MAX_FEED, queue_command
+from app.db import get_engine, migrate, unit_of_work
+from app.domain.questions import MAX_FREE_TEXT_ANSWER, MAX_QUESTION
 from app.http import create_app
 from app.models import Supervisor, utcnow
+from app.questions import ANSWER_COMMAND
 from tests.integration.helpers import commands_received
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
@@ -213,7 +215,7 @@ def test_the_feed_is_owner_scoped(worker: WorkerProcess, client: TestClient) -> 
             listed = feed_of(client, token_for(owner, role), daemon_id, 1)["commands"]
             assert [c["commandId"] for c in listed] == [sent[owner]], (owner, role)
     stranger = feed(client, token_for(f"stranger-{uuid.uuid4().hex[:8]}", "supervisor"), daemon_id)
-    assert stranger == {"daemonId": daemon_id, "commands": [], "nextAfter": 0}
+    assert stranger == {"daemonId": daemon_id, "commands": [], "nextAfter": 0, "truncated": False}
     admin = feed_of(client, token_for("operators", "admin"), daemon_id, 2)["commands"]
     assert sorted(c["commandId"] for c in admin) == sorted(sent.values())
 
@@ -332,6 +334,130 @@ def test_a_long_poll_answers_with_the_command_that_arrives_while_it_waits(
     reader.join(timeout=30)
     assert [c["commandId"] for c in answer["commands"]] == [command_id]
     assert answer["commands"][0]["contractId"] == str(cid)
+
+
+def largest_answer(i: int) -> dict[str, Any]:
+    """An `answer_question` payload of the largest size, in 4-byte UTF-8 characters: the question
+    and a free-text answer, about 56 KB of JSON."""
+    wide = "\U0001d11e"  # 𝄞, four bytes in UTF-8
+    return {
+        "questionId": str(uuid.uuid4()),
+        "taskId": None,
+        "question": f"{i:03d}" + wide * (MAX_QUESTION - 3),
+        "answer": wide * MAX_FREE_TEXT_ANSWER,
+        "answeredAt": utcnow().isoformat(),
+    }
+
+
+def queue_largest_answers(cid: uuid.UUID, daemon_id: str, engine: Any = None) -> list[int]:
+    """Eighty of them (4.5 MB), ten to a transaction."""
+    queued: list[int] = []
+    for batch in range(8):
+        with unit_of_work(engine=engine) as uow:
+            queued += [
+                queue_command(
+                    uow, cid, ANSWER_COMMAND, largest_answer(10 * batch + i), utcnow(), daemon_id=daemon_id
+                ).id
+                for i in range(10)
+            ]
+    return queued
+
+
+def test_a_page_of_the_feed_is_bounded_by_size_and_reads_on_exactly_where_it_stopped(
+    client: TestClient, make_caller
+) -> None:
+    """Eighty answers of the largest size are 4.5 MB: a page of up to 1000 commands stops before
+    the one that would pass 4 MiB and says `truncated`; its `nextAfter` reads on, none lost or
+    repeated."""
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = api.create_contract("large answers", "simple").id
+    daemon_id = f"big-{uuid.uuid4().hex[:8]}"
+    queued = queue_largest_answers(cid, daemon_id)
+    path = f"/api/v1/daemons/{daemon_id}/commands"
+    pages: list[Any] = []
+    seen: list[int] = []
+    after = 0
+    while len(seen) < len(queued) and len(pages) < 10:
+        # `wait`: a command held back behind another transaction (the commit horizon) is waited for.
+        resp = client.get(
+            path,
+            params={"after": after, "limit": MAX_FEED, "wait": 10},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status_code == 200, resp.text[:500]
+        assert len(resp.content) <= FEED_PAGE_BYTES
+        page = resp.json()
+        pages.append(page)
+        seen += [c["commandId"] for c in page["commands"]]
+        assert page["nextAfter"] == (page["commands"][-1]["commandId"] if page["commands"] else after)
+        after = page["nextAfter"]
+    assert seen == queued
+    assert pages[0]["truncated"] and 0 < len(pages[0]["commands"]) < len(queued)
+    assert not pages[-1]["truncated"]
+    assert feed(client, token, daemon_id, after=after) == {
+        "daemonId": daemon_id,
+        "commands": [],
+        "nextAfter": after,
+        "truncated": False,
+    }
+    # The API module reads the same page.
+    first = api.daemon_commands(daemon_id, limit=MAX_FEED)
+    assert [c.command_id for c in first.commands] == [c["commandId"] for c in pages[0]["commands"]]
+    assert first.truncated and first.next_after == pages[0]["nextAfter"]
+
+
+def test_a_page_longer_than_one_read_has_every_command_once_in_order(client: TestClient, make_caller) -> None:
+    """Rows are read a hundred at a time; a page of 1000 reads on where each read stopped."""
+    token, _ = make_caller(role="supervisor")
+    cid = ContractsAPI(token).create_contract("many commands", "simple").id
+    daemon_id = f"many-{uuid.uuid4().hex[:8]}"
+    queued: list[int] = []
+    for batch in range(5):
+        with unit_of_work() as uow:
+            queued += [
+                queue_command(
+                    uow, cid, "sync_supervisor_state", {"n": 50 * batch + i}, utcnow(), daemon_id=daemon_id
+                ).id
+                for i in range(50)
+            ]
+    page = feed_of(client, token, daemon_id, len(queued), limit=MAX_FEED)
+    assert [c["commandId"] for c in page["commands"]] == queued
+    assert (page["nextAfter"], page["truncated"]) == (queued[-1], False)
+    first = feed(client, token, daemon_id, limit=150)
+    rest = feed(client, token, daemon_id, after=first["nextAfter"], limit=150)
+    assert [c["commandId"] for c in first["commands"] + rest["commands"]] == queued
+    assert (len(first["commands"]), first["truncated"], rest["nextAfter"]) == (150, False, queued[-1])
+
+
+def test_a_page_of_the_feed_is_bounded_by_size_on_sqlite_too(tmp_path: Any) -> None:
+    """The embedded default reads in command id order; the same bound and the same cursor."""
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    try:
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        api = ContractsAPI(token, engine=engine, sender=lambda *args, **kwargs: "")
+        cid = api.create_contract("large answers", "simple").id
+        daemon_id = "big-sqlite"
+        queued = queue_largest_answers(cid, daemon_id, engine)
+        pages = [api.daemon_commands(daemon_id, limit=MAX_FEED)]
+        while pages[-1].commands:
+            pages.append(api.daemon_commands(daemon_id, after=pages[-1].next_after, limit=MAX_FEED))
+        with unit_of_work(engine=engine) as uow:  # and a page longer than one read
+            more = [
+                queue_command(uow, cid, "sync_supervisor_state", {"n": i}, utcnow(), daemon_id=daemon_id).id
+                for i in range(150)
+            ]
+        longer = api.daemon_commands(daemon_id, after=queued[-1], limit=MAX_FEED)
+    finally:
+        engine.dispose()
+    assert [c.command_id for p in pages for c in p.commands] == queued
+    assert max(len(p.model_dump_json(by_alias=True).encode("utf-8")) for p in pages) <= FEED_PAGE_BYTES
+    assert [p.truncated for p in pages] == [True, False, False]
+    assert pages[-1].next_after == queued[-1]
+    assert [c.command_id for c in longer.commands] == more and not longer.truncated
 
 
 @pytest.mark.parametrize(
