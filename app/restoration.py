@@ -8,7 +8,7 @@ current status are read, and the first of the protocol's steps 5-8 that applies 
 (`next`), with a compact context text a supervisor can be given. What it carries is bounded
 by size as well as by count: the newest history within `HISTORY_BYTES`, the oldest open
 questions within `PENDING_QUESTION_BYTES` (`pendingQuestionsNextAfter` says where the questions
-endpoint reads on).
+endpoint reads on), the newest answers since the save within `ANSWERED_QUESTION_BYTES`.
 
 When a *supervisor* asks, the restoration also **claims** the supervisor
 (`app.supervisor_claims`): it issues a new incarnation (the `supervisors` row is bumped, or
@@ -85,6 +85,11 @@ MAX_ANSWERS: Final = 50
 # (`pendingQuestionsNextAfter`).
 MAX_PENDING_QUESTIONS: Final = 50
 PENDING_QUESTION_BYTES: Final = 1024 * 1024
+# The answers received since the save are bounded the same way: a question and its answer of the
+# largest allowed size are about 56 KB in 4-byte characters, 2.8 MB for 50. With the history's
+# 4 MiB, that is 6 MiB beside the fields bounded by count (the 8 KB context, at most 1,000
+# waited-on tasks).
+ANSWERED_QUESTION_BYTES: Final = 1024 * 1024
 # Open questions read from the database at a time: a list the size bound ends early reads little
 # past it.
 _QUESTION_ROWS_PER_FETCH: Final = 10
@@ -212,7 +217,15 @@ class Restoration(Schema):
         description="What the daemon must do from now on: the incarnation to send with every "
         "heartbeat and save, where answers to pending questions go",
     )
-    answered_questions: list[AnsweredQuestionView]
+    answered_questions: list[AnsweredQuestionView] = Field(
+        description="The newest questions answered since the restored save, oldest first: at most 50 "
+        "and at most 1 MiB of JSON (at least one when any was answered)"
+    )
+    answered_questions_truncated: bool = Field(
+        False,
+        description="True when the size bound (1 MiB) left older answers out: read them with "
+        "GET .../questions?open=false",
+    )
     waiting_tasks: list[WaitingTaskView]
     context: str = Field(description="A compact plain-text summary to give the supervisor (≤ 8 KB)")
     contract: ContractSummary
@@ -326,24 +339,43 @@ def _json_size(view: Schema) -> int:
     return len(view.__pydantic_serializer__.to_json(view, by_alias=True))
 
 
-def _answered_since(
-    session: Session, contract_id: uuid.UUID, saved_at: datetime | None
-) -> list[SupervisorQuestion]:
-    """The newest `MAX_ANSWERS` questions answered after the restored save (all answered ones
-    when it has no save time), oldest first."""
-    answered_query = select(SupervisorQuestion).where(
+def answered_since(
+    session: Session, contract_id: uuid.UUID, saved_at: datetime | None, budget: int = ANSWERED_QUESTION_BYTES
+) -> tuple[list[AnsweredQuestionView], bool]:
+    """The newest questions answered after the restored save (all answered ones when it has
+    no save time), at most `MAX_ANSWERS` and while their JSON stays within `budget` bytes (the
+    newest is always taken), oldest first; and whether the size bound left older ones out."""
+    query = select(SupervisorQuestion).where(
         SupervisorQuestion.contract_id == contract_id,
         SupervisorQuestion.status == QuestionStatus.ANSWERED.value,
     )
     if saved_at is not None:
-        answered_query = answered_query.where(SupervisorQuestion.answered_at > saved_at)
-    return list(
-        reversed(
-            session.scalars(
-                answered_query.order_by(SupervisorQuestion.answered_at.desc()).limit(MAX_ANSWERS)
-            ).all()
-        )
+        query = query.where(SupervisorQuestion.answered_at > saved_at)
+    query = (
+        query.order_by(SupervisorQuestion.answered_at.desc(), SupervisorQuestion.id.desc())
+        .limit(MAX_ANSWERS)
+        .execution_options(yield_per=_QUESTION_ROWS_PER_FETCH)
     )
+    taken: list[AnsweredQuestionView] = []
+    used, room, truncated = 0, budget - 2, False  # the list's brackets
+    result = session.execute(query).scalars()
+    try:
+        for q in result:
+            view = AnsweredQuestionView(
+                id=q.id,
+                question=q.question,
+                answer=q.answer,
+                answered_at=_aware(q.answered_at) if q.answered_at is not None else None,
+            )
+            size = _json_size(view) + 1  # and its comma
+            if taken and used + size > room:
+                truncated = True
+                break
+            used += size
+            taken.append(view)
+    finally:
+        result.close()
+    return list(reversed(taken)), truncated
 
 
 def _options(raw: Any) -> list[str]:
@@ -424,7 +456,9 @@ def restore(
         for t in (snap.waiting_on_task_ids if snap is not None else ())
     ]
     pending = pending_questions(session, contract.id)
-    answered = _answered_since(session, contract.id, snap.saved_at if snap is not None else None)
+    answered, answers_truncated = answered_since(
+        session, contract.id, snap.saved_at if snap is not None else None
+    )
     step = next_step(decision, pending.count, waiting)
 
     messages: list[HistoryMessage] = []
@@ -502,15 +536,8 @@ def restore(
         pending_questions_next_after=pending.next_after,
         questions_redirected=redirected,
         notices=notices,
-        answered_questions=[
-            AnsweredQuestionView(
-                id=q.id,
-                question=q.question,
-                answer=q.answer,
-                answered_at=_aware(q.answered_at) if q.answered_at is not None else None,
-            )
-            for q in answered
-        ],
+        answered_questions=answered,
+        answered_questions_truncated=answers_truncated,
         waiting_tasks=[
             WaitingTaskView(task_id=t.task_id, name=t.name, status=t.status, exists=t.exists) for t in waiting
         ],
@@ -530,6 +557,7 @@ def _aware(value: datetime) -> datetime:
 
 
 __all__ = [
+    "ANSWERED_QUESTION_BYTES",
     "MAX_HISTORY_LIMIT",
     "MAX_PENDING_QUESTIONS",
     "PENDING_QUESTION_BYTES",
@@ -542,6 +570,7 @@ __all__ = [
     "Restoration",
     "RestoredState",
     "WaitingTaskView",
+    "answered_since",
     "pending_questions",
     "restart",
     "restore",

@@ -31,10 +31,10 @@ from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
 from app.domain.lifecycle import Status
-from app.domain.questions import MAX_CONTEXT, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
+from app.domain.questions import MAX_CONTEXT, MAX_FREE_TEXT_ANSWER, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
-from app.restoration import PENDING_QUESTION_BYTES
+from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES
 from app.supervisor_state import HISTORY_BYTES
 from tests.integration.helpers import event_types, new_contract
 from tests.integration.worker_processes import ROOT, WorkerProcess, start_worker, wait_for
@@ -460,6 +460,38 @@ def test_a_restoration_carries_open_questions_within_a_mebibyte_and_says_where_t
         ).json()
     assert carried + [q["id"] for q in rest["questions"]] == asked
     assert rest["nextAfter"] is None
+
+
+def test_a_restoration_carries_the_newest_answers_within_a_mebibyte(
+    daemon: tuple[str, ContractsAPI], make_caller: Any
+) -> None:
+    """Twenty questions and answers of the largest size since the save are 1.1 MB: the
+    restoration carries the newest that fit in 1 MiB, oldest first, and says some were left out."""
+    token, api = daemon
+    cid = new_contract(api, name="large answers")
+    task = uuid.uuid4()
+    wide = "\U0001d11e"  # 𝄞, four bytes in UTF-8
+    asked = [
+        api.ask_question(cid, f"{i:02d}" + wide * (MAX_QUESTION - 2), "free_text")[0].id for i in range(20)
+    ]
+    api.save_supervisor_state(cid, task, state_version=1, state="waiting_for_user", phase="plan")
+    person = person_of(api, make_caller)
+    for qid in asked:
+        person.answer_question(cid, qid, wide * MAX_FREE_TEXT_ANSWER)
+    with TestClient(create_app()) as client:
+        resp = client.get(
+            f"{BASE}/{cid}/supervisor/restoration",
+            params={"taskId": str(task)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 200, resp.text[:500]
+    restored = resp.json()
+    carried = [q["id"] for q in restored["answeredQuestions"]]
+    assert 0 < len(carried) < 20
+    assert carried == [str(q) for q in asked[-len(carried) :]]  # the newest, oldest first
+    assert json_size(restored["answeredQuestions"]) <= ANSWERED_QUESTION_BYTES
+    assert restored["answeredQuestionsTruncated"] is True
+    assert restored["next"] == "resume"
 
 
 # --- with waiting tasks -------------------------------------------------------------------------
