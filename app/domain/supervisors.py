@@ -279,12 +279,13 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
     )
 
 
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_PATTERN: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_UUID: Final = re.compile(_UUID_PATTERN)
+_TWO_UUIDS: Final = re.compile(_UUID_PATTERN * 2)
+_THREE_UUIDS: Final = re.compile(_UUID_PATTERN * 3)
 # UTC only: Python accepts offsets PostgreSQL refuses (beyond ±15:59); any other is normalized.
 _PLAIN_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]00:00)")
 _STATES: Final = frozenset(s.value for s in SupervisorState)
-_TEXTS: Final = (("phase", MAX_PHASE), ("currentActivity", MAX_ACTIVITY), ("daemonId", MAX_DAEMON_ID),
-                 ("host", MAX_HOST))  # fmt: skip
 
 
 def _plain_text(raw: Any, limit: int) -> bool:
@@ -305,33 +306,44 @@ def _wire_form(raw: Any) -> datetime | None:
     """
     if type(raw) is not dict or not raw.keys() <= FIELDS:
         return None
-    given = raw.get("id")
-    if given is not None and not _canonical(given):
+    get = raw.get
+    # The two or three ids in one match: each must be a string of exactly 36 characters first,
+    # so that together they can only match as canonical UUIDs one after the other.
+    task, contract, given = get("taskId"), get("contractId"), get("id")
+    if type(task) is not str or type(contract) is not str or len(task) != 36 or len(contract) != 36:
         return None
-    if not (_canonical(raw.get("taskId")) and _canonical(raw.get("contractId"))):
+    if given is None:
+        if _TWO_UUIDS.fullmatch(task + contract) is None:
+            return None
+    elif (
+        type(given) is not str or len(given) != 36 or _THREE_UUIDS.fullmatch(task + contract + given) is None
+    ):
         return None
-    state = raw.get("state")
+    state = get("state")
     if type(state) is not str or state not in _STATES:
         return None
-    phase = raw.get("phase")
+    phase = get("phase")
     if not _plain_text(phase, MAX_PHASE) or not cast(str, phase).strip():
         return None
-    for name, limit in _TEXTS[1:]:
-        value = raw.get(name)
-        if value is not None and not _plain_text(value, limit):
+    activity = get("currentActivity")
+    if activity is not None and not _plain_text(activity, MAX_ACTIVITY):
+        return None
+    for value, limit in ((get("daemonId"), MAX_DAEMON_ID), (get("host"), MAX_HOST)):
+        if value is not None and (not _plain_text(value, limit) or not value.strip()):
             return None
-        if name != "currentActivity" and value is not None and not value.strip():
-            return None
-    progress = raw.get("progress", 0)
+    progress = get("progress", 0)
     if type(progress) is not int or not 0 <= progress <= 100:
         return None
-    incarnation = raw.get("incarnation")
+    incarnation = get("incarnation")
     if incarnation is not None and (type(incarnation) is not int or not 1 <= incarnation <= MAX_INCARNATION):
         return None
-    pending = raw.get("pendingTaskIds", ())
-    if type(pending) is not list and pending != ():
-        return None
-    if len(pending) > MAX_PENDING_TASKS or not all(_canonical(p) for p in pending):
+    pending = get("pendingTaskIds", ())
+    if pending:
+        if type(pending) is not list or len(pending) > MAX_PENDING_TASKS:
+            return None
+        if not all(_canonical(p) for p in pending):
+            return None
+    elif type(pending) is not list and pending != ():
         return None
     stamp = raw.get("timestamp")
     if type(stamp) is not str or _PLAIN_TIMESTAMP.fullmatch(stamp) is None:

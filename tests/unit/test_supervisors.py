@@ -123,6 +123,10 @@ WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", 
         {**WIRE, "state": ["working"]},
         {**WIRE, "bogus": 1},
         {**WIRE, "id": "nope"},
+        {**WIRE, "id": WIRE["id"][:-1], "taskId": WIRE["taskId"] + "0"},  # 35 + 37 characters
+        {**WIRE, "contractId": WIRE["contractId"].upper()},
+        {**WIRE, "pendingTaskIds": ""},
+        {**WIRE, "pendingTaskIds": {}},
         [WIRE],
     ],
 )
