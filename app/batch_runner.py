@@ -1,8 +1,8 @@
 """Running a batch operation: chunk by chunk, each chunk one short transaction, resumable.
 
 `app.batch` starts a batch (and judges a dry run) and reads it back; this module is what the
-`batch` queue's worker runs. A chunk claims up to `CHUNK` contracts of the selection with
-SKIP LOCKED, judges each under its lock, writes them, and saves the batch's cursor and
+`batch` queue's worker runs. A chunk claims up to `[batch] chunk_size` contracts of the
+selection with SKIP LOCKED, judges each under its lock, writes them, and saves the batch's cursor and
 progress in the same transaction, so a worker killed mid-batch resumes after the last saved
 chunk and no contract is acted on twice. A contract that fails is recorded in the batch's
 errors and the others proceed.
@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from app import contracts
 from app.batch import (
     BULK_OPERATIONS,
-    CHUNK,
     SLICE_SECONDS,
     BatchState,
     Outcome,
@@ -37,7 +36,7 @@ from app.batch import (
     selection,
 )
 from app.broker import Sender
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.contract_rows import lock_contract
 from app.daemon_commands import queue_command
 from app.db import UnitOfWork, unit_of_work
@@ -70,12 +69,17 @@ class Runner:
     engine: Any = None
     sender: Sender | None = None
     settings: Settings | None = None
-    chunk: int = CHUNK
+    # Contracts per chunk transaction; None: `[batch] chunk_size` of the settings.
+    chunk: int | None = None
     # Durations of the chunk transactions run so far (seconds); what bench/batch.py reports.
     transactions: list[float] = field(default_factory=list)
 
     def uow(self) -> Any:
         return unit_of_work(self.sender, engine=self.engine, settings=self.settings)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunk or (self.settings or get_settings()).batch.chunk_size
 
 
 @dataclass
@@ -119,7 +123,7 @@ def _run_chunk(runner: Runner, batch_id: uuid.UUID) -> _ChunkResult:
     started = time.perf_counter()
     try:
         with runner.uow() as uow:
-            result = _chunk(uow, batch_id, runner.chunk, ids)
+            result = _chunk(uow, batch_id, runner.chunk_size, ids)
     except DBAPIError as exc:
         if exc.connection_invalidated or not ids:
             raise

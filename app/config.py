@@ -113,6 +113,21 @@ class WorktreesConfig(BaseModel):
     cleanup_interval_seconds: float = Field(3600, gt=0)
 
 
+class BatchConfig(BaseModel):
+    """`[batch]`: how a batch operation is cut into transactions (`app.batch_runner`).
+
+    Each chunk of `chunk_size` contracts is one transaction that claims, judges and moves
+    them and saves the batch's cursor. 1 runs each contract in a transaction of its own (the
+    literal reading of "each contract in its own short transaction"), at a small fraction of
+    the chunked rate (README "Batch operations" has the figures); the default keeps each
+    transaction well under a second.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(2000, ge=1, le=10000)
+
+
 class FeatureFlags(BaseModel):
     """Plan "Feature Flags": each capability can be switched off for a staged rollout."""
 
@@ -271,6 +286,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = MonitorConfig()
     heartbeats: HeartbeatsConfig = HeartbeatsConfig()
     worktrees: WorktreesConfig = WorktreesConfig()
+    batch: BatchConfig = BatchConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -321,6 +337,7 @@ def get_settings() -> Settings:
 
 
 __all__ = [
+    "BatchConfig",
     "ConfigError",
     "ContractsConfig",
     "FeatureFlags",
