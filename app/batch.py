@@ -6,28 +6,33 @@ An admin asks for an operation (`archive_old`, `pause_all`, `resume_all`, `clean
 hands it to the `batch` queue after commit. A dry run is judged at once and answered with
 what would be affected; nothing but its record is written.
 
-The worker (`app.batch_runner.run_batch`) works through the selection in chunks of `CHUNK` contracts, keyset
-on id. Each chunk is one short transaction that
+The worker (`app.batch_runner.run_batch`) works through the selection in chunks of `[batch]
+chunk_size` contracts (2,000 unless configured), keyset on id. Each chunk is one short
+transaction that
 
 1. locks the batch row (two runners of one batch, say a redelivered message beside the
    original, take turns; neither acts on a contract the other did),
-2. claims the chunk's contracts with `FOR UPDATE SKIP LOCKED` (a contract a person or a
-   sweep holds right now is *deferred* and done alone, with a waiting lock, at the end),
-3. re-judges each contract under its lock with the domain's rules: still selected
-   (`BatchOperation.selects`), and the move allowed by the status table (`check_transition`,
-   the same check the guarded command `change_status` makes). A refusal is that contract's
-   error, recorded, and the others go on;
-4. applies the chunk: on PostgreSQL a status move is one `UPDATE` and one event `INSERT` for
-   the whole chunk (the same columns and `status_changed` event `change_status` writes); on
-   SQLite, and for `restart_stale`, each contract goes through the guarded code itself;
-5. records an item per contract (`batch_items`: affected, error with its code and message,
-   deferred, skipped) and moves the batch's cursor and counters, in the same transaction.
+2. claims the chunk's contracts with `FOR NO KEY UPDATE SKIP LOCKED`, still selected
+   (`selection`, the rule `BatchOperation.selects` as a WHERE clause, evaluated on each row
+   as it is locked); a contract a person or a sweep holds right now, or that changed since,
+   is *deferred* and done alone, with a waiting lock and judged again, at the end,
+3. judges each contract's move by the status table exactly as the guarded command
+   `change_status` does (`judge`: `status_columns`, which runs `check_transition`). A
+   refusal is that contract's error, recorded, and the others go on,
+4. applies the chunk: on PostgreSQL a status move is one `UPDATE` and one event `INSERT` per
+   status met, writing the columns and `status_changed` event `status_columns` gives (what
+   `change_status` writes); on SQLite, and for `restart_stale`, each contract goes through
+   the guarded code itself,
+5. records the ids it acted on as one `batch_chunks` row, every other outcome (error with its
+   code and message, deferred, skipped) as a `batch_items` row, and moves the batch's cursor
+   and counters, in the same transaction.
 
 So a worker killed anywhere loses at most the uncommitted chunk, and the next delivery
-resumes after the last committed one; the items' primary key (batch, contract) means no
-contract is acted on twice. A chunk that fails as a whole (a database error on one row) is
-redone one contract per transaction, so the failing contract is reported with its error and
-the rest proceed. Each delivery of the task works for `slice_seconds` and then re-enqueues the
+resumes after the last committed one: a chunk claims only ids above the committed cursor and
+not already an item, so no contract is acted on twice. A chunk that fails as a whole (a
+database error on one row) is redone one contract per transaction, so the failing contract
+is reported with its error and the rest proceed. `chunk_size = 1` makes every contract its own
+transaction. Each delivery of the task works for `slice_seconds` and then re-enqueues the
 batch, so no task outlives the broker's visibility timeout; a beat job re-sends batches
 whose runner stopped reporting progress (a message lost with its worker).
 """
@@ -36,6 +41,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -45,11 +52,13 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
 from app.config import Settings
+from app.contract_rows import status_columns
 from app.db import UnitOfWork, dialect_insert
 from app.domain.errors import ContractError, Forbidden, ValidationFailed
-from app.domain.lifecycle import Status, check_transition
+from app.domain.lifecycle import Status
 from app.domain.maintenance import BatchOperation, ContractFacts, Operation, parse_batch_operation
 from app.models import (
+    BatchChunk,
     BatchItem,
     BatchOperationRow,
     Contract,
@@ -61,7 +70,7 @@ from app.schemas import Schema, Timestamp
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 2000
+CHUNK: Final = 2000  # the default `[batch] chunk_size`; also the page a dry run reads at a time
 SLICE_SECONDS: Final = 20.0
 MAX_LIST: Final = 100
 BATCH_COUNTER: Final = "batch_operations_total"
@@ -135,6 +144,11 @@ def batch_view(session: Session, row: BatchOperationRow, *, with_result: bool = 
     affected: list[uuid.UUID] | None = None
     errors: list[BatchOperationError] | None = None
     if finished and with_result:
+        affected = [
+            as_uuid(cid)
+            for ids in session.scalars(select(BatchChunk.affected_ids).where(BatchChunk.batch_id == row.id))
+            for cid in ids
+        ]
         items = session.execute(
             select(BatchItem.contract_id, BatchItem.outcome, BatchItem.error_code, BatchItem.error_message)
             .where(
@@ -143,7 +157,8 @@ def batch_view(session: Session, row: BatchOperationRow, *, with_result: bool = 
             )
             .order_by(BatchItem.contract_id)
         ).all()
-        affected = [cid for cid, outcome, _, _ in items if outcome == Outcome.AFFECTED.value]
+        affected += [cid for cid, outcome, _, _ in items if outcome == Outcome.AFFECTED.value]
+        affected.sort()
         errors = [
             BatchOperationError(contract_id=cid, error=message or "", code=code)
             for cid, outcome, code, message in items
@@ -282,8 +297,9 @@ def start_batch(
 
 def _judge_dry_run(session: Session, row: BatchOperationRow, op: BatchOperation) -> None:
     """What the batch would do now: the same rules, no lock, nothing changed but the record."""
-    items: list[dict[str, Any]] = []
     after: uuid.UUID | None = None
+    now = utcnow()
+    verdicts: dict[str, Verdict] = {}
     while True:
         query = (
             select(Contract.id, Contract.status, Contract.status_changed_at, Contract.last_activity_at)
@@ -294,19 +310,62 @@ def _judge_dry_run(session: Session, row: BatchOperationRow, op: BatchOperation)
         if after is not None:
             query = query.where(Contract.id > after)
         chunk = session.execute(query).all()
+        affected: list[uuid.UUID] = []
+        items: list[dict[str, Any]] = []
         for cid, status, changed, active in chunk:
             if not op.selects(contract_facts(status, changed, active), row.as_of):
                 continue
-            items.append(judged_item(row, op, cid, Status(status)))
+            verdict = verdicts.get(status) or verdicts.setdefault(
+                status, judge(op, row.id, Status(status), now)
+            )
+            if verdict.error is None:
+                affected.append(cid)
+            else:
+                items.append(item_row(row, cid, Outcome.ERROR, verdict.error, at=now))
+        if chunk:
+            record_chunk(session, row.id, chunk[-1][0], affected, now)
+            record_items(session, items)
+            row.affected_count += len(affected)
+            row.error_count += len(items)
         if len(chunk) < CHUNK:
             break
         after = chunk[-1][0]
-    record_items(session, items)
-    row.done = row.total = len(items)
-    row.affected_count = sum(1 for i in items if i["outcome"] == Outcome.AFFECTED.value)
-    row.error_count = len(items) - row.affected_count
+    row.done = row.total = row.affected_count + row.error_count
     row.status = BatchState.COMPLETED.value
     row.finished_at = row.updated_at = utcnow()
+
+
+def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The status table's answer for moving a contract in one status: the contract columns and
+    `status_changed` payload the move writes, or the refusal (code, message)."""
+
+    columns: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None
+    error: tuple[str, str] | None = None
+
+
+def judge(op: BatchOperation, batch_id: uuid.UUID, status: Status, now: datetime) -> Verdict:
+    """Judge a batch's move of a contract in `status` the way `change_status` judges it.
+
+    `change_status` (as the batch's admin caller, a person) refuses a move to the batch's
+    targets (`archived`, `paused`, `active`) only by the status table, through
+    `status_columns`; this is that same call, so a contract is refused here exactly when the
+    guarded command would refuse it, and a move writes what the guarded command writes. The
+    verdict depends on nothing but the status, so a chunk judges each status it meets once.
+    Operations that are not a move (`cleanup_archived`, `restart_stale`) are never refused here.
+    """
+    if op.target is None:
+        return Verdict()
+    try:
+        columns, payload = status_columns(status, op.target, now, reason=op.event_reason(batch_id))
+    except ContractError as exc:
+        return Verdict(error=(exc.code, exc.message))
+    return Verdict(columns, payload)
 
 
 def item_row(
@@ -327,14 +386,29 @@ def item_row(
     }
 
 
-def judged_item(row: BatchOperationRow, op: BatchOperation, cid: uuid.UUID, status: Status) -> dict[str, Any]:
-    """The status table's verdict on moving this contract: affected, or its error."""
-    if op.target is not None:
-        try:
-            check_transition(status, op.target, reason=op.event_reason(row.id))
-        except ContractError as exc:
-            return item_row(row, cid, Outcome.ERROR, (exc.code, exc.message))
-    return item_row(row, cid, Outcome.AFFECTED)
+_CHUNK_SQL: Final = text(
+    "INSERT INTO batch_chunks (batch_id, through_id, affected_ids, processed_at) "
+    "VALUES (CAST(:batch AS uuid), CAST(:through AS uuid), CAST(:ids AS uuid[]), :now)"
+)
+
+
+def record_chunk(
+    session: Session,
+    batch_id: uuid.UUID,
+    through: uuid.UUID | str,
+    affected: Sequence[uuid.UUID | str],
+    now: datetime,
+) -> None:
+    """The contracts one chunk acted on, as one row keyed by the cursor the chunk moves to."""
+    if not affected:
+        return
+    ids = [str(cid) for cid in affected]
+    if session.get_bind().dialect.name == "postgresql":
+        params = {"batch": str(batch_id), "through": str(through), "ids": ids, "now": now}
+        session.execute(_CHUNK_SQL, params)
+        return
+    values = {"batch_id": batch_id, "through_id": as_uuid(through), "affected_ids": ids, "processed_at": now}
+    session.execute(insert(BatchChunk), [values])
 
 
 _ITEMS_SQL: Final = text(
@@ -345,8 +419,9 @@ _ITEMS_SQL: Final = text(
 )
 
 
-def record_items(session: Session, items: list[dict[str, Any]]) -> None:
+def record_items(session: Session, items: Iterable[dict[str, Any]]) -> None:
     """One statement for a chunk's items (arrays on PostgreSQL, a multi-row insert elsewhere)."""
+    items = list(items)
     if not items:
         return
     if session.get_bind().dialect.name != "postgresql":
@@ -419,6 +494,8 @@ __all__ = [
     "BatchState",
     "BatchView",
     "Outcome",
+    "Verdict",
+    "as_uuid",
     "batch_caller",
     "batch_view",
     "bump_counter",
@@ -427,8 +504,9 @@ __all__ = [
     "find_by_key",
     "get_batch",
     "item_row",
-    "judged_item",
+    "judge",
     "list_batches",
+    "record_chunk",
     "record_items",
     "require_admin",
     "selection",

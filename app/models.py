@@ -26,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -58,6 +58,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+# A list of ids: `uuid[]` on PostgreSQL, a JSON list of strings on SQLite.
+UuidList = JSON().with_variant(ARRAY(Uuid()), "postgresql")
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -363,11 +365,32 @@ class BatchOperationRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class BatchChunk(Base):
+    """The contracts one committed chunk of a batch acted on: one row per chunk, not per contract.
+
+    Written in the chunk's transaction with the batch's cursor, which it carries as
+    `through_id`: every contract of the chunk has an id at or below it, and a later chunk only
+    claims ids above the cursor, so a contract listed here is never acted on again. What is
+    not an action (an error, a deferral, a skip) is a `BatchItem` of its own.
+    """
+
+    __tablename__ = "batch_chunks"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("batch_operations.id", ondelete="CASCADE"), primary_key=True
+    )
+    through_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    affected_ids: Mapped[list[Any]] = mapped_column(UuidList)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class BatchItem(Base):
-    """What a batch did to one contract: affected, failed (with the error) or deferred.
+    """What a batch did to one contract on its own: failed (with the error), deferred, skipped,
+    or affected outside a chunk (a deferred contract done alone, a failed chunk redone one by one).
 
     No foreign key to the contract: a cleanup deletes it, and the record must stay. The
-    primary key is what makes a contract acted on at most once per batch.
+    primary key, with the cursor (`BatchChunk`), is what makes a contract acted on at most
+    once per batch.
     """
 
     __tablename__ = "batch_items"
@@ -415,7 +438,7 @@ class MetricCounter(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-__all__ += ["BatchItem", "BatchOperationRow", "DeletionAudit", "MetricCounter", "StaleEpisode"]
+__all__ += ["BatchChunk", "BatchItem", "BatchOperationRow", "DeletionAudit", "MetricCounter", "StaleEpisode"]
 
 
 # --- supervisor heartbeats (migration 0006) ---------------------------------------------------

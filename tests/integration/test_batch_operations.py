@@ -4,7 +4,8 @@ Batches and sweeps act on every contract of a database, so this module runs on a
 Redis key prefix of its own (and empties its tables before each test): nothing another test
 left behind is archived, paused or deleted, and nothing here leaks into another test. The
 workers get shortened thresholds through configuration (environment variables), as an
-operator would set them.
+operator would set them, among them a chunk of `CHUNK` contracts, so that even these small
+batches run in several chunk transactions.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ RUN = Isolation("makima_batch")
 STALE_SECONDS = 2.0
 INPUT_TIMEOUT_SECONDS = 2.0
 RETENTION_SECONDS = 2.0
+CHUNK = 16
 WORKER_ENV = {
+    "MAKIMA_BATCH__CHUNK_SIZE": str(CHUNK),
     **RUN.environment(),
     "MAKIMA_CONTRACTS__STALE_THRESHOLD_MINUTES": str(STALE_SECONDS / 60),
     "MAKIMA_CONTRACTS__INPUT_TIMEOUT_HOURS": str(INPUT_TIMEOUT_SECONDS / 3600),
@@ -142,6 +145,25 @@ def events_of(engine: Engine, type_: str) -> dict[uuid.UUID, int]:
         return {cid: int(n) for cid, n in rows}
 
 
+def transactions_of(engine: Engine, type_: str) -> list[int]:
+    """How many `type_` events each transaction wrote (an event carries its transaction's id)."""
+    with engine.connect() as conn:
+        return sorted(
+            int(n)
+            for n in conn.scalars(
+                text("SELECT count(*) FROM contract_events WHERE type = :type GROUP BY xid"), {"type": type_}
+            )
+        )
+
+
+def recorded(engine: Engine) -> int:
+    """Contracts a batch has a record of: those its chunks acted on, and one item each for the rest."""
+    with engine.connect() as conn:
+        chunked = conn.scalar(text("SELECT coalesce(sum(cardinality(affected_ids)), 0) FROM batch_chunks"))
+        items = conn.scalar(select(func.count()).select_from(BatchItem))
+    return int(chunked) + int(items or 0)
+
+
 def finished(
     client: TestClient, headers: dict[str, str], batch_id: str, timeout: float = 60
 ) -> dict[str, Any]:
@@ -183,6 +205,8 @@ def test_archive_old_archives_old_completed_and_failed_contracts_once(
     assert set(statuses(engine, young).values()) == {"completed"}
     changed = events_of(engine, "status_changed")
     assert {cid: changed.get(cid) for cid in old} == dict.fromkeys(old, 1)
+    # Bounded chunks: 40 contracts in transactions of at most CHUNK (16, 16, 8), none longer.
+    assert transactions_of(engine, "status_changed") == [8, CHUNK, CHUNK]
     with engine.connect() as conn:
         row = conn.execute(select(Contract).where(Contract.id == old[0])).one()
         payload = conn.scalar(select(ContractEvent.payload).where(ContractEvent.contract_id == old[0]))
@@ -452,6 +476,7 @@ def test_a_worker_killed_mid_batch_leaves_a_batch_that_completes_acting_on_each_
     admin = token(engine)
     ids = make(engine, 4000, Status.COMPLETED)
     worker.stop()  # only the worker under test consumes the batch queue
+    env = {**WORKER_ENV, "MAKIMA_BATCH__CHUNK_SIZE": "1000"}
     # Each updated row takes a millisecond, so a chunk of 1000 takes about a second.
     with engine.begin() as conn:
         conn.execute(
@@ -462,7 +487,7 @@ def test_a_worker_killed_mid_batch_leaves_a_batch_that_completes_acting_on_each_
                 " FOR EACH ROW EXECUTE FUNCTION slow_down()"
             )
         )
-    victim = start_worker(tmp_path, queues="batch", extra_env=WORKER_ENV)
+    victim = start_worker(tmp_path, queues="batch", extra_env=env)
     rescuer: WorkerProcess | None = None
     try:
         victim.wait_ready()
@@ -478,7 +503,7 @@ def test_a_worker_killed_mid_batch_leaves_a_batch_that_completes_acting_on_each_
         time.sleep(0.3)  # into the next chunk
         victim.kill()
         assert progress() < len(ids), "the batch finished before the kill"
-        rescuer = start_worker(tmp_path, queues="batch,sweeps", extra_env=WORKER_ENV)
+        rescuer = start_worker(tmp_path, queues="batch,sweeps", extra_env=env)
         rescuer.wait_ready()
         sender(TaskName.RESUME_STALLED_BATCHES, None)  # what beat sends; redelivery also resumes it
         result = finished(client, admin, batch_id, timeout=120)
@@ -491,5 +516,4 @@ def test_a_worker_killed_mid_batch_leaves_a_batch_that_completes_acting_on_each_
     assert result["affectedCount"] == len(ids) and result["errors"] == []
     assert len(set(result["affectedIds"])) == len(ids)
     assert events_of(engine, "status_changed") == dict.fromkeys(ids, 1)
-    with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(BatchItem)) == len(ids)
+    assert recorded(engine) == len(ids)
