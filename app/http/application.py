@@ -86,6 +86,8 @@ def create_app(
     install_error_handlers(application)
     # Outside the routers: a body is bounded (size, nesting, numbers, text) before it is parsed.
     application.add_middleware(BodyLimits)
+    # Outermost: the live monitor sends its events with the server's own send (app.http.monitor).
+    application.add_middleware(monitor.ServerSend)
     return application
 
 

@@ -13,12 +13,20 @@ WebSocket protocol (README "Live monitor"):
 Close codes (`app.http.errors`): 4401 not authenticated, 4400 bad message, 4503
 FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect with that
 `after`).
+
+Events go to the server's own ASGI `send` (`ServerSend` puts it in the connection's scope),
+started by the hub as it dispatches them (`app.monitor.Subscriber.offer`), not through
+Starlette's WebSocket from a task per subscriber: the same event goes to every subscriber,
+and those layers (its state checks, its exception handling's wrapper, a task switch) were
+paid once per delivery. The handshake, the answers to filter messages, the catch-up and the
+close still go through Starlette.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +35,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.auth import Caller, Unauthenticated
@@ -42,7 +51,7 @@ from app.http.errors import (
     WS_UNAUTHENTICATED,
 )
 from app.http.problems import InvalidRequest
-from app.monitor import FilterError, Hub, MonitorFilter, Subscriber, pump
+from app.monitor import DirectSend, FilterError, Hub, MonitorFilter, Subscriber, pump
 from app.schemas import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,24 @@ router = APIRouter(prefix=API_PREFIX, tags=["monitor"])
 FLAG: Final = "monitoring_dashboard"
 SSE_KEEPALIVE_SECONDS: Final = 15.0
 TOO_SLOW_CLOSE_SECONDS: Final = 30.0
+SERVER_SEND: Final = "makima.server_send"
+
+
+class ServerSend:
+    """ASGI middleware: a WebSocket connection's scope carries the server's own `send`.
+
+    Outside Starlette's per-connection wrappers (`create_app` adds it last, so it is the
+    outermost of the app's own), for the monitor's events (module docstring).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A coroutine function, as uvicorn's is: the hub starts a send by hand (app.monitor).
+        if scope["type"] == "websocket" and inspect.iscoroutinefunction(send):
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
 
 
 def require_monitoring() -> None:
@@ -152,13 +179,13 @@ async def monitor(websocket: WebSocket) -> None:
     sub = await hub.subscribe(caller, flt, after)
     try:
         await websocket.send_text(json.dumps({"type": "subscribed", "filter": flt.to_json(), "after": after}))
-        await _serve(websocket, hub, sub)
+        await _serve(websocket, hub, sub, websocket.scope.get(SERVER_SEND))
     finally:
         hub.unsubscribe(sub)
 
 
-async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber) -> None:
-    sender = asyncio.create_task(pump(sub, hub, websocket.send_text))
+async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber, direct: DirectSend | None) -> None:
+    sender = asyncio.create_task(pump(sub, hub, websocket.send_text, direct))
     receiver = asyncio.create_task(_filter_changes(websocket, sub))
     overflow = asyncio.create_task(sub.overflowed.wait())
     try:
@@ -176,8 +203,11 @@ async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber) -> None:
         await _close(websocket, WS_TOO_SLOW, f"too slow: resume after {resume}", TOO_SLOW_CLOSE_SECONDS)
     elif (
         sender in done
+        and not sender.cancelled()
         and sender.exception() is not None
-        and not isinstance(sender.exception(), WebSocketDisconnect)
+        # The client went away: Starlette says so with WebSocketDisconnect, the server's own
+        # send with an OSError (uvicorn's ClientDisconnected).
+        and not isinstance(sender.exception(), WebSocketDisconnect | OSError)
     ):
         log.warning("monitor: sending failed: %s", sender.exception())
         await _close(websocket, 1011, "internal error")
@@ -287,4 +317,4 @@ def _sse_frame(text: str) -> str:
     return f"{head}event: {body.get('type', 'message')}\ndata: {text}\n\n"
 
 
-__all__ = ["hub_of", "require_monitoring", "router"]
+__all__ = ["SERVER_SEND", "ServerSend", "hub_of", "require_monitoring", "router"]
