@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from app.auth import Role, create_token
+from app import batch_runner, contracts
+from app.api import ContractsAPI
+from app.auth import Caller, Role, create_token
 from app.broker import build_celery
 from app.config import Settings
-from app.db import get_engine, unit_of_work
+from app.db import get_engine, migrate, unit_of_work
+from app.domain.errors import ContractError
 from app.domain.lifecycle import Status
 from app.http import create_app
 from app.models import BatchItem, Contract, ContractEvent, DeletionAudit, StaleEpisode, utcnow
@@ -296,6 +299,84 @@ def test_restart_stale_asks_for_a_restart_of_each_stale_contract(
     assert set(statuses(engine, fresh).values()) == {"active"}
 
 
+def test_each_contract_is_judged_and_moved_as_the_guarded_change_status_would(
+    client: TestClient, engine: Engine, worker: WorkerProcess
+) -> None:
+    """archive_old over a contract in every status: the batch refuses exactly the moves
+    `change_status` refuses, with the same code, and writes what it writes for the others."""
+    admin = token(engine)
+    batched = {status: make(engine, 1, status)[0] for status in Status}
+    twins = {
+        status: make(engine, 1, status, ago=timedelta(minutes=5))[0] for status in Status
+    }  # not selected
+    result = run(
+        client,
+        admin,
+        {"operation": "archive_old", "olderThanHours": 1, "statusFilter": [s.value for s in Status]},
+    )
+    reason = f"batch archive_old ({result['batchId']})"
+    guarded: dict[Status, str] = {}
+    for status, cid in twins.items():
+        try:
+            with unit_of_work(engine=engine) as uow:
+                caller = Caller(uuid.uuid4(), "operators", Role.ADMIN)
+                contracts.change_status(uow, caller, cid, Status.ARCHIVED, reason=reason, now=utcnow())
+            guarded[status] = "moved"
+        except ContractError as exc:
+            guarded[status] = exc.code
+    errors = {e["contractId"]: e["code"] for e in result["errors"]}
+    assert {s: errors.get(str(cid), "moved") for s, cid in batched.items()} == guarded
+    assert sorted(result["affectedIds"]) == sorted(
+        str(batched[s]) for s, g in guarded.items() if g == "moved"
+    )
+    assert set(guarded.values()) == {"moved", "INVALID_TRANSITION"}  # both verdicts met
+
+    def written(cid: uuid.UUID) -> tuple[dict[str, Any], dict[str, Any]]:
+        with engine.connect() as conn:
+            row = conn.execute(select(Contract).where(Contract.id == cid)).one()
+            payload = conn.scalar(select(ContractEvent.payload).where(ContractEvent.contract_id == cid))
+        assert row.status_changed_at == row.last_activity_at == row.updated_at
+        columns = ("status", "waiting_for", "blocked_reason", "failure_reason", "completion_detected_at")
+        return {c: getattr(row, c) for c in columns}, {k: v for k, v in payload.items() if k != "contractId"}
+
+    for status in (s for s, g in guarded.items() if g == "moved"):
+        assert written(batched[status]) == written(twins[status])
+
+
+def test_on_the_embedded_sqlite_a_batch_runs_chunk_by_chunk_through_the_guarded_code(tmp_path: Path) -> None:
+    """The embedded default has no bulk statements: each contract goes through `change_status`,
+    and the chunks, their record and the refusals are the same."""
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    lite = get_engine(url)
+    at = utcnow() - timedelta(days=10)
+    done, refused = sorted(uuid.uuid4() for _ in range(7)), uuid.uuid4()
+    with lite.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO contracts (id, owner_id, name, contract_type, phase, status, version,"
+                " phase_guard, auto_complete_enabled, status_changed_at, last_activity_at, created_at,"
+                " updated_at)"
+                " VALUES (:id, 'team', 'c', 'simple', 'plan', :status, 1, 0, 1, :at, :at, :at, :at)"
+            ),
+            [{"id": cid.hex, "status": "completed", "at": at} for cid in done]
+            + [{"id": refused.hex, "status": "active", "at": at}],
+        )
+    with unit_of_work(engine=lite) as uow:
+        admin = create_token(uow.session, "operators", Role.ADMIN)
+    api = ContractsAPI(admin, engine=lite, sender=lambda task, payload, countdown=None: "")
+    view, _ = api.start_batch("archive_old", {"olderThanHours": 1, "statusFilter": ["completed", "active"]})
+    runner = batch_runner.Runner(engine=lite, chunk=3)
+    while not batch_runner.run_batch(runner, view.batch_id, slice_seconds=60):
+        pass
+    result = api.batch_status(view.batch_id)
+    lite.dispose()
+    assert result is not None and result.progress.done == result.progress.total == 8
+    assert result.affected_ids == done
+    assert [(e.contract_id, e.code) for e in result.errors or []] == [(refused, "INVALID_TRANSITION")]
+    assert len(runner.transactions) == 4  # chunks of 3, 3 and 2, then the one that finds nothing left
+
+
 # --- failures, kills, roles, idempotency -----------------------------------------------------
 
 
@@ -467,7 +548,52 @@ def test_retention_deletes_expired_archives_once_each_audited(
     assert {sweep for _, sweep in audited} == {"archive_retention"}
 
 
-# --- last: it stops the module's worker ---------------------------------------------------------
+# --- last: these stop the module's worker -------------------------------------------------------
+
+
+def test_chunk_size_one_runs_each_contract_in_a_transaction_of_its_own(
+    client: TestClient, engine: Engine, tmp_path: Path, worker: WorkerProcess
+) -> None:
+    """`[batch] chunk_size = 1`: one transaction per contract, and a failure is still one contract's."""
+    admin = token(engine)
+    ids = make(engine, 6, Status.COMPLETED)
+    refused = make(engine, 1, Status.ACTIVE)
+    broken = ids[2]
+    worker.stop()  # only the worker under test consumes the batch queue
+    lone = start_worker(tmp_path, queues="batch", extra_env={**WORKER_ENV, "MAKIMA_BATCH__CHUNK_SIZE": "1"})
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN"
+                f" IF NEW.id = '{broken}' THEN RAISE EXCEPTION 'disk says no for %', NEW.id; END IF;"
+                " RETURN NEW; END $$ LANGUAGE plpgsql;"
+                " CREATE TRIGGER refuse_one BEFORE UPDATE ON contracts"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+            )
+        )
+    try:
+        lone.wait_ready()
+        accepted = client.post(
+            BATCH,
+            json={"operation": "archive_old", "olderThanHours": 1, "statusFilter": ["completed", "active"]},
+            headers=admin,
+        )
+        result = finished(client, admin, accepted.json()["batchId"])
+    finally:
+        lone.stop()
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_one ON contracts; DROP FUNCTION refuse_one()"))
+    moved = [cid for cid in ids if cid != broken]
+    assert sorted(result["affectedIds"]) == sorted(str(i) for i in moved)
+    assert {e["contractId"]: e["code"] for e in result["errors"]} == {
+        str(broken): "INTERNAL_ERROR",
+        str(refused[0]): "INVALID_TRANSITION",
+    }
+    assert transactions_of(engine, "status_changed") == [1] * len(moved)
+    with engine.connect() as conn:
+        chunks = conn.scalars(text("SELECT cardinality(affected_ids) FROM batch_chunks")).all()
+    assert chunks == [1] * len(moved)
+    assert recorded(engine) == len(ids) + 1
 
 
 def test_a_worker_killed_mid_batch_leaves_a_batch_that_completes_acting_on_each_contract_once(
