@@ -3,40 +3,49 @@
 A real API process (`python -m uvicorn app.http:app`, as `makima run` starts it) on PostgreSQL
 and Redis, in a database and key prefix of this run's own (`tests.isolation`), and a Celery
 worker on `makima run`'s queues (2 processes). The producer is `makima simulate` (default 25
-supervisors, about 20 events a second: heartbeats, tasks spawned and completed, deliverables,
-state saves, questions asked and answered by a simulated person, status and phase changes),
-over HTTP like any daemon; or, with `--producer steady`, status changes committed through the
-API module at a steady `--rate`, round-robin over 50 contracts, with the wall-clock time right
-after each COMMIT returned. The subscribers are the owner's WebSocket clients (`websockets`,
-asyncio, many connections per process), subscribed to everything the owner has (`{}`), so
-every event goes to every subscriber: the worst case for the fan-out.
+supervisors, about 15-20 events a second: heartbeats, tasks spawned and completed,
+deliverables, state saves, questions asked and answered by a simulated person, status and
+phase changes), over HTTP like any daemon; or, with `--producer steady`, status changes
+committed through the API module at a steady `--rate`, round-robin over 50 contracts. The
+subscribers are the owner's WebSocket clients (`Subscription`: a minimal client on plain
+sockets, 500 per process), subscribed to everything the owner has (`{}`), so every event goes
+to every subscriber: the worst case for the fan-out.
 
-Latency is from an event's commit to its receipt by each subscriber: the time the COMMIT
-returned (steady), or the `createdAt` the event carries (simulator: the writing transaction's
-clock, a few milliseconds before its COMMIT). Printed for each run: p50, p99 and max over all
-deliveries, events per second delivered, anything missing or closed, each event's first
-delivery (the read path: wake-up, horizon, query) and the spread from its first to its last
-subscriber (the fan-out), and the CPU each side used. Measured in the same run:
+**What the latency measures**: for each delivery, from the moment the event's transaction
+committed to the moment its bytes reached that subscriber's process. The commit moment is
+the writer's wall clock right after its COMMIT returned, which every writer publishes on the
+live channel with its event ids (`app.live_events.announce_events`; `WakeUps` here listens
+like an API process does). An event no wake-up names keeps its `createdAt`, stamped just
+before its transaction's write (`app.pending_writes.stamp_events`; the heartbeat ingestion
+stamps it when the batch is received, before its one statement, so for its
+`supervisor_state_changed` events the figure also holds that statement and COMMIT): the
+report says how many events were timed each way, and per event type. Same machine, same
+clock; the receipt time is taken as the bytes arrive, before any parsing.
+
+Printed for each run: p50, p99 and max over all deliveries, events per second delivered,
+anything missing or closed, each event's first delivery (the read path: the wake-up, the
+horizon, the query) and the spread from its first to its last subscriber (the fan-out), the
+wake-ups' own delay (COMMIT to a listener), the CPU each side used, the load average, and the
+latency per event type. Measured in the same run:
 
 - baseline **raw Redis pub/sub** round trip (publish → a subscriber's receipt, one at a time):
   the floor of any wake-up through the broker;
 - baseline **one subscriber**: the same producer, one WebSocket client;
-- **N subscribers** (default 1,000) over 2 client processes: one Python process cannot read
-  1,000 sockets at 20,000 messages a second and leave the latency to the server.
+- **N subscribers** (default 1,000) over 2 client processes.
 
 The bar (issue 13): p99 under 250 ms with 1,000 subscribers. The machine's other work shares
 the cores, and PostgreSQL's commit horizon is cluster-wide: a long transaction anywhere on the
 cluster holds back every event behind it (`--hold-ms` makes one; README "Live monitor").
+`bench/monitor_fanout.py` measures the fan-out alone (no database, no producer).
 
     python bench/monitor.py [--subscribers 1000] [--seconds 60] [--processes 2] [--api-processes 1]
                             [--producer simulate|steady] [--supervisors 25] [--rate 20]
-                            [--hold-ms 0 --hold-every-ms 500] [--no-compression]
+                            [--hold-ms 0 --hold-every-ms 500]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
@@ -70,132 +79,187 @@ CONNECTING_AT_ONCE = 50
 # --- subscriber processes (spawned: they import nothing of the service) ----------------------
 
 
-def subscriber_process(url: str, token: str, count: int, pipe: Connection, compression: bool) -> None:
+def subscriber_process(url: str, token: str, count: int, pipe: Connection) -> None:
     """Hold `count` subscriptions; say "ready"; on "stop", send back every delivery.
 
-    A delivery is (event id, its `createdAt`, when it was received, the producer's sequence
-    number from a `reason` of "bench <n>" or -1), in four arrays.
+    A delivery is (event id, when its bytes arrived), in two arrays.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    asyncio.run(_subscribers(url, token, count, pipe, compression))
+    into = Deliveries()
+    try:
+        clients = _connect_all(url, token, count, into)
+    except Exception as exc:
+        pipe.send(("error", repr(exc)))
+        return
+    pipe.send(("ready", count))
+    cpu = time.process_time()
+    _receive_until_stopped(clients, pipe)
+    cpu = time.process_time() - cpu  # receiving only
+    for client in clients.values():
+        client.sock.close()
+    pipe.send(("records", into.arrays(), into.closes, cpu))
 
 
 class Deliveries:
     """What one subscriber process received (arrays: compact to send back)."""
 
     def __init__(self) -> None:
-        self.ids, self.created, self.times, self.seqs = array("q"), array("d"), array("d"), array("q")
+        self.ids, self.times = array("q"), array("d")
         self.closes: dict[str, int] = {}
 
-    def record(self, text: str, received: float) -> None:
-        from datetime import datetime
+    def record(self, frame: bytearray, start: int, end: int, received: float) -> None:
+        """One event message, as its bytes came: only its id is read, from the bytes.
 
-        message = json.loads(text)
-        if message.get("id") is None:
+        The event's own fields come first and the envelope last (`LiveEvent.message`:
+        `..., "id": 12, "type": ..., "contractId": ..., "createdAt": ...`), so the last `"id":`
+        is the event id; a notice's is `null` (none arrive here: no `includeHeartbeats`).
+        """
+        at = frame.rfind(b'"id":', start, end)
+        comma = frame.find(b",", at, end)
+        if at < 0 or comma < 0 or frame[at + 5] == ord("n"):
             return
-        reason = message.get("reason") or ""
-        self.ids.append(message["id"])
-        self.created.append(datetime.fromisoformat(message["createdAt"]).timestamp())
+        self.ids.append(int(frame[at + 5 : comma]))
         self.times.append(received)
-        self.seqs.append(int(reason[6:]) if reason.startswith("bench ") else -1)
 
     def arrays(self) -> list[bytes]:
-        return [a.tobytes() for a in (self.ids, self.created, self.times, self.seqs)]
+        return [self.ids.tobytes(), self.times.tobytes()]
 
 
-class Subscription(asyncio.Protocol):
-    """One monitor client on the `websockets` sans-I/O protocol straight on an asyncio transport.
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (RFC 6455 5.2): final, masked; the payloads sent here are short."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
-    The receipt time is taken as the bytes arrive, before any parsing; the client costs a few
-    microseconds a message, so the two cores go to the service, not to the load generator.
+
+class Subscription:
+    """One monitor client speaking just enough WebSocket (RFC 6455) on a plain socket.
+
+    The opening handshake and the filter message (`{}`: everything the owner has), then the
+    server's frames read straight from the bytes (a server's frames are unmasked; the monitor
+    sends each message in one frame): a text frame's event id is read from its bytes and
+    nothing else is parsed while the run lasts, a ping is answered, a close is counted. The
+    receipt time is taken as the bytes arrive. A process reads its sockets in one `epoll`
+    loop, no event loop: a few µs of client CPU a message, where a general client (an asyncio
+    protocol, the `websockets` parser, then JSON) cost about 30 µs here, and the bench's own
+    processes share the two cores with the service (in a deployment the clients are
+    elsewhere). No permessage-deflate is offered (the API as `makima run` starts it, and as
+    this bench does, negotiates none anyway).
     """
 
-    def __init__(self, uri: Any, token: str, compression: bool, into: Deliveries) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+    def __init__(self, sock: socket.socket, into: Deliveries) -> None:
+        self.sock, self.into = sock, into
+        self.buffer = bytearray()
+        self.handshaken = False
+        self.subscribed = False
+        self.closed: str | None = None
 
-        extensions = enable_client_permessage_deflate(None) if compression else None
-        self.protocol = ClientProtocol(uri, extensions=extensions, max_size=None)
-        self.token, self.into = token, into
-        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
+    def opening(self, host: str, port: int, path: str, token: str) -> bytes:
+        import base64
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        request = self.protocol.connect()
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        self.protocol.send_request(request)
-        self._flush()
+        key = base64.b64encode(os.urandom(16)).decode()
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
 
-    def data_received(self, data: bytes) -> None:
-        from websockets.frames import Opcode
-        from websockets.http11 import Response
-
-        received = time.time()
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
-            if isinstance(event, Response):
-                if event.status_code != 101:
-                    self._fail(RuntimeError(f"handshake answered {event.status_code}"))
-                    return
-                self.protocol.send_text(b"{}")  # everything the owner has
-            elif event.opcode is Opcode.TEXT:
-                if self.subscribed.done():
-                    self.into.record(event.data.decode(), received)
+    def received(self, data: bytes, at: float) -> None:
+        buf = self.buffer
+        buf += data
+        if not self.handshaken:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[: buf.find(b"\r\n")])
+            if status.split(b" ")[1:2] != [b"101"]:
+                raise RuntimeError(f"handshake answered {status.decode(errors='replace')}")
+            del buf[: end + 4]
+            self.handshaken = True
+            self.sock.sendall(_client_frame(0x1, b"{}"))
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            head, length = 2, buf[pos + 1] & 0x7F
+            if length == 126:
+                head, length = 4, int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                head, length = 10, int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            end = pos + head + length
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 0x1:
+                if self.subscribed:
+                    self.into.record(buf, pos + head, end, at)
                 else:
-                    self.subscribed.set_result(None)  # the "subscribed" answer
-            elif event.opcode is Opcode.CLOSE:
-                code = self.protocol.close_rcvd.code if self.protocol.close_rcvd else None
-                key = f"closed {code}"
-                self.into.closes[key] = self.into.closes.get(key, 0) + 1
-                self._fail(RuntimeError(key))
-        self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or RuntimeError("connection lost"))
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.subscribed.done():
-            self.subscribed.set_exception(exc)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            for chunk in self.protocol.data_to_send():
-                if chunk:
-                    self.transport.write(chunk)
+                    self.subscribed = True  # the "subscribed" answer
+            elif opcode == 0x9:  # ping: pong with its payload
+                self.sock.sendall(_client_frame(0xA, bytes(buf[pos + head : end])))
+            elif opcode == 0x8:
+                code = int.from_bytes(buf[pos + head : pos + head + 2], "big") if length >= 2 else None
+                self.closed = f"closed {code}"
+                self.into.closes[self.closed] = self.into.closes.get(self.closed, 0) + 1
+            elif opcode != 0xA:
+                raise RuntimeError(f"unexpected frame (opcode {opcode})")
+            pos = end
+        del buf[:pos]
 
 
-async def _subscribers(url: str, token: str, count: int, pipe: Connection, compression: bool) -> None:
-    from websockets.uri import parse_uri
+def _connect_all(url: str, token: str, count: int, into: Deliveries) -> dict[int, Subscription]:
+    """Open and subscribe `count` connections, `CONNECTING_AT_ONCE` at a time (each step of a
+    group sent before any answer is awaited); returns them by file descriptor, non-blocking."""
+    from urllib.parse import urlsplit
 
-    loop = asyncio.get_running_loop()
-    uri = parse_uri(url)
-    into = Deliveries()
-    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
-    connections: list[Subscription] = []
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    clients: dict[int, Subscription] = {}
+    for first in range(0, count, CONNECTING_AT_ONCE):
+        group = []
+        for _ in range(min(CONNECTING_AT_ONCE, count - first)):
+            sock = socket.create_connection((host, port), timeout=60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = Subscription(sock, into)
+            sock.sendall(client.opening(host, port, parts.path, token))
+            group.append(client)
+        for client in group:
+            while not client.subscribed:
+                data = client.sock.recv(65536)
+                if not data or client.closed:
+                    raise RuntimeError(client.closed or "connection closed while subscribing")
+                client.received(data, time.time())
+            client.sock.setblocking(False)
+            clients[client.sock.fileno()] = client
+    return clients
 
-    async def one() -> None:
-        async with gate:
-            _, sub = await loop.create_connection(
-                lambda: Subscription(uri, token, compression, into), uri.host, uri.port
-            )
-            connections.append(sub)
-            await asyncio.wait_for(sub.subscribed, 60)
 
+def _receive_until_stopped(clients: dict[int, Subscription], pipe: Connection) -> None:
+    """Read every socket as its bytes arrive, until the parent says "stop" on the pipe."""
+    import select
+
+    poller = select.epoll()
+    for fd in clients:
+        poller.register(fd, select.EPOLLIN)
+    poller.register(pipe.fileno(), select.EPOLLIN)
+    stop = pipe.fileno()
     try:
-        await asyncio.gather(*(one() for _ in range(count)))
-    except Exception as exc:
-        pipe.send(("error", repr(exc)))
-        return
-    pipe.send(("ready", count))
-    cpu = time.process_time()
-    await loop.run_in_executor(None, pipe.recv)  # "stop"
-    cpu = time.process_time() - cpu  # receiving only
-    for sub in connections:
-        if sub.transport is not None:
-            sub.transport.abort()
-    pipe.send(("records", into.arrays(), into.closes, cpu))
+        while True:
+            for fd, _ in poller.poll():
+                if fd == stop:
+                    pipe.recv()  # "stop"
+                    return
+                client = clients[fd]
+                try:
+                    data = client.sock.recv(262144)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    poller.unregister(fd)
+                    continue
+                client.received(data, time.time())
+    finally:
+        poller.close()
 
 
 # --- the API process ---------------------------------------------------------------------------
@@ -298,9 +362,9 @@ class SteadyProducer:
         self.seq = 0
         self.note = ""
 
-    def run(self, seconds: float) -> dict[int, float]:
-        """Commit for `seconds`; returns {sequence number: wall-clock time its COMMIT returned}."""
-        committed: dict[int, float] = {}
+    def run(self, seconds: float) -> None:
+        """Commit for `seconds`, one status change each 1/rate s."""
+        committed = 0
         start = time.monotonic()
         due = start
         while due - start < seconds:
@@ -311,19 +375,16 @@ class SteadyProducer:
             cid = self.contracts[self.seq % len(self.contracts)]
             target = self.active if self.is_paused[cid] else self.paused
             self.api.change_status(cid, target, reason=f"bench {self.seq}")
-            committed[self.seq] = time.time()
+            committed += 1
             self.is_paused[cid] = not self.is_paused[cid]
             due += 1 / self.rate
-        self.note = f"{len(committed) / (time.monotonic() - start):.1f} commits/s kept"
-        return committed
+        self.note = f"{committed / (time.monotonic() - start):.1f} commits/s kept"
 
 
 class SimulatedFleet:
     """`makima simulate` against the API process: supervisors on daemons, over HTTP, with workers.
 
-    Its events are written by the API and by the worker processes (reports are queued); their
-    commit time is taken as the `createdAt` each carries (the writing transaction's clock, a
-    few milliseconds before its COMMIT: the latency it gives is, if anything, longer).
+    Its events are written by the API and by the worker processes (reports are queued).
     """
 
     name = "makima simulate"
@@ -334,7 +395,7 @@ class SimulatedFleet:
         self.note = ""
         self.runs = 0
 
-    def run(self, seconds: float) -> dict[int, float]:
+    def run(self, seconds: float) -> None:
         self.runs += 1
         command = [
             sys.executable,
@@ -361,7 +422,6 @@ class SimulatedFleet:
         except ValueError:
             lost = f"unknown (exit {done.returncode}: {done.stderr.strip()[-300:]})"
         self.note = f"{self.supervisors} supervisors, the simulator's lost items: {lost}"
-        return {}
 
 
 # --- one measured run --------------------------------------------------------------------------
@@ -388,10 +448,59 @@ class Result:
     spread_p99_ms: float
     note: str
     horizon: str
+    wake_ups: str
+    # Per event type: (type, events, how many of them timed from createdAt, p50 and p99 over
+    # its deliveries, p99 of its first delivery).
+    by_type: list[tuple[str, int, int, float, float, float]]
 
 
 def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def _stored(low: int, high: int) -> dict[int, tuple[str, float]]:
+    """Each event's type and `createdAt` (epoch seconds), read back from the table after a run."""
+    from sqlalchemy import text
+
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, type, extract(epoch FROM created_at) FROM contract_events"
+                " WHERE id >= :low AND id <= :high"
+            ),
+            {"low": low, "high": high},
+        ).all()
+    return {int(row[0]): (str(row[1]), float(row[2])) for row in rows}
+
+
+def _by_type(
+    per_event: dict[int, list[float]],
+    firsts: dict[int, float],
+    from_created: set[int],
+    types: dict[int, str],
+) -> list[tuple[str, int, int, float, float, float]]:
+    """Latency by event type, most frequent first: which writers the tail comes from."""
+    grouped: dict[str, list[int]] = {}
+    for event_id in per_event:
+        grouped.setdefault(types.get(event_id, "?"), []).append(event_id)
+    out = []
+    for type_, ids in sorted(grouped.items(), key=lambda kv: -len(kv[1])):
+        all_ms = sorted(x * 1000 for i in ids for x in per_event[i])
+        first_ms = sorted(firsts[i] for i in ids)
+        created = sum(1 for i in ids if i in from_created)
+        out.append(
+            (
+                type_,
+                len(ids),
+                created,
+                statistics.median(all_ms),
+                percentile(all_ms, 0.99),
+                percentile(first_ms, 0.99),
+            )
+        )
+    return out
 
 
 def _events_of(owner: str, after_id: int) -> tuple[int, int]:
@@ -421,7 +530,6 @@ def measure(
     subscribers: int,
     processes: int,
     seconds: float,
-    compression: bool,
 ) -> Result:
     url = base.replace("http://", "ws://") + "/api/v1/contracts/monitor"
     ctx = multiprocessing.get_context("spawn")
@@ -430,7 +538,7 @@ def measure(
     pipes, children = [], []
     for share in shares:
         mine, theirs = ctx.Pipe()
-        child = ctx.Process(target=subscriber_process, args=(url, token, share, theirs, compression))
+        child = ctx.Process(target=subscriber_process, args=(url, token, share, theirs))
         child.start()
         pipes.append(mine)
         children.append(child)
@@ -444,51 +552,67 @@ def measure(
         _, before = _events_of(owner, 0)
         api_cpu0 = cpu_seconds(api_pid)
         first = time.time()
-        with HorizonWatch() as watch:
-            committed = producer.run(seconds)
-        produced_for = time.time() - first
-        time.sleep(3)  # the last deliveries arrive
+        with WakeUps() as wake_ups, HorizonWatch() as watch:
+            producer.run(seconds)
+            produced_for = time.time() - first
+            time.sleep(3)  # the last deliveries (and wake-ups) arrive
         api_cpu = cpu_seconds(api_pid) - api_cpu0
-        events, _ = _events_of(owner, before)
+        events, newest = _events_of(owner, before)
         for pipe in pipes:
             pipe.send("stop")
-        latencies: list[float] = []
-        # Per event: its first delivery (the read path: wake-up, horizon, query) and its last.
-        earliest: dict[int, float] = {}
-        latest: dict[int, float] = {}
-        origin: dict[int, float] = {}
-        last = first
+        received: list[tuple[array[int], array[float]]] = []
         closes: dict[str, int] = {}
         clients_cpu = 0.0
         for pipe in pipes:
             _, raw, got_closes, cpu = pipe.recv()
-            ids, created, times, seqs = array("q"), array("d"), array("d"), array("q")
-            for target, data in zip((ids, created, times, seqs), raw, strict=True):
-                target.frombytes(data)
+            ids, times = array("q"), array("d")
+            ids.frombytes(raw[0])
+            times.frombytes(raw[1])
+            received.append((ids, times))
             clients_cpu += cpu
             for key, n in got_closes.items():
                 closes[key] = closes.get(key, 0) + n
-            for event_id, made, received, seq in zip(ids, created, times, seqs, strict=True):
-                if event_id <= before:
-                    continue
-                at = committed.get(seq, made) if committed else made
-                latencies.append(received - at)
-                last = max(last, received)
-                origin[event_id] = at
-                earliest[event_id] = min(earliest.get(event_id, received), received)
-                latest[event_id] = max(latest.get(event_id, received), received)
     finally:
         for child in children:
             child.join(timeout=30)
             if child.is_alive():
                 child.kill()
+    # Each event's commit: when its writer's COMMIT returned (its wake-up), else its createdAt.
+    stored = _stored(before + 1, max([newest, *(max(ids, default=0) for ids, _ in received)]))
+    origin: dict[int, float] = {}
+    from_created: set[int] = set()
+    for event_id, (_, created) in stored.items():
+        at = wake_ups.committed.get(event_id)
+        if at is None:
+            at = created
+            from_created.add(event_id)
+        origin[event_id] = at
+    latencies: list[float] = []
+    # Per event: its first delivery (the read path: wake-up, horizon, query) and its last.
+    earliest: dict[int, float] = {}
+    latest: dict[int, float] = {}
+    per_event: dict[int, list[float]] = {}
+    last = first
+    for ids, times in received:
+        for event_id, at in zip(ids, times, strict=True):
+            if event_id <= before or event_id not in origin:
+                continue
+            latency = at - origin[event_id]
+            latencies.append(latency)
+            per_event.setdefault(event_id, []).append(latency)
+            last = max(last, at)
+            earliest[event_id] = min(earliest.get(event_id, at), at)
+            latest[event_id] = max(latest.get(event_id, at), at)
     latencies.sort()
     ms = [x * 1000 for x in latencies] or [float("nan")]
-    # Rates over the time events were made (the simulator also starts up and reconciles).
-    begun = min(origin.values(), default=first)
-    span = max(origin.values(), default=first + produced_for) - begun
-    firsts = sorted((at - origin[i]) * 1000 for i, at in earliest.items()) or [float("nan")]
+    # Rates over the time events were committed (the simulator also starts up and reconciles).
+    delivered = [origin[i] for i in earliest]
+    begun = min(delivered, default=first)
+    span = max(delivered, default=first + produced_for) - begun
+    first_of = {i: (at - origin[i]) * 1000 for i, at in earliest.items()}
+    firsts = sorted(first_of.values()) or [float("nan")]
     spreads = sorted((latest[i] - at) * 1000 for i, at in earliest.items()) or [float("nan")]
+    timed = from_created & earliest.keys()
     return Result(
         label,
         subscribers,
@@ -509,6 +633,9 @@ def measure(
         percentile(spreads, 0.99),
         producer.note,
         watch.summary(),
+        wake_ups.summary() + f"; commit time from the wake-up for {len(earliest) - len(timed)} events,"
+        f" from createdAt for {len(timed)}",
+        _by_type(per_event, first_of, from_created, {i: t for i, (t, _) in stored.items()}),
     )
 
 
@@ -550,6 +677,67 @@ class OtherTransactions:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
+
+
+class WakeUps:
+    """The live channel's wake-ups during a run: when each event's transaction committed.
+
+    Every writer publishes, right after its COMMIT returned, the ids it wrote and the time
+    (`app.live_events.announce_events`); this listens like an API process does. An event the
+    wake-ups do not name (the heartbeat ingestion's, whose one statement returns a count) keeps
+    its `createdAt`, stamped just before its transaction's write. Also kept: how long each
+    wake-up took from that COMMIT to this listener (the publish path every API process shares).
+    """
+
+    def __init__(self) -> None:
+        self.committed: dict[int, float] = {}
+        self.delays: list[float] = []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import redis
+
+        from app.live_events import channel, redis_url
+
+        client = redis.Redis.from_url(redis_url())
+        sub = client.pubsub(ignore_subscribe_messages=True)
+        sub.subscribe(channel())
+        self.ready.set()
+        while not self.stop.is_set():
+            message = sub.get_message(timeout=0.2)
+            if message is None:
+                continue
+            received = time.time()
+            batch = json.loads(message["data"])
+            for item in batch if isinstance(batch, list) else [batch]:
+                at = item.get("committedAt") if isinstance(item, dict) else None
+                if not isinstance(at, float):
+                    continue
+                self.delays.append((received - at) * 1000)
+                for event_id in item.get("ids", ()):
+                    self.committed[int(event_id)] = at
+        sub.close()
+        client.close()
+
+    def __enter__(self) -> WakeUps:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> str:
+        if not self.delays:
+            return "no wake-ups seen"
+        ordered = sorted(self.delays)
+        return (
+            f"{len(ordered)} wake-ups, from COMMIT to a listener's receipt"
+            f" p50 {statistics.median(ordered):.1f} ms, p99 {percentile(ordered, 0.99):.1f} ms"
+        )
 
 
 class HorizonWatch:
@@ -643,6 +831,13 @@ def report(result: Result, baseline_p99: float | None) -> None:
         f" {result.note}" + (f"; closed: {result.closes}" if result.closes else "")
     )
     print(f"  {'':22} {result.horizon}")
+    print(f"  {'':22} {result.wake_ups}")
+    for type_, n, created, p50, p99, first_p99 in result.by_type:
+        print(
+            f"  {'':22}   {type_:26} {n:6d} events  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
+            f"  first delivery p99 {first_p99:7.1f} ms"
+            + (f"  ({created} timed from createdAt)" if created else "")
+        )
 
 
 def main() -> None:
@@ -671,11 +866,6 @@ def main() -> None:
         help="another database's client holds a write transaction open this long, every --hold-every-ms",
     )
     parser.add_argument("--hold-every-ms", type=float, default=500)
-    parser.add_argument(
-        "--no-compression",
-        action="store_true",
-        help="clients do not offer permessage-deflate (browsers and `websockets` do by default)",
-    )
     args = parser.parse_args()
 
     from tests.isolation import Isolation
@@ -708,13 +898,11 @@ def main() -> None:
         else:
             workers = start_workers(data_dir)
             producer = SimulatedFleet(base, daemons_token, token, args.supervisors)
-        compression = not args.no_compression
         load = os.getloadavg()
         print(
             f"monitor bench: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};"
             f" producer: {producer.name}; {args.api_processes} API process(es);"
-            f" {args.processes} subscriber processes;"
-            f" clients {'offer' if compression else 'do not offer'} permessage-deflate",
+            f" {args.processes} subscriber processes",
             flush=True,
         )
         redis_p50, redis_p99 = redis_round_trip()
@@ -727,11 +915,13 @@ def main() -> None:
             runs = [("one subscriber", 1, 1, args.baseline_seconds)]
             runs.append((f"{args.subscribers} subscribers", args.subscribers, args.processes, args.seconds))
             one, many = (
-                measure(label, base, api.pid, token, owner, producer, n, procs, seconds, compression)
+                measure(label, base, api.pid, token, owner, producer, n, procs, seconds)
                 for label, n, procs, seconds in runs
             )
-        basis = "the time its COMMIT returned" if args.producer == "steady" else "its createdAt"
-        print(f"  latency: from each event's commit ({basis}) to its receipt by each subscriber")
+        print(
+            "  latency: from each event's commit (when its writer's COMMIT returned, from its wake-up;"
+            " else its createdAt) to its receipt by each subscriber"
+        )
         print(f"  baseline, raw Redis pub/sub round trip: p50 {redis_p50:.2f} ms, p99 {redis_p99:.2f} ms")
         print(
             f"  {'run':22} {'subs':>6} {'events':>7} {'ev/s':>7} {'deliveries':>10} {'missing':>8}"
