@@ -58,7 +58,14 @@ from app.domain.questions import (
 from app.domain.records import EventType
 from app.events import record_event
 from app.foreign_tasks import foreign_task
-from app.models import Contract, ContractTask, DaemonCommand, SupervisorQuestion
+from app.models import (
+    Contract,
+    ContractTask,
+    DaemonCommand,
+    Supervisor,
+    SupervisorQuestion,
+    SupervisorStateRow,
+)
 from app.question_reads import (
     QuestionList,
     QuestionView,
@@ -117,15 +124,22 @@ def _closed(row: SupervisorQuestion) -> QuestionClosed:
 
 
 def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
-    owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
-    if owner is not None and owner != contract_id:
-        raise foreign_task(
-            session,
-            task_id,
-            contract_id,
-            owner,
-            f"Task {task_id} belongs to another contract; taskId names the supervisor asking on this one.",
-        )
+    """The asking task may be one this contract knows, or a new one; not another contract's,
+    whether that contract knows it as a task, a supervisor heard by heartbeats, or a saved state."""
+    for owner in (
+        session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id)),
+        session.scalar(select(Supervisor.contract_id).where(Supervisor.task_id == task_id)),
+        session.scalar(select(SupervisorStateRow.contract_id).where(SupervisorStateRow.task_id == task_id)),
+    ):
+        if owner is not None and owner != contract_id:
+            raise foreign_task(
+                session,
+                task_id,
+                contract_id,
+                owner,
+                f"Task {task_id} belongs to another contract; "
+                "taskId names the supervisor asking on this one.",
+            )
 
 
 def _daemon_for(session: Session, row: SupervisorQuestion) -> str | None:

@@ -670,3 +670,42 @@ def test_a_contract_the_input_timeout_paused_waits_again_for_its_question_when_r
     assert resumed["contract"]["waitingFor"] == "question"
     assert waiting_on_dashboard(team) == ["question"]
     assert team.answer(asked["id"], "PostgreSQL")["contractStatus"] == "active"
+
+
+def test_a_question_cannot_name_a_supervisor_another_owner_s_heartbeats_report(
+    client: TestClient, team: Team
+) -> None:
+    """A task id is another contract's whether that contract knows it as a task or only as a
+    supervisor heard by heartbeats: the question is refused, naming nothing of the other owner."""
+    from app.models import utcnow
+
+    mine = team
+    stranger = actor(client, f"strangers-{uuid.uuid4().hex[:8]}", "supervisor")
+    theirs = stranger.ok("POST", BASE, {"name": "theirs", "contractType": "simple"}, expect=201)["id"]
+    heard = uuid.uuid4()
+    now = utcnow()
+    with unit_of_work() as uow:  # what a first heartbeat records: a supervisor, no task row
+        uow.session.add(
+            Supervisor(
+                task_id=heard,
+                contract_id=uuid.UUID(theirs),
+                incarnation=1,
+                version=1,
+                state="working",
+                phase="plan",
+                current_activity="",
+                progress=0,
+                pending_task_ids=[],
+                last_received_at=now,
+                alive=True,
+            )
+        )
+    refused = mine.supervisor.call(
+        "POST",
+        f"{BASE}/{mine.cid}/questions",
+        {"question": "Which?", "type": "free_text", "taskId": str(heard)},
+    )
+    details = assert_error(refused, 400, "VALIDATION_FAILED")
+    assert (details["field"], details["taskId"]) == ("taskId", str(heard))
+    assert "cannot be used on this contract" in refused.json()["error"]["message"]
+    assert mine.open_ids() == []

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.config import ConfigError, ContractsConfig, FeatureFlags, Settings
+from app.config import ConfigError, ContractsConfig, FeatureFlags, Settings, find_project_dir
 
 SEED_8_1 = {
     "stale_threshold_minutes": 30,
@@ -215,9 +215,12 @@ def test_with_no_database_url_it_runs_embedded_on_sqlite_and_a_redis_socket_unde
 
 
 def test_the_default_data_dir_is_dot_makima_in_the_working_directory(tmp_path: Path) -> None:
+    # The project is the nearest directory upwards with a marker; the test's own temp dir has
+    # none, but a directory above it may (a `.makima/` a run left in /tmp), and then that is it.
+    project = find_project_dir(tmp_path) or tmp_path
     settings = Settings()
-    assert settings.data_dir == tmp_path / ".makima"
-    assert settings.effective_database_url == f"sqlite:///{tmp_path.resolve() / '.makima' / 'makima.db'}"
+    assert settings.data_dir == project / ".makima"
+    assert settings.effective_database_url == f"sqlite:///{project.resolve() / '.makima' / 'makima.db'}"
     assert settings.effective_broker_url.startswith("redis+socket:///")
 
 
