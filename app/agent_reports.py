@@ -87,6 +87,24 @@ def _task_result_statement(dialect: str) -> Any:
     ).returning(ContractTask.id)
 
 
+@lru_cache(maxsize=4)
+def _task_started_statement(dialect: str) -> Any:
+    return (
+        dialect_insert_for(dialect, _TASKS)
+        .values(
+            id=bindparam("task_id"),
+            contract_id=bindparam("contract_id"),
+            name=bindparam("name"),
+            status=bindparam("status"),
+            is_supervisor=bindparam("is_supervisor"),
+            phase=bindparam("phase"),
+            created_at=bindparam("now"),
+            updated_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
 def claim_message(
     session: Session, contract_id: uuid.UUID, message_id: str, kind: str, now: datetime
 ) -> bool:
@@ -133,18 +151,30 @@ def record_task_started(
             f"Task {task_id} belongs to another contract; a task id names one task.",
         )
     if task is None:
-        uow.session.add(
-            ContractTask(
-                id=task_id,
-                contract_id=contract.id,
-                name=task_name,
-                status=TaskStatus.RUNNING.value,
-                is_supervisor=is_supervisor,
-                phase=contract.phase,
-                created_at=now,
-                updated_at=now,
+        # One statement that cannot fail on the key: another contract's transaction may insert
+        # the same id meanwhile (its row lock is not ours), and then this one is refused as
+        # foreign once that commits, not broken by a duplicate key.
+        inserted = uow.session.execute(
+            _task_started_statement(uow.session.get_bind().dialect.name),
+            {
+                "task_id": task_id,
+                "contract_id": contract.id,
+                "name": task_name,
+                "status": TaskStatus.RUNNING.value,
+                "is_supervisor": is_supervisor,
+                "phase": contract.phase,
+                "now": now,
+            },
+        ).rowcount  # type: ignore[attr-defined]
+        if not inserted:
+            owner = uow.session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
+            raise foreign_task(
+                uow.session,
+                task_id,
+                contract.id,
+                owner or contract.id,
+                f"Task {task_id} belongs to another contract; a task id names one task.",
             )
-        )
         touch(contract, now)
         record_event(
             uow.session,

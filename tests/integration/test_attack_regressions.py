@@ -261,3 +261,56 @@ def test_another_owners_task_id_is_refused_without_saying_it_exists(
         own = client.request(method, f"{CONTRACTS}/{other_of_alice}/{path}", json=body, headers=auth(alice))
         assert own.status_code == 400, (what, own.text)
         assert "another contract" in own.json()["error"]["message"], (what, own.text)
+
+
+def test_two_owners_starting_one_supervisor_task_id_at_once_refuse_the_later_as_foreign(make_caller) -> None:
+    """The task row of one contract's uncommitted start holds the id; the other contract's start
+    waits for it and is then refused as another contract's task (VALIDATION_FAILED), not broken
+    by a duplicate key (an INTERNAL_ERROR with the driver's message)."""
+    import threading
+
+    from app import agent_reports
+    from app.db import unit_of_work
+    from app.domain.errors import ValidationFailed
+    from app.models import utcnow
+
+    (_, first_owner), (_, second_owner) = make_caller(role="supervisor"), make_caller(role="supervisor")
+    first = uuid.UUID(
+        str(ContractsAPI(caller=first_owner, sender=_no_send).create_contract("a", "simple").id)
+    )
+    second = uuid.UUID(
+        str(ContractsAPI(caller=second_owner, sender=_no_send).create_contract("b", "simple").id)
+    )
+    task = uuid.uuid4()
+    holding, release = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def start(caller: Any, contract_id: uuid.UUID, hold: bool) -> None:
+        try:
+            with unit_of_work(_no_send) as uow:
+                agent_reports.record_task_started(
+                    uow, caller, contract_id, task_id=task, task_name="s", is_supervisor=True, now=utcnow()
+                )
+                uow.session.flush()
+                if hold:
+                    holding.set()
+                    release.wait(10)
+            outcome[str(contract_id)] = None
+        except BaseException as exc:
+            outcome[str(contract_id)] = exc
+
+    winner = threading.Thread(target=start, args=(first_owner, first, True))
+    winner.start()
+    assert holding.wait(10)
+    loser = threading.Thread(target=start, args=(second_owner, second, False))
+    loser.start()
+    loser.join(0.5)  # it waits on the winner's uncommitted row
+    release.set()
+    winner.join(10)
+    loser.join(10)
+    assert outcome[str(first)] is None
+    refused = outcome[str(second)]
+    assert isinstance(refused, ValidationFailed), repr(refused)
+    assert refused.details["taskId"] == str(task)
+    assert ContractsAPI(caller=first_owner).get_contract(first).status == "active"
+    assert ContractsAPI(caller=second_owner).get_contract(second).status == "created"

@@ -800,6 +800,8 @@ def test_a_database_error_names_the_database_with_its_password_masked(tmp_path: 
 
 
 def test_a_missing_schema_names_the_database_and_the_fix(tmp_path: Path) -> None:
+    # Its own `.makima/` makes tmp_path the project whatever lies above it (a `.makima/` in /tmp).
+    (tmp_path / ".makima").mkdir()
     result = makima(tmp_path, "token", "create", "--owner", "a", "--role", "admin")
     assert_refused(result, f"sqlite:///{tmp_path.resolve()}/.makima/makima.db", "makima migrate")
 
