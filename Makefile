@@ -30,7 +30,7 @@ STAMP := $(VENV)/.makima-installed
 .PHONY: help install run test test-unit test-integration bench bench-monitor lint format typecheck flower simulate services clean
 
 help:
-	@echo "make install      create $(VENV) and install the project (make run does it too; ~95 s the first time)"
+	@echo "make install      create $(VENV) and install the project (make run does it too; about 2 minutes the first time)"
 	@echo "make run          run the API, a worker, a batch worker and beat (embedded SQLite + Redis by default)"
 	@echo "make test         all tests (ensures PostgreSQL and Redis are running)"
 	@echo "make test-unit    unit tests only (no services needed)"
