@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from app.auth import Caller
 from app.broker import DAEMON_EXCHANGE, daemon_queue
 from app.broker import publish_daemon_commands as publish_to_daemons
+from app.byte_budget import json_size, take_within_budget
 from app.db import UnitOfWork, unit_of_work
 from app.domain.errors import ValidationFailed
 from app.domain.supervisors import MAX_DAEMON_ID
@@ -303,40 +304,20 @@ class DaemonCommandFeed(Schema):
     )
 
 
-class _FeedPage:
-    """The commands of one page, taken in feed order while the page's JSON stays within its
-    bound; the first is always taken, so a page is never empty while a command is due."""
-
-    def __init__(self, room: int) -> None:
-        self.commands: list[DaemonCommandView] = []
-        self.last_id: int | None = None
-        self.truncated = False
-        self._room = room
-        self._used = 0
-
-    def take(self, row: DaemonCommand) -> bool:
-        """Add `row`; False (and `truncated`) when it would take the page past its bound."""
-        view = DaemonCommandView(
-            command_id=row.id,
-            contract_id=row.contract_id,
-            command=row.command,
-            payload=row.payload,
-            created_at=row.created_at,
-        )
-        size = len(view.__pydantic_serializer__.to_json(view, by_alias=True)) + 1  # and its comma
-        if self.commands and self._used + size > self._room:
-            self.truncated = True
-            return False
-        self._used += size
-        self.commands.append(view)
-        self.last_id = row.id
-        return True
+def _command_view(row: DaemonCommand) -> DaemonCommandView:
+    return DaemonCommandView(
+        command_id=row.id,
+        contract_id=row.contract_id,
+        command=row.command,
+        payload=row.payload,
+        created_at=row.created_at,
+    )
 
 
-def _page_room(daemon_id: str, budget: int) -> int:
-    """The bytes left for commands once the page's envelope is counted at its largest."""
+def _page_reserve(daemon_id: str) -> int:
+    """The bytes a page keeps for its envelope, counted at its largest, and the slack."""
     envelope = DaemonCommandFeed(daemon_id=daemon_id, commands=[], next_after=2**63 - 1, truncated=True)
-    return budget - len(envelope.__pydantic_serializer__.to_json(envelope, by_alias=True)) - _FEED_SLACK_BYTES
+    return json_size(envelope) + _FEED_SLACK_BYTES
 
 
 def _is_postgres(session: Session) -> bool:
@@ -462,14 +443,11 @@ def read_feed(
         if _is_postgres(session)
         else _sqlite_rows(session, query, after, limit)
     )
-    page = _FeedPage(_page_room(daemon_id, budget))
-    for row in rows:
-        if not page.take(row):
-            break
+    page = take_within_budget(rows, _command_view, json_size, budget, _page_reserve(daemon_id))
     return DaemonCommandFeed(
         daemon_id=daemon_id,
-        commands=page.commands,
-        next_after=page.last_id if page.last_id is not None else after,
+        commands=page.items,
+        next_after=page.items[-1].command_id if page.items else after,
         truncated=page.truncated,
     )
 

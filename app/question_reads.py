@@ -19,6 +19,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
+from app.byte_budget import json_size, take_within_budget
 from app.contract_rows import get_contract
 from app.domain.errors import QuestionNotFound, ValidationFailed
 from app.domain.questions import QuestionStatus, QuestionType
@@ -155,27 +156,13 @@ def list_questions(
             )
         )
     query = query.order_by(SupervisorQuestion.asked_at, SupervisorQuestion.id).limit(limit + 1)
-    page: list[QuestionView] = []
-    used, room = 0, budget - _PAGE_ENVELOPE_BYTES
     result = session.execute(query.execution_options(yield_per=_ROWS_PER_FETCH)).scalars()
-    try:
-        for row in result:
-            if len(page) == limit:  # the row past the page: there is more to read
-                return QuestionList(questions=page, next_after=page[-1].id)
-            view = question_view(row)
-            size = _json_size(view) + 1  # and its comma
-            if page and used + size > room:
-                return QuestionList(questions=page, next_after=page[-1].id, truncated=True)
-            used += size
-            page.append(view)
-    finally:
-        result.close()
-    return QuestionList(questions=page, next_after=None)
-
-
-def _json_size(view: QuestionView) -> int:
-    """The bytes of a question's JSON as the answer carries it (UTF-8, camelCase)."""
-    return len(view.__pydantic_serializer__.to_json(view, by_alias=True))
+    page = take_within_budget(result, question_view, json_size, budget, _PAGE_ENVELOPE_BYTES, limit)
+    if page.more:  # the row past the page: there is more to read
+        return QuestionList(questions=page.items, next_after=page.items[-1].id)
+    if page.truncated:
+        return QuestionList(questions=page.items, next_after=page.items[-1].id, truncated=True)
+    return QuestionList(questions=page.items, next_after=None)
 
 
 def get_question(

@@ -39,6 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
+from app.byte_budget import json_size, take_within_budget
 from app.contract_rows import get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import check_daemon_id
 from app.db import UnitOfWork
@@ -299,20 +300,14 @@ def pending_questions(
         .limit(MAX_PENDING_QUESTIONS)
         .execution_options(yield_per=_QUESTION_ROWS_PER_FETCH)
     )
-    carried: list[PendingQuestionView] = []
-    used, room, truncated = 0, budget - 2, False  # the list's brackets
-    result = session.execute(query).scalars()
-    try:
-        for row in result:
-            view = _pending_view(row)
-            size = _json_size(view) + 1  # and its comma
-            if carried and used + size > room:
-                truncated = True
-                break
-            used += size
-            carried.append(view)
-    finally:
-        result.close()
+    taken = take_within_budget(
+        session.execute(query).scalars(),
+        _pending_view,
+        json_size,
+        budget,
+        reserve=2,  # the list's brackets
+    )
+    carried, truncated = taken.items, taken.truncated
     count = (
         len(carried)
         if not truncated and len(carried) < MAX_PENDING_QUESTIONS
@@ -334,11 +329,6 @@ def _pending_view(q: SupervisorQuestion) -> PendingQuestionView:
     )
 
 
-def _json_size(view: Schema) -> int:
-    """The bytes of a view's JSON as the answer carries it (UTF-8, camelCase)."""
-    return len(view.__pydantic_serializer__.to_json(view, by_alias=True))
-
-
 def answered_since(
     session: Session, contract_id: uuid.UUID, saved_at: datetime | None, budget: int = ANSWERED_QUESTION_BYTES
 ) -> tuple[list[AnsweredQuestionView], bool]:
@@ -356,26 +346,23 @@ def answered_since(
         .limit(MAX_ANSWERS)
         .execution_options(yield_per=_QUESTION_ROWS_PER_FETCH)
     )
-    taken: list[AnsweredQuestionView] = []
-    used, room, truncated = 0, budget - 2, False  # the list's brackets
-    result = session.execute(query).scalars()
-    try:
-        for q in result:
-            view = AnsweredQuestionView(
-                id=q.id,
-                question=q.question,
-                answer=q.answer,
-                answered_at=_aware(q.answered_at) if q.answered_at is not None else None,
-            )
-            size = _json_size(view) + 1  # and its comma
-            if taken and used + size > room:
-                truncated = True
-                break
-            used += size
-            taken.append(view)
-    finally:
-        result.close()
-    return list(reversed(taken)), truncated
+    taken = take_within_budget(
+        session.execute(query).scalars(),
+        _answered_view,
+        json_size,
+        budget,
+        reserve=2,  # the list's brackets
+    )
+    return list(reversed(taken.items)), taken.truncated
+
+
+def _answered_view(q: SupervisorQuestion) -> AnsweredQuestionView:
+    return AnsweredQuestionView(
+        id=q.id,
+        question=q.question,
+        answer=q.answer,
+        answered_at=_aware(q.answered_at) if q.answered_at is not None else None,
+    )
 
 
 def _options(raw: Any) -> list[str]:
