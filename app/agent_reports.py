@@ -62,19 +62,23 @@ def _claim_statement(dialect: str) -> Any:
     )
 
 
-@lru_cache(maxsize=4)
-def _task_result_statement(dialect: str) -> Any:
-    insert = dialect_insert_for(dialect, _TASKS).values(
+def _task_insert(dialect: str, **columns: Any) -> Any:
+    """A task row's INSERT with the columns both reports write; `columns` adds or overrides."""
+    return dialect_insert_for(dialect, _TASKS).values(
         id=bindparam("task_id"),
         contract_id=bindparam("contract_id"),
         name=bindparam("name"),
         status=bindparam("status"),
-        is_supervisor=False,
         phase=bindparam("phase"),
         created_at=bindparam("now"),
         updated_at=bindparam("now"),
-        completed_at=bindparam("now"),
+        **columns,
     )
+
+
+@lru_cache(maxsize=4)
+def _task_result_statement(dialect: str) -> Any:
+    insert = _task_insert(dialect, is_supervisor=False, completed_at=bindparam("now"))
     return insert.on_conflict_do_update(
         index_elements=["id"],
         set_={
@@ -89,19 +93,8 @@ def _task_result_statement(dialect: str) -> Any:
 
 @lru_cache(maxsize=4)
 def _task_started_statement(dialect: str) -> Any:
-    return (
-        dialect_insert_for(dialect, _TASKS)
-        .values(
-            id=bindparam("task_id"),
-            contract_id=bindparam("contract_id"),
-            name=bindparam("name"),
-            status=bindparam("status"),
-            is_supervisor=bindparam("is_supervisor"),
-            phase=bindparam("phase"),
-            created_at=bindparam("now"),
-            updated_at=bindparam("now"),
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
+    return _task_insert(dialect, is_supervisor=bindparam("is_supervisor")).on_conflict_do_nothing(
+        index_elements=["id"]
     )
 
 
