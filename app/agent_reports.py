@@ -24,6 +24,7 @@ from app.config import Settings, get_settings
 from app.contract_rows import (
     CONTRACT_COLUMNS,
     contract_row_from_driver,
+    gate_facts_sql,
     lock_contract,
     refuse_if_closed,
     set_status,
@@ -272,11 +273,7 @@ _CLAIM_TASK_AND_FACTS_SQL = (
     " RETURNING name, status, is_supervisor, phase) "
     f"SELECT {_CORE_COLUMNS}, EXISTS (SELECT 1 FROM claim) AS fresh, "
     "(SELECT json_build_array(up.name, up.status, up.is_supervisor, up.phase) FROM up) AS upserted, "
-    "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "
-    " WHERE d.contract_id = c.id AND d.phase = c.phase) AS facts_done, "
-    "(SELECT coalesce(json_agg(json_build_array(t.name, t.status, t.is_supervisor)), '[]'::json) "
-    " FROM contract_tasks t WHERE t.contract_id = c.id AND t.phase = c.phase AND t.id <> %(tid)s::uuid) "
-    " AS facts_tasks, "
+    f"{gate_facts_sql('c', except_task='%(tid)s::uuid')}, "
     "nextval('contract_events_id_seq') AS next_event_id FROM c"
 )
 

@@ -73,14 +73,24 @@ _COLUMNS = ", ".join(f"contracts.{c.name}" for c in Contract.__table__.c)
 # (READ COMMITTED: a snapshot per statement) it sees everything committed before the lock
 # was granted; a single statement would judge the gate on facts from before the wait.
 _LOCK_SQL = "SELECT 1 FROM contracts WHERE id = $1 FOR NO KEY UPDATE"
-_ROW_AND_FACTS_SQL = (
-    f"SELECT {_COLUMNS}, "
-    "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "
-    " WHERE d.contract_id = contracts.id AND d.phase = contracts.phase) AS facts_done, "
-    "(SELECT coalesce(json_agg(json_build_array(t.name, t.status, t.is_supervisor)), '[]'::json) "
-    " FROM contract_tasks t WHERE t.contract_id = contracts.id AND t.phase = contracts.phase) AS facts_tasks "
-    "FROM contracts WHERE id = $1"
-)
+
+
+def gate_facts_sql(row: str, *, except_task: str = "") -> str:
+    """The gate facts of the current phase of the contract row named `row`, as two JSON columns
+    (`facts_done`: deliverable ids; `facts_tasks`: [name, status, is_supervisor] per task), for
+    the statements that read a row with its facts in one round trip. `except_task` (an SQL
+    expression) leaves one task out: the caller adds that task as its own write left it."""
+    tasks_filter = f" AND t.id <> {except_task}" if except_task else ""
+    return (
+        "(SELECT coalesce(json_agg(d.deliverable_id), '[]'::json) FROM contract_deliverables d "
+        f" WHERE d.contract_id = {row}.id AND d.phase = {row}.phase) AS facts_done, "
+        "(SELECT coalesce(json_agg(json_build_array(t.name, t.status, t.is_supervisor)), '[]'::json) "
+        f" FROM contract_tasks t WHERE t.contract_id = {row}.id AND t.phase = {row}.phase{tasks_filter})"
+        " AS facts_tasks"
+    )
+
+
+_ROW_AND_FACTS_SQL = f"SELECT {_COLUMNS}, {gate_facts_sql('contracts')} FROM contracts WHERE id = $1"
 # The Core path (`lock_row_with_facts`) also reserves the ids of the event and the outbox row
 # it will most likely write, so its write can carry the COMMIT (`app.pending_writes.write_held`).
 _ROW_FACTS_AND_IDS_SQL = _ROW_AND_FACTS_SQL.replace(
@@ -394,6 +404,7 @@ __all__ = [
     "ContractRow",
     "apply_phase",
     "contract_row_from_driver",
+    "gate_facts_sql",
     "get_contract",
     "lock_contract",
     "lock_contract_with_facts",
