@@ -39,7 +39,7 @@ from app.foreign_tasks import foreign_task
 from app.gate import phase_config_of, switches_for
 from app.models import Contract, ContractTask, ProcessedMessage
 from app.pending_writes import PendingWrites, event_row, write_held
-from app.prepared import execute_sql
+from app.prepared import driver_rows
 from app.queues import TaskName
 
 # Core statements on the tables (not the ORM entities), executed with parameters: the ORM
@@ -342,15 +342,16 @@ def _task_completed_on(
     connection: Connection, caller: Caller, params: dict[str, Any], settings: Settings
 ) -> PendingWrites | None:
     """The first round trip and the judgement: the writes to make, or None for the general path."""
-    row = execute_sql(
+    rows = driver_rows(
         connection,
         [_LOCK_ROW_SQL, _CLAIM_TASK_AND_FACTS_SQL],
         params,
         prepare=settings.database_prepared_statements,
         before="BEGIN",
-    ).one_or_none()
-    if row is None:
+    )
+    if not rows:
         return None
+    (row,) = rows
     contract = contract_row_from_driver(row)
     fresh, upserted, done, tasks, event_id = row[CONTRACT_COLUMNS:]
     if not (fresh and upserted and caller.may_access(contract.owner_id)):

@@ -13,12 +13,13 @@ below the guarded commands (`app.contracts`) and the completion flow that both u
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Row, TextualSelect, column, select, text
+from sqlalchemy import JSON, Connection, TextualSelect, column, select, text
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
@@ -30,6 +31,7 @@ from app.events import record_event
 from app.gate import gate_facts, load_gate_facts
 from app.models import Contract, UTCDateTime
 from app.pending_writes import pending
+from app.prepared import driver_rows
 
 
 def _visible(contract: Contract | None, caller: Caller, contract_id: uuid.UUID) -> Contract:
@@ -219,13 +221,13 @@ if tuple(f.name for f in fields(ContractRow)) != _CONTRACT_FIELDS:
 _DATETIME_FIELDS = tuple(c.name for c in Contract.__table__.c if isinstance(c.type, UTCDateTime))
 
 
-def _row_values(row: Row[Any]) -> ContractRow:
+def _row_values(row: Sequence[Any]) -> ContractRow:
     return ContractRow(*row[: len(_CONTRACT_FIELDS)])
 
 
-def contract_row_from_driver(row: Row[Any]) -> ContractRow:
+def contract_row_from_driver(row: Sequence[Any]) -> ContractRow:
     """The contract's columns at the front of a row the driver returned as it is
-    (`exec_driver_sql`), with datetimes as `UTCDateTime` reads them: aware, in UTC."""
+    (`app.prepared.driver_rows`), with datetimes as `UTCDateTime` reads them: aware, in UTC."""
     contract = _row_values(row)
     for name in _DATETIME_FIELDS:
         value = getattr(contract, name)
@@ -253,7 +255,9 @@ def lock_row_with_facts(
     if connection.dialect.name == "postgresql":
         known: set[str] = connection.info.setdefault("makima.prepared", set())
         sql = _core_lock_sql(prepare, frozenset(known & {_LOCK_NAME, _FACTS_IDS_NAME}))
-        result = connection.exec_driver_sql(sql, {"id": contract_id}).one_or_none()
+        # The string is composed here (the two statements prepared by name); sent as it is.
+        rows = driver_rows(connection, sql, {"id": contract_id}, prepare=False)
+        result = rows[0] if rows else None
         if prepare:
             known.update((_LOCK_NAME, _FACTS_IDS_NAME))
         if result is None:

@@ -38,7 +38,7 @@ from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied
-from app.prepared import execute_sql
+from app.prepared import driver_rows
 from app.schemas import Schema, Timestamp
 
 _APPLIED_KEY: Final = "makima.applied_messages"
@@ -206,8 +206,9 @@ def accept_checked(
         "payload": json.dumps(dict(payload)),
         "now": now,
     }
-    row = execute_sql(connection, _ACCEPT_CHECKED_SQL, params, prepare=prepare).one()
-    owner_id, status, task_contract, accepted = tuple(row)
+    ((owner_id, status, task_contract, accepted),) = driver_rows(
+        connection, _ACCEPT_CHECKED_SQL, params, prepare=prepare
+    )
     return Checked(owner_id, status, task_contract, bool(accepted))
 
 

@@ -81,16 +81,31 @@ CONTRACT_EVENTS: Final = Counter(
 
 _RESTART_TYPES: Final = frozenset({"supervisor_restart_requested", "supervisor_restarted"})
 
+# Bounded by the label sets that exist: event types, and phase pairs of the configured phases.
+_children: dict[tuple[int, tuple[str, ...]], Counter] = {}
+
+
+def _child(counter: Counter, labels: tuple[str, ...]) -> Counter:
+    key = (id(counter), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = counter.labels(*labels)
+    return child
+
 
 def count_committed_events(events: Iterable[dict[str, Any]]) -> None:
-    """Count a committed transaction's events; never raises (metrics must not fail a commit)."""
+    """Count a committed transaction's events; never raises (metrics must not fail a commit).
+
+    Called after every commit on the hot paths: the labelled counters are looked up once per
+    label set (`_child`), not through `labels()` each time.
+    """
     try:
         for event in events:
             kind = str(event.get("type", ""))
-            CONTRACT_EVENTS.labels(kind).inc()
+            _child(CONTRACT_EVENTS, (kind,)).inc()
             payload = event.get("payload") or {}
             if kind == "phase_changed":
-                PHASE_TRANSITIONS.labels(str(payload.get("oldPhase")), str(payload.get("newPhase"))).inc()
+                _child(PHASE_TRANSITIONS, (str(payload.get("oldPhase")), str(payload.get("newPhase")))).inc()
             elif kind == "completion_detected":
                 COMPLETION_DETECTIONS.inc()
             elif kind in _RESTART_TYPES:

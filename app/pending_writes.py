@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.models import Contract, ContractEvent, MessageOutcome, OutboxMessage
-from app.prepared import execute_sql
+from app.prepared import driver_rows
 
 _KEY = "makima.pending_writes"
 _EVENTS: Table = ContractEvent.__table__  # type: ignore[assignment]
@@ -250,17 +250,37 @@ def _combined_sql(shape: Shape) -> str:
     return f"WITH {', '.join(ctes)} {body}" if ctes else body
 
 
-def _driver_value(table: Table, column: str, value: Any) -> Any:
+def _put_params(
+    params: dict[str, Any], table: Table, prefix: str, columns: tuple[str, ...], values: dict[str, Any]
+) -> None:
+    """`values` of `columns` into `params` as `{prefix}_{column}`, each as the driver takes it."""
+    for name, column, convert in _param_plan(table, prefix, columns):
+        value = values[column]
+        params[name] = None if value is None else convert(value)
+
+
+@lru_cache(maxsize=1024)
+def _param_plan(
+    table: Table, prefix: str, columns: tuple[str, ...]
+) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
+    """Each column's parameter name and converter, worked out once per row shape: this runs for
+    every row of every commit."""
+    return tuple((f"{prefix}_{column}", column, _converter(table, column)) for column in columns)
+
+
+@lru_cache(maxsize=256)
+def _converter(table: Table, column: str) -> Callable[[Any], Any]:
+    """How one column's value is handed to the driver, looked up once per column."""
     kind = table.c[column].type
-    if value is None:
-        return None
     if isinstance(kind, Uuid):
-        return str(value)
+        return str
     if isinstance(kind, JSON):
-        return json.dumps(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC)
-    return value
+        return json.dumps
+    return _as_utc_if_datetime
+
+
+def _as_utc_if_datetime(value: Any) -> Any:
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def _plain(value: Any) -> Any:
@@ -280,10 +300,10 @@ def _write_as_one_statement(
         columns = tuple(sorted(values))
         contract_columns.append(columns)
         params[f"c{i}_id"] = str(contract_id)
-        params.update({f"c{i}_{col}": _driver_value(_CONTRACTS, col, values[col]) for col in columns})
+        _put_params(params, _CONTRACTS, f"c{i}", columns, values)
     for prefix, table, rows in (("e", _EVENTS, writes.events), ("o", _OUTBOX, writes.outbox)):
         for i, row in enumerate(rows):
-            params.update({f"{prefix}{i}_{col}": _driver_value(table, col, v) for col, v in row.items()})
+            _put_params(params, table, f"{prefix}{i}", tuple(row), row)
     for i, receipt in enumerate(writes.applied):
         params.update(
             {f"a{i}_{col}": str(v) if isinstance(v, uuid.UUID) else v for col, v in receipt.items()}
@@ -292,11 +312,11 @@ def _write_as_one_statement(
     shape = (tuple(contract_columns), len(writes.events), len(writes.outbox), len(writes.applied), commit)
     sql = _combined_sql(shape)
     if commit:
-        execute_sql(connection, sql, params, prepare=prepare, then="COMMIT")
+        driver_rows(connection, sql, params, prepare=prepare, then="COMMIT")
         writes.event_ids.extend(row["id"] for row in writes.events)
         writes.outbox_ids.extend(row["id"] for row in writes.outbox)
         return
-    returned = cast(list[tuple[str, int]], execute_sql(connection, sql, params, prepare=prepare).all())
+    returned = cast(list[tuple[str, int]], driver_rows(connection, sql, params, prepare=prepare))
     for kind, row_id in returned:
         if kind == "e":
             writes.event_ids.append(row_id)

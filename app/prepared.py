@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, CursorResult
+from sqlalchemy.exc import DBAPIError
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _INFO_KEY = "makima.prepared"
@@ -38,6 +39,38 @@ def _prepared_form(sql: str) -> tuple[str, tuple[str, ...]]:
 
 def statement_name(sql: str) -> str:
     return "mk_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
+
+
+def _compose(
+    connection: Connection, sql: str | Sequence[str], prepare: bool, before: str, then: str
+) -> tuple[str, list[str]]:
+    """The one string sent, and the names of the statements it prepares on this connection."""
+    statements = [sql] if isinstance(sql, str) else list(sql)
+    parts = [before] if before else []
+    names: list[str] = []
+    if not prepare or connection.dialect.name != "postgresql":
+        parts.extend(statements)
+    else:
+        known: set[str] = connection.info.setdefault(_INFO_KEY, set())
+        for one in statements:
+            name, prepared, executed = _prepared_parts(one)
+            if name not in known and name not in names:
+                parts.append(prepared)
+            parts.append(executed)
+            names.append(name)
+    if then:
+        parts.append(then)
+    return "; ".join(parts), names
+
+
+@lru_cache(maxsize=512)
+def _prepared_parts(sql: str) -> tuple[str, str, str]:
+    """(statement name, its `PREPARE`, its `EXECUTE` with `%(name)s` arguments), once per SQL."""
+    body, order = _prepared_form(sql)
+    name = statement_name(sql)
+    args = ", ".join(f"%({n})s" for n in order)
+    executed = f"EXECUTE {name}({args})" if order else f"EXECUTE {name}"
+    return name, f"PREPARE {name} AS {body.replace('%', '%%')}", executed
 
 
 def execute_sql(
@@ -58,27 +91,63 @@ def execute_sql(
     without parameters sent first and last (`BEGIN`, `COMMIT`); the result is always the last
     statement's.
     """
-    statements = [sql] if isinstance(sql, str) else list(sql)
-    parts = [before] if before else []
-    names: list[str] = []
-    if not prepare or connection.dialect.name != "postgresql":
-        parts.extend(statements)
-    else:
-        known: set[str] = connection.info.setdefault(_INFO_KEY, set())
-        for one in statements:
-            body, order = _prepared_form(one)
-            name = statement_name(one)
-            args = ", ".join(f"%({n})s" for n in order)
-            if name not in known and name not in names:
-                parts.append(f"PREPARE {name} AS {body.replace('%', '%%')}")
-            parts.append(f"EXECUTE {name}({args})" if order else f"EXECUTE {name}")
-            names.append(name)
-    if then:
-        parts.append(then)
-    result = connection.exec_driver_sql("; ".join(parts), dict(params))
+    text, names = _compose(connection, sql, prepare, before, then)
+    result = connection.exec_driver_sql(text, dict(params))
     if names:
         connection.info[_INFO_KEY].update(names)
     return result
 
 
-__all__ = ["execute_sql", "statement_name"]
+def driver_rows(
+    connection: Connection,
+    sql: str | Sequence[str],
+    params: Mapping[str, Any],
+    *,
+    prepare: bool = True,
+    before: str = "",
+    then: str = "",
+) -> list[tuple[Any, ...]]:
+    """`execute_sql` on the driver's own cursor: the last statement's rows as plain tuples.
+
+    For the hot paths, whose rows are read by position. SQLAlchemy builds a textual
+    statement's result description anew on every call (nothing to cache it by), which on the
+    contract's row with its gate facts cost more CPU than the database spent on the statement.
+    Everything else a `Connection` does for an execute is kept: the `before_cursor_execute`
+    listeners run (the statement counts in tests, the deferred `BEGIN`), and a driver error is
+    raised as SQLAlchemy's, the connection invalidated when the driver says it is gone, so the
+    transient-error retry and the error handlers see what they always saw.
+    """
+    text, names = _compose(connection, sql, prepare, before, then)
+    arguments: Any = dict(params)
+    driver = connection.connection.dbapi_connection
+    if driver is None:  # pragma: no cover - a checked-out connection always has one
+        raise RuntimeError("no driver connection")
+    cursor = driver.cursor()
+    try:
+        for listener in connection.dispatch.before_cursor_execute:
+            text, arguments = listener(connection, cursor, text, arguments, None, False)
+        try:
+            cursor.execute(text, arguments)
+            rows = cursor.fetchall() if cursor.description is not None else []
+        except connection.dialect.loaded_dbapi.Error as error:
+            gone = connection.dialect.is_disconnect(error, driver, cursor)
+            wrapped = DBAPIError.instance(
+                text,
+                arguments,
+                error,
+                connection.dialect.loaded_dbapi.Error,
+                connection_invalidated=gone,
+                dialect=connection.dialect,
+            )
+            if gone:
+                connection.invalidate(error)
+            raise wrapped from error
+    finally:
+        if not connection.invalidated:
+            cursor.close()
+    if names:
+        connection.info[_INFO_KEY].update(names)
+    return list(rows)
+
+
+__all__ = ["driver_rows", "execute_sql", "statement_name"]

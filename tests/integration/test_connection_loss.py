@@ -80,3 +80,38 @@ def test_the_http_front_answers_503_once_when_its_connections_die_and_recovers(m
     assert first.status_code == 503, first.text
     assert first.json()["error"]["code"] == "DATABASE_UNAVAILABLE" and first.headers["Retry-After"] == "1"
     assert [a.status_code for a in answers[1:]] == [200, 200]  # the pool was replaced
+
+
+def test_a_phase_change_on_a_dead_connection_answers_503_and_the_next_one_applies(make_caller) -> None:
+    """The guarded phase change runs on the driver's own cursor (`app.prepared.driver_rows`):
+    a connection the server dropped is still reported as SQLAlchemy reports it, invalidated,
+    so the answer is 503 and the pool replaces it."""
+    from fastapi.testclient import TestClient
+
+    from app.http import create_app
+
+    token, _ = make_caller()
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(sender=lambda *_: "not-sent"), raise_server_exceptions=False) as client:
+        created = client.post(
+            "/api/v1/contracts",
+            json={"name": "dropped", "contractType": "simple", "autoCompleteEnabled": False},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        cid = created.json()["id"]
+        assert client.post(
+            f"/api/v1/contracts/{cid}/status", json={"targetStatus": "active"}, headers=headers
+        ).is_success
+        mark = client.post(f"/api/v1/contracts/{cid}/deliverables/plan-document/complete", headers=headers)
+        assert mark.is_success, mark.text
+        terminate_other_connections()
+        answers = [
+            client.post(f"/api/v1/contracts/{cid}/phase", json={"phase": "execute"}, headers=headers)
+            for _ in range(2)
+        ]
+    first, second = answers
+    assert first.status_code == 503, first.text
+    assert first.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+    assert second.status_code == 200, second.text
+    assert second.json()["phase"] == "execute"
