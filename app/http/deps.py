@@ -14,11 +14,12 @@ from datetime import timedelta
 from typing import Annotated, Final, cast
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from app.api import ContractsAPI
-from app.auth import Caller, authenticate
+from app.auth import Caller, authenticate, cached_caller
 from app.broker import Sender
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
@@ -60,16 +61,27 @@ def authenticate_token(engine: Engine | None, token: str | None) -> Caller:
         return authenticate(uow.session, token)
 
 
-def authenticated_caller(
+async def authenticated_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """Who is calling; raises Unauthenticated (401) for a missing, malformed or unknown token."""
-    return authenticate_token(wiring(request).engine, credentials.credentials if credentials else None)
+    """Who is calling; raises Unauthenticated (401) for a missing, malformed or unknown token.
+
+    Async, so a token in the principal cache (most requests) is answered on the event loop;
+    only a lookup goes to a worker thread, as a sync dependency always would (each hop cost
+    more than the cached answer)."""
+    token = credentials.credentials if credentials else None
+    caller = cached_caller(token)
+    if caller is not None:
+        return caller
+    return await run_in_threadpool(authenticate_token, wiring(request).engine, token)
 
 
-def contracts_api(request: Request, caller: Annotated[Caller, Depends(authenticated_caller)]) -> ContractsAPI:
-    """A ContractsAPI acting for this request's caller: the only way handlers reach the domain."""
+async def contracts_api(
+    request: Request, caller: Annotated[Caller, Depends(authenticated_caller)]
+) -> ContractsAPI:
+    """A ContractsAPI acting for this request's caller: the only way handlers reach the domain.
+    (No I/O: async, so it is not run on a worker thread.)"""
     wired = wiring(request)
     return ContractsAPI(caller=caller, engine=wired.engine, sender=wired.sender)
 

@@ -12,24 +12,25 @@ FEATURE_DISABLED.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.auth import Caller
 from app.broker import send_task
 from app.config import get_settings
+from app.domain.daemon_ids import DAEMON_ID_RULE, MAX_DAEMON_ID
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
 from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState
-from app.heartbeat_buffer import GroupCommit, http_flush, parse_submission, require_enabled
+from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses
 from app.schemas import ErrorCode
 from app.supervisors import (
-    HeartbeatItemResult,
     HeartbeatList,
     HeartbeatsAccepted,
     SupervisorStatus,
@@ -73,7 +74,12 @@ _HEARTBEAT_SCHEMA: Final[dict[str, Any]] = {
             "minimum": 1,
             "description": "As issued; omitted: the current one",
         },
-        "daemonId": {"type": ["string", "null"], "maxLength": 200},
+        "daemonId": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_DAEMON_ID,
+            "description": f"Your daemon's id, as its command feed takes it: {DAEMON_ID_RULE}",
+        },
         "host": {"type": ["string", "null"], "maxLength": 255},
     },
 }
@@ -119,7 +125,10 @@ def _group_commit(request: Request) -> GroupCommit:
     return found
 
 
-def accept(request: Request, caller: Caller, body: Any) -> HeartbeatsAccepted:
+def accept(request: Request, caller: Caller, body: Any) -> Response:
+    """The 202 answer, `HeartbeatsAccepted` written out directly (a result per heartbeat, up to
+    1,000 a request: building and validating a model for each cost more than the check of the
+    heartbeat itself). `test_the_answer_is_the_models_own_serialization` holds the two equal."""
     single = isinstance(body, dict)
     items = [body] if single else body
     if not isinstance(items, list):
@@ -139,19 +148,32 @@ def accept(request: Request, caller: Caller, body: Any) -> HeartbeatsAccepted:
         _group_commit(request).submit(submission)
     if single and not submission.results[0].accepted:
         raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
-    results = [
-        HeartbeatItemResult(
-            index=r.index,
-            id=r.id,
-            status="accepted" if r.accepted else "refused",
-            code=r.code,
-            field=r.field,
-            message=r.message,
-        )
-        for r in submission.results
-    ]
-    accepted = sum(1 for r in submission.results if r.accepted)
-    return HeartbeatsAccepted(accepted=accepted, refused=len(results) - accepted, results=results)
+    return Response(
+        accepted_body(submission.results), status_code=status.HTTP_202_ACCEPTED, media_type="application/json"
+    )
+
+
+def accepted_body(results: list[ItemResult]) -> bytes:
+    """`HeartbeatsAccepted` of these results, as its model serializes it (camelCase, nulls kept)."""
+    accepted = sum(1 for r in results if r.accepted)
+    return json.dumps(
+        {
+            "accepted": accepted,
+            "refused": len(results) - accepted,
+            "results": [
+                {
+                    "index": r.index,
+                    "id": r.id,
+                    "status": "accepted" if r.accepted else "refused",
+                    "code": r.code,
+                    "field": r.field,
+                    "message": r.message,
+                }
+                for r in results
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 @router.post(
