@@ -23,7 +23,6 @@ last spoke for the contract's supervisor.
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ from app.broker import DAEMON_EXCHANGE, daemon_queue
 from app.broker import publish_daemon_commands as publish_to_daemons
 from app.byte_budget import json_size, take_within_budget
 from app.db import UnitOfWork, unit_of_work
+from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
 from app.domain.errors import ValidationFailed
-from app.domain.supervisors import MAX_DAEMON_ID
 from app.live_events import Horizon
 from app.models import Contract, DaemonCommand, Supervisor, utcnow
 from app.queues import TaskName
@@ -66,24 +65,10 @@ _DISPATCHED: Final = "makima.daemon_commands_dispatched"
 
 
 def check_daemon_id(value: str, field: str = "daemonId") -> str:
-    """A daemon id as heartbeats take it (`app.domain.supervisors`): 1 to 200 characters, not
-    blank, no lone surrogate; and, since it names a feed and a queue, no NUL or other control
-    character and no U+FFFD (what undecodable bytes in a URL become: two different byte strings
-    would read as one id). What becomes a queue name of it is `app.broker`'s concern."""
-    problem = None
-    if not isinstance(value, str) or not value.strip():
-        problem = "must not be blank"
-    elif len(value) > MAX_DAEMON_ID:
-        problem = f"is at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
-    elif any(unicodedata.category(c) == "Cc" for c in value):
-        problem = "must not contain NUL or control characters"
-    elif "\ufffd" in value:
-        problem = "must not contain U+FFFD (bytes that are not UTF-8, e.g. %FF in a URL)"
-    else:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            problem = "must be valid Unicode (no lone surrogates)"
+    """A daemon id by the one rule heartbeats take it by too (`app.domain.daemon_ids`), else
+    `ValidationFailed` naming the field and what is allowed. What becomes a queue name of it
+    is `app.broker`'s concern."""
+    problem = daemon_id_problem(value)
     if problem is not None:
         raise ValidationFailed(f"{field} {problem}.", details={"field": field, "limit": MAX_DAEMON_ID})
     return value

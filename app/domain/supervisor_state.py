@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from app.domain.daemon_ids import MAX_DAEMON_ID
 from app.domain.errors import (
     HistoryGap,
     IncarnationNotIssued,
@@ -52,7 +53,6 @@ from app.domain.supervisors import (
     EARLIEST,
     LATEST,
     MAX_ACTIVITY,
-    MAX_DAEMON_ID,
     MAX_HOST,
     MAX_INCARNATION,
     MAX_PHASE,

@@ -6,6 +6,9 @@ the API module and the HTTP front alike:
 - **Parsing** (`parse_heartbeat`): a heartbeat as sent (camelCase JSON) becomes a
   `Heartbeat`, or `InvalidHeartbeat` naming the field. A heartbeat without an `id` gets one
   derived from its task id and timestamp, so a resend of the same heartbeat is still one.
+  Its `daemonId` is judged by the daemon id rule (`app.domain.daemon_ids`), the one the
+  command feed and queues take it by, so a daemon is never heard from under an id whose
+  commands it could not read.
 - **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
   incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
   its clock says. An older heartbeat never overwrites a newer state.
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, cast
+
+from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
 
 
 class SupervisorState(StrEnum):
@@ -60,7 +65,6 @@ class Outcome(StrEnum):
 MAX_PHASE: Final = 100
 MAX_ACTIVITY: Final = 2000
 MAX_PENDING_TASKS: Final = 1000
-MAX_DAEMON_ID: Final = 200
 MAX_HOST: Final = 255
 MAX_INCARNATION: Final = 2**31 - 1
 # A daemon's clock may be wrong, but not by centuries: such a timestamp is a bug, refused.
@@ -257,7 +261,10 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
         incarnation = _int(incarnation, "incarnation", 1, MAX_INCARNATION)
     daemon_id = raw.get("daemonId")
     if daemon_id is not None:
-        daemon_id = _text(daemon_id, "daemonId", MAX_DAEMON_ID, empty=False)
+        # The id names the daemon's command feed and queue: taken by their rule, not as free text.
+        problem = daemon_id_problem(daemon_id)
+        if problem is not None:
+            raise InvalidHeartbeat("daemonId", problem)
     host = raw.get("host")
     if host is not None:
         host = _text(host, "host", MAX_HOST, empty=False)
@@ -290,6 +297,21 @@ _STATES: Final = frozenset(s.value for s in SupervisorState)
 
 def _plain_text(raw: Any, limit: int) -> bool:
     return type(raw) is str and len(raw) <= limit and raw.isascii() and "\x00" not in raw
+
+
+def _plain_daemon_id(raw: Any) -> bool:
+    """ASCII, printable, not blank, within the limit: `daemon_id_problem` finds nothing in it.
+
+    Printable ASCII is ASCII without the control characters (U+0000-U+001F, U+007F), the only
+    ones the rule could find there; any other id is left to the rule itself.
+    """
+    return (
+        type(raw) is str
+        and len(raw) <= MAX_DAEMON_ID
+        and raw.isascii()
+        and raw.isprintable()
+        and raw.strip() != ""
+    )
 
 
 def _canonical(raw: Any) -> bool:
@@ -328,9 +350,12 @@ def _wire_form(raw: Any) -> datetime | None:
     activity = get("currentActivity")
     if activity is not None and not _plain_text(activity, MAX_ACTIVITY):
         return None
-    for value, limit in ((get("daemonId"), MAX_DAEMON_ID), (get("host"), MAX_HOST)):
-        if value is not None and (not _plain_text(value, limit) or not value.strip()):
-            return None
+    daemon_id = get("daemonId")
+    if daemon_id is not None and not _plain_daemon_id(daemon_id):
+        return None
+    host = get("host")
+    if host is not None and (not _plain_text(host, MAX_HOST) or not host.strip()):
+        return None
     progress = get("progress", 0)
     if type(progress) is not int or not 0 <= progress <= 100:
         return None
@@ -448,9 +473,10 @@ def _wire_of_values(
         return None
     if not _plain_text(current_activity, MAX_ACTIVITY):
         return None
-    for text, limit in ((daemon_id, MAX_DAEMON_ID), (host, MAX_HOST)):
-        if text is not None and (not _plain_text(text, limit) or not text.strip()):
-            return None
+    if daemon_id is not None and not _plain_daemon_id(daemon_id):
+        return None
+    if host is not None and (not _plain_text(host, MAX_HOST) or not host.strip()):
+        return None
     if type(progress) is not int or not 0 <= progress <= 100:
         return None
     if incarnation is not None and (type(incarnation) is not int or not 1 <= incarnation <= MAX_INCARNATION):

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, status
 from pydantic import AwareDatetime, Field
 
+from app.domain.daemon_ids import MAX_DAEMON_ID
 from app.domain.supervisor_state import (
     MAX_APPEND,
     MAX_CHECKPOINT_ID,
@@ -33,7 +34,6 @@ from app.domain.supervisor_state import (
 )
 from app.domain.supervisors import (
     MAX_ACTIVITY,
-    MAX_DAEMON_ID,
     MAX_HOST,
     MAX_INCARNATION,
     MAX_PHASE,

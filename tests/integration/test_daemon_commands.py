@@ -517,21 +517,25 @@ def test_a_daemon_id_that_is_not_clean_text_is_refused_not_merged_with_another(
         assert "daemonId" in error["message"] and words in error["message"], error
 
 
-CONTROL = "daemonId must not contain NUL or control characters."
+def control(found: str) -> str:
+    return (
+        f"daemonId must not contain NUL or control characters (found {found}): a daemon id is 1 to 200 "
+        "characters, not blank, with no NUL or other control character (newline, tab, ...) and no U+FFFD."
+    )
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("gpu%0A7", CONTROL),
-        ("gpu%0A", CONTROL),
-        ("%0Agpu", CONTROL),
-        ("gpu%0D%0A", CONTROL),
-        ("a/b%0Ac", CONTROL),
-        ("a%0A" + "b" * 150, CONTROL),
-        ("gpu%00", CONTROL),
-        ("gpu%7F", CONTROL),
-        ("gpu%C2%85", CONTROL),
+        ("gpu%0A7", control("U+000A")),
+        ("gpu%0A", control("U+000A")),
+        ("%0Agpu", control("U+000A")),
+        ("gpu%0D%0A", control("U+000D")),
+        ("a/b%0Ac", control("U+000A")),
+        ("a%0A" + "b" * 150, control("U+000A")),
+        ("gpu%00", control("U+0000")),
+        ("gpu%7F", control("U+007F")),
+        ("gpu%C2%85", control("U+0085")),
         ("%0A", "daemonId must not be blank."),
     ],
 )

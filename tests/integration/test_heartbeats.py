@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select, text
@@ -192,6 +193,34 @@ def test_the_api_module_refuses_what_it_can_judge_at_once(daemon: tuple[Contract
     assert bad.value.details["field"] == "state"
     with pytest.raises(ContractNotFound):
         api.send_heartbeat(uuid.uuid4(), uuid.uuid4(), "working", "plan")
+
+
+@pytest.mark.parametrize(("daemon_id", "found"), [("gpu\n7", "U+000A"), ("gpu\x01", "U+0001")])
+def test_a_daemon_id_the_command_feed_would_refuse_is_refused_by_heartbeats(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller, daemon_id: str, found: str
+) -> None:
+    """Such an id was stored and listed, but its feed answered 400: its commands were unreadable."""
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    one = hb(cid, uuid.uuid4(), "working", utcnow(), daemonId=daemon_id, host="gpu-7")
+    rule = "a daemon id is 1 to 200 characters, not blank, with no NUL or other control character"
+    with TestClient(create_app()) as client:
+        single = client.post("/api/v1/supervisors/heartbeats", json=one, headers=headers)
+        assert single.status_code == 400, single.text
+        error = single.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("VALIDATION_FAILED", "daemonId")
+        assert f"found {found}" in error["message"] and rule in error["message"], error
+        two = [one, hb(cid, uuid.uuid4(), "idle", utcnow())]
+        listed = client.post("/api/v1/supervisors/heartbeats", json=two, headers=headers)
+        assert listed.status_code == 202 and (listed.json()["accepted"], listed.json()["refused"]) == (1, 1)
+        refused = listed.json()["results"][0]
+        assert (refused["code"], refused["field"]) == ("VALIDATION_FAILED", "daemonId")
+        feed = client.get(f"/api/v1/daemons/{quote(daemon_id)}/commands", headers=headers)
+        assert feed.status_code == 400 and feed.json()["error"]["details"]["field"] == "daemonId"
+    with pytest.raises(ValidationFailed) as sent:
+        api.send_heartbeat(cid, uuid.uuid4(), "working", "plan", daemon_id=daemon_id)
+    assert sent.value.details["field"] == "daemonId" and rule in sent.value.message
 
 
 def dead_events(cid: uuid.UUID) -> int:

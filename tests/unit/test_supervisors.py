@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.daemon_commands import check_daemon_id
+from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
+from app.domain.errors import ValidationFailed
 from app.domain.supervisors import (
     Heartbeat,
     InvalidHeartbeat,
@@ -113,6 +116,19 @@ WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", 
         {**WIRE, "phase": "   "},
         {**WIRE, "host": ""},
         {**WIRE, "daemonId": "d\x00"},
+        {**WIRE, "daemonId": "gpu\n7"},
+        {**WIRE, "daemonId": "gpu\x01"},
+        {**WIRE, "daemonId": "\tgpu"},
+        {**WIRE, "daemonId": "gpu\x7f"},
+        {**WIRE, "daemonId": "gpu\u0085"},
+        {**WIRE, "daemonId": "gpu\ufffd"},
+        {**WIRE, "daemonId": "gpu\ud800"},
+        {**WIRE, "daemonId": " "},
+        {**WIRE, "daemonId": "x" * 201},
+        {**WIRE, "daemonId": 7},
+        {**WIRE, "daemonId": "dæmon 7/a"},
+        {**WIRE, "daemonId": "x" * 200},
+        {**WIRE, "host": "gpu\n7"},
         {**WIRE, "currentActivity": "x" * 2001},
         {**WIRE, "pendingTaskIds": [WIRE["taskId"], "x"]},
         {**WIRE, "state": "sleeping"},
@@ -136,7 +152,7 @@ def test_the_workers_quick_check_accepts_and_refuses_exactly_what_parsing_does(s
     except InvalidHeartbeat as exc:
         with pytest.raises(InvalidHeartbeat) as quick:
             wire_heartbeat(sent)
-        assert quick.value.field == exc.field
+        assert (quick.value.field, quick.value.problem) == (exc.field, exc.problem)
         return
     assert parse_heartbeat(wire_heartbeat(sent)) == parsed
 
@@ -226,6 +242,11 @@ TYPED: dict[str, Any] = {"task_id": TASK, "contract_id": CID, "state": "working"
         {**TYPED, "pending_task_ids": ["x"]},
         {**TYPED, "pending_task_ids": [uuid.uuid4() for _ in range(1001)]},
         {**TYPED, "daemon_id": ""},
+        {**TYPED, "daemon_id": "gpu\n7"},
+        {**TYPED, "daemon_id": "gpu\x01"},
+        {**TYPED, "daemon_id": "gpu\x7f"},
+        {**TYPED, "daemon_id": "gpu\ufffd"},
+        {**TYPED, "daemon_id": "dæmon-7"},
         {**TYPED, "host": "h\x00"},
         {**TYPED, "host": "ünï"},
         {**TYPED, "heartbeat_id": str(uuid.uuid4())},
@@ -237,9 +258,62 @@ def test_the_api_modules_values_are_checked_as_their_text_would_be(values: dict[
     except InvalidHeartbeat as exc:
         with pytest.raises(InvalidHeartbeat) as quick:
             heartbeat_wire(**values)
-        assert quick.value.field == exc.field
+        assert (quick.value.field, quick.value.problem) == (exc.field, exc.problem)
         return
     assert heartbeat_wire(**values) == expected
+
+
+@pytest.mark.parametrize(
+    ("daemon_id", "found"),
+    [
+        ("gpu\n7", "U+000A"),
+        ("gpu\r\n", "U+000D"),
+        ("\x01gpu", "U+0001"),
+        ("gpu\x1b[2J", "U+001B"),
+        ("gpu\x7f", "U+007F"),
+        ("gpu\u0085", "U+0085"),
+        ("gpu\x00", "U+0000"),
+    ],
+)
+def test_a_daemon_id_with_a_control_character_is_refused_by_every_heartbeat_path_as_the_feed_refuses_it(
+    daemon_id: str, found: str
+) -> None:
+    """The heartbeat once stored such an id, and the feed then refused it (400): the daemon was
+    listed with commands it could never read. Every path now names the field and the rule."""
+    with pytest.raises(ValidationFailed) as feed:
+        check_daemon_id(daemon_id)
+    assert feed.value.details["field"] == "daemonId"
+    problem = f"must not contain NUL or control characters (found {found}): {DAEMON_ID_RULE}"
+    assert daemon_id_problem(daemon_id) == problem
+    assert feed.value.message == f"daemonId {problem}."
+    refusals = []
+    for parse in (
+        lambda: parse_heartbeat(raw(daemonId=daemon_id)),
+        lambda: wire_heartbeat(WIRE | {"daemonId": daemon_id}),
+        lambda: heartbeat_wire(**TYPED, daemon_id=daemon_id),
+    ):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            parse()
+        refusals.append((refused.value.field, refused.value.problem))
+    assert refusals == [("daemonId", problem)] * 3
+    assert "1 to 200 characters" in problem and "control character" in problem
+
+
+@pytest.mark.parametrize(
+    "daemon_id",
+    ["d-7", "gpu 7", "a/b", "dæmon-7", "x" * 200, "x" * 201, " ", "", "gpu\ufffd", "gpu\ud800", "gpu\t1"],
+)
+def test_heartbeats_and_the_command_feed_take_and_refuse_the_same_daemon_ids(daemon_id: str) -> None:
+    try:
+        check_daemon_id(daemon_id)
+    except ValidationFailed as feed:
+        with pytest.raises(InvalidHeartbeat) as heartbeat:
+            parse_heartbeat(raw(daemonId=daemon_id))
+        assert heartbeat.value.field == "daemonId"
+        assert feed.message == f"daemonId {heartbeat.value.problem}."
+        return
+    assert parse_heartbeat(raw(daemonId=daemon_id)).daemon_id == daemon_id
+    assert heartbeat_wire(**TYPED, daemon_id=daemon_id)["daemonId"] == daemon_id
 
 
 def record(**over: Any) -> SupervisorRecord:
