@@ -8,7 +8,8 @@ current status are read, and the first of the protocol's steps 5-8 that applies 
 (`next`), with a compact context text a supervisor can be given. What it carries is bounded
 by size as well as by count: the newest history within `HISTORY_BYTES`, the oldest open
 questions within `PENDING_QUESTION_BYTES` (`pendingQuestionsNextAfter` says where the questions
-endpoint reads on), the newest answers since the save within `ANSWERED_QUESTION_BYTES`.
+endpoint reads on), the newest answers since the save within `ANSWERED_QUESTION_BYTES`, the
+waited-on tasks within `WAITING_TASK_BYTES`.
 
 When a *supervisor* asks, the restoration also **claims** the supervisor
 (`app.supervisor_claims`): it issues a new incarnation (the `supervisors` row is bumped, or
@@ -87,10 +88,13 @@ MAX_ANSWERS: Final = 50
 MAX_PENDING_QUESTIONS: Final = 50
 PENDING_QUESTION_BYTES: Final = 1024 * 1024
 # The answers received since the save are bounded the same way: a question and its answer of the
-# largest allowed size are about 56 KB in 4-byte characters, 2.8 MB for 50. With the history's
-# 4 MiB, that is 6 MiB beside the fields bounded by count (the 8 KB context, at most 1,000
-# waited-on tasks).
+# largest allowed size are about 56 KB in 4-byte characters, 2.8 MB for 50.
 ANSWERED_QUESTION_BYTES: Final = 1024 * 1024
+# The waited-on tasks too, in the restored state's order: a save names at most 1,000 and a task's
+# name is up to 500 characters, about 2 KB in 4-byte characters, so they alone could make 2 MB.
+# With the history's 4 MiB and the questions', that is 7 MiB beside the fields bounded by count
+# (the 8 KB context, the state's task ids).
+WAITING_TASK_BYTES: Final = 1024 * 1024
 # Open questions read from the database at a time: a list the size bound ends early reads little
 # past it.
 _QUESTION_ROWS_PER_FETCH: Final = 10
@@ -227,7 +231,15 @@ class Restoration(Schema):
         description="True when the size bound (1 MiB) left older answers out: read them with "
         "GET .../questions?open=false",
     )
-    waiting_tasks: list[WaitingTaskView]
+    waiting_tasks: list[WaitingTaskView] = Field(
+        description="The restored state's waited-on tasks, in its order, with what the contract knows "
+        "of each now: at most 1 MiB of JSON (at least one when any is waited on)"
+    )
+    waiting_tasks_truncated: bool = Field(
+        False,
+        description="True when the size bound (1 MiB) ended `waitingTasks`: the others are the ids "
+        "after its last one in `state.waitingOnTaskIds`; `next` and `context` judge them all",
+    )
     context: str = Field(description="A compact plain-text summary to give the supervisor (≤ 8 KB)")
     contract: ContractSummary
 
@@ -365,6 +377,20 @@ def _answered_view(q: SupervisorQuestion) -> AnsweredQuestionView:
     )
 
 
+def waiting_task_views(
+    waiting: Sequence[WaitedTask], budget: int = WAITING_TASK_BYTES
+) -> tuple[list[WaitingTaskView], bool]:
+    """The waited-on tasks, in order, while their JSON stays within `budget` bytes (the first is
+    always taken); and whether the size bound left later ones out. The count is the save's own
+    bound (1,000 task ids); a thousand long names in 4-byte characters made 2 MB."""
+    taken = take_within_budget(waiting, _waiting_view, json_size, budget, reserve=2)  # the brackets
+    return taken.items, taken.truncated
+
+
+def _waiting_view(t: WaitedTask) -> WaitingTaskView:
+    return WaitingTaskView(task_id=t.task_id, name=t.name, status=t.status, exists=t.exists)
+
+
 def _options(raw: Any) -> list[str]:
     return [str(o) for o in raw] if isinstance(raw, list) else []
 
@@ -447,6 +473,7 @@ def restore(
         session, contract.id, snap.saved_at if snap is not None else None
     )
     step = next_step(decision, pending.count, waiting)
+    waiting_views, waiting_truncated = waiting_task_views(waiting)
 
     messages: list[HistoryMessage] = []
     history_from = 0
@@ -525,9 +552,8 @@ def restore(
         notices=notices,
         answered_questions=answered,
         answered_questions_truncated=answers_truncated,
-        waiting_tasks=[
-            WaitingTaskView(task_id=t.task_id, name=t.name, status=t.status, exists=t.exists) for t in waiting
-        ],
+        waiting_tasks=waiting_views,
+        waiting_tasks_truncated=waiting_truncated,
         context=context,
         contract=ContractSummary(
             id=contract.id,
@@ -548,6 +574,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "MAX_PENDING_QUESTIONS",
     "PENDING_QUESTION_BYTES",
+    "WAITING_TASK_BYTES",
     "AnsweredQuestionView",
     "ContractSummary",
     "InconsistencyView",
@@ -562,4 +589,5 @@ __all__ = [
     "restart",
     "restore",
     "scan_history",
+    "waiting_task_views",
 ]

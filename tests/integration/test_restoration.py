@@ -34,7 +34,7 @@ from app.domain.lifecycle import Status
 from app.domain.questions import MAX_CONTEXT, MAX_FREE_TEXT_ANSWER, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
-from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES
+from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES, WAITING_TASK_BYTES
 from app.supervisor_state import HISTORY_BYTES
 from tests.integration.helpers import event_types, new_contract
 from tests.integration.worker_processes import ROOT, WorkerProcess, start_worker, wait_for
@@ -520,12 +520,52 @@ def test_waited_on_tasks_come_back_with_their_status_and_the_supervisor_resumes_
         (str(tests), "write tests", "done", True),
     ]
     assert "research (running)" in restored.context and "write tests (done)" in restored.context
+    assert restored.waiting_tasks_truncated is False
 
     api.report_task_completed(cid, research, "research", success=False)
     wait_for(lambda: _task_status(research) == "failed", what="research failed")
     after = api.restore_supervisor(cid, task)
     assert after.next == "resume"  # nothing left running: the supervisor handles the results
     assert [t.status for t in after.waiting_tasks] == ["failed", "done"]
+
+
+def test_a_restoration_carries_waited_on_tasks_within_a_mebibyte_and_says_the_rest_were_left_out(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    """Six hundred waited-on tasks with names of the largest size (500 four-byte characters) are
+    1.2 MB: the restoration carries the first that fit in 1 MiB, in the state's order, flags the
+    cut, and still answers 200; the state names them all, and `next` judges them all."""
+    token, api = daemon
+    cid = new_contract(api, name="many waited-on tasks")
+    task = uuid.uuid4()
+    waited = [uuid.uuid4() for _ in range(600)]
+    wide = "\U0001d11e"  # 𝄞, four bytes in UTF-8
+    with unit_of_work() as uow:  # as reported, without 600 reports through the worker
+        phase = uow.session.scalar(text("SELECT phase FROM contracts WHERE id = :c"), {"c": cid})
+        uow.session.add_all(
+            ContractTask(id=t, contract_id=cid, name=f"{i:03d}" + wide * 497, status="running", phase=phase)
+            for i, t in enumerate(waited)
+        )
+    api.save_supervisor_state(
+        cid, task, state_version=1, state="waiting_for_tasks", phase="plan",
+        spawned_task_ids=waited, waiting_on_task_ids=waited,
+    )  # fmt: skip
+    with TestClient(create_app()) as client:
+        resp = client.get(
+            f"{BASE}/{cid}/supervisor/restoration",
+            params={"taskId": str(task)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 200, resp.text[:500]
+    restored = resp.json()
+    carried = [t["taskId"] for t in restored["waitingTasks"]]
+    assert 0 < len(carried) < len(waited)
+    assert carried == [str(t) for t in waited[: len(carried)]]
+    assert all(t["status"] == "running" and t["exists"] for t in restored["waitingTasks"])
+    assert json_size(restored["waitingTasks"]) <= WAITING_TASK_BYTES
+    assert restored["waitingTasksTruncated"] is True
+    assert restored["state"]["waitingOnTaskIds"] == [str(t) for t in waited]
+    assert restored["next"] == "resume_waiting"
 
 
 def _task_status(task_id: uuid.UUID) -> str | None:
