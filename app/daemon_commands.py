@@ -38,7 +38,7 @@ from app.broker import DAEMON_EXCHANGE, daemon_queue
 from app.broker import publish_daemon_commands as publish_to_daemons
 from app.byte_budget import json_size, take_within_budget
 from app.db import UnitOfWork, unit_of_work
-from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
+from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_refusal
 from app.domain.errors import ValidationFailed
 from app.live_events import Horizon
 from app.models import Contract, DaemonCommand, Supervisor, utcnow
@@ -68,9 +68,9 @@ def check_daemon_id(value: str, field: str = "daemonId") -> str:
     """A daemon id by the one rule heartbeats take it by too (`app.domain.daemon_ids`), else
     `ValidationFailed` naming the field and what is allowed. What becomes a queue name of it
     is `app.broker`'s concern."""
-    problem = daemon_id_problem(value)
-    if problem is not None:
-        raise ValidationFailed(f"{field} {problem}.", details={"field": field, "limit": MAX_DAEMON_ID})
+    refusal = daemon_id_refusal(value, field)
+    if refusal is not None:
+        raise ValidationFailed(refusal, details={"field": field, "limit": MAX_DAEMON_ID})
     return value
 
 

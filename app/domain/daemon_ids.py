@@ -2,13 +2,15 @@
 
 A daemon chooses its own id, and from then on the id names its command feed
 (`GET /api/v1/daemons/{daemonId}/commands`), its broker queue, and the supervisors whose
-heartbeats it sent. Heartbeats, state saves, restorations, worktree reports and the feed all
-judge an id by `daemon_id_problem`, so an id taken in one place is never refused in another:
-a heartbeat that stored an id holding a newline, which the feed then refused, left that daemon
-listed with commands it could never read.
+heartbeats it sent. Heartbeats, state saves, restorations, worktree reports, questions (the
+daemon an answer goes to) and the feed all judge an id by `daemon_id_problem`, so an id taken
+in one place is never refused in another: a heartbeat that stored an id holding a newline,
+which the feed then refused, left that daemon listed with commands it could never read, and a
+question naming such a daemon would have had its answer queued where no daemon reads.
 
 Pure (stdlib only): callers raise their own error (`InvalidHeartbeat`, `ValidationFailed`)
-with the field named and the problem given here.
+with the field named and the problem given here; `daemon_id_refusal` is the sentence a
+`ValidationFailed` says, so the feed and a question refuse an id in the same words.
 """
 
 from __future__ import annotations
@@ -51,4 +53,12 @@ def daemon_id_problem(value: object) -> str | None:
     return None
 
 
-__all__ = ["DAEMON_ID_RULE", "MAX_DAEMON_ID", "daemon_id_problem"]
+def daemon_id_refusal(value: object, field: str = "daemonId") -> str | None:
+    """The sentence refusing `value` as the daemon id in `field` (the field named, then the
+    problem and the rule), or None when the id is good: one wording wherever a request is
+    refused for its daemon id, so a daemon reads the same words from the feed and a question."""
+    problem = daemon_id_problem(value)
+    return None if problem is None else f"{field} {problem}."
+
+
+__all__ = ["DAEMON_ID_RULE", "MAX_DAEMON_ID", "daemon_id_problem", "daemon_id_refusal"]

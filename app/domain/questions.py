@@ -6,7 +6,9 @@ are plain values in and out, so the HTTP front, the API module and the tests jud
 question and an answer the same way:
 
 - a question is checked whole before anything is stored (`parse_question`): its text, its
-  type, options only for the choice types (2 to 20 distinct, non-blank), a bounded context;
+  type, options only for the choice types (2 to 20 distinct, non-blank), a bounded context,
+  and the daemon its answer goes to by the daemon id rule (`app.domain.daemon_ids`), the one
+  the command feed reads that daemon's commands by;
 - an answer is checked against the question's type (`parse_answer`) and normalised, so the
   same answer sent twice compares equal (`same_answer`: a multiple choice in any order);
 - asking again with the same question id is the same question only with the same content
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_refusal
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 
@@ -35,7 +38,6 @@ MIN_OPTIONS: Final = 2
 MAX_OPTIONS: Final = 20
 MAX_OPTION: Final = 500
 MAX_FREE_TEXT_ANSWER: Final = 10_000
-MAX_DAEMON_ID: Final = 200
 MAX_REASON: Final = 2000
 
 # Who may do what with a question (the values of `app.auth.Role`): the asking side is the
@@ -136,6 +138,21 @@ def _text(value: object, field: str, limit: int, *, required: bool) -> str | Non
     return value
 
 
+def _daemon_id(value: object) -> str | None:
+    """The daemon an answer is sent to, by the feed's rule and in its words.
+
+    The answer is queued as a command on this daemon's feed, so an id the feed refuses (a
+    newline, another control character, U+FFFD) would queue an answer no daemon can read.
+    """
+    if value is None:
+        return None
+    refusal = daemon_id_refusal(value, "daemonId")
+    if refusal is not None:
+        raise _refuse("daemonId", refusal, limit=MAX_DAEMON_ID)
+    assert isinstance(value, str)
+    return value
+
+
 def parse_type(value: object) -> QuestionType:
     """A question type by name, or VALIDATION_FAILED listing the types."""
     if value is None:
@@ -219,7 +236,7 @@ def parse_question(
         options=_options(kind, options),
         context=_text(context, "context", MAX_CONTEXT, required=False),
         task_id=task_id,
-        daemon_id=_text(daemon_id, "daemonId", MAX_DAEMON_ID, required=False),
+        daemon_id=_daemon_id(daemon_id),
     )
 
 
@@ -305,7 +322,6 @@ __all__ = [
     "ANSWERING_ROLES",
     "ASKING_ROLES",
     "MAX_CONTEXT",
-    "MAX_DAEMON_ID",
     "MAX_FREE_TEXT_ANSWER",
     "MAX_OPTION",
     "MAX_OPTIONS",

@@ -15,9 +15,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import Field
 
+from app.domain.daemon_ids import DAEMON_ID_RULE, MAX_DAEMON_ID
 from app.domain.questions import (
     MAX_CONTEXT,
-    MAX_DAEMON_ID,
     MAX_FREE_TEXT_ANSWER,
     MAX_QUESTION,
     MAX_REASON,
@@ -65,7 +65,8 @@ class AskQuestionRequest(_Body):
         None,
         min_length=1,
         max_length=MAX_DAEMON_ID,
-        description="The daemon the answer is sent to (default: the daemon running the supervisor).",
+        description="The daemon the answer is sent to (default: the daemon running the supervisor), "
+        f"as its command feed takes it: {DAEMON_ID_RULE}",
     )
 
 

@@ -418,6 +418,34 @@ def test_a_malformed_question_is_refused_and_nothing_is_recorded(
     assert team.contract()["status"] == "active"
 
 
+def test_a_daemon_id_the_command_feed_refuses_is_refused_in_its_words_and_nothing_is_recorded(
+    team: Team,
+) -> None:
+    """The answer would be queued on that daemon's feed, which refuses an id holding a newline:
+    asked, the question would wait for an answer no daemon can read."""
+    resp = team.supervisor.call(
+        "POST",
+        f"{BASE}/{team.cid}/questions",
+        {"question": "Decide", "type": "free_text", "daemonId": "gpu\n7"},
+    )
+    details = assert_error(resp, 400, "VALIDATION_FAILED")
+    assert (details["field"], details["limit"]) == ("daemonId", 200)
+    assert resp.json()["error"]["message"] == (
+        "daemonId must not contain NUL or control characters (found U+000A): a daemon id is 1 to 200 "
+        "characters, not blank, with no NUL or other control character (newline, tab, ...) and no U+FFFD."
+    )
+    assert "question_asked" not in event_types(uuid.UUID(team.cid))
+    assert team.contract()["status"] == "active"
+
+
+def test_a_non_ascii_daemon_id_the_command_feed_takes_is_where_the_answer_goes(team: Team) -> None:
+    asked = team.ask(daemonId="démon-東京-7")
+    assert asked["daemonId"] == "démon-東京-7"
+    assert team.contract()["status"] == "waiting_for_input"
+    team.answer(asked["id"], "PostgreSQL")
+    assert [c.daemon_id for c in commands(team.cid)] == ["démon-東京-7"]
+
+
 def test_schema_errors_in_a_question_name_the_field(team: Team) -> None:
     for body, field in [
         ({"question": "q", "type": "essay"}, "type"),

@@ -2,8 +2,9 @@
 
 - A question has a non-blank text of at most 4000 characters and one of four types; only
   `single_choice` and `multiple_choice` take options (2 to 20, distinct, non-blank, at most
-  500 characters each); a context is at most 8000 characters. Each refusal is
-  VALIDATION_FAILED naming the field and what is allowed.
+  500 characters each); a context is at most 8000 characters; the daemon an answer goes to
+  is named by the command feed's daemon id rule. Each refusal is VALIDATION_FAILED naming the
+  field and what is allowed.
 - An answer fits its question's type: free text 1..10000 characters, one option, a non-empty
   list of distinct options (normalised to the options' order), or a boolean.
 - The same question id is the same question only with the same content; the same answer is
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from app.daemon_commands import check_daemon_id
+from app.domain.daemon_ids import DAEMON_ID_RULE
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.questions import (
@@ -139,6 +142,28 @@ def test_context_and_daemon_id_are_bounded() -> None:
     )
     assert refused(parse_question, "q", "free_text", daemon_id="d" * 201).details["field"] == "daemonId"
     assert refused(parse_question, "q", "free_text", daemon_id="").details["field"] == "daemonId"
+
+
+@pytest.mark.parametrize(
+    ("daemon_id", "found"),
+    [("gpu\n7", "U+000A"), ("gpu\t7", "U+0009"), ("gpu\x1b[2J", "U+001B"), ("gpu\u0085", "U+0085")],
+)
+def test_a_daemon_id_the_command_feed_refuses_is_refused_in_the_feed_s_words(
+    daemon_id: str, found: str
+) -> None:
+    """The answer is queued on that daemon's feed: an id the feed refuses would queue an answer
+    no daemon can read."""
+    error = refused(parse_question, "q", "free_text", daemon_id=daemon_id)
+    with pytest.raises(ValidationFailed) as feed:
+        check_daemon_id(daemon_id)
+    words = f"daemonId must not contain NUL or control characters (found {found}): {DAEMON_ID_RULE}."
+    assert error.message == feed.value.message == words
+    assert error.details == feed.value.details == {"missing": [], "field": "daemonId", "limit": 200}
+
+
+def test_a_daemon_id_the_command_feed_takes_is_kept_as_given() -> None:
+    for daemon_id in ("démon-7", "gpu 7 / 東京", "d" * 200):
+        assert parse_question("q", "free_text", daemon_id=daemon_id).daemon_id == daemon_id
 
 
 def test_the_same_question_id_is_the_same_question_only_with_the_same_content() -> None:
