@@ -225,6 +225,26 @@ def _read_state(actor: Actor, cid: str | None) -> Any:
     return actor.call("GET", f"{BASE}/{cid}/supervisor/restoration")
 
 
+def _send_heartbeat(actor: Actor, cid: str | None) -> Any:
+    """One heartbeat for the contract's supervisor, as its daemon sends them."""
+    beat = {
+        "taskId": SUPERVISORS.get(str(cid), str(uuid.uuid4())),
+        "contractId": cid,
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+    }
+    return actor.call("POST", "/api/v1/supervisors/heartbeats", beat)
+
+
+def _read_status(actor: Actor, cid: str | None) -> Any:
+    """The supervisor's status, then its recent heartbeats."""
+    resp = actor.call("GET", f"{BASE}/{cid}/supervisor/status")
+    if resp.status_code != 200:
+        return resp
+    return actor.call("GET", f"{BASE}/{cid}/supervisor/heartbeats")
+
+
 OPERATIONS: dict[str, Operation] = {
     "create": Operation(
         "Create a contract",
@@ -321,6 +341,10 @@ OPERATIONS: dict[str, Operation] = {
         asked,
         lambda actor, cid: actor.call("POST", f"{BASE}/{cid}/questions/{QUESTIONS[str(cid)]}/cancel"),
     ),
+    "send-heartbeat": Operation("Send heartbeats", with_a_supervisor, _send_heartbeat),
+    "read-supervisor-status": Operation(
+        "Read a supervisor's status and heartbeats", with_a_supervisor, _read_status
+    ),
     "save-state": Operation("Save a supervisor's state", with_a_supervisor, _save_state),
     "read-state": Operation(
         "Read a supervisor's state, history and restoration", with_a_supervisor, _read_state
@@ -352,6 +376,7 @@ ALLOWED = {
     "ask-question": 201,
     "restart-supervisor": 202,
     "sync-supervisor": 202,
+    "send-heartbeat": 202,
 }
 PERSON_MUST_CONFIRM = (409, "PHASE_GUARD_REQUIRED")
 NO_API = (404, "NOT_FOUND")  # tokens are an operator's CLI job on the server, for no API role
