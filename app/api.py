@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from app import (
@@ -50,6 +50,7 @@ from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
 from app.contract_rows import get_contract, refuse_if_closed, refuse_if_closed_status
+from app.database_ready import missing_schema, require_existing_database
 from app.db import UnitOfWork, driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
@@ -120,9 +121,27 @@ class ContractsAPI:
         # not only when the API module was built.
         self._token = token if caller is None else None
         if caller is None:
-            with unit_of_work(engine=engine, settings=self._settings) as uow:
-                caller = authenticate(uow.session, token)
+            caller = self._first_caller(token, engine)
         self.caller = caller
+
+    def _first_caller(self, token: str | None, engine: Engine | None) -> Caller:
+        """The token's caller, read from a database that must already be the service's.
+
+        A daemon started in the wrong directory would otherwise create an empty embedded
+        database where it runs and fail on a missing table; `DatabaseNotReady` names the
+        database instead, and nothing is created.
+        """
+        if engine is None:
+            require_existing_database(get_settings())
+        bind = engine or get_engine()
+        try:
+            with unit_of_work(engine=bind, settings=self._settings) as uow:
+                return authenticate(uow.session, token)
+        except (OperationalError, ProgrammingError) as exc:
+            explained = missing_schema(bind, exc)
+            if explained is None:
+                raise
+            raise explained from None
 
     # -- plumbing ------------------------------------------------------------------------
 
