@@ -514,7 +514,7 @@ class FoldResult:
     offered: int
     fenced: int
     touched: int
-    state_changes: int
+    state_changes: int  # the supervisor_state_changed events written (`ev`: the one type it writes)
     applied: int
     refused: list[int]  # positions (`n`) of heartbeats whose task id is another contract's
     fenced_supervisors: list[dict[str, Any]]  # one per (supervisor, sent incarnation)

@@ -182,6 +182,14 @@ class IngestReport:
             "stateChanges": self.state_changes,
         }
 
+    def events_written(self) -> dict[str, int]:
+        """The contract events the list's transaction wrote, by type, for /metrics after commit.
+
+        Only `supervisor_state_changed`, one per state change: both stores write exactly one
+        event per change and no other type, so the count they answer is the count by type.
+        """
+        return {STATE_CHANGED: self.state_changes}
+
 
 # --- ingestion ------------------------------------------------------------------------------
 

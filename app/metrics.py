@@ -8,8 +8,9 @@ Two kinds, and where each number comes from:
   incremented in whichever process did the work (a Celery worker child, an API process),
   right after its transaction committed (`count_committed_events`, called by
   `app.db.unit_of_work`, so a rolled-back change counts nothing and no domain module knows
-  about Prometheus). Each process writes its own memory-mapped file in the metrics
-  directory (`PROMETHEUS_MULTIPROC_DIR`, else `<data_dir>/metrics`); a scrape of any API
+  about Prometheus; the heartbeat ingestion, whose statements write their events themselves,
+  counts them by type with `count_events`). Each process writes its own memory-mapped file
+  in the metrics directory (`PROMETHEUS_MULTIPROC_DIR`, else `<data_dir>/metrics`); a scrape of any API
   process on the host sums every file. One directory per host: each host's API is scraped.
   Wipe the directory when the whole service restarts (counters then start again from zero,
   which Prometheus reads as a reset).
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,6 +111,23 @@ def count_committed_events(events: Iterable[dict[str, Any]]) -> None:
                 COMPLETION_DETECTIONS.inc()
             elif kind in _RESTART_TYPES:
                 SUPERVISOR_RESTARTS.inc()
+    except Exception:
+        log.exception("metrics: committed events not counted")
+
+
+def count_events(counts: Mapping[str, int]) -> None:
+    """Count events a committed transaction wrote by its own statements: `counts` by type.
+
+    For writers whose events never pass through the unit of work's held rows, so that
+    `count_committed_events` cannot see them: the heartbeat ingestion's statements write its
+    `supervisor_state_changed` events and answer only how many. Only `contract_events_total`
+    moves; the counters read from an event's payload (phase transitions) need the rows.
+    Never raises.
+    """
+    try:
+        for kind, n in counts.items():
+            if n > 0:
+                _child(CONTRACT_EVENTS, (kind,)).inc(n)
     except Exception:
         log.exception("metrics: committed events not counted")
 
@@ -203,6 +221,7 @@ __all__ = [
     "SUPERVISOR_RESTARTS",
     "DatabaseCollector",
     "count_committed_events",
+    "count_events",
     "count_heartbeats",
     "metrics_dir",
     "render",

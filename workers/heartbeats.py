@@ -45,9 +45,11 @@ def ingest(message: Any) -> dict[str, int] | None:
     # Without the live monitor nobody reads the notices: the ingestion does not even build them.
     live = get_settings().feature_flags.monitoring_dashboard
     report = heartbeats.ingest(message, sender=send_task, notify=_publish_notices if live else None)
-    # The supervisor_state_changed events its one statement wrote: wake the live readers, as
-    # every other committed event does (else they wait for another writer's wake-up or the poll).
+    # The supervisor_state_changed events its statements wrote (never held by the unit of work,
+    # so its post-commit hook sees none): wake the live readers, as every other committed event
+    # does (else they wait for another writer's wake-up or the poll), and count them for /metrics.
     live_events.announce_events(report.state_changes)
+    metrics.count_events(report.events_written())
     metrics.count_heartbeats(report.stored)
     return report.as_dict()
 

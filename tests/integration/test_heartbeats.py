@@ -441,6 +441,94 @@ def test_counters_add_up_across_processes(worker: WorkerProcess) -> None:
     assert shards and shards >= 1
 
 
+STATE_CHANGES_COUNTED = 'contract_events_total{type="supervisor_state_changed"}'
+
+
+def state_changes_counted() -> float:
+    """`/metrics`' supervisor_state_changed count: every process of this run, summed."""
+    with TestClient(create_app()) as client:
+        exposition = client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith(f"{STATE_CHANGES_COUNTED} ")
+    )
+
+
+def state_changes_recorded(engine: Any = None) -> int:
+    from app.models import ContractEvent
+
+    with unit_of_work(engine=engine) as uow:
+        return int(
+            uow.session.scalar(
+                select(func.count())
+                .select_from(ContractEvent)
+                .where(ContractEvent.type == heartbeats.STATE_CHANGED)
+            )
+            or 0
+        )
+
+
+def test_metrics_count_every_state_change_the_workers_ingestion_records(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    """The ingestion writes its events in its own statements, past the unit of work's count:
+    /metrics still counts each one the worker committed, no more."""
+    api, cid = daemon
+    counted, recorded = state_changes_counted(), state_changes_recorded()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    t0 = utcnow()
+    api.send_heartbeat(cid, first, "working", "plan", timestamp=t0)
+    api.send_heartbeat(cid, second, "working", "plan", timestamp=t0)
+    api.flush()
+    wait_rows(cid, 2)
+    api.send_heartbeat(cid, first, "idle", "plan", timestamp=t0 + timedelta(seconds=1))  # a change
+    api.send_heartbeat(cid, second, "working", "plan", timestamp=t0 + timedelta(seconds=1))  # none
+    api.flush()
+    wait_for(lambda: event_types(cid).count(heartbeats.STATE_CHANGED) == 3, what="three state changes")
+    written = state_changes_recorded() - recorded
+    assert written >= 3
+    deadline = time.monotonic() + 10  # the worker counts right after its commit: a moment later
+    while state_changes_counted() - counted < written and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state_changes_counted() - counted == written
+
+
+def test_the_ingestion_reports_by_type_the_events_its_statements_wrote_on_both_dialects(
+    daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
+) -> None:
+    """What the worker counts for /metrics after commit: the PostgreSQL fold's and the SQLite
+    path's own count of the events they wrote."""
+    api, cid = daemon
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    try:
+        with unit_of_work(engine=local) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
+        for engine, contract, principal in (
+            (None, cid, api.caller.principal_id),
+            (local, lid, embedded.caller.principal_id),
+        ):
+            task, t0 = uuid.uuid4(), utcnow()
+            before = state_changes_recorded(engine)
+            lists = [
+                heartbeats.message_of({principal: [hb(contract, task, state, t0 + timedelta(seconds=s))]})
+                for s, state in ((0, "working"), (1, "idle"), (2, "idle"))
+            ]
+            ingested = [heartbeats.ingest(one, engine=engine) for one in lists]
+            assert [r.events_written() for r in ingested] == [
+                {heartbeats.STATE_CHANGED: 1},
+                {heartbeats.STATE_CHANGED: 1},
+                {heartbeats.STATE_CHANGED: 0},
+            ]
+            assert state_changes_recorded(engine) - before == 2
+    finally:
+        local.dispose()
+
+
 def test_one_list_judges_a_new_supervisor_a_foreign_claim_a_late_one_and_a_repeat_together(
     daemon: tuple[ContractsAPI, uuid.UUID],
 ) -> None:
