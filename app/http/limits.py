@@ -197,10 +197,24 @@ def check_json_body(body: bytes) -> None:
     """Parse a JSON body only to judge it; FastAPI parses it again for the handler.
 
     Malformed JSON passes through untouched: FastAPI's own 400 names the position.
+
+    The body is decoded as strict UTF-8 first (a leading byte-order mark allowed): `json.loads`
+    given bytes decodes them with `surrogatepass`, so the UTF-8-looking bytes of a lone
+    surrogate (ED A0 80) would become a lone surrogate in a string that no check here sees as
+    an escape, and every later write or read of that text would fail.
     """
     try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _bad(
+            "unicode_invalid",
+            f"the body is not UTF-8 text (bytes {body[exc.start : exc.start + 4].hex(' ')} at offset "
+            f"{exc.start} are not UTF-8; a lone UTF-16 surrogate half encoded as bytes is not a "
+            "character either); send JSON encoded as UTF-8",
+        ) from None
+    try:
         value = json.loads(
-            body, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
         )
     except _DuplicateKey as exc:
         raise _bad(
@@ -227,8 +241,6 @@ def check_json_body(body: bytes) -> None:
         ) from None
     except json.JSONDecodeError:
         return
-    except UnicodeDecodeError:
-        raise _bad("unicode_invalid", "the body is not UTF-8 text") from None
     except ValueError:  # Python refuses integers longer than 4300 digits
         raise _bad("number_too_large", "a number has too many digits; send at most 4300 digits") from None
     check_json(value, may_hold_surrogates=_SURROGATE_ESCAPE.search(body) is not None)

@@ -261,6 +261,44 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_in_the_error_shape(
     assert "surrogate" in error["message"]
 
 
+RAW_SURROGATE = b"\xed\xa0\x80"  # what a lone \ud800 would be, encoded the way UTF-8 never does
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        (BASE + "/{cid}/status", b'{"targetStatus": "paused", "reason": "r' + RAW_SURROGATE + b'"}'),
+        (BASE + "/{cid}/status", b'{"targetStatus": "failed", "reason": "r' + RAW_SURROGATE + b'"}'),
+        (BASE, b'{"name": "n' + RAW_SURROGATE + b'", "contractType": "simple"}'),
+        ("/api/v1/supervisors/heartbeats", b'[{"taskId": "' + RAW_SURROGATE + b'"}]'),
+    ],
+)
+def test_a_surrogate_sent_as_raw_bytes_is_a_400_and_nothing_is_recorded(
+    client: TestClient, owner: tuple[str, dict[str, str]], path: str, raw: bytes
+) -> None:
+    """Not only the `\\ud800` escape: the bytes ED A0 80 are not UTF-8 either. Before, they
+    passed, and a status change's reason made every later read of the contract's events a 500."""
+    _, headers = owner
+    cid = client.post(BASE, json={"name": "s", "contractType": "simple"}, headers=headers).json()["id"]
+    assert client.post(f"{BASE}/{cid}/status", json={"targetStatus": "active"}, headers=headers).is_success
+    error = assert_error_shape(post_raw(client, headers, path.replace("{cid}", cid), raw), 400)
+    assert error["code"] == "INVALID_REQUEST"
+    assert "UTF-8" in error["message"]
+    assert client.get(f"{BASE}/{cid}", headers=headers).json()["status"] == "active"
+    events = client.get(f"{BASE}/{cid}/events", headers=headers)
+    assert events.status_code == 200, events.text
+
+
+def test_a_body_with_a_utf8_byte_order_mark_is_still_judged(
+    client: TestClient, owner: tuple[str, dict[str, str]]
+) -> None:
+    """A leading BOM is allowed, and the body behind it is checked like any other."""
+    _, headers = owner
+    dup = b"\xef\xbb\xbf" + b'{"name": "a", "name": "b", "contractType": "simple"}'
+    error = assert_error_shape(post_raw(client, headers, BASE, dup), 400)
+    assert "twice" in error["message"]
+
+
 def test_a_surrogate_pair_is_one_character_and_is_accepted(
     client: TestClient, owner: tuple[str, dict[str, str]]
 ) -> None:
