@@ -45,6 +45,14 @@ def foreign_task(
     }
     mine = owners.get(contract_id)
     same_owner = mine is not None and mine == owners.get(other_contract_id)
+    return foreign_task_refusal(task_id, explained, same_owner, field=field)
+
+
+def foreign_task_refusal(
+    task_id: object, explained: str, same_owner: bool, *, field: str = "taskId"
+) -> ValidationFailed:
+    """`foreign_task` once the owners are known: the heartbeats' fronts read them with the rest
+    of a group's facts, in the one query they make, and cannot afford another."""
     message = (
         explained
         if same_owner
@@ -54,4 +62,13 @@ def foreign_task(
     return ValidationFailed(message, details={"field": field, "taskId": str(task_id)})
 
 
-__all__ = ["foreign_task"]
+def foreign_supervisor(task_id: object) -> str:
+    """The explanation for the owner of both contracts when a supervisor's task id is named on
+    another contract (state saves and heartbeats)."""
+    return (
+        f"Task {task_id} is the supervisor of another contract; a supervisor's task id belongs to "
+        "one contract."
+    )
+
+
+__all__ = ["foreign_supervisor", "foreign_task", "foreign_task_refusal"]

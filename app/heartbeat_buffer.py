@@ -13,8 +13,14 @@ heartbeats leave a process in lists (`heartbeats.ingest` messages):
 - **`GroupCommit`**, one per HTTP app: concurrent requests are coalesced into one message.
   The first request of a group waits at most `coalesce_ms` for company (or until the group
   holds `batch_size` heartbeats), then checks the visibility of every contract in the group
-  with one query, sends one message, and wakes the others. Every request is answered only
-  after the message holding its heartbeats is in the broker (or with the broker's error).
+  and the holders of its task ids with one query, sends one message, and wakes the others.
+  Every request is answered only after the message holding its heartbeats is in the broker
+  (or with the broker's error).
+
+Both refuse what the worker would refuse for reasons they can see: a contract the caller
+cannot see, and a task id that is another contract's supervisor (`held_by_another`, the
+worker's rule), so such a heartbeat is answered as refused instead of becoming a dead letter
+the sender never learns of.
 """
 
 from __future__ import annotations
@@ -35,18 +41,20 @@ from app.broker import Sender
 from app.config import Settings
 from app.db import driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
-from app.domain.supervisors import InvalidHeartbeat, wire_heartbeat
+from app.domain.supervisors import InvalidHeartbeat, held_by_another, wire_heartbeat
+from app.foreign_tasks import foreign_supervisor, foreign_task_refusal
 from app.heartbeats import MAX_PER_MESSAGE, message_of
-from app.models import Contract
+from app.models import Contract, Supervisor
 from app.prepared import driver_rows
 from app.queues import TaskName
 
 log = logging.getLogger(__name__)
 
 FLAG: Final = "supervisor_heartbeat"
-# How long a contract found visible to a principal is trusted without asking again. Owners
-# never change, so this only bounds how long a deleted contract's heartbeats still leave here
-# (the worker re-checks every heartbeat anyway).
+# How long a (contract, task) pair found visible to a principal, the task not another
+# contract's, is trusted without asking again. Owners never change and neither does the
+# contract holding a task id, so this only bounds how long a deleted contract's heartbeats
+# still leave here (the worker re-checks every heartbeat anyway).
 VISIBLE_SECONDS: Final = 300.0
 MAX_VISIBLE_ENTRIES: Final = 100_000
 
@@ -63,35 +71,98 @@ def invalid(exc: InvalidHeartbeat) -> ValidationFailed:
     )
 
 
-def owners_of(engine: Engine | None, settings: Settings, contract_ids: set[str]) -> dict[str, str]:
-    """The owners of the contracts that exist, in one query, keyed by the ids as given.
+# One round trip per group: the contracts' owners (no task id), then the group's task ids held
+# by another contract than the one a heartbeat names them on (`held_by_another`: the
+# supervisors row's contract_id), with that contract's owner, so a refusal can be explained to
+# the owner of both without asking again. Ids and answers as text; the ids are sent as array
+# literals (a text[] parameter does not cast to uuid[] in EXECUTE; the ids passed the wire
+# form's check, so they hold no brace or comma).
+_FACTS: Final = """
+SELECT NULL::text, c.id::text, c.owner_id FROM contracts c WHERE c.id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT s.task_id::text, s.contract_id::text, o.owner_id
+FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
+JOIN supervisors s ON s.task_id = t.task_id AND s.contract_id <> t.contract_id
+LEFT JOIN contracts o ON o.id = s.contract_id
+"""
 
-    The ids are canonical UUID text (the wire form's `contractId`). On PostgreSQL one
-    prepared statement on the driver's cursor, ids and answers as text: the HTTP front asks
-    this once per coalesced group of up to a few hundred heartbeats, and turning each id into
-    a `UUID` and back cost more than the query.
+
+@dataclass(slots=True)
+class GroupFacts:
+    """What the fronts judge a group of heartbeats by, read in one query (`facts_of`).
+
+    `owners`: the owner of each contract that exists. `holders`: task id → (the contract
+    holding it, that contract's owner) for the task ids some heartbeat names on another
+    contract; `claim` adds the group's own first claims on task ids nobody holds yet.
     """
-    if not contract_ids:
-        return {}
+
+    owners: dict[str, str]
+    holders: dict[str, tuple[str, str | None]]
+
+    def claim(self, task_id: str, contract_id: str, owner: str) -> ValidationFailed | None:
+        """The refusal of `task_id` on `contract_id` (visible, owned by `owner`) when another
+        contract holds it; otherwise None, and this contract holds it for the rest of the group
+        (the first heartbeat naming a new task id in a list claims it, at the worker too).
+        Explained only to the owner of both contracts (`app.foreign_tasks`)."""
+        holder = self.holders.get(task_id)
+        if holder is None:
+            self.holders[task_id] = (contract_id, owner)
+            return None
+        if not held_by_another(holder[0], contract_id):
+            return None
+        return foreign_task_refusal(task_id, foreign_supervisor(task_id), holder[1] == owner)
+
+
+def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, str]]) -> GroupFacts:
+    """The facts of a group's (task id, contract id) pairs, in one query (see `_FACTS`).
+
+    The ids are canonical UUID text (the wire form's). On PostgreSQL one prepared statement on
+    the driver's cursor, ids and answers as text: the HTTP front asks this once per coalesced
+    group of up to a few hundred heartbeats, and turning each id into a `UUID` and back cost
+    more than the query.
+    """
+    if not claims:
+        return GroupFacts({}, {})
     bind = engine or get_engine()
     if bind.dialect.name == "postgresql":
+        tasks = [task for task, _ in claims]
+        contracts = [cid for _, cid in claims]
         with driver_autocommit(bind) as connection:
             rows = driver_rows(
                 connection,
-                "SELECT id::text, owner_id FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
-                # One array literal: a text[] parameter does not cast to uuid[] in EXECUTE.
-                # The ids passed the wire form's check, so they hold no brace or comma.
-                {"ids": "{" + ",".join(sorted(contract_ids)) + "}"},
+                _FACTS,
+                {
+                    "ids": "{" + ",".join(set(contracts)) + "}",
+                    "tasks": "{" + ",".join(tasks) + "}",
+                    "claims": "{" + ",".join(contracts) + "}",
+                },
                 prepare=settings.database_prepared_statements,
             )
-        return {cid: owner for cid, owner in rows}
+        facts = GroupFacts({}, {})
+        for task, cid, owner in rows:
+            if task is None:
+                facts.owners[cid] = owner
+            else:
+                facts.holders[task] = (cid, owner)
+        return facts
+    # SQLite (the embedded default): in-process, so two statements cost no round trip; every
+    # holder of the group's task ids is read and `claim` applies the rule.
     with unit_of_work(engine=engine, settings=settings) as uow:
-        found = uow.session.execute(
+        session = uow.session
+        owners = session.execute(
             select(Contract.id, Contract.owner_id).where(
-                Contract.id.in_(sorted(uuid.UUID(cid) for cid in contract_ids))
+                Contract.id.in_(sorted({uuid.UUID(cid) for _, cid in claims}))
             )
         )
-        return {str(cid): owner for cid, owner in found}
+        facts = GroupFacts({str(cid): owner for cid, owner in owners}, {})
+        held = session.execute(
+            select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id)
+            .outerjoin(Contract, Contract.id == Supervisor.contract_id)
+            .where(Supervisor.task_id.in_(sorted({uuid.UUID(task) for task, _ in claims})))
+        )
+        for task_id, cid, owner in held:
+            facts.holders[str(task_id)] = (str(cid), owner)
+        return facts
 
 
 # --- the API module's per-process buffer ----------------------------------------------------
@@ -222,18 +293,22 @@ def flush_all() -> None:
         buffer.close()
 
 
+_VisibleKey = tuple[uuid.UUID, str, str]  # (principal, contract id, task id)
+
+
 class _VisibleCache:
-    """(principal, contract) pairs found visible recently, so a steady sender pays no query."""
+    """(principal, contract, task) found visible recently, the task not another contract's, so
+    a steady sender pays one query per supervisor (its first heartbeat) and none after."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[uuid.UUID, str], float] = {}
+        self._seen: dict[_VisibleKey, float] = {}
         self._lock = threading.Lock()
 
-    def fresh(self, key: tuple[uuid.UUID, str]) -> bool:
+    def fresh(self, key: _VisibleKey) -> bool:
         at = self._seen.get(key)
         return at is not None and time.monotonic() - at < VISIBLE_SECONDS
 
-    def add(self, key: tuple[uuid.UUID, str]) -> None:
+    def add(self, key: _VisibleKey) -> None:
         with self._lock:
             if len(self._seen) >= MAX_VISIBLE_ENTRIES:
                 self._seen.clear()
@@ -260,12 +335,18 @@ def send_wire(
     caller: Caller, engine: Engine | None, settings: Settings, send: Sender, item: dict[str, Any]
 ) -> None:
     """Buffer one checked heartbeat in wire form (the API module's `send_heartbeat`), once its
-    contract is known visible to the caller (cached, see `_VisibleCache`)."""
-    key = (caller.principal_id, item["contractId"])
+    contract is known visible to the caller and its task id not another contract's (cached, see
+    `_VisibleCache`; a refusal is not cached, so it is asked again)."""
+    contract_id, task_id = item["contractId"], item["taskId"]
+    key = (caller.principal_id, contract_id, task_id)
     if not _visible.fresh(key):
-        owner = owners_of(engine, settings, {item["contractId"]}).get(item["contractId"])
+        facts = facts_of(engine, settings, {(task_id, contract_id)})
+        owner = facts.owners.get(contract_id)
         if owner is None or not caller.may_access(owner):
-            raise ContractNotFound(uuid.UUID(item["contractId"]))
+            raise ContractNotFound(uuid.UUID(contract_id))
+        refused = facts.claim(task_id, contract_id, owner)
+        if refused is not None:
+            raise refused
         _visible.add(key)
     buffer_for(send, settings).add(caller.principal_id, item)
 
@@ -349,20 +430,31 @@ class GroupCommit:
 
 
 def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Callable[[list[Submission]], None]:
-    """The group commit's send: one visibility query for the group, then one message."""
+    """The group commit's send: one query for the group's facts (`facts_of`), then one message."""
 
     def flush(entries: list[Submission]) -> None:
-        owners = owners_of(engine, settings, {item["contractId"] for e in entries for _, item in e.parsed})
+        facts = facts_of(
+            engine, settings, {(item["taskId"], item["contractId"]) for e in entries for _, item in e.parsed}
+        )
+        owners = facts.owners
         groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
         total = 0
         for entry in entries:
             for index, item in entry.parsed:
-                owner = owners.get(item["contractId"])
+                contract_id = item["contractId"]
+                owner = owners.get(contract_id)
                 if owner is None or not entry.caller.may_access(owner):
                     result = entry.results[index]
                     result.code = ContractNotFound.code
                     result.field = "contractId"
-                    result.message = f"Contract {item['contractId']} does not exist or is not visible to you."
+                    result.message = f"Contract {contract_id} does not exist or is not visible to you."
+                    continue
+                refused = facts.claim(item["taskId"], contract_id, owner)
+                if refused is not None:
+                    result = entry.results[index]
+                    result.code = refused.code
+                    result.field = "taskId"
+                    result.message = refused.message
                     continue
                 groups.setdefault(entry.caller.principal_id, []).append(item)
                 total += 1
@@ -408,13 +500,14 @@ def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
 __all__ = [
     "FLAG",
     "GroupCommit",
+    "GroupFacts",
     "HeartbeatBuffer",
     "ItemResult",
     "Submission",
     "buffer_for",
+    "facts_of",
     "flush_all",
     "http_flush",
-    "owners_of",
     "parse_submission",
     "require_enabled",
     "send_heartbeat",

@@ -364,7 +364,8 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
 # (locked, in task order, so two workers never wait on each other in a circle):
 #   fenced   another incarnation's than the one in force (older, or never issued), or an
 #            unnamed one once an incarnation beyond the first was issued or it was declared dead;
-#   refused  its task id belongs to another contract;
+#   refused  its task id belongs to another contract (`held_by_another` in app.domain.supervisors:
+#            the row's contract_id is another; the fronts refuse the same heartbeats first);
 #   the winner per supervisor: the newest of the rest by (incarnation, timestamp), the first
 #   received among equals; it replaces the stored state only when newer than it; every
 #   unfenced heartbeat proves liveness (last_received_at).

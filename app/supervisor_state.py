@@ -57,7 +57,7 @@ from app.domain.supervisor_state import (
     worth_an_event,
 )
 from app.events import record_event
-from app.foreign_tasks import foreign_task
+from app.foreign_tasks import foreign_supervisor, foreign_task
 from app.models import ConversationMessage, Supervisor, SupervisorStateRow
 from app.schemas import Schema, Timestamp
 
@@ -278,14 +278,7 @@ def refuse_foreign_supervisor(session: Session, contract_id: uuid.UUID, task_id:
     for model in (Supervisor, SupervisorStateRow):
         owner = session.scalar(select(model.contract_id).where(model.task_id == task_id))
         if owner is not None and owner != contract_id:
-            raise foreign_task(
-                session,
-                task_id,
-                contract_id,
-                owner,
-                f"Task {task_id} is the supervisor of another contract; a supervisor's task id "
-                "belongs to one contract.",
-            )
+            raise foreign_task(session, task_id, contract_id, owner, foreign_supervisor(task_id))
 
 
 # --- saving ---------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Supervisor heartbeats over HTTP: send them (202, coalesced), read a contract's supervisor.
 
 `POST /api/v1/supervisors/heartbeats` takes one heartbeat (a JSON object) or a list of up to
-1,000. Each is checked on its own: an invalid one is refused with the field named and the
-rest go on (per-item results). Concurrent requests to this process share one broker message
-(a request waits at most `[heartbeats] coalesce_ms` for company) and each is answered 202
-only once the message holding its heartbeats is in the broker.
+1,000. Each is checked on its own: an invalid one, or one whose `taskId` is another
+contract's supervisor, is refused with the field named and the rest go on (per-item results).
+Concurrent requests to this process share one broker message (a request waits at most
+`[heartbeats] coalesce_ms` for company) and each is answered 202 only once the message
+holding its heartbeats is in the broker.
 
 With the `supervisor_heartbeat` feature flag off, every endpoint here answers 503
 FEATURE_DISABLED.
@@ -141,13 +142,14 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
             details={"field": "body", "limit": MAX_PER_REQUEST},
         )
     submission = parse_submission(caller, items)
-    if single and submission.results and not submission.results[0].accepted:
-        first = submission.results[0]
-        raise ValidationFailed(first.message or "invalid heartbeat", details={"field": first.field})
     if submission.parsed:
         _group_commit(request).submit(submission)
-    if single and not submission.results[0].accepted:
-        raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
+    if single and not (first := submission.results[0]).accepted:
+        # Refused before the group (a field) or by it: a contract the caller cannot see, or a
+        # task id another contract holds (VALIDATION_FAILED naming taskId).
+        if first.code == ContractNotFound.code:
+            raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
+        raise ValidationFailed(first.message or "invalid heartbeat", details={"field": first.field})
     return Response(
         accepted_body(submission.results), status_code=status.HTTP_202_ACCEPTED, media_type="application/json"
     )
@@ -186,8 +188,9 @@ def accepted_body(results: list[ItemResult]) -> bytes:
 def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) -> Any:
     """Supervisor heartbeats: one (a JSON object) or a list of up to 1,000, answered 202 once
     they are queued. In a list, each heartbeat gets its own result: an invalid one (the field
-    is named) or one for a contract you cannot see is refused and the others are accepted. A
-    single heartbeat that is refused answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
+    is named), one naming another contract's supervisor as its taskId, or one for a contract
+    you cannot see is refused and the others are accepted. A single heartbeat that is refused
+    answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
     A heartbeat without an `id` is identified by its task and timestamp, so sending it again
     stores it once."""
     try:

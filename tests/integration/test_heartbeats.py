@@ -272,6 +272,11 @@ def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fen
 
     commands = wait_for(lambda: len(told()) >= 2 and told(), what="fence commands published")
     assert {c.payload["currentIncarnation"] for c in commands} == {2}
+    # The sweep's names the incarnation it declared dead; the late heartbeat's, the none it sent.
+    assert sorted((c.payload["reasonCode"], c.payload["fencedIncarnation"]) for c in commands) == [
+        ("no_incarnation", None),
+        ("replaced", 1),
+    ]
     assert commands[0].payload["daemonId"] == "d-dead"
     with pytest.raises(Exception) as dead:
         api.request_supervisor_sync(cid)
@@ -284,6 +289,73 @@ def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fen
     wait_for(lambda: (r := supervisor(task)) and r.alive, what="revived by incarnation 2")
     assert supervisor(task).state == "initializing"  # type: ignore[union-attr]
     assert dead_events(cid) == 1
+
+
+def fence_notices(contract_id: uuid.UUID, engine: Any = None) -> dict[str, dict[str, Any]]:
+    """The `supervisor_fenced` payloads written for a contract, by reasonCode."""
+    with unit_of_work(engine=engine) as uow:
+        payloads = [
+            dict(c.payload)
+            for c in uow.session.scalars(
+                select(DaemonCommand).where(
+                    DaemonCommand.contract_id == contract_id, DaemonCommand.command == heartbeats.FENCED_COMMAND
+                )
+            )
+        ]
+    by_reason = {p["reasonCode"]: p for p in payloads}
+    assert len(by_reason) == len(payloads), payloads
+    return by_reason
+
+
+def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialects(
+    daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
+) -> None:
+    """Incarnation 2 is in force. A heartbeat naming none, one naming 50 (never issued) and one
+    naming 1 (replaced) are each fenced, and each notice says what that heartbeat named (null
+    for none, never a number it did not send), the incarnation in force, and its own reason."""
+    api, cid = daemon
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    try:
+        with unit_of_work(engine=local) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
+        for engine, contract, principal in (
+            (None, cid, api.caller.principal_id),
+            (local, lid, embedded.caller.principal_id),
+        ):
+            task, t0 = uuid.uuid4(), utcnow()
+            first = hb(contract, task, "working", t0, incarnation=2, daemonId="d-9", host="h-9")
+            late = [
+                hb(contract, task, "idle", t0 + timedelta(seconds=s), daemonId="d-9", host="h-9", **named)
+                for s, named in ((1, {}), (2, {"incarnation": 50}), (3, {"incarnation": 1}))
+            ]
+            for beats in ([first], late):
+                report = heartbeats.ingest(
+                    heartbeats.message_of({principal: beats}), engine=engine, sender=lambda *a, **k: ""
+                )
+            assert report.fenced == 3
+            told = fence_notices(contract, engine)
+            assert {
+                code: (p["fencedIncarnation"], p["currentIncarnation"], p["taskId"], p["daemonId"], p["host"])
+                for code, p in told.items()
+            } == {
+                "no_incarnation": (None, 2, str(task), "d-9", "h-9"),
+                "not_issued": (50, 2, str(task), "d-9", "h-9"),
+                "replaced": (1, 2, str(task), "d-9", "h-9"),
+            }
+            assert "named no incarnation" in told["no_incarnation"]["reason"]
+            assert "sends it (currentIncarnation) with every heartbeat" in told["no_incarnation"]["reason"]
+            assert "incarnation 50 of this supervisor was never issued" in told["not_issued"]["reason"]
+            assert told["replaced"]["reason"].startswith(
+                "incarnation 1 of this supervisor was declared dead or replaced by incarnation 2"
+            )
+            row = supervisor(task) if engine is None else None
+            assert row is None or (row.incarnation, row.state) == (2, "working")  # nothing moved it
+    finally:
+        local.dispose()
 
 
 def test_skewed_clocks_neither_kill_early_nor_keep_alive(daemon: tuple[ContractsAPI, uuid.UUID]) -> None:
@@ -689,3 +761,110 @@ def test_the_worker_publishes_the_notices_on_the_live_channel_as_handed_over(
         sub.close()
         client.close()
     assert sorted(got, key=lambda n: n["payload"]["progress"]) == expected_notices(cid, tasks)
+
+
+def dead_letters_naming(value: str) -> list[DeadLetter]:
+    with unit_of_work() as uow:
+        found = uow.session.scalars(
+            select(DeadLetter).where(DeadLetter.task_name == TaskName.INGEST_HEARTBEATS.value)
+        ).all()
+        return [d for d in found if value in d.raw_body]
+
+
+def test_another_contracts_supervisor_task_is_refused_at_the_front_and_never_parked(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """The worker refuses such a heartbeat (a task id belongs to the contract of its supervisor
+    row), so the fronts refuse it first, where the sender reads the answer."""
+    api, cid = daemon
+    here = uuid.UUID(str(api.create_contract("the wrong one", "simple").id))
+    theirs = uuid.uuid4()  # cid's supervisor
+    first = hb(cid, theirs, "working", utcnow())
+    heartbeats.ingest(heartbeats.message_of({api.caller.principal_id: [first]}), sender=send_task)
+    assert supervisor(theirs) is not None
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    url = "/api/v1/supervisors/heartbeats"
+    t0 = utcnow()
+    mine = [uuid.uuid4(), uuid.uuid4()]
+    body = [hb(here, mine[0], "working", t0), hb(here, theirs, "working", t0), hb(here, mine[1], "idle", t0)]
+    with TestClient(create_app()) as client:
+        listed = client.post(url, json=body, headers=headers)
+        assert listed.status_code == 202, listed.text
+        answer = listed.json()
+        assert (answer["accepted"], answer["refused"]) == (2, 1)
+        refused = answer["results"][1]
+        assert (refused["code"], refused["field"]) == ("VALIDATION_FAILED", "taskId"), refused
+        # The owner of both contracts is told why; the contract holding the task is not named.
+        assert "supervisor of another contract" in refused["message"] and str(cid) not in refused["message"]
+
+        single = client.post(url, json=hb(here, theirs, "idle", t0), headers=headers)
+        assert single.status_code == 400, single.text
+        error = single.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("VALIDATION_FAILED", "taskId")
+
+        # Someone else's contract: refused alike, without confirming the task exists elsewhere.
+        stranger = make_caller(role="supervisor")[0]
+        foreign = str(ContractsAPI(stranger).create_contract("a stranger's", "simple").id)
+        theirs_too = [hb(uuid.UUID(foreign), theirs, "idle", t0)]
+        elsewhere = client.post(url, json=theirs_too, headers={"Authorization": f"Bearer {stranger}"})
+        result = elsewhere.json()["results"][0]
+        assert (result["code"], result["field"]) == ("VALIDATION_FAILED", "taskId")
+        assert "supervisor" not in result["message"] and "another contract" not in result["message"]
+        assert f"Task {theirs} cannot be used on this contract" in result["message"]
+
+    with pytest.raises(ValidationFailed) as sent:
+        api.send_heartbeat(here, theirs, "working", "plan")
+    assert sent.value.details["field"] == "taskId" and "supervisor of another contract" in sent.value.message
+    with pytest.raises(ValidationFailed):  # a refusal is not cached: asked again, refused again
+        api.send_heartbeat(here, theirs, "idle", "plan")
+    api.send_heartbeat(here, mine[0], "idle", "plan", timestamp=t0 + timedelta(seconds=1))
+    api.flush()
+    stored = wait_rows(here, 3)
+    assert {r.task_id for r in stored} == set(mine)
+    row = supervisor(theirs)
+    assert row is not None and row.contract_id == cid
+    assert dead_letters_naming(str(here)) == [] and dead_letters_naming(foreign) == []
+
+
+def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
+    """The embedded default: a supervisor row's contract holds the task id, and within one group
+    the first claim on a new task id holds it (as within one list at the worker)."""
+    from app.config import get_settings
+    from app.heartbeat_buffer import http_flush, parse_submission
+
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    sent: list[dict[str, Any]] = []
+
+    def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        sent.append(payload)
+        return ""
+
+    try:
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        local = ContractsAPI(token, engine=engine, sender=send)
+        held, here = (uuid.UUID(str(local.create_contract(n, "simple").id)) for n in ("held", "here"))
+        theirs, new, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        t0 = utcnow()
+        first = hb(held, theirs, "working", t0)
+        heartbeats.ingest(heartbeats.message_of({local.caller.principal_id: [first]}), engine=engine)
+        with pytest.raises(ValidationFailed) as refused:
+            local.send_heartbeat(here, theirs, "working", "plan")
+        assert refused.value.details["field"] == "taskId"
+
+        items = [hb(here, theirs, "idle", t0), hb(here, new, "idle", t0), hb(held, new, "idle", t0),
+                 hb(here, other, "idle", t0)]  # fmt: skip
+        submission = parse_submission(local.caller, items)
+        http_flush(engine, get_settings(), send)([submission])
+        assert [(r.code, r.field) for r in submission.results] == [
+            ("VALIDATION_FAILED", "taskId"),
+            (None, None),
+            ("VALIDATION_FAILED", "taskId"),  # `new` is here's: its first claim in the group
+            (None, None),
+        ]
+        assert [h["taskId"] for g in sent[-1]["groups"] for h in g["heartbeats"]] == [str(new), str(other)]
+    finally:
+        engine.dispose()
