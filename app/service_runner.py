@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -138,6 +138,34 @@ def token_command(settings: Settings) -> str:
     if settings.embedded and settings.data_dir != default_data_dir():
         command = f"MAKIMA_DATA_DIR={shlex.quote(str(settings.data_dir))} {command}"
     return command
+
+
+def _shown(value: str) -> tuple[str, bool]:
+    """A variable's value fit to print, and whether a password in it was masked."""
+    try:
+        url = make_url(value)
+    except Exception:
+        return value, False
+    if not url.password:
+        return value, False
+    return url.render_as_string(hide_password=True), True
+
+
+def settings_export(environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
+    """`export NAME=value ...` giving a second terminal this run's `MAKIMA_*` settings, and the
+    names whose password it masks; None when there are none to give.
+
+    The CLI and a Python daemon read the same settings as the service (the port, a grace
+    period, the feature flags), so the banner prints a line to paste, not only their names.
+    `MAKIMA_DATA_DIR` is left to the token command, which carries it when it matters; a
+    password in a URL is masked, since a banner ends up in logs.
+    """
+    names = sorted(k for k in environ if k.upper().startswith("MAKIMA_") and k != "MAKIMA_DATA_DIR")
+    if not names:
+        return None, []
+    shown = {name: _shown(environ[name]) for name in names}
+    command = "export " + " ".join(f"{name}={shlex.quote(value)}" for name, (value, _) in shown.items())
+    return command, [name for name, (_, masked) in shown.items() if masked]
 
 
 def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> list[Child]:
@@ -517,15 +545,22 @@ class ServiceGroup:
             f"  data dir   {self.settings.data_dir}",
             f"  processes  {pids}",
             "",
-            f"Create an admin token (in another terminal, in {Path.cwd()}):",
+        ]
+        export, masked = settings_export(os.environ)
+        if export is None:
+            lines.append(f"Create an admin token (in another terminal, in {Path.cwd()}):")
+        else:
+            lines += [
+                f"In another terminal, in {Path.cwd()}, give it this run's settings (the CLI and a "
+                "daemon read them too), then create an admin token:",
+                f"  {export}",
+            ]
+        lines += [
             f"  {token_command(self.settings)}",
             "then call the API with 'Authorization: Bearer <token>'.",
         ]
-        inherited = sorted(
-            k for k in os.environ if k.upper().startswith("MAKIMA_") and k != "MAKIMA_DATA_DIR"
-        )
-        if inherited:
-            lines.append(f"That terminal needs this one's {', '.join(inherited)} too.")
+        if masked:
+            lines.append(f"The export shows the password of {', '.join(masked)} as ***: put in the real one.")
         lines += ["Press Ctrl-C to stop.", ""]
         self.say("\n".join(lines))
 
@@ -548,5 +583,6 @@ __all__ = [
     "ensure_sqlite_directory",
     "makima_command",
     "run",
+    "settings_export",
     "token_command",
 ]

@@ -298,6 +298,27 @@ def test_the_banners_token_command_works_as_printed(embedded: EmbeddedRun) -> No
     assert result.stdout.strip().startswith("mk_")
 
 
+def test_the_banners_export_gives_another_terminal_this_runs_settings(embedded: EmbeddedRun) -> None:
+    """The run was started with a port and a sweep interval of its own: the banner's export line,
+    pasted into a shell that has neither, sets both to this run's values."""
+    text = _banner(embedded)
+    line = next(line.strip() for line in text.splitlines() if line.strip().startswith("export MAKIMA_"))
+    result = subprocess.run(
+        f"{line}; env",
+        shell=True,
+        cwd=embedded.workdir,
+        env=without_makima_settings(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"{line}\n{result.stderr}"
+    exported = {k: v for k, _, v in (entry.partition("=") for entry in result.stdout.splitlines())}
+    for name in ("MAKIMA_HTTP_PORT", "MAKIMA_CONTRACTS__STALE_DETECTION_INTERVAL_SECONDS"):
+        assert exported.get(name) == embedded.env[name], (name, line)
+    assert "MAKIMA_DATA_DIR" not in exported, "the token command carries the data directory"
+
+
 def test_the_cli_finds_the_projects_data_dir_from_a_subdirectory(embedded: EmbeddedRun) -> None:
     deep = embedded.workdir / "src" / "deep"
     deep.mkdir(parents=True, exist_ok=True)
