@@ -45,8 +45,9 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -95,8 +96,32 @@ class FilterError(ValueError):
         self.problems = problems
 
 
+# A filter message's fields (seed 4.1.2): each camelCase spelling and the seed's snake_case one.
+FILTER_FIELDS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "contractIds": "contract_ids",
+        "statuses": "statuses",
+        "includeStale": "include_stale",
+        "includeHeartbeats": "include_heartbeats",
+    }
+)
+
+
 def _field(data: Mapping[str, Any], camel: str, snake: str) -> Any:
     return data[camel] if camel in data else data.get(snake)
+
+
+def _unknown_fields(data: Mapping[str, Any], also: Collection[str]) -> list[dict[str, Any]]:
+    """A problem for each field no filter message has: a misspelt `contractID` must not widen
+    the subscription to everything (as an ignored field would)."""
+    snake = [s for c, s in FILTER_FIELDS.items() if s != c]
+    allowed = [*FILTER_FIELDS, *also, *snake]
+    listed = f"{', '.join([*FILTER_FIELDS, *also])} (or the snake_case {', '.join(snake)})"
+    return [
+        {"field": str(name), "problem": f"is not a filter field; allowed: {listed}", "allowed": allowed}
+        for name in data
+        if name not in allowed
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +134,13 @@ class MonitorFilter:
     include_heartbeats: bool = False
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> MonitorFilter:
-        """From a filter message, camelCase (`contractIds`) or the seed's snake_case."""
-        problems: list[dict[str, Any]] = []
+    def parse(cls, data: Mapping[str, Any], also: Collection[str] = ()) -> MonitorFilter:
+        """From a filter message, camelCase (`contractIds`) or the seed's snake_case.
+
+        A field that is neither, nor one of `also` (what else the message may carry, such as
+        the subscription's `after`, read by the caller), is refused like a bad value.
+        """
+        problems = _unknown_fields(data, also)
         raw_ids = _field(data, "contractIds", "contract_ids") or []
         ids: set[uuid.UUID] = set()
         if not isinstance(raw_ids, list):
@@ -623,6 +652,7 @@ async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
 
 
 __all__ = [
+    "FILTER_FIELDS",
     "HEARTBEAT",
     "STALE_TYPES",
     "DirectSend",

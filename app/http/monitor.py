@@ -7,7 +7,10 @@ WebSocket protocol (README "Live monitor"):
 2. Send a filter message (seed 4.1.2, camelCase or snake_case, every field optional):
    `{"contractIds": [...], "statuses": [...], "includeStale": true, "includeHeartbeats": false,
    "after": 1234}`. The server answers `{"type": "subscribed", "filter": {...}}`, then sends
-   the events after `after` (if given) and then the live ones, one JSON object each.
+   the events after `after` (if given) and then the live ones, one JSON object each. A field
+   it does not know is refused like a bad value (4400): a misspelt `contractID` ignored would
+   subscribe the client to every contract. An `auth` message on a connection already
+   authenticated is passed over (the first authentication holds).
 3. Send another filter message at any time to change the filter (no catch-up is redone).
 
 Close codes (`app.http.errors`): 4401 not authenticated, 4400 bad message, 4503
@@ -34,6 +37,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -166,11 +170,11 @@ async def monitor(websocket: WebSocket) -> None:
     caller = await _authenticate_ws(websocket)
     if caller is None:
         return
-    message = await _receive_json(websocket)
+    message = await _filter_message(websocket)
     if message is None:
         return
     try:
-        flt = MonitorFilter.parse(message)
+        flt = MonitorFilter.parse(message, also=("after",))
         after = _after(message.get("after"))
     except FilterError as exc:
         await _close(websocket, WS_INVALID_REQUEST, str(exc))
@@ -213,14 +217,27 @@ async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber, direct: Direct
         await _close(websocket, 1011, "internal error")
 
 
-async def _filter_changes(websocket: WebSocket, sub: Subscriber) -> None:
-    """Apply each new filter message; a bad one closes with 4400 (the old filter never lingers)."""
+async def _filter_message(websocket: WebSocket) -> dict[str, Any] | None:
+    """The next filter message, passing over `auth` messages (the connection is authenticated)."""
     while True:
         message = await _receive_json(websocket)
+        if message is None or message.get("type") != "auth":
+            return message
+
+
+async def _filter_changes(websocket: WebSocket, sub: Subscriber) -> None:
+    """Apply each new filter message; a bad one closes with 4400 (the old filter never lingers).
+
+    `after` is allowed (a client may resend its first message changed) but no catch-up is redone.
+    """
+    while True:
+        message = await _filter_message(websocket)
         if message is None:
             return
         try:
-            sub.filter = MonitorFilter.parse(message)
+            flt = MonitorFilter.parse(message, also=("after",))
+            _after(message.get("after"))
+            sub.filter = flt
         except FilterError as exc:
             await _close(websocket, WS_INVALID_REQUEST, str(exc))
             return
@@ -234,19 +251,29 @@ def _csv(raw: str | None) -> list[str]:
     return [part.strip() for part in (raw or "").split(",") if part.strip()]
 
 
+class StreamQuery(BaseModel):
+    """The stream's filter as query parameters: the filter message's fields, camelCase.
+
+    Nothing else is accepted (`extra="forbid"`: a 422 naming the parameter and the known
+    ones): a misspelt `contractID`, ignored, would stream every contract's events.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    contract_ids: str | None = Field(None, alias="contractIds", description="Comma-separated ids.")
+    statuses: str | None = Field(None, description="Comma-separated statuses.")
+    include_stale: bool = Field(False, alias="includeStale")
+    include_heartbeats: bool = Field(False, alias="includeHeartbeats")
+    after: int | None = Field(None, ge=0, description="Resume after this event id.")
+
+
 # Not in the OpenAPI schema, whose operations all answer JSON models: a text/event-stream is
 # documented in the README ("Live monitor"), like the WebSocket.
 @router.get("/events/stream", include_in_schema=False)
 async def event_stream(
     request: Request,
     caller: Annotated[Caller, Depends(authenticated_caller)],
-    contract_ids: Annotated[
-        str | None, Query(alias="contractIds", description="Comma-separated ids.")
-    ] = None,
-    statuses: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
-    include_stale: Annotated[bool, Query(alias="includeStale")] = False,
-    include_heartbeats: Annotated[bool, Query(alias="includeHeartbeats")] = False,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    query: Annotated[StreamQuery, Query()],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """The WebSocket monitor's stream for clients that cannot speak WebSocket.
@@ -260,13 +287,13 @@ async def event_stream(
     try:
         flt = MonitorFilter.parse(
             {
-                "contractIds": _csv(contract_ids),
-                "statuses": _csv(statuses),
-                "includeStale": include_stale,
-                "includeHeartbeats": include_heartbeats,
+                "contractIds": _csv(query.contract_ids),
+                "statuses": _csv(query.statuses),
+                "includeStale": query.include_stale,
+                "includeHeartbeats": query.include_heartbeats,
             }
         )
-        resume = _after(last_event_id) if last_event_id else after
+        resume = _after(last_event_id) if last_event_id else query.after
     except FilterError as exc:
         raise InvalidRequest([{**p, "in": "query", "type": "value"} for p in exc.problems]) from None
     hub = hub_of(request.app)

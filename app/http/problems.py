@@ -42,16 +42,36 @@ def _field_path(loc: Sequence[int | str]) -> str:
     return path
 
 
+def _model_field_names(annotation: Any) -> list[str] | None:
+    """The wire names of the model an annotation names (itself or a member of its union)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return [f.alias or name for name, f in candidate.model_fields.items()]
+    return None
+
+
 def _body_field_names(request: Request) -> list[str]:
     """The wire names of the route's body model, to list next to an unknown field."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or route.body_field is None:
         return []
-    annotation = route.body_field.field_info.annotation
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return [f.alias or name for name, f in candidate.model_fields.items()]
-    return []
+    return _model_field_names(route.body_field.field_info.annotation) or []
+
+
+def _query_parameter_names(request: Request) -> list[str]:
+    """The route's query parameters (a query model's fields included), to list next to an unknown one."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return []
+    names: list[str] = []
+    dependants = [route.dependant]
+    while dependants:
+        dependant = dependants.pop(0)
+        for param in dependant.query_params:
+            fields = _model_field_names(param.field_info.annotation)
+            names += [n for n in (fields if fields is not None else [param.alias]) if n not in names]
+        dependants += dependant.dependencies
+    return names
 
 
 def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[str, Any]:
@@ -77,6 +97,12 @@ def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[st
     if kind in ("enum", "literal_error") and "expected" in ctx:
         problem["allowed"] = _QUOTED.findall(str(ctx["expected"]))
         problem["problem"] = f"must be one of: {', '.join(problem['allowed'])}"
+    elif kind == "extra_forbidden" and where == "query":
+        problem["problem"] = "is not a query parameter of this request"
+        known = _query_parameter_names(request)
+        if known:
+            problem["allowed"] = known
+            problem["problem"] += f"; known parameters: {', '.join(known)}"
     elif kind == "extra_forbidden":
         problem["problem"] = "is not a field of this request"
         known = _body_field_names(request) if where == "body" and len(loc) == 2 else []

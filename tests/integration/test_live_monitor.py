@@ -293,6 +293,102 @@ def test_bad_filter_and_bad_token_close_with_their_codes(server: str, make_calle
         assert "sleeping" in closed.value.rcvd.reason
 
 
+def _refused(server: str, token: str, *messages: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]]]:
+    """Send the messages, then read until the close: its code, its reason and what came before."""
+    from websockets.sync.client import connect
+
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    before: list[dict[str, Any]] = []
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        for message in messages:
+            ws.send(json.dumps(message))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                before.append(json.loads(ws.recv(timeout=5)))
+    assert closed.value.rcvd is not None, "the server dropped the connection without a close frame"
+    return closed.value.rcvd.code, closed.value.rcvd.reason, before
+
+
+@pytest.mark.parametrize(
+    ("message", "unknown"),
+    [
+        ({"contractID": [str(uuid.uuid4())], "after": 33}, "contractID"),
+        ({"foo": 1}, "foo"),
+        ({"contractIds": [], "include_stales": True}, "include_stales"),
+        ({"type": "filter", "statuses": ["active"]}, "type"),
+    ],
+    ids=["contractID", "foo", "include_stales", "type"],
+)
+def test_a_filter_field_the_monitor_does_not_know_is_refused_not_ignored(
+    server: str, make_caller: Any, message: dict[str, Any], unknown: str
+) -> None:
+    """Ignored, a misspelt field subscribed the client to every contract's events."""
+    token, _ = _api(make_caller)
+    code, reason, before = _refused(server, token, message)
+    assert code == 4400
+    assert reason.startswith(f"{unknown}: is not a filter field; allowed: contractIds, statuses"), reason
+    assert not [m for m in before if m.get("type") == "subscribed"]
+
+
+def test_an_unknown_field_in_a_filter_change_is_refused_too(server: str, make_caller: Any) -> None:
+    token, _ = _api(make_caller)
+    code, reason, before = _refused(server, token, {"contractIds": []}, {"contractID": [str(uuid.uuid4())]})
+    assert code == 4400 and reason.startswith("contractID: is not a filter field"), reason
+    assert [m["type"] for m in before][:1] == ["subscribed"]
+
+
+def test_both_spellings_of_every_filter_field_and_a_redundant_auth_message_are_accepted(
+    server: str, make_caller: Any
+) -> None:
+    from websockets.sync.client import connect
+
+    token, _ = _api(make_caller)
+    cid = str(uuid.uuid4())
+    snake = {"contract_ids": [cid], "statuses": ["paused"], "include_stale": True, "include_heartbeats": True}
+    camel = {"contractIds": [cid], "statuses": ["paused"], "includeStale": True, "includeHeartbeats": True}
+    for message in (snake, camel):
+        ws = open_monitor(server, token, **message, after=0)
+        ws.close()
+    # An auth message on a connection the header authenticated is passed over, not taken for a filter.
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        ws.send(json.dumps({"type": "auth", "token": token}))
+        ws.send(json.dumps(camel))
+        assert json.loads(ws.recv(timeout=5)) == {"type": "subscribed", "filter": camel, "after": None}
+
+
+@pytest.mark.parametrize("query", ["contractID=x", "contract_ids=x", "foo=1&statuses=active"])
+def test_sse_refuses_a_query_parameter_it_does_not_know_naming_the_known_ones(
+    server: str, make_caller: Any, query: str
+) -> None:
+    token, _ = _api(make_caller)
+    response = httpx.get(
+        f"{server}/api/v1/contracts/events/stream?{query}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_REQUEST"
+    [problem] = error["details"]["problems"]
+    assert problem["field"] == query.split("=")[0] and problem["in"] == "query"
+    assert problem["allowed"] == ["contractIds", "statuses", "includeStale", "includeHeartbeats", "after"]
+    assert "known parameters: contractIds, statuses" in problem["problem"]
+
+
+def test_sse_takes_every_parameter_it_documents(server: str, make_caller: Any) -> None:
+    token, _ = _api(make_caller)
+    query = (
+        f"contractIds={uuid.uuid4()}&statuses=active,paused&includeStale=true&includeHeartbeats=false&after=0"
+    )
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream(
+            "GET", f"/api/v1/contracts/events/stream?{query}", headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert next(response.iter_lines()) == ": connected"
+
+
 def test_sse_stream_resumes_from_last_event_id(server: str, make_caller: Any) -> None:
     token, api = _api(make_caller)
     cid = _active(api)

@@ -1,0 +1,72 @@
+"""The live monitor's filter message: what it accepts, and that nothing it does not know is ignored."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from app.monitor import FilterError, MonitorFilter
+
+ONE = uuid.uuid4()
+
+
+def test_camel_case_and_the_seeds_snake_case_mean_the_same_filter() -> None:
+    camel = {
+        "contractIds": [str(ONE)],
+        "statuses": ["paused"],
+        "includeStale": True,
+        "includeHeartbeats": True,
+    }
+    snake = {
+        "contract_ids": [str(ONE)],
+        "statuses": ["paused"],
+        "include_stale": True,
+        "include_heartbeats": True,
+    }
+    assert (
+        MonitorFilter.parse(camel)
+        == MonitorFilter.parse(snake)
+        == MonitorFilter(frozenset({ONE}), frozenset({"paused"}), True, True)
+    )
+
+
+def test_an_empty_message_is_everything() -> None:
+    assert MonitorFilter.parse({}) == MonitorFilter()
+
+
+@pytest.mark.parametrize("field", ["contractID", "contractIDs", "foo", "include_stales", "after", "type"])
+def test_a_field_the_filter_does_not_know_is_refused_naming_it_and_the_allowed_ones(field: str) -> None:
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse({field: [str(ONE)]})
+    [problem] = refused.value.problems
+    assert problem["field"] == field
+    assert problem["problem"] == (
+        "is not a filter field; allowed: contractIds, statuses, includeStale, includeHeartbeats "
+        "(or the snake_case contract_ids, include_stale, include_heartbeats)"
+    )
+    assert set(problem["allowed"]) == {
+        "contractIds",
+        "contract_ids",
+        "statuses",
+        "includeStale",
+        "include_stale",
+        "includeHeartbeats",
+        "include_heartbeats",
+    }
+
+
+def test_the_caller_names_what_else_a_message_may_carry() -> None:
+    assert MonitorFilter.parse({"after": 3}, also=("after",)) == MonitorFilter()
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse({"afterr": 3}, also=("after",))
+    assert str(refused.value).startswith(
+        "afterr: is not a filter field; allowed: contractIds, statuses, includeStale, "
+        "includeHeartbeats, after "
+    )
+
+
+def test_unknown_fields_and_bad_values_are_all_reported_together() -> None:
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse({"contractID": [], "statuses": ["nope"], "includeStale": "yes"})
+    assert [p["field"] for p in refused.value.problems] == ["contractID", "statuses", "includeStale"]
