@@ -73,6 +73,7 @@ from app.domain.supervisors import (
     InvalidHeartbeat,
     Outcome,
     activity_bump_before,
+    fence_reason,
     parse_heartbeat,
     plan_batch,
     wire_heartbeat,
@@ -474,15 +475,23 @@ def _tell_fenced(uow: UnitOfWork, plan: BatchPlan, now: datetime) -> None:
 def fenced_payload(
     task_id: uuid.UUID, sent: int | None, current: int, daemon_id: str | None, host: str | None
 ) -> dict[str, Any]:
-    """What a fenced daemon is told: stop this incarnation; a restart uses `currentIncarnation`."""
+    """What a fenced daemon is told: what its heartbeat named, what is in force, and why.
+
+    `fencedIncarnation` is the incarnation the heartbeat named, null when it named none (the
+    dead sweep names the one it declared dead), never a number the daemon did not send;
+    `reasonCode` is the case (`app.domain.supervisors.fence_reason`) and `reason` says what to
+    do about it, so the daemon that merely left out the incarnation it was issued is not told
+    that its incarnation was replaced.
+    """
+    reason = fence_reason(sent, current)
     return {
         "taskId": str(task_id),
-        "fencedIncarnation": sent if sent is not None else current - 1,
+        "fencedIncarnation": sent,
         "currentIncarnation": current,
         "daemonId": daemon_id,
         "host": host,
-        "reason": "this supervisor incarnation was declared dead or replaced; stop it. A restart "
-        "must send heartbeats with currentIncarnation.",
+        "reasonCode": reason.value,
+        "reason": reason.explain(sent, current),
     }
 
 

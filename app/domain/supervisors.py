@@ -574,6 +574,62 @@ def is_fenced(hb: Heartbeat, current: SupervisorRecord | None) -> bool:
     return hb.incarnation != current.incarnation
 
 
+class FenceReason(StrEnum):
+    """Why a heartbeat was fenced: what it named against the incarnation in force.
+
+    The daemon that receives `supervisor_fenced` acts on it: the one that was issued the
+    incarnation in force and merely left it out must name it, an older incarnation's stops,
+    and one naming an incarnation nobody issued learns that too instead of hearing that its
+    incarnation was replaced.
+    """
+
+    NO_INCARNATION = "no_incarnation"  # named none once the server had issued an incarnation
+    NOT_ISSUED = "not_issued"  # named one above the one in force: the server never issued it
+    REPLACED = "replaced"  # named an older one: declared dead, or replaced by a restoration or restart
+
+    def explain(self, sent: int | None, in_force: int) -> str:
+        """The reason in words, with the numbers: what the daemon is told to do about it."""
+        if self is FenceReason.NO_INCARNATION:
+            return (
+                f"this heartbeat named no incarnation, but incarnation {in_force} is in force (issued by "
+                "a restoration's claim, a restart or a declared death) and an unnamed heartbeat cannot "
+                f"be told from the replaced daemon's. The daemon that was issued incarnation {in_force} "
+                "sends it (currentIncarnation) with every heartbeat; any other stops this supervisor."
+            )
+        if self is FenceReason.NOT_ISSUED:
+            return (
+                f"incarnation {sent} of this supervisor was never issued: incarnation {in_force} is in "
+                "force, and only a restoration, a restart or a declared death issues one. Stop it; a "
+                "daemon that does not know its incarnation restores (GET .../supervisor/restoration), "
+                "which issues the next one."
+            )
+        return (
+            f"incarnation {sent} of this supervisor was declared dead or replaced by incarnation "
+            f"{in_force}; stop it. A restart must send heartbeats with currentIncarnation."
+        )
+
+
+def fence_reason(sent: int | None, in_force: int) -> FenceReason:
+    """Why a heartbeat naming incarnation `sent` (None: none) was fenced while `in_force` is the
+    supervisor's incarnation.
+
+    From the two numbers alone, so the PostgreSQL fold (which fences in SQL and answers both)
+    and `plan_batch` give the same reason; the dead sweep's notice names the incarnation it
+    declared dead, an older one. A heartbeat naming the incarnation in force is not fenced:
+    asking about it is a mistake (ValueError).
+    """
+    if sent is None:
+        return FenceReason.NO_INCARNATION
+    if sent > in_force:
+        return FenceReason.NOT_ISSUED
+    if sent < in_force:
+        return FenceReason.REPLACED
+    raise ValueError(
+        f"incarnation {sent} is the one in force: a heartbeat naming it is not fenced; only one "
+        "naming none, an older one or one never issued is"
+    )
+
+
 def judge(
     hb: Heartbeat, current: SupervisorRecord | None, received_at: datetime
 ) -> tuple[Outcome, SupervisorRecord | None]:
@@ -640,6 +696,10 @@ class Fenced:
     current_incarnation: int
     daemon_id: str | None
     host: str | None
+
+    @property
+    def reason(self) -> FenceReason:
+        return fence_reason(self.sent_incarnation, self.current_incarnation)
 
 
 @dataclass
@@ -819,6 +879,7 @@ def outcome_counts(outcomes: Iterable[Outcome]) -> dict[str, int]:
 __all__ = [
     "FIELDS",
     "BatchPlan",
+    "FenceReason",
     "Fenced",
     "Heartbeat",
     "InvalidHeartbeat",
@@ -833,6 +894,7 @@ __all__ = [
     "derive_heartbeat_id",
     "derived_id_text",
     "effective_incarnation",
+    "fence_reason",
     "heartbeat_wire",
     "held_by_another",
     "is_dead",

@@ -147,7 +147,14 @@ def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_ot
     )
     assert [c["command"] for c in told] == ["supervisor_fenced"]
     assert told[0]["payload"]["taskId"] == str(task) and told[0]["daemonId"] == d
-    assert told[0]["payload"]["currentIncarnation"] == 2
+    # What the fenced heartbeat named (1), what is in force (2), and why: an older incarnation.
+    payload = told[0]["payload"]
+    assert (payload["fencedIncarnation"], payload["currentIncarnation"], payload["reasonCode"]) == (
+        1,
+        2,
+        "replaced",
+    )
+    assert payload["reason"].startswith("incarnation 1 of this supervisor was declared dead or replaced")
     assert of_contract(commands_received(e, owner=me.owner_id), cid) == []
     assert of_contract(commands_received(None, owner=me.owner_id), cid) == []
 

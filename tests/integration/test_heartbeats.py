@@ -272,6 +272,11 @@ def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fen
 
     commands = wait_for(lambda: len(told()) >= 2 and told(), what="fence commands published")
     assert {c.payload["currentIncarnation"] for c in commands} == {2}
+    # The sweep's names the incarnation it declared dead; the late heartbeat's, the none it sent.
+    assert sorted((c.payload["reasonCode"], c.payload["fencedIncarnation"]) for c in commands) == [
+        ("no_incarnation", None),
+        ("replaced", 1),
+    ]
     assert commands[0].payload["daemonId"] == "d-dead"
     with pytest.raises(Exception) as dead:
         api.request_supervisor_sync(cid)
@@ -284,6 +289,75 @@ def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fen
     wait_for(lambda: (r := supervisor(task)) and r.alive, what="revived by incarnation 2")
     assert supervisor(task).state == "initializing"  # type: ignore[union-attr]
     assert dead_events(cid) == 1
+
+
+def fence_notices(contract_id: uuid.UUID, engine: Any = None) -> dict[str, dict[str, Any]]:
+    """The `supervisor_fenced` payloads written for a contract, by reasonCode."""
+    with unit_of_work(engine=engine) as uow:
+        payloads = [
+            dict(c.payload)
+            for c in uow.session.scalars(
+                select(DaemonCommand).where(
+                    DaemonCommand.contract_id == contract_id,
+                    DaemonCommand.command == heartbeats.FENCED_COMMAND,
+                )
+            )
+        ]
+    by_reason = {p["reasonCode"]: p for p in payloads}
+    assert len(by_reason) == len(payloads), payloads
+    return by_reason
+
+
+def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialects(
+    daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
+) -> None:
+    """Incarnation 2 is in force. A heartbeat naming none, one naming 50 (never issued) and one
+    naming 1 (replaced) are each fenced, and each notice says what that heartbeat named (null
+    for none, never a number it did not send), the incarnation in force, and its own reason."""
+    api, cid = daemon
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    try:
+        with unit_of_work(engine=local) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
+        for engine, contract, principal in (
+            (None, cid, api.caller.principal_id),
+            (local, lid, embedded.caller.principal_id),
+        ):
+            task, t0 = uuid.uuid4(), utcnow()
+            first = hb(contract, task, "working", t0, incarnation=2, daemonId="d-9", host="h-9")
+            late = [
+                hb(contract, task, "idle", t0 + timedelta(seconds=s), daemonId="d-9", host="h-9", **named)
+                for s, named in ((1, {}), (2, {"incarnation": 50}), (3, {"incarnation": 1}))
+            ]
+            for beats in ([first], late):
+                report = heartbeats.ingest(
+                    heartbeats.message_of({principal: beats}), engine=engine, sender=lambda *a, **k: ""
+                )
+            assert report.fenced == 3
+            told = fence_notices(contract, engine)
+            assert {
+                code: (p["fencedIncarnation"], p["currentIncarnation"], p["taskId"], p["daemonId"], p["host"])
+                for code, p in told.items()
+            } == {
+                "no_incarnation": (None, 2, str(task), "d-9", "h-9"),
+                "not_issued": (50, 2, str(task), "d-9", "h-9"),
+                "replaced": (1, 2, str(task), "d-9", "h-9"),
+            }
+            assert "named no incarnation" in told["no_incarnation"]["reason"]
+            assert "sends it (currentIncarnation) with every heartbeat" in told["no_incarnation"]["reason"]
+            assert "incarnation 50 of this supervisor was never issued" in told["not_issued"]["reason"]
+            assert told["replaced"]["reason"].startswith(
+                "incarnation 1 of this supervisor was declared dead or replaced by incarnation 2"
+            )
+            with unit_of_work(engine=engine) as uow:
+                row = uow.session.get(Supervisor, task)
+                assert row is not None and (row.incarnation, row.state) == (2, "working")  # unmoved
+    finally:
+        local.dispose()
 
 
 def test_skewed_clocks_neither_kill_early_nor_keep_alive(daemon: tuple[ContractsAPI, uuid.UUID]) -> None:

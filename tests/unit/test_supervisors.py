@@ -14,6 +14,7 @@ from app.daemon_commands import check_daemon_id
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
 from app.domain.errors import ValidationFailed
 from app.domain.supervisors import (
+    FenceReason,
     Heartbeat,
     InvalidHeartbeat,
     Outcome,
@@ -23,6 +24,7 @@ from app.domain.supervisors import (
     declare_dead,
     derive_heartbeat_id,
     derived_id_text,
+    fence_reason,
     heartbeat_wire,
     is_dead,
     parse_heartbeat,
@@ -375,19 +377,49 @@ def test_an_incarnation_the_server_never_issued_is_fenced() -> None:
     current = {TASK: record(incarnation=2)}
     plan = plan_batch([beat(5, "failed", incarnation=50)], current, T0)
     assert plan.outcomes == [Outcome.FENCED] and TASK not in plan.writes
-    assert [(f.sent_incarnation, f.current_incarnation) for f in plan.fenced] == [(50, 2)]
+    assert [(f.sent_incarnation, f.current_incarnation, f.reason) for f in plan.fenced] == [
+        (50, 2, FenceReason.NOT_ISSUED)
+    ]
 
 
 def test_an_unnamed_heartbeat_counts_only_while_the_first_incarnation_is_in_force() -> None:
     assert plan_batch([beat(5, "idle")], {TASK: record(incarnation=1)}, T0).outcomes == [Outcome.APPLIED]
-    assert plan_batch([beat(5, "idle")], {TASK: record(incarnation=2)}, T0).outcomes == [Outcome.FENCED]
+    fenced = plan_batch([beat(5, "idle")], {TASK: record(incarnation=2)}, T0)
+    assert fenced.outcomes == [Outcome.FENCED]
+    # It named none: the notice says so (None), not an incarnation it never sent.
+    assert [(f.sent_incarnation, f.current_incarnation, f.reason) for f in fenced.fenced] == [
+        (None, 2, FenceReason.NO_INCARNATION)
+    ]
+
+
+def test_a_fence_reason_is_what_the_heartbeat_named_against_the_incarnation_in_force() -> None:
+    assert fence_reason(None, 3) is FenceReason.NO_INCARNATION  # after a restoration's claim
+    assert fence_reason(50, 3) is FenceReason.NOT_ISSUED  # above the one in force: never issued
+    assert fence_reason(2, 3) is FenceReason.REPLACED  # older: declared dead or replaced
+    assert fence_reason(1, 3) is FenceReason.REPLACED
+    with pytest.raises(ValueError, match="incarnation 3 is the one in force"):
+        fence_reason(3, 3)  # the incarnation in force is never fenced
+
+
+def test_each_fence_reason_tells_the_daemon_what_it_sent_what_is_in_force_and_what_to_do() -> None:
+    unnamed = FenceReason.NO_INCARNATION.explain(None, 3)
+    assert "named no incarnation" in unnamed and "incarnation 3 is in force" in unnamed
+    assert "sends it (currentIncarnation) with every heartbeat" in unnamed and "replaced by" not in unnamed
+    never = FenceReason.NOT_ISSUED.explain(50, 3)
+    assert "incarnation 50 of this supervisor was never issued" in never and "incarnation 3" in never
+    assert "declared dead or replaced" not in never and "restores" in never
+    older = FenceReason.REPLACED.explain(2, 3)
+    assert older.startswith("incarnation 2 of this supervisor was declared dead or replaced by incarnation 3")
+    assert "A restart must send heartbeats with currentIncarnation" in older
 
 
 def test_fencing_an_older_incarnation_and_a_dead_supervisors_unnamed_heartbeat() -> None:
     alive2 = {TASK: record(incarnation=2)}
     plan = plan_batch([beat(100, incarnation=1)], alive2, T0)
     assert plan.outcomes == [Outcome.FENCED] and TASK not in plan.writes
-    assert [(f.sent_incarnation, f.current_incarnation) for f in plan.fenced] == [(1, 2)]
+    assert [(f.sent_incarnation, f.current_incarnation, f.reason) for f in plan.fenced] == [
+        (1, 2, FenceReason.REPLACED)
+    ]
     dead, changes = declare_dead(record(), T0 + timedelta(minutes=5))
     assert (dead.incarnation, dead.alive, dead.state, dead.sent_at) == (
         2,
@@ -400,6 +432,7 @@ def test_fencing_an_older_incarnation_and_a_dead_supervisors_unnamed_heartbeat()
     ]
     late = plan_batch([beat(400)], {TASK: dead}, T0 + timedelta(minutes=6))
     assert late.outcomes == [Outcome.FENCED] and late.writes == {}
+    assert [(f.sent_incarnation, f.reason) for f in late.fenced] == [(None, FenceReason.NO_INCARNATION)]
     restart = plan_batch(
         [beat(-3600, "initializing", incarnation=2)], {TASK: dead}, T0 + timedelta(minutes=6)
     )
