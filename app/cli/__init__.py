@@ -21,6 +21,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import service, simulate
+from app.cli.console import HELP_MARKUP
 from app.cli.dead_letters import dead_letters_app
 from app.cli.errors import ErrorMappingGroup
 from app.cli.tokens import token_app
@@ -29,6 +30,7 @@ app = typer.Typer(
     cls=ErrorMappingGroup,
     help="Contract management for AI-agent orchestration.",
     no_args_is_help=True,
+    rich_markup_mode=HELP_MARKUP,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )

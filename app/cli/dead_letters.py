@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from app.cli.console import err, fail, out
+from app.cli.console import HELP_MARKUP, err, fail, out
 from app.cli.errors import load_settings
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 dead_letters_app = typer.Typer(
     help="Messages the workers could not apply, kept for a person to read and replay.",
     no_args_is_help=True,
+    rich_markup_mode=HELP_MARKUP,
 )
 
 

@@ -20,10 +20,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from app.cli.console import err, fail, out
+from app.cli.console import HELP_MARKUP, err, fail, out
 from app.cli.errors import EXIT_NOT_FOUND, load_settings
 
-token_app = typer.Typer(help="API tokens (bearer credentials).", no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens (bearer credentials).", no_args_is_help=True, rich_markup_mode=HELP_MARKUP
+)
 
 
 class Format(StrEnum):
