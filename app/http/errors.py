@@ -116,6 +116,30 @@ WS_NOT_FOUND: Final = 4404
 WS_FEATURE_DISABLED: Final = 4503  # FEATURE_DISABLED: the flag named in the reason is off
 WS_TOO_SLOW: Final = 4408  # the client fell behind: reconnect and resume after the last event id seen
 WS_INTERNAL_ERROR: Final = 1011  # RFC 6455 "unexpected condition"
+# A close frame carries at most 125 bytes (RFC 6455 5.5), 2 of them the code: the reason is at
+# most 123 bytes of UTF-8, and a server refuses to send a longer one.
+WS_REASON_BYTES: Final = 123
+_ELLIPSIS: Final = "\u2026"
+
+
+def websocket_close_reason(text: str, limit: int = WS_REASON_BYTES) -> str:
+    """`text` as a close reason: whole when it fits in `limit` bytes, else its start and `…`.
+
+    Cut by bytes and never inside a UTF-8 character, then back to the last space when that
+    keeps at least half of it, so a reason does not end in half a word (`..., f`); a lone
+    surrogate (which UTF-8 cannot carry) becomes U+FFFD. Whoever needs the whole text sends it
+    another way (the live monitor: an `error` message before the close).
+    """
+    text = _SURROGATE.sub("\ufffd", text)
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    head = data[: limit - len(_ELLIPSIS.encode())].decode("utf-8", "ignore")
+    if not text[len(head)].isspace():
+        space = head.rfind(" ")
+        if space >= len(head) // 2:
+            head = head[:space]
+    return head.rstrip(" ,;:") + _ELLIPSIS
 
 
 def status_for(exc: BaseException) -> int:
@@ -402,6 +426,7 @@ __all__ = [
     "WS_INTERNAL_ERROR",
     "WS_INVALID_REQUEST",
     "WS_NOT_FOUND",
+    "WS_REASON_BYTES",
     "WS_TOO_SLOW",
     "WS_UNAUTHENTICATED",
     "ErrorJSONResponse",
@@ -411,4 +436,5 @@ __all__ = [
     "status_for",
     "status_of_code",
     "websocket_close_code",
+    "websocket_close_reason",
 ]

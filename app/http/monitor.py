@@ -15,7 +15,10 @@ WebSocket protocol (README "Live monitor"):
 
 Close codes (`app.http.errors`): 4401 not authenticated, 4400 bad message, 4503
 FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect with that
-`after`).
+`after`). A close reason holds at most 123 bytes (`websocket_close_reason` cuts a longer one at
+a word), too few to list what a filter allows: a 4400 close follows an `error` message with the
+whole explanation, `{"type": "error", "error": {"code", "message", "details": {"problems"}}}`
+(the HTTP API's error shape).
 
 Events go to the server's own ASGI `send` (`ServerSend` puts it in the connection's scope),
 started by the hub as it dispatches them (`app.monitor.Subscriber.offer`), not through
@@ -53,8 +56,9 @@ from app.http.errors import (
     WS_INVALID_REQUEST,
     WS_TOO_SLOW,
     WS_UNAUTHENTICATED,
+    websocket_close_reason,
 )
-from app.http.problems import InvalidRequest
+from app.http.problems import InvalidRequest, summary
 from app.monitor import DirectSend, FilterError, Hub, MonitorFilter, Subscriber, pump
 from app.schemas import ErrorCode
 
@@ -114,11 +118,30 @@ def _after(raw: Any) -> int | None:
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, wait: float = 2) -> None:
-    """Close with a code and reason; gives up (drops the connection) after `wait` seconds."""
+    """Close with a code and reason (cut to fit a close frame); gives up (drops the connection)
+    after `wait` seconds."""
     if websocket.client_state is WebSocketState.DISCONNECTED:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason[:120]), wait)
+        await asyncio.wait_for(websocket.close(code, websocket_close_reason(reason)), wait)
+
+
+async def _refuse(websocket: WebSocket, problems: list[dict[str, Any]], wait: float = 2) -> None:
+    """Close with 4400 after an `error` message that explains it all.
+
+    The close reason says the same but may be cut (123 bytes): an unknown field's problem
+    alone, with the allowed spellings, is longer.
+    """
+    text = summary(problems)
+    error = {
+        "code": ErrorCode.INVALID_REQUEST.value,
+        "message": f"The message was refused: {text}.",
+        "details": {"problems": problems},
+    }
+    if websocket.client_state is not WebSocketState.DISCONNECTED:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(websocket.send_text(json.dumps({"type": "error", "error": error})), wait)
+    await _close(websocket, WS_INVALID_REQUEST, text, wait)
 
 
 async def _authenticate_ws(websocket: WebSocket) -> Caller | None:
@@ -150,10 +173,9 @@ async def _receive_json(websocket: WebSocket) -> dict[str, Any] | None:
     try:
         data = json.loads(raw)
     except ValueError:
-        await _close(websocket, WS_INVALID_REQUEST, "messages are JSON objects")
-        return None
+        data = None
     if not isinstance(data, dict):
-        await _close(websocket, WS_INVALID_REQUEST, "messages are JSON objects")
+        await _refuse(websocket, [{"field": "message", "problem": "must be a JSON object"}])
         return None
     return data
 
@@ -177,7 +199,7 @@ async def monitor(websocket: WebSocket) -> None:
         flt = MonitorFilter.parse(message, also=("after",))
         after = _after(message.get("after"))
     except FilterError as exc:
-        await _close(websocket, WS_INVALID_REQUEST, str(exc))
+        await _refuse(websocket, exc.problems)
         return
     hub = hub_of(websocket.app)
     sub = await hub.subscribe(caller, flt, after)
@@ -239,7 +261,7 @@ async def _filter_changes(websocket: WebSocket, sub: Subscriber) -> None:
             _after(message.get("after"))
             sub.filter = flt
         except FilterError as exc:
-            await _close(websocket, WS_INVALID_REQUEST, str(exc))
+            await _refuse(websocket, exc.problems)
             return
         await websocket.send_text(json.dumps({"type": "subscribed", "filter": sub.filter.to_json()}))
 

@@ -285,12 +285,9 @@ def test_bad_filter_and_bad_token_close_with_their_codes(server: str, make_calle
             ws.recv(timeout=5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     token, _ = _api(make_caller)
-    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        ws.send(json.dumps({"statuses": ["sleeping"]}))
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
-        assert "sleeping" in closed.value.rcvd.reason
+    code, reason, before = _refused(server, token, {"statuses": ["sleeping"]})
+    assert code == 4400 and "sleeping" in reason
+    assert [m["type"] for m in before] == ["error"]
 
 
 def _refused(server: str, token: str, *messages: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]]]:
@@ -327,14 +324,59 @@ def test_a_filter_field_the_monitor_does_not_know_is_refused_not_ignored(
     code, reason, before = _refused(server, token, message)
     assert code == 4400
     assert reason.startswith(f"{unknown}: is not a filter field; allowed: contractIds, statuses"), reason
-    assert not [m for m in before if m.get("type") == "subscribed"]
+    [error] = before  # no `subscribed`: the error message, then the close
+    assert error["type"] == "error" and error["error"]["code"] == "INVALID_REQUEST"
+    [problem] = error["error"]["details"]["problems"]
+    assert problem["field"] == unknown
+    assert error["error"]["message"] == (
+        f"The message was refused: {unknown}: is not a filter field; allowed: contractIds, statuses, "
+        "includeStale, includeHeartbeats, after (or the snake_case contract_ids, include_stale, "
+        "include_heartbeats)."
+    )
 
 
 def test_an_unknown_field_in_a_filter_change_is_refused_too(server: str, make_caller: Any) -> None:
     token, _ = _api(make_caller)
     code, reason, before = _refused(server, token, {"contractIds": []}, {"contractID": [str(uuid.uuid4())]})
     assert code == 4400 and reason.startswith("contractID: is not a filter field"), reason
-    assert [m["type"] for m in before][:1] == ["subscribed"]
+    assert [m["type"] for m in before if m["type"] in ("subscribed", "error")] == ["subscribed", "error"]
+
+
+def test_a_long_refusal_closes_with_a_reason_that_fits_after_an_error_message_with_all_of_it(
+    server: str, make_caller: Any
+) -> None:
+    """A close reason holds 123 bytes; this filter's problems take far more, in several scripts."""
+    token, _ = _api(make_caller)
+    bad = ["nope", "été-été", "停止中", "😴" * 10]
+    message = {"contractIds": ["not-a-uuid"], "statuses": bad, "includeStale": "yes", "foo": 1}
+    code, reason, before = _refused(server, token, message)
+    [error] = before
+    text = error["error"]["message"].removeprefix("The message was refused: ").removesuffix(".")
+    assert code == 4400
+    assert len(reason.encode()) <= 123 and reason.endswith("…"), reason
+    kept = reason.removesuffix("…")
+    assert text.startswith(kept) and text[len(kept)] in " ,;", "cut inside a word"
+    problems = error["error"]["details"]["problems"]
+    assert [p["field"] for p in problems] == ["foo", "contractIds", *["statuses"] * 4, "includeStale"]
+    assert [p["given"] for p in problems if p["field"] == "statuses"] == bad
+    for given in bad:
+        assert f"'{given}' is not a status; allowed: created, active," in text
+    assert text.endswith("includeStale: must be true or false")
+
+
+def test_a_message_that_is_not_a_json_object_is_refused_the_same_way(server: str, make_caller: Any) -> None:
+    from websockets.sync.client import connect
+
+    token, _ = _api(make_caller)
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        ws.send("[1, 2")
+        error = json.loads(ws.recv(timeout=5))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert error["error"]["message"] == "The message was refused: message: must be a JSON object."
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4400, "message: must be a JSON object")
 
 
 def test_both_spellings_of_every_filter_field_and_a_redundant_auth_message_are_accepted(

@@ -449,6 +449,8 @@
       let ev;
       try { ev = JSON.parse(msg.data); } catch (e) { return; }
       if (ev.type === "subscribed") { setLive(true, "live"); scheduleRefresh(0); return; }
+      // A refused message: the whole explanation, before the 4400 close (not an event).
+      if (ev.type === "error") { console.warn("live monitor: " + ev.error.message); return; }
       if (typeof ev.id === "number") lastEventId = ev.id;
       addEvent(ev);
       scheduleRefresh();
