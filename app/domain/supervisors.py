@@ -25,6 +25,7 @@ the API module and the HTTP front alike:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
@@ -216,13 +217,16 @@ def _timestamp(raw: Any) -> datetime:
         raise InvalidHeartbeat("timestamp", "must be an ISO 8601 date-time string with a time zone")
     if value.tzinfo is None:
         raise InvalidHeartbeat("timestamp", "needs a time zone (for example 2026-01-31T10:30:00Z)")
-    try:  # 9999-12-31T23:59-02:00 is past the last representable instant in UTC
-        value = value.astimezone(UTC)
+    try:
+        utc: datetime | None = value.astimezone(UTC)
     except OverflowError:
-        value = EARLIEST if value.year < EARLIEST.year else LATEST
-    if not EARLIEST <= value < LATEST:
+        # Its offset moves it past an end of the calendar in UTC: 9999-12-31T23:59-02:00 after
+        # the last instant, 0001-01-01T00:00+00:01 before the first. Out of range either way,
+        # never moved to the nearest bound (which once stored the latter as 2000-01-01).
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
         raise InvalidHeartbeat("timestamp", f"must lie between {EARLIEST.year} and {LATEST.year}")
-    return value
+    return utc
 
 
 def parse_heartbeat(raw: Any) -> Heartbeat:
@@ -443,8 +447,10 @@ def heartbeat_wire(
         and isinstance(timestamp, datetime)
         and timestamp.tzinfo is not None
     ):
-        # The id the server would derive, named here so the heartbeat leaves in wire form.
-        heartbeat_id = derive_heartbeat_id(task_id, timestamp)
+        # The id the server would derive, named here so the heartbeat leaves in wire form; none
+        # for a time its offset pushes off the calendar in UTC, which the parse refuses below.
+        with contextlib.suppress(OverflowError):
+            heartbeat_id = derive_heartbeat_id(task_id, timestamp)
     optional = {"id": heartbeat_id, "incarnation": incarnation, "daemonId": daemon_id, "host": host}
     raw.update({k: str(v) if isinstance(v, uuid.UUID) else v for k, v in optional.items() if v is not None})
     return wire_heartbeat(raw)

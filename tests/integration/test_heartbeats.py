@@ -13,7 +13,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -193,6 +193,35 @@ def test_the_api_module_refuses_what_it_can_judge_at_once(daemon: tuple[Contract
     assert bad.value.details["field"] == "state"
     with pytest.raises(ContractNotFound):
         api.send_heartbeat(uuid.uuid4(), uuid.uuid4(), "working", "plan")
+
+
+def test_a_timestamp_its_offset_puts_before_year_1_in_utc_is_refused_not_stored_as_2000(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """0001-01-01T00:00:00+00:01 was answered 202 and stored as 2000-01-01T00:00:00+00:00,
+    where 0001-01-01T00:00:00Z is refused; the API module crashed on the same time as a value."""
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    url = "/api/v1/supervisors/heartbeats"
+    task = uuid.uuid4()
+    problem = "timestamp: must lie between 2000 and 9000"
+    with TestClient(create_app()) as client:
+        for stamp in ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00+00:01", "0001-01-01T00:00:00+14:00"):
+            one = {**hb(cid, task, "working", utcnow()), "timestamp": stamp}
+            single = client.post(url, json=one, headers=headers)
+            assert single.status_code == 400, (stamp, single.text)
+            error = single.json()["error"]
+            assert (error["code"], error["details"]["field"]) == ("VALIDATION_FAILED", "timestamp")
+            assert problem in error["message"]
+            listed = client.post(url, json=[one], headers=headers).json()
+            assert (listed["accepted"], listed["results"][0]["field"]) == (0, "timestamp"), stamp
+    for stamp in (datetime(1, 1, 1, tzinfo=timezone(timedelta(minutes=1))), datetime(1, 1, 1, tzinfo=UTC)):
+        with pytest.raises(ValidationFailed) as sent:
+            api.send_heartbeat(cid, task, "working", "plan", timestamp=stamp)
+        assert sent.value.details["field"] == "timestamp" and problem in sent.value.message
+    api.flush()
+    assert rows(cid) == [] and supervisor(task) is None
 
 
 @pytest.mark.parametrize(("daemon_id", "found"), [("gpu\n7", "U+000A"), ("gpu\x01", "U+0001")])

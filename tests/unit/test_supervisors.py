@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from dataclasses import replace
@@ -136,6 +137,9 @@ WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", 
         {**WIRE, "state": "sleeping"},
         {**WIRE, "timestamp": "9999-12-31T23:59:59.999999-23:59"},
         {**WIRE, "timestamp": "0001-01-01T00:00:00+14:00"},
+        {**WIRE, "timestamp": "0001-01-01T00:00:00+00:01"},
+        {**WIRE, "timestamp": "0001-01-01T00:00:00Z"},
+        {**WIRE, "timestamp": "0001-01-01T00:01:00+00:01"},
         {**WIRE, "timestamp": "9999-12-31T23:00:00-02:00"},
         {**WIRE, "state": {}},
         {**WIRE, "state": ["working"]},
@@ -157,6 +161,35 @@ def test_the_workers_quick_check_accepts_and_refuses_exactly_what_parsing_does(s
         assert (quick.value.field, quick.value.problem) == (exc.field, exc.problem)
         return
     assert parse_heartbeat(wire_heartbeat(sent)) == parsed
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+00:01",  # a minute before year 1 in UTC
+        "0001-01-01T00:00:00+14:00",
+        "0001-01-01T23:59:59.999999+23:59",
+        "9999-12-31T23:00:00-02:00",  # past the last instant in UTC
+    ],
+)
+def test_a_timestamp_its_offset_pushes_off_the_calendar_is_refused_like_any_out_of_range_one(
+    stamp: str,
+) -> None:
+    """It was moved to the nearest bound: 0001-01-01T00:00:00+00:01 was stored as 2000-01-01,
+    where 0001-01-01T00:00:00Z is refused. Every path now refuses both, in the same words."""
+    refusals = []
+    for check in (
+        lambda: parse_heartbeat(raw(timestamp=stamp)),
+        lambda: wire_heartbeat({**WIRE, "timestamp": stamp}),
+        lambda: wire_heartbeat({k: v for k, v in WIRE.items() if k != "id"} | {"timestamp": stamp}),
+        lambda: heartbeat_wire(**TYPED | {"timestamp": datetime.fromisoformat(stamp)}),
+        lambda: heartbeat_wire(**TYPED | {"timestamp": stamp}),
+    ):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            check()
+        refusals.append((refused.value.field, refused.value.problem))
+    assert refusals == [("timestamp", "must lie between 2000 and 9000")] * 5
 
 
 def test_what_our_senders_produce_takes_the_quick_path_unchanged() -> None:
@@ -194,7 +227,8 @@ def spelled_out(**values: Any) -> dict[str, Any]:
         "timestamp": stamp.isoformat() if isinstance(stamp, datetime) else stamp,
     }
     if given is None and isinstance(task, uuid.UUID) and isinstance(stamp, datetime) and stamp.tzinfo:
-        given = derive_heartbeat_id(task, stamp)
+        with contextlib.suppress(OverflowError):  # off the calendar in UTC: refused for its timestamp
+            given = derive_heartbeat_id(task, stamp)
     optional = {"id": given, "incarnation": values.get("incarnation"), "daemonId": values.get("daemon_id"),
                 "host": values.get("host")}  # fmt: skip
     sent.update({k: str(v) if isinstance(v, uuid.UUID) else v for k, v in optional.items() if v is not None})
@@ -224,6 +258,10 @@ TYPED: dict[str, Any] = {"task_id": TASK, "contract_id": CID, "state": "working"
         {**TYPED, "timestamp": datetime(2026, 1, 31, 10, 30, tzinfo=timezone(timedelta(0), "Z"))},
         {**TYPED, "timestamp": datetime(2026, 1, 31, 10, 30)},
         {**TYPED, "timestamp": datetime(1999, 12, 31, 23, 59, tzinfo=UTC)},
+        {**TYPED, "timestamp": datetime(1, 1, 1, tzinfo=timezone(timedelta(minutes=1)))},
+        {**TYPED, "timestamp": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))},
+        {**TYPED, "timestamp": datetime(1, 1, 1, tzinfo=UTC)},
+        {**TYPED, "timestamp": "0001-01-01T00:00:00+00:01"},
         {**TYPED, "timestamp": "2026-01-31T10:30:00Z"},
         {**TYPED, "task_id": str(TASK).upper()},
         {**TYPED, "task_id": "nope"},
