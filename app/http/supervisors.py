@@ -47,33 +47,46 @@ router = APIRouter(
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )
 
+# What `parse_heartbeat` accepts: an optional field may also be null, which means absent (daemons
+# send it so); a required one may not. `test_the_published_heartbeat_schema_allows_null_exactly_
+# where_the_endpoint_accepts_it` holds the two together.
 _HEARTBEAT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["taskId", "contractId", "state", "phase", "timestamp"],
     "additionalProperties": False,
     "properties": {
         "id": {
-            "type": "string",
+            "type": ["string", "null"],
             "format": "uuid",
-            "description": "Your heartbeat id (default: "
+            "description": "Your heartbeat id (absent or null: "
             "derived from taskId and timestamp, so a resend is stored once)",
         },
         "taskId": {"type": "string", "format": "uuid"},
         "contractId": {"type": "string", "format": "uuid"},
         "state": {"type": "string", "enum": [s.value for s in SupervisorState]},
         "phase": {"type": "string", "minLength": 1, "maxLength": 100},
-        "currentActivity": {"type": "string", "maxLength": 2000},
-        "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+        "currentActivity": {
+            "type": ["string", "null"],
+            "maxLength": 2000,
+            "description": 'Absent or null: ""',
+        },
+        "progress": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": 100,
+            "description": "Absent or null: 0",
+        },
         "pendingTaskIds": {
-            "type": "array",
+            "type": ["array", "null"],
             "maxItems": MAX_PENDING_TASKS,
             "items": {"type": "string", "format": "uuid"},
+            "description": "Absent or null: []",
         },
         "timestamp": {"type": "string", "format": "date-time", "description": "Your clock, with a time zone"},
         "incarnation": {
             "type": ["integer", "null"],
             "minimum": 1,
-            "description": "As issued; omitted: the current one",
+            "description": "As issued; absent or null: the current one",
         },
         "daemonId": {
             "type": ["string", "null"],

@@ -224,6 +224,34 @@ def test_a_timestamp_its_offset_puts_before_year_1_in_utc_is_refused_not_stored_
     assert rows(cid) == [] and supervisor(task) is None
 
 
+def test_the_published_heartbeat_schema_allows_null_exactly_where_the_endpoint_accepts_it(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """currentActivity, progress, pendingTaskIds and id took null (meaning absent) while the
+    OpenAPI schema said they could not be null: the schema now says what the endpoint does."""
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    url = "/api/v1/supervisors/heartbeats"
+    with TestClient(create_app()) as client:
+        body = client.get("/openapi.json").json()["paths"][url]["post"]["requestBody"]
+        published = body["content"]["application/json"]["schema"]["oneOf"][0]
+        nullable: dict[str, bool] = {}
+        accepted: dict[str, bool] = {}
+        for name, prop in published["properties"].items():
+            types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+            nullable[name] = "null" in types
+            one = {**hb(cid, uuid.uuid4(), "working", utcnow()), "incarnation": 1, name: None}
+            answer = client.post(url, json=one, headers=headers)
+            assert answer.status_code in (202, 400), answer.text
+            accepted[name] = answer.status_code == 202
+    assert nullable == accepted
+    assert {name for name, yes in accepted.items() if yes} == {
+        "id", "currentActivity", "progress", "pendingTaskIds", "incarnation", "daemonId", "host",
+    }  # fmt: skip
+    assert set(published["required"]) == {name for name, yes in accepted.items() if not yes}
+
+
 @pytest.mark.parametrize(("daemon_id", "found"), [("gpu\n7", "U+000A"), ("gpu\x01", "U+0001")])
 def test_a_daemon_id_the_command_feed_would_refuse_is_refused_by_heartbeats(
     daemon: tuple[ContractsAPI, uuid.UUID], make_caller, daemon_id: str, found: str
