@@ -401,6 +401,16 @@ class ContractsAPI:
             )
             return contract_view(uow.session, contract)
 
+    def whoami(self) -> schemas.WhoAmI:
+        """The principal this module acts for. A daemon's token is checked again first, so a
+        revoked or expired one is refused here as on any other call."""
+        if self._token is not None:
+            with self._uow():
+                pass
+        return schemas.WhoAmI(
+            principal_id=self.caller.principal_id, owner_id=self.caller.owner_id, role=self.caller.role.value
+        )
+
     def get_contract(self, contract_id: uuid.UUID) -> schemas.Contract:
         with self._uow() as uow:
             return contract_view(uow.session, get_contract(uow.session, self.caller, contract_id))

@@ -364,3 +364,14 @@ class Dashboard(Schema):
 
 
 __all__ += ["Dashboard", "ResourceUsage", "StaleContractInfo", "WaitingContractInfo", "WorktreeCounts"]
+
+
+class WhoAmI(Schema):
+    """The principal a token stands for: what a page or a daemon shows as "signed in as"."""
+
+    principal_id: uuid.UUID
+    owner_id: str = Field(description="The owner whose contracts you see (an admin sees every owner's).")
+    role: Literal["user", "supervisor", "admin"]
+
+
+__all__ += ["WhoAmI"]

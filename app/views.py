@@ -27,7 +27,7 @@ from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import Deliverable
 from app.domain.records import TaskStatus
 from app.gate import load_gate_facts, phase_config_of, switches_for
-from app.models import CompletedDeliverable, Contract, ContractTask
+from app.models import CompletedDeliverable, Contract, ContractTask, Supervisor
 from app.sweeps import stale_criteria, stale_threshold
 
 
@@ -159,6 +159,9 @@ class ContractFilter:
     stale: bool = False
     stale_threshold: timedelta | None = None
     waiting: bool = False
+    # Only contracts a supervisor has reported for (a heartbeat): the ones whose
+    # `.../supervisor/status` answers, so a reader need not ask the others and meet 404s.
+    supervised: bool = False
     limit: int = 50
     cursor: str | None = None
 
@@ -197,6 +200,8 @@ def list_contracts(
         query = query.where(Contract.phase == flt.phase)
     if flt.waiting:
         query = query.where(Contract.status == Status.WAITING_FOR_INPUT.value)
+    if flt.supervised:
+        query = query.where(select(Supervisor.task_id).where(Supervisor.contract_id == Contract.id).exists())
     if flt.stale:
         # The one definition of stale (app.domain.maintenance), as the sweep and dashboard use it.
         query = query.where(stale_criteria(now, flt.stale_threshold or stale_threshold(settings)))

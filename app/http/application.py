@@ -25,6 +25,7 @@ from app.http import (
     reports,
     supervisor_state,
     supervisors,
+    whoami,
     worktrees,
 )
 from app.http.deps import Wiring
@@ -81,6 +82,7 @@ def create_app(
     application.include_router(supervisor_state.router)
     application.include_router(questions.router)
     application.include_router(worktrees.router)
+    application.include_router(whoami.router)
     application.include_router(dashboard_page.router)  # the HTML page at /dashboard (no /api prefix)
     install_docs(application)
     install_error_handlers(application)

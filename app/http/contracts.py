@@ -85,6 +85,13 @@ def list_contracts(
         Query(max_length=20, description="Stale threshold like 45s, 30m, 2h, 1d; implies stale=true."),
     ] = None,
     waiting: Annotated[bool, Query(description="Only contracts waiting for input.")] = False,
+    supervised: Annotated[
+        bool,
+        Query(
+            description="Only contracts a supervisor has sent a heartbeat for: those whose "
+            "`.../supervisor/status` answers 200 rather than SUPERVISOR_NOT_FOUND."
+        ),
+    ] = False,
     limit: Annotated[int, Query(ge=1, le=500, description="Contracts per page.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=500, description="`nextCursor` of the previous page.")
@@ -112,6 +119,7 @@ def list_contracts(
         stale=bool(stale) or threshold is not None,
         stale_threshold=parse_threshold(threshold) if threshold is not None else None,
         waiting=waiting,
+        supervised=supervised,
         limit=limit,
         cursor=cursor,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, update
 
+from app import heartbeats
 from app.db import get_engine, unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
@@ -453,10 +454,21 @@ def test_calls_without_a_valid_bearer_token_answer_401(client: TestClient, heade
         ),
         client.post(f"{BASE}/{cid}/phase", json={"nope": 1}, headers=headers),
         client.get(f"{BASE}/not-a-uuid", headers=headers),
+        client.get("/api/v1/whoami", headers=headers),
     ]
     for resp in calls:
         assert_error(resp, 401, "UNAUTHENTICATED")
         assert resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("role", ["user", "supervisor", "admin"])
+def test_whoami_names_the_tokens_principal_its_owner_and_its_role(
+    client: TestClient, make_caller: Any, role: str
+) -> None:
+    token, caller = make_caller(None, role)
+    resp = client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"principalId": str(caller.principal_id), "ownerId": caller.owner_id, "role": role}
 
 
 def test_health_and_schema_need_no_token(client: TestClient) -> None:
@@ -728,6 +740,36 @@ def test_list_filters_by_status_phase_waiting_and_staleness(actor: Any) -> None:
     assert ids(stale="true", threshold="4h") == set()
     assert ids(stale="true", threshold="45s", status="active") == {active}
     assert_error(user.call("GET", BASE, stale="false", threshold="1h"), 422, "INVALID_REQUEST")
+
+
+def test_supervised_lists_only_the_contracts_whose_supervisor_has_reported(
+    actor: Any, make_caller: Any
+) -> None:
+    """Exactly the contracts whose `.../supervisor/status` answers: a reader (the dashboard
+    page) asks only those, and meets no SUPERVISOR_NOT_FOUND."""
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    user = actor(owner)
+    heard, silent = user.active(), user.active()
+    _, daemon = make_caller(owner, "supervisor")
+    beat = {
+        "taskId": str(uuid.uuid4()),
+        "contractId": heard,
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+    }
+    heartbeats.ingest(heartbeats.message_of({daemon.principal_id: [beat]}))
+
+    def ids(**params: Any) -> set[str]:
+        return {c["id"] for c in user.ok("GET", BASE, **params)["contracts"]}
+
+    assert ids() == {heard, silent}
+    assert ids(supervised="true") == {heard}
+    assert ids(supervised="true", status="paused") == set()
+    assert user.ok("GET", f"{BASE}/{heard}/supervisor/status")["taskId"] == beat["taskId"]
+    assert_error(user.call("GET", f"{BASE}/{silent}/supervisor/status"), 404, "SUPERVISOR_NOT_FOUND")
+    # Another owner's supervised contract is not listed, as no other of its contracts is.
+    assert {c["id"] for c in actor().ok("GET", BASE, supervised="true")["contracts"]} == set()
 
 
 def test_pages_of_limit_and_cursor_return_every_contract_exactly_once(actor: Any) -> None:
