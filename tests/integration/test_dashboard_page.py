@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app import heartbeats
 from app.http.application import create_app
+from app.models import utcnow
 from tests.integration.live_server import serve
 
 pytestmark = pytest.mark.integration
@@ -78,7 +80,7 @@ def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_que
 ) -> None:
     owner = f"owner-{uuid.uuid4().hex[:8]}"
     token, _ = make_caller(owner, "user")
-    supervisor_token, _ = make_caller(owner, "supervisor")
+    supervisor_token, supervisor_caller = make_caller(owner, "supervisor")
     user, supervisor = Client(server, token), Client(server, supervisor_token)
 
     live = user.create("Nightly report <b>bold</b>")
@@ -96,6 +98,20 @@ def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_que
     user.status(migrating, "active")
     scoping = user.create("Token scopes")
     user.status(scoping, "active")
+    # One contract's supervisor reports (ingested here, as a worker would: this server sends
+    # nothing); the page asks the supervisor status of that contract only.
+    supervised = user.create("Supervised rollout")
+    user.status(supervised, "active")
+    beat = {
+        "taskId": str(uuid.uuid4()),
+        "contractId": supervised,
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+    }
+    heartbeats.ingest(heartbeats.message_of({supervisor_caller.principal_id: [beat]}))
+    icon = httpx.get(server + "/favicon.ico", timeout=30)
+    assert (icon.status_code, icon.headers["content-type"]) == (200, "image/x-icon")
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -103,12 +119,21 @@ def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_que
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Nothing the page asks for is refused: no 404 for a supervisor that never
+            # reported, nor for the icon.
+            refused: list[str] = []
+            page.on("response", lambda r: refused.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(server + "/dashboard")
 
             # Sign in with the token.
             page.fill("#token", token)
             page.click("#sign-in")
             page.wait_for_selector("#live.on", timeout=15_000)
+            sync_api.expect(page.locator("#who")).to_have_text(f"{owner} · user")
+            sync_api.expect(page.locator("#supervisors")).to_contain_text(
+                "Supervised rollout", timeout=15_000
+            )
+            sync_api.expect(page.locator("#supervisors")).to_contain_text("working")
             live_row = page.locator(f'#contracts tr[data-contract-id="{live}"]')
             sync_api.expect(live_row.locator(".status-cell")).to_have_text("active", timeout=15_000)
             # Text is inserted as text: the name's markup is shown, never parsed.
@@ -217,6 +242,7 @@ def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_que
             assert user.ok("GET", f"{BASE}/{asking}")["status"] == "active"
             assert page.evaluate("window.__notReloaded === true")
             assert errors == []
+            assert refused == []
 
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -141,18 +141,28 @@
     return sum;
   }
 
-  async function supervisors(contracts) {
+  // Statuses of a contract that is not closed: its supervisor may still be running.
+  const OPEN_STATUSES = "created,active,waiting_for_input,paused,blocked,completing";
+
+  async function supervisors() {
     const rows = [];
     let alive = 0;
     let dead = 0;
-    const open = contracts.filter((c) => !["completed", "failed", "archived"].includes(c.status)).slice(0, 25);
+    // Only contracts a supervisor has reported for (supervised=true): the others have no status
+    // to read, and asking would only log SUPERVISOR_NOT_FOUND in the console.
+    let open = [];
+    try {
+      open = (await call("GET", API + "/contracts?supervised=true&limit=25&status=" + OPEN_STATUSES)).contracts;
+    } catch (e) {
+      if (e.status === 401) throw e;
+    }
     await Promise.all(open.map(async (c) => {
       try {
         const s = await call("GET", API + "/contracts/" + c.id + "/supervisor/status");
         if (s.alive) alive += 1; else dead += 1;
         rows.push({ name: c.name, state: s.state, alive: s.alive, heard: s.lastReceivedAt, host: s.host });
       } catch (e) {
-        // SUPERVISOR_NOT_FOUND (none ever reported) or FEATURE_DISABLED: nothing to show.
+        // FEATURE_DISABLED, or a contract deleted meanwhile: nothing to show.
       }
     }));
     let daemons = [];
@@ -388,7 +398,7 @@
     try {
       const contracts = await listContracts();
       contractsById = new Map(contracts.map((c) => [c.id, c]));
-      const [sum, sup] = await Promise.all([summary(contracts).then(withQuestions), supervisors(contracts)]);
+      const [sum, sup] = await Promise.all([summary(contracts).then(withQuestions), supervisors()]);
       render(contracts, sum, sup);
       document.body.dataset.refreshed = String(Date.now());
     } catch (e) {
@@ -468,10 +478,17 @@
 
   // --- signing in and out -----------------------------------------------------------------
 
-  async function start() {
+  function showWho(me) {
+    $("who").textContent = me ? me.ownerId + " · " + me.role : "";
+    $("who").title = me ? "principal " + me.principalId : "";
+  }
+
+  async function start(me) {
     $("sign-in-panel").hidden = true;
     $("board").hidden = false;
     $("sign-out").hidden = false;
+    if (me) showWho(me);
+    else call("GET", API + "/whoami").then(showWho, () => showWho(null));
     try {
       phaseOrders = await (await fetch("/dashboard/phases.json")).json();
     } catch (e) { phaseOrders = {}; }
@@ -488,6 +505,7 @@
     if (ws) ws.close();
     clearTimeout(reconnectTimer);
     setLive(false, "offline");
+    showWho(null);
     $("board").hidden = true;
     $("sign-out").hidden = true;
     $("sign-in-panel").hidden = false;
@@ -500,19 +518,20 @@
     if (!value) { $("sign-in-error").textContent = "Paste a token first."; return; }
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token").value = "";
+    let me;
     try {
-      await call("GET", API + "/contracts?limit=1");
+      me = await call("GET", API + "/whoami");
     } catch (e) {
       signOut(e.status === 401 ? "That token was refused: " + e.message : "Could not reach the API: " + e.message);
       return;
     }
     $("sign-in-error").textContent = "";
-    start();
+    start(me);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     $("sign-in-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut(""));
-    if (token()) start();
+    if (token()) start(null);
   });
 })();
