@@ -56,6 +56,7 @@ from app.http.errors import (
     WS_INVALID_REQUEST,
     WS_TOO_SLOW,
     WS_UNAUTHENTICATED,
+    error_responses,
     websocket_close_reason,
 )
 from app.http.problems import InvalidRequest, summary
@@ -63,6 +64,7 @@ from app.monitor import DirectSend, FilterError, Hub, MonitorFilter, Subscriber,
 from app.schemas import ErrorCode
 
 log = logging.getLogger(__name__)
+E = ErrorCode
 
 router = APIRouter(prefix=API_PREFIX, tags=["monitor"])
 
@@ -282,28 +284,122 @@ class StreamQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    contract_ids: str | None = Field(None, alias="contractIds", description="Comma-separated ids.")
-    statuses: str | None = Field(None, description="Comma-separated statuses.")
-    include_stale: bool = Field(False, alias="includeStale")
-    include_heartbeats: bool = Field(False, alias="includeHeartbeats")
-    after: int | None = Field(None, ge=0, description="Resume after this event id.")
+    contract_ids: str | None = Field(
+        None,
+        alias="contractIds",
+        description="Comma-separated contract ids (at most 1000); none: every contract you may see.",
+    )
+    statuses: str | None = Field(
+        None,
+        description="Comma-separated statuses: a `status_changed` event's new status, else the "
+        "contract's current one. None: every status.",
+    )
+    include_stale: bool = Field(
+        False, alias="includeStale", description="Also `stale_detected` and `stale_cleared` events."
+    )
+    include_heartbeats: bool = Field(
+        False,
+        alias="includeHeartbeats",
+        description="Also the live `heartbeat` notices (no id: they are never replayed).",
+    )
+    after: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Send the stored events after this event id first (a `Last-Event-ID` header wins).",
+    )
 
 
-# Not in the OpenAPI schema, whose operations all answer JSON models: a text/event-stream is
-# documented in the README ("Live monitor"), like the WebSocket.
-@router.get("/events/stream", include_in_schema=False)
+class EventStreamResponse(StreamingResponse):
+    """A `text/event-stream`: the media type the schema publishes for the stream's 200."""
+
+    media_type = "text/event-stream"
+
+
+# What the schema shows of a stream: the greeting, an event, a live notice, the resume event.
+_STREAM_EXAMPLE: Final = (
+    ": connected\n\n"
+    "id: 1235\n"
+    "event: status_changed\n"
+    'data: {"id":1235,"type":"status_changed","contractId":"2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13",'
+    '"oldStatus":"active","newStatus":"paused","reason":"waiting for review",'
+    '"createdAt":"2026-11-26T01:52:47.725455+00:00"}\n\n'
+    "event: heartbeat\n"
+    'data: {"taskId":"6a4c6955-0b8e-4f31-9d27-3c5e1a7b2f90","state":"working",'
+    '"activity":"writing the plan","progress":40,"incarnation":1,"alive":true,"id":null,'
+    '"type":"heartbeat","contractId":"2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"}\n\n'
+    ": keepalive\n\n"
+    "event: resume\n"
+    'data: {"after": 1235}\n\n'
+)
+_UNKNOWN_PARAMETER: Final = {
+    "error": {
+        "code": ErrorCode.INVALID_REQUEST.value,
+        "message": "The request does not match the API schema: contractID: is not a query parameter "
+        "of this request; known parameters: contractIds, statuses, includeStale, includeHeartbeats, after.",
+        "details": {
+            "problems": [
+                {
+                    "field": "contractID",
+                    "in": "query",
+                    "type": "extra_forbidden",
+                    "problem": "is not a query parameter of this request; known parameters: "
+                    "contractIds, statuses, includeStale, includeHeartbeats, after",
+                    "given": "x",
+                    "allowed": ["contractIds", "statuses", "includeStale", "includeHeartbeats", "after"],
+                }
+            ]
+        },
+    }
+}
+
+
+def _stream_responses() -> dict[int | str, dict[str, Any]]:
+    """The stream's answers for the schema: the event stream, and its errors in the error shape."""
+    errors = error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.FEATURE_DISABLED, E.INTERNAL_ERROR)
+    for response in errors.values():
+        # Named by reference, not as a `model`: FastAPI would also list a model's schema under
+        # the route's own media type, as if an error came as text/event-stream.
+        del response["model"]
+        response["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+    errors[422]["content"]["application/json"]["examples"]["INVALID_REQUEST (unknown parameter)"] = {
+        "summary": "INVALID_REQUEST: a query parameter the stream does not know (`?contractID=x`)",
+        "value": _UNKNOWN_PARAMETER,
+    }
+    return {
+        200: {
+            "description": "The events, as they commit: `id: <event id>`, `event: <type>`, "
+            "`data: <the event's JSON>`, a blank line after each; `: keepalive` comments every "
+            f'{SSE_KEEPALIVE_SECONDS:.0f} s; `event: resume` with `{{"after": <id>}}` when the '
+            "client fell behind, and the stream ends (reconnect with that id).",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _STREAM_EXAMPLE}},
+        },
+        **errors,
+    }
+
+
+@router.get("/events/stream", response_class=EventStreamResponse, responses=_stream_responses())
 async def event_stream(
     request: Request,
     caller: Annotated[Caller, Depends(authenticated_caller)],
     query: Annotated[StreamQuery, Query()],
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="The id of the last event received: the stream sends the stored events "
+            "after it first (an EventSource sends it when it reconnects). Wins over `after`.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
-    """The WebSocket monitor's stream for clients that cannot speak WebSocket.
+    """The live monitor's events as Server-Sent Events, for clients that cannot speak WebSocket
+    (the same filter, the same JSON, the same resume rule as `WS /api/v1/contracts/monitor`).
 
     Each event is `id: <event id>`, `event: <type>`, `data: <the same JSON as the WebSocket>`;
     a reconnecting EventSource sends `Last-Event-ID` and resumes after it. Heartbeat notices
     have no id (live only). A client that falls behind gets `event: resume` with
-    `{"after": <id>}` and the stream ends; reconnecting resumes.
+    `{"after": <id>}` and the stream ends; reconnecting resumes. Only your own contracts'
+    events arrive (an admin's: every owner's). A query parameter not listed here is a 422.
     """
     require_monitoring()
     try:
@@ -320,9 +416,8 @@ async def event_stream(
         raise InvalidRequest([{**p, "in": "query", "type": "value"} for p in exc.problems]) from None
     hub = hub_of(request.app)
     sub = await hub.subscribe(caller, flt, resume)
-    return StreamingResponse(
+    return EventStreamResponse(
         _sse(request, hub, sub),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 

@@ -98,6 +98,7 @@ def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[st
         problem["allowed"] = _QUOTED.findall(str(ctx["expected"]))
         problem["problem"] = f"must be one of: {', '.join(problem['allowed'])}"
     elif kind == "extra_forbidden" and where == "query":
+        problem["field"] = str(loc[-1])  # as sent, even empty (`?=x`)
         problem["problem"] = "is not a query parameter of this request"
         known = _query_parameter_names(request)
         if known:
@@ -170,7 +171,9 @@ def problems_from_pydantic(errors: Sequence[Mapping[str, Any]], request: Request
     unions: dict[tuple[Any, ...], dict[str, Any]] = {}
     for error in errors:
         loc = tuple(error.get("loc", ()))
-        at = next((i for i, part in enumerate(loc) if i > 0 and _is_union_tag(part)), None)
+        # An unknown field's name is the caller's (`?[=x`, `{"str": 1}`), never a union's tag.
+        tags = loc[:-1] if error.get("type") == "extra_forbidden" else loc
+        at = next((i for i, part in enumerate(tags) if i > 0 and _is_union_tag(part)), None)
         if at is None:
             problems.append(problem_from_pydantic(error, request))
             continue

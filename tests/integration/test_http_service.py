@@ -133,6 +133,12 @@ def test_every_response_of_every_operation_has_a_schema_and_no_success_is_a_bare
     for name, op in _operations(schema):
         assert op.get("description") or op.get("summary"), f"{name} has no description"
         for code, response in op["responses"].items():
+            stream = response.get("content", {}).get("text/event-stream")
+            if SUCCESS.match(code) and stream is not None:  # the live monitor's Server-Sent Events
+                assert set(response["content"]) == {"text/event-stream"}, f"{name} {code}"
+                assert response["description"] and stream.get("example"), f"{name} {code} is not shown"
+                checked += 1
+                continue
             media = response.get("content", {}).get("application/json")
             assert media and "schema" in media, f"{name} {code} has no schema"
             target = _resolve(schema, media["schema"])
@@ -154,11 +160,35 @@ def test_error_examples_are_valid_error_bodies_with_known_codes(client: TestClie
     schema = client.get("/openapi.json").json()
     for _name, op in _operations(schema):
         for code, response in op["responses"].items():
+            if SUCCESS.match(code):
+                continue
             media = response["content"]["application/json"]
-            if SUCCESS.match(code) or not media["schema"]["$ref"].endswith("ErrorBody"):
+            if not media["schema"]["$ref"].endswith("ErrorBody"):
                 continue
             for example in media["examples"].values():
                 ErrorBody.model_validate(example["value"])  # the codes are the ErrorCode enum
+
+
+def test_the_event_stream_is_published_with_its_parameters_header_answer_and_errors(
+    client: TestClient,
+) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/api/v1/contracts/events/stream"]["get"]
+    params = {(p["in"], p["name"]) for p in op["parameters"]}
+    assert params == {
+        ("query", "contractIds"),
+        ("query", "statuses"),
+        ("query", "includeStale"),
+        ("query", "includeHeartbeats"),
+        ("query", "after"),
+        ("header", "Last-Event-ID"),
+    }
+    assert all(p.get("description") for p in op["parameters"])
+    ok = op["responses"]["200"]
+    assert list(ok["content"]) == ["text/event-stream"]
+    assert "event: resume" in ok["content"]["text/event-stream"]["example"]
+    errors = {code: list(r["content"]) for code, r in op["responses"].items() if code != "200"}
+    assert errors == {code: ["application/json"] for code in ("401", "422", "500", "503")}
+    assert op["security"]
 
 
 def test_the_schema_speaks_to_users_not_to_the_code_base(client: TestClient) -> None:

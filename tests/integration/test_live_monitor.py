@@ -416,6 +416,19 @@ def test_sse_refuses_a_query_parameter_it_does_not_know_naming_the_known_ones(
     assert "known parameters: contractIds, statuses" in problem["problem"]
 
 
+def test_the_schemas_example_of_an_unknown_parameter_is_the_answer_it_gets(
+    server: str, make_caller: Any
+) -> None:
+    token, _ = _api(make_caller)
+    schema = httpx.get(f"{server}/openapi.json").json()
+    refused = schema["paths"]["/api/v1/contracts/events/stream"]["get"]["responses"]["422"]
+    example = refused["content"]["application/json"]["examples"]["INVALID_REQUEST (unknown parameter)"]
+    response = httpx.get(
+        f"{server}/api/v1/contracts/events/stream?contractID=x", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (response.status_code, response.json()) == (422, example["value"])
+
+
 def test_sse_takes_every_parameter_it_documents(server: str, make_caller: Any) -> None:
     token, _ = _api(make_caller)
     query = (
