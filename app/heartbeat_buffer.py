@@ -41,7 +41,7 @@ from app.broker import Sender
 from app.config import Settings
 from app.db import driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
-from app.domain.supervisors import InvalidHeartbeat, held_by_another, wire_heartbeat
+from app.domain.supervisors import InvalidHeartbeat, held_by_another, starts_supervisor, wire_heartbeat
 from app.foreign_tasks import foreign_supervisor, foreign_task_refusal
 from app.heartbeats import MAX_PER_MESSAGE, message_of
 from app.models import Contract, Supervisor
@@ -99,14 +99,19 @@ class GroupFacts:
     owners: dict[str, str]
     holders: dict[str, tuple[str, str | None]]
 
-    def claim(self, task_id: str, contract_id: str, owner: str) -> ValidationFailed | None:
+    def claim(
+        self, task_id: str, contract_id: str, owner: str, incarnation: Any = None
+    ) -> ValidationFailed | None:
         """The refusal of `task_id` on `contract_id` (visible, owned by `owner`) when another
         contract holds it; otherwise None, and this contract holds it for the rest of the group
-        (the first heartbeat naming a new task id in a list claims it, at the worker too).
+        when the heartbeat (naming `incarnation`) may start its supervisor (the first such
+        heartbeat naming a new task id in a list claims it, at the worker too; one naming an
+        incarnation never issued is fenced there and claims nothing: `starts_supervisor`).
         Explained only to the owner of both contracts (`app.foreign_tasks`)."""
         holder = self.holders.get(task_id)
         if holder is None:
-            self.holders[task_id] = (contract_id, owner)
+            if starts_supervisor(incarnation):
+                self.holders[task_id] = (contract_id, owner)
             return None
         if not held_by_another(holder[0], contract_id):
             return None
@@ -344,7 +349,7 @@ def send_wire(
         owner = facts.owners.get(contract_id)
         if owner is None or not caller.may_access(owner):
             raise ContractNotFound(uuid.UUID(contract_id))
-        refused = facts.claim(task_id, contract_id, owner)
+        refused = facts.claim(task_id, contract_id, owner, item.get("incarnation"))
         if refused is not None:
             raise refused
         _visible.add(key)
@@ -449,7 +454,7 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
                     result.field = "contractId"
                     result.message = f"Contract {contract_id} does not exist or is not visible to you."
                     continue
-                refused = facts.claim(item["taskId"], contract_id, owner)
+                refused = facts.claim(item["taskId"], contract_id, owner, item.get("incarnation"))
                 if refused is not None:
                     result = entry.results[index]
                     result.code = refused.code

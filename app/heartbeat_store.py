@@ -364,13 +364,19 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
 # (locked, in task order, so two workers never wait on each other in a circle):
 #   fenced   another incarnation's than the one in force (older, or never issued), or an
 #            unnamed one once an incarnation beyond the first was issued or it was declared dead;
+#            with no row (none was started: see below), one naming any but the first
+#            (`starts_supervisor`), against incarnation 1;
 #   refused  its task id belongs to another contract (`held_by_another` in app.domain.supervisors:
-#            the row's contract_id is another; the fronts refuse the same heartbeats first);
+#            the row's contract_id is another; the fronts refuse the same heartbeats first), or
+#            it may start a supervisor that has no row (a row removed since this process saw it);
 #   the winner per supervisor: the newest of the rest by (incarnation, timestamp), the first
 #   received among equals; it replaces the stored state only when newer than it; every
 #   unfenced heartbeat proves liveness (last_received_at).
 # A supervisor seen for the first time gets a row first (`_SUP_FIRST`, version 0: nothing
-# committed ever shows it), so the fold can lock every supervisor it judges. Nothing is read
+# committed ever shows it), so the fold can lock every supervisor it judges: only one that a
+# heartbeat of the list may start (naming incarnation 1 or none, on the contract of the first
+# such heartbeat), which the fold then writes; one whose heartbeats all name an incarnation
+# never issued gets none, and they are fenced. Nothing is read
 # back but the rare and the small: the refused and fenced heartbeats, and the notices.
 _SUP_FIRST = """
 INSERT INTO supervisors (task_id, contract_id, incarnation, version, state, phase, current_activity, progress,
@@ -400,11 +406,13 @@ j AS MATERIALIZED (
     coalesce(b."currentActivity", '') AS current_activity, coalesce(b.progress, 0) AS progress,
     coalesce(b."pendingTaskIds", '[]') AS pending_task_ids, b."timestamp" AS sent_at,
     b."daemonId" AS daemon_id, b.host, c.version AS cver, c.state AS cstate, c.alive AS calive,
-    c.incarnation AS cinc,
+    coalesce(c.incarnation, 1) AS cinc,
     coalesce(c.sent_at, '-infinity'::timestamptz) AS csent,
-    (c.task_id IS NULL OR c.contract_id <> b."contractId") AS refused,
-    coalesce(c.version > 0 AND CASE WHEN b.incarnation IS NULL THEN NOT c.alive OR c.incarnation > 1
-                                    ELSE b.incarnation <> c.incarnation END, false) AS fenced,
+    coalesce(c.contract_id <> b."contractId", coalesce(b.incarnation, 1) = 1) AS refused,
+    coalesce(c.contract_id = b."contractId" AND CASE WHEN b.incarnation IS NULL
+                                                     THEN NOT c.alive OR c.incarnation > 1
+                                                     ELSE b.incarnation <> c.incarnation END,
+             coalesce(b.incarnation, 1) <> 1) AS fenced,
     coalesce(b.incarnation, CASE WHEN c.version > 0 THEN c.incarnation ELSE 1 END) AS eff
   FROM b LEFT JOIN cur c ON c.task_id = b."taskId"
 ),
@@ -637,6 +645,7 @@ class PostgresStore(HeartbeatStore):
         self,
         session: Session,
         rows: list[dict[str, Any]],
+        tasks: set[str],
         first_contract: dict[str, str],
         received_at: datetime,
         bump_before: datetime,
@@ -650,11 +659,11 @@ class PostgresStore(HeartbeatStore):
 
         Two statements whatever the list's length: the first sight of new supervisors, then the
         fold (see `_FOLD`), which writes supervisors, events, history, activity and counters.
-        `first_contract` maps each task id to the contract of its first heartbeat.
+        `tasks` are the list's task ids; `first_contract` maps those a heartbeat of the list may
+        start (`starts_supervisor`) to the contract of the first such heartbeat.
         """
-        tasks = sorted(first_contract)
-        task_array = _uuid_array(tasks)
-        new = [t for t in tasks if t not in _known_tasks]
+        task_array = _uuid_array(sorted(tasks))
+        new = [t for t in sorted(first_contract) if t not in _known_tasks]
         if new:
             self._run(
                 session,

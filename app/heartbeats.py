@@ -76,6 +76,7 @@ from app.domain.supervisors import (
     fence_reason,
     parse_heartbeat,
     plan_batch,
+    starts_supervisor,
     wire_heartbeat,
 )
 from app.heartbeat_store import (
@@ -335,7 +336,8 @@ def _ingest_folded(
         owners = store.owners_by_text(session, {item["contractId"] for _, item in checked})
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
-        first_contract: dict[str, str] = {}
+        tasks: set[str] = set()
+        first_contract: dict[str, str] = {}  # the contract a new supervisor would start on
         repeats = 0
         for caller, item in checked:
             contract_id = item["contractId"]
@@ -350,13 +352,16 @@ def _ingest_folded(
                 repeats += 1
                 continue
             seen.add(key)
-            first_contract.setdefault(item["taskId"], contract_id)
+            tasks.add(item["taskId"])
+            if starts_supervisor(item.get("incarnation")):
+                first_contract.setdefault(item["taskId"], contract_id)
             rows.append({**item, "n": len(rows)})
         if rows:
             stale_threshold = timedelta(minutes=settings.contracts.stale_threshold_minutes)
             done = store.fold(
                 session,
                 rows,
+                tasks,
                 first_contract,
                 received_at,
                 activity_bump_before(received_at, stale_threshold),
@@ -382,7 +387,7 @@ def _ingest_folded(
             _tell_fenced_rows(uow, done.fenced_supervisors, received_at)
         if report.refused:
             _park_refused(session, report.refused, received_at)
-    remember_supervisors(first_contract)  # committed: they have a row now
+    remember_supervisors(first_contract)  # committed: they have a row now (the others need none)
     if notify is not None and done.notices != "[]":
         try:
             notify(done.notices)

@@ -6,7 +6,9 @@ restart a person asks for (`app.supervisor_restart`, nobody runs the new incarna
 `interrupted` and not alive until it reports). The `supervisors` row is bumped, or created,
 and the new incarnation is above every incarnation stored, the save's own included, so the
 new incarnation's first save wins whatever stateVersion it counts from while the older
-incarnations' heartbeats and saves are fenced.
+incarnations' heartbeats and saves are fenced. It is never beyond `MAX_INCARNATION`
+(`app.domain.supervisors.next_incarnation`): past it the claim or restart is refused
+(INCARNATION_NOT_ISSUED, 409) before anything is written.
 
 The caller holds the contract's row lock (every writer of a contract takes it first); the
 `supervisors` row is locked here, after it.
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.db import upsert_ignoring
 from app.domain.records import EventType
-from app.domain.supervisors import StateChange, SupervisorRecord, SupervisorState
+from app.domain.supervisors import StateChange, SupervisorRecord, SupervisorState, next_incarnation
 from app.events import record_event
 from app.heartbeat_store import SUPERVISOR_COLUMNS, supervisor_record
 from app.models import Contract, Supervisor, SupervisorStateRow
@@ -76,13 +78,14 @@ def reincarnate(
     marks it `initializing` and heard from now; otherwise (a restart: nobody runs the new
     incarnation yet) it is `interrupted` and not alive until the new incarnation reports.
     The write counter moves, so a heartbeat batch that read the row before is judged again.
+    INCARNATION_NOT_ISSUED when the next incarnation would be beyond `MAX_INCARNATION`.
     """
     state = SupervisorState.INITIALIZING if alive else SupervisorState.INTERRUPTED
     saved = state_row.incarnation if state_row is not None else 0
     record = lock_supervisor(session, task_id)
     if record is None:
         previous = state_row.incarnation if state_row is not None else None
-        new = saved + 1
+        new = next_incarnation(contract.id, task_id, saved)
         heard = now if alive or state_row is None else _aware(state_row.updated_at)
         inserted = session.execute(
             upsert_ignoring(session, Supervisor, ["task_id"]).values(
@@ -113,7 +116,7 @@ def reincarnate(
             return Reincarnation(task_id, previous, new, daemon_id, host)
         record = lock_supervisor(session, task_id)  # a first heartbeat landed meanwhile
         assert record is not None
-    new = max(record.incarnation, saved) + 1
+    new = next_incarnation(contract.id, task_id, max(record.incarnation, saved))
     keep_daemon = daemon_id if daemon_id is not None else record.daemon_id
     keep_host = host if host is not None else record.host
     session.execute(

@@ -5,6 +5,8 @@ alive until the new incarnation reports; `app.incarnations.reincarnate`), queues
 `restart_supervisor` command for its daemon, and records `supervisor_restart_requested`
 (counted as `supervisor_restarts_total`). Sending the incarnation to replace makes a retry
 safe: a restart of an incarnation already replaced by a restart answers that restart again.
+At `MAX_INCARNATION` there is no next incarnation to issue: INCARNATION_NOT_ISSUED (409) says
+so and what to do, and nothing is restarted.
 
 The contract row is locked first, as every writer of a contract does, so saves, claims and
 restarts of one contract's supervisors take turns; only then the supervisor's

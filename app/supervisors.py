@@ -30,7 +30,13 @@ from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
 from app.domain.records import EventType
-from app.domain.supervisors import SupervisorRecord, daemon_alive, declare_dead, is_dead
+from app.domain.supervisors import (
+    SupervisorRecord,
+    daemon_alive,
+    declare_dead,
+    incarnation_after_death,
+    is_dead,
+)
 from app.events import record_event
 from app.heartbeats import (
     FENCED_COMMAND,
@@ -224,7 +230,7 @@ def require_live_supervisor(
     if not _alive(record, now, timeout):
         # Not alive as stored: the incarnation in force was issued already (a restart or the
         # sweep); alive but silent: the sweep has not bumped it yet.
-        incarnation = record.incarnation if not record.alive else record.incarnation + 1
+        incarnation = record.incarnation if not record.alive else incarnation_after_death(record.incarnation)
         restarted = None if record.alive else _restart_requested_at(session, record)
         raise SupervisorDead(
             contract_id, record.task_id, record.last_received_at, record.dead_at, incarnation, restarted
@@ -474,17 +480,18 @@ def detect_dead_supervisors(
             },
             now,
         )
-        told.append(
-            NewCommand(
-                record.contract_id,
-                FENCED_COMMAND,
-                fenced_payload(
-                    record.task_id, record.incarnation, after.incarnation, record.daemon_id, record.host
-                ),
-                daemon_id=record.daemon_id,
-                task_id=record.task_id,
+        if after.incarnation != record.incarnation:  # at MAX_INCARNATION nothing is fenced
+            told.append(
+                NewCommand(
+                    record.contract_id,
+                    FENCED_COMMAND,
+                    fenced_payload(
+                        record.task_id, record.incarnation, after.incarnation, record.daemon_id, record.host
+                    ),
+                    daemon_id=record.daemon_id,
+                    task_id=record.task_id,
+                )
             )
-        )
         declared.append(after)
     # Each to the daemon that ran the supervisor, in one statement, published after commit.
     queue_commands(uow, told, now)

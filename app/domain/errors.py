@@ -253,21 +253,38 @@ class SupervisorFenced(ContractError):
 
 class IncarnationNotIssued(ContractError):
     """A save naming an incarnation the server never issued (above the one in force): only a
-    restoration, a restart or a declared death issues incarnations."""
+    restoration, a restart or a declared death issues incarnations.
+
+    With `limit`: the incarnation a restoration's claim or a restart would issue (`sent`) is
+    past the highest one there is (`app.domain.supervisors.MAX_INCARNATION`), so it is not
+    issued either; the one in force goes on."""
 
     code = "INCARNATION_NOT_ISSUED"
 
-    def __init__(self, contract_id: object, task_id: object, sent: int, current: int) -> None:
+    def __init__(
+        self, contract_id: object, task_id: object, sent: int, current: int, *, limit: int | None = None
+    ) -> None:
+        details: dict[str, Any] = {
+            "contractId": str(contract_id),
+            "taskId": str(task_id),
+            "incarnation": sent,
+            "currentIncarnation": current,
+        }
+        if limit is None:
+            super().__init__(
+                f"Incarnation {sent} of supervisor {task_id} was never issued: incarnation {current} "
+                "is in force. Send the incarnation you were issued; a daemon that does not know it "
+                "restores (GET .../supervisor/restoration), which issues the next one.",
+                details,
+            )
+            return
         super().__init__(
-            f"Incarnation {sent} of supervisor {task_id} was never issued: incarnation {current} is "
-            "in force. Send the incarnation you were issued; a daemon that does not know it restores "
-            "(GET .../supervisor/restoration), which issues the next one.",
-            {
-                "contractId": str(contract_id),
-                "taskId": str(task_id),
-                "incarnation": sent,
-                "currentIncarnation": current,
-            },
+            f"Supervisor {task_id} cannot be issued incarnation {sent}: incarnation {current} is in "
+            f"force and {limit} is the highest incarnation there is, so no restart or restoration "
+            f"can replace it. Incarnation {current} goes on (its daemon names it with every "
+            "heartbeat and save); to run the supervisor anew, start the contract's supervisor "
+            "under a new task id, whose incarnations start again at 1.",
+            details | {"maxIncarnation": limit},
         )
 
 

@@ -17,6 +17,12 @@ the API module and the HTTP front alike:
   proves nothing. A heartbeat with no incarnation counts as the current one while the
   supervisor is alive and still in its first incarnation; once the server issued another (a
   restoration, a restart, a death), only a heartbeat naming it counts.
+- **Incarnations** are the server's to issue (`next_incarnation`), one above the one in force,
+  up to `MAX_INCARNATION`: a supervisor starts at the first (`FIRST_INCARNATION`), so a first
+  heartbeat naming another names one never issued and is fenced (`starts_supervisor`); a
+  restart or a restoration's claim past the limit is refused, and a death at the limit keeps
+  it (`incarnation_after_death`). So every stored incarnation was issued, and none is ever
+  beyond what heartbeats, saves and the database's column can name.
 - **Liveness** is judged by the server's receive time, never by the daemon's clock: a
   supervisor whose last accepted heartbeat was *received* more than the timeout ago is dead.
   Declaring it dead bumps its incarnation, so whatever its old incarnation still sends is
@@ -36,6 +42,7 @@ from enum import StrEnum
 from typing import Any, Final, cast
 
 from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
+from app.domain.errors import IncarnationNotIssued
 
 
 class SupervisorState(StrEnum):
@@ -67,6 +74,9 @@ MAX_PHASE: Final = 100
 MAX_ACTIVITY: Final = 2000
 MAX_PENDING_TASKS: Final = 1000
 MAX_HOST: Final = 255
+# Incarnations run from the first to the last a heartbeat, a save and the `integer` columns
+# holding them can name; the server never issues one beyond it (`next_incarnation`).
+FIRST_INCARNATION: Final = 1
 MAX_INCARNATION: Final = 2**31 - 1
 # A daemon's clock may be wrong, but not by centuries: such a timestamp is a bug, refused.
 EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -558,10 +568,42 @@ class SupervisorRecord:
 
 
 def effective_incarnation(hb: Heartbeat, current: SupervisorRecord | None) -> int:
-    """The incarnation a heartbeat speaks for: its own, else the stored one (else 1)."""
+    """The incarnation a heartbeat speaks for: its own, else the stored one (else the first)."""
     if hb.incarnation is not None:
         return hb.incarnation
-    return current.incarnation if current is not None else 1
+    return current.incarnation if current is not None else FIRST_INCARNATION
+
+
+def starts_supervisor(incarnation: int | None) -> bool:
+    """Whether a heartbeat naming `incarnation` (None: none) may be a supervisor's first.
+
+    A supervisor nobody has heard from or restored has the first incarnation in force; any
+    other was never issued, so a first heartbeat naming it is fenced and starts nothing. It
+    once started the supervisor at that number: at `MAX_INCARNATION`, the next restart or
+    restoration issued one no heartbeat, save or column could name. The same rule for the
+    worker's fold (`_FOLD` in `app.heartbeat_store`, in SQL), `plan_batch` and the fronts'
+    first claim on a task id (`app.heartbeat_buffer`).
+    """
+    return incarnation is None or incarnation == FIRST_INCARNATION
+
+
+def next_incarnation(contract_id: object, task_id: object, in_force: int) -> int:
+    """The incarnation a restoration's claim or a restart issues after `in_force` (0: none yet).
+
+    One above it, never beyond `MAX_INCARNATION`: past the limit INCARNATION_NOT_ISSUED (409)
+    names it and what the operator can do, and nothing is issued; the incarnation in force
+    goes on.
+    """
+    if in_force >= MAX_INCARNATION:
+        raise IncarnationNotIssued(contract_id, task_id, in_force + 1, in_force, limit=MAX_INCARNATION)
+    return in_force + 1
+
+
+def incarnation_after_death(in_force: int) -> int:
+    """The incarnation in force once the one in force is declared dead: the next, fencing the
+    dead one's late heartbeats; at `MAX_INCARNATION` the same (the sweep refuses nobody: the
+    supervisor is still declared dead, and its daemon's heartbeats naming it revive it)."""
+    return in_force + 1 if in_force < MAX_INCARNATION else in_force
 
 
 def is_fenced(hb: Heartbeat, current: SupervisorRecord | None) -> bool:
@@ -571,12 +613,13 @@ def is_fenced(hb: Heartbeat, current: SupervisorRecord | None) -> bool:
     naming another one is either an older incarnation's or one nobody issued; and once an
     incarnation beyond the first was issued, an unnamed heartbeat may be the replaced daemon's,
     so it must name it (as a state save must). Before that, an unnamed one counts as the
-    current incarnation while the supervisor is alive.
+    current incarnation while the supervisor is alive. A supervisor never stored has the first
+    incarnation in force (`starts_supervisor`).
     """
     if current is None:
-        return False
+        return not starts_supervisor(hb.incarnation)
     if hb.incarnation is None:
-        return not current.alive or current.incarnation > 1
+        return not current.alive or current.incarnation > FIRST_INCARNATION
     return hb.incarnation != current.incarnation
 
 
@@ -641,8 +684,8 @@ def judge(
 ) -> tuple[Outcome, SupervisorRecord | None]:
     """What one heartbeat does to the stored state: (outcome, the state afterwards).
 
-    The state afterwards is None only for a fenced heartbeat of a supervisor never stored
-    (impossible: nothing is fenced without a stored incarnation) — callers keep `current`.
+    The state afterwards is None only for a fenced heartbeat of a supervisor never stored (a
+    first heartbeat naming an incarnation never issued): it starts nothing.
     """
     if is_fenced(hb, current):
         return Outcome.FENCED, current
@@ -748,8 +791,9 @@ def held_by_another(holder: object | None, contract_id: object) -> bool:
 
     A supervisor's task id belongs to the contract of its `supervisors` row (`contract_id`,
     written by its first heartbeat and never changed), or, before that row exists, to the
-    contract of the first heartbeat naming it in a list; `holder` is that contract (None: none
-    holds it yet). The same rule everywhere heartbeats are judged: the worker's fold
+    contract of the first heartbeat in a list that may start it (`starts_supervisor`: one
+    naming an incarnation never issued is fenced and claims nothing); `holder` is that
+    contract (None: none holds it yet). The same rule everywhere heartbeats are judged: the worker's fold
     (`_FOLD` in `app.heartbeat_store`, in SQL), `plan_batch`, and the fronts
     (`app.heartbeat_buffer`), so what the fronts accept the worker never refuses for this.
     """
@@ -786,13 +830,11 @@ def plan_batch(
         outcome, after = judge(hb, before, received_at)
         plan.outcomes.append(outcome)
         if outcome is Outcome.FENCED:
-            assert before is not None
             if (hb.task_id, hb.incarnation) not in fenced_seen:
                 fenced_seen.add((hb.task_id, hb.incarnation))
+                in_force = before.incarnation if before is not None else FIRST_INCARNATION
                 plan.fenced.append(
-                    Fenced(
-                        hb.contract_id, hb.task_id, hb.incarnation, before.incarnation, hb.daemon_id, hb.host
-                    )
+                    Fenced(hb.contract_id, hb.task_id, hb.incarnation, in_force, hb.daemon_id, hb.host)
                 )
             continue
         state[hb.task_id] = after
@@ -835,12 +877,13 @@ def dead_cutoff(now: datetime, timeout: timedelta) -> datetime:
 def declare_dead(record: SupervisorRecord, now: datetime) -> tuple[SupervisorRecord, list[StateChange]]:
     """The record after its supervisor is declared dead, and the state change it makes.
 
-    The incarnation is bumped, so the old incarnation's late heartbeats are fenced; `sent_at`
-    is cleared, so the first heartbeat of the new incarnation wins whatever its clock says.
+    The incarnation is bumped (`incarnation_after_death`: not past the limit), so the old
+    incarnation's late heartbeats are fenced; `sent_at` is cleared, so the first heartbeat of
+    the new incarnation wins whatever its clock says.
     """
     after = replace(
         record,
-        incarnation=record.incarnation + 1,
+        incarnation=incarnation_after_death(record.incarnation),
         state=SupervisorState.INTERRUPTED,
         alive=False,
         dead_at=now,
@@ -884,6 +927,8 @@ def outcome_counts(outcomes: Iterable[Outcome]) -> dict[str, int]:
 
 __all__ = [
     "FIELDS",
+    "FIRST_INCARNATION",
+    "MAX_INCARNATION",
     "BatchPlan",
     "FenceReason",
     "Fenced",
@@ -903,11 +948,14 @@ __all__ = [
     "fence_reason",
     "heartbeat_wire",
     "held_by_another",
+    "incarnation_after_death",
     "is_dead",
     "is_fenced",
     "judge",
+    "next_incarnation",
     "outcome_counts",
     "parse_heartbeat",
     "parse_uuid",
     "plan_batch",
+    "starts_supervisor",
 ]

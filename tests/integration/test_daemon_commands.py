@@ -81,13 +81,19 @@ def daemon_heard(task: uuid.UUID, daemon_id: str) -> bool:
         return row is not None and row.daemon_id == daemon_id
 
 
-def supervisor_on(api: ContractsAPI, daemon_id: str, incarnation: int = 1) -> tuple[uuid.UUID, uuid.UUID]:
-    """A contract whose supervisor's heartbeats name `daemon_id`: (contract, supervisor task)."""
+def supervisor_on(
+    api: ContractsAPI, daemon_id: str, *, restored: bool = False
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A contract whose supervisor's heartbeats name `daemon_id`: (contract, supervisor task).
+    `restored`: its daemon then claimed it (a restoration), so incarnation 2 is in force."""
     cid = api.create_contract("daemon commands", "simple").id
     task = uuid.uuid4()
-    api.send_heartbeat(cid, task, "working", "plan", incarnation=incarnation, daemon_id=daemon_id, host="h")
+    api.send_heartbeat(cid, task, "working", "plan", daemon_id=daemon_id, host="h")
     api.flush()
     wait_for(lambda: daemon_heard(task, daemon_id), what=f"supervisor heard on {daemon_id}")
+    if restored:
+        claimed = api.restore_supervisor(cid, task, daemon_id=daemon_id, host="h")
+        assert (claimed.claimed, claimed.incarnation) == (True, 2)
     return cid, task
 
 
@@ -137,7 +143,7 @@ def test_a_command_for_a_supervisor_reaches_its_daemons_queue_and_feed_and_no_ot
     token, me = make_caller(role="supervisor")
     api = ContractsAPI(token)
     d, e = f"d-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}"
-    cid, task = supervisor_on(api, d, incarnation=2)
+    cid, task = supervisor_on(api, d, restored=True)
     supervisor_on(api, e)  # another live daemon of the same owner
 
     fence(api, cid, task)
@@ -193,7 +199,7 @@ def test_unsafe_daemon_ids_get_a_queue_of_their_digest_and_a_feed_by_their_own_n
     token, me = make_caller(role="supervisor")
     api = ContractsAPI(token)
     for daemon_id in (f"gpu 7/\u03b1 {uuid.uuid4().hex[:6]}", "commands"):
-        cid, task = supervisor_on(api, daemon_id, incarnation=2)
+        cid, task = supervisor_on(api, daemon_id, restored=True)
         fence(api, cid, task)
         told = wait_for(
             lambda d=daemon_id, c=cid: of_contract(commands_received(d, owner=me.owner_id), c),

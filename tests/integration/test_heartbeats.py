@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from app import heartbeats
 from app.api import ContractsAPI
@@ -26,9 +26,10 @@ from app.auth import Role, create_token
 from app.broker import get_celery, send_task
 from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.supervisors import MAX_INCARNATION
 from app.heartbeat_partitions import partition_name
 from app.http import create_app
-from app.models import DaemonCommand, DeadLetter, Supervisor, SupervisorHeartbeat, utcnow
+from app.models import ContractEvent, DaemonCommand, DeadLetter, Supervisor, SupervisorHeartbeat, utcnow
 from app.queues import TaskName
 from tests.integration.helpers import event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
@@ -368,9 +369,10 @@ def fence_notices(contract_id: uuid.UUID, engine: Any = None) -> dict[str, dict[
 def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialects(
     daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
 ) -> None:
-    """Incarnation 2 is in force. A heartbeat naming none, one naming 50 (never issued) and one
-    naming 1 (replaced) are each fenced, and each notice says what that heartbeat named (null
-    for none, never a number it did not send), the incarnation in force, and its own reason."""
+    """Incarnation 2 is in force (a restoration issued it). A heartbeat naming none, one naming
+    50 (never issued) and one naming 1 (replaced) are each fenced, and each notice says what
+    that heartbeat named (null for none, never a number it did not send), the incarnation in
+    force, and its own reason."""
     api, cid = daemon
     url = f"sqlite:///{tmp_path / 'makima.db'}"
     migrate(url)
@@ -385,11 +387,19 @@ def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialec
             (local, lid, embedded.caller.principal_id),
         ):
             task, t0 = uuid.uuid4(), utcnow()
+            started = hb(contract, task, "working", t0 - timedelta(seconds=1), daemonId="d-9", host="h-9")
             first = hb(contract, task, "working", t0, incarnation=2, daemonId="d-9", host="h-9")
             late = [
                 hb(contract, task, "idle", t0 + timedelta(seconds=s), daemonId="d-9", host="h-9", **named)
                 for s, named in ((1, {}), (2, {"incarnation": 50}), (3, {"incarnation": 1}))
             ]
+            heartbeats.ingest(
+                heartbeats.message_of({principal: [started]}), engine=engine, sender=lambda *a, **k: ""
+            )
+            # Incarnation 2 is the server's to issue: a restoration's claim issues it.
+            claimant = api if engine is None else embedded
+            restored = claimant.restore_supervisor(contract, task, daemon_id="d-9", host="h-9")
+            assert (restored.claimed, restored.incarnation) == (True, 2)
             for beats in ([first], late):
                 report = heartbeats.ingest(
                     heartbeats.message_of({principal: beats}), engine=engine, sender=lambda *a, **k: ""
@@ -415,6 +425,132 @@ def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialec
                 assert row is not None and (row.incarnation, row.state) == (2, "working")  # unmoved
     finally:
         local.dispose()
+
+
+def history_of(task: uuid.UUID, engine: Any = None) -> list[tuple[int | None, bool]]:
+    """(incarnation, fenced) of each stored heartbeat of a supervisor."""
+    with unit_of_work(engine=engine) as uow:
+        return [
+            (r.incarnation, r.fenced)
+            for r in uow.session.scalars(
+                select(SupervisorHeartbeat)
+                .where(SupervisorHeartbeat.task_id == task)
+                .order_by(SupervisorHeartbeat.sent_at)
+            )
+        ]
+
+
+def test_a_first_heartbeat_naming_an_incarnation_never_issued_starts_nothing_on_both_dialects(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller, tmp_path: Any
+) -> None:
+    """A first heartbeat naming 2147483647 (MAX_INCARNATION) started the supervisor there, and
+    the next restart answered 202 with incarnation 2147483648, which no heartbeat or save could
+    name (nor PostgreSQL's column hold). Only the server issues incarnations, from the first:
+    such a heartbeat is stored, fenced (not_issued, incarnation 1 in force), and starts nothing;
+    the daemon's next heartbeat naming 1 or none starts the supervisor, which can be restarted."""
+    api, cid = daemon
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    tasks: dict[Any, uuid.UUID] = {}
+    try:
+        with unit_of_work(engine=local) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
+        for engine, contract, principal in (
+            (None, cid, api.caller.principal_id),
+            (local, lid, embedded.caller.principal_id),
+        ):
+            task, t0 = uuid.uuid4(), utcnow()
+            tasks[engine] = task
+            last = hb(contract, task, "working", t0, incarnation=MAX_INCARNATION, daemonId="d-max", host="h")
+            report = heartbeats.ingest(
+                heartbeats.message_of({principal: [last]}), engine=engine, sender=lambda *a, **k: ""
+            )
+            assert (report.fenced, report.applied, report.stored, report.refused) == (1, 0, 1, [])
+            with unit_of_work(engine=engine) as uow:
+                assert uow.session.get(Supervisor, task) is None  # nothing started
+            assert history_of(task, engine) == [(MAX_INCARNATION, True)]
+            told = fence_notices(contract, engine)
+            assert list(told) == ["not_issued"]
+            notice = told["not_issued"]
+            assert (notice["fencedIncarnation"], notice["currentIncarnation"], notice["daemonId"]) == (
+                MAX_INCARNATION,
+                1,
+                "d-max",
+            )
+            assert f"incarnation {MAX_INCARNATION} of this supervisor was never issued" in notice["reason"]
+
+            named = hb(contract, task, "idle", t0 + timedelta(seconds=1), daemonId="d-max")
+            heartbeats.ingest(
+                heartbeats.message_of({principal: [named]}), engine=engine, sender=lambda *a, **k: ""
+            )
+            with unit_of_work(engine=engine) as uow:
+                row = uow.session.get(Supervisor, task)
+                assert row is not None and (row.incarnation, row.state, row.alive) == (1, "idle", True)
+    finally:
+        local.dispose()
+
+    # The supervisor started at incarnation 1 can be restarted: the server issues 2.
+    person = make_caller(owner=api.caller.owner_id, role="user")[0]
+    with TestClient(create_app()) as client:
+        restart = client.post(
+            f"/api/v1/contracts/{cid}/supervisor/restart",
+            json={"taskId": str(tasks[None])},
+            headers={"Authorization": f"Bearer {person}"},
+        )
+    assert restart.status_code == 202, restart.text
+    assert (restart.json()["previousIncarnation"], restart.json()["incarnation"]) == (1, 2)
+
+
+def at_the_last_incarnation(task: uuid.UUID) -> None:
+    """As though 2,147,483,646 restarts, restorations and deaths had issued every incarnation but
+    none: the supervisor's row is at MAX_INCARNATION (no heartbeat can put it there)."""
+    with unit_of_work() as uow:
+        uow.session.execute(
+            update(Supervisor).where(Supervisor.task_id == task).values(incarnation=MAX_INCARNATION)
+        )
+
+
+def test_a_supervisor_at_the_last_incarnation_is_declared_dead_without_a_next_one(
+    daemon: tuple[ContractsAPI, uuid.UUID],
+) -> None:
+    """The sweep wrote incarnation + 1: past MAX_INCARNATION PostgreSQL refused it and the sweep
+    failed on every run. At the limit the death is declared and the incarnation stays; nothing
+    is fenced, so no fence notice goes out, and the daemon's heartbeat naming it revives it."""
+    api, cid = daemon
+    task = uuid.uuid4()
+    api.send_heartbeat(cid, task, "working", "execute", daemon_id="d-last", host="h")
+    api.flush()
+    wait_for(lambda: supervisor(task), what="supervisor stored")
+    at_the_last_incarnation(task)
+    api.send_heartbeat(cid, task, "working", "execute", incarnation=MAX_INCARNATION, daemon_id="d-last")
+    api.flush()
+    wait_for(lambda: history_of(task)[-1:] == [(MAX_INCARNATION, False)], what="the last incarnation heard")
+    wait_for(lambda: (r := supervisor(task)) and r.last_received_at < utcnow() - timedelta(seconds=TIMEOUT_S),
+             timeout=10, what="silence past the timeout")  # fmt: skip
+    beat(TaskName.DETECT_DEAD_SUPERVISORS)
+    wait_for(lambda: dead_events(cid) == 1, what="declared dead")
+    row = supervisor(task)
+    assert row is not None and (row.alive, row.state, row.incarnation) == (
+        False,
+        "interrupted",
+        MAX_INCARNATION,
+    )
+    with unit_of_work() as uow:
+        dead = uow.session.scalars(
+            select(ContractEvent).where(
+                ContractEvent.contract_id == cid, ContractEvent.type == "supervisor_dead"
+            )
+        ).one()
+        assert (dead.payload["deadIncarnation"], dead.payload["newIncarnation"]) == (MAX_INCARNATION,) * 2
+    assert fence_notices(cid) == {}
+
+    api.send_heartbeat(cid, task, "idle", "execute", incarnation=MAX_INCARNATION)
+    api.flush()
+    wait_for(lambda: (r := supervisor(task)) and r.alive, what="revived by the incarnation in force")
+    assert supervisor(task).incarnation == MAX_INCARNATION  # type: ignore[union-attr]
 
 
 def test_skewed_clocks_neither_kill_early_nor_keep_alive(daemon: tuple[ContractsAPI, uuid.UUID]) -> None:

@@ -32,6 +32,7 @@ from app.db import unit_of_work
 from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
 from app.domain.lifecycle import Status
 from app.domain.questions import MAX_CONTEXT, MAX_FREE_TEXT_ANSWER, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
+from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES, WAITING_TASK_BYTES
@@ -647,6 +648,48 @@ def test_a_save_naming_an_incarnation_never_issued_is_refused_and_the_real_one_k
     assert "restoration" in error["message"]
     saved = api.save_supervisor_state(cid, task, state_version=101, state="idle", phase="plan", incarnation=1)
     assert (saved.applied, saved.incarnation, saved.state_version) == (True, 1, 101)
+
+
+def test_a_claim_past_the_last_incarnation_is_refused_and_the_one_in_force_goes_on(
+    daemon: tuple[str, ContractsAPI],
+) -> None:
+    """A claim issued incarnation + 1 whatever it was: past MAX_INCARNATION (2147483647) no
+    heartbeat or save could name it. Now 409 INCARNATION_NOT_ISSUED names the limit and what to
+    do, nothing is claimed, and the incarnation in force keeps saving."""
+    token, api = daemon
+    cid = new_contract(api, name="the last incarnation")
+    task = _supervisor_task(cid)
+    api.save_supervisor_state(
+        cid, task, state_version=1, state="working", phase="plan", history_append=turn(1)
+    )
+    api.send_heartbeat(cid, task, "working", "plan", daemon_id="d-last")
+    api.flush()
+    wait_for(lambda: supervisor_row(task), what="the heartbeat ingested")
+    with unit_of_work() as uow:  # as though every incarnation but the last had been issued
+        uow.session.execute(
+            text("UPDATE supervisors SET incarnation = :last WHERE task_id = :t"),
+            {"last": MAX_INCARNATION, "t": task},
+        )
+    with TestClient(create_app()) as client:
+        resp = client.get(
+            f"{BASE}/{cid}/supervisor/restoration",
+            params={"taskId": str(task), "daemonId": "d-next"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 409, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "INCARNATION_NOT_ISSUED"
+    assert (error["details"]["currentIncarnation"], error["details"]["maxIncarnation"]) == (
+        MAX_INCARNATION,
+    ) * 2
+    assert "no restart or restoration can replace it" in error["message"]
+    row = supervisor_row(task)
+    assert row is not None and (row.incarnation, row.daemon_id) == (MAX_INCARNATION, "d-last")
+    assert "supervisor_restored" not in event_types(cid)
+    saved = api.save_supervisor_state(
+        cid, task, state_version=2, state="idle", phase="plan", incarnation=MAX_INCARNATION
+    )
+    assert (saved.applied, saved.incarnation) == (True, MAX_INCARNATION)
 
 
 def test_a_closed_contract_takes_no_save_claim_restart_or_sync_but_a_person_may_still_preview(

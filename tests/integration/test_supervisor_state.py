@@ -12,14 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from app.api import ContractsAPI
 from app.broker import daemon_queue, get_celery
 from app.db import unit_of_work
 from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
-from app.models import ConversationMessage, Supervisor, SupervisorStateRow
+from app.models import ConversationMessage, DaemonCommand, Supervisor, SupervisorStateRow
 from tests.integration.helpers import event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
@@ -401,6 +402,51 @@ def test_a_restart_fences_the_running_incarnation_and_reaches_the_daemons_queue(
     nobody = owner.api.create_contract("no supervisor", "simple").id
     missing = client.post(f"{BASE}/{nobody}/supervisor/restart", headers=owner.headers("user"))
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "SUPERVISOR_NOT_FOUND"
+
+
+def test_a_restart_past_the_last_incarnation_is_refused_naming_the_limit_and_changes_nothing(
+    owner: Owner, client: TestClient
+) -> None:
+    """It answered 202 with incarnation 2147483648, which no heartbeat or save could name (on
+    PostgreSQL the column overflowed: 500). Now 409 INCARNATION_NOT_ISSUED says the limit and
+    what the operator can do; no incarnation is issued and no command is sent."""
+    cid = owner.api.create_contract("the last incarnation", "simple").id
+    task = uuid.uuid4()
+    owner.api.send_heartbeat(cid, task, "working", "plan", daemon_id="d-last", host="gpu-1")
+    owner.api.flush()
+    wait_for(lambda: _supervisor(task), what="the heartbeat ingested")
+    with unit_of_work() as uow:  # as though every incarnation but the last had been issued
+        uow.session.execute(
+            update(Supervisor).where(Supervisor.task_id == task).values(incarnation=MAX_INCARNATION)
+        )
+    url = f"{BASE}/{cid}/supervisor/restart"
+
+    refused = client.post(url, json={"incarnation": MAX_INCARNATION}, headers=owner.headers("user"))
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "INCARNATION_NOT_ISSUED"
+    assert {k: error["details"][k] for k in ("incarnation", "currentIncarnation", "maxIncarnation")} == {
+        "incarnation": 2147483648,
+        "currentIncarnation": 2147483647,
+        "maxIncarnation": 2147483647,
+    }
+    assert "2147483647 is the highest incarnation there is" in error["message"]
+    assert "start the contract's supervisor under a new task id" in error["message"]
+    sup = _supervisor(task)
+    assert sup is not None and (sup.incarnation, sup.alive, sup.state) == (MAX_INCARNATION, True, "working")
+    assert "supervisor_restart_requested" not in event_types(cid)
+    with unit_of_work() as uow:
+        assert (
+            uow.session.scalar(
+                select(func.count()).select_from(DaemonCommand).where(DaemonCommand.contract_id == cid)
+            )
+            == 0
+        )
+    # The incarnation in force goes on: its saves are taken.
+    saved = owner.api.save_supervisor_state(
+        cid, task, state_version=1, state="working", phase="plan", incarnation=MAX_INCARNATION
+    )
+    assert saved.applied and saved.incarnation == MAX_INCARNATION
 
 
 def test_a_sync_asks_the_daemon_and_answers_with_the_stored_state(owner: Owner, client: TestClient) -> None:

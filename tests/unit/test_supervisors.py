@@ -13,8 +13,10 @@ import pytest
 
 from app.daemon_commands import check_daemon_id
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
-from app.domain.errors import ValidationFailed
+from app.domain.errors import IncarnationNotIssued, ValidationFailed
 from app.domain.supervisors import (
+    FIRST_INCARNATION,
+    MAX_INCARNATION,
     FenceReason,
     Heartbeat,
     InvalidHeartbeat,
@@ -27,9 +29,12 @@ from app.domain.supervisors import (
     derived_id_text,
     fence_reason,
     heartbeat_wire,
+    incarnation_after_death,
     is_dead,
+    next_incarnation,
     parse_heartbeat,
     plan_batch,
+    starts_supervisor,
     wire_heartbeat,
 )
 
@@ -476,6 +481,51 @@ def test_fencing_an_older_incarnation_and_a_dead_supervisors_unnamed_heartbeat()
     )
     assert restart.outcomes == [Outcome.APPLIED] and restart.writes[TASK][1].alive
     assert restart.changes[0].revived
+
+
+@pytest.mark.parametrize("named", [2, 50, MAX_INCARNATION])
+def test_a_first_heartbeat_naming_an_incarnation_never_issued_is_fenced_and_starts_nothing(
+    named: int,
+) -> None:
+    """It once started the supervisor at that number: at MAX_INCARNATION the next restart issued
+    2147483648, which no heartbeat, save or column could name. The first incarnation is in force
+    for a supervisor never stored, as it is for a save."""
+    plan = plan_batch([beat(0, incarnation=named)], {}, T0)
+    assert plan.outcomes == [Outcome.FENCED] and plan.writes == {} and plan.changes == []
+    assert plan.rows_to_store() == [(plan.heartbeats[0], True)]  # kept for the record, marked fenced
+    assert [(f.sent_incarnation, f.current_incarnation, f.reason) for f in plan.fenced] == [
+        (named, FIRST_INCARNATION, FenceReason.NOT_ISSUED)
+    ]
+    # Its daemon restores, or names the first incarnation (or none): that one starts it.
+    for first in (FIRST_INCARNATION, None):
+        started = plan_batch([beat(0, incarnation=named), beat(1, incarnation=first)], {}, T0)
+        assert started.outcomes == [Outcome.FENCED, Outcome.APPLIED]
+        assert started.writes[TASK][1].incarnation == FIRST_INCARNATION
+    assert [starts_supervisor(n) for n in (None, 1, 2, MAX_INCARNATION)] == [True, True, False, False]
+
+
+def test_the_server_issues_incarnations_one_above_the_one_in_force_and_none_beyond_the_limit() -> None:
+    assert [next_incarnation(CID, TASK, n) for n in (0, 1, 7, MAX_INCARNATION - 1)] == [
+        1, 2, 8, MAX_INCARNATION,
+    ]  # fmt: skip
+    with pytest.raises(IncarnationNotIssued) as refused:
+        next_incarnation(CID, TASK, MAX_INCARNATION)
+    assert refused.value.code == "INCARNATION_NOT_ISSUED"
+    assert refused.value.details == {
+        "contractId": str(CID),
+        "taskId": str(TASK),
+        "incarnation": MAX_INCARNATION + 1,
+        "currentIncarnation": MAX_INCARNATION,
+        "maxIncarnation": 2147483647,
+    }
+    message = refused.value.message
+    assert f"cannot be issued incarnation {MAX_INCARNATION + 1}" in message
+    assert "2147483647 is the highest incarnation there is" in message
+    assert "new task id" in message  # what the operator can do
+    # A death at the limit is still declared, without an incarnation past it.
+    dead, _ = declare_dead(record(incarnation=MAX_INCARNATION), T0)
+    assert (dead.incarnation, dead.alive) == (MAX_INCARNATION, False)
+    assert incarnation_after_death(MAX_INCARNATION - 1) == MAX_INCARNATION
 
 
 def test_liveness_is_judged_by_receive_time_only() -> None:
