@@ -368,6 +368,17 @@ def cached_caller(token: str | None) -> Caller | None:
     return _judged(standing, utcnow())
 
 
+def reauthenticate(session: Session, token: str) -> Caller:
+    """`authenticate` asked of the database, not the cache (which it refreshes): for a
+    connection that stays open on one token, checked again each `PRINCIPAL_CACHE_SECONDS` or
+    sooner, so a revocation ends it within that bound like any request (a cached answer could
+    be that old already)."""
+    digest = hash_token(token)
+    standing = _lookup_token(session, digest)
+    _by_token.put(digest, standing)
+    return _judged(standing, utcnow())
+
+
 def _judged(standing: _TokenStanding | None, now: datetime) -> Caller:
     """The caller a looked-up (or cached) token stands for, or Unauthenticated saying why not."""
     if standing is None:
@@ -517,5 +528,6 @@ __all__ = [
     "load_caller",
     "parse_lifetime",
     "parse_role",
+    "reauthenticate",
     "revoke_token",
 ]

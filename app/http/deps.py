@@ -17,9 +17,10 @@ from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from starlette.requests import HTTPConnection
 
 from app.api import ContractsAPI
-from app.auth import Caller, authenticate, cached_caller
+from app.auth import Caller, authenticate, cached_caller, reauthenticate
 from app.broker import Sender
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
@@ -45,7 +46,7 @@ class Wiring:
     probe_timeout: float = 2.0
 
 
-def wiring(request: Request) -> Wiring:
+def wiring(request: HTTPConnection) -> Wiring:
     return cast(Wiring, request.app.state.wiring)
 
 
@@ -59,6 +60,12 @@ def authenticate_token(engine: Engine | None, token: str | None) -> Caller:
     """Who holds this token; raises Unauthenticated for a missing, malformed or unknown one."""
     with unit_of_work(engine=engine) as uow:
         return authenticate(uow.session, token)
+
+
+def reauthenticate_token(engine: Engine | None, token: str) -> Caller:
+    """Whether this token still stands, asked of the database (an open stream's periodic check)."""
+    with unit_of_work(engine=engine) as uow:
+        return reauthenticate(uow.session, token)
 
 
 async def authenticated_caller(
@@ -157,5 +164,6 @@ __all__ = [
     "contracts_api",
     "parse_statuses",
     "parse_threshold",
+    "reauthenticate_token",
     "wiring",
 ]

@@ -41,7 +41,7 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _CONTAINERS: Final = (dict, list)
 # A `\uD800`-`\uDFFF` escape somewhere in the raw body: only then can a parsed string hold a
 # lone surrogate (raw UTF-8 cannot encode one), so only then are strings searched.
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_TEXT_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class BodyRejected(Exception):
@@ -213,6 +213,18 @@ def check_json_body(body: bytes) -> None:
             "character either); send JSON encoded as UTF-8",
         ) from None
     try:
+        load_json(text)
+    except json.JSONDecodeError:
+        return
+
+
+def load_json(text: str) -> Any:
+    """Parse JSON text and judge it as a request body is judged (numbers, duplicate keys, depth,
+    lone surrogates): BodyRejected naming the problem, or json.JSONDecodeError for text that is
+    not JSON. For JSON that arrives outside an HTTP body too (the monitor's WebSocket messages),
+    so every door holds it to the same rules.
+    """
+    try:
         value = json.loads(
             text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
         )
@@ -240,10 +252,11 @@ def check_json_body(body: bytes) -> None:
             limit=MAX_JSON_DEPTH,
         ) from None
     except json.JSONDecodeError:
-        return
+        raise
     except ValueError:  # Python refuses integers longer than 4300 digits
         raise _bad("number_too_large", "a number has too many digits; send at most 4300 digits") from None
-    check_json(value, may_hold_surrogates=_SURROGATE_ESCAPE.search(body) is not None)
+    check_json(value, may_hold_surrogates=_SURROGATE_TEXT_ESCAPE.search(text) is not None)
+    return value
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -332,5 +345,6 @@ __all__ = [
     "BodyRejected",
     "check_json",
     "check_json_body",
+    "load_json",
     "too_large",
 ]

@@ -13,9 +13,13 @@ WebSocket protocol (README "Live monitor"):
    authenticated is passed over (the first authentication holds).
 3. Send another filter message at any time to change the filter (no catch-up is redone).
 
-Close codes (`app.http.errors`): 4401 not authenticated, 4400 bad message, 4503
-FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect with that
-`after`). A close reason holds at most 123 bytes (`websocket_close_reason` cuts a longer one at
+Close codes (`app.http.errors`): 4401 not authenticated (a bad token, no authentication
+within `[monitor] auth_timeout_seconds`, or a token revoked or expired while the connection is
+open: each open subscription's token is looked up again every `[monitor] token_recheck_seconds`,
+and an `error` message saying why comes first), 4400 bad message (not a JSON object in a text
+frame, JSON an HTTP body could not carry either (`app.http.limits.load_json`), a bad filter or
+`after`), 4503 FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect
+with that `after`). A close reason holds at most 123 bytes (`websocket_close_reason` cuts a longer one at
 a word), too few to list what a filter allows: a 4400 close follows an `error` message with the
 whole explanation, `{"type": "error", "error": {"code", "message", "details": {"problems"}}}`
 (the HTTP API's error shape).
@@ -49,7 +53,7 @@ from app.auth import Caller, Unauthenticated
 from app.config import get_settings
 from app.db import get_engine
 from app.domain.errors import FeatureDisabled
-from app.http.deps import authenticate_token, authenticated_caller, wiring
+from app.http.deps import authenticate_token, authenticated_caller, reauthenticate_token, wiring
 from app.http.errors import (
     API_PREFIX,
     WS_FEATURE_DISABLED,
@@ -59,6 +63,7 @@ from app.http.errors import (
     error_responses,
     websocket_close_reason,
 )
+from app.http.limits import BodyRejected, load_json
 from app.http.problems import InvalidRequest, summary
 from app.monitor import DirectSend, FilterError, Hub, MonitorFilter, Subscriber, pump
 from app.schemas import ErrorCode
@@ -72,6 +77,9 @@ FLAG: Final = "monitoring_dashboard"
 SSE_KEEPALIVE_SECONDS: Final = 15.0
 TOO_SLOW_CLOSE_SECONDS: Final = 30.0
 SERVER_SEND: Final = "makima.server_send"
+# Event ids are BIGINT: an `after` past the largest cannot name one (and the database refuses it).
+MAX_EVENT_ID: Final = 2**63 - 1
+_OFF_LOOP_CHARS: Final = 64 * 1024  # judge longer messages in a worker thread
 
 
 class ServerSend:
@@ -109,14 +117,20 @@ def hub_of(app: Any) -> Hub:
     return hub
 
 
-def _after(raw: Any) -> int | None:
+def _after(raw: Any, field: str = "after") -> int | None:
+    """An event id to resume after: a whole number from 0 to MAX_EVENT_ID (a string of ASCII
+    digits too, as the SSE header sends it); else FilterError naming `field`."""
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
-        raise FilterError(
-            [{"field": "after", "problem": "must be an event id (a whole number)", "given": raw}]
-        )
-    return int(raw)
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= 19:
+        value = int(raw)
+    if value is None or not 0 <= value <= MAX_EVENT_ID:
+        problem = f"must be an event id: a whole number from 0 to {MAX_EVENT_ID}"
+        raise FilterError([{"field": field, "problem": problem, "given": raw}])
+    return value
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, wait: float = 2) -> None:
@@ -146,14 +160,23 @@ async def _refuse(websocket: WebSocket, problems: list[dict[str, Any]], wait: fl
     await _close(websocket, WS_INVALID_REQUEST, text, wait)
 
 
-async def _authenticate_ws(websocket: WebSocket) -> Caller | None:
+async def _authenticate_ws(websocket: WebSocket) -> tuple[Caller, str] | None:
+    """Who the connection is for, and the token it showed (checked again while it is open)."""
     header = websocket.headers.get("authorization", "")
-    token: str | None = None
-    first: dict[str, Any] | None = None
+    token: str
     if header.lower().startswith("bearer "):
         token = header[7:].strip()
     else:
-        first = await _receive_json(websocket)
+        limit = get_settings().monitor.auth_timeout_seconds
+        try:
+            first = await asyncio.wait_for(_receive_json(websocket), limit)
+        except TimeoutError:
+            await _close(
+                websocket,
+                WS_UNAUTHENTICATED,
+                f'not authenticated within {limit:g} s: send {{"type": "auth", "token": "..."}} first',
+            )
+            return None
         if first is None:
             return None
         if first.get("type") != "auth" or not isinstance(first.get("token"), str):
@@ -161,19 +184,57 @@ async def _authenticate_ws(websocket: WebSocket) -> Caller | None:
             return None
         token = first["token"]
     try:
-        return await run_in_threadpool(authenticate_token, wiring(websocket).engine, token)  # type: ignore[arg-type]
+        caller = await run_in_threadpool(authenticate_token, wiring(websocket).engine, token)
     except Unauthenticated as exc:
         await _close(websocket, WS_UNAUTHENTICATED, str(exc))
         return None
+    return caller, token
+
+
+async def _token_lapsed(engine: Any, token: str) -> Unauthenticated:
+    """Wait until the token no longer stands (revoked, expired, gone): looked up again every
+    `[monitor] token_recheck_seconds`, off the event loop, bypassing the principal cache (whose
+    answer may already be that old), so an open stream ends within the bound a request has."""
+    while True:
+        await asyncio.sleep(get_settings().monitor.token_recheck_seconds)
+        try:
+            await run_in_threadpool(reauthenticate_token, engine, token)
+        except Unauthenticated as exc:
+            return exc
+        except Exception:  # the database is unreachable: keep the stream, ask again next period
+            log.warning("monitor: could not check a subscriber's token again", exc_info=True)
+
+
+def _lapsed_error(exc: Unauthenticated) -> str:
+    """The `error` message before a revoked or expired token's close (WebSocket and SSE alike)."""
+    return json.dumps(
+        {"type": "error", "error": {"code": ErrorCode.UNAUTHENTICATED.value, "message": str(exc)}}
+    )
 
 
 async def _receive_json(websocket: WebSocket) -> dict[str, Any] | None:
+    """The next message as a JSON object, judged as an HTTP body is (`load_json`: depth, lone
+    surrogates, numbers, duplicate keys); anything else closes with 4400 after an `error`."""
     try:
-        raw = await websocket.receive_text()
-    except WebSocketDisconnect:
+        message = await websocket.receive()
+    except (WebSocketDisconnect, RuntimeError):
         return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    raw = message.get("text")
+    if raw is None:
+        await _refuse(
+            websocket, [{"field": "message", "problem": "must be a JSON object in a text frame, not binary"}]
+        )
+        return None
+    data: Any = None
     try:
-        data = json.loads(raw)
+        data = await run_in_threadpool(load_json, raw) if len(raw) > _OFF_LOOP_CHARS else load_json(raw)
+    except BodyRejected as exc:
+        problem = {k: v for k, v in exc.problem.items() if k != "in"}
+        problem["field"] = "message" if problem.get("field") == "body" else f"message.{problem['field']}"
+        await _refuse(websocket, [problem])
+        return None
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -191,9 +252,10 @@ async def monitor(websocket: WebSocket) -> None:
             websocket, WS_FEATURE_DISABLED, f"{ErrorCode.FEATURE_DISABLED}: [feature_flags] {FLAG} is off"
         )
         return
-    caller = await _authenticate_ws(websocket)
-    if caller is None:
+    authenticated = await _authenticate_ws(websocket)
+    if authenticated is None:
         return
+    caller, token = authenticated
     message = await _filter_message(websocket)
     if message is None:
         return
@@ -207,24 +269,34 @@ async def monitor(websocket: WebSocket) -> None:
     sub = await hub.subscribe(caller, flt, after)
     try:
         await websocket.send_text(json.dumps({"type": "subscribed", "filter": flt.to_json(), "after": after}))
-        await _serve(websocket, hub, sub, websocket.scope.get(SERVER_SEND))
+        await _serve(websocket, hub, sub, websocket.scope.get(SERVER_SEND), token)
     finally:
         hub.unsubscribe(sub)
 
 
-async def _serve(websocket: WebSocket, hub: Hub, sub: Subscriber, direct: DirectSend | None) -> None:
+async def _serve(
+    websocket: WebSocket, hub: Hub, sub: Subscriber, direct: DirectSend | None, token: str
+) -> None:
     sender = asyncio.create_task(pump(sub, hub, websocket.send_text, direct))
     receiver = asyncio.create_task(_filter_changes(websocket, sub))
     overflow = asyncio.create_task(sub.overflowed.wait())
+    lapsed = asyncio.create_task(_token_lapsed(wiring(websocket).engine, token))
+    tasks = (sender, receiver, overflow, lapsed)
     try:
-        done, _ = await asyncio.wait({sender, receiver, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (sender, receiver, overflow):
+        for task in tasks:
             task.cancel()
-        for task in (sender, receiver, overflow):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-    if sub.overflowed.is_set():
+    if lapsed in done and not lapsed.cancelled() and lapsed.exception() is None:
+        exc = lapsed.result()
+        if websocket.client_state is not WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.send_text(_lapsed_error(exc)), 2)
+        await _close(websocket, WS_UNAUTHENTICATED, str(exc))
+    elif sub.overflowed.is_set():
         resume = sub.last_id if sub.last_id is not None else "the last event id you received"
         # The close frame queues behind what the client has not read yet: give it time to
         # read that (it no longer costs the hub anything) before dropping the connection.
@@ -411,19 +483,25 @@ async def event_stream(
                 "includeHeartbeats": query.include_heartbeats,
             }
         )
-        resume = _after(last_event_id) if last_event_id else query.after
     except FilterError as exc:
         raise InvalidRequest([{**p, "in": "query", "type": "value"} for p in exc.problems]) from None
+    try:
+        resume = _after(last_event_id, "Last-Event-ID") if last_event_id else _after(query.after)
+    except FilterError as exc:
+        where = "header" if last_event_id else "query"
+        raise InvalidRequest([{**p, "in": where, "type": "value"} for p in exc.problems]) from None
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
     hub = hub_of(request.app)
     sub = await hub.subscribe(caller, flt, resume)
     return EventStreamResponse(
-        _sse(request, hub, sub),
+        _sse(request, hub, sub, token),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse(request: Request, hub: Hub, sub: Subscriber) -> AsyncIterator[str]:
+async def _sse(request: Request, hub: Hub, sub: Subscriber, token: str) -> AsyncIterator[str]:
     out: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1)
+    lapsed: list[Unauthenticated] = []
 
     async def run() -> None:
         try:
@@ -432,7 +510,16 @@ async def _sse(request: Request, hub: Hub, sub: Subscriber) -> AsyncIterator[str
             log.exception("monitor: the event stream failed")
         await out.put(None)  # the end (overflowed or failed); a cancellation skips it
 
+    async def watch() -> None:
+        """A revoked or expired token stops the events and ends the stream with `event: error`."""
+        lapsed.append(await _token_lapsed(wiring(request).engine, token))
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await out.put(None)
+
     task = asyncio.create_task(run())
+    watcher = asyncio.create_task(watch())
     try:
         yield ": connected\n\n"
         while True:
@@ -444,14 +531,17 @@ async def _sse(request: Request, hub: Hub, sub: Subscriber) -> AsyncIterator[str
                 yield ": keepalive\n\n"
                 continue
             if text is None:
-                if sub.overflowed.is_set():
+                if lapsed:
+                    yield f"event: error\ndata: {_lapsed_error(lapsed[0])}\n\n"
+                elif sub.overflowed.is_set():
                     yield f"event: resume\ndata: {json.dumps({'after': sub.last_id})}\n\n"
                 return
             yield _sse_frame(text)
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        for job in (watcher, task):
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
         hub.unsubscribe(sub)
 
 

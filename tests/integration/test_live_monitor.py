@@ -704,3 +704,177 @@ def test_heartbeat_ingestion_wakes_the_readers_for_the_state_changes_it_wrote(
         ws.close()
     assert report is not None and report["stateChanges"] == 1
     assert [(e["type"], e["newState"]) for e in got] == [("supervisor_state_changed", "working")]
+
+
+# --- the monitor's own bounds: token revocation, `after`, messages, authentication time ---------
+
+
+def _revoke_elsewhere(token: str) -> None:
+    """Revoke the token as another process would: in the database, this process's cache untouched."""
+    from sqlalchemy import update
+
+    from app.auth import hash_token
+    from app.models import ApiToken, utcnow
+
+    with unit_of_work() as uow:
+        uow.session.execute(
+            update(ApiToken).where(ApiToken.token_hash == hash_token(token)).values(revoked_at=utcnow())
+        )
+
+
+@pytest.fixture
+def quick_token_checks(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(get_settings().monitor, "token_recheck_seconds", 0.5)
+    return 0.5
+
+
+def test_a_revoked_token_ends_an_open_websocket_with_4401_after_an_error_message(
+    server: str, make_caller: Any, quick_token_checks: float
+) -> None:
+    token, api = _api(make_caller)
+    cid = _active(api)
+    ws = open_monitor(server, token)
+    _revoke_elsewhere(token)
+    revoked = time.monotonic()
+    api.change_status(cid, Status.PAUSED)
+    received: list[dict[str, Any]] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            received.append(json.loads(ws.recv(timeout=10)))
+    took = time.monotonic() - revoked
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert "revoked" in closed.value.rcvd.reason
+    assert received[-1]["type"] == "error" and received[-1]["error"]["code"] == "UNAUTHENTICATED"
+    assert "revoked" in received[-1]["error"]["message"]
+    assert took < quick_token_checks + 2, took
+
+
+def test_a_revoked_token_ends_an_open_event_stream_with_an_error_event(
+    server: str, make_caller: Any, quick_token_checks: float
+) -> None:
+    token, api = _api(make_caller)
+    cid = _active(api)
+    lines: list[str] = []
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream(
+            "GET", "/api/v1/contracts/events/stream", headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        _revoke_elsewhere(token)
+        revoked = time.monotonic()
+        api.change_status(cid, Status.PAUSED)
+        lines.extend(response.iter_lines())  # until the server ends the stream
+        took = time.monotonic() - revoked
+    assert took < quick_token_checks + 2, took
+    assert "event: error" in lines, lines
+    data = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))
+    assert data["type"] == "error" and data["error"]["code"] == "UNAUTHENTICATED"
+    assert "revoked" in data["error"]["message"]
+
+
+BIGINT_PAST_THE_END = 2**63
+
+
+@pytest.mark.parametrize("after", [BIGINT_PAST_THE_END, 10**22, -1, "9223372036854775808", "١٢", 1.5, True])
+def test_an_after_that_is_not_an_event_id_is_refused_with_4400_naming_it(
+    server: str, make_caller: Any, after: Any
+) -> None:
+    token, _ = _api(make_caller)
+    code, reason, before = _refused(server, token, {"after": after})
+    assert code == 4400 and reason.startswith("after: must be an event id"), reason
+    [error] = before  # refused before `subscribed`
+    [problem] = error["error"]["details"]["problems"]
+    assert problem["field"] == "after" and str(2**63 - 1) in problem["problem"]
+
+
+def test_the_largest_event_id_is_a_valid_after(server: str, make_caller: Any) -> None:
+    token, _ = _api(make_caller)
+    ws = open_monitor(server, token, after=2**63 - 1)
+    assert drain(ws, idle=0.5) == []
+    ws.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "field", "where"),
+    [
+        ("?after=99999999999999999999999", {}, "after", "query"),
+        ("?after=9223372036854775808", {}, "after", "query"),
+        ("", {"Last-Event-ID": "9223372036854775808"}, "Last-Event-ID", "header"),
+        ("", {"Last-Event-ID": "²".encode("latin-1")}, "Last-Event-ID", "header"),
+        ("", {"Last-Event-ID": "9" * 5000}, "Last-Event-ID", "header"),
+    ],
+    ids=["after-huge", "after-2^63", "last-event-id-2^63", "last-event-id-superscript", "last-event-id-long"],
+)
+def test_sse_refuses_a_resume_point_that_is_not_an_event_id_with_422_naming_it(
+    server: str, make_caller: Any, query: str, headers: dict[str, Any], field: str, where: str
+) -> None:
+    token, _ = _api(make_caller)
+    response = httpx.get(
+        f"{server}/api/v1/contracts/events/stream{query}",
+        headers={"Authorization": f"Bearer {token}", **headers},
+        timeout=10,
+    )
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["error"]["details"]["problems"]
+    assert (problem["field"], problem["in"]) == (field, where)
+
+
+def _refused_raw(server: str, token: str | None, frame: str | bytes) -> tuple[int, str, list[dict[str, Any]]]:
+    from websockets.sync.client import connect
+
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    before: list[dict[str, Any]] = []
+    with connect(url, additional_headers=headers, max_size=None) as ws:
+        ws.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                before.append(json.loads(ws.recv(timeout=5)))
+    assert closed.value.rcvd is not None, "the server dropped the connection without a close frame"
+    return closed.value.rcvd.code, closed.value.rcvd.reason, before
+
+
+@pytest.mark.parametrize("authenticated", [True, False], ids=["filter", "auth-message"])
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (b'{"contractIds": []}', "binary"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "json_too_deep"),
+        ('{"statuses": ["\\ud800"]}', "unicode_invalid"),
+        ('{"type": "auth", "token": "mk_\\ud800"}', "unicode_invalid"),
+        ('{"after": 1, "after": 2}', "json_duplicate_key"),
+        ('{"after": NaN}', "number_invalid"),
+    ],
+    ids=["binary", "deep", "surrogate-filter", "surrogate-auth", "duplicate-key", "nan"],
+)
+def test_a_message_an_http_body_could_not_carry_is_refused_with_4400_and_an_error(
+    server: str, make_caller: Any, frame: str | bytes, kind: str, authenticated: bool
+) -> None:
+    token, _ = _api(make_caller)
+    code, reason, before = _refused_raw(server, token if authenticated else None, frame)
+    assert code == 4400, (code, reason)
+    [error] = before
+    assert error["type"] == "error" and error["error"]["code"] == "INVALID_REQUEST"
+    [problem] = error["error"]["details"]["problems"]
+    assert problem["field"].startswith("message")
+    if kind == "binary":
+        assert "text frame" in problem["problem"]
+    else:
+        assert problem["type"] == kind
+
+
+def test_a_connection_that_does_not_authenticate_in_time_is_closed_with_4401(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from websockets.sync.client import connect
+
+    monkeypatch.setattr(get_settings().monitor, "auth_timeout_seconds", 0.5)
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    started = time.monotonic()
+    with connect(url) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert time.monotonic() - started < 3
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert closed.value.rcvd.reason.startswith("not authenticated within 0.5 s"), closed.value.rcvd.reason
