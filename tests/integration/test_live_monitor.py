@@ -774,6 +774,29 @@ def test_a_revoked_token_ends_an_open_event_stream_with_an_error_event(
     assert "revoked" in data["error"]["message"]
 
 
+def test_a_token_that_expires_while_the_event_stream_is_open_ends_it(
+    server: str, quick_token_checks: float
+) -> None:
+    from datetime import timedelta
+
+    from app.auth import Role, create_token
+
+    with unit_of_work() as uow:
+        token = create_token(
+            uow.session, f"owner-{uuid.uuid4().hex[:8]}", Role.USER, expires_in=timedelta(seconds=2)
+        )
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream(
+            "GET", "/api/v1/contracts/events/stream", headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    data = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))
+    assert data["error"]["code"] == "UNAUTHENTICATED" and "expired" in data["error"]["message"]
+
+
 BIGINT_PAST_THE_END = 2**63
 
 

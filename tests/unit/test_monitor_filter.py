@@ -70,3 +70,28 @@ def test_unknown_fields_and_bad_values_are_all_reported_together() -> None:
     with pytest.raises(FilterError) as refused:
         MonitorFilter.parse({"contractID": [], "statuses": ["nope"], "includeStale": "yes"})
     assert [p["field"] for p in refused.value.problems] == ["contractID", "statuses", "includeStale"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, None), (0, 0), ("0042", 42), (2**63 - 1, 2**63 - 1), (str(2**63 - 1), 2**63 - 1)],
+)
+def test_an_after_is_an_event_id_from_0_to_the_largest_bigint(raw: object, expected: int | None) -> None:
+    from app.http.monitor import _after
+
+    assert _after(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", [2**63, -1, str(2**63), "9" * 5000, "²", "١٢", "", " 1", 1.0, True, [1]], ids=repr
+)
+def test_an_after_past_the_largest_bigint_or_not_a_whole_number_is_refused_naming_the_field(
+    raw: object,
+) -> None:
+    from app.http.monitor import _after
+
+    with pytest.raises(FilterError) as refused:
+        _after(raw, "Last-Event-ID")
+    [problem] = refused.value.problems
+    assert problem["field"] == "Last-Event-ID"
+    assert problem["problem"] == "must be an event id: a whole number from 0 to 9223372036854775807"
