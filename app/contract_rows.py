@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.domain.completion import GateFacts, TaskSummary
-from app.domain.errors import ContractNotFound, ValidationFailed
-from app.domain.lifecycle import Status, check_transition
+from app.domain.errors import ContractNotFound
+from app.domain.lifecycle import Status, check_transition, closed_refusal
 from app.domain.records import EventType
 from app.events import record_event
 from app.gate import gate_facts, load_gate_facts
@@ -291,12 +291,9 @@ def refuse_if_closed(contract: Contract, what: str) -> None:
 
 def refuse_if_closed_status(stored: str, what: str) -> None:
     """`refuse_if_closed` on a status read without the row (the report's one-statement acceptance)."""
-    status = Status(stored)
-    if status in Status.terminal():
-        raise ValidationFailed(
-            f"The contract is '{status.value}': no more {what} can be recorded on it.",
-            details={"status": status.value},
-        )
+    refusal = closed_refusal(Status(stored).value, what)
+    if refusal is not None:
+        raise refusal
 
 
 def status_columns(

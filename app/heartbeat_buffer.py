@@ -12,15 +12,16 @@ heartbeats leave a process in lists (`heartbeats.ingest` messages):
   broker's error on the send it triggered.
 - **`GroupCommit`**, one per HTTP app: concurrent requests are coalesced into one message.
   The first request of a group waits at most `coalesce_ms` for company (or until the group
-  holds `batch_size` heartbeats), then checks the visibility of every contract in the group
-  and the holders of its task ids with one query, sends one message, and wakes the others.
+  holds `batch_size` heartbeats), then checks the visibility and status of every contract in
+  the group and the holders of its task ids with one query, sends one message, and wakes the others.
   Every request is answered only after the message holding its heartbeats is in the broker
   (or with the broker's error).
 
 Both refuse what the worker would refuse for reasons they can see: a contract the caller
-cannot see, and a task id that is another contract's supervisor (`held_by_another`, the
-worker's rule), so such a heartbeat is answered as refused instead of becoming a dead letter
-the sender never learns of.
+cannot see, a closed one (`closed_contract_refusal`: completed, failed or archived, refused as
+a state save on it is), and a task id that is another contract's supervisor
+(`held_by_another`, the worker's rule), so such a heartbeat is answered as refused instead of
+becoming a dead letter the sender never learns of.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from app.broker import Sender
 from app.config import Settings
 from app.db import driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
-from app.domain.supervisors import InvalidHeartbeat, held_by_another, starts_supervisor, wire_heartbeat
+from app.domain.lifecycle import CLOSED_STATUSES
+from app.domain.supervisors import (
+    InvalidHeartbeat,
+    closed_contract_refusal,
+    held_by_another,
+    starts_supervisor,
+    wire_heartbeat,
+)
 from app.foreign_tasks import foreign_supervisor, foreign_task_refusal
 from app.heartbeats import MAX_PER_MESSAGE, message_of
 from app.models import Contract, Supervisor
@@ -51,10 +59,11 @@ from app.queues import TaskName
 log = logging.getLogger(__name__)
 
 FLAG: Final = "supervisor_heartbeat"
-# How long a (contract, task) pair found visible to a principal, the task not another
+# How long a (contract, task) pair found visible to a principal and open, the task not another
 # contract's, is trusted without asking again. Owners never change and neither does the
-# contract holding a task id, so this only bounds how long a deleted contract's heartbeats
-# still leave here (the worker re-checks every heartbeat anyway).
+# contract holding a task id, so this only bounds how long a deleted or closed contract's
+# heartbeats still leave here (the worker re-checks every heartbeat anyway, and changes
+# nothing for them).
 VISIBLE_SECONDS: Final = 300.0
 MAX_VISIBLE_ENTRIES: Final = 100_000
 
@@ -71,16 +80,16 @@ def invalid(exc: InvalidHeartbeat) -> ValidationFailed:
     )
 
 
-# One round trip per group: the contracts' owners (no task id), then the group's task ids held
-# by another contract than the one a heartbeat names them on (`held_by_another`: the
-# supervisors row's contract_id), with that contract's owner, so a refusal can be explained to
-# the owner of both without asking again. Ids and answers as text; the ids are sent as array
+# One round trip per group: the contracts' owners and statuses (no task id), then the group's
+# task ids held by another contract than the one a heartbeat names them on (`held_by_another`:
+# the supervisors row's contract_id), with that contract's owner, so a refusal can be explained
+# to the owner of both without asking again. Ids and answers as text; the ids are sent as array
 # literals (a text[] parameter does not cast to uuid[] in EXECUTE; the ids passed the wire
 # form's check, so they hold no brace or comma).
 _FACTS: Final = """
-SELECT NULL::text, c.id::text, c.owner_id FROM contracts c WHERE c.id = ANY(%(ids)s::uuid[])
+SELECT NULL::text, c.id::text, c.owner_id, c.status FROM contracts c WHERE c.id = ANY(%(ids)s::uuid[])
 UNION ALL
-SELECT s.task_id::text, s.contract_id::text, o.owner_id
+SELECT s.task_id::text, s.contract_id::text, o.owner_id, NULL::text
 FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
 JOIN supervisors s ON s.task_id = t.task_id AND s.contract_id <> t.contract_id
 LEFT JOIN contracts o ON o.id = s.contract_id
@@ -91,13 +100,22 @@ LEFT JOIN contracts o ON o.id = s.contract_id
 class GroupFacts:
     """What the fronts judge a group of heartbeats by, read in one query (`facts_of`).
 
-    `owners`: the owner of each contract that exists. `holders`: task id → (the contract
-    holding it, that contract's owner) for the task ids some heartbeat names on another
-    contract; `claim` adds the group's own first claims on task ids nobody holds yet.
+    `owners`: the owner of each contract that exists; `closed`: the status of each of them
+    that is closed (completed, failed, archived: no heartbeat is taken on it, as no state
+    save is). `holders`: task id → (the contract holding it, that contract's owner) for the
+    task ids some heartbeat names on another contract; `claim` adds the group's own first
+    claims on task ids nobody holds yet.
     """
 
     owners: dict[str, str]
     holders: dict[str, tuple[str, str | None]]
+    closed: dict[str, str] = field(default_factory=dict)
+
+    def closed_refusal(self, contract_id: str) -> ValidationFailed | None:
+        """The refusal of a heartbeat on `contract_id` when it is closed (else None): a state
+        save's refusal of a closed contract, naming contractId."""
+        status = self.closed.get(contract_id)
+        return None if status is None else closed_contract_refusal(status)
 
     def claim(
         self, task_id: str, contract_id: str, owner: str, incarnation: Any = None
@@ -144,9 +162,11 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
                 prepare=settings.database_prepared_statements,
             )
         facts = GroupFacts({}, {})
-        for task, cid, owner in rows:
+        for task, cid, owner, status in rows:
             if task is None:
                 facts.owners[cid] = owner
+                if status in CLOSED_STATUSES:
+                    facts.closed[cid] = status
             else:
                 facts.holders[task] = (cid, owner)
         return facts
@@ -154,12 +174,16 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
     # holder of the group's task ids is read and `claim` applies the rule.
     with unit_of_work(engine=engine, settings=settings) as uow:
         session = uow.session
-        owners = session.execute(
-            select(Contract.id, Contract.owner_id).where(
+        found = session.execute(
+            select(Contract.id, Contract.owner_id, Contract.status).where(
                 Contract.id.in_(sorted({uuid.UUID(cid) for _, cid in claims}))
             )
+        ).all()
+        facts = GroupFacts(
+            {str(cid): owner for cid, owner, _ in found},
+            {},
+            {str(cid): status for cid, _, status in found if status in CLOSED_STATUSES},
         )
-        facts = GroupFacts({str(cid): owner for cid, owner in owners}, {})
         held = session.execute(
             select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id)
             .outerjoin(Contract, Contract.id == Supervisor.contract_id)
@@ -302,8 +326,9 @@ _VisibleKey = tuple[uuid.UUID, str, str]  # (principal, contract id, task id)
 
 
 class _VisibleCache:
-    """(principal, contract, task) found visible recently, the task not another contract's, so
-    a steady sender pays one query per supervisor (its first heartbeat) and none after."""
+    """(principal, contract, task) found visible and open recently, the task not another
+    contract's, so a steady sender pays one query per supervisor every `VISIBLE_SECONDS` and
+    none between."""
 
     def __init__(self) -> None:
         self._seen: dict[_VisibleKey, float] = {}
@@ -340,8 +365,10 @@ def send_wire(
     caller: Caller, engine: Engine | None, settings: Settings, send: Sender, item: dict[str, Any]
 ) -> None:
     """Buffer one checked heartbeat in wire form (the API module's `send_heartbeat`), once its
-    contract is known visible to the caller and its task id not another contract's (cached, see
-    `_VisibleCache`; a refusal is not cached, so it is asked again)."""
+    contract is known visible to the caller and open, and its task id not another contract's
+    (cached, see `_VisibleCache`: a contract that closes after its answer was cached is refused
+    here once the entry expires, within `VISIBLE_SECONDS`, and by the worker meanwhile; a
+    refusal is not cached, so it is asked again)."""
     contract_id, task_id = item["contractId"], item["taskId"]
     key = (caller.principal_id, contract_id, task_id)
     if not _visible.fresh(key):
@@ -349,7 +376,9 @@ def send_wire(
         owner = facts.owners.get(contract_id)
         if owner is None or not caller.may_access(owner):
             raise ContractNotFound(uuid.UUID(contract_id))
-        refused = facts.claim(task_id, contract_id, owner, item.get("incarnation"))
+        refused = facts.closed_refusal(contract_id) or facts.claim(
+            task_id, contract_id, owner, item.get("incarnation")
+        )
         if refused is not None:
             raise refused
         _visible.add(key)
@@ -453,6 +482,13 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
                     result.code = ContractNotFound.code
                     result.field = "contractId"
                     result.message = f"Contract {contract_id} does not exist or is not visible to you."
+                    continue
+                closed = facts.closed_refusal(contract_id) if facts.closed else None
+                if closed is not None:
+                    result = entry.results[index]
+                    result.code = closed.code
+                    result.field = "contractId"
+                    result.message = closed.message
                     continue
                 refused = facts.claim(item["taskId"], contract_id, owner, item.get("incarnation"))
                 if refused is not None:

@@ -46,11 +46,14 @@ class HeartbeatStore:
     def prepare(self, engine: Engine, day: date) -> None:
         return None
 
-    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+        """(owner, status) of each of the contracts that exist."""
         if not contract_ids:
             return {}
-        rows = session.execute(select(Contract.id, Contract.owner_id).where(Contract.id.in_(contract_ids)))
-        return {cid: owner for cid, owner in rows}
+        rows = session.execute(
+            select(Contract.id, Contract.owner_id, Contract.status).where(Contract.id.in_(contract_ids))
+        )
+        return {cid: (owner, status) for cid, owner, status in rows}
 
     def supervisors(
         self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
@@ -570,15 +573,15 @@ class PostgresStore(HeartbeatStore):
     def _run(self, session: Session, sql: str, params: dict[str, Any]) -> Any:
         return execute_sql(session.connection(), sql, params, prepare=self.prepare_statements)
 
-    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
         if not contract_ids:
             return {}
         rows = self._run(
             session,
-            "SELECT id, owner_id FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
+            "SELECT id, owner_id, status FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
             {"ids": sorted(contract_ids)},
         )
-        return {_as_uuid(cid): owner for cid, owner in rows}
+        return {_as_uuid(cid): (owner, status) for cid, owner, status in rows}
 
     def supervisors(
         self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
@@ -628,18 +631,18 @@ class PostgresStore(HeartbeatStore):
         }
         return {a.task_id for _, a in writes} - done
 
-    def owners_by_text(self, session: Session, contract_ids: Iterable[str]) -> dict[str, str]:
-        """The owners of the contracts that exist, keyed by the id as text (no UUID objects)."""
+    def owners_by_text(self, session: Session, contract_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(owner, status) of the contracts that exist, keyed by the id as text (no UUID objects)."""
         ids = sorted(set(contract_ids))
         if not ids:
             return {}
         rows = self._run(
             session,
-            "SELECT c.id::text, c.owner_id FROM unnest(%(ids)s::uuid[]) AS t(id) "
+            "SELECT c.id::text, c.owner_id, c.status FROM unnest(%(ids)s::uuid[]) AS t(id) "
             "JOIN contracts c ON c.id = t.id",
             {"ids": _uuid_array(ids)},
         )
-        return {cid: owner for cid, owner in rows}
+        return {cid: (owner, status) for cid, owner, status in rows}
 
     def fold(
         self,

@@ -7,8 +7,12 @@ ingests a list like this, whatever its length:
 1. who sent it: each group's principal, re-checked (cached, `app.auth.check_principal`);
    each heartbeat checked (`wire_heartbeat`: a quick check of what our senders produce,
    `parse_heartbeat` for anything else, so the same heartbeats are refused with the same
-   field named); the contracts' owners in **one** query, so a sender acts only on
-   contracts it may see;
+   field named); the contracts' owners and statuses in **one** query, so a sender acts
+   only on contracts it may see, and a closed contract's heartbeats (completed, failed,
+   archived) are refused as the fronts refuse them (`closed_contract_refusal`): they neither
+   start nor revive a supervisor, and are not stored in the history (the fronts refuse the
+   same heartbeat, so what became of one does not depend on whether it raced the close);
+   like every refusal here they are counted and kept in the list's dead letter;
 2. on PostgreSQL (`_ingest_folded`), the list de-duplicated by id goes to the database,
    which folds it into the supervisors itself (`PostgresStore.fold`): **two** statements,
    the first sight of new supervisors, then one that locks the list's supervisors in task
@@ -66,6 +70,7 @@ from app.broker import Sender
 from app.config import Settings, get_settings
 from app.daemon_commands import NewCommand, queue_commands
 from app.db import UnitOfWork, get_engine, unit_of_work
+from app.domain.lifecycle import CLOSED_STATUSES
 from app.domain.records import EventType
 from app.domain.supervisors import (
     BatchPlan,
@@ -73,6 +78,7 @@ from app.domain.supervisors import (
     InvalidHeartbeat,
     Outcome,
     activity_bump_before,
+    closed_contract_refusal,
     fence_reason,
     parse_heartbeat,
     plan_batch,
@@ -235,13 +241,15 @@ def ingest(
         owners = store.owners(session, {hb.contract_id for _, hb in accepted})
         heartbeats: list[Heartbeat] = []
         for caller, hb in accepted:
-            owner = owners.get(hb.contract_id)
+            owner, status = owners.get(hb.contract_id) or (None, None)
             if owner is None or not caller.may_access(owner):
                 report.refused.append(
                     Refusal(
                         hb.to_json(), "CONTRACT_NOT_FOUND", "contractId", "no such contract visible to you"
                     )
                 )
+            elif status in CLOSED_STATUSES:
+                report.refused.append(_closed(hb.to_json(), status))
             else:
                 heartbeats.append(hb)
         plan = _apply_supervisors(session, store, heartbeats, received_at, report)
@@ -341,11 +349,14 @@ def _ingest_folded(
         repeats = 0
         for caller, item in checked:
             contract_id = item["contractId"]
-            owner = owners.get(contract_id)
+            owner, status = owners.get(contract_id) or (None, None)
             if owner is None or not caller.may_access(owner):
                 report.refused.append(
                     Refusal(item, "CONTRACT_NOT_FOUND", "contractId", "no such contract visible to you")
                 )
+                continue
+            if status in CLOSED_STATUSES:
+                report.refused.append(_closed(item, status))
                 continue
             key = (contract_id, item["id"])
             if key in seen:
@@ -394,6 +405,14 @@ def _ingest_folded(
         except Exception:  # a live notice is best effort; the table is the record
             log.warning("heartbeat notice not published", exc_info=True)
     return report
+
+
+def _closed(raw: Any, status: str) -> Refusal:
+    """A heartbeat on a closed contract, refused as the fronts refuse it: it creates, revives
+    and stores nothing (see the module docstring)."""
+    refusal = closed_contract_refusal(status)
+    assert refusal is not None
+    return Refusal(raw, refusal.code, "contractId", refusal.message)
 
 
 def _tell_fenced_rows(uow: UnitOfWork, fenced: list[dict[str, Any]], now: datetime) -> None:

@@ -112,6 +112,25 @@ def decision_for_a_person(current: Status, target: Status) -> str | None:
     return None
 
 
+# The closed statuses as stored (text), for the hot paths that judge a status per heartbeat.
+CLOSED_STATUSES: Final = frozenset(s.value for s in Status.terminal())
+
+
+def closed_refusal(status: str, what: str, field: str | None = None) -> ValidationFailed | None:
+    """The refusal of more `what` (e.g. "supervisor state saves") on a contract whose stored
+    `status` is closed (completed, failed, archived: its work is over), else None. `field`
+    names the request field that chose the contract, where one did (a heartbeat's
+    contractId). Every writer that refuses closed contracts words it this way."""
+    if status not in CLOSED_STATUSES:
+        return None
+    details: dict[str, str] = {"status": status}
+    if field is not None:
+        details["field"] = field
+    return ValidationFailed(
+        f"The contract is '{status}': no more {what} can be recorded on it.", details=details
+    )
+
+
 def render_table() -> str:
     """The transition table as markdown, for the README and for people reading a failure."""
     lines = ["| from | may move to |", "|---|---|"]
@@ -121,4 +140,13 @@ def render_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ALLOWED", "Status", "WaitingFor", "allowed_targets", "check_transition", "render_table"]
+__all__ = [
+    "ALLOWED",
+    "CLOSED_STATUSES",
+    "Status",
+    "WaitingFor",
+    "allowed_targets",
+    "check_transition",
+    "closed_refusal",
+    "render_table",
+]

@@ -42,7 +42,8 @@ from enum import StrEnum
 from typing import Any, Final, cast
 
 from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
-from app.domain.errors import IncarnationNotIssued
+from app.domain.errors import IncarnationNotIssued, ValidationFailed
+from app.domain.lifecycle import CLOSED_STATUSES, closed_refusal
 
 
 class SupervisorState(StrEnum):
@@ -786,6 +787,20 @@ class BatchPlan:
         return sum(1 for o in self.outcomes if o is outcome)
 
 
+def closed_contract_refusal(status: str) -> ValidationFailed | None:
+    """The refusal of a heartbeat on a contract whose stored `status` is closed (completed,
+    failed, archived), else None: worded as a state save on it is refused, naming contractId.
+
+    A closed contract's work is over: saves, claims and restarts refuse it, so a heartbeat
+    neither starts nor revives its supervisor. The fronts refuse it per heartbeat
+    (`app.heartbeat_buffer`) and the worker refuses one that got past them (`app.heartbeats`:
+    a contract closed meanwhile), storing nothing.
+    """
+    if status not in CLOSED_STATUSES:
+        return None
+    return closed_refusal(status, "supervisor heartbeats", "contractId")
+
+
 def held_by_another(holder: object | None, contract_id: object) -> bool:
     """Whether a heartbeat naming a task on `contract_id` names another contract's supervisor.
 
@@ -939,6 +954,7 @@ __all__ = [
     "SupervisorRecord",
     "SupervisorState",
     "activity_bump_before",
+    "closed_contract_refusal",
     "daemon_alive",
     "dead_cutoff",
     "declare_dead",

@@ -1,8 +1,9 @@
 """Supervisor heartbeats over HTTP: send them (202, coalesced), read a contract's supervisor.
 
 `POST /api/v1/supervisors/heartbeats` takes one heartbeat (a JSON object) or a list of up to
-1,000. Each is checked on its own: an invalid one, or one whose `taskId` is another
-contract's supervisor, is refused with the field named and the rest go on (per-item results).
+1,000. Each is checked on its own: an invalid one, one on a closed contract (completed,
+failed, archived: field `contractId`), or one whose `taskId` is another contract's supervisor,
+is refused with the field named and the rest go on (per-item results).
 Concurrent requests to this process share one broker message (a request waits at most
 `[heartbeats] coalesce_ms` for company) and each is answered 202 only once the message
 holding its heartbeats is in the broker.
@@ -158,8 +159,9 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
     if submission.parsed:
         _group_commit(request).submit(submission)
     if single and not (first := submission.results[0]).accepted:
-        # Refused before the group (a field) or by it: a contract the caller cannot see, or a
-        # task id another contract holds (VALIDATION_FAILED naming taskId).
+        # Refused before the group (a field) or by it: a contract the caller cannot see, a
+        # closed one (VALIDATION_FAILED naming contractId), or a task id another contract holds
+        # (VALIDATION_FAILED naming taskId).
         if first.code == ContractNotFound.code:
             raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
         raise ValidationFailed(first.message or "invalid heartbeat", details={"field": first.field})
@@ -201,8 +203,9 @@ def accepted_body(results: list[ItemResult]) -> bytes:
 def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) -> Any:
     """Supervisor heartbeats: one (a JSON object) or a list of up to 1,000, answered 202 once
     they are queued. In a list, each heartbeat gets its own result: an invalid one (the field
-    is named), one naming another contract's supervisor as its taskId, or one for a contract
-    you cannot see is refused and the others are accepted. A single heartbeat that is refused
+    is named), one naming another contract's supervisor as its taskId, one on a completed,
+    failed or archived contract (contractId), or one for a contract you cannot see is refused
+    and the others are accepted. A single heartbeat that is refused
     answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
     A heartbeat without an `id` is identified by its task and timestamp, so sending it again
     stores it once."""

@@ -26,6 +26,7 @@ from app.auth import Role, create_token
 from app.broker import get_celery, send_task
 from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.lifecycle import Status
 from app.domain.supervisors import MAX_INCARNATION
 from app.heartbeat_partitions import partition_name
 from app.http import create_app
@@ -1061,5 +1062,161 @@ def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
             (None, None),
         ]
         assert [h["taskId"] for g in sent[-1]["groups"] for h in g["heartbeats"]] == [str(new), str(other)]
+    finally:
+        engine.dispose()
+
+
+CLOSED_MESSAGE = "The contract is 'failed': no more supervisor heartbeats can be recorded on it."
+
+
+def test_heartbeats_on_a_closed_contract_are_refused_at_the_fronts_and_start_nothing(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """A failed contract's heartbeat was answered 202 and made a supervisor, marked alive, that
+    no save, claim or restart could then act on. It is refused per heartbeat as a state save
+    on it is (400 VALIDATION_FAILED, field contractId), by the HTTP front and the API module."""
+    api, open_cid = daemon
+    owner = api.caller.owner_id
+    person = ContractsAPI(make_caller(owner=owner, role="user")[0])
+    token = make_caller(owner=owner, role="supervisor")[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    url = "/api/v1/supervisors/heartbeats"
+    closed = uuid.UUID(str(api.create_contract("given up", "simple").id))
+    person.change_status(closed, Status.FAILED, reason="abandoned")
+    task, t0 = uuid.uuid4(), utcnow()
+    with TestClient(create_app()) as client:
+        listed = client.post(
+            url,
+            json=[hb(closed, task, "working", t0), hb(open_cid, uuid.uuid4(), "working", t0)],
+            headers=headers,
+        )
+        assert listed.status_code == 202, listed.text
+        answer = listed.json()
+        assert (answer["accepted"], answer["refused"]) == (1, 1)
+        refused = answer["results"][0]
+        assert (refused["code"], refused["field"], refused["message"]) == (
+            "VALIDATION_FAILED",
+            "contractId",
+            CLOSED_MESSAGE,
+        )
+        single = client.post(url, json=hb(closed, task, "working", t0), headers=headers)
+        assert single.status_code == 400, single.text
+        error = single.json()["error"]
+        assert (error["code"], error["details"]["field"], error["message"]) == (
+            "VALIDATION_FAILED",
+            "contractId",
+            CLOSED_MESSAGE,
+        )
+        # A state save on it is refused in the same words.
+        save = client.post(
+            f"/api/v1/contracts/{closed}/supervisor/state",
+            json={"taskId": str(task), "stateVersion": 1, "state": "working", "phase": "plan"},
+            headers=headers,
+        )
+        assert save.status_code == 400 and save.json()["error"]["message"] == CLOSED_MESSAGE.replace(
+            "heartbeats", "state saves"
+        )
+    with pytest.raises(ValidationFailed) as sent:
+        api.send_heartbeat(closed, task, "working", "plan")
+    assert (sent.value.details["field"], sent.value.message) == ("contractId", CLOSED_MESSAGE)
+    api.flush()
+    wait_rows(open_cid, 1)
+    assert rows(closed) == [] and supervisor(task) is None
+    assert dead_letters_naming(str(closed)) == []
+
+
+def test_the_worker_neither_starts_nor_revives_a_supervisor_of_a_closed_contract(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat that got past the fronts before its contract closed (the API module trusts
+    its answer for VISIBLE_SECONDS) is refused by the worker as the fronts refuse it: no
+    supervisor is made, a dead one is not revived, nothing is stored in the history; it is
+    counted as refused and kept in the list's dead letter. Once the cached answer expires the
+    API module refuses it itself."""
+    from app import heartbeat_buffer
+
+    api, _ = daemon
+    person = ContractsAPI(make_caller(owner=api.caller.owner_id, role="user")[0])
+    cid = uuid.UUID(str(api.create_contract("closes while beating", "simple").id))
+    live, t0 = uuid.uuid4(), utcnow()
+    api.send_heartbeat(cid, live, "working", "plan", timestamp=t0)  # the answer is cached now
+    api.flush()
+    wait_for(lambda: supervisor(live), what="the supervisor started")
+    with unit_of_work() as uow:  # as the dead sweep leaves it
+        uow.session.execute(
+            update(Supervisor)
+            .where(Supervisor.task_id == live)
+            .values(alive=False, state="interrupted", incarnation=2, sent_at=None)
+        )
+    person.change_status(cid, Status.FAILED, reason="abandoned")
+
+    api.send_heartbeat(cid, live, "working", "plan", timestamp=t0 + timedelta(seconds=1), incarnation=2)
+    api.flush()
+    letter = wait_for(lambda: dead_letters_naming(str(cid)), what="the refusal kept")
+    assert len(letter) == 1 and letter[0].error == (
+        f"VALIDATION_FAILED: 1 heartbeat(s) refused, first: contractId: {CLOSED_MESSAGE}"
+    )
+    row = supervisor(live)
+    assert row is not None and (row.alive, row.state, row.incarnation) == (False, "interrupted", 2)
+    assert len(rows(cid)) == 1  # only the heartbeat from before the close
+
+    fresh = uuid.uuid4()  # straight to the worker, as a message that bypassed the fronts
+    report = heartbeats.ingest(
+        heartbeats.message_of({api.caller.principal_id: [hb(cid, fresh, "working", t0)]}), sender=send_task
+    )
+    assert [(r.code, r.field, r.problem) for r in report.refused] == [
+        ("VALIDATION_FAILED", "contractId", CLOSED_MESSAGE)
+    ]
+    assert (report.stored, report.applied) == (0, 0) and supervisor(fresh) is None
+
+    monkeypatch.setattr(heartbeat_buffer, "VISIBLE_SECONDS", 0.0)  # the cached answer expired
+    with pytest.raises(ValidationFailed) as sent:
+        api.send_heartbeat(cid, live, "working", "plan", incarnation=2)
+    assert sent.value.details["field"] == "contractId"
+
+
+def test_closed_contracts_are_refused_by_the_fronts_and_the_worker_on_sqlite_too(tmp_path: Any) -> None:
+    from app.config import get_settings
+    from app.heartbeat_buffer import http_flush, parse_submission
+
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    sent: list[dict[str, Any]] = []
+
+    def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        sent.append(payload)
+        return ""
+
+    try:
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+            person_token = create_token(uow.session, "sqlite-owner", Role.USER)
+        local = ContractsAPI(token, engine=engine, sender=send)
+        person = ContractsAPI(person_token, engine=engine, sender=send)
+        closed, still = (uuid.UUID(str(local.create_contract(n, "simple").id)) for n in ("closed", "open"))
+        person.change_status(closed, Status.FAILED, reason="abandoned")
+        task, t0 = uuid.uuid4(), utcnow()
+        with pytest.raises(ValidationFailed) as refused:
+            local.send_heartbeat(closed, task, "working", "plan")
+        assert (refused.value.details["field"], refused.value.message) == ("contractId", CLOSED_MESSAGE)
+
+        submission = parse_submission(
+            local.caller, [hb(closed, task, "idle", t0), hb(still, task, "idle", t0)]
+        )
+        http_flush(engine, get_settings(), send)([submission])
+        assert [(r.code, r.field, r.message) for r in submission.results] == [
+            ("VALIDATION_FAILED", "contractId", CLOSED_MESSAGE),
+            (None, None, None),
+        ]
+        report = heartbeats.ingest(
+            heartbeats.message_of({local.caller.principal_id: [hb(closed, uuid.uuid4(), "idle", t0)]}),
+            engine=engine,
+            sender=send,
+        )
+        assert [(r.code, r.field) for r in report.refused] == [("VALIDATION_FAILED", "contractId")]
+        assert report.stored == 0
+        with unit_of_work(engine=engine) as uow:
+            assert uow.session.scalar(select(func.count()).select_from(Supervisor)) == 0
     finally:
         engine.dispose()

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from app.contract_rows import refuse_if_closed_status
 from app.daemon_commands import check_daemon_id
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
 from app.domain.errors import IncarnationNotIssued, ValidationFailed
+from app.domain.lifecycle import Status
 from app.domain.supervisors import (
     FIRST_INCARNATION,
     MAX_INCARNATION,
@@ -24,6 +26,7 @@ from app.domain.supervisors import (
     SupervisorRecord,
     SupervisorState,
     activity_bump_before,
+    closed_contract_refusal,
     declare_dead,
     derive_heartbeat_id,
     derived_id_text,
@@ -526,6 +529,24 @@ def test_the_server_issues_incarnations_one_above_the_one_in_force_and_none_beyo
     dead, _ = declare_dead(record(incarnation=MAX_INCARNATION), T0)
     assert (dead.incarnation, dead.alive) == (MAX_INCARNATION, False)
     assert incarnation_after_death(MAX_INCARNATION - 1) == MAX_INCARNATION
+
+
+@pytest.mark.parametrize("status", [s.value for s in Status])
+def test_a_heartbeat_is_refused_on_a_closed_contract_as_a_state_save_is(status: str) -> None:
+    """Completed, failed and archived contracts take no state save, claim or restart, so no
+    heartbeat either: the same code and words, naming contractId (the fronts and the worker)."""
+    refusal = closed_contract_refusal(status)
+    if Status(status) not in Status.terminal():
+        assert refusal is None
+        return
+    assert refusal is not None and refusal.code == "VALIDATION_FAILED"
+    assert (
+        refusal.message == f"The contract is '{status}': no more supervisor heartbeats can be recorded on it."
+    )
+    assert refusal.details == {"missing": [], "status": status, "field": "contractId"}
+    with pytest.raises(ValidationFailed) as save:
+        refuse_if_closed_status(status, "supervisor state saves")
+    assert save.value.message == refusal.message.replace("heartbeats", "state saves")
 
 
 def test_liveness_is_judged_by_receive_time_only() -> None:
