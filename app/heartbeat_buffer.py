@@ -400,6 +400,10 @@ class ItemResult:
     def accepted(self) -> bool:
         return self.code is None
 
+    def refuse(self, code: str, field: str, message: str) -> None:
+        """Turn this heartbeat's result into a refusal (the group's check, after parsing)."""
+        self.code, self.field, self.message = code, field, message
+
 
 @dataclass
 class Submission:
@@ -477,25 +481,21 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
             for index, item in entry.parsed:
                 contract_id = item["contractId"]
                 owner = owners.get(contract_id)
+                result = entry.results[index]
                 if owner is None or not entry.caller.may_access(owner):
-                    result = entry.results[index]
-                    result.code = ContractNotFound.code
-                    result.field = "contractId"
-                    result.message = f"Contract {contract_id} does not exist or is not visible to you."
+                    result.refuse(
+                        ContractNotFound.code,
+                        "contractId",
+                        f"Contract {contract_id} does not exist or is not visible to you.",
+                    )
                     continue
                 closed = facts.closed_refusal(contract_id) if facts.closed else None
                 if closed is not None:
-                    result = entry.results[index]
-                    result.code = closed.code
-                    result.field = "contractId"
-                    result.message = closed.message
+                    result.refuse(closed.code, "contractId", closed.message)
                     continue
                 refused = facts.claim(item["taskId"], contract_id, owner, item.get("incarnation"))
                 if refused is not None:
-                    result = entry.results[index]
-                    result.code = refused.code
-                    result.field = "taskId"
-                    result.message = refused.message
+                    result.refuse(refused.code, "taskId", refused.message)
                     continue
                 groups.setdefault(entry.caller.principal_id, []).append(item)
                 total += 1

@@ -13,12 +13,13 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 
 from app import heartbeats
 from app.api import ContractsAPI
@@ -98,6 +99,27 @@ def daemon(make_caller, worker: WorkerProcess) -> tuple[ContractsAPI, uuid.UUID]
     token, _ = make_caller(role="supervisor")
     api = ContractsAPI(token)
     return api, uuid.UUID(str(api.create_contract("heartbeats", "simple").id))
+
+
+@contextmanager
+def on_both_dialects(
+    daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
+) -> Iterator[list[tuple[Engine | None, uuid.UUID, uuid.UUID]]]:
+    """The daemon's contract on PostgreSQL, and one on an embedded SQLite database of the test's
+    own: (engine, contract id, the sender's principal id) of each, the engine None for the
+    default database."""
+    api, cid = daemon
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    try:
+        with unit_of_work(engine=local) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
+        yield [(None, cid, api.caller.principal_id), (local, lid, embedded.caller.principal_id)]
+    finally:
+        local.dispose()
 
 
 def test_duplicate_late_and_out_of_order_heartbeats_leave_the_newest_state_and_one_row_per_id(
@@ -450,19 +472,9 @@ def test_a_first_heartbeat_naming_an_incarnation_never_issued_starts_nothing_on_
     such a heartbeat is stored, fenced (not_issued, incarnation 1 in force), and starts nothing;
     the daemon's next heartbeat naming 1 or none starts the supervisor, which can be restarted."""
     api, cid = daemon
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    local = get_engine(url)
     tasks: dict[Any, uuid.UUID] = {}
-    try:
-        with unit_of_work(engine=local) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
-        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
-        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
-        for engine, contract, principal in (
-            (None, cid, api.caller.principal_id),
-            (local, lid, embedded.caller.principal_id),
-        ):
+    with on_both_dialects(daemon, tmp_path) as dialects:
+        for engine, contract, principal in dialects:
             task, t0 = uuid.uuid4(), utcnow()
             tasks[engine] = task
             last = hb(contract, task, "working", t0, incarnation=MAX_INCARNATION, daemonId="d-max", host="h")
@@ -490,8 +502,6 @@ def test_a_first_heartbeat_naming_an_incarnation_never_issued_starts_nothing_on_
             with unit_of_work(engine=engine) as uow:
                 row = uow.session.get(Supervisor, task)
                 assert row is not None and (row.incarnation, row.state, row.alive) == (1, "idle", True)
-    finally:
-        local.dispose()
 
     # The supervisor started at incarnation 1 can be restarted: the server issues 2.
     person = make_caller(owner=api.caller.owner_id, role="user")[0]
@@ -767,19 +777,8 @@ def test_the_ingestion_reports_by_type_the_events_its_statements_wrote_on_both_d
 ) -> None:
     """What the worker counts for /metrics after commit: the PostgreSQL fold's and the SQLite
     path's own count of the events they wrote."""
-    api, cid = daemon
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    local = get_engine(url)
-    try:
-        with unit_of_work(engine=local) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
-        embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
-        lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
-        for engine, contract, principal in (
-            (None, cid, api.caller.principal_id),
-            (local, lid, embedded.caller.principal_id),
-        ):
+    with on_both_dialects(daemon, tmp_path) as dialects:
+        for engine, contract, principal in dialects:
             task, t0 = uuid.uuid4(), utcnow()
             before = state_changes_recorded(engine)
             lists = [
@@ -793,8 +792,6 @@ def test_the_ingestion_reports_by_type_the_events_its_statements_wrote_on_both_d
                 {heartbeats.STATE_CHANGED: 0},
             ]
             assert state_changes_recorded(engine) - before == 2
-    finally:
-        local.dispose()
 
 
 def test_one_list_judges_a_new_supervisor_a_foreign_claim_a_late_one_and_a_repeat_together(
