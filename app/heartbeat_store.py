@@ -28,7 +28,7 @@ from app.config import Settings
 from app.domain.records import EventType
 from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord, SupervisorState
 from app.models import Contract, ContractEvent, HeartbeatCounter, Supervisor, SupervisorHeartbeat
-from app.prepared import execute_sql
+from app.prepared import driver_rows
 
 COUNTER_SHARDS: Final = 16
 STATE_CHANGED: Final = EventType.SUPERVISOR_STATE_CHANGED.value
@@ -570,8 +570,8 @@ class PostgresStore(HeartbeatStore):
                 partitions.ensure_partitions(conn, day, day + timedelta(days=1))
             _ensured.add(day)
 
-    def _run(self, session: Session, sql: str, params: dict[str, Any]) -> Any:
-        return execute_sql(session.connection(), sql, params, prepare=self.prepare_statements)
+    def _run(self, session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return driver_rows(session.connection(), sql, params, prepare=self.prepare_statements)
 
     def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
         if not contract_ids:
@@ -692,7 +692,7 @@ class PostgresStore(HeartbeatStore):
             "refused": refused,
             "notices": notices,
         }
-        row = self._run(session, _FOLD, params).one()
+        (row,) = self._run(session, _FOLD, params)
         stored, offered, fenced, touched, changes, applied, _counted, foreign, fenced_json, written = row
         return FoldResult(
             stored=int(stored),
@@ -764,7 +764,7 @@ class PostgresStore(HeartbeatStore):
             "fenced": counts.fenced,
             "refused": counts.refused,
         }
-        stored, touched, _events, _counted = self._run(session, _WRITE_REST, params).one()
+        ((stored, touched, _events, _counted),) = self._run(session, _WRITE_REST, params)
         return int(stored), int(touched)
 
 

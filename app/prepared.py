@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -73,31 +73,6 @@ def _prepared_parts(sql: str) -> tuple[str, str, str]:
     return name, f"PREPARE {name} AS {body.replace('%', '%%')}", executed
 
 
-def execute_sql(
-    connection: Connection,
-    sql: str | Sequence[str],
-    params: Mapping[str, Any],
-    *,
-    prepare: bool = True,
-    before: str = "",
-    then: str = "",
-) -> CursorResult[Any]:
-    """Run `sql` (psycopg2 `%(name)s` style): prepared on PostgreSQL when `prepare`, else as text.
-
-    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip. Several
-    statements (a sequence, sharing `params`) go in that one round trip too, each its own
-    snapshot under READ COMMITTED, run in order: a row lock and then a read that must see
-    everything committed before the lock was granted. `before` and `then` are statements
-    without parameters sent first and last (`BEGIN`, `COMMIT`); the result is always the last
-    statement's.
-    """
-    text, names = _compose(connection, sql, prepare, before, then)
-    result = connection.exec_driver_sql(text, dict(params))
-    if names:
-        connection.info[_INFO_KEY].update(names)
-    return result
-
-
 def driver_rows(
     connection: Connection,
     sql: str | Sequence[str],
@@ -107,7 +82,14 @@ def driver_rows(
     before: str = "",
     then: str = "",
 ) -> list[tuple[Any, ...]]:
-    """`execute_sql` on the driver's own cursor: the last statement's rows as plain tuples.
+    """Run `sql` (psycopg2 `%(name)s` style): prepared on PostgreSQL when `prepare`, else as
+    text; the last statement's rows as plain tuples, read on the driver's own cursor.
+
+    The first run on a connection sends `PREPARE` and `EXECUTE` in one round trip. Several
+    statements (a sequence, sharing `params`) go in that one round trip too, each its own
+    snapshot under READ COMMITTED, run in order: a row lock and then a read that must see
+    everything committed before the lock was granted. `before` and `then` are statements
+    without parameters sent first and last (`BEGIN`, `COMMIT`).
 
     For the hot paths, whose rows are read by position. SQLAlchemy builds a textual
     statement's result description anew on every call (nothing to cache it by), which on the
@@ -150,4 +132,4 @@ def driver_rows(
     return list(rows)
 
 
-__all__ = ["driver_rows", "execute_sql", "statement_name"]
+__all__ = ["driver_rows", "statement_name"]
