@@ -41,7 +41,7 @@ from app.auth import Caller
 from app.broker import Sender
 from app.config import Settings
 from app.db import driver_autocommit, get_engine, unit_of_work
-from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.errors import ContractError, ContractNotFound, FeatureDisabled, ValidationFailed
 from app.domain.lifecycle import CLOSED_STATUSES
 from app.domain.supervisors import (
     InvalidHeartbeat,
@@ -134,6 +134,21 @@ class GroupFacts:
         if not held_by_another(holder[0], contract_id):
             return None
         return foreign_task_refusal(task_id, foreign_supervisor(task_id), holder[1] == owner)
+
+    def refusal(self, caller: Caller, item: dict[str, Any]) -> tuple[str, ContractError] | None:
+        """Why the fronts refuse this heartbeat (the field to name, the error), or None: its
+        contract invisible to `caller` or missing, then closed, then its task another
+        contract's (`claim`, which also records this heartbeat's claim). One order for the HTTP
+        group commit and the API module alike."""
+        contract_id = item["contractId"]
+        owner = self.owners.get(contract_id)
+        if owner is None or not caller.may_access(owner):
+            return "contractId", ContractNotFound(contract_id)
+        closed = self.closed_refusal(contract_id)
+        if closed is not None:
+            return "contractId", closed
+        refused = self.claim(item["taskId"], contract_id, owner, item.get("incarnation"))
+        return None if refused is None else ("taskId", refused)
 
 
 def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, str]]) -> GroupFacts:
@@ -372,15 +387,9 @@ def send_wire(
     contract_id, task_id = item["contractId"], item["taskId"]
     key = (caller.principal_id, contract_id, task_id)
     if not _visible.fresh(key):
-        facts = facts_of(engine, settings, {(task_id, contract_id)})
-        owner = facts.owners.get(contract_id)
-        if owner is None or not caller.may_access(owner):
-            raise ContractNotFound(uuid.UUID(contract_id))
-        refused = facts.closed_refusal(contract_id) or facts.claim(
-            task_id, contract_id, owner, item.get("incarnation")
-        )
+        refused = facts_of(engine, settings, {(task_id, contract_id)}).refusal(caller, item)
         if refused is not None:
-            raise refused
+            raise refused[1]
         _visible.add(key)
     buffer_for(send, settings).add(caller.principal_id, item)
 
@@ -474,28 +483,14 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
         facts = facts_of(
             engine, settings, {(item["taskId"], item["contractId"]) for e in entries for _, item in e.parsed}
         )
-        owners = facts.owners
         groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
         total = 0
         for entry in entries:
             for index, item in entry.parsed:
-                contract_id = item["contractId"]
-                owner = owners.get(contract_id)
-                result = entry.results[index]
-                if owner is None or not entry.caller.may_access(owner):
-                    result.refuse(
-                        ContractNotFound.code,
-                        "contractId",
-                        f"Contract {contract_id} does not exist or is not visible to you.",
-                    )
-                    continue
-                closed = facts.closed_refusal(contract_id) if facts.closed else None
-                if closed is not None:
-                    result.refuse(closed.code, "contractId", closed.message)
-                    continue
-                refused = facts.claim(item["taskId"], contract_id, owner, item.get("incarnation"))
+                refused = facts.refusal(entry.caller, item)
                 if refused is not None:
-                    result.refuse(refused.code, "taskId", refused.message)
+                    field, error = refused
+                    entry.results[index].refuse(error.code, field, error.message)
                     continue
                 groups.setdefault(entry.caller.principal_id, []).append(item)
                 total += 1
