@@ -137,6 +137,12 @@ def driver_autocommit(engine: Engine) -> Iterator[Connection]:
         driver = connection.connection.dbapi_connection
         if driver is None:  # pragma: no cover - a checked-out connection always has one
             raise RuntimeError("no driver connection")
+        if driver.isolation_level is not None:
+            # A connection once used with SQLAlchemy's AUTOCOMMIT comes back with READ COMMITTED
+            # set by name; psycopg2 then spends a `SET default_transaction_isolation` round trip
+            # on every switch out of autocommit. The server's default is the same level, so the
+            # driver is told "default", which it keeps to itself.
+            driver.isolation_level = None
         driver.autocommit = True
         try:
             yield connection

@@ -345,6 +345,11 @@ def prune_events(session: Session, now: datetime, retention_days: float, batch: 
 # --- publishing ------------------------------------------------------------------------------
 
 
+# How long the publisher waits after the first queued message for others to join its publish.
+# Well under what the live monitor's latency can notice (its bar is a p99 of 250 ms).
+PUBLISH_LINGER_SECONDS: Final = 0.005
+
+
 class _Publisher:
     """A background thread that publishes wake-ups and notices, so a commit never waits on Redis.
 
@@ -375,6 +380,10 @@ class _Publisher:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            # Linger before draining: each wake of this thread costs the committing thread a GIL
+            # hand-off (measured: a guarded phase change's CPU doubled when every commit woke
+            # it), so commits in the next few milliseconds ride along in one publish instead.
+            time.sleep(PUBLISH_LINGER_SECONDS)
             while len(batch) < 1000:
                 try:
                     batch.append(self._queue.get_nowait())

@@ -102,6 +102,39 @@ def test_a_phase_change_on_its_own_is_two_round_trips_begin_and_commit_included(
     assert [e.type for e in events][-1] == "phase_changed"
 
 
+def test_a_connection_once_used_in_autocommit_adds_no_round_trip_to_a_phase_change(make_caller) -> None:
+    """SQLAlchemy hands a connection back from AUTOCOMMIT with READ COMMITTED set by name, and
+    psycopg2 then sends `SET default_transaction_isolation` each time its autocommit switch is
+    turned off: a third round trip the statement count above cannot see. Read at the server
+    instead: the last statement of the backend that made the change is the change's COMMIT."""
+    _, caller = make_caller()
+    cid = _active_contract(caller)
+    with unit_of_work(_no_send) as uow:
+        contracts.mark_deliverable(uow, caller, cid, "plan-document", now=utcnow())
+    engine = get_engine()
+    # Every pooled connection (and one more) goes through AUTOCOMMIT once, so the change gets one.
+    held = [engine.connect() for _ in range(engine.pool.checkedin() + 1)]
+    pids = []
+    for conn in held:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("SELECT 1"))
+        pids.append(conn.connection.dbapi_connection.get_backend_pid())
+    for conn in held:
+        conn.close()
+    request = PhaseChangeRequest("execute", expected_version=1)
+    row = contracts.change_phase_now(caller, cid, request, now=utcnow(), sender=_no_send)
+    assert (row.phase, row.version) == ("execute", 2)
+    observer = create_engine(engine.url)
+    try:
+        with observer.connect() as conn:
+            last = conn.execute(
+                text("SELECT pid, query FROM pg_stat_activity WHERE pid = ANY(:pids)"), {"pids": pids}
+            ).all()
+    finally:
+        observer.dispose()
+    assert not any(q.startswith("SET default_transaction_isolation") for _, q in last), last
+    assert any(q.startswith("EXECUTE mk_") and q.endswith("; COMMIT") for _, q in last), last
+
+
 def test_a_confirmed_phase_change_moves_the_status_with_every_rule_of_a_status_move(make_caller) -> None:
     """Out of waiting_for_input the status moves too: `set_status` makes that move, as everywhere."""
     _, caller = make_caller()
