@@ -13,11 +13,13 @@ from fastapi import APIRouter, Query
 from app.deletion_audit import MAX_PAGE, DeletionPage
 from app.http.batch import AdminApi
 from app.http.errors import error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 
 E = ErrorCode
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix="/api/v1/audit",
     tags=["audit"],
     responses=error_responses(E.UNAUTHENTICATED, E.FORBIDDEN, E.INVALID_REQUEST, E.INTERNAL_ERROR),

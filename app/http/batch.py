@@ -23,6 +23,7 @@ from app.domain.maintenance import DEFAULT_ARCHIVE_STATUSES, MAX_HOURS
 from app.http.bodies import MAX_TEXT, SafeStr, _Body
 from app.http.deps import contracts_api
 from app.http.errors import API_PREFIX, error_response, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 
 E = ErrorCode
@@ -37,6 +38,7 @@ def admin_api(api: Annotated[ContractsAPI, Depends(contracts_api)]) -> Contracts
 AdminApi = Annotated[ContractsAPI, Depends(admin_api)]
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["batch operations"],
     responses=error_responses(E.UNAUTHENTICATED, E.FORBIDDEN, E.INVALID_REQUEST, E.INTERNAL_ERROR),

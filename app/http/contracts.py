@@ -24,6 +24,7 @@ from app.http.bodies import (
 from app.http.deps import Api, ContractId, DeliverableId, parse_statuses, parse_threshold
 from app.http.errors import API_PREFIX, error_responses
 from app.http.problems import InvalidRequest
+from app.http.routing import ParsedJSONRoute
 from app.schemas import (
     ChangeStatusResponse,
     CompletionCheck,
@@ -40,6 +41,7 @@ E = ErrorCode
 CONTRACT = "/{id:uuid}"
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["contracts"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),

@@ -28,6 +28,7 @@ from app.daemon_commands import MAX_FEED, DaemonCommandFeed, DaemonQueue
 from app.domain.errors import FeatureDisabled
 from app.http.deps import Api
 from app.http.errors import error_response, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 from app.supervisors import DAEMONS_PAGE, MAX_DAEMONS_PAGE, DaemonList
 
@@ -36,6 +37,7 @@ MAX_WAIT_SECONDS: Final = 25.0
 POLL_SECONDS: Final = 0.5
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix="/api/v1/daemons",
     tags=["supervisors"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),

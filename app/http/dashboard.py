@@ -18,12 +18,14 @@ from app.db import unit_of_work
 from app.http.deps import authenticated_caller, wiring
 from app.http.errors import API_PREFIX, error_responses
 from app.http.monitor import require_monitoring
+from app.http.routing import ParsedJSONRoute
 from app.models import utcnow
 from app.schemas import Dashboard, ErrorCode
 
 E = ErrorCode
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["monitor"],
     responses=error_responses(E.UNAUTHENTICATED, E.FEATURE_DISABLED, E.INTERNAL_ERROR),

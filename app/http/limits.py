@@ -193,8 +193,19 @@ def _surrogate(field: str) -> BodyRejected:
     )
 
 
-def check_json_body(body: bytes) -> None:
-    """Parse a JSON body only to judge it; FastAPI parses it again for the handler.
+class _NotJSON:
+    """What `check_json_body` returns for text that is not JSON (FastAPI's 400 will say where)."""
+
+
+NOT_JSON: Final = _NotJSON()
+# The scope key under which `BodyLimits` leaves the value it parsed, for `app.http.routing`
+# to hand to FastAPI: a heartbeat list of 100 cost uvicorn 3.5 µs per heartbeat to judge and
+# 1.7 more when FastAPI parsed the same bytes again.
+PARSED_JSON: Final = "makima.parsed_json"
+
+
+def check_json_body(body: bytes) -> Any:
+    """Parse a JSON body and judge it; returns the value, or NOT_JSON for text that is not JSON.
 
     Malformed JSON passes through untouched: FastAPI's own 400 names the position.
 
@@ -213,9 +224,9 @@ def check_json_body(body: bytes) -> None:
             "character either); send JSON encoded as UTF-8",
         ) from None
     try:
-        load_json(text)
+        return load_json(text)
     except json.JSONDecodeError:
-        return
+        return NOT_JSON
 
 
 def load_json(text: str) -> Any:
@@ -290,9 +301,11 @@ class BodyLimits:
             content_type = headers.get(b"content-type")
             if body and _is_json(content_type.decode("latin-1") if content_type else None):
                 if len(body) > _OFF_LOOP_BYTES:
-                    await run_in_threadpool(check_json_body, body)
+                    parsed = await run_in_threadpool(check_json_body, body)
                 else:
-                    check_json_body(body)
+                    parsed = check_json_body(body)
+                if parsed is not NOT_JSON:
+                    scope[PARSED_JSON] = parsed
         except BodyRejected as exc:
             await self._refuse(scope, exc, send)
             return
@@ -341,6 +354,8 @@ class BodyLimits:
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
+    "NOT_JSON",
+    "PARSED_JSON",
     "BodyLimits",
     "BodyRejected",
     "check_json",

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Path
 from app.http.bodies import SafeStr
 from app.http.deps import Api
 from app.http.errors import error_responses
+from app.http.routing import ParsedJSONRoute
 from app.message_outcomes import MessageStatus
 from app.schemas import ErrorCode
 
 E = ErrorCode
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix="/api/v1/messages",
     tags=["messages"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),

@@ -26,6 +26,7 @@ from app.domain.questions import (
 from app.http.bodies import SafeStr, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.question_reads import MAX_PAGE, QuestionList, QuestionView
 from app.questions import QuestionOutcome
 from app.schemas import ErrorCode
@@ -37,6 +38,7 @@ QUESTION = QUESTIONS + "/{questionId:uuid}"
 QuestionId = Annotated[uuid.UUID, Path(alias="questionId", description="The question's id (a UUID).")]
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["questions"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),

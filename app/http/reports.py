@@ -22,12 +22,14 @@ from app.http.bodies import (
 )
 from app.http.deps import Api, ContractId, TaskId
 from app.http.errors import API_PREFIX, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import Accepted, ErrorCode
 
 E = ErrorCode
 CONTRACT = "/{id:uuid}"
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["daemon reports"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),

@@ -41,6 +41,7 @@ from app.domain.supervisors import (
 from app.http.bodies import SafeStr, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.restoration import MAX_HISTORY_LIMIT, Restoration
 from app.schemas import ErrorCode
 from app.supervisor_restart import MAX_REASON, RestartRequested
@@ -60,6 +61,7 @@ TaskIdQuery = Annotated[
 ]
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     tags=["supervisor state"],
     responses=error_responses(
         E.UNAUTHENTICATED, E.INVALID_REQUEST, E.CONTRACT_NOT_FOUND, E.FEATURE_DISABLED, E.INTERNAL_ERROR

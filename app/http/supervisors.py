@@ -31,6 +31,7 @@ from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState
 from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 from app.supervisors import (
     HeartbeatList,
@@ -44,6 +45,7 @@ MAX_PER_REQUEST: Final = 1000
 CONTRACT = "/{id:uuid}"
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     tags=["supervisors"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )

@@ -11,10 +11,13 @@ from fastapi import APIRouter
 
 from app.http.deps import Api
 from app.http.errors import error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode, WhoAmI
 
 router = APIRouter(
-    tags=["tokens"], responses=error_responses(ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL_ERROR)
+    route_class=ParsedJSONRoute,
+    tags=["tokens"],
+    responses=error_responses(ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL_ERROR),
 )
 
 

@@ -20,6 +20,7 @@ from app.api import ContractsAPI
 from app.batch import require_admin
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
+from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 from app.worktrees import MAX_CLEANUP, WorktreeCleanup, WorktreeList
 
@@ -33,6 +34,7 @@ def cleanup_api(api: Api) -> ContractsAPI:
 
 
 router = APIRouter(
+    route_class=ParsedJSONRoute,
     tags=["worktrees"],
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
 )

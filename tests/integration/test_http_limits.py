@@ -225,12 +225,12 @@ def test_a_create_whose_answer_cannot_be_built_commits_nothing(
     client: TestClient, owner: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer is built inside the transaction: if building it fails, the row is rolled back."""
-    import app.api
+    import app.api.base
 
     def broken_view(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the answer cannot be built")
 
-    monkeypatch.setattr(app.api, "contract_view", broken_view)
+    monkeypatch.setattr(app.api.base, "contract_view", broken_view)
     name, headers = owner
     assert_error_shape(client.post(BASE, json={"name": "x", "contractType": "simple"}, headers=headers), 500)
     assert contracts_of(name) == 0
@@ -474,3 +474,39 @@ def test_a_stranger_sending_a_rejected_body_learns_only_that_it_is_unauthenticat
     raw = '{"name": "\\ud800", "contractType": "simple"}'
     error = assert_error_shape(post_raw(client, {"Authorization": "Bearer nope"}, BASE, raw), 401)
     assert error["code"] == "UNAUTHENTICATED"
+
+
+# --- a body is parsed once ------------------------------------------------------------------
+
+
+def test_a_judged_body_reaches_the_handler_without_being_parsed_again(
+    client: TestClient, owner: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limits parse a JSON body to judge it; FastAPI is handed that value, not the bytes
+    to parse a second time. Starlette's `Request.json` is the only way FastAPI parses a body."""
+    import starlette.requests
+
+    parsed_by_starlette: list[bytes] = []
+    real_loads = json.loads
+
+    class CountingJSON:
+        @staticmethod
+        def loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+            parsed_by_starlette.append(text)
+            return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(starlette.requests, "json", CountingJSON)
+    name, headers = owner
+    resp = client.post(BASE, json={"name": "parsed once", "contractType": "simple"}, headers=headers)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["name"] == "parsed once"
+    assert parsed_by_starlette == []
+    assert contracts_of(name) == 1
+
+
+def test_a_body_that_is_not_json_still_gets_fastapis_answer_naming_the_position(
+    client: TestClient, owner: tuple[str, dict[str, str]]
+) -> None:
+    _, headers = owner
+    error = assert_error_shape(post_raw(client, headers, BASE, '{"name": "broken",'), 400)
+    assert "JSON" in error["message"] or "json" in str(error["details"]), error
