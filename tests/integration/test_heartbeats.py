@@ -696,7 +696,7 @@ def test_the_feature_flag_off_answers_feature_disabled_and_workers_skip(
     api, cid = daemon
     off = Settings(feature_flags={"supervisor_heartbeat": False})  # type: ignore[arg-type]
     monkeypatch.setattr("app.http.supervisors.get_settings", lambda: off)
-    monkeypatch.setattr("app.api.get_settings", lambda: off)
+    monkeypatch.setattr("app.api.base.get_settings", lambda: off)
     token = make_caller(owner=api.caller.owner_id)[0]
     headers = {"Authorization": f"Bearer {token}"}
     with TestClient(create_app()) as client:

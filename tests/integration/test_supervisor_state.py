@@ -491,7 +491,7 @@ def test_the_feature_flag_off_answers_feature_disabled(
 
     cid = owner.api.create_contract("flag", "simple").id
     off = Settings(feature_flags={"supervisor_heartbeat": False})  # type: ignore[arg-type]
-    monkeypatch.setattr("app.api.get_settings", lambda: off)
+    monkeypatch.setattr("app.api.base.get_settings", lambda: off)
     for method, path in (
         ("POST", "state"),
         ("GET", "state"),
