@@ -99,7 +99,9 @@ class MonitorConfig(BaseModel):
     # How often a live reader looks for new events when no wake-up arrives (the fallback).
     poll_seconds: float = Field(1.0, gt=0)
     # A WebSocket that has not authenticated (header or first `auth` message) by then is closed
-    # (4401): an idle unauthenticated connection costs the server and proves nothing.
+    # (4401): an idle unauthenticated connection costs the server and proves nothing. So is one
+    # that has not sent its filter message this long after authenticating (4400): nothing is
+    # sent before it, and waiting for ever would hold the connection for nothing.
     auth_timeout_seconds: float = Field(10, gt=0)
     # How often each open subscription's token is looked up again (not from the cache): a
     # revoked or expired token ends it within this, at most the principal cache's bound (5 s).

@@ -10,7 +10,10 @@ WebSocket protocol (README "Live monitor"):
    the events after `after` (if given) and then the live ones, one JSON object each. A field
    it does not know is refused like a bad value (4400): a misspelt `contractID` ignored would
    subscribe the client to every contract. An `auth` message on a connection already
-   authenticated is passed over (the first authentication holds).
+   authenticated is passed over (the first authentication holds). Nothing is sent before this
+   message, so it must arrive within `[monitor] auth_timeout_seconds` of authenticating (else
+   4400 after an `error` message): a connection that never subscribed would hold its socket
+   and task for as long as the client kept it open.
 3. Send another filter message at any time to change the filter (no catch-up is redone).
 
 Close codes (`app.http.errors`): 4401 not authenticated (a bad token, no authentication
@@ -18,7 +21,8 @@ within `[monitor] auth_timeout_seconds`, or a token revoked or expired while the
 open: each open subscription's token is looked up again every `[monitor] token_recheck_seconds`,
 and an `error` message saying why comes first), 4400 bad message (not a JSON object in a text
 frame, JSON an HTTP body could not carry either (`app.http.limits.load_json`), a bad filter or
-`after`), 4503 FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect
+`after`, no filter message within `[monitor] auth_timeout_seconds` of authenticating),
+4503 FEATURE_DISABLED, 4408 too slow (its reason says `resume after <id>`: reconnect
 with that `after`). A close reason holds at most 123 bytes (`websocket_close_reason` cuts a longer one at
 a word), too few to list what a filter allows: a 4400 close follows an `error` message with the
 whole explanation, `{"type": "error", "error": {"code", "message", "details": {"problems"}}}`
@@ -143,8 +147,11 @@ async def _close(websocket: WebSocket, code: int, reason: str, wait: float = 2) 
         await asyncio.wait_for(websocket.close(code, websocket_close_reason(reason)), wait)
 
 
-async def _refuse(websocket: WebSocket, problems: list[dict[str, Any]], wait: float = 2) -> None:
-    """Close with 4400 after an `error` message that explains it all.
+async def _refuse(
+    websocket: WebSocket, problems: list[dict[str, Any]], wait: float = 2, message: str | None = None
+) -> None:
+    """Close with 4400 after an `error` message that explains it all (`message`, else the
+    problems as a refusal of the client's message).
 
     The close reason says the same but may be cut (123 bytes): an unknown field's problem
     alone, with the allowed spellings, is longer.
@@ -152,7 +159,7 @@ async def _refuse(websocket: WebSocket, problems: list[dict[str, Any]], wait: fl
     text = summary(problems)
     error = {
         "code": ErrorCode.INVALID_REQUEST.value,
-        "message": f"The message was refused: {text}.",
+        "message": message or f"The message was refused: {text}.",
         "details": {"problems": problems},
     }
     if websocket.client_state is not WebSocketState.DISCONNECTED:
@@ -297,7 +304,7 @@ async def monitor(websocket: WebSocket) -> None:
     if authenticated is None:
         return
     caller, token = authenticated
-    message = await _filter_message(websocket)
+    message = await _subscription(websocket)
     if message is None:
         return
     try:
@@ -352,6 +359,31 @@ async def _serve(
     ):
         log.warning("monitor: sending failed: %s", sender.exception())
         await _close(websocket, 1011, "internal error")
+
+
+async def _subscription(websocket: WebSocket) -> dict[str, Any] | None:
+    """The first filter message, within `[monitor] auth_timeout_seconds` of authenticating.
+
+    Nothing is sent before it and the token is not checked again until it comes, so without a
+    bound a client that authenticated (by header, needing no frame at all) and never subscribed
+    would hold its socket and task for as long as it kept the connection open. `auth` messages
+    passed over meanwhile do not extend the time.
+    """
+    limit = get_settings().monitor.auth_timeout_seconds
+    try:
+        return await asyncio.wait_for(_filter_message(websocket), limit)
+    except TimeoutError:
+        problem = (
+            f"no filter message within {limit:g} s of authenticating; "
+            "send one to subscribe ({} for every event)"
+        )
+        await _refuse(
+            websocket,
+            [{"field": "message", "problem": problem}],
+            message=f"No filter message arrived within {limit:g} s of authenticating: send one to "
+            "subscribe, such as {} for every event you may see.",
+        )
+        return None
 
 
 async def _filter_message(websocket: WebSocket) -> dict[str, Any] | None:

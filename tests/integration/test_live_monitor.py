@@ -901,3 +901,55 @@ def test_a_connection_that_does_not_authenticate_in_time_is_closed_with_4401(
     assert time.monotonic() - started < 3
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     assert closed.value.rcvd.reason.startswith("not authenticated within 0.5 s"), closed.value.rcvd.reason
+
+
+def _closed_after(ws: Any, wait: float = 5) -> tuple[int, str, list[dict[str, Any]]]:
+    """Read until the server closes: its code, its reason and the messages before the close."""
+    before: list[dict[str, Any]] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            before.append(json.loads(ws.recv(timeout=wait)))
+    assert closed.value.rcvd is not None, "the server dropped the connection without a close frame"
+    return closed.value.rcvd.code, closed.value.rcvd.reason, before
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["header", "auth-message"])
+def test_an_authenticated_connection_that_never_subscribes_is_closed_with_4400_in_time(
+    server: str, make_caller: Any, monkeypatch: pytest.MonkeyPatch, header: bool
+) -> None:
+    """Nothing flows before a filter message, so a connection that never sends one only holds
+    the server's resources: it gets `[monitor] auth_timeout_seconds` after authenticating."""
+    from websockets.sync.client import connect
+
+    monkeypatch.setattr(get_settings().monitor, "auth_timeout_seconds", 0.5)
+    token, _ = _api(make_caller)
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    started = time.monotonic()
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"} if header else None) as ws:
+        if not header:
+            ws.send(json.dumps({"type": "auth", "token": token}))
+            ws.send(json.dumps({"type": "auth", "token": token}))  # passed over: no more time
+        code, reason, before = _closed_after(ws)
+    assert time.monotonic() - started < 3
+    assert code == 4400, (code, reason)
+    assert reason.startswith("message: no filter message within 0.5 s"), reason
+    assert len(reason.encode()) <= 123 and not reason.endswith("\u2026"), reason
+    [error] = before
+    assert error["type"] == "error" and error["error"]["code"] == "INVALID_REQUEST"
+    assert "within 0.5 s" in error["error"]["message"] and "{}" in error["error"]["message"]
+    [problem] = error["error"]["details"]["problems"]
+    assert problem["field"] == "message"
+
+
+def test_a_connection_that_subscribed_in_time_is_not_closed_by_the_timeout(
+    server: str, make_caller: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings().monitor, "auth_timeout_seconds", 0.5)
+    token, api = _api(make_caller)
+    cid = _active(api)
+    ws = open_monitor(server, token, contractIds=[str(cid)])
+    time.sleep(1.5)  # three timeouts long: an open subscription has no deadline
+    api.change_status(cid, Status.PAUSED)
+    [event] = receive_until(ws, 1, timeout=10)
+    assert (event["type"], event["newStatus"]) == ("status_changed", "paused")
+    ws.close()
