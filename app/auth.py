@@ -347,12 +347,11 @@ def authenticate(session: Session, token: str | None) -> Caller:
         standing = _lookup_token(session, digest)
         _by_token.put(digest, standing)
     now = utcnow()
-    caller = _judged(standing, now)
-    stale_use = standing is not None and (
-        standing.last_used_at is None or now - standing.last_used_at >= LAST_USED_RESOLUTION
-    )
-    if not cached and standing is not None and stale_use:
-        _record_use(session, standing.token_id, now)
+    caller = _judged(standing, now)  # raises for None: the test below only narrows the type
+    if not cached and standing is not None:
+        last_used = standing.last_used_at
+        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+            _record_use(session, standing.token_id, now)
     return caller
 
 
