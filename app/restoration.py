@@ -61,8 +61,7 @@ from app.domain.restoration import (
     restoration_context,
     waited_task_ids,
 )
-from app.domain.supervisor_state import check_label
-from app.domain.supervisors import MAX_HOST
+from app.domain.supervisor_state import check_host
 from app.gate import load_gate_facts, phase_config_of
 from app.incarnations import latest_supervisor_task
 from app.models import Contract, ContractTask, ConversationMessage, Supervisor, SupervisorQuestion
@@ -443,7 +442,7 @@ def restore(
     if daemon_id is not None:  # it names the daemon's command queue from now on: as heartbeats take it
         daemon_id = check_daemon_id(daemon_id)
     if host is not None:
-        host = check_label(host, "host", MAX_HOST)
+        host = check_host(host)
     claim = caller.role is Role.SUPERVISOR
     contract = (
         lock_contract(session, caller, contract_id) if claim else get_contract(session, caller, contract_id)

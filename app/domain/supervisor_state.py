@@ -57,6 +57,7 @@ from app.domain.supervisors import (
     MAX_INCARNATION,
     MAX_PHASE,
     SupervisorState,
+    host_problem,
     parse_uuid,
 )
 
@@ -131,11 +132,20 @@ def _text(raw: Any, name: str, limit: int, *, empty: bool = True) -> str:
     return raw
 
 
-def check_label(raw: Any, name: str, limit: int) -> str:
-    """A caller's short label (a daemon id, a host): 1 to `limit` characters, not blank, no
-    NUL; else `ValidationFailed` naming the field and the limit."""
+def _host(raw: Any) -> str:
+    """A daemon's host, by the heartbeat's rule (`host_problem`): a host a save or a claim
+    stores is shown where a heartbeat's is, so neither may take one the other refuses."""
+    problem = host_problem(raw)
+    if problem is not None:
+        too_long = isinstance(raw, str) and len(raw) > MAX_HOST
+        raise InvalidValue("host", problem, MAX_HOST if too_long else None)
+    return str(raw)
+
+
+def check_host(raw: Any) -> str:
+    """A restoration's `host` (`_host`'s rule), else `ValidationFailed` naming the field."""
     try:
-        return _text(raw, name, limit, empty=False)
+        return _host(raw)
     except InvalidValue as exc:
         raise exc.as_validation_failed() from None
 
@@ -349,7 +359,7 @@ def _parse_save(raw: Any) -> StateSave:
         history_append=append,
         checkpoint=checkpoint,
         daemon_id=None if daemon_id is None else _text(daemon_id, "daemonId", MAX_DAEMON_ID, empty=False),
-        host=None if host is None else _text(host, "host", MAX_HOST, empty=False),
+        host=None if host is None else _host(host),
     )
 
 
@@ -627,7 +637,7 @@ __all__ = [
     "Snapshot",
     "StateSave",
     "StoredOrder",
-    "check_label",
+    "check_host",
     "checkpoint_after",
     "current_incarnation",
     "judge_save",

@@ -8,7 +8,9 @@ the API module and the HTTP front alike:
   derived from its task id and timestamp, so a resend of the same heartbeat is still one.
   Its `daemonId` is judged by the daemon id rule (`app.domain.daemon_ids`), the one the
   command feed and queues take it by, so a daemon is never heard from under an id whose
-  commands it could not read.
+  commands it could not read; its `host` by the host rule (`host_problem`), the one state
+  saves and restorations take a host by; its `timestamp`, sent as text, must be an RFC 3339
+  date-time (`TIMESTAMP_FORM`), not whatever else `datetime.fromisoformat` reads.
 - **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
   incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
   its clock says. An older heartbeat never overwrites a newer state.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,6 +85,19 @@ MAX_INCARNATION: Final = 2**31 - 1
 # A daemon's clock may be wrong, but not by centuries: such a timestamp is a bug, refused.
 EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
+
+# What a host may be, in the words every refusal of one ends with (`host_problem`).
+HOST_RULE: Final = (
+    f"a host is 1 to {MAX_HOST} characters, not blank, with no control character (NUL, newline, "
+    "tab, escape, ...) and no line or paragraph separator (U+2028, U+2029)"
+)
+# The one form a timestamp sent as text may take, in the words its refusals end with.
+TIMESTAMP_FORM: Final = (
+    "an RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±HH:MM (for example "
+    "2026-01-31T10:30:00Z or 2026-01-31T12:30:00.250+02:00; a space may stand for the T, and t "
+    "and z may be lower case)"
+)
+MAX_TIMESTAMP_TEXT: Final = 40
 
 # Derived heartbeat ids: uuid5(this namespace, "<taskId>/<timestamp>").
 HEARTBEAT_ID_NAMESPACE: Final = uuid.UUID("6f0a4c1e-2b7d-5e93-8c41-9d2e7b3a5f10")
@@ -216,16 +232,82 @@ def _int(raw: Any, name: str, low: int, high: int) -> int:
     return raw
 
 
+# Line and paragraph separators are not control characters (categories Zl, Zp), but a log or
+# terminal breaks the line at them all the same.
+_LINE_SEPARATORS: Final = frozenset("\u2028\u2029")
+
+
+def host_problem(value: object) -> str | None:
+    """What is wrong with `value` as a daemon's host (a phrase to follow the field's name), or None.
+
+    The one rule wherever a host is taken: a heartbeat (parsed, or checked on the worker's and
+    the API module's quick paths), a state save, a restoration's claim. A host is shown as it
+    was sent, in `GET /api/v1/daemons`, fence notices, restart commands and logs, so a newline
+    there forges a line and an escape sequence repaints whoever's terminal reads it; NUL cannot
+    be stored in PostgreSQL text, nor a lone surrogate as UTF-8.
+    """
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value.strip():
+        return "must not be blank"
+    if len(value) > MAX_HOST:
+        return f"at most {MAX_HOST} characters (this one has {len(value)})"
+    # A printable string holds neither (Cc, Zl and Zp are not printable): most hosts stop here.
+    if not value.isprintable():
+        bad = next((c for c in value if unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS), None)
+        if bad is not None:
+            found = f"U+{ord(bad):04X}"
+            return f"must not contain control characters or line separators (found {found}): {HOST_RULE}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"must be valid Unicode (no lone surrogates): {HOST_RULE}"
+    return None
+
+
+def _host(raw: Any) -> str:
+    problem = host_problem(raw)
+    if problem is not None:
+        raise InvalidHeartbeat("host", problem)
+    return cast(str, raw)
+
+
+# RFC 3339's date-time (section 5.6), with the space its note allows for the T; the offset is
+# optional here only so that a time without one is told it needs a time zone, as it always was.
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
 def _timestamp(raw: Any) -> datetime:
+    """A heartbeat's timestamp: an aware datetime, or text in RFC 3339's one form.
+
+    `datetime.fromisoformat` reads far more than the protocol promises: a date alone, the basic
+    format (20261126T101500Z), week dates (2026-W48-4), times without seconds or with a decimal
+    comma, offsets without a colon or with seconds. Taking whatever it reads made the protocol
+    one Python version's parser, which other readers of the same text (PostgreSQL, a daemon's
+    own tools, a later Python) read otherwise or not at all; the grammar decides instead, and
+    only text it admits reaches the parser.
+    """
     if isinstance(raw, datetime):
         value = raw
-    elif isinstance(raw, str) and len(raw) <= 40:
+    elif isinstance(raw, str):
+        if len(raw) > MAX_TIMESTAMP_TEXT:
+            raise InvalidHeartbeat(
+                "timestamp",
+                f"at most {MAX_TIMESTAMP_TEXT} characters (this one has {len(raw)}): {TIMESTAMP_FORM}",
+            )
+        if _RFC3339.fullmatch(raw) is None:
+            raise InvalidHeartbeat("timestamp", f"'{raw}' is not {TIMESTAMP_FORM}")
         try:
-            value = datetime.fromisoformat(raw)
-        except ValueError:
-            raise InvalidHeartbeat("timestamp", f"'{raw}' is not an ISO 8601 date-time") from None
+            # Upper case: Python 3.11 reads neither a lower-case t nor z.
+            value = datetime.fromisoformat(raw.upper())
+        except ValueError as exc:
+            raise InvalidHeartbeat(
+                "timestamp", f"'{raw}' is no date and time on the calendar ({exc}): {TIMESTAMP_FORM}"
+            ) from None
     else:
-        raise InvalidHeartbeat("timestamp", "must be an ISO 8601 date-time string with a time zone")
+        raise InvalidHeartbeat("timestamp", f"must be a string: {TIMESTAMP_FORM}")
     if value.tzinfo is None:
         raise InvalidHeartbeat("timestamp", "needs a time zone (for example 2026-01-31T10:30:00Z)")
     try:
@@ -282,7 +364,7 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
             raise InvalidHeartbeat("daemonId", problem)
     host = raw.get("host")
     if host is not None:
-        host = _text(host, "host", MAX_HOST, empty=False)
+        host = _host(host)
     given_id = raw.get("id")
     hb_id = derive_heartbeat_id(task_id, timestamp) if given_id is None else _uuid(given_id, "id")
     return Heartbeat(
@@ -306,7 +388,9 @@ _CANONICAL_UUID: Final = re.compile(_UUID_PATTERN)
 _TWO_UUIDS: Final = re.compile(_UUID_PATTERN * 2)
 _THREE_UUIDS: Final = re.compile(_UUID_PATTERN * 3)
 # UTC only: Python accepts offsets PostgreSQL refuses (beyond ±15:59); any other is normalized.
-_PLAIN_TIMESTAMP: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]00:00)")
+_PLAIN_TIMESTAMP: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-]00:00)"
+)
 _STATES: Final = frozenset(s.value for s in SupervisorState)
 
 
@@ -369,7 +453,7 @@ def _wire_form(raw: Any) -> datetime | None:
     if daemon_id is not None and not _plain_daemon_id(daemon_id):
         return None
     host = get("host")
-    if host is not None and (not _plain_text(host, MAX_HOST) or not host.strip()):
+    if host is not None and host_problem(host) is not None:
         return None
     progress = get("progress", 0)
     if type(progress) is not int or not 0 <= progress <= 100:
@@ -450,7 +534,9 @@ def heartbeat_wire(
         "currentActivity": current_activity,
         "progress": progress,
         "pendingTaskIds": [str(t) for t in pending_task_ids],
-        "timestamp": timestamp.isoformat() if isinstance(timestamp, datetime) else timestamp,
+        # A datetime stays one: judged as the instant it is, not as the text `isoformat` gives
+        # it, which for an offset with seconds (+00:00:30) is no RFC 3339 date-time.
+        "timestamp": timestamp,
     }
     if (
         heartbeat_id is None
@@ -492,7 +578,7 @@ def _wire_of_values(
         return None
     if daemon_id is not None and not _plain_daemon_id(daemon_id):
         return None
-    if host is not None and (not _plain_text(host, MAX_HOST) or not host.strip()):
+    if host is not None and host_problem(host) is not None:
         return None
     if type(progress) is not int or not 0 <= progress <= 100:
         return None

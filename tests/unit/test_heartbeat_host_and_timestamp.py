@@ -1,0 +1,272 @@
+"""A heartbeat's `host` and `timestamp`: what each takes and refuses, on every path that judges it.
+
+The paths: `parse_heartbeat` (the worker's and the HTTP front's full parse), `wire_heartbeat`
+(its quick check of what our senders produce, with and without an id), `heartbeat_wire` (the
+API module's values) and, for a host, a state save (`parse_save`) and a restoration's claim
+(`check_host`). Each refusal names its field and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from app.domain.errors import ValidationFailed
+from app.domain.supervisor_state import check_host, parse_save
+from app.domain.supervisors import (
+    HOST_RULE,
+    MAX_HOST,
+    TIMESTAMP_FORM,
+    InvalidHeartbeat,
+    heartbeat_wire,
+    host_problem,
+    parse_heartbeat,
+    wire_heartbeat,
+)
+
+CID, TASK = uuid.uuid4(), uuid.uuid4()
+T0 = datetime(2026, 11, 26, 10, 15, tzinfo=UTC)
+SENT: dict[str, Any] = {
+    "taskId": str(TASK),
+    "contractId": str(CID),
+    "state": "working",
+    "phase": "execute",
+    "timestamp": "2026-11-26T10:15:00Z",
+}
+WIRE = parse_heartbeat({**SENT, "id": str(uuid.uuid4())}).to_json()
+VALUES: dict[str, Any] = {"task_id": TASK, "contract_id": CID, "state": "working", "phase": "execute",
+                          "timestamp": T0}  # fmt: skip
+SAVE: dict[str, Any] = {"taskId": str(TASK), "stateVersion": 1, "state": "working", "phase": "execute"}
+
+
+def heartbeat_paths(field: str, value: Any, keyword: str) -> list[Callable[[], Any]]:
+    """Every way a heartbeat's `field` reaches a judgement; `keyword` is the API module's name for it."""
+    return [
+        lambda: parse_heartbeat({**SENT, field: value}),
+        lambda: wire_heartbeat({**WIRE, field: value}),
+        lambda: wire_heartbeat({**SENT, field: value}),
+        lambda: heartbeat_wire(**{**VALUES, keyword: value}),
+    ]
+
+
+def heartbeat_refusals(field: str, value: Any, keyword: str) -> list[tuple[str, str]]:
+    refusals = []
+    for path in heartbeat_paths(field, value, keyword):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            path()
+        refusals.append((refused.value.field, refused.value.problem))
+    return refusals
+
+
+def save_and_claim_refusals(host: Any) -> list[tuple[str, str]]:
+    refusals = []
+    for path in (lambda: parse_save({**SAVE, "host": host}), lambda: check_host(host)):
+        with pytest.raises(ValidationFailed) as refused:
+            path()
+        refusals.append((refused.value.details["field"], refused.value.details["problem"]))
+    return refusals
+
+
+# --- host -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "found"),
+    [
+        ("gpu\n7", "U+000A"),
+        ("gpu-7\r\n", "U+000D"),
+        ("gpu\x007", "U+0000"),
+        ("\x1b[31mgpu-7", "U+001B"),
+        ("gpu\t7", "U+0009"),
+        ("gpu\x7f", "U+007F"),
+        ("gpu\u00857", "U+0085"),  # NEL, a C1 control: not ASCII, so never on a quick path
+        ("gpu\u20287", "U+2028"),  # line separator (Zl, not Cc)
+        ("gpu\u20297", "U+2029"),  # paragraph separator (Zp, not Cc)
+        ("ünï\n", "U+000A"),
+    ],
+)
+def test_a_host_with_a_control_character_or_line_separator_is_refused_on_every_path(
+    host: str, found: str
+) -> None:
+    """Such a host was taken (all but NUL) and shown as sent: in the daemon list, fence notices,
+    restart commands and logs, where a newline forges a line and an escape repaints a terminal."""
+    problem = f"must not contain control characters or line separators (found {found}): {HOST_RULE}"
+    assert host_problem(host) == problem
+    assert heartbeat_refusals("host", host, "host") == [("host", problem)] * 4
+    assert save_and_claim_refusals(host) == [("host", problem)] * 2
+
+
+def test_the_host_rule_says_what_a_host_may_be() -> None:
+    assert HOST_RULE == (
+        "a host is 1 to 255 characters, not blank, with no control character (NUL, newline, tab, "
+        "escape, ...) and no line or paragraph separator (U+2028, U+2029)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("", "must not be blank"),
+        ("   ", "must not be blank"),
+        ("x" * (MAX_HOST + 1), f"at most {MAX_HOST} characters (this one has {MAX_HOST + 1})"),
+        (7, "must be a string"),
+        ("gpu\ud800", f"must be valid Unicode (no lone surrogates): {HOST_RULE}"),
+    ],
+)
+def test_a_blank_overlong_non_text_or_unencodable_host_is_refused_alike_on_every_path(
+    host: Any, problem: str
+) -> None:
+    assert heartbeat_refusals("host", host, "host") == [("host", problem)] * 4
+    assert save_and_claim_refusals(host) == [("host", problem)] * 2
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["gpu-7", "h", "build-03.eu-west.example.com", "gpu 7", "ünï-host", "主机-7", "x" * MAX_HOST],
+)
+def test_a_printable_host_is_taken_as_sent_on_every_path(host: str) -> None:
+    assert host_problem(host) is None
+    assert parse_heartbeat({**SENT, "host": host}).host == host
+    assert wire_heartbeat({**WIRE, "host": host})["host"] == host
+    assert wire_heartbeat({**SENT, "host": host})["host"] == host
+    assert heartbeat_wire(**VALUES, host=host)["host"] == host
+    assert parse_save({**SAVE, "host": host}).host == host
+    assert check_host(host) == host
+
+
+def test_a_host_over_the_limit_names_the_limit_in_a_saves_refusal() -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        parse_save({**SAVE, "host": "x" * (MAX_HOST + 1)})
+    assert refused.value.details["limit"] == MAX_HOST
+    with pytest.raises(ValidationFailed) as control:
+        parse_save({**SAVE, "host": "gpu\n7"})
+    assert "limit" not in control.value.details  # no bound was broken: the character is the problem
+
+
+# --- timestamp --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pytest.param("2026-11-26", id="date only"),
+        pytest.param("20261126T101500Z", id="basic format"),
+        pytest.param("2026-11-26T101500Z", id="basic format time"),
+        pytest.param("2026-W48-4", id="week date"),
+        pytest.param("2026-W48-4T10:15:00Z", id="week date with a time"),
+        pytest.param("2026W484T10:15:00Z", id="basic week date with a time"),
+        pytest.param("2026-330T10:15:00Z", id="ordinal date"),
+        pytest.param("2026-11-26T10:15Z", id="no seconds"),
+        pytest.param("2026-11-26T10Z", id="hour only"),
+        pytest.param("2026-11-26T10:15:00,5Z", id="decimal comma"),
+        pytest.param("2026-11-26T10:15:00.Z", id="empty fraction"),
+        pytest.param("2026-11-26T10:15:00+0530", id="offset without a colon"),
+        pytest.param("2026-11-26T10:15:00+05", id="offset in hours only"),
+        pytest.param("2026-11-26T10:15:00+05:30:15", id="offset with seconds"),
+        pytest.param("2026-11-26T10:15:00 Z", id="space before the zone"),
+        pytest.param("2026-11-26_10:15:00Z", id="another separator"),
+        pytest.param("2026-11-26T10:15:00ZZ", id="trailing text"),
+        pytest.param(" 2026-11-26T10:15:00Z", id="leading space"),
+        pytest.param("26-11-26T10:15:00Z", id="two-digit year"),
+        pytest.param("2026-1-26T10:15:00Z", id="one-digit month"),
+        pytest.param("\uff12\uff10\uff12\uff16-11-26T10:15:00Z", id="full-width digits"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_timestamp_in_another_form_than_rfc_3339_is_refused_on_every_path(stamp: str) -> None:
+    """`datetime.fromisoformat` takes most of these (basic and week dates, no seconds, a comma,
+    +0530): they were accepted, though the protocol promises only RFC 3339's form."""
+    assert (
+        heartbeat_refusals("timestamp", stamp, "timestamp")
+        == [("timestamp", f"'{stamp}' is not {TIMESTAMP_FORM}")] * 4
+    )
+
+
+def test_the_refusal_says_which_form_a_timestamp_takes() -> None:
+    assert TIMESTAMP_FORM.startswith("an RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±HH:MM")
+    assert "2026-01-31T10:30:00Z" in TIMESTAMP_FORM
+
+
+@pytest.mark.parametrize(
+    ("stamp", "instant"),
+    [
+        ("2026-11-26T10:15:00Z", T0),
+        ("2026-11-26T10:15:00+00:00", T0),
+        ("2026-11-26T10:15:00-00:00", T0),  # RFC 3339: UTC, local offset unknown
+        ("2026-11-26T15:45:00+05:30", T0),
+        ("2026-11-26T02:15:00-08:00", T0),
+        ("2026-11-26T10:15:00.5Z", T0 + timedelta(milliseconds=500)),
+        ("2026-11-26T10:15:00.250+00:00", T0 + timedelta(milliseconds=250)),
+        ("2026-11-26T10:15:00.123456Z", T0 + timedelta(microseconds=123456)),
+        ("2026-11-26T10:15:00.123456789Z", T0 + timedelta(microseconds=123456)),  # kept to microseconds
+        ("2026-11-26 10:15:00Z", T0),  # the space RFC 3339's note allows
+        ("2026-11-26t10:15:00Z", T0),
+        ("2026-11-26T10:15:00z", T0),
+        ("2026-11-26t10:15:00.5z", T0 + timedelta(milliseconds=500)),
+    ],
+)
+def test_an_rfc_3339_timestamp_is_taken_as_its_instant_on_every_path(stamp: str, instant: datetime) -> None:
+    assert parse_heartbeat({**SENT, "timestamp": stamp}).timestamp == instant
+    for path in heartbeat_paths("timestamp", stamp, "timestamp")[1:]:
+        assert datetime.fromisoformat(path()["timestamp"]) == instant
+
+
+@pytest.mark.parametrize(
+    ("stamp", "reason"),
+    [
+        ("2026-02-30T10:15:00Z", "day is out of range for month"),
+        ("2026-11-26T24:00:00Z", "hour must be in 0..23"),
+        ("2026-11-26T10:60:00Z", "minute must be in 0..59"),
+        ("2026-11-26T23:59:60Z", "second must be in 0..59"),  # a leap second: no datetime holds it
+        ("2026-13-01T10:15:00Z", "month must be in 1..12"),
+    ],
+)
+def test_a_timestamp_in_the_form_but_off_the_calendar_says_why(stamp: str, reason: str) -> None:
+    problem = f"'{stamp}' is no date and time on the calendar ({reason}): {TIMESTAMP_FORM}"
+    assert heartbeat_refusals("timestamp", stamp, "timestamp") == [("timestamp", problem)] * 4
+
+
+def test_a_timestamp_without_a_time_zone_is_still_told_it_needs_one() -> None:
+    problem = "needs a time zone (for example 2026-01-31T10:30:00Z)"
+    assert heartbeat_refusals("timestamp", "2026-11-26T10:15:00", "timestamp") == [("timestamp", problem)] * 4
+
+
+def test_a_timestamp_out_of_range_is_still_refused_after_its_form_is_checked() -> None:
+    problem = "must lie between 2000 and 9000"
+    assert (
+        heartbeat_refusals("timestamp", "1999-12-31T23:59:59Z", "timestamp") == [("timestamp", problem)] * 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("stamp", "problem"),
+    [
+        (
+            "2026-11-26T10:15:00.123456789012345+05:30",
+            f"at most 40 characters (this one has 41): {TIMESTAMP_FORM}",
+        ),
+        (1764152100, f"must be a string: {TIMESTAMP_FORM}"),
+        (["2026-11-26T10:15:00Z"], f"must be a string: {TIMESTAMP_FORM}"),
+    ],
+)
+def test_a_timestamp_that_is_no_short_string_is_refused_naming_the_form(stamp: Any, problem: str) -> None:
+    refusals = []
+    for path in heartbeat_paths("timestamp", stamp, "timestamp")[:3]:  # the API module takes a datetime too
+        with pytest.raises(InvalidHeartbeat) as refused:
+            path()
+        refusals.append((refused.value.field, refused.value.problem))
+    assert refusals == [("timestamp", problem)] * 3
+
+
+def test_the_api_module_judges_a_datetime_as_its_instant_not_as_the_text_isoformat_gives_it() -> None:
+    """An offset with seconds spells out as +00:00:30, no RFC 3339 date-time; the value is still
+    a valid instant, on the quick path and off it (a non-ASCII phase leaves the quick path)."""
+    odd = datetime(2026, 11, 26, 10, 15, 30, tzinfo=timezone(timedelta(seconds=30)))
+    assert odd.isoformat().endswith("+00:00:30")
+    for phase in ("execute", "exécuter"):
+        wire = heartbeat_wire(**{**VALUES, "timestamp": odd, "phase": phase})
+        assert datetime.fromisoformat(wire["timestamp"]) == T0
