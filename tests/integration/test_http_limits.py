@@ -225,12 +225,12 @@ def test_a_create_whose_answer_cannot_be_built_commits_nothing(
     client: TestClient, owner: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer is built inside the transaction: if building it fails, the row is rolled back."""
-    import app.api.base
+    import app.api.contracts
 
     def broken_view(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the answer cannot be built")
 
-    monkeypatch.setattr(app.api.base, "contract_view", broken_view)
+    monkeypatch.setattr(app.api.contracts, "contract_view", broken_view)
     name, headers = owner
     assert_error_shape(client.post(BASE, json={"name": "x", "contractType": "simple"}, headers=headers), 500)
     assert contracts_of(name) == 0

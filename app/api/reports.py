@@ -1,0 +1,155 @@
+"""A daemon's reports as `ContractsAPI` takes them: task started and completed, deliverables,
+worktrees created and removed, completion checks asked for; and what became of each message.
+
+Why enqueued: a daemon must never block on a worker, so each report is judged as far as it can
+be now, recorded as pending and sent on the broker (`APIBase._enqueue`), and its message id
+comes back at once; `message_status` and `resend` follow it from there (`app.message_outcomes`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app import daemon_commands as command_service
+from app import message_outcomes
+from app import worktrees as worktree_service
+from app.api.base import APIBase
+from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
+from app.queues import TaskName
+
+
+def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
+    """A worktree report's fields, checked now: a worker cannot store what these refuse."""
+    fields: dict[str, Any] = {"path": worktree_service.check_worktree_path(path)}
+    if daemon_id is not None:
+        fields["daemonId"] = command_service.check_daemon_id(daemon_id)
+    return fields
+
+
+class ReportsMixin(APIBase):
+    """Reports a daemon sends without waiting, and the fate of each message it sent."""
+
+    # -- what became of a message --------------------------------------------------------
+
+    def message_status(self, message_id: str) -> MessageStatus:
+        """What became of a message this caller sent: pending, applied, refused or unknown.
+
+        Another principal's message answers `unknown`, exactly like one never sent; an admin
+        sees every principal's.
+        """
+        with self._uow() as uow:
+            return message_outcomes.status_view(
+                message_id, message_outcomes.find(uow.session, self.caller, message_id)
+            )
+
+    def resend(self, message_id: str) -> MessageStatus:
+        """Send a pending or refused message again with the same id; an applied one is left be.
+
+        Idempotent: the worker claims the id in the transaction that applies it, so a resend
+        of a message that was not lost after all is applied once. `unknown` (never accepted
+        from this caller) sends nothing: the caller must report it afresh.
+        """
+        with self._uow() as uow:
+            row = message_outcomes.find(uow.session, self.caller, message_id)
+            if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:
+                return message_outcomes.status_view(message_id, row)
+            sent = Sent(row.principal_id, row.message_id, row.contract_id, row.task)
+            payload = dict(row.payload)
+            fresh = message_outcomes.accept(uow.session, sent, payload, self._clock())
+        if fresh:
+            self._send(row.task, payload, None)
+        with self._uow() as uow:
+            return message_outcomes.status_view(
+                message_id, message_outcomes.find(uow.session, self.caller, message_id), resent=fresh
+            )
+
+    # -- asynchronous reports (enqueue and return the message id) ------------------------
+
+    def report_task_started(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID,
+        task_name: str,
+        *,
+        is_supervisor: bool = False,
+        message_id: str | None = None,
+    ) -> str:
+        return self._enqueue(
+            TaskName.TASK_STARTED,
+            contract_id,
+            message_id,
+            {"taskId": str(task_id), "taskName": task_name, "isSupervisor": is_supervisor},
+            closed="tasks",
+            reported_task=task_id,
+        )
+
+    def report_task_completed(
+        self,
+        contract_id: uuid.UUID,
+        task_id: uuid.UUID,
+        task_name: str,
+        success: bool,
+        message_id: str | None = None,
+    ) -> str:
+        """A task finished. A task never reported started is allowed (it is recorded now),
+        unless the contract is closed or the task id is another contract's."""
+        return self._enqueue(
+            TaskName.TASK_COMPLETED,
+            contract_id,
+            message_id,
+            {"taskId": str(task_id), "taskName": task_name, "success": success},
+            closed="task results",
+            reported_task=task_id,
+        )
+
+    def mark_deliverable(
+        self,
+        contract_id: uuid.UUID,
+        deliverable_id: str,
+        *,
+        phase: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        return self._enqueue(
+            TaskName.MARK_DELIVERABLE,
+            contract_id,
+            message_id,
+            {"deliverableId": deliverable_id, "phase": phase},
+            closed="deliverables",
+        )
+
+    def report_worktree_created(
+        self,
+        contract_id: uuid.UUID,
+        path: str,
+        message_id: str | None = None,
+        *,
+        daemon_id: str | None = None,
+    ) -> str:
+        """A daemon created a worktree (naming itself, so commands about it reach its queue)."""
+        return self._enqueue(
+            TaskName.WORKTREE_CREATED,
+            contract_id,
+            message_id,
+            _worktree_fields(path, daemon_id),
+            closed="worktrees",
+        )
+
+    def report_worktree_removed(
+        self,
+        contract_id: uuid.UUID,
+        path: str,
+        message_id: str | None = None,
+        *,
+        daemon_id: str | None = None,
+    ) -> str:
+        """A daemon removed a worktree; allowed on closed contracts too (removal follows
+        completion). A path never reported created is recorded as removed all the same."""
+        return self._enqueue(
+            TaskName.WORKTREE_REMOVED, contract_id, message_id, _worktree_fields(path, daemon_id)
+        )
+
+    def request_completion_check(self, contract_id: uuid.UUID, message_id: str | None = None) -> str:
+        """Ask a worker to judge the gate and run the flow if it is met; returns at once."""
+        return self._enqueue(TaskName.CHECK_COMPLETION, contract_id, message_id, {})
