@@ -31,6 +31,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange
@@ -38,6 +39,7 @@ from kombu.entity import Queue as KombuQueue
 
 from app.config import Settings, get_settings
 from app.queues import Queue, queue_for
+from app.redis_transport import TRANSPORT as REDIS_TRANSPORT
 
 TASK_EXCHANGE = Exchange("makima", type="direct")
 DAEMON_EXCHANGE = Exchange("makima.daemon", type="direct", durable=True)
@@ -76,6 +78,9 @@ def build_celery(settings: Settings | None = None) -> Celery:
     }
     if settings.broker_key_prefix:
         transport["global_keyprefix"] = settings.broker_key_prefix
+    if urlsplit(settings.effective_broker_url).scheme in ("redis", "rediss"):
+        # kombu's Redis transport, keeping one client per channel (see app.redis_transport).
+        app.conf.broker_transport = REDIS_TRANSPORT
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
