@@ -13,6 +13,7 @@ from typing import Any
 from app import completion_flow, contracts, schemas, views
 from app.api.base import APIBase
 from app.contract_rows import get_contract
+from app.db import get_engine
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.events import event_view, events_after
@@ -110,8 +111,7 @@ class ContractsMixin(APIBase):
             engine=self._engine,
             settings=self._settings,
         )
-        with self._uow() as uow:
-            return contract_view(uow.session, row.as_contract())
+        return views.contract_view_now(self._engine or get_engine(), row.as_contract(), self._settings)
 
     def complete_deliverable(
         self, contract_id: uuid.UUID, deliverable_id: str, *, phase: str | None = None

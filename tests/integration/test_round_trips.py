@@ -135,6 +135,38 @@ def test_a_connection_once_used_in_autocommit_adds_no_round_trip_to_a_phase_chan
     assert any(q.startswith("EXECUTE mk_") and q.endswith("; COMMIT") for _, q in last), last
 
 
+def test_the_apis_phase_change_answers_with_one_more_statement_the_same_view_as_a_read(make_caller) -> None:
+    """`ContractsAPI.change_phase` (what `POST .../phase` runs) builds its answer, the contract
+    with its new phase's progress, from one statement after the change's two round trips
+    (`views.contract_view_now`), and that answer is what reading the contract says."""
+    from app.models import CompletedDeliverable, ContractTask
+
+    _, caller = make_caller()
+    cid = _active_contract(caller)
+    api = ContractsAPI(caller=caller, sender=_no_send)
+    api.complete_deliverable(cid, "plan-document")
+    # Progress already recorded in the phase being entered: a deliverable, tasks in three states.
+    with unit_of_work(_no_send) as uow:
+        uow.session.add(CompletedDeliverable(contract_id=cid, phase="execute", deliverable_id="pull-request"))
+        for status in ("running", "running", "done", "failed"):
+            uow.session.add(
+                ContractTask(
+                    id=uuid.uuid4(), contract_id=cid, name=f"t-{status}", status=status, phase="execute"
+                )
+            )
+    with counted_statements() as statements:
+        answer = api.change_phase(cid, "execute", expected_version=1)
+    assert len(statements) == PHASE_CHANGE_ON_ITS_OWN + 1, _short(statements)
+    assert answer == api.get_contract(cid)
+    assert (answer.phase, answer.version) == ("execute", 2)
+    assert {(d.id, d.completed) for d in answer.deliverables} == {
+        ("pull-request", True),
+        ("execution-notes", False),
+    }
+    assert all((d.completed_at is not None) == d.completed for d in answer.deliverables)
+    assert (answer.tasks.total, answer.tasks.running, answer.tasks.done, answer.tasks.failed) == (4, 2, 1, 1)
+
+
 def test_a_confirmed_phase_change_moves_the_status_with_every_rule_of_a_status_move(make_caller) -> None:
     """Out of waiting_for_input the status moves too: `set_status` makes that move, as everywhere."""
     _, caller = make_caller()
