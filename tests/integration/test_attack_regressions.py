@@ -314,3 +314,20 @@ def test_two_owners_starting_one_supervisor_task_id_at_once_refuse_the_later_as_
     assert refused.details["taskId"] == str(task)
     assert ContractsAPI(caller=first_owner).get_contract(first).status == "active"
     assert ContractsAPI(caller=second_owner).get_contract(second).status == "created"
+
+
+def test_the_schema_has_no_two_operations_with_one_id() -> None:
+    """GET and HEAD of /healthz were one route, so FastAPI warned of a duplicate operation id
+    the first time /openapi.json was built."""
+    import warnings
+
+    from app.http import create_app
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        schema = create_app().openapi()
+    assert not [w for w in caught if "Duplicate Operation ID" in str(w.message)]
+    ids = [
+        op["operationId"] for path in schema["paths"].values() for op in path.values() if "operationId" in op
+    ]
+    assert len(ids) == len(set(ids))

@@ -106,10 +106,13 @@ def test_a_phase_change_on_a_dead_connection_answers_503_and_the_next_one_applie
         ).is_success
         mark = client.post(f"/api/v1/contracts/{cid}/deliverables/plan-document/complete", headers=headers)
         assert mark.is_success, mark.text
-        # The sent follow-ups' rows are retired by a background thread; retired now, so that
-        # thread does not meet a dead connection first (the pool would then replace them all
-        # and the phase change would never see one).
-        sent_rows(get_engine()).flush()
+        # The sent follow-ups' rows are retired by a background thread; retired now and the
+        # thread stopped (the next follow-up starts it again), so it cannot meet a dead
+        # connection first (the pool would then replace them all and the phase change would
+        # never see one). Flushing alone left it a tick in which to find a late row.
+        retiring = sent_rows(get_engine())
+        retiring.close()
+        assert retiring.pending() == 0
         terminate_other_connections()
         answers = [
             client.post(f"/api/v1/contracts/{cid}/phase", json={"phase": "execute"}, headers=headers)
