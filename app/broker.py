@@ -68,10 +68,19 @@ def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **
     return {"queue": queue_for(name).value}
 
 
+BROKER_SOCKET_TIMEOUT_SECONDS: Final = 2.0
+
+
 def build_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("makima", broker=settings.effective_broker_url, backend=settings.result_backend)
     transport: dict[str, Any] = {
+        # A broker that accepts the connection and then never answers (hung, paused, a
+        # network that drops packets) must fail a send as a refused connection does, not hold
+        # the sending thread (an API worker thread) for ever: each attempt gives up after
+        # this long, and Celery's few publish retries keep the whole send to seconds.
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
         "visibility_timeout": settings.visibility_timeout_seconds,
         "unacked_restore_interval": settings.unacked_restore_interval_seconds,
         "unacked_restore_throttle": 1,
@@ -95,6 +104,15 @@ def build_celery(settings: Settings | None = None) -> Celery:
         task_default_exchange=TASK_EXCHANGE.name,
         task_routes=(_route,),
         broker_transport_options=transport,
+        # Two more attempts after the first (each a new connection when the last one broke):
+        # enough to ride over a broker restart's dropped connections, short enough that a
+        # broker that does not answer costs a caller about three socket timeouts, not five.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -201,6 +219,7 @@ def publish_daemon_commands(commands: Sequence[tuple[str, dict[str, Any]]]) -> N
 
 
 __all__ = [
+    "BROKER_SOCKET_TIMEOUT_SECONDS",
     "DAEMON_EXCHANGE",
     "DAEMON_QUEUE_PREFIX",
     "SAFE_DAEMON_ID",

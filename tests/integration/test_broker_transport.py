@@ -54,3 +54,50 @@ def test_sends_reuse_one_redis_client_and_every_message_arrives(
         plain.close()
     assert arrived == 21
     assert made == [], f"{len(made)} Redis clients made for 20 sends"
+
+
+def test_a_broker_that_never_answers_fails_a_send_within_seconds(tmp_path: Any) -> None:
+    """A paused redis-server (it accepts connections and never answers, as a hung or
+    partitioned broker does) fails a send after the socket timeout and Celery's few retries,
+    as a refused connection does, instead of holding the sender (an API thread) for ever."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from celery.exceptions import CeleryError
+    from kombu.exceptions import OperationalError
+
+    from app.broker import BROKER_SOCKET_TIMEOUT_SECONDS, build_celery
+    from app.config import Settings
+
+    server = shutil.which("redis-server")
+    if server is None:  # pragma: no cover - the machine's Redis 7 provides it
+        pytest.skip("no redis-server binary")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while redis.Redis(port=port).ping() is not True:  # pragma: no cover - starts at once
+            assert time.monotonic() < deadline
+        app = build_celery(Settings(broker_url=f"redis://127.0.0.1:{port}/0"))
+        app.send_task("contracts.evaluate_progress", args=[{"contractId": "probe"}], queue=PROBE_QUEUE)
+        os.kill(proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises((OperationalError, redis.TimeoutError, redis.ConnectionError, CeleryError)):
+            app.send_task("contracts.evaluate_progress", args=[{"contractId": "probe"}], queue=PROBE_QUEUE)
+        waited = time.monotonic() - started
+        print(f"a send to a paused broker failed after {waited:.1f} s")
+        assert waited < 8 * BROKER_SOCKET_TIMEOUT_SECONDS, waited
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
