@@ -71,4 +71,10 @@ def foreign_supervisor(task_id: object) -> str:
     )
 
 
-__all__ = ["foreign_supervisor", "foreign_task", "foreign_task_refusal"]
+def foreign_ordinary_task(task_id: object) -> str:
+    """The explanation for the owner of both contracts when another contract's ordinary task
+    (one reported started there) is named as a supervisor's (state saves and heartbeats)."""
+    return f"Task {task_id} belongs to another contract; a task id belongs to one contract."
+
+
+__all__ = ["foreign_ordinary_task", "foreign_supervisor", "foreign_task", "foreign_task_refusal"]

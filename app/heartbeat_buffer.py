@@ -19,9 +19,10 @@ heartbeats leave a process in lists (`heartbeats.ingest` messages):
 
 Both refuse what the worker would refuse for reasons they can see: a contract the caller
 cannot see, a closed one (`closed_contract_refusal`: completed, failed or archived, refused as
-a state save on it is), and a task id that is another contract's supervisor
-(`held_by_another`, the worker's rule), so such a heartbeat is answered as refused instead of
-becoming a dead letter the sender never learns of.
+a state save on it is), and a task id that is another contract's supervisor (`held_by_another`,
+the worker's rule) or another contract's ordinary task (a `contract_tasks` row: a task id
+belongs to one contract, as `tasks/started` holds), so such a heartbeat is answered as refused
+instead of becoming a dead letter the sender never learns of.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, literal, select, union_all
 
 from app.auth import Caller
 from app.broker import Sender
@@ -50,9 +51,9 @@ from app.domain.supervisors import (
     starts_supervisor,
     wire_heartbeat,
 )
-from app.foreign_tasks import foreign_supervisor, foreign_task_refusal
+from app.foreign_tasks import foreign_ordinary_task, foreign_supervisor, foreign_task_refusal
 from app.heartbeats import MAX_PER_MESSAGE, message_of
-from app.models import Contract, Supervisor
+from app.models import Contract, ContractTask, Supervisor
 from app.prepared import driver_rows
 from app.queues import TaskName
 
@@ -82,18 +83,28 @@ def invalid(exc: InvalidHeartbeat) -> ValidationFailed:
 
 # One round trip per group: the contracts' owners and statuses (no task id), then the group's
 # task ids held by another contract than the one a heartbeat names them on (`held_by_another`:
-# the supervisors row's contract_id), with that contract's owner, so a refusal can be explained
-# to the owner of both without asking again. Ids and answers as text; the ids are sent as array
+# the supervisors row's contract_id, or the contract_tasks row's for an ordinary task), with
+# that contract's owner and which kind of task it holds, so a refusal can be explained to the
+# owner of both without asking again. Ids and answers as text; the ids are sent as array
 # literals (a text[] parameter does not cast to uuid[] in EXECUTE; the ids passed the wire
 # form's check, so they hold no brace or comma).
 _FACTS: Final = """
 SELECT NULL::text, c.id::text, c.owner_id, c.status FROM contracts c WHERE c.id = ANY(%(ids)s::uuid[])
 UNION ALL
-SELECT s.task_id::text, s.contract_id::text, o.owner_id, NULL::text
+SELECT s.task_id::text, s.contract_id::text, o.owner_id, 'supervisor'
 FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
 JOIN supervisors s ON s.task_id = t.task_id AND s.contract_id <> t.contract_id
 LEFT JOIN contracts o ON o.id = s.contract_id
+UNION ALL
+SELECT ct.id::text, ct.contract_id::text, o.owner_id, 'task'
+FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
+JOIN contract_tasks ct ON ct.id = t.task_id AND ct.contract_id <> t.contract_id
+LEFT JOIN contracts o ON o.id = ct.contract_id
 """
+
+# The holder of a task id: (its contract, that contract's owner, whether it holds it as a
+# supervisor rather than as an ordinary task), for the explanation its owner reads.
+Holder = tuple[str, str | None, bool]
 
 
 @dataclass(slots=True)
@@ -102,13 +113,13 @@ class GroupFacts:
 
     `owners`: the owner of each contract that exists; `closed`: the status of each of them
     that is closed (completed, failed, archived: no heartbeat is taken on it, as no state
-    save is). `holders`: task id → (the contract holding it, that contract's owner) for the
-    task ids some heartbeat names on another contract; `claim` adds the group's own first
-    claims on task ids nobody holds yet.
+    save is). `holders`: task id → `Holder` for the task ids some heartbeat names on another
+    contract (its supervisor or its ordinary task: either way the id is that contract's);
+    `claim` adds the group's own first claims on task ids nobody holds yet.
     """
 
     owners: dict[str, str]
-    holders: dict[str, tuple[str, str | None]]
+    holders: dict[str, Holder]
     closed: dict[str, str] = field(default_factory=dict)
 
     def closed_refusal(self, contract_id: str) -> ValidationFailed | None:
@@ -129,11 +140,13 @@ class GroupFacts:
         holder = self.holders.get(task_id)
         if holder is None:
             if starts_supervisor(incarnation):
-                self.holders[task_id] = (contract_id, owner)
+                self.holders[task_id] = (contract_id, owner, True)
             return None
-        if not held_by_another(holder[0], contract_id):
+        other, other_owner, supervisor = holder
+        if not held_by_another(other, contract_id):
             return None
-        return foreign_task_refusal(task_id, foreign_supervisor(task_id), holder[1] == owner)
+        explained = foreign_supervisor(task_id) if supervisor else foreign_ordinary_task(task_id)
+        return foreign_task_refusal(task_id, explained, other_owner == owner)
 
     def refusal(self, caller: Caller, item: dict[str, Any]) -> tuple[str, ContractError] | None:
         """Why the fronts refuse this heartbeat (the field to name, the error), or None: its
@@ -183,10 +196,11 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
                 if status in CLOSED_STATUSES:
                     facts.closed[cid] = status
             else:
-                facts.holders[task] = (cid, owner)
+                facts.holders[task] = (cid, owner, status == "supervisor")
         return facts
     # SQLite (the embedded default): in-process, so two statements cost no round trip; every
-    # holder of the group's task ids is read and `claim` applies the rule.
+    # holder of the group's task ids (supervisors, then ordinary tasks) is read and `claim`
+    # applies the rule.
     with unit_of_work(engine=engine, settings=settings) as uow:
         session = uow.session
         found = session.execute(
@@ -199,13 +213,25 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
             {},
             {str(cid): status for cid, _, status in found if status in CLOSED_STATUSES},
         )
+        task_ids = sorted({uuid.UUID(task) for task, _ in claims})
         held = session.execute(
-            select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id)
-            .outerjoin(Contract, Contract.id == Supervisor.contract_id)
-            .where(Supervisor.task_id.in_(sorted({uuid.UUID(task) for task, _ in claims})))
+            union_all(
+                select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id, literal(True))
+                .outerjoin(Contract, Contract.id == Supervisor.contract_id)
+                .where(Supervisor.task_id.in_(task_ids)),
+                select(ContractTask.id, ContractTask.contract_id, Contract.owner_id, literal(False))
+                .outerjoin(Contract, Contract.id == ContractTask.contract_id)
+                .where(ContractTask.id.in_(task_ids)),
+            )
         )
-        for task_id, cid, owner in held:
-            facts.holders[str(task_id)] = (str(cid), owner)
+        found_holders: dict[str, list[Holder]] = {}
+        for task_id, cid, owner, supervisor in held:
+            found_holders.setdefault(str(task_id), []).append((str(cid), owner, bool(supervisor)))
+        # As PostgreSQL's query: only the holders on another contract than a claim's own.
+        for task, cid in claims:
+            for holder in found_holders.get(task, ()):
+                if holder[0] != cid:
+                    facts.holders[task] = holder
         return facts
 
 

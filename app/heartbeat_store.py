@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import Engine, Table, Uuid, insert, null, select, union_all, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,14 @@ from app import heartbeat_partitions as partitions
 from app.config import Settings
 from app.domain.records import EventType
 from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord, SupervisorState
-from app.models import Contract, ContractEvent, HeartbeatCounter, Supervisor, SupervisorHeartbeat
+from app.models import (
+    Contract,
+    ContractEvent,
+    ContractTask,
+    HeartbeatCounter,
+    Supervisor,
+    SupervisorHeartbeat,
+)
 from app.prepared import driver_rows
 
 COUNTER_SHARDS: Final = 16
@@ -54,6 +61,33 @@ class HeartbeatStore:
             select(Contract.id, Contract.owner_id, Contract.status).where(Contract.id.in_(contract_ids))
         )
         return {cid: (owner, status) for cid, owner, status in rows}
+
+    def owners_and_tasks(
+        self, session: Session, contract_ids: set[uuid.UUID], task_ids: set[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, tuple[str, str]], dict[uuid.UUID, uuid.UUID]]:
+        """`owners`, and the contract of each of `task_ids` that is an ordinary task
+        (`contract_tasks`): a task id belongs to one contract, so a heartbeat naming one on
+        another is refused. One statement for both (the SQLite ingestion's)."""
+        if not contract_ids:
+            return {}, {}
+        rows = session.execute(
+            union_all(
+                select(Contract.id, Contract.owner_id, Contract.status, null().cast(Uuid)).where(
+                    Contract.id.in_(sorted(contract_ids))
+                ),
+                select(ContractTask.contract_id, null(), null(), ContractTask.id).where(
+                    ContractTask.id.in_(sorted(task_ids))
+                ),
+            )
+        )
+        owners: dict[uuid.UUID, tuple[str, str]] = {}
+        tasks: dict[uuid.UUID, uuid.UUID] = {}
+        for cid, owner, status, task_id in rows:
+            if task_id is None:
+                owners[_as_uuid(cid)] = (owner, status)
+            else:
+                tasks[_as_uuid(task_id)] = _as_uuid(cid)
+        return owners, tasks
 
     def supervisors(
         self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
@@ -370,7 +404,8 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
 #            with no row (none was started: see below), one naming any but the first
 #            (`starts_supervisor`), against incarnation 1;
 #   refused  its task id belongs to another contract (`held_by_another` in app.domain.supervisors:
-#            the row's contract_id is another; the fronts refuse the same heartbeats first), or
+#            the row's contract_id is another; or a contract_tasks row holds it on another
+#            contract, an ordinary task there; the fronts refuse the same heartbeats first), or
 #            it may start a supervisor that has no row (a row removed since this process saw it);
 #   the winner per supervisor: the newest of the rest by (incarnation, timestamp), the first
 #   received among equals; it replaces the stored state only when newer than it; every
@@ -378,8 +413,9 @@ SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FRO
 # A supervisor seen for the first time gets a row first (`_SUP_FIRST`, version 0: nothing
 # committed ever shows it), so the fold can lock every supervisor it judges: only one that a
 # heartbeat of the list may start (naming incarnation 1 or none, on the contract of the first
-# such heartbeat), which the fold then writes; one whose heartbeats all name an incarnation
-# never issued gets none, and they are fenced. Nothing is read
+# such heartbeat), which the fold then writes, unless another contract holds its id as an
+# ordinary task (then it gets none and its heartbeats are refused); one whose heartbeats all
+# name an incarnation never issued gets none, and they are fenced. Nothing is read
 # back but the rare and the small: the refused and fenced heartbeats, and the notices.
 _SUP_FIRST = """
 INSERT INTO supervisors (task_id, contract_id, incarnation, version, state, phase, current_activity, progress,
@@ -389,6 +425,7 @@ SELECT t.task_id, t.contract_id, 1, 0, 'initializing', '-', '', 0, '[]', NULL, N
   %(received_at)s::timestamptz, true, NULL, NULL, NULL, %(received_at)s::timestamptz,
   %(received_at)s::timestamptz
 FROM unnest(%(tasks)s::uuid[], %(contracts)s::uuid[]) AS t(task_id, contract_id)
+WHERE NOT EXISTS (SELECT 1 FROM contract_tasks ct WHERE ct.id = t.task_id AND ct.contract_id <> t.contract_id)
 ORDER BY t.task_id
 ON CONFLICT (task_id) DO NOTHING
 """
@@ -411,13 +448,14 @@ j AS MATERIALIZED (
     b."daemonId" AS daemon_id, b.host, c.version AS cver, c.state AS cstate, c.alive AS calive,
     coalesce(c.incarnation, 1) AS cinc,
     coalesce(c.sent_at, '-infinity'::timestamptz) AS csent,
-    coalesce(c.contract_id <> b."contractId", coalesce(b.incarnation, 1) = 1) AS refused,
-    coalesce(c.contract_id = b."contractId" AND CASE WHEN b.incarnation IS NULL
+    ot.id IS NOT NULL OR coalesce(c.contract_id <> b."contractId", coalesce(b.incarnation, 1) = 1) AS refused,
+    ot.id IS NULL AND coalesce(c.contract_id = b."contractId" AND CASE WHEN b.incarnation IS NULL
                                                      THEN NOT c.alive OR c.incarnation > 1
                                                      ELSE b.incarnation <> c.incarnation END,
              coalesce(b.incarnation, 1) <> 1) AS fenced,
     coalesce(b.incarnation, CASE WHEN c.version > 0 THEN c.incarnation ELSE 1 END) AS eff
   FROM b LEFT JOIN cur c ON c.task_id = b."taskId"
+  LEFT JOIN contract_tasks ot ON ot.id = b."taskId" AND ot.contract_id <> b."contractId"
 ),
 w AS MATERIALIZED (
   SELECT DISTINCT ON (j.task_id) j.*, (j.cver = 0 OR (j.eff, j.sent_at) > (j.cinc, j.csent)) AS newer

@@ -80,6 +80,7 @@ from app.domain.supervisors import (
     activity_bump_before,
     closed_contract_refusal,
     fence_reason,
+    held_by_another,
     parse_heartbeat,
     plan_batch,
     starts_supervisor,
@@ -114,6 +115,9 @@ MAX_ATTEMPTS: Final = 5
 # Event types written here (snake_case, like `app.domain.records.EventType`).
 STATE_CHANGED: Final = EventType.SUPERVISOR_STATE_CHANGED.value
 SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
+# The dead letter's problem for a heartbeat naming another contract's task id (its supervisor
+# or an ordinary task reported started there): a task id belongs to one contract.
+FOREIGN_TASK: Final = "another contract's supervisor or task"
 # What a fenced daemon is told on the daemon command queue.
 FENCED_COMMAND: Final = "supervisor_fenced"
 
@@ -238,7 +242,9 @@ def ingest(
                     accepted.append((caller, parse_heartbeat(raw)))
                 except InvalidHeartbeat as exc:
                     report.refused.append(Refusal(raw, "VALIDATION_FAILED", exc.field, exc.problem))
-        owners = store.owners(session, {hb.contract_id for _, hb in accepted})
+        owners, task_contracts = store.owners_and_tasks(
+            session, {hb.contract_id for _, hb in accepted}, {hb.task_id for _, hb in accepted}
+        )
         heartbeats: list[Heartbeat] = []
         for caller, hb in accepted:
             owner, status = owners.get(hb.contract_id) or (None, None)
@@ -250,14 +256,14 @@ def ingest(
                 )
             elif status in CLOSED_STATUSES:
                 report.refused.append(_closed(hb.to_json(), status))
+            elif held_by_another(task_contracts.get(hb.task_id), hb.contract_id):
+                report.refused.append(Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
             else:
                 heartbeats.append(hb)
         plan = _apply_supervisors(session, store, heartbeats, received_at, report)
         for hb, outcome in zip(plan.heartbeats, plan.outcomes, strict=True):
             if outcome is Outcome.REFUSED:
-                report.refused.append(
-                    Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", "another contract's supervisor")
-                )
+                report.refused.append(Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
         rows = plan.rows_to_store()
         live = plan.live_contracts()
         counts = BatchCounts(
@@ -385,9 +391,7 @@ def _ingest_folded(
             done = store.fold_nothing(session, received_at, report.received, len(report.refused))
         for n in done.refused:
             item = {k: v for k, v in rows[n].items() if k != "n"}
-            report.refused.append(
-                Refusal(item, "VALIDATION_FAILED", "taskId", "another contract's supervisor")
-            )
+            report.refused.append(Refusal(item, "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
         report.stored = done.stored
         report.duplicates = repeats + done.offered - done.stored
         report.fenced = done.fenced
@@ -398,7 +402,10 @@ def _ingest_folded(
             _tell_fenced_rows(uow, done.fenced_supervisors, received_at)
         if report.refused:
             _park_refused(session, report.refused, received_at)
-    remember_supervisors(first_contract)  # committed: they have a row now (the others need none)
+    # Committed: they have a row now (the others need none), but for those refused: another
+    # contract holds them, maybe as an ordinary task, which gets no supervisors row.
+    refused_tasks = {rows[n]["taskId"] for n in done.refused}
+    remember_supervisors(t for t in first_contract if t not in refused_tasks)
     if notify is not None and done.notices != "[]":
         try:
             notify(done.notices)

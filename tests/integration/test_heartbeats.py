@@ -31,7 +31,15 @@ from app.domain.lifecycle import Status
 from app.domain.supervisors import MAX_INCARNATION
 from app.heartbeat_partitions import partition_name
 from app.http import create_app
-from app.models import ContractEvent, DaemonCommand, DeadLetter, Supervisor, SupervisorHeartbeat, utcnow
+from app.models import (
+    ContractEvent,
+    ContractTask,
+    DaemonCommand,
+    DeadLetter,
+    Supervisor,
+    SupervisorHeartbeat,
+    utcnow,
+)
 from app.queues import TaskName
 from tests.integration.helpers import event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
@@ -825,7 +833,9 @@ def test_one_list_judges_a_new_supervisor_a_foreign_claim_a_late_one_and_a_repea
         "applied": 1,
         "stateChanges": 1,
     }
-    assert [(r.field, r.problem) for r in report.refused] == [("taskId", "another contract's supervisor")]
+    assert [(r.field, r.problem) for r in report.refused] == [
+        ("taskId", "another contract's supervisor or task")
+    ]
     row = supervisor(task)
     assert row is not None and (row.contract_id, row.state, row.version) == (cid, "working", 1)
     assert len(rows(cid)) == 2 and rows(other) == []
@@ -1021,6 +1031,117 @@ def test_another_contracts_supervisor_task_is_refused_at_the_front_and_never_par
     row = supervisor(theirs)
     assert row is not None and row.contract_id == cid
     assert dead_letters_naming(str(here)) == [] and dead_letters_naming(foreign) == []
+
+
+def ordinary_task_of(cid: uuid.UUID) -> uuid.UUID | None:
+    """The contract holding `cid` as an ordinary task (a task-started report's row), if any."""
+    with unit_of_work() as uow:
+        return uow.session.scalar(select(ContractTask.contract_id).where(ContractTask.id == cid))
+
+
+def test_another_owners_ordinary_task_is_refused_by_heartbeats_without_saying_it_exists(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """A task id belongs to one contract: a task reported started on Alice's contract cannot be
+    claimed as a supervisor by Bob's heartbeats (which would lock Alice out of her own id), and
+    Bob reads only that the id cannot be used, as for another contract's supervisor."""
+    alice, hers = daemon
+    task = uuid.uuid4()
+    alice.report_task_started(hers, task, "build")
+    wait_for(lambda: ordinary_task_of(task) == hers, what="the task-started report recorded")
+    bob_token = make_caller(role="supervisor")[0]
+    bob = ContractsAPI(bob_token)
+    his = uuid.UUID(str(bob.create_contract("bob's", "simple").id))
+    url = "/api/v1/supervisors/heartbeats"
+    as_bob = {"Authorization": f"Bearer {bob_token}"}
+    t0 = utcnow()
+
+    def refused_without_a_hint(message: str) -> None:
+        assert f"Task {task} cannot be used on this contract" in message, message
+        assert "another contract" not in message and "supervisor" not in message, message
+
+    with TestClient(create_app()) as client:
+        single = client.post(url, json=hb(his, task, "working", t0), headers=as_bob)
+        assert single.status_code == 400, single.text
+        error = single.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("VALIDATION_FAILED", "taskId")
+        refused_without_a_hint(error["message"])
+        listed = client.post(url, json=[hb(his, task, "idle", t0)], headers=as_bob)
+        assert listed.status_code == 202, listed.text
+        result = listed.json()["results"][0]
+        assert (result["code"], result["field"]) == ("VALIDATION_FAILED", "taskId")
+        refused_without_a_hint(result["message"])
+    with pytest.raises(ValidationFailed) as sent:
+        bob.send_heartbeat(his, task, "working", "plan")
+    assert sent.value.details["field"] == "taskId"
+    refused_without_a_hint(sent.value.message)
+    assert supervisor(task) is None
+
+    # The owner of both contracts is told why.
+    other = uuid.UUID(str(alice.create_contract("alice's other", "simple").id))
+    with pytest.raises(ValidationFailed) as explained:
+        alice.send_heartbeat(other, task, "working", "plan")
+    assert "belongs to another contract" in explained.value.message
+
+    # Alice's own heartbeat naming her task on her contract is still taken.
+    as_alice = {"Authorization": f"Bearer {make_caller(owner=alice.caller.owner_id, role='supervisor')[0]}"}
+    with TestClient(create_app()) as client:
+        taken = client.post(url, json=hb(hers, task, "working", t0), headers=as_alice)
+        assert taken.status_code == 202, taken.text
+    wait_rows(hers, 1)
+    row = supervisor(task)
+    assert row is not None and row.contract_id == hers
+    assert rows(his) == [] and dead_letters_naming(str(his)) == []
+
+
+def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_the_front_on_both_dialects(
+    tmp_path: Any, make_caller, worker: WorkerProcess
+) -> None:
+    """A heartbeat that reached the worker naming another contract's ordinary task (the fronts
+    refuse it first) starts no supervisor and is parked as refused; the task's own contract can
+    still start its supervisor under that id afterwards."""
+    token = make_caller(role="supervisor")[0]
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    local = get_engine(url)
+    try:
+        with unit_of_work(engine=local) as uow:
+            local_token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        apis = [ContractsAPI(token), ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")]
+        for engine, api in zip((None, local), apis, strict=True):
+            held, here = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("held", "here"))
+            task = uuid.uuid4()
+            with unit_of_work(engine=engine) as uow:
+                uow.session.add(
+                    ContractTask(id=task, contract_id=held, name="build", status="running", phase="plan")
+                )
+            t0 = utcnow()
+            principal = api.caller.principal_id
+            report = heartbeats.ingest(
+                heartbeats.message_of({principal: [hb(here, task, "working", t0)]}), engine=engine
+            )
+            assert [(r.code, r.field, r.problem) for r in report.refused] == [
+                ("VALIDATION_FAILED", "taskId", "another contract's supervisor or task")
+            ], engine
+            with unit_of_work(engine=engine) as uow:
+                assert uow.session.get(Supervisor, task) is None, engine
+                assert (
+                    uow.session.scalars(
+                        select(SupervisorHeartbeat).where(SupervisorHeartbeat.contract_id == here)
+                    ).all()
+                    == []
+                ), engine
+
+            own = heartbeats.ingest(
+                heartbeats.message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}),
+                engine=engine,
+            )
+            assert (own.stored, own.refused) == (1, []), engine
+            with unit_of_work(engine=engine) as uow:
+                row = uow.session.get(Supervisor, task)
+                assert row is not None and row.contract_id == held, engine
+    finally:
+        local.dispose()
 
 
 def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:

@@ -20,7 +20,7 @@ from app.db import unit_of_work
 from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
 from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
-from app.models import ConversationMessage, DaemonCommand, Supervisor, SupervisorStateRow
+from app.models import ContractTask, ConversationMessage, DaemonCommand, Supervisor, SupervisorStateRow
 from tests.integration.helpers import event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
@@ -542,3 +542,36 @@ def test_a_stale_save_through_the_api_module_names_the_stored_version(owner: Own
             ).scalar_one()
             == "idle"
         )
+
+
+def test_a_state_save_or_restoration_naming_another_owners_ordinary_task_is_refused_without_a_hint(
+    client: TestClient, owner: Owner, make_caller: Any
+) -> None:
+    """A task id belongs to one contract: a task reported started on one owner's contract cannot
+    become another owner's supervisor by a state save or a restoration, and that owner reads
+    only that the id cannot be used; the task's own contract may still save under it."""
+    hers = uuid.UUID(str(owner.api.create_contract("hers", "simple").id))
+    task = uuid.uuid4()
+    owner.api.report_task_started(hers, task, "build")
+
+    def recorded() -> bool:
+        with unit_of_work() as uow:
+            return uow.session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task)) == hers
+
+    wait_for(recorded, what="the task-started report recorded")
+    bob = Owner(make_caller)
+    his = uuid.UUID(str(bob.api.create_contract("his", "simple").id))
+    saved = client.post(f"{BASE}/{his}/supervisor/state", json=body(task, 1), headers=bob.headers())
+    assert saved.status_code == 400, saved.text
+    error = saved.json()["error"]
+    assert (error["code"], error["details"]["field"]) == ("VALIDATION_FAILED", "taskId")
+    assert f"Task {task} cannot be used on this contract" in error["message"]
+    assert "another contract" not in error["message"] and "supervisor" not in error["message"]
+    with pytest.raises(ValidationFailed, match="cannot be used on this contract"):
+        bob.api.restore_supervisor(his, task)
+    assert state_row(task) is None
+
+    mine = client.post(f"{BASE}/{hers}/supervisor/state", json=body(task, 1), headers=owner.headers())
+    assert mine.status_code == 200, mine.text
+    row = state_row(task)
+    assert row is not None and row.contract_id == hers
