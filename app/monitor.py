@@ -111,6 +111,20 @@ def _field(data: Mapping[str, Any], camel: str, snake: str) -> Any:
     return data[camel] if camel in data else data.get(snake)
 
 
+def _both_spellings(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A problem for each field given in both spellings: which one to obey would be a guess
+    (`{"contract_ids": [X], "contractIds": []}` subscribed to every contract: camelCase won)."""
+    return [
+        {
+            "field": camel,
+            "problem": f"is given twice, as {camel} and as {snake}: send one spelling of a field",
+            "given": [camel, snake],
+        }
+        for camel, snake in FILTER_FIELDS.items()
+        if camel != snake and camel in data and snake in data
+    ]
+
+
 def _unknown_fields(data: Mapping[str, Any], also: Collection[str]) -> list[dict[str, Any]]:
     """A problem for each field no filter message has: a misspelt `contractID` must not widen
     the subscription to everything (as an ignored field would)."""
@@ -138,9 +152,10 @@ class MonitorFilter:
         """From a filter message, camelCase (`contractIds`) or the seed's snake_case.
 
         A field that is neither, nor one of `also` (what else the message may carry, such as
-        the subscription's `after`, read by the caller), is refused like a bad value.
+        the subscription's `after`, read by the caller), is refused like a bad value; so is a
+        field given in both spellings.
         """
-        problems = _unknown_fields(data, also)
+        problems = [*_unknown_fields(data, also), *_both_spellings(data)]
         raw_ids = _field(data, "contractIds", "contract_ids") or []
         ids: set[uuid.UUID] = set()
         if not isinstance(raw_ids, list):

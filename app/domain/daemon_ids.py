@@ -15,15 +15,17 @@ with the field named and the problem given here; `daemon_id_refusal` is the sent
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Final
+
+from app.domain.control_characters import LINE_SEPARATORS, code_point, first_control_or_separator
 
 MAX_DAEMON_ID: Final = 200
 
 # What is allowed, in the words every refusal ends with.
 DAEMON_ID_RULE: Final = (
     f"a daemon id is 1 to {MAX_DAEMON_ID} characters, not blank, "
-    "with no NUL or other control character (newline, tab, ...) and no U+FFFD"
+    "with no NUL or other control character (newline, tab, ...), no line or paragraph separator "
+    "(U+2028, U+2029) and no U+FFFD"
 )
 
 
@@ -32,8 +34,10 @@ def daemon_id_problem(value: object) -> str | None:
 
     Control characters are refused because the id is a path segment and a queue name: a
     newline, say, cannot be routed to the feed, and a terminal escape in a log line misleads
-    whoever reads it. U+FFFD is what undecodable bytes in a URL become, so two different byte
-    strings would read one feed. A lone surrogate cannot be stored as UTF-8.
+    whoever reads it; the line and paragraph separators break a log line as a newline does
+    (the host's rule, `first_control_or_separator`, refused them while this one took them).
+    U+FFFD is what undecodable bytes in a URL become, so two different byte strings would read
+    one feed. A lone surrogate cannot be stored as UTF-8.
     """
     if not isinstance(value, str):
         return "must be a string"
@@ -41,9 +45,10 @@ def daemon_id_problem(value: object) -> str | None:
         return "must not be blank"
     if len(value) > MAX_DAEMON_ID:
         return f"is at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
-    control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
-    if control is not None:
-        return f"must not contain NUL or control characters (found U+{ord(control):04X}): {DAEMON_ID_RULE}"
+    bad = first_control_or_separator(value)
+    if bad is not None:
+        what = "line or paragraph separators" if bad in LINE_SEPARATORS else "NUL or control characters"
+        return f"must not contain {what} (found {code_point(bad)}): {DAEMON_ID_RULE}"
     if "\ufffd" in value:
         return f"must not contain U+FFFD (bytes that are not UTF-8, e.g. %FF in a URL): {DAEMON_ID_RULE}"
     try:

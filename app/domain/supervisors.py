@@ -9,8 +9,11 @@ the API module and the HTTP front alike:
   Its `daemonId` is judged by the daemon id rule (`app.domain.daemon_ids`), the one the
   command feed and queues take it by, so a daemon is never heard from under an id whose
   commands it could not read; its `host` by the host rule (`host_problem`), the one state
-  saves and restorations take a host by; its `timestamp`, sent as text, must be an RFC 3339
-  date-time (`TIMESTAMP_FORM`), not whatever else `datetime.fromisoformat` reads.
+  saves and restorations take a host by; its `phase` and `currentActivity` are one line each
+  (`PHASE_RULE`, `ACTIVITY_RULE`: no control character or line separator, as for a host); its
+  `timestamp`, sent as text, must be an RFC 3339 date-time (`TIMESTAMP_FORM`), not whatever
+  else `datetime.fromisoformat` reads; its ids ASCII hex in the UUID's form (`UUID_FORM`), not
+  whatever else `uuid.UUID` reads.
 - **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
   incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
   its clock says. An older heartbeat never overwrites a newer state.
@@ -33,10 +36,10 @@ the API module and the HTTP front alike:
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import hashlib
 import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, cast
 
+from app.domain.control_characters import code_point, first_control_or_separator
 from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
 from app.domain.errors import IncarnationNotIssued, ValidationFailed
 from app.domain.lifecycle import CLOSED_STATUSES, closed_refusal
@@ -91,11 +95,26 @@ HOST_RULE: Final = (
     f"a host is 1 to {MAX_HOST} characters, not blank, with no control character (NUL, newline, "
     "tab, escape, ...) and no line or paragraph separator (U+2028, U+2029)"
 )
+# What a phase and a current activity may be, in the words their refusals end with: one line
+# of text each, shown as sent in the dashboard, the monitor and logs.
+PHASE_RULE: Final = (
+    f"a phase is 1 to {MAX_PHASE} characters, not blank, on one line: no control character (NUL, "
+    "newline, tab, escape, ...) and no line or paragraph separator (U+2028, U+2029)"
+)
+ACTIVITY_RULE: Final = (
+    f"a current activity is at most {MAX_ACTIVITY} characters on one line: no control character "
+    "(NUL, newline, tab, escape, ...) and no line or paragraph separator (U+2028, U+2029)"
+)
 # The one form a timestamp sent as text may take, in the words its refusals end with.
 TIMESTAMP_FORM: Final = (
-    "an RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±HH:MM (for example "
-    "2026-01-31T10:30:00Z or 2026-01-31T12:30:00.250+02:00; a space may stand for the T, and t "
-    "and z may be lower case)"
+    "an RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±HH:MM (an offset from "
+    "00:00 to 23:59; for example 2026-01-31T10:30:00Z or 2026-01-31T12:30:00.250+02:00; a space "
+    "may stand for the T, and t and z may be lower case)"
+)
+# What a task, contract or heartbeat id sent as text may be, in the words its refusals end with.
+UUID_FORM: Final = (
+    "a UUID is 32 hexadecimal digits (0-9, a-f or A-F) grouped 8-4-4-4-12 by hyphens, for "
+    "example 123e4567-e89b-42d3-a456-426614174000, or the same 32 digits without hyphens"
 )
 MAX_TIMESTAMP_TEXT: Final = 40
 
@@ -204,23 +223,43 @@ def parse_uuid(raw: Any, name: str, invalid: Callable[[str, str], Exception]) ->
         raise invalid(name, f"'{raw[:60]}' is not a UUID") from None
 
 
+# ASCII hex digits only, in the two groupings: `uuid.UUID` also reads full-width digits,
+# braces, a urn:uuid: prefix, hyphens anywhere, underscores and spaces, so one id had many
+# spellings, some of which no other reader (PostgreSQL, a daemon's tools) takes.
+_UUID_TEXT: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
+)
+
+
 def _uuid(raw: Any, name: str) -> uuid.UUID:
-    return parse_uuid(raw, name, InvalidHeartbeat)
-
-
-def _text(raw: Any, name: str, limit: int, *, empty: bool) -> str:
+    """A heartbeat's id (taskId, contractId, id, each of pendingTaskIds): a `UUID`, or text in
+    `UUID_FORM`, case-insensitive. The one rule for every id a heartbeat carries."""
+    if isinstance(raw, uuid.UUID):
+        return raw
     if not isinstance(raw, str):
-        raise InvalidHeartbeat(name, "must be a string")
+        raise InvalidHeartbeat(name, f"must be a UUID string: {UUID_FORM}")
+    if _UUID_TEXT.fullmatch(raw) is None:
+        raise InvalidHeartbeat(name, f"'{raw[:60]}' is not a UUID: {UUID_FORM}")
+    return uuid.UUID(raw)
+
+
+def _text(raw: Any, name: str, limit: int, rule: str, *, empty: bool) -> str:
+    """One line of text (a phase, a current activity), judged by `rule`, which its refusals end with."""
+    if not isinstance(raw, str):
+        raise InvalidHeartbeat(name, f"must be a string: {rule}")
     if not empty and not raw.strip():
-        raise InvalidHeartbeat(name, "must not be empty")
+        raise InvalidHeartbeat(name, f"must not be empty: {rule}")
     if len(raw) > limit:
         raise InvalidHeartbeat(name, f"at most {limit} characters (this one has {len(raw)})")
-    if "\x00" in raw:
-        raise InvalidHeartbeat(name, "must not contain NUL characters")
+    bad = first_control_or_separator(raw)
+    if bad is not None:
+        raise InvalidHeartbeat(
+            name, f"must not contain control characters or line separators (found {code_point(bad)}): {rule}"
+        )
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidHeartbeat(name, "must be valid Unicode (no lone surrogates)") from None
+        raise InvalidHeartbeat(name, f"must be valid Unicode (no lone surrogates): {rule}") from None
     return raw
 
 
@@ -230,11 +269,6 @@ def _int(raw: Any, name: str, low: int, high: int) -> int:
     if not low <= raw <= high:
         raise InvalidHeartbeat(name, f"must be from {low} to {high} (got {raw})")
     return raw
-
-
-# Line and paragraph separators are not control characters (categories Zl, Zp), but a log or
-# terminal breaks the line at them all the same.
-_LINE_SEPARATORS: Final = frozenset("\u2028\u2029")
 
 
 def host_problem(value: object) -> str | None:
@@ -252,12 +286,10 @@ def host_problem(value: object) -> str | None:
         return "must not be blank"
     if len(value) > MAX_HOST:
         return f"at most {MAX_HOST} characters (this one has {len(value)})"
-    # A printable string holds neither (Cc, Zl and Zp are not printable): most hosts stop here.
-    if not value.isprintable():
-        bad = next((c for c in value if unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS), None)
-        if bad is not None:
-            found = f"U+{ord(bad):04X}"
-            return f"must not contain control characters or line separators (found {found}): {HOST_RULE}"
+    bad = first_control_or_separator(value)
+    if bad is not None:
+        found = code_point(bad)
+        return f"must not contain control characters or line separators (found {found}): {HOST_RULE}"
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -274,9 +306,32 @@ def _host(raw: Any) -> str:
 
 # RFC 3339's date-time (section 5.6), with the space its note allows for the T; the offset is
 # optional here only so that a time without one is told it needs a time zone, as it always was.
+# Its hours run 00-23 and minutes 00-59 (time-numoffset): Python reads +00:90 as +01:30, and
+# refuses +24:00 in words about its own timedelta.
 _RFC3339: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
 )
+
+
+def _off_the_calendar(match: re.Match[str]) -> str | None:
+    """Why text in the date-time's form names no date and time (in our words, not the
+    parser's, which change between Python versions), or None."""
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    if year < 1:
+        return "there is no year 0000: years run from 0001"
+    if not 1 <= month <= 12:
+        return f"month {match[2]} is not from 01 to 12"
+    last = calendar.monthrange(year, month)[1]
+    if not 1 <= day <= last:
+        return f"day {match[3]} is not from 01 to {last} in {match[1]}-{match[2]}"
+    if hour > 23:
+        return f"hour {match[4]} is not from 00 to 23"
+    if minute > 59:
+        return f"minute {match[5]} is not from 00 to 59"
+    if second > 59:
+        return f"second {match[6]} is not from 00 to 59 (a leap second cannot be stored)"
+    return None
 
 
 def _timestamp(raw: Any) -> datetime:
@@ -297,15 +352,20 @@ def _timestamp(raw: Any) -> datetime:
                 "timestamp",
                 f"at most {MAX_TIMESTAMP_TEXT} characters (this one has {len(raw)}): {TIMESTAMP_FORM}",
             )
-        if _RFC3339.fullmatch(raw) is None:
+        match = _RFC3339.fullmatch(raw)
+        if match is None:
             raise InvalidHeartbeat("timestamp", f"'{raw}' is not {TIMESTAMP_FORM}")
+        reason = _off_the_calendar(match)
+        if reason is not None:
+            raise InvalidHeartbeat(
+                "timestamp", f"'{raw}' is no date and time on the calendar ({reason}): {TIMESTAMP_FORM}"
+            )
         try:
             # Upper case: Python 3.11 reads neither a lower-case t nor z.
             value = datetime.fromisoformat(raw.upper())
-        except ValueError as exc:
-            raise InvalidHeartbeat(
-                "timestamp", f"'{raw}' is no date and time on the calendar ({exc}): {TIMESTAMP_FORM}"
-            ) from None
+        except ValueError:
+            # The grammar and the calendar admitted it; never the parser's own words.
+            raise InvalidHeartbeat("timestamp", f"'{raw}' is not {TIMESTAMP_FORM}") from None
     else:
         raise InvalidHeartbeat("timestamp", f"must be a string: {TIMESTAMP_FORM}")
     if value.tzinfo is None:
@@ -339,16 +399,20 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
     except (ValueError, TypeError):
         allowed = ", ".join(s.value for s in SupervisorState)
         raise InvalidHeartbeat("state", f"must be one of: {allowed}") from None
-    phase = _text(raw["phase"], "phase", MAX_PHASE, empty=False)
+    phase = _text(raw["phase"], "phase", MAX_PHASE, PHASE_RULE, empty=False)
     activity = raw.get("currentActivity")
-    activity = "" if activity is None else _text(activity, "currentActivity", MAX_ACTIVITY, empty=True)
+    activity = (
+        ""
+        if activity is None
+        else _text(activity, "currentActivity", MAX_ACTIVITY, ACTIVITY_RULE, empty=True)
+    )
     progress = raw.get("progress")
     progress = 0 if progress is None else _int(progress, "progress", 0, 100)
     pending_raw = raw.get("pendingTaskIds")
     pending: tuple[str, ...] = ()
     if pending_raw is not None:
         if not isinstance(pending_raw, list):
-            raise InvalidHeartbeat("pendingTaskIds", "must be a list of task ids (UUIDs)")
+            raise InvalidHeartbeat("pendingTaskIds", f"must be a list of task ids: {UUID_FORM}")
         if len(pending_raw) > MAX_PENDING_TASKS:
             raise InvalidHeartbeat("pendingTaskIds", f"at most {MAX_PENDING_TASKS} task ids")
         pending = tuple(str(_uuid(p, "pendingTaskIds")) for p in pending_raw)
@@ -395,7 +459,9 @@ _STATES: Final = frozenset(s.value for s in SupervisorState)
 
 
 def _plain_text(raw: Any, limit: int) -> bool:
-    return type(raw) is str and len(raw) <= limit and raw.isascii() and "\x00" not in raw
+    """Printable ASCII within the limit: the phase and activity rules find nothing in it
+    (printable ASCII holds no control character, and no separator is ASCII)."""
+    return type(raw) is str and len(raw) <= limit and raw.isascii() and raw.isprintable()
 
 
 def _plain_daemon_id(raw: Any) -> bool:

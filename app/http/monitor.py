@@ -9,7 +9,8 @@ WebSocket protocol (README "Live monitor"):
    "after": 1234}`. The server answers `{"type": "subscribed", "filter": {...}}`, then sends
    the events after `after` (if given) and then the live ones, one JSON object each. A field
    it does not know is refused like a bad value (4400): a misspelt `contractID` ignored would
-   subscribe the client to every contract. An `auth` message on a connection already
+   subscribe the client to every contract, and so is a field given in both spellings
+   (`contract_ids` and `contractIds`). An `auth` message on a connection already
    authenticated is passed over (the first authentication holds). Nothing is sent before this
    message, so it must arrive within `[monitor] auth_timeout_seconds` of authenticating (else
    4400 after an `error` message): a connection that never subscribed would hold its socket

@@ -533,7 +533,8 @@ def test_a_daemon_id_that_is_not_clean_text_is_refused_not_merged_with_another(
 def control(found: str) -> str:
     return (
         f"daemonId must not contain NUL or control characters (found {found}): a daemon id is 1 to 200 "
-        "characters, not blank, with no NUL or other control character (newline, tab, ...) and no U+FFFD."
+        "characters, not blank, with no NUL or other control character (newline, tab, ...), no line or "
+        "paragraph separator (U+2028, U+2029) and no U+FFFD."
     )
 
 

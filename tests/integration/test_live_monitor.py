@@ -335,6 +335,21 @@ def test_a_filter_field_the_monitor_does_not_know_is_refused_not_ignored(
     )
 
 
+def test_a_filter_giving_one_field_in_both_spellings_is_refused_with_4400_after_an_error(
+    server: str, make_caller: Any
+) -> None:
+    """camelCase won silently: `{"contract_ids": [X], "contractIds": []}` subscribed the client
+    to every contract's events instead of X's."""
+    token, _ = _api(make_caller)
+    code, reason, before = _refused(server, token, {"contract_ids": [str(uuid.uuid4())], "contractIds": []})
+    assert code == 4400
+    assert reason.startswith("contractIds: is given twice, as contractIds and as contract_ids"), reason
+    [error] = before  # no `subscribed`: the error message, then the close
+    assert error["type"] == "error" and error["error"]["code"] == "INVALID_REQUEST"
+    [problem] = error["error"]["details"]["problems"]
+    assert (problem["field"], problem["given"]) == ("contractIds", ["contractIds", "contract_ids"])
+
+
 def test_an_unknown_field_in_a_filter_change_is_refused_too(server: str, make_caller: Any) -> None:
     token, _ = _api(make_caller)
     code, reason, before = _refused(server, token, {"contractIds": []}, {"contractID": [str(uuid.uuid4())]})

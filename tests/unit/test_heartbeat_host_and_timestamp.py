@@ -218,16 +218,61 @@ def test_an_rfc_3339_timestamp_is_taken_as_its_instant_on_every_path(stamp: str,
 @pytest.mark.parametrize(
     ("stamp", "reason"),
     [
-        ("2026-02-30T10:15:00Z", "day is out of range for month"),
-        ("2026-11-26T24:00:00Z", "hour must be in 0..23"),
-        ("2026-11-26T10:60:00Z", "minute must be in 0..59"),
-        ("2026-11-26T23:59:60Z", "second must be in 0..59"),  # a leap second: no datetime holds it
-        ("2026-13-01T10:15:00Z", "month must be in 1..12"),
+        ("2026-02-30T10:15:00Z", "day 30 is not from 01 to 28 in 2026-02"),
+        ("2028-02-30T10:15:00Z", "day 30 is not from 01 to 29 in 2028-02"),
+        ("2026-11-00T10:15:00Z", "day 00 is not from 01 to 30 in 2026-11"),
+        ("2026-11-26T24:00:00Z", "hour 24 is not from 00 to 23"),
+        ("2026-11-26T10:60:00Z", "minute 60 is not from 00 to 59"),
+        ("2026-11-26T23:59:60Z", "second 60 is not from 00 to 59 (a leap second cannot be stored)"),
+        ("2026-13-01T10:15:00Z", "month 13 is not from 01 to 12"),
+        ("2026-00-01T10:15:00Z", "month 00 is not from 01 to 12"),
+        ("0000-01-01T10:15:00Z", "there is no year 0000: years run from 0001"),
     ],
 )
-def test_a_timestamp_in_the_form_but_off_the_calendar_says_why(stamp: str, reason: str) -> None:
+def test_a_timestamp_in_the_form_but_off_the_calendar_says_why_in_our_words(stamp: str, reason: str) -> None:
+    """The reason was the parser's (`day is out of range for month`), whose words change
+    between Python versions; it is now ours, naming the part and what it may be."""
     problem = f"'{stamp}' is no date and time on the calendar ({reason}): {TIMESTAMP_FORM}"
     assert heartbeat_refusals("timestamp", stamp, "timestamp") == [("timestamp", problem)] * 4
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pytest.param("2026-11-26T10:15:00+00:90", id="90 offset minutes (Python read +01:30)"),
+        pytest.param("2026-11-26T10:15:00+05:99", id="99 offset minutes"),
+        pytest.param("2026-11-26T10:15:00-00:60", id="60 offset minutes"),
+        pytest.param("2026-11-26T10:15:00+24:00", id="24 offset hours (Python spoke of timedeltas)"),
+        pytest.param("2026-11-26T10:15:00-99:00", id="99 offset hours"),
+        pytest.param("2026-11-26T10:15:00+99:99", id="both out of range"),
+    ],
+)
+def test_an_offset_past_23_hours_or_59_minutes_is_refused_naming_the_form(stamp: str) -> None:
+    """RFC 3339's time-numoffset has hours 00-23 and minutes 00-59: +00:90 was taken as +01:30,
+    and +24:00 refused in Python's words ("offset must be a timedelta strictly between ...")."""
+    assert (
+        heartbeat_refusals("timestamp", stamp, "timestamp")
+        == [("timestamp", f"'{stamp}' is not {TIMESTAMP_FORM}")] * 4
+    )
+    assert "timedelta" not in TIMESTAMP_FORM
+
+
+@pytest.mark.parametrize(
+    ("stamp", "instant"),
+    [
+        ("2026-11-27T10:14:00+23:59", T0),
+        ("2026-11-25T10:16:00-23:59", T0),
+        ("2026-11-26T10:15:00+00:59", T0 - timedelta(minutes=59)),
+    ],
+)
+def test_the_offsets_at_the_ends_of_the_range_are_taken_on_every_path(stamp: str, instant: datetime) -> None:
+    assert parse_heartbeat({**SENT, "timestamp": stamp}).timestamp == instant
+    for path in heartbeat_paths("timestamp", stamp, "timestamp")[1:]:
+        assert datetime.fromisoformat(path()["timestamp"]) == instant
+
+
+def test_the_form_says_what_an_offset_may_be() -> None:
+    assert "(an offset from 00:00 to 23:59;" in TIMESTAMP_FORM
 
 
 def test_a_timestamp_without_a_time_zone_is_still_told_it_needs_one() -> None:

@@ -95,3 +95,37 @@ def test_an_after_past_the_largest_bigint_or_not_a_whole_number_is_refused_namin
     [problem] = refused.value.problems
     assert problem["field"] == "Last-Event-ID"
     assert problem["problem"] == "must be an event id: a whole number from 0 to 9223372036854775807"
+
+
+@pytest.mark.parametrize(
+    ("camel", "snake", "message"),
+    [
+        ("contractIds", "contract_ids", {"contract_ids": [str(ONE)], "contractIds": []}),
+        ("contractIds", "contract_ids", {"contractIds": [str(ONE)], "contract_ids": [str(ONE)]}),
+        ("includeStale", "include_stale", {"include_stale": False, "includeStale": True}),
+        ("includeHeartbeats", "include_heartbeats", {"includeHeartbeats": True, "include_heartbeats": True}),
+    ],
+)
+def test_a_field_given_in_both_spellings_is_refused_even_when_they_agree(
+    camel: str, snake: str, message: dict[str, object]
+) -> None:
+    """camelCase won silently: `{"contract_ids": [X], "contractIds": []}` subscribed to every
+    contract. Which spelling the client meant is a guess, so neither is obeyed."""
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse(message)
+    [problem] = refused.value.problems
+    assert (problem["field"], problem["given"]) == (camel, [camel, snake])
+    assert problem["problem"] == f"is given twice, as {camel} and as {snake}: send one spelling of a field"
+
+
+def test_each_field_given_twice_is_reported_with_the_other_problems() -> None:
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse(
+            {"contractIds": [], "contract_ids": [], "include_stale": True, "includeStale": 1, "foo": 1}
+        )
+    assert [p["field"] for p in refused.value.problems] == [
+        "foo",
+        "contractIds",
+        "includeStale",
+        "includeStale",
+    ]

@@ -158,6 +158,36 @@ WIRE = parse_heartbeat(raw(id=str(uuid.uuid4()), incarnation=2, daemonId="d-1", 
         {**WIRE, "pendingTaskIds": ""},
         {**WIRE, "pendingTaskIds": {}},
         [WIRE],
+        # Offsets past 23:59, ids in another spelling than the UUID's, text off one line.
+        {**WIRE, "timestamp": "2026-01-31T10:30:00+00:90"},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00+24:00"},
+        {**WIRE, "timestamp": "2026-01-31T10:30:00+23:59"},
+        {**WIRE, "taskId": "\uff10" * 32},
+        {**WIRE, "taskId": "\uff10" * 8 + WIRE["taskId"][8:]},
+        {**WIRE, "contractId": WIRE["contractId"].replace("-", "")},
+        {**WIRE, "contractId": WIRE["contractId"].replace("-", "").upper()},
+        {
+            **WIRE,
+            "contractId": "-".join(
+                [WIRE["contractId"].replace("-", "")[:4], WIRE["contractId"].replace("-", "")[4:]]
+            ),
+        },
+        {**WIRE, "id": "{" + WIRE["id"] + "}"},
+        {**WIRE, "id": "urn:uuid:" + WIRE["id"]},
+        {**WIRE, "pendingTaskIds": [WIRE["taskId"].upper()]},
+        {**WIRE, "pendingTaskIds": [" " + WIRE["taskId"].replace("-", "")[1:]]},
+        {**WIRE, "phase": "exec\nute"},
+        {**WIRE, "phase": "exec\x07ute"},
+        {**WIRE, "phase": "exec\u2028ute"},
+        {**WIRE, "phase": "exécuter\u2029"},
+        {**WIRE, "currentActivity": "line one\nline two"},
+        {**WIRE, "currentActivity": "\x1b[2Jwiped"},
+        {**WIRE, "currentActivity": "tab\there"},
+        {**WIRE, "currentActivity": "café\u0085"},
+        {**WIRE, "currentActivity": "a\u2028b"},
+        {**WIRE, "currentActivity": "writing tests, 40% done (café)"},
+        {**WIRE, "daemonId": "gpu\u20287"},
+        {**WIRE, "daemonId": "gpu\u20297"},
     ],
 )
 def test_the_workers_quick_check_accepts_and_refuses_exactly_what_parsing_does(sent: Any) -> None:
@@ -298,6 +328,15 @@ TYPED: dict[str, Any] = {"task_id": TASK, "contract_id": CID, "state": "working"
         {**TYPED, "host": "h\x00"},
         {**TYPED, "host": "ünï"},
         {**TYPED, "heartbeat_id": str(uuid.uuid4())},
+        {**TYPED, "task_id": "\uff10" * 32},
+        {**TYPED, "task_id": TASK.hex},
+        {**TYPED, "phase": "exec\nute"},
+        {**TYPED, "phase": "exec\u2028ute"},
+        {**TYPED, "current_activity": "line one\nline two"},
+        {**TYPED, "current_activity": "\x1b[31mred"},
+        {**TYPED, "current_activity": "naïve\u2029"},
+        {**TYPED, "daemon_id": "gpu\u20287"},
+        {**TYPED, "pending_task_ids": ["{" + str(TASK) + "}"]},
     ],
 )
 def test_the_api_modules_values_are_checked_as_their_text_would_be(values: dict[str, Any]) -> None:
@@ -349,7 +388,21 @@ def test_a_daemon_id_with_a_control_character_is_refused_by_every_heartbeat_path
 
 @pytest.mark.parametrize(
     "daemon_id",
-    ["d-7", "gpu 7", "a/b", "dæmon-7", "x" * 200, "x" * 201, " ", "", "gpu\ufffd", "gpu\ud800", "gpu\t1"],
+    [
+        "d-7",
+        "gpu 7",
+        "a/b",
+        "dæmon-7",
+        "x" * 200,
+        "x" * 201,
+        " ",
+        "",
+        "gpu\ufffd",
+        "gpu\ud800",
+        "gpu\t1",
+        "gpu\u20287",
+        "gpu\u20297",
+    ],
 )
 def test_heartbeats_and_the_command_feed_take_and_refuse_the_same_daemon_ids(daemon_id: str) -> None:
     try:
