@@ -168,6 +168,11 @@ def settings_export(environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
     return command, [name for name, (_, masked) in shown.items() if masked]
 
 
+# The HTTP body limit (`app.http.limits.MAX_BODY_BYTES`), for uvicorn's WebSocket frames; a
+# unit test holds the two equal (this module does not import the HTTP package).
+WS_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
 def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> list[Child]:
     """The production commands, pointed at this run's settings (tested without starting them)."""
     celery = [sys.executable, "-m", "app.sweep_logging", "-A", "workers.celery_app"]
@@ -188,6 +193,10 @@ def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> l
                 # delivery (bench/monitor.py); events are small JSON, sent uncompressed.
                 "--ws-per-message-deflate",
                 "false",
+                # A WebSocket message is at most what an HTTP body may be (1 MiB; uvicorn's own
+                # default is 16): the monitor reads a whole frame before it can judge it.
+                "--ws-max-size",
+                str(WS_MAX_MESSAGE_BYTES),
                 # An open monitor websocket must not hold a shutdown forever.
                 "--timeout-graceful-shutdown",
                 str(max(int(options.stop_timeout / 2), 1)),

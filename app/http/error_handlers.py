@@ -35,10 +35,10 @@ from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.auth import Unauthenticated
+from app.auth import Unauthenticated, cached_caller
 from app.domain.errors import ContractError
 from app.http.deps import authenticate_token, bearer, wiring
-from app.http.errors import API_PREFIX, ERROR_STATUS, error_response, status_for
+from app.http.errors import API_PREFIX, AUTHENTICATED_PREFIX, ERROR_STATUS, error_response, status_for
 from app.http.problems import InvalidRequest, problems_from_pydantic, summary
 from app.schemas import ErrorCode
 
@@ -58,13 +58,13 @@ async def unauthenticated_first(request: Request) -> JSONResponse | None:
     FastAPI decodes a JSON body before it runs dependencies, and routing answers 404 before
     any dependency, so without this a stranger would learn which requests are well formed.
     """
-    if not request.url.path.startswith(API_PREFIX):
+    if not request.url.path.startswith(AUTHENTICATED_PREFIX):
         return None
     credentials = await bearer(request)
+    token = credentials.credentials if credentials else None
     try:
-        await run_in_threadpool(
-            authenticate_token, wiring(request).engine, credentials.credentials if credentials else None
-        )
+        if cached_caller(token) is None:
+            await run_in_threadpool(authenticate_token, wiring(request).engine, token)
     except Unauthenticated as exc:
         return _unauthenticated_response(exc)
     return None

@@ -57,6 +57,8 @@ from app.http.problems import InvalidRequest
 from app.schemas import ErrorBody, ErrorCode
 
 API_PREFIX: Final = "/api/v1/contracts"
+# Every endpoint under it needs a token, so a caller without one learns only that (401 first).
+AUTHENTICATED_PREFIX: Final = "/api/v1/"
 
 # The one place an error class gets its HTTP status (DESIGN "Error codes").
 STATUS_BY_ERROR: Final[Mapping[type[Exception], int]] = MappingProxyType(
@@ -418,6 +420,7 @@ def error_responses(*codes: ErrorCode, bad_json: bool = False) -> dict[int | str
 
 __all__ = [
     "API_PREFIX",
+    "AUTHENTICATED_PREFIX",
     "EDGE_STATUS",
     "ERROR_STATUS",
     "STATUS_BY_ERROR",

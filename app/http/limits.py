@@ -19,6 +19,7 @@ The checks are linear in the body's size, and run off the event loop for large b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -31,11 +32,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.error_handlers import unauthenticated_first
-from app.http.errors import API_PREFIX, error_response
+from app.http.errors import AUTHENTICATED_PREFIX, error_response
 from app.schemas import ErrorCode
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_JSON_DEPTH: Final = 32
+# The whole body must arrive within this long: one trickled a byte at a time held its
+# connection and buffer as long as the sender liked.
+BODY_READ_SECONDS: Final = 30
 _OFF_LOOP_BYTES: Final = 64 * 1024  # parse bodies larger than this in a worker thread
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _CONTAINERS: Final = (dict, list)
@@ -105,6 +109,22 @@ def too_large(limit: int = MAX_BODY_BYTES) -> BodyRejected:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"The request body {problem}. Send less: split the work over several requests.",
         {"field": "body", "in": "body", "type": "body_too_large", "problem": problem, "limit": limit},
+    )
+
+
+def too_slow() -> BodyRejected:
+    rate = MAX_BODY_BYTES // BODY_READ_SECONDS
+    problem = f"did not arrive within {BODY_READ_SECONDS} s (the largest body needs {rate} bytes a second)"
+    return BodyRejected(
+        status.HTTP_408_REQUEST_TIMEOUT,
+        f"The request body {problem}. Send the whole body at once.",
+        {
+            "field": "body",
+            "in": "body",
+            "type": "body_too_slow",
+            "problem": problem,
+            "limit": BODY_READ_SECONDS,
+        },
     )
 
 
@@ -289,6 +309,13 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"].startswith(AUTHENTICATED_PREFIX):
+            # Before a byte of the body is read: a caller without a valid token costs us no
+            # buffer (a thousand strangers' megabyte bodies were a gigabyte held).
+            denied = await unauthenticated_first(Request(scope))
+            if denied is not None:
+                await denied(scope, receive, send)
+                return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         try:
             declared = int(headers.get(b"content-length", b"0"))
@@ -324,8 +351,12 @@ class BodyLimits:
     async def _read(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + BODY_READ_SECONDS
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise too_slow() from None
             if message["type"] != "http.request":  # the client went away: nothing to judge
                 return b"".join(chunks)
             chunk = message.get("body", b"")
@@ -338,7 +369,7 @@ class BodyLimits:
 
     async def _refuse(self, scope: Scope, exc: BodyRejected, send: Send) -> None:
         request = Request(scope)
-        response = await unauthenticated_first(request) if request.url.path.startswith(API_PREFIX) else None
+        response = await unauthenticated_first(request)
         if response is None:
             details: dict[str, Any] = {"problems": [exc.problem]}
             if "limit" in exc.problem:
@@ -352,6 +383,7 @@ class BodyLimits:
 
 
 __all__ = [
+    "BODY_READ_SECONDS",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
     "NOT_JSON",

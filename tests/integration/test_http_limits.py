@@ -510,3 +510,56 @@ def test_a_body_that_is_not_json_still_gets_fastapis_answer_naming_the_position(
     _, headers = owner
     error = assert_error_shape(post_raw(client, headers, BASE, '{"name": "broken",'), 400)
     assert "JSON" in error["message"] or "json" in str(error["details"]), error
+
+
+# --- a stranger's body is never read; a body must arrive in time ----------------------------
+
+
+def _raw_exchange(port: int, head: bytes, wait: float = 5) -> bytes:
+    """Send `head` (a request line, headers, maybe part of a body) and read what comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < answer.index(b"\r\n\r\n") + 5:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("path", [BASE, "/api/v1/supervisors/heartbeats", "/api/v1/no-such-endpoint"])
+def test_without_a_token_the_answer_is_401_before_a_byte_of_the_body_is_sent(
+    live_server: int, path: str
+) -> None:
+    """A megabyte declared and none sent: answered at once (the body is never awaited, so no
+    buffer is held for a stranger), and with 401, whatever the path under /api/v1."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {MIB}\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    answer = _raw_exchange(live_server, head)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert time.monotonic() - started < 4
+
+
+def test_a_body_that_trickles_in_past_the_deadline_is_a_408(
+    live_server: int, owner: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.http import limits
+
+    monkeypatch.setattr(limits, "BODY_READ_SECONDS", 1)
+    _, headers = owner
+    head = (
+        f"POST {BASE} HTTP/1.1\r\nHost: x\r\nAuthorization: {headers['Authorization']}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name": '
+    ).encode()
+    answer = _raw_exchange(live_server, head)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body_too_slow" in answer
+
+
+def test_a_malformed_body_from_a_stranger_on_any_api_path_is_a_401(client: TestClient) -> None:
+    for path in ("/api/v1/supervisors/heartbeats", "/api/v1/daemons", "/api/v1/whoami"):
+        resp = client.post(path, content=b"{", headers={"Content-Type": "application/json"})
+        assert resp.status_code == 401, (path, resp.text)

@@ -79,6 +79,12 @@ def test_api_migrates_then_serves_on_8000(compose: dict[str, Any]) -> None:
     assert "makima migrate" in command
     assert "uvicorn app.http:app --host 0.0.0.0 --port 8000" in command
     assert command.index("makima migrate") < command.index("uvicorn")
+    # As `makima run` starts it: a WebSocket frame no larger than an HTTP body.
+    from app.http.limits import MAX_BODY_BYTES
+    from app.service_runner import WS_MAX_MESSAGE_BYTES
+
+    assert WS_MAX_MESSAGE_BYTES == MAX_BODY_BYTES
+    assert f"--ws-max-size {MAX_BODY_BYTES}" in command
     assert "8000:8000" in published(api)
     assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
     # Healthy means ready (database and broker answer), not merely alive: the workers and
