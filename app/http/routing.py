@@ -6,7 +6,7 @@ then parse the same bytes again for the endpoint's parameters; on the heartbeat 
 lists of 100, that second parse was a twelfth of uvicorn's CPU. Starlette's `Request.json`
 keeps what it parsed on the request, so the route seeds it with the judged value, and
 FastAPI's own handling (validation, its errors, the OpenAPI schema) stays as it is. A body
-the limits could not parse is not seeded: FastAPI parses it and reports where it breaks.
+the limits could not parse never gets here: they refuse it with its position.
 """
 
 from __future__ import annotations

@@ -504,12 +504,28 @@ def test_a_judged_body_reaches_the_handler_without_being_parsed_again(
     assert contracts_of(name) == 1
 
 
-def test_a_body_that_is_not_json_still_gets_fastapis_answer_naming_the_position(
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_body_in_another_unicode_encoding_is_refused_not_read_past_the_rules(
+    client: TestClient, owner: tuple[str, dict[str, str]], encoding: str
+) -> None:
+    """Without a byte-order mark, UTF-16 and UTF-32 text of ASCII is valid UTF-8 (NULs and
+    all) and not JSON: refused, where FastAPI would have read it its own way and taken a
+    duplicate key the rules refuse in UTF-8."""
+    name, headers = owner
+    raw = '{"name": "a", "name": "b", "contractType": "simple"}'.encode(encoding)
+    error = assert_error_shape(post_raw(client, headers, BASE, raw), 400)
+    assert error["details"]["problems"][0]["type"] == "json_invalid"
+    assert "UTF-8" in error["message"]
+    assert contracts_of(name) == 0
+
+
+def test_a_body_that_is_not_json_is_refused_naming_the_position(
     client: TestClient, owner: tuple[str, dict[str, str]]
 ) -> None:
     _, headers = owner
     error = assert_error_shape(post_raw(client, headers, BASE, '{"name": "broken",'), 400)
-    assert "JSON" in error["message"] or "json" in str(error["details"]), error
+    problem = error["details"]["problems"][0]
+    assert (problem["type"], problem["position"]) == ("json_invalid", 18), error
 
 
 # --- a stranger's body is never read; a body must arrive in time ----------------------------
