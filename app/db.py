@@ -25,6 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -328,6 +330,15 @@ def _send_outbox(engine: Engine, outbox: list[Dispatch], row_ids: list[int], sen
     try:
         for message in outbox:
             sender(message.task, message.payload, message.countdown)
+    except (KombuOperationalError, redis.RedisError, OSError) as exc:
+        # The broker is down or unreachable: expected, and the outbox holds them. One line,
+        # not a traceback per command through an outage.
+        log.warning(
+            "follow-ups %s not sent (broker unavailable: %s); the outbox relay will send them",
+            [m.task for m in outbox],
+            exc,
+        )
+        return
     except Exception:
         log.exception("follow-ups %s not sent; the outbox relay will send them", [m.task for m in outbox])
         return

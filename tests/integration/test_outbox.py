@@ -110,6 +110,31 @@ def test_follow_ups_whose_send_failed_stay_until_relayed(make_caller) -> None:
     assert outbox_rows() == 0
 
 
+def test_a_broker_outage_is_one_warning_line_per_command_not_a_traceback(
+    make_caller: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage is expected and the outbox holds what was not sent: each command logs one
+    line saying so (an outage used to log a 70-line traceback per command)."""
+    import logging
+
+    from kombu.exceptions import OperationalError
+
+    _, caller = make_caller()
+
+    def broker_down(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    api = ContractsAPI(caller=caller, sender=broker_down)
+    cid = uuid.UUID(str(api.create_contract("outage log", "simple").id))
+    with caplog.at_level(logging.WARNING, logger="app.db"):
+        api.complete_deliverable(cid, "plan-document")
+    lines = [r for r in caplog.records if "not sent" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert lines[0].levelno == logging.WARNING and lines[0].exc_info is None
+    assert "broker unavailable" in lines[0].getMessage()
+    assert relay_outbox(get_engine(), older_than_seconds=0) >= 1
+
+
 def test_the_outbox_does_not_grow_in_steady_state(make_caller) -> None:
     _, caller = make_caller()
     api = ContractsAPI(caller=caller, sender=send_task)
