@@ -146,6 +146,14 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
     """The 202 answer, `HeartbeatsAccepted` written out directly (a result per heartbeat, up to
     1,000 a request: building and validating a model for each cost more than the check of the
     heartbeat itself). `test_the_answer_is_the_models_own_serialization` holds the two equal."""
+    if isinstance(body, bytes | str) or body is None:
+        # FastAPI hands the raw bytes over when the Content-Type is not JSON (or there is none).
+        sent = request.headers.get("content-type") or "none"
+        raise ValidationFailed(
+            "Send the heartbeats as a JSON body with Content-Type: application/json "
+            f"(this request's Content-Type: {sent[:100]}).",
+            details={"field": "body", "contentType": sent[:100]},
+        )
     single = isinstance(body, dict)
     items = [body] if single else body
     if not isinstance(items, list):

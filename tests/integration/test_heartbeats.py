@@ -173,6 +173,29 @@ def test_duplicate_late_and_out_of_order_heartbeats_leave_the_newest_state_and_o
     assert len(history) == 4 and not any(h.fenced for h in history)
 
 
+def test_heartbeats_sent_as_plain_text_are_told_the_content_type_to_use(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    body = json.dumps([hb(cid, uuid.uuid4(), "working", utcnow())])
+    with TestClient(create_app()) as client:
+        plain = client.post(
+            "/api/v1/supervisors/heartbeats",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+        )
+        untyped = client.post(
+            "/api/v1/supervisors/heartbeats", content=body, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert plain.status_code == 400, plain.text
+    error = plain.json()["error"]
+    assert "Content-Type: application/json" in error["message"] and "text/plain" in error["message"]
+    assert error["details"]["field"] == "body"
+    assert untyped.status_code == 400, untyped.text  # FastAPI reads a body as JSON only when told
+    assert "Content-Type: none" in untyped.json()["error"]["message"]
+
+
 def test_a_list_with_one_invalid_heartbeat_stores_the_rest(
     daemon: tuple[ContractsAPI, uuid.UUID], make_caller
 ) -> None:
