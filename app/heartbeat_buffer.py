@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Engine, literal, select, union_all
@@ -48,6 +49,7 @@ from app.domain.supervisors import (
     InvalidHeartbeat,
     closed_contract_refusal,
     held_by_another,
+    refuse_if_far_ahead,
     starts_supervisor,
     wire_heartbeat,
 )
@@ -410,6 +412,10 @@ def send_wire(
     (cached, see `_VisibleCache`: a contract that closes after its answer was cached is refused
     here once the entry expires, within `VISIBLE_SECONDS`, and by the worker meanwhile; a
     refusal is not cached, so it is asked again)."""
+    try:
+        refuse_if_far_ahead(item, datetime.now(UTC))
+    except InvalidHeartbeat as exc:
+        raise invalid(exc) from None
     contract_id, task_id = item["contractId"], item["taskId"]
     key = (caller.principal_id, contract_id, task_id)
     if not _visible.fresh(key):
@@ -540,9 +546,11 @@ def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
     """Parse each heartbeat of a request; an invalid one gets its own result, the rest go on."""
     parsed: list[tuple[int, dict[str, Any]]] = []
     results: list[ItemResult] = []
+    now = datetime.now(UTC)
     for index, raw in enumerate(items):
         try:
             item = wire_heartbeat(raw)
+            refuse_if_far_ahead(item, now)
         except InvalidHeartbeat as exc:
             results.append(
                 ItemResult(

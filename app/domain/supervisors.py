@@ -545,6 +545,25 @@ def _wire_form(raw: Any) -> datetime | None:
         return None
 
 
+# How far ahead of the receiving clock a heartbeat's own timestamp may be. The newest timestamp
+# decides a supervisor's state, so one stamped in the year 8999 would hold its state for ever
+# against every later heartbeat; a daemon whose clock is hours off is still heard (skew of an
+# hour either way is tested), one a day ahead is broken and told so.
+MAX_AHEAD: Final = timedelta(days=1)
+
+
+def refuse_if_far_ahead(item: Mapping[str, Any], now: datetime) -> None:
+    """InvalidHeartbeat naming `timestamp` when a wire-form heartbeat is more than `MAX_AHEAD`
+    past `now` (the front's clock when it receives it)."""
+    stamp = datetime.fromisoformat(item["timestamp"])
+    if stamp > now + MAX_AHEAD:
+        raise InvalidHeartbeat(
+            "timestamp",
+            f"is more than a day ahead of the server's clock ({now.isoformat(timespec='seconds')}); "
+            "fix the daemon's clock (a heartbeat's own time orders its supervisor's states)",
+        )
+
+
 def wire_heartbeat(raw: Any) -> dict[str, Any]:
     """A heartbeat as sent → its wire form (`Heartbeat.to_json`'s fields), or `InvalidHeartbeat`.
 

@@ -196,6 +196,31 @@ def test_heartbeats_sent_as_plain_text_are_told_the_content_type_to_use(
     assert "Content-Type: none" in untyped.json()["error"]["message"]
 
 
+def test_a_heartbeat_stamped_far_ahead_is_refused_and_cannot_hold_the_state(
+    daemon: tuple[ContractsAPI, uuid.UUID], make_caller
+) -> None:
+    """The newest timestamp decides a supervisor's state: one stamped in 8999 would have held it
+    against every later heartbeat. Refused at the door, over HTTP and through the API module."""
+    api, cid = daemon
+    token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
+    task = uuid.uuid4()
+    far = {**hb(cid, task, "working", utcnow()), "timestamp": "8999-12-31T23:59:59Z"}
+    with TestClient(create_app()) as client:
+        resp = client.post(
+            "/api/v1/supervisors/heartbeats",
+            json=[far, hb(cid, uuid.uuid4(), "idle", utcnow())],
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert resp.status_code == 202, resp.text
+    first, second = resp.json()["results"]
+    assert (first["status"], first["field"]) == ("refused", "timestamp"), first
+    assert "more than a day ahead" in first["message"]
+    assert second["status"] == "accepted"
+    with pytest.raises(ValidationFailed) as refused:
+        api.send_heartbeat(cid, task, "working", "plan", timestamp=utcnow() + timedelta(days=2))
+    assert refused.value.details["field"] == "timestamp"
+
+
 def test_a_list_with_one_invalid_heartbeat_stores_the_rest(
     daemon: tuple[ContractsAPI, uuid.UUID], make_caller
 ) -> None:

@@ -315,3 +315,32 @@ def test_the_api_module_judges_a_datetime_as_its_instant_not_as_the_text_isoform
     for phase in ("execute", "exécuter"):
         wire = heartbeat_wire(**{**VALUES, "timestamp": odd, "phase": phase})
         assert datetime.fromisoformat(wire["timestamp"]) == T0
+
+
+# --- a timestamp far ahead of the receiving clock ----------------------------------------------
+
+
+def test_a_heartbeat_up_to_a_day_ahead_of_the_receiving_clock_is_heard() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.domain.supervisors import refuse_if_far_ahead
+
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    for ahead in (timedelta(0), timedelta(hours=1), timedelta(hours=23, minutes=59)):
+        refuse_if_far_ahead({"timestamp": (now + ahead).isoformat()}, now)
+    refuse_if_far_ahead({"timestamp": (now - timedelta(days=400)).isoformat()}, now)  # late is fine
+
+
+def test_a_heartbeat_more_than_a_day_ahead_is_refused_naming_timestamp() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pytest
+
+    from app.domain.supervisors import InvalidHeartbeat, refuse_if_far_ahead
+
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    for stamp in ((now + timedelta(days=1, seconds=1)).isoformat(), "8999-12-31T23:59:59+00:00"):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            refuse_if_far_ahead({"timestamp": stamp}, now)
+        assert refused.value.field == "timestamp"
+        assert "more than a day ahead" in refused.value.problem
