@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from app.domain.control_characters import code_point, first_control_or_separator
 from app.domain.daemon_ids import MAX_DAEMON_ID
 from app.domain.errors import (
     HistoryGap,
@@ -116,13 +117,21 @@ class InvalidValue(ValueError):
 # --- values ---------------------------------------------------------------------------------
 
 
-def _text(raw: Any, name: str, limit: int, *, empty: bool = True) -> str:
+def _text(raw: Any, name: str, limit: int, *, empty: bool = True, one_line: bool = False) -> str:
+    """A text field of a save. `one_line`: shown on one line as sent (a phase, an activity), so
+    no control character or line separator, the heartbeat's rule for the same fields."""
     if not isinstance(raw, str):
         raise InvalidValue(name, "must be a string")
     if not empty and not raw.strip():
         raise InvalidValue(name, "must not be empty")
     if len(raw) > limit:
         raise InvalidValue(name, f"at most {limit} characters (this one has {len(raw)})", limit)
+    if one_line and (bad := first_control_or_separator(raw)) is not None:
+        raise InvalidValue(
+            name,
+            f"must be one line of text: no control character (newline, tab, escape, ...) or line "
+            f"separator (found {code_point(bad)})",
+        )
     if "\x00" in raw:
         raise InvalidValue(name, "must not contain NUL characters")
     try:
@@ -348,8 +357,10 @@ def _parse_save(raw: Any) -> StateSave:
         task_id=_uuid(raw["taskId"], "taskId"),
         state_version=_int(raw["stateVersion"], "stateVersion", 0, MAX_STATE_VERSION),
         state=_state(raw["state"], "state"),
-        phase=_text(raw["phase"], "phase", MAX_PHASE, empty=False),
-        current_activity="" if activity is None else _text(activity, "currentActivity", MAX_ACTIVITY),
+        phase=_text(raw["phase"], "phase", MAX_PHASE, empty=False, one_line=True),
+        current_activity=""
+        if activity is None
+        else _text(activity, "currentActivity", MAX_ACTIVITY, one_line=True),
         progress=0 if progress is None else _int(progress, "progress", 0, 100),
         error=None if error is None else _text(error, "error", MAX_ERROR),
         spawned_task_ids=_uuid_list(raw.get("spawnedTaskIds"), "spawnedTaskIds"),

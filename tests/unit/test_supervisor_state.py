@@ -128,6 +128,20 @@ def test_every_refusal_names_the_field_and_the_limit() -> None:
     assert refused(currentActivity="nul\x00")["field"] == "currentActivity"
 
 
+def test_a_saves_phase_and_activity_are_one_line_as_a_heartbeats_are() -> None:
+    for field, bad in (
+        ("phase", "plan\nexecute"),
+        ("phase", "plan\u2028"),
+        ("currentActivity", "\x1b[31mred"),
+        ("currentActivity", "two\tcolumns"),
+    ):
+        problem = refused(**{field: bad})
+        assert problem["field"] == field, problem
+        assert "one line" in problem["problem"]
+    # Message content is free text, newlines and all.
+    assert parse_save(raw(historyAppend=[{"role": "user", "content": "line 1\nline 2"}])).history_append
+
+
 # --- ordering ---------------------------------------------------------------------------------
 
 
