@@ -77,7 +77,13 @@ async def authenticated_caller(
     Async, so a token in the principal cache (most requests) is answered on the event loop;
     only a lookup goes to a worker thread, as a sync dependency always would (each hop cost
     more than the cached answer)."""
-    token = credentials.credentials if credentials else None
+    return await caller_of(request, credentials.credentials if credentials else None)
+
+
+async def caller_of(request: HTTPConnection, token: str | None) -> Caller:
+    """The caller `token` stands for: from the principal cache on the event loop, else looked
+    up on a worker thread; raises Unauthenticated. The dependency above and the 401-first rule
+    (`error_handlers.unauthenticated_first`) both resolve a caller this way."""
     caller = cached_caller(token)
     if caller is not None:
         return caller

@@ -32,12 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.auth import Unauthenticated, cached_caller
+from app.auth import Unauthenticated
 from app.domain.errors import ContractError
-from app.http.deps import authenticate_token, bearer, wiring
+from app.http.deps import bearer, caller_of
 from app.http.errors import API_PREFIX, AUTHENTICATED_PREFIX, ERROR_STATUS, error_response, status_for
 from app.http.problems import InvalidRequest, problems_from_pydantic, summary
 from app.schemas import ErrorCode
@@ -61,10 +60,8 @@ async def unauthenticated_first(request: Request) -> JSONResponse | None:
     if not request.url.path.startswith(AUTHENTICATED_PREFIX):
         return None
     credentials = await bearer(request)
-    token = credentials.credentials if credentials else None
     try:
-        if cached_caller(token) is None:
-            await run_in_threadpool(authenticate_token, wiring(request).engine, token)
+        await caller_of(request, credentials.credentials if credentials else None)
     except Unauthenticated as exc:
         return _unauthenticated_response(exc)
     return None

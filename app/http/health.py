@@ -46,7 +46,7 @@ def healthz() -> Liveness:
 def healthz_head() -> Liveness:
     """HEAD of `/healthz`, its own route: one route for both methods gave the schema two
     operations with one id (FastAPI warned of it on the first `/openapi.json`)."""
-    return Liveness()
+    return healthz()
 
 
 @router.get(

@@ -369,13 +369,11 @@ class BodyLimits:
                 return b"".join(chunks)
 
     async def _refuse(self, scope: Scope, exc: BodyRejected, send: Send) -> None:
-        request = Request(scope)
-        response = await unauthenticated_first(request)
-        if response is None:
-            details: dict[str, Any] = {"problems": [exc.problem]}
-            if "limit" in exc.problem:
-                details["limit"] = exc.problem["limit"]
-            response = error_response(exc.status_code, ErrorCode.INVALID_REQUEST, exc.message, details)
+        # A caller without a valid token was answered 401 before its body was read (`__call__`).
+        details: dict[str, Any] = {"problems": [exc.problem]}
+        if "limit" in exc.problem:
+            details["limit"] = exc.problem["limit"]
+        response = error_response(exc.status_code, ErrorCode.INVALID_REQUEST, exc.message, details)
 
         async def nothing_more() -> Message:
             return {"type": "http.disconnect"}
