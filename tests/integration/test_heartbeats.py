@@ -110,6 +110,21 @@ def daemon(make_caller, worker: WorkerProcess) -> tuple[ContractsAPI, uuid.UUID]
 
 
 @contextmanager
+def embedded_database(tmp_path: Any) -> Iterator[tuple[Engine, str]]:
+    """A migrated SQLite database of the test's own (the embedded default) and a supervisor
+    token on it, the engine disposed afterwards."""
+    url = f"sqlite:///{tmp_path / 'makima.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    try:
+        with unit_of_work(engine=engine) as uow:
+            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+        yield engine, token
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def on_both_dialects(
     daemon: tuple[ContractsAPI, uuid.UUID], tmp_path: Any
 ) -> Iterator[list[tuple[Engine | None, uuid.UUID, uuid.UUID]]]:
@@ -117,17 +132,10 @@ def on_both_dialects(
     own: (engine, contract id, the sender's principal id) of each, the engine None for the
     default database."""
     api, cid = daemon
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    local = get_engine(url)
-    try:
-        with unit_of_work(engine=local) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+    with embedded_database(tmp_path) as (local, token):
         embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
         lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
         yield [(None, cid, api.caller.principal_id), (local, lid, embedded.caller.principal_id)]
-    finally:
-        local.dispose()
 
 
 def test_duplicate_late_and_out_of_order_heartbeats_leave_the_newest_state_and_one_row_per_id(
@@ -456,12 +464,7 @@ def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialec
     that heartbeat named (null for none, never a number it did not send), the incarnation in
     force, and its own reason."""
     api, cid = daemon
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    local = get_engine(url)
-    try:
-        with unit_of_work(engine=local) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+    with embedded_database(tmp_path) as (local, token):
         embedded = ContractsAPI(token, engine=local, sender=lambda *args, **kwargs: "")
         lid = uuid.UUID(str(embedded.create_contract("embedded", "simple").id))
         for engine, contract, principal in (
@@ -505,8 +508,6 @@ def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialec
             with unit_of_work(engine=engine) as uow:
                 row = uow.session.get(Supervisor, task)
                 assert row is not None and (row.incarnation, row.state) == (2, "working")  # unmoved
-    finally:
-        local.dispose()
 
 
 def history_of(task: uuid.UUID, engine: Any = None) -> list[tuple[int | None, bool]]:
@@ -1149,12 +1150,7 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
     refuse it first) starts no supervisor and is parked as refused; the task's own contract can
     still start its supervisor under that id afterwards."""
     token = make_caller(role="supervisor")[0]
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    local = get_engine(url)
-    try:
-        with unit_of_work(engine=local) as uow:
-            local_token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+    with embedded_database(tmp_path) as (local, local_token):
         apis = [ContractsAPI(token), ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")]
         for engine, api in zip((None, local), apis, strict=True):
             held, here = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("held", "here"))
@@ -1188,8 +1184,6 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
             with unit_of_work(engine=engine) as uow:
                 row = uow.session.get(Supervisor, task)
                 assert row is not None and row.contract_id == held, engine
-    finally:
-        local.dispose()
 
 
 def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
@@ -1198,18 +1192,13 @@ def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
     from app.config import get_settings
     from app.heartbeat_buffer import http_flush, parse_submission
 
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    engine = get_engine(url)
     sent: list[dict[str, Any]] = []
 
     def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
         sent.append(payload)
         return ""
 
-    try:
-        with unit_of_work(engine=engine) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
+    with embedded_database(tmp_path) as (engine, token):
         local = ContractsAPI(token, engine=engine, sender=send)
         held, here = (uuid.UUID(str(local.create_contract(n, "simple").id)) for n in ("held", "here"))
         theirs, new, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -1231,8 +1220,6 @@ def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
             (None, None),
         ]
         assert [h["taskId"] for g in sent[-1]["groups"] for h in g["heartbeats"]] == [str(new), str(other)]
-    finally:
-        engine.dispose()
 
 
 CLOSED_MESSAGE = "The contract is 'failed': no more supervisor heartbeats can be recorded on it."
@@ -1348,18 +1335,14 @@ def test_closed_contracts_are_refused_by_the_fronts_and_the_worker_on_sqlite_too
     from app.config import get_settings
     from app.heartbeat_buffer import http_flush, parse_submission
 
-    url = f"sqlite:///{tmp_path / 'makima.db'}"
-    migrate(url)
-    engine = get_engine(url)
     sent: list[dict[str, Any]] = []
 
     def send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
         sent.append(payload)
         return ""
 
-    try:
+    with embedded_database(tmp_path) as (engine, token):
         with unit_of_work(engine=engine) as uow:
-            token = create_token(uow.session, "sqlite-owner", Role.SUPERVISOR)
             person_token = create_token(uow.session, "sqlite-owner", Role.USER)
         local = ContractsAPI(token, engine=engine, sender=send)
         person = ContractsAPI(person_token, engine=engine, sender=send)
@@ -1387,5 +1370,3 @@ def test_closed_contracts_are_refused_by_the_fronts_and_the_worker_on_sqlite_too
         assert report.stored == 0
         with unit_of_work(engine=engine) as uow:
             assert uow.session.scalar(select(func.count()).select_from(Supervisor)) == 0
-    finally:
-        engine.dispose()
