@@ -21,6 +21,12 @@ Why each setting is what it is:
 - Separate queues routed by the task name's prefix (`app.queues`), so a worker pool per queue
   can be sized and a batch never starves heartbeats.
 - JSON only: a message anyone can read in `dead_letters`, and no pickle from the network.
+  Heartbeat lists travel as `application/x-makima-json` (`FAST_JSON`): the same JSON text,
+  encoded and decoded by orjson. A list of 500 is decoded twice per delivery (Celery's worker
+  decodes the body in its main process to tell protocol 1 from 2, then the pool process decodes
+  it for the task) and encoded once by the sender; kombu's `json` takes 2-5 ms for each, orjson
+  a fifth to a tenth of that. Other tasks keep kombu's `json`, whose typed values (a `UUID` or
+  `datetime` argument comes back as one) they may rely on.
 """
 
 from __future__ import annotations
@@ -33,13 +39,24 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
+import orjson
 from celery import Celery
 from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
+from kombu.serialization import register as register_serializer
 
 from app.config import Settings, get_settings
-from app.queues import Queue, queue_for
+from app.queues import Queue, TaskName, queue_for
 from app.redis_transport import TRANSPORT as REDIS_TRANSPORT
+
+# Heartbeat lists' serializer (see the module docstring): plain JSON text, orjson both ways.
+FAST_JSON: Final = "makima-json"
+FAST_JSON_CONTENT_TYPE: Final = "application/x-makima-json"
+register_serializer(
+    FAST_JSON, orjson.dumps, orjson.loads, content_type=FAST_JSON_CONTENT_TYPE, content_encoding="utf-8"
+)
+# Tasks whose messages use it: their payloads are JSON values only (no UUID or datetime objects).
+FAST_JSON_TASKS: Final = frozenset({TaskName.INGEST_HEARTBEATS.value})
 
 TASK_EXCHANGE = Exchange("makima", type="direct")
 DAEMON_EXCHANGE = Exchange("makima.daemon", type="direct", durable=True)
@@ -92,7 +109,7 @@ def build_celery(settings: Settings | None = None) -> Celery:
         app.conf.broker_transport = REDIS_TRANSPORT
     app.conf.update(
         task_serializer="json",
-        accept_content=["json"],
+        accept_content=["json", FAST_JSON_CONTENT_TYPE],
         result_serializer="json",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -154,6 +171,7 @@ def send_task(task: str, payload: dict[str, Any], countdown: float | None = None
         task_id=task_id,
         queue=queue_for(task).value,
         countdown=countdown if countdown and countdown > 0 else None,
+        serializer=FAST_JSON if task in FAST_JSON_TASKS else None,
     )
     return task_id
 
@@ -222,6 +240,9 @@ __all__ = [
     "BROKER_SOCKET_TIMEOUT_SECONDS",
     "DAEMON_EXCHANGE",
     "DAEMON_QUEUE_PREFIX",
+    "FAST_JSON",
+    "FAST_JSON_CONTENT_TYPE",
+    "FAST_JSON_TASKS",
     "SAFE_DAEMON_ID",
     "Sender",
     "build_celery",

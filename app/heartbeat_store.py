@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+import orjson
 from sqlalchemy import Engine, Table, Uuid, insert, null, select, union_all, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
@@ -812,7 +813,9 @@ def _uuid_array(ids: Sequence[str]) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON text for a parameter: orjson, a tenth of `json.dumps`'s time on a 500-heartbeat list
+    (the worker encodes every list it stores once more, for the server to expand)."""
+    return orjson.dumps(value).decode()
 
 
 def store_for(engine: Engine, settings: Settings) -> HeartbeatStore:

@@ -101,3 +101,41 @@ def test_a_broker_that_never_answers_fails_a_send_within_seconds(tmp_path: Any) 
         os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_heartbeat_lists_travel_as_orjson_text_and_other_tasks_as_kombu_json(redis_keyspace: str) -> None:
+    """Heartbeat lists are the one payload of JSON values only that is large and frequent: they
+    go as `application/x-makima-json` (orjson both ways); every other task keeps kombu's JSON."""
+    import base64
+    import json
+
+    from kombu.serialization import loads
+
+    from app.broker import FAST_JSON_CONTENT_TYPE, send_task
+    from app.heartbeats import message_of
+    from app.queues import Queue, TaskName
+
+    payload = message_of({"p-1": [{"taskId": "t", "contractId": "c", "currentActivity": "écrit"}]})
+    send_task(TaskName.INGEST_HEARTBEATS.value, payload)
+    send_task(TaskName.EVALUATE_PROGRESS.value, {"contractId": "probe"})
+
+    plain = redis.Redis.from_url(REDIS_URL)
+    try:
+        envelopes = {}
+        for queue in (Queue.HEARTBEATS, Queue.CONTRACTS):
+            key = f"{redis_keyspace}{queue.value}"
+            (raw,) = plain.lrange(key, 0, -1)
+            plain.delete(key)
+            envelopes[queue] = json.loads(raw)
+    finally:
+        plain.close()
+
+    beat = envelopes[Queue.HEARTBEATS]
+    assert beat["content-type"] == FAST_JSON_CONTENT_TYPE
+    body = base64.b64decode(beat["body"])
+    # Plain JSON text any reader can decode (a dead letter stays readable), and the worker's
+    # accept list takes it.
+    assert json.loads(body)[0] == [payload]
+    args = loads(body, beat["content-type"], beat["content-encoding"], accept=[FAST_JSON_CONTENT_TYPE])[0]
+    assert args == [payload]
+    assert envelopes[Queue.CONTRACTS]["content-type"] == "application/json"
