@@ -269,8 +269,8 @@ class DaemonCommandView(Schema):
     command_id: int = Field(description="Increasing; carry it out once (a command may arrive twice)")
     contract_id: uuid.UUID
     command: str = Field(
-        description="stop_supervisor, remove_worktree, supervisor_fenced, restart_supervisor, "
-        "sync_supervisor_state, ..."
+        description="stop_supervisor, remove_worktree, supervisor_fenced, heartbeat_refused, "
+        "restart_supervisor, sync_supervisor_state or answer_question"
     )
     payload: dict[str, Any]
     created_at: Timestamp

@@ -33,7 +33,10 @@ ingests a list like this, whatever its length:
 
 On PostgreSQL each list travels as one JSON parameter expanded server-side
 (`json_to_recordset`). Fenced heartbeats (rare) also write daemon commands through the
-daemon-command outbox.
+daemon-command outbox, and so do heartbeats refused because another contract holds their task
+id (rarer: the fronts refuse them, unless two first claims on one new id raced past them):
+their daemon is told once per task id and contract (`app.heartbeat_refusals`), beside the
+dead letter.
 
 **Duplicates across partitions.** The history is partitioned by received day, and a
 partitioned table's key must hold the partition key: `(contract_id, id, received_day)`. Within
@@ -86,6 +89,7 @@ from app.domain.supervisors import (
     starts_supervisor,
     wire_heartbeat,
 )
+from app.heartbeat_refusals import ForeignClaim, tell_refused
 from app.heartbeat_store import (
     COUNTERS,
     HISTORY,
@@ -246,6 +250,7 @@ def ingest(
             session, {hb.contract_id for _, hb in accepted}, {hb.task_id for _, hb in accepted}
         )
         heartbeats: list[Heartbeat] = []
+        foreign: list[Heartbeat] = []  # refused: another contract holds the task id
         for caller, hb in accepted:
             owner, status = owners.get(hb.contract_id) or (None, None)
             if owner is None or not caller.may_access(owner):
@@ -258,12 +263,14 @@ def ingest(
                 report.refused.append(_closed(hb.to_json(), status))
             elif held_by_another(task_contracts.get(hb.task_id), hb.contract_id):
                 report.refused.append(Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
+                foreign.append(hb)
             else:
                 heartbeats.append(hb)
         plan = _apply_supervisors(session, store, heartbeats, received_at, report)
         for hb, outcome in zip(plan.heartbeats, plan.outcomes, strict=True):
             if outcome is Outcome.REFUSED:
                 report.refused.append(Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
+                foreign.append(hb)
         rows = plan.rows_to_store()
         live = plan.live_contracts()
         counts = BatchCounts(
@@ -289,6 +296,9 @@ def ingest(
         report.contracts_touched = touched
         if plan.fenced:
             _tell_fenced(uow, plan, received_at)
+        if foreign:
+            claims = [ForeignClaim(h.contract_id, h.task_id, str(h.id), h.daemon_id) for h in foreign]
+            tell_refused(uow, claims, received_at)
         if report.refused:
             _park_refused(session, report.refused, received_at)
         if notify is not None:
@@ -400,6 +410,8 @@ def _ingest_folded(
         report.contracts_touched = done.touched
         if done.fenced_supervisors:
             _tell_fenced_rows(uow, done.fenced_supervisors, received_at)
+        if done.refused:
+            tell_refused(uow, [_foreign_claim(rows[n]) for n in done.refused], received_at)
         if report.refused:
             _park_refused(session, report.refused, received_at)
     # Committed: they have a row now (the others need none), but for those refused: another
@@ -412,6 +424,13 @@ def _ingest_folded(
         except Exception:  # a live notice is best effort; the table is the record
             log.warning("heartbeat notice not published", exc_info=True)
     return report
+
+
+def _foreign_claim(item: Mapping[str, Any]) -> ForeignClaim:
+    """A heartbeat the fold refused (its wire form), as `tell_refused` takes it."""
+    return ForeignClaim(
+        uuid.UUID(item["contractId"]), uuid.UUID(item["taskId"]), item["id"], item.get("daemonId")
+    )
 
 
 def _closed(raw: Any, status: str) -> Refusal:
