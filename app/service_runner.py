@@ -171,6 +171,8 @@ def settings_export(environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
 # The HTTP body limit (`app.http.limits.MAX_BODY_BYTES`), for uvicorn's WebSocket frames; a
 # unit test holds the two equal (this module does not import the HTTP package).
 WS_MAX_MESSAGE_BYTES = 1024 * 1024
+# uvicorn's h11 protocol with a deadline for each request's head (`app.http.head_deadline`).
+HTTP_PROTOCOL = "app.http.head_deadline:HeadDeadlineProtocol"
 
 
 def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> list[Child]:
@@ -197,6 +199,10 @@ def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> l
                 # default is 16): the monitor reads a whole frame before it can judge it.
                 "--ws-max-size",
                 str(WS_MAX_MESSAGE_BYTES),
+                # A request's line and headers must arrive within 10 s (uvicorn has no such
+                # deadline: a connection trickling its headers was held for ever).
+                "--http",
+                HTTP_PROTOCOL,
                 # An open monitor websocket must not hold a shutdown forever.
                 "--timeout-graceful-shutdown",
                 str(max(int(options.stop_timeout / 2), 1)),

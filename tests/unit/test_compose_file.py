@@ -85,6 +85,10 @@ def test_api_migrates_then_serves_on_8000(compose: dict[str, Any]) -> None:
 
     assert WS_MAX_MESSAGE_BYTES == MAX_BODY_BYTES
     assert f"--ws-max-size {MAX_BODY_BYTES}" in command
+    # The request-head deadline, as `makima run` starts the API (app.http.head_deadline).
+    from app.service_runner import HTTP_PROTOCOL
+
+    assert f"--http {HTTP_PROTOCOL}" in command
     assert "8000:8000" in published(api)
     assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
     # Healthy means ready (database and broker answer), not merely alive: the workers and

@@ -1,0 +1,81 @@
+"""uvicorn's h11 protocol with a deadline for each request's head (request line and headers).
+
+uvicorn has no such deadline. A connection that opens and sends nothing, or sends its headers a
+byte every few seconds, is held for ever: its keep-alive timer starts only after a first
+response, and any byte received cancels it. A few thousand such connections (a slow-loris
+attack, or a broken client) hold as many sockets and buffers in the one API process. Here every
+request's head must be complete within `HEAD_DEADLINE_SECONDS` of the connection opening, or of
+the previous response on a kept-alive connection; past it the connection gets `408 Request
+Timeout` and is closed. The body has its own deadline (`app.http.limits`, 30 s), judged once the
+head is in; a WebSocket, once upgraded, is no longer this protocol's.
+
+Run as `uvicorn app.http:app --http app.http.head_deadline:HeadDeadlineProtocol` (`makima run`
+and the compose file do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEAD_DEADLINE_SECONDS: Final = 10.0
+
+
+def timed_out_response(seconds: float) -> bytes:
+    """The 408 a connection gets when its request's head missed the deadline, as raw bytes."""
+    body = f"The request line and headers must arrive within {seconds:g} seconds.\n".encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"connection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+class HeadDeadlineProtocol(H11Protocol):
+    """H11Protocol whose connections must send each request's head within the deadline."""
+
+    head_deadline_seconds: float = HEAD_DEADLINE_SECONDS
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # the head is in (or the connection is done with)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The next request's head, unless a pipelined one was already read whole.
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.head_deadline_seconds, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        # Written raw: h11 has no request to answer yet (the head never arrived whole).
+        self.transport.write(timed_out_response(self.head_deadline_seconds))
+        self.transport.close()
+
+
+__all__ = ["HEAD_DEADLINE_SECONDS", "HeadDeadlineProtocol", "timed_out_response"]
