@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import JSON, Connection, TextualSelect, column, select, text
 from sqlalchemy.orm import Session
@@ -285,13 +285,21 @@ def touch(contract: Contract, now: datetime) -> None:
     contract.updated_at = now
 
 
-def refuse_if_closed(contract: Contract, what: str) -> None:
-    refuse_if_closed_status(contract.status, what)
+# What names the contract of a call on `/api/v1/contracts/{id}/...` (and the API module's
+# `contract_id` argument): a closed contract's refusal there names it as `details.field`, as a
+# heartbeat's names its `contractId`, beside `details.status`.
+CONTRACT_ID_FIELD: Final = "id"
 
 
-def refuse_if_closed_status(stored: str, what: str) -> None:
+def refuse_if_closed(contract: Contract, what: str, field: str | None = None) -> None:
+    """VALIDATION_FAILED when the contract is closed (`closed_refusal`: `details.status`, and
+    `details.field` when `field` names what chose the contract, such as the path's `id`)."""
+    refuse_if_closed_status(contract.status, what, field)
+
+
+def refuse_if_closed_status(stored: str, what: str, field: str | None = None) -> None:
     """`refuse_if_closed` on a status read without the row (the report's one-statement acceptance)."""
-    refusal = closed_refusal(Status(stored).value, what)
+    refusal = closed_refusal(Status(stored).value, what, field)
     if refusal is not None:
         raise refusal
 
@@ -402,6 +410,7 @@ def apply_phase(
 
 __all__ = [
     "CONTRACT_COLUMNS",
+    "CONTRACT_ID_FIELD",
     "ContractRow",
     "apply_phase",
     "contract_row_from_driver",

@@ -56,6 +56,7 @@ from sqlalchemy import Engine, select
 from app.auth import Caller
 from app.config import Settings, get_settings
 from app.domain.lifecycle import Status
+from app.domain.supervisors import uuid_problem
 from app.live_events import (
     PAGE_SIZE,
     Horizon,
@@ -162,10 +163,12 @@ class MonitorFilter:
             problems.append({"field": "contractIds", "problem": "must be a list of contract ids"})
             raw_ids = []
         for raw in raw_ids:
-            try:
-                ids.add(uuid.UUID(str(raw)))
-            except ValueError:
-                problems.append({"field": "contractIds", "problem": f"'{raw}' is not a UUID", "given": raw})
+            # The heartbeat's rule: `uuid.UUID` also read braces, urn:uuid: and full-width digits.
+            problem = uuid_problem(raw)
+            if problem is None:
+                ids.add(uuid.UUID(raw))
+            else:
+                problems.append({"field": "contractIds", "problem": problem, "given": raw})
         raw_statuses = _field(data, "statuses", "statuses") or []
         allowed = [s.value for s in Status]
         if not isinstance(raw_statuses, list):

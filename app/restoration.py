@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
 from app.byte_budget import json_size, take_within_budget
-from app.contract_rows import get_contract, lock_contract, refuse_if_closed
+from app.contract_rows import CONTRACT_ID_FIELD, get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import check_daemon_id
 from app.db import UnitOfWork
 from app.domain.errors import ContractError
@@ -448,7 +448,7 @@ def restore(
         lock_contract(session, caller, contract_id) if claim else get_contract(session, caller, contract_id)
     )
     if claim:
-        refuse_if_closed(contract, "supervisor restorations")
+        refuse_if_closed(contract, "supervisor restorations", CONTRACT_ID_FIELD)
     if task_id is not None:
         refuse_foreign_supervisor(session, contract.id, task_id)
     row = find_state(session, contract.id, task_id, lock=claim)

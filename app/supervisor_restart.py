@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
-from app.contract_rows import lock_contract, refuse_if_closed
+from app.contract_rows import CONTRACT_ID_FIELD, lock_contract, refuse_if_closed
 from app.daemon_commands import queue_command
 from app.db import UnitOfWork
 from app.domain.errors import Forbidden, SupervisorNotFound, ValidationFailed
@@ -88,7 +88,7 @@ def restart(
     contract = lock_contract(session, caller, contract_id)
     if caller.role not in RESTARTING_ROLES:
         raise Forbidden("restart a supervisor", caller.role.value, [r.value for r in RESTARTING_ROLES])
-    refuse_if_closed(contract, "supervisor restarts")
+    refuse_if_closed(contract, "supervisor restarts", CONTRACT_ID_FIELD)
     if reason is not None and (len(reason) > MAX_REASON or "\x00" in reason):
         raise ValidationFailed(
             f"reason is at most {MAX_REASON} characters, without NUL.",

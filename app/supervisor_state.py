@@ -35,7 +35,7 @@ from sqlalchemy import delete, insert, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
-from app.contract_rows import get_contract, lock_contract, refuse_if_closed
+from app.contract_rows import CONTRACT_ID_FIELD, get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import check_daemon_id
 from app.db import UnitOfWork, upsert_ignoring
 from app.domain.errors import Forbidden, SupervisorNotFound
@@ -375,7 +375,7 @@ def save_state(
     session = uow.session
     contract = lock_contract(session, caller, contract_id)
     require_saver(caller)
-    refuse_if_closed(contract, "supervisor state saves")
+    refuse_if_closed(contract, "supervisor state saves", CONTRACT_ID_FIELD)
     if save.daemon_id is not None:  # a restoration or restart may address commands to it
         check_daemon_id(save.daemon_id)
     refuse_foreign_supervisor(session, contract.id, save.task_id)

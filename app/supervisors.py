@@ -5,6 +5,9 @@
 - `require_live_supervisor`: what a command that needs a live supervisor calls first:
   SUPERVISOR_NOT_FOUND when none ever sent a heartbeat, SUPERVISOR_DEAD (with when it was
   last heard) when it was declared dead or has been silent longer than the timeout.
+- `no_supervisor`: the SUPERVISOR_NOT_FOUND of the status read and of the commands above.
+  When the only heartbeats received were fenced (a first one naming an incarnation never
+  issued), it says so: how many, when, which task, incarnation and daemon, and what to do.
 - `detect_dead_supervisors`: the beat sweep. A supervisor is dead when nothing was *received*
   from it for `heartbeat_timeout_seconds` (our clock, never the daemon's). Declaring it dead
   records `supervisor_state_changed` (to `interrupted`) and `supervisor_dead`, bumps its
@@ -21,11 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from pydantic import Field
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.contract_rows import get_contract, lock_contract, refuse_if_closed
+from app.contract_rows import CONTRACT_ID_FIELD, get_contract, lock_contract, refuse_if_closed
 from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
@@ -59,6 +62,7 @@ DEAD_SWEEP_BATCH: Final = 500
 MAX_DAEMON_SUPERVISORS: Final = 100
 DAEMONS_PAGE: Final = 100
 MAX_DAEMONS_PAGE: Final = 1000
+MAX_FENCED_SOURCES: Final = 10  # the (task, incarnation, daemon) a SUPERVISOR_NOT_FOUND lists
 
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 
@@ -209,24 +213,100 @@ def status_view(record: SupervisorRecord, now: datetime, timeout: timedelta) -> 
     )
 
 
+def no_supervisor(session: Session, contract_id: uuid.UUID, now: datetime) -> SupervisorNotFound:
+    """SUPERVISOR_NOT_FOUND for a contract no supervisor is recorded for, saying what was heard.
+
+    A supervisor is recorded by its first heartbeat that counts. Heartbeats that were all
+    fenced (a first one naming an incarnation the server never issued) are kept in the history
+    and start nothing, and "none has sent a heartbeat" sent the operator looking for a daemon
+    that was in fact sending. So the history `GET .../supervisor/heartbeats` shows (the last 24
+    hours) is read, only on the way to this 404: how many were fenced, when, and which task,
+    incarnation and daemon they named (`MAX_FENCED_SOURCES` of them, the newest first).
+    """
+    h = SupervisorHeartbeat
+    fenced = (h.contract_id == contract_id, h.fenced.is_(True), h.received_at >= now - RETENTION)
+    count, first, last = session.execute(
+        select(func.count(), func.min(h.received_at), func.max(h.received_at)).where(*fenced)
+    ).one()
+    if not count:
+        return SupervisorNotFound(contract_id)
+    newest = func.max(h.received_at)
+    sources = session.execute(
+        select(h.task_id, h.incarnation, h.daemon_id, func.count(), func.min(h.received_at), newest)
+        .where(*fenced)
+        .group_by(h.task_id, h.incarnation, h.daemon_id)
+        .order_by(newest.desc())
+        .limit(MAX_FENCED_SOURCES)
+    ).all()
+    heard = (
+        f"the heartbeat received for it at {_utc(first).isoformat()} was fenced, so it started none"
+        if count == 1
+        else f"the {count} heartbeats received for it since {_utc(first).isoformat()} were all fenced, "
+        "so none started one"
+    )
+    named = "; ".join(_source(task, inc, daemon, n, at) for task, inc, daemon, n, _, at in sources[:3])
+    if len(sources) > 3:
+        named += "; the others are listed in details.fenced"
+    error = SupervisorNotFound(
+        contract_id,
+        f"Contract {contract_id} has no supervisor: {heard}. {named[0].upper()}{named[1:]}. A "
+        "supervisor's first heartbeat names no incarnation or incarnation 1; only a restoration or a "
+        "restart issues a later one. Start the supervisor with no incarnation or incarnation 1, then "
+        "retry (GET .../supervisor/heartbeats lists what was received).",
+    )
+    error.details.update(
+        {
+            "fencedHeartbeats": count,
+            "firstReceivedAt": _utc(first).isoformat(),
+            "lastReceivedAt": _utc(last).isoformat(),
+            "fenced": [
+                {
+                    "taskId": str(task),
+                    "incarnation": inc,
+                    "daemonId": daemon,
+                    "heartbeats": n,
+                    "firstReceivedAt": _utc(since).isoformat(),
+                    "lastReceivedAt": _utc(at).isoformat(),
+                }
+                for task, inc, daemon, n, since, at in sources
+            ],
+        }
+    )
+    return error
+
+
+def _source(task: uuid.UUID, incarnation: int | None, daemon: str | None, count: int, last: datetime) -> str:
+    """One (task, incarnation, daemon) whose heartbeats were fenced, in words."""
+    named = f"incarnation {incarnation}" if incarnation is not None else "no incarnation"
+    sender = f"daemon {daemon}" if daemon is not None else "a daemon that gave no id"
+    times = "1 heartbeat" if count == 1 else f"{count} heartbeats"
+    return f"task {task} named {named} from {sender} ({times}, the last received at {_utc(last).isoformat()})"
+
+
+def _utc(at: datetime) -> datetime:
+    """A time read back by an aggregate (SQLite gives it without its zone) in UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def supervisor_status(
     session: Session, caller: Caller, contract_id: uuid.UUID, now: datetime, timeout: timedelta
 ) -> SupervisorStatus:
     contract = get_contract(session, caller, contract_id)
     record = _latest(session, contract.id)
     if record is None:
-        raise SupervisorNotFound(contract.id)
+        raise no_supervisor(session, contract.id, now)
     return status_view(record, now, timeout)
 
 
 def require_live_supervisor(
     session: Session, contract_id: uuid.UUID, now: datetime, timeout: timedelta
 ) -> SupervisorRecord:
-    """The contract's live supervisor, or SUPERVISOR_NOT_FOUND / SUPERVISOR_DEAD (with when it
-    was last heard). For commands that need a supervisor to act on them."""
+    """The contract's live supervisor, or SUPERVISOR_NOT_FOUND (`no_supervisor`: what was heard,
+    if anything) / SUPERVISOR_DEAD (with when it was last heard). For commands that need a
+    supervisor to act on them."""
     record = _latest(session, contract_id)
     if record is None:
-        raise SupervisorNotFound(contract_id)
+        raise no_supervisor(session, contract_id, now)
     if not _alive(record, now, timeout):
         # Not alive as stored: the incarnation in force was issued already (a restart or the
         # sweep); alive but silent: the sweep has not bumped it yet.
@@ -379,7 +459,7 @@ def request_sync(
     contract's supervisors were told to stop, so it is refused there.
     """
     contract = lock_contract(uow.session, caller, contract_id)
-    refuse_if_closed(contract, "supervisor syncs")
+    refuse_if_closed(contract, "supervisor syncs", CONTRACT_ID_FIELD)
     record = require_live_supervisor(uow.session, contract.id, now, timeout)
     command = queue_command(
         uow,
@@ -518,6 +598,7 @@ __all__ = [
     "detect_dead_supervisors",
     "heartbeat_history",
     "list_daemons",
+    "no_supervisor",
     "request_sync",
     "require_live_supervisor",
     "status_view",

@@ -13,7 +13,8 @@ the API module and the HTTP front alike:
   (`PHASE_RULE`, `ACTIVITY_RULE`: no control character or line separator, as for a host); its
   `timestamp`, sent as text, must be an RFC 3339 date-time (`TIMESTAMP_FORM`), not whatever
   else `datetime.fromisoformat` reads; its ids ASCII hex in the UUID's form (`UUID_FORM`), not
-  whatever else `uuid.UUID` reads.
+  whatever else `uuid.UUID` reads (`uuid_problem`, the rule state saves, restorations, the
+  live monitor's filter and the HTTP front's ids take too).
 - **Ordering**: a supervisor's states are ordered by (incarnation, timestamp). Within one
   incarnation the daemon's own clock orders its heartbeats; a newer incarnation wins whatever
   its clock says. An older heartbeat never overwrites a newer state.
@@ -211,36 +212,46 @@ def derived_id_text(task_id: str, utc_timestamp: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def parse_uuid(raw: Any, name: str, invalid: Callable[[str, str], Exception]) -> uuid.UUID:
-    """A UUID as sent (or already one); `invalid(field, problem)` is the caller's own error."""
-    if isinstance(raw, uuid.UUID):
-        return raw
-    if not isinstance(raw, str):
-        raise invalid(name, "must be a UUID string")
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise invalid(name, f"'{raw[:60]}' is not a UUID") from None
-
-
 # ASCII hex digits only, in the two groupings: `uuid.UUID` also reads full-width digits,
 # braces, a urn:uuid: prefix, hyphens anywhere, underscores and spaces, so one id had many
-# spellings, some of which no other reader (PostgreSQL, a daemon's tools) takes.
-_UUID_TEXT: Final = re.compile(
+# spellings, some of which no other reader (PostgreSQL, a daemon's tools) takes. The pattern is
+# public for the HTTP front's path ids (`app.http.routing`), which must match what this takes.
+UUID_TEXT_PATTERN: Final = (
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
 )
+_UUID_TEXT: Final = re.compile(UUID_TEXT_PATTERN)
+
+
+def uuid_problem(value: object) -> str | None:
+    """What is wrong with `value` as an id sent as text (a phrase to follow the field's name), or
+    None: a `UUID`, or text in `UUID_FORM`, either case.
+
+    The one rule for an id: a heartbeat's (taskId, contractId, id, each of pendingTaskIds), a
+    state save's, a restoration's and a restart's task ids, the live monitor's contractIds, and
+    the HTTP front's path ids (`app.http.routing`, `app.http.bodies.UUIDText`). Its refusals end
+    with `UUID_FORM`.
+    """
+    if isinstance(value, uuid.UUID):
+        return None
+    if not isinstance(value, str):
+        return f"must be a UUID string: {UUID_FORM}"
+    if _UUID_TEXT.fullmatch(value) is None:
+        return f"'{value[:60]}' is not a UUID: {UUID_FORM}"
+    return None
+
+
+def parse_uuid(raw: Any, name: str, invalid: Callable[[str, str], Exception]) -> uuid.UUID:
+    """An id as sent (or already a `UUID`) by `uuid_problem`'s rule; `invalid(field, problem)`
+    is the caller's own error."""
+    problem = uuid_problem(raw)
+    if problem is not None:
+        raise invalid(name, problem)
+    return raw if isinstance(raw, uuid.UUID) else uuid.UUID(raw)
 
 
 def _uuid(raw: Any, name: str) -> uuid.UUID:
-    """A heartbeat's id (taskId, contractId, id, each of pendingTaskIds): a `UUID`, or text in
-    `UUID_FORM`, case-insensitive. The one rule for every id a heartbeat carries."""
-    if isinstance(raw, uuid.UUID):
-        return raw
-    if not isinstance(raw, str):
-        raise InvalidHeartbeat(name, f"must be a UUID string: {UUID_FORM}")
-    if _UUID_TEXT.fullmatch(raw) is None:
-        raise InvalidHeartbeat(name, f"'{raw[:60]}' is not a UUID: {UUID_FORM}")
-    return uuid.UUID(raw)
+    """A heartbeat's id (taskId, contractId, id, each of pendingTaskIds), by `uuid_problem`."""
+    return parse_uuid(raw, name, InvalidHeartbeat)
 
 
 def _text(raw: Any, name: str, limit: int, rule: str, *, empty: bool) -> str:
@@ -1115,6 +1126,8 @@ __all__ = [
     "FIELDS",
     "FIRST_INCARNATION",
     "MAX_INCARNATION",
+    "UUID_FORM",
+    "UUID_TEXT_PATTERN",
     "BatchPlan",
     "FenceReason",
     "Fenced",
@@ -1145,4 +1158,5 @@ __all__ = [
     "parse_uuid",
     "plan_batch",
     "starts_supervisor",
+    "uuid_problem",
 ]

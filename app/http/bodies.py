@@ -7,13 +7,16 @@ The answers live in `app.schemas`; these classes describe only what callers send
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import contract_type_names
+from app.domain.supervisors import uuid_problem
 
 MAX_TEXT: Final = 10_000
 
@@ -26,6 +29,20 @@ def _no_nul(value: str) -> str:
 
 
 SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _uuid_text(value: object) -> object:
+    """An id by the heartbeat's rule (`uuid_problem`): pydantic's UUID also reads braces and a
+    urn:uuid: prefix, so a task had spellings here that a heartbeat naming it is refused for."""
+    problem = uuid_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("uuid_form", problem)
+    return value
+
+
+# An id in a body, a query or a path: a 422 problem of type `uuid_form` naming the field and the
+# form, like a heartbeat's refusal (lax, so the JSON string is read as a UUID once it passed).
+UUIDText = Annotated[uuid.UUID, BeforeValidator(_uuid_text), Field(strict=False)]
 
 
 class _Body(BaseModel):
@@ -149,6 +166,7 @@ __all__ = [
     "SafeStr",
     "TaskCompletedRequest",
     "TaskStartedRequest",
+    "UUIDText",
     "WorktreeCreatedRequest",
     "WorktreeRemovedRequest",
 ]

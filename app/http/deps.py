@@ -24,7 +24,7 @@ from app.auth import Caller, authenticate, cached_caller, reauthenticate
 from app.broker import Sender
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
-from app.http.bodies import SafeStr
+from app.http.bodies import SafeStr, UUIDText
 from app.http.problems import InvalidRequest
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -101,7 +101,9 @@ async def contracts_api(
 
 Api = Annotated[ContractsAPI, Depends(contracts_api)]
 ContractId = Annotated[uuid.UUID, Path(alias="id", description="The contract's id (a UUID).")]
-TaskId = Annotated[uuid.UUID, Path(alias="taskId", description="The task's id (a UUID).")]
+# A task id in the path is judged by the heartbeat's rule (`UUIDText`: a 422 naming taskId and the
+# form); contract, question and batch ids are routed by it (`{...:uuid}`, `app.http.routing`).
+TaskId = Annotated[UUIDText, Path(alias="taskId", description="The task's id (a UUID).")]
 DeliverableId = Annotated[
     SafeStr, Path(alias="deliverableId", max_length=200, description="A deliverable id of the phase.")
 ]

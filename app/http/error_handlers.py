@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import Unauthenticated
 from app.domain.errors import ContractError
+from app.domain.supervisors import UUID_FORM, uuid_problem
 from app.http.deps import bearer, caller_of
 from app.http.errors import API_PREFIX, AUTHENTICATED_PREFIX, ERROR_STATUS, error_response, status_for
 from app.http.problems import InvalidRequest, problems_from_pydantic, summary
@@ -155,7 +156,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         message = f"No endpoint at {request.method} {request.url.path}; see /openapi.json."
         hint = _uuid_hint(request.url.path)
         if hint is not None:
-            message += f" {hint[0]} ids are UUIDs, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13."
+            message += f" {hint[0]} ids are UUIDs: {UUID_FORM}."
             details = {"field": hint[1]}
     elif exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         allowed = sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip())
@@ -170,16 +171,14 @@ _UUID_SEGMENTS: Final = {"contracts": ("Contract", "id"), "questions": ("Questio
 
 
 def _uuid_hint(path: str) -> tuple[str, str] | None:
-    """The id to name in a 404 under the contracts API: the first one that is not a UUID."""
+    """The id to name in a 404 under the contracts API: the first one not in the form the
+    routes take (`uuid_problem`, the heartbeat's rule: `app.http.routing`)."""
     if not path.startswith(API_PREFIX + "/"):
         return None
     segments = path.split("/")
     for name, value in pairwise(segments):
-        if name in _UUID_SEGMENTS and value:
-            try:
-                uuid.UUID(value)
-            except ValueError:
-                return _UUID_SEGMENTS[name]
+        if name in _UUID_SEGMENTS and value and uuid_problem(value) is not None:
+            return _UUID_SEGMENTS[name]
     return None
 
 

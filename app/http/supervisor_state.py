@@ -13,7 +13,6 @@ feature flag off, every endpoint here answers 503 FEATURE_DISABLED.
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, status
@@ -38,7 +37,7 @@ from app.domain.supervisors import (
     MAX_INCARNATION,
     MAX_PHASE,
 )
-from app.http.bodies import SafeStr, _Body
+from app.http.bodies import SafeStr, UUIDText, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
 from app.http.routing import ParsedJSONRoute
@@ -51,9 +50,10 @@ E = ErrorCode
 CONTRACT = "/{id:uuid}"
 SUPERVISOR = API_PREFIX + CONTRACT + "/supervisor"
 
-TaskIdField = Annotated[uuid.UUID, Field(strict=False)]
+# Ids by the heartbeat's rule (`UUIDText`): braces or a urn:uuid: prefix are a 422 naming the field.
+TaskIdField = UUIDText
 TaskIdQuery = Annotated[
-    uuid.UUID | None,
+    UUIDText | None,
     Query(
         alias="taskId",
         description="The supervisor's task id; omitted: the contract's most recently saved supervisor",

@@ -2,7 +2,8 @@
 
 `POST /api/v1/supervisors/heartbeats` takes one heartbeat (a JSON object) or a list of up to
 1,000. Each is checked on its own: an invalid one, one on a closed contract (completed,
-failed, archived: field `contractId`), or one whose `taskId` is another contract's supervisor,
+failed, archived: field `contractId`, and a single one's details its `status`, as a state
+save's refusal there carries), or one whose `taskId` is another contract's supervisor,
 is refused with the field named and the rest go on (per-item results).
 Concurrent requests to this process share one broker message (a request waits at most
 `[heartbeats] coalesce_ms` for company) and each is answered 202 only once the message
@@ -27,7 +28,8 @@ from app.broker import send_task
 from app.config import get_settings
 from app.domain.daemon_ids import DAEMON_ID_RULE, MAX_DAEMON_ID
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
-from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState
+from app.domain.lifecycle import CLOSED_STATUSES
+from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState, closed_contract_refusal
 from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses
@@ -174,10 +176,25 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
         # (VALIDATION_FAILED naming taskId).
         if first.code == ContractNotFound.code:
             raise ContractNotFound(uuid.UUID(submission.parsed[0][1]["contractId"]))
-        raise ValidationFailed(first.message or "invalid heartbeat", details={"field": first.field})
+        raise refusal_of(first)
     return Response(
         accepted_body(submission.results), status_code=status.HTTP_202_ACCEPTED, media_type="application/json"
     )
+
+
+def refusal_of(result: ItemResult) -> ValidationFailed:
+    """The error a single refused heartbeat answers: its result's words and field, and for a
+    closed contract the refusal's own details (`status` beside `field`), as the API module and a
+    state save on the contract carry them.
+
+    A result keeps only a code, a field and a message (a list's answer has no room for more),
+    so the closed contract's refusal, the one whose details say more, is found by its words.
+    """
+    for stored in CLOSED_STATUSES:
+        closed = closed_contract_refusal(stored)
+        if closed is not None and closed.message == result.message and result.field == "contractId":
+            return closed
+    return ValidationFailed(result.message or "invalid heartbeat", details={"field": result.field})
 
 
 def accepted_body(results: list[ItemResult]) -> bytes:
@@ -234,7 +251,9 @@ def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) ->
 def supervisor_status(contract_id: ContractId, api: Api) -> Any:
     """The contract's supervisor: its newest state (by incarnation, then its own timestamp),
     its incarnation, when we last received a heartbeat from it, and whether it is alive
-    (received within the heartbeat timeout). SUPERVISOR_NOT_FOUND when none ever reported."""
+    (received within the heartbeat timeout). SUPERVISOR_NOT_FOUND when none ever reported; when
+    every heartbeat received for it was fenced (a first one naming an incarnation never issued),
+    its message and details say how many, when, which incarnation and daemon, and what to do."""
     try:
         return api.supervisor_status(contract_id)
     except FeatureDisabled as exc:

@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, update
+from starlette.convertors import UUIDConvertor
 
 from app import heartbeats
 from app.db import get_engine, unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
+from app.domain.supervisors import UUID_FORM
 from app.http import ERROR_STATUS, STATUS_BY_ERROR, create_app
 from app.models import Contract, ContractTask, utcnow
 from app.schemas import ErrorCode
@@ -599,6 +601,71 @@ def test_a_404_for_an_id_that_is_not_a_uuid_names_that_id(actor: Any) -> None:
     assert "Contract ids are UUIDs" in contract["message"] and contract["details"] == {"field": "id"}
     unknown = user.call("GET", f"{BASE}/{cid}/no-such-thing").json()["error"]
     assert unknown["code"] == "NOT_FOUND" and "UUID" not in unknown["message"]
+
+
+def test_an_id_in_another_spelling_than_a_heartbeats_is_refused_on_every_path_naming_it_and_the_form(
+    actor: Any, http_app: Any
+) -> None:
+    """Heartbeats take 32 ASCII hex digits, 8-4-4-4-12 or unhyphenated, either case (UUID_FORM).
+    Starlette's path ids made each hyphen optional and pydantic's UUID read braces and urn:uuid:,
+    so the same task or contract had spellings here that its heartbeats were refused for."""
+    daemon = actor(role="supervisor")
+    cid = daemon.create()
+    task = uuid.uuid4()
+    # A contract id in the path: no route, a 404 naming the id and the form.
+    half = f"{cid[:8]}{cid[9:]}"  # one hyphen left out, the other three kept
+    for path in (f"{BASE}/{half}", f"{BASE}/{half}/supervisor/state"):
+        missing = daemon.call("GET", path).json()["error"]
+        assert (missing["code"], missing["details"]) == ("NOT_FOUND", {"field": "id"}), missing
+        assert missing["message"].endswith(f"Contract ids are UUIDs: {UUID_FORM}.")
+    # A task id in the path, in a body and in a query: 422 naming the field, in the heartbeat's words.
+    braces, urn = "{" + str(task) + "}", f"urn:uuid:{task}"
+    save = {"taskId": str(task), "stateVersion": 1, "state": "working", "phase": "plan"}
+    refused = {
+        ("path", "taskId", urn): daemon.call(
+            "POST", f"{BASE}/{cid}/tasks/{urn}/started", {"taskName": "build"}
+        ),
+        ("body", "taskId", braces): daemon.call(
+            "POST", f"{BASE}/{cid}/supervisor/state", {**save, "taskId": braces}
+        ),
+        ("body", "spawnedTaskIds[0]", urn): daemon.call(
+            "POST", f"{BASE}/{cid}/supervisor/state", {**save, "spawnedTaskIds": [urn]}
+        ),
+        ("query", "taskId", urn): daemon.call("GET", f"{BASE}/{cid}/supervisor/restoration", taskId=urn),
+        ("query", "taskId", braces): daemon.call("GET", f"{BASE}/{cid}/supervisor/state", taskId=braces),
+        ("body", "taskId", urn): actor().call("POST", f"{BASE}/{cid}/supervisor/restart", {"taskId": urn}),
+        ("query", "contractIds", braces.replace(str(task), cid)): daemon.call(
+            "GET", f"{BASE}/events/stream", contractIds=braces.replace(str(task), cid)
+        ),
+    }
+    for (where, field, given), resp in refused.items():
+        details = assert_error(resp, 422, "INVALID_REQUEST")
+        (problem,) = details["problems"]
+        assert (problem["in"], problem["field"], problem["given"]) == (where, field, given), problem
+        assert problem["problem"] == f"'{given}' is not a UUID: {UUID_FORM}", problem
+    # Either case, with or without hyphens, is the same id wherever it is sent.
+    assert daemon.ok("GET", f"{BASE}/{uuid.UUID(cid).hex.upper()}")["id"] == cid
+    started = daemon.call("POST", f"{BASE}/{cid}/tasks/{task.hex.upper()}/started", {"taskName": "build"})
+    assert started.status_code == 202, started.text
+    # One convertor routes every path id, so none of them is looser than the others.
+    question = daemon.call("GET", f"{BASE}/{cid}/questions/{half}").json()["error"]
+    assert (question["code"], question["details"]) == ("NOT_FOUND", {"field": "questionId"}), question
+    assert question["message"].endswith(f"Question ids are UUIDs: {UUID_FORM}.")
+    batch = actor(role="admin").call("GET", f"{BASE}/batch/{half}").json()["error"]
+    assert batch["code"] == "NOT_FOUND" and batch["message"].startswith("No endpoint at GET"), batch
+
+    def routes(found: list[Any]) -> Iterator[Any]:
+        for route in found:
+            included = getattr(route, "original_router", None)
+            yield from routes(included.routes) if included is not None else [route]
+
+    path_ids = [
+        (route.path, convertor)
+        for route in routes(http_app.routes)
+        for name, convertor in getattr(route, "param_convertors", {}).items()
+        if name in ("id", "questionId", "batchId")
+    ]
+    assert path_ids and not [found for found in path_ids if isinstance(found[1], UUIDConvertor)]
 
 
 def test_a_405_names_the_methods_the_path_allows(actor: Any) -> None:

@@ -18,9 +18,18 @@ from app.api import ContractsAPI
 from app.broker import daemon_queue, get_celery
 from app.db import unit_of_work
 from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.lifecycle import Status
 from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
-from app.models import ContractTask, ConversationMessage, DaemonCommand, Supervisor, SupervisorStateRow
+from app.models import (
+    ContractTask,
+    ConversationMessage,
+    DaemonCommand,
+    Supervisor,
+    SupervisorHeartbeat,
+    SupervisorStateRow,
+    utcnow,
+)
 from tests.integration.helpers import event_types
 from tests.integration.worker_processes import WorkerProcess, start_worker, wait_for
 
@@ -575,3 +584,108 @@ def test_a_state_save_or_restoration_naming_another_owners_ordinary_task_is_refu
     assert mine.status_code == 200, mine.text
     row = state_row(task)
     assert row is not None and row.contract_id == hers
+
+
+def test_a_closed_contract_is_refused_in_one_shape_by_a_heartbeat_a_save_a_claim_a_restart_and_a_sync(
+    owner: Owner, client: TestClient
+) -> None:
+    """A heartbeat's refusal named the closed contract by `field` (contractId), a state save's by
+    `status`: one condition, two shapes. Each now carries both: the contract's status, and the
+    field that chose the contract (a heartbeat's contractId, else the path's id)."""
+    cid = uuid.UUID(str(owner.api.create_contract("closed", "simple").id))
+    task = uuid.uuid4()
+    owner.person.change_status(cid, Status.FAILED, reason="abandoned")
+    beat = {
+        "taskId": str(task),
+        "contractId": str(cid),
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+    }
+    answers = {
+        "heartbeat": client.post("/api/v1/supervisors/heartbeats", json=beat, headers=owner.headers()),
+        "save": client.post(f"{BASE}/{cid}/supervisor/state", json=body(task, 1), headers=owner.headers()),
+        "claim": client.get(
+            f"{BASE}/{cid}/supervisor/restoration?taskId={task}&daemonId=d-late", headers=owner.headers()
+        ),
+        "restart": client.post(f"{BASE}/{cid}/supervisor/restart", headers=owner.headers("user")),
+        "sync": client.post(f"{BASE}/{cid}/supervisor/sync", headers=owner.headers("user")),
+    }
+    for what, resp in answers.items():
+        assert resp.status_code == 400, (what, resp.text)
+        error = resp.json()["error"]
+        assert error["code"] == "VALIDATION_FAILED", (what, error)
+        field = "contractId" if what == "heartbeat" else "id"
+        assert error["details"] == {"missing": [], "status": "failed", "field": field}, (what, error)
+        assert error["message"].startswith("The contract is 'failed': no more supervisor "), (what, error)
+    with pytest.raises(ValidationFailed) as sent:  # the API module's refusal is the HTTP one
+        owner.api.send_heartbeat(cid, task, "working", "plan")
+    assert sent.value.details == answers["heartbeat"].json()["error"]["details"]
+    with pytest.raises(ValidationFailed) as saved:
+        owner.api.save_supervisor_state(cid, task, state_version=1, state="working", phase="plan")
+    assert saved.value.details == answers["save"].json()["error"]["details"]
+
+
+def test_a_status_read_after_only_fenced_heartbeats_says_they_were_fenced_and_what_to_do(
+    owner: Owner, client: TestClient
+) -> None:
+    """A first heartbeat naming incarnation 5 (none was ever issued) is stored, fenced, and
+    starts no supervisor. The status read answered "none has sent a heartbeat", which sent the
+    operator looking for a silent daemon; it still answers SUPERVISOR_NOT_FOUND, saying what was
+    received and how to start the supervisor."""
+    cid = uuid.UUID(str(owner.api.create_contract("fenced only", "simple").id))
+    task = uuid.uuid4()
+    status_url = f"{BASE}/{cid}/supervisor/status"
+    silent = client.get(status_url, headers=owner.headers("user")).json()["error"]
+    assert silent["details"] == {"contractId": str(cid)} and "none has sent a heartbeat" in silent["message"]
+    for _ in range(3):
+        owner.api.send_heartbeat(cid, task, "working", "plan", incarnation=5, daemon_id="d-5")
+        owner.api.flush()
+    wait_for(lambda: _heartbeats_of(cid) == 3, what="three fenced heartbeats stored")
+    assert _supervisor(task) is None
+
+    for resp in (
+        client.get(status_url, headers=owner.headers("user")),
+        client.post(f"{BASE}/{cid}/supervisor/sync", headers=owner.headers("user")),
+    ):
+        assert resp.status_code == 404, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "SUPERVISOR_NOT_FOUND"
+        message = error["message"]
+        assert "none has sent a heartbeat" not in message
+        assert f"Contract {cid} has no supervisor: the 3 heartbeats received for it since " in message
+        assert "were all fenced, so none started one" in message
+        assert f"Task {task} named incarnation 5 from daemon d-5 (3 heartbeats" in message
+        assert "Start the supervisor with no incarnation or incarnation 1, then retry" in message
+        details = error["details"]
+        assert (details["contractId"], details["fencedHeartbeats"]) == (str(cid), 3)
+        (source,) = details["fenced"]
+        assert source | {"firstReceivedAt": None, "lastReceivedAt": None} == {
+            "taskId": str(task),
+            "incarnation": 5,
+            "daemonId": "d-5",
+            "heartbeats": 3,
+            "firstReceivedAt": None,
+            "lastReceivedAt": None,
+        }
+        assert details["firstReceivedAt"] == source["firstReceivedAt"] <= source["lastReceivedAt"]
+        assert details["lastReceivedAt"] == source["lastReceivedAt"]
+
+    # What the message says to do starts the supervisor.
+    owner.api.send_heartbeat(cid, task, "working", "plan", daemon_id="d-5")
+    owner.api.flush()
+    wait_for(lambda: _supervisor(task), what="the supervisor started")
+    started = client.get(status_url, headers=owner.headers("user"))
+    assert started.status_code == 200 and started.json()["incarnation"] == 1, started.text
+
+
+def _heartbeats_of(cid: uuid.UUID) -> int:
+    with unit_of_work() as uow:
+        return int(
+            uow.session.scalar(
+                select(func.count())
+                .select_from(SupervisorHeartbeat)
+                .where(SupervisorHeartbeat.contract_id == cid)
+            )
+            or 0
+        )

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from app.domain.supervisors import UUID_FORM
 from app.monitor import FilterError, MonitorFilter
 
 ONE = uuid.uuid4()
@@ -64,6 +65,38 @@ def test_the_caller_names_what_else_a_message_may_carry() -> None:
         "afterr: is not a filter field; allowed: contractIds, statuses, includeStale, "
         "includeHeartbeats, after "
     )
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "{" + str(ONE) + "}",
+        "urn:uuid:" + str(ONE),
+        "\uff10" * 32,
+        f"{ONE.hex[:8]}-{ONE.hex[8:]}",
+        ONE.hex[:4] + "_" + ONE.hex[5:],
+    ],
+    ids=["braces", "urn", "full-width digits", "hyphens missing", "an underscore"],
+)
+def test_a_contract_id_is_held_to_a_heartbeats_form_naming_the_field_and_the_form(given: str) -> None:
+    """`uuid.UUID` read these, so a filter took spellings of a contract id its heartbeats could
+    not use; refused in the heartbeat's words."""
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse({"contractIds": [str(ONE), given]})
+    [problem] = refused.value.problems
+    assert problem == {
+        "field": "contractIds",
+        "problem": f"'{given[:60]}' is not a UUID: {UUID_FORM}",
+        "given": given,
+    }
+
+
+def test_a_contract_id_is_taken_in_either_case_with_or_without_hyphens() -> None:
+    spellings = [str(ONE), str(ONE).upper(), ONE.hex, ONE.hex.upper()]
+    assert MonitorFilter.parse({"contractIds": spellings}).contract_ids == frozenset({ONE})
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse({"contractIds": [7]})
+    assert refused.value.problems[0]["problem"] == f"must be a UUID string: {UUID_FORM}"
 
 
 def test_unknown_fields_and_bad_values_are_all_reported_together() -> None:

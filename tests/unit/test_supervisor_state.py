@@ -35,7 +35,7 @@ from app.domain.supervisor_state import (
     snapshot_of,
     worth_an_event,
 )
-from app.domain.supervisors import SupervisorState
+from app.domain.supervisors import UUID_FORM, SupervisorState
 
 CID, TASK = uuid.uuid4(), uuid.uuid4()
 T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
@@ -140,6 +140,52 @@ def test_a_saves_phase_and_activity_are_one_line_as_a_heartbeats_are() -> None:
         assert "one line" in problem["problem"]
     # Message content is free text, newlines and all.
     assert parse_save(raw(historyAppend=[{"role": "user", "content": "line 1\nline 2"}])).history_append
+
+
+# Spellings `uuid.UUID` reads and a heartbeat's ids may not take (`uuid_problem`).
+LOOSE_IDS = {
+    "braces": "{" + str(TASK) + "}",
+    "urn": "urn:uuid:" + str(TASK),
+    "full-width digits": "\uff10" * 32,
+    "a hyphen misplaced": f"{TASK.hex[:4]}-{TASK.hex[4:]}",
+    "hyphens missing": f"{TASK.hex[:8]}-{TASK.hex[8:]}",
+    "an underscore": TASK.hex[:4] + "_" + TASK.hex[5:],
+}
+
+
+@pytest.mark.parametrize("given", LOOSE_IDS.values(), ids=LOOSE_IDS.keys())
+@pytest.mark.parametrize(
+    ("field", "sent"),
+    [
+        ("taskId", lambda given: {"taskId": given}),
+        ("spawnedTaskIds[1]", lambda given: {"spawnedTaskIds": [str(CID), given]}),
+        ("waitingOnTaskIds[0]", lambda given: {"waitingOnTaskIds": [given]}),
+    ],
+    ids=["taskId", "spawnedTaskIds", "waitingOnTaskIds"],
+)
+def test_a_saves_ids_are_held_to_a_heartbeats_form_naming_the_field_and_the_form(
+    field: str, sent: Any, given: str
+) -> None:
+    """`uuid.UUID` took these, so a save named a task in spellings its heartbeats were refused
+    for; the problem is the heartbeat's own words, ending with the form an id may take."""
+    details = refused(**sent(given))
+    assert details["field"] == field
+    assert details["problem"] == f"'{given[:60]}' is not a UUID: {UUID_FORM}"
+
+
+def test_a_saves_ids_are_taken_in_either_case_with_or_without_hyphens() -> None:
+    for given in (str(TASK).upper(), TASK.hex, TASK.hex.upper()):
+        save = parse_save(raw(taskId=given, spawnedTaskIds=[given], waitingOnTaskIds=[given]))
+        assert (save.task_id, save.spawned_task_ids, save.waiting_on_task_ids) == (
+            TASK,
+            (str(TASK),),
+            (str(TASK),),
+        )
+    assert refused(taskId=7) == {
+        "missing": [],
+        "field": "taskId",
+        "problem": f"must be a UUID string: {UUID_FORM}",
+    }
 
 
 # --- ordering ---------------------------------------------------------------------------------
