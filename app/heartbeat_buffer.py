@@ -54,7 +54,7 @@ from app.domain.supervisors import (
     wire_heartbeat,
 )
 from app.foreign_tasks import foreign_ordinary_task, foreign_supervisor, foreign_task_refusal
-from app.heartbeats import MAX_PER_MESSAGE, message_of
+from app.heartbeat_messages import MAX_PER_MESSAGE, message_of
 from app.models import Contract, ContractTask, Supervisor
 from app.prepared import driver_rows
 from app.queues import TaskName

@@ -212,7 +212,7 @@ class Bench:
 
     def one_task_per_heartbeat(self, count: int) -> float:
         from app.broker import send_task
-        from app.heartbeats import message_of
+        from app.heartbeat_messages import message_of
         from app.queues import TaskName
 
         items = self.heartbeats(count)
@@ -267,6 +267,7 @@ def ingest_in_process(
 
     from app import heartbeats
     from app.db import get_engine
+    from app.heartbeat_messages import message_of
 
     def backends() -> float:
         with get_engine().connect() as conn:
@@ -284,7 +285,7 @@ def ingest_in_process(
         items = bench.heartbeats(size)
         for item in items:
             item["id"] = str(uuid.uuid4())
-        bodies.append(json.dumps(heartbeats.message_of({principal: items})))
+        bodies.append(json.dumps(message_of({principal: items})))
     heartbeats.ingest(json.loads(bodies.pop()), notify=lambda _notices: None)  # connections open
     server = backends()
     start, cpu = time.perf_counter(), time.process_time()

@@ -16,6 +16,7 @@ from app import heartbeats, live_events, metrics, supervisors
 from app.broker import send_task
 from app.config import get_settings
 from app.db import unit_of_work
+from app.heartbeat_retention import apply_retention
 from app.models import utcnow
 from app.queues import TaskName
 from workers.base import AccountableTask
@@ -75,5 +76,5 @@ def heartbeat_retention() -> int:
     """Heartbeats older than 24 h go: day partitions dropped (PostgreSQL), chunks deleted (SQLite)."""
     if not _enabled("heartbeat retention"):
         return 0
-    report = heartbeats.apply_retention()
+    report = apply_retention()
     return len(report.dropped) + report.deleted_rows

@@ -112,7 +112,7 @@ def test_heartbeat_lists_travel_as_orjson_text_and_other_tasks_as_kombu_json(red
     from kombu.serialization import loads
 
     from app.broker import FAST_JSON_CONTENT_TYPE, send_task
-    from app.heartbeats import message_of
+    from app.heartbeat_messages import message_of
     from app.queues import Queue, TaskName
 
     payload = message_of({"p-1": [{"taskId": "t", "contractId": "c", "currentActivity": "écrit"}]})

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from app import heartbeats
+from app.heartbeat_messages import message_of
 from app.http.application import create_app
 from app.models import utcnow
 from tests.integration.live_server import serve
@@ -109,7 +110,7 @@ def test_dashboard_signs_in_follows_live_events_confirms_a_phase_and_answers_que
         "phase": "plan",
         "timestamp": utcnow().isoformat(),
     }
-    heartbeats.ingest(heartbeats.message_of({supervisor_caller.principal_id: [beat]}))
+    heartbeats.ingest(message_of({supervisor_caller.principal_id: [beat]}))
     icon = httpx.get(server + "/favicon.ico", timeout=30)
     assert (icon.status_code, icon.headers["content-type"]) == (200, "image/x-icon")
 

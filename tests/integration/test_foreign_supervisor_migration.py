@@ -21,6 +21,8 @@ from sqlalchemy import select
 from app import heartbeats
 from app.auth import Role, authenticate, create_token
 from app.db import downgrade, get_engine, migrate, unit_of_work
+from app.heartbeat_messages import message_of
+from app.heartbeat_outcomes import FOREIGN_TASK
 from app.models import Contract, ContractTask, Supervisor, SupervisorHeartbeat, utcnow
 from tests.isolation import Isolation
 
@@ -107,10 +109,8 @@ def test_supervisor_rows_holding_another_contracts_task_go_with_their_heartbeats
     owner_ids = (wrong.id, owner_of_task.id, kept.id)
 
     # Before: the task's own contract is locked out of its id.
-    locked = heartbeats.ingest(
-        heartbeats.message_of({principal: [heartbeat(owner_of_task.id, task)]}), engine=engine
-    )
-    assert [(r.field, r.problem) for r in locked.refused] == [("taskId", heartbeats.FOREIGN_TASK)]
+    locked = heartbeats.ingest(message_of({principal: [heartbeat(owner_of_task.id, task)]}), engine=engine)
+    assert [(r.field, r.problem) for r in locked.refused] == [("taskId", FOREIGN_TASK)]
 
     with caplog.at_level(logging.INFO, logger="alembic.runtime.migration"):
         migrate(database_at_0013)
@@ -135,7 +135,7 @@ def test_supervisor_rows_holding_another_contracts_task_go_with_their_heartbeats
 
     # After: the contract whose task it is starts its supervisor under the id.
     later = heartbeat(owner_of_task.id, task, timestamp=(utcnow() + timedelta(seconds=1)).isoformat())
-    taken = heartbeats.ingest(heartbeats.message_of({principal: [later]}), engine=engine)
+    taken = heartbeats.ingest(message_of({principal: [later]}), engine=engine)
     assert (taken.stored, taken.refused) == (1, [])
     with unit_of_work(engine=engine) as uow:
         row = uow.session.get(Supervisor, task)

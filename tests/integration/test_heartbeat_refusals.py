@@ -25,7 +25,9 @@ from app.broker import send_task
 from app.config import get_settings
 from app.db import get_engine, migrate, unit_of_work
 from app.heartbeat_buffer import http_flush, parse_submission
+from app.heartbeat_messages import message_of
 from app.heartbeat_refusals import REFUSED_COMMAND
+from app.heartbeat_store import STATE_CHANGED
 from app.models import (
     ContractEvent,
     ContractTask,
@@ -191,7 +193,7 @@ def test_a_refused_claim_is_told_once_to_its_daemon_on_both_dialects(
             task, own, t0 = uuid.uuid4(), uuid.uuid4(), utcnow()
 
             def ingest(api: ContractsAPI, *items: dict[str, Any], engine: Engine | None = engine) -> Any:
-                message = heartbeats.message_of({api.caller.principal_id: list(items)})
+                message = message_of({api.caller.principal_id: list(items)})
                 return heartbeats.ingest(message, engine=engine, sender=send_task if engine is None else None)
 
             ingest(alice, hb(hers, task, t0, daemonId="d-hers"))
@@ -219,7 +221,7 @@ def test_a_refused_claim_is_told_once_to_its_daemon_on_both_dialects(
             assert supervisor_row(task, engine) == before, engine
             with unit_of_work(engine=engine) as uow:
                 changes = uow.session.scalars(
-                    select(ContractEvent.contract_id).where(ContractEvent.type == heartbeats.STATE_CHANGED)
+                    select(ContractEvent.contract_id).where(ContractEvent.type == STATE_CHANGED)
                 ).all()
                 assert mine in changes and hers in changes and his not in changes, engine
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from app import heartbeats
+from app import heartbeat_retention, heartbeats
 from app.api import ContractsAPI
 from app.auth import Role, create_token
 from app.broker import get_celery, send_task
@@ -29,7 +29,11 @@ from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
 from app.domain.lifecycle import Status
 from app.domain.supervisors import MAX_INCARNATION
+from app.heartbeat_fencing import FENCED_COMMAND
+from app.heartbeat_messages import message_of
+from app.heartbeat_outcomes import IngestReport
 from app.heartbeat_partitions import partition_name
+from app.heartbeat_store import STATE_CHANGED
 from app.http import create_app
 from app.models import (
     ContractEvent,
@@ -259,7 +263,7 @@ def test_a_list_with_one_invalid_heartbeat_stores_the_rest(
     good, bad = hb(cid, uuid.uuid4(), "idle", t0), {**hb(cid, uuid.uuid4(), "idle", t0), "state": "asleep"}
     send_task(
         TaskName.INGEST_HEARTBEATS.value,
-        heartbeats.message_of({api.caller.principal_id: [good, bad]}),
+        message_of({api.caller.principal_id: [good, bad]}),
     )
     wait_rows(cid, 5)
 
@@ -409,7 +413,7 @@ def test_a_silent_supervisor_is_declared_dead_once_and_its_late_heartbeat_is_fen
                 uow.session.scalars(
                     select(DaemonCommand).where(
                         DaemonCommand.contract_id == cid,
-                        DaemonCommand.command == heartbeats.FENCED_COMMAND,
+                        DaemonCommand.command == FENCED_COMMAND,
                         DaemonCommand.published_at.is_not(None),
                     )
                 )
@@ -447,7 +451,7 @@ def fence_notices(contract_id: uuid.UUID, engine: Any = None) -> dict[str, dict[
             for c in uow.session.scalars(
                 select(DaemonCommand).where(
                     DaemonCommand.contract_id == contract_id,
-                    DaemonCommand.command == heartbeats.FENCED_COMMAND,
+                    DaemonCommand.command == FENCED_COMMAND,
                 )
             )
         ]
@@ -478,16 +482,14 @@ def test_a_fenced_daemon_is_told_what_its_heartbeat_named_and_why_on_both_dialec
                 hb(contract, task, "idle", t0 + timedelta(seconds=s), daemonId="d-9", host="h-9", **named)
                 for s, named in ((1, {}), (2, {"incarnation": 50}), (3, {"incarnation": 1}))
             ]
-            heartbeats.ingest(
-                heartbeats.message_of({principal: [started]}), engine=engine, sender=lambda *a, **k: ""
-            )
+            heartbeats.ingest(message_of({principal: [started]}), engine=engine, sender=lambda *a, **k: "")
             # Incarnation 2 is the server's to issue: a restoration's claim issues it.
             claimant = api if engine is None else embedded
             restored = claimant.restore_supervisor(contract, task, daemon_id="d-9", host="h-9")
             assert (restored.claimed, restored.incarnation) == (True, 2)
             for beats in ([first], late):
                 report = heartbeats.ingest(
-                    heartbeats.message_of({principal: beats}), engine=engine, sender=lambda *a, **k: ""
+                    message_of({principal: beats}), engine=engine, sender=lambda *a, **k: ""
                 )
             assert report.fenced == 3
             told = fence_notices(contract, engine)
@@ -539,7 +541,7 @@ def test_a_first_heartbeat_naming_an_incarnation_never_issued_starts_nothing_on_
             tasks[engine] = task
             last = hb(contract, task, "working", t0, incarnation=MAX_INCARNATION, daemonId="d-max", host="h")
             report = heartbeats.ingest(
-                heartbeats.message_of({principal: [last]}), engine=engine, sender=lambda *a, **k: ""
+                message_of({principal: [last]}), engine=engine, sender=lambda *a, **k: ""
             )
             assert (report.fenced, report.applied, report.stored, report.refused) == (1, 0, 1, [])
             with unit_of_work(engine=engine) as uow:
@@ -556,9 +558,7 @@ def test_a_first_heartbeat_naming_an_incarnation_never_issued_starts_nothing_on_
             assert f"incarnation {MAX_INCARNATION} of this supervisor was never issued" in notice["reason"]
 
             named = hb(contract, task, "idle", t0 + timedelta(seconds=1), daemonId="d-max")
-            heartbeats.ingest(
-                heartbeats.message_of({principal: [named]}), engine=engine, sender=lambda *a, **k: ""
-            )
+            heartbeats.ingest(message_of({principal: [named]}), engine=engine, sender=lambda *a, **k: "")
             with unit_of_work(engine=engine) as uow:
                 row = uow.session.get(Supervisor, task)
                 assert row is not None and (row.incarnation, row.state, row.alive) == (1, "idle", True)
@@ -653,18 +653,16 @@ def test_retention_drops_old_partitions_and_keeps_the_last_day(
     api, cid = daemon
     now = utcnow()
     old = now - timedelta(days=3)
-    message = heartbeats.message_of(
-        {api.caller.principal_id: [hb(cid, uuid.uuid4(), "working", old) for _ in range(3)]}
-    )
+    message = message_of({api.caller.principal_id: [hb(cid, uuid.uuid4(), "working", old) for _ in range(3)]})
     heartbeats.ingest(message, now=old)  # as if received three days ago: its own day partition
     api.send_heartbeat(cid, uuid.uuid4(), "working", "plan", timestamp=now)
     api.flush()
     wait_rows(cid, 4)
-    assert old.date() in heartbeats.partition_days()
+    assert old.date() in heartbeat_retention.partition_days()
 
     beat(TaskName.HEARTBEAT_RETENTION)
-    wait_for(lambda: old.date() not in heartbeats.partition_days(), what="old partition dropped")
-    days = heartbeats.partition_days()
+    wait_for(lambda: old.date() not in heartbeat_retention.partition_days(), what="old partition dropped")
+    days = heartbeat_retention.partition_days()
     assert now.date() in days and (now + timedelta(days=2)).date() in days  # created ahead
     kept = rows(cid)
     assert len(kept) == 1 and kept[0].received_at > now - timedelta(hours=24)
@@ -799,9 +797,7 @@ def state_changes_recorded(engine: Any = None) -> int:
     with unit_of_work(engine=engine) as uow:
         return int(
             uow.session.scalar(
-                select(func.count())
-                .select_from(ContractEvent)
-                .where(ContractEvent.type == heartbeats.STATE_CHANGED)
+                select(func.count()).select_from(ContractEvent).where(ContractEvent.type == STATE_CHANGED)
             )
             or 0
         )
@@ -823,7 +819,7 @@ def test_metrics_count_every_state_change_the_workers_ingestion_records(
     api.send_heartbeat(cid, first, "idle", "plan", timestamp=t0 + timedelta(seconds=1))  # a change
     api.send_heartbeat(cid, second, "working", "plan", timestamp=t0 + timedelta(seconds=1))  # none
     api.flush()
-    wait_for(lambda: event_types(cid).count(heartbeats.STATE_CHANGED) == 3, what="three state changes")
+    wait_for(lambda: event_types(cid).count(STATE_CHANGED) == 3, what="three state changes")
     written = state_changes_recorded() - recorded
     assert written >= 3
     deadline = time.monotonic() + 10  # the worker counts right after its commit: a moment later
@@ -842,14 +838,14 @@ def test_the_ingestion_reports_by_type_the_events_its_statements_wrote_on_both_d
             task, t0 = uuid.uuid4(), utcnow()
             before = state_changes_recorded(engine)
             lists = [
-                heartbeats.message_of({principal: [hb(contract, task, state, t0 + timedelta(seconds=s))]})
+                message_of({principal: [hb(contract, task, state, t0 + timedelta(seconds=s))]})
                 for s, state in ((0, "working"), (1, "idle"), (2, "idle"))
             ]
             ingested = [heartbeats.ingest(one, engine=engine) for one in lists]
             assert [r.events_written() for r in ingested] == [
-                {heartbeats.STATE_CHANGED: 1},
-                {heartbeats.STATE_CHANGED: 1},
-                {heartbeats.STATE_CHANGED: 0},
+                {STATE_CHANGED: 1},
+                {STATE_CHANGED: 1},
+                {STATE_CHANGED: 0},
             ]
             assert state_changes_recorded(engine) - before == 2
 
@@ -862,7 +858,7 @@ def test_one_list_judges_a_new_supervisor_a_foreign_claim_a_late_one_and_a_repea
     task = uuid.uuid4()
     t0 = utcnow()
     first = {**hb(cid, task, "working", t0), "id": str(uuid.uuid4())}
-    message = heartbeats.message_of(
+    message = message_of(
         {
             api.caller.principal_id: [
                 first,
@@ -905,7 +901,7 @@ def test_lists_ingested_at_once_by_several_writers_leave_the_newest_state_and_on
     t0 = utcnow()
     states = ("working", "idle", "blocked")
     lists = [
-        heartbeats.message_of(
+        message_of(
             {
                 api.caller.principal_id: [
                     {**hb(cid, t, states[i % 3], t0 + timedelta(seconds=i)), "progress": i}
@@ -915,7 +911,7 @@ def test_lists_ingested_at_once_by_several_writers_leave_the_newest_state_and_on
         )
         for i in range(24)
     ]
-    reports: list[heartbeats.IngestReport] = []
+    reports: list[IngestReport] = []
     errors: list[BaseException] = []
 
     def writer(mine: list[dict[str, Any]]) -> None:
@@ -966,7 +962,7 @@ def test_a_list_hands_over_one_live_notice_per_supervisor_in_the_channels_shape(
     items = [{**hb(cid, t, "working", t0), "currentActivity": f"step {i}", "progress": i}
              for i, t in enumerate(tasks)]  # fmt: skip
     late = {**items[0], "timestamp": (t0 - timedelta(seconds=5)).isoformat(), "currentActivity": "older"}
-    message = heartbeats.message_of({api.caller.principal_id: [*items, late]})
+    message = message_of({api.caller.principal_id: [*items, late]})
     assert notices_of(message) == expected_notices(cid, tasks)  # PostgreSQL: built by the statement
 
     url = f"sqlite:///{tmp_path / 'makima.db'}"  # the embedded default: built in Python, same shape
@@ -978,7 +974,7 @@ def test_a_list_hands_over_one_live_notice_per_supervisor_in_the_channels_shape(
         local = ContractsAPI(token, engine=engine, sender=lambda *args, **kwargs: "")
         lid = uuid.UUID(str(local.create_contract("embedded", "simple").id))
         items = [{**i, "contractId": str(lid)} for i in [*items, late]]
-        assert notices_of(heartbeats.message_of({local.caller.principal_id: items}), engine) == (
+        assert notices_of(message_of({local.caller.principal_id: items}), engine) == (
             expected_notices(lid, tasks)
         )
     finally:
@@ -1004,7 +1000,7 @@ def test_the_worker_publishes_the_notices_on_the_live_channel_as_handed_over(
     sub.subscribe(live_events.channel())
     try:
         sub.get_message(timeout=2)  # the subscription's confirmation
-        ingest(heartbeats.message_of({api.caller.principal_id: items}))
+        ingest(message_of({api.caller.principal_id: items}))
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
         while len(got) < 2 and time.monotonic() < deadline:
@@ -1035,7 +1031,7 @@ def test_another_contracts_supervisor_task_is_refused_at_the_front_and_never_par
     here = uuid.UUID(str(api.create_contract("the wrong one", "simple").id))
     theirs = uuid.uuid4()  # cid's supervisor
     first = hb(cid, theirs, "working", utcnow())
-    heartbeats.ingest(heartbeats.message_of({api.caller.principal_id: [first]}), sender=send_task)
+    heartbeats.ingest(message_of({api.caller.principal_id: [first]}), sender=send_task)
     assert supervisor(theirs) is not None
     token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
     headers = {"Authorization": f"Bearer {token}"}
@@ -1162,7 +1158,7 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
             t0 = utcnow()
             principal = api.caller.principal_id
             report = heartbeats.ingest(
-                heartbeats.message_of({principal: [hb(here, task, "working", t0)]}), engine=engine
+                message_of({principal: [hb(here, task, "working", t0)]}), engine=engine
             )
             assert [(r.code, r.field, r.problem) for r in report.refused] == [
                 ("VALIDATION_FAILED", "taskId", "another contract's supervisor or task")
@@ -1177,7 +1173,7 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
                 ), engine
 
             own = heartbeats.ingest(
-                heartbeats.message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}),
+                message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}),
                 engine=engine,
             )
             assert (own.stored, own.refused) == (1, []), engine
@@ -1204,7 +1200,7 @@ def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
         theirs, new, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         t0 = utcnow()
         first = hb(held, theirs, "working", t0)
-        heartbeats.ingest(heartbeats.message_of({local.caller.principal_id: [first]}), engine=engine)
+        heartbeats.ingest(message_of({local.caller.principal_id: [first]}), engine=engine)
         with pytest.raises(ValidationFailed) as refused:
             local.send_heartbeat(here, theirs, "working", "plan")
         assert refused.value.details["field"] == "taskId"
@@ -1318,7 +1314,7 @@ def test_the_worker_neither_starts_nor_revives_a_supervisor_of_a_closed_contract
 
     fresh = uuid.uuid4()  # straight to the worker, as a message that bypassed the fronts
     report = heartbeats.ingest(
-        heartbeats.message_of({api.caller.principal_id: [hb(cid, fresh, "working", t0)]}), sender=send_task
+        message_of({api.caller.principal_id: [hb(cid, fresh, "working", t0)]}), sender=send_task
     )
     assert [(r.code, r.field, r.problem) for r in report.refused] == [
         ("VALIDATION_FAILED", "contractId", CLOSED_MESSAGE)
@@ -1362,7 +1358,7 @@ def test_closed_contracts_are_refused_by_the_fronts_and_the_worker_on_sqlite_too
             (None, None, None),
         ]
         report = heartbeats.ingest(
-            heartbeats.message_of({local.caller.principal_id: [hb(closed, uuid.uuid4(), "idle", t0)]}),
+            message_of({local.caller.principal_id: [hb(closed, uuid.uuid4(), "idle", t0)]}),
             engine=engine,
             sender=send,
         )

@@ -27,6 +27,7 @@ from app.db import get_engine, unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
 from app.domain.supervisors import UUID_FORM
+from app.heartbeat_messages import message_of
 from app.http import ERROR_STATUS, STATUS_BY_ERROR, create_app
 from app.models import Contract, ContractTask, utcnow
 from app.schemas import ErrorCode
@@ -825,7 +826,7 @@ def test_supervised_lists_only_the_contracts_whose_supervisor_has_reported(
         "phase": "plan",
         "timestamp": utcnow().isoformat(),
     }
-    heartbeats.ingest(heartbeats.message_of({daemon.principal_id: [beat]}))
+    heartbeats.ingest(message_of({daemon.principal_id: [beat]}))
 
     def ids(**params: Any) -> set[str]:
         return {c["id"] for c in user.ok("GET", BASE, **params)["contracts"]}

@@ -687,7 +687,7 @@ def test_heartbeat_ingestion_wakes_the_readers_for_the_state_changes_it_wrote(
 ) -> None:
     """The ingestion's one statement writes supervisor_state_changed rows itself (no held events):
     with the poll set to a minute, the worker task's wake-up is what brings them to the client."""
-    from app import heartbeats
+    from app.heartbeat_messages import message_of
     from app.models import utcnow
     from workers.heartbeats import ingest
 
@@ -712,7 +712,7 @@ def test_heartbeat_ingestion_wakes_the_readers_for_the_state_changes_it_wrote(
             "pendingTaskIds": [],
             "timestamp": utcnow().isoformat(),
         }
-        report = ingest(heartbeats.message_of({daemon.principal_id: [beat]}))
+        report = ingest(message_of({daemon.principal_id: [beat]}))
         got = receive_until(ws, 1, timeout=10)
     finally:
         monitor.poll_seconds = saved

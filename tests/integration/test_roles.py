@@ -23,6 +23,7 @@ import pytest
 from app import heartbeats
 from app.auth import Role, authenticate, create_token
 from app.db import unit_of_work
+from app.heartbeat_messages import message_of
 from app.http import create_app
 from app.models import utcnow
 
@@ -207,7 +208,7 @@ def with_a_supervisor(person: Actor) -> str:
         "phase": "plan",
         "timestamp": utcnow().isoformat(),
     }
-    heartbeats.ingest(heartbeats.message_of({principal: [beat]}))
+    heartbeats.ingest(message_of({principal: [beat]}))
     return cid
 
 

@@ -1,0 +1,171 @@
+"""The SQLite heartbeat store: the embedded default's, a list written with `executemany`.
+
+Its own module because nothing in it is PostgreSQL's: one writer at a time (`BEGIN IMMEDIATE`),
+so the supervisors read before the write are exact, and a statement is a function call, not a
+round trip, so a list goes in `executemany` statements built with SQLAlchemy Core, each
+supervisor's write guarded by its row's write counter (`version`). The rules that decide what
+to write are `app.domain.supervisors.plan_batch`'s, applied by `app.heartbeats_sqlite`; the
+interface and the shared helpers are `app.heartbeat_store`'s.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
+
+from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord
+from app.heartbeat_store import (
+    COUNTERS,
+    HISTORY,
+    STATE_CHANGED,
+    BatchCounts,
+    HeartbeatStore,
+    counter_shard,
+    event_payload,
+)
+from app.models import Contract, ContractEvent, Supervisor
+
+_SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
+_EVENTS: Table = ContractEvent.__table__  # type: ignore[assignment]
+_CONTRACTS: Table = Contract.__table__  # type: ignore[assignment]
+
+
+def _sup_values(after: SupervisorRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "task_id": after.task_id,
+        "contract_id": after.contract_id,
+        "incarnation": after.incarnation,
+        "version": after.version + 1,
+        "state": after.state.value,
+        "phase": after.phase,
+        "current_activity": after.current_activity,
+        "progress": after.progress,
+        "pending_task_ids": list(after.pending_task_ids),
+        "heartbeat_id": after.heartbeat_id,
+        "sent_at": after.sent_at,
+        "last_received_at": after.last_received_at,
+        "alive": after.alive,
+        "dead_at": after.dead_at,
+        "daemon_id": after.daemon_id,
+        "host": after.host,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _hist_values(hb: Heartbeat, fenced: bool, received_at: datetime) -> dict[str, Any]:
+    return {
+        "contract_id": hb.contract_id,
+        "id": hb.id,
+        "received_day": received_at.date(),
+        "received_at": received_at,
+        "task_id": hb.task_id,
+        "incarnation": hb.incarnation,
+        "state": hb.state.value,
+        "phase": hb.phase,
+        "current_activity": hb.current_activity,
+        "progress": hb.progress,
+        "pending_task_ids": list(hb.pending_task_ids),
+        "sent_at": hb.timestamp,
+        "fenced": fenced,
+        "daemon_id": hb.daemon_id,
+        "host": hb.host,
+    }
+
+
+class SqliteStore(HeartbeatStore):
+    """The embedded default: one writer at a time (BEGIN IMMEDIATE), so read-then-write is exact."""
+
+    def upsert_supervisors(
+        self,
+        session: Session,
+        writes: list[tuple[SupervisorRecord | None, SupervisorRecord]],
+        now: datetime,
+    ) -> set[uuid.UUID]:
+        if not writes:
+            return set()
+        table = _SUPERVISORS
+        stmt = sqlite.insert(table)
+        columns = [c.name for c in table.c if c.name not in ("task_id", "created_at")]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={c: stmt.excluded[c] for c in columns},
+            where=table.c.version == stmt.excluded.version - 1,
+        )
+        rows = [_sup_values(after, now) for _, after in sorted(writes, key=lambda w: w[1].task_id)]
+        session.execute(stmt, rows)
+        return set()
+
+    def write_rest(
+        self,
+        session: Session,
+        rows: list[tuple[Heartbeat, bool]],
+        plan: BatchPlan,
+        live: list[uuid.UUID],
+        received_at: datetime,
+        bump_before: datetime,
+        counts: BatchCounts,
+    ) -> tuple[int, int]:
+        hist = HISTORY
+        stored = 0
+        if rows:
+            ids = {hb.id for hb, _ in rows}
+            existing = set(
+                session.execute(select(hist.c.contract_id, hist.c.id).where(hist.c.id.in_(ids))).tuples()
+            )
+            fresh = [
+                _hist_values(hb, f, received_at) for hb, f in rows if (hb.contract_id, hb.id) not in existing
+            ]
+            if fresh:
+                session.execute(sqlite.insert(hist).on_conflict_do_nothing(), fresh)
+            stored = len(fresh)
+        if plan.changes:
+            session.execute(
+                insert(_EVENTS),
+                [
+                    {
+                        "contract_id": c.contract_id,
+                        "type": STATE_CHANGED,
+                        "payload": event_payload(c),
+                        "created_at": received_at,
+                    }
+                    for c in plan.changes
+                ],
+            )
+        touched = 0
+        if live:
+            result = session.execute(
+                update(_CONTRACTS)
+                .where(Contract.id.in_(live), Contract.last_activity_at < bump_before)
+                .values(last_activity_at=received_at)
+            )
+            touched = int(getattr(result, "rowcount", 0) or 0)
+        counter = COUNTERS
+        up = sqlite.insert(counter).values(
+            shard=counter_shard(),
+            received=counts.received,
+            stored=stored,
+            duplicates=counts.in_batch_duplicates + len(rows) - stored,
+            fenced=counts.fenced,
+            refused=counts.refused,
+            updated_at=received_at,
+        )
+        session.execute(
+            up.on_conflict_do_update(
+                index_elements=["shard"],
+                set_={
+                    name: counter.c[name] + up.excluded[name]
+                    for name in ("received", "stored", "duplicates", "fenced", "refused")
+                }
+                | {"updated_at": up.excluded.updated_at},
+            )
+        )
+        return stored, touched
+
+
+__all__ = ["SqliteStore"]
