@@ -22,12 +22,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve `app` on a free loopback port; yields the base URL (http://127.0.0.1:<port>)."""
+def serve(app: Any, **config: Any) -> Iterator[str]:
+    """Serve `app` on a free loopback port; yields the base URL (http://127.0.0.1:<port>).
+    `config`: more `uvicorn.Config` options (the HTTP protocol class, ...)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
-    )
+    options: dict[str, Any] = {"log_level": "warning", "ws": "websockets-sansio", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -11,16 +11,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from app.http import create_app
 from app.http.head_deadline import HeadDeadlineProtocol
 from app.service_runner import HTTP_PROTOCOL
+from tests.integration.live_server import serve
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +36,8 @@ def _no_send(task: str, payload: dict[str, object], countdown: float | None = No
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = int(probe.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(sender=_no_send), host="127.0.0.1", port=free, log_level="warning", http=OneSecondHeads
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield free
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(sender=_no_send), http=OneSecondHeads) as base:
+        yield int(base.rsplit(":", 1)[1])
 
 
 def _read_until_closed(sock: socket.socket, limit: float = 10.0) -> tuple[bytes, float]:

@@ -22,7 +22,6 @@ import base64
 import http.client
 import json
 import socket
-import threading
 import time
 import uuid
 import warnings
@@ -31,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from app.auth import Role, create_token
 from app.db import get_engine, migrate, unit_of_work
 from app.http import create_app
 from app.models import Contract
+from tests.integration.live_server import serve
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
@@ -311,20 +310,8 @@ def test_a_surrogate_pair_is_one_character_and_is_accepted(
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[int]:
     """The app under a real uvicorn on a free port: what TestClient cannot show (keep-alive)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    config = uvicorn.Config(create_app(sender=_no_send), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(sender=_no_send)) as base:
+        yield int(base.rsplit(":", 1)[1])
 
 
 def test_a_lone_surrogate_over_real_http_is_a_400_and_keeps_the_connection_alive(
