@@ -56,7 +56,6 @@ class IngestReport:
     applied: int = 0
     state_changes: int = 0
     contracts_touched: int = 0
-    attempts: int = 1
 
     def as_dict(self) -> dict[str, int]:
         return {

@@ -13,79 +13,6 @@ from __future__ import annotations
 
 from typing import Final
 
-SUP_UPSERT: Final = """
-INSERT INTO supervisors AS s (task_id, contract_id, incarnation, version, state, phase, current_activity,
-  progress, pending_task_ids, heartbeat_id, sent_at, last_received_at, alive, dead_at, daemon_id, host,
-  created_at, updated_at)
-SELECT r.task_id, r.contract_id, r.incarnation, r.version, r.state, r.phase, r.current_activity, r.progress,
-  r.pending_task_ids, r.heartbeat_id, r.sent_at, r.last_received_at, r.alive, r.dead_at, r.daemon_id, r.host,
-  %(now)s::timestamptz, %(now)s::timestamptz
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(task_id uuid, contract_id uuid, incarnation int, version int,
-  state text, phase text, current_activity text, progress int, pending_task_ids jsonb, heartbeat_id uuid,
-  sent_at timestamptz, last_received_at timestamptz, alive boolean, dead_at timestamptz, daemon_id text,
-  host text)
-ORDER BY r.task_id
-ON CONFLICT (task_id) DO UPDATE SET incarnation = EXCLUDED.incarnation, version = EXCLUDED.version,
-  state = EXCLUDED.state, phase = EXCLUDED.phase, current_activity = EXCLUDED.current_activity,
-  progress = EXCLUDED.progress, pending_task_ids = EXCLUDED.pending_task_ids,
-  heartbeat_id = EXCLUDED.heartbeat_id, sent_at = EXCLUDED.sent_at,
-  last_received_at = EXCLUDED.last_received_at, alive = EXCLUDED.alive, dead_at = EXCLUDED.dead_at,
-  daemon_id = EXCLUDED.daemon_id, host = EXCLUDED.host, updated_at = EXCLUDED.updated_at
-WHERE s.version = EXCLUDED.version - 1
-  AND (s.incarnation, coalesce(s.sent_at, '-infinity'::timestamptz))
-      <= (EXCLUDED.incarnation, coalesce(EXCLUDED.sent_at, '-infinity'::timestamptz))
-RETURNING task_id
-"""
-
-WRITE_REST: Final = """
-WITH b AS (
-  SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(contract_id uuid, id uuid, task_id uuid,
-    incarnation int, state text, phase text, current_activity text, progress int, pending_task_ids jsonb,
-    sent_at timestamptz, fenced boolean, daemon_id text, host text)
-),
-ins AS (
-  INSERT INTO supervisor_heartbeats (contract_id, id, received_day, received_at, task_id, incarnation, state,
-    phase, current_activity, progress, pending_task_ids, sent_at, fenced, daemon_id, host)
-  SELECT b.contract_id, b.id, %(day)s::date, %(received_at)s::timestamptz, b.task_id, b.incarnation, b.state,
-    b.phase, b.current_activity, b.progress, b.pending_task_ids, b.sent_at, b.fenced, b.daemon_id, b.host
-  FROM b
-  WHERE NOT EXISTS (
-    SELECT 1 FROM supervisor_heartbeats h
-    WHERE h.contract_id = b.contract_id AND h.id = b.id
-      AND h.received_day < %(day)s::date AND h.received_day >= %(oldest)s::date)
-  ON CONFLICT (contract_id, id, received_day) DO NOTHING
-  RETURNING 1
-),
-ev AS (
-  INSERT INTO contract_events (contract_id, type, payload, created_at)
-  SELECT e.contract_id, e.type, e.payload, %(received_at)s::timestamptz
-  FROM jsonb_to_recordset(%(events)s::jsonb) AS e(contract_id uuid, type text, payload jsonb)
-  RETURNING id
-),
-due AS (
-  SELECT id FROM contracts
-  WHERE id = ANY(%(live)s::uuid[]) AND last_activity_at < %(bump_before)s::timestamptz
-  ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
-),
-bump AS (
-  UPDATE contracts c SET last_activity_at = %(received_at)s::timestamptz FROM due WHERE c.id = due.id
-  RETURNING 1
-),
-n AS (SELECT count(*) AS stored FROM ins),
-cnt AS (
-  INSERT INTO heartbeat_counters AS k (shard, received, stored, duplicates, fenced, refused, updated_at)
-  SELECT %(shard)s, %(received)s, n.stored, %(offered)s - n.stored, %(fenced)s, %(refused)s,
-    %(received_at)s::timestamptz FROM n
-  ON CONFLICT (shard) DO UPDATE SET received = k.received + EXCLUDED.received,
-    stored = k.stored + EXCLUDED.stored, duplicates = k.duplicates + EXCLUDED.duplicates,
-    fenced = k.fenced + EXCLUDED.fenced, refused = k.refused + EXCLUDED.refused,
-    updated_at = EXCLUDED.updated_at
-  RETURNING 1
-)
-SELECT (SELECT stored FROM n), (SELECT count(*) FROM bump), (SELECT count(*) FROM ev),
-  (SELECT count(*) FROM cnt)
-"""
-
 # The supervisors' fold, in the database (PostgreSQL). The worker sends the list, de-duplicated
 # by id, and one statement judges every heartbeat against its supervisor's row as it is now
 # (locked, in task order, so two workers never wait on each other in a circle):
@@ -250,4 +177,4 @@ ON CONFLICT (shard) DO UPDATE SET received = t.received + EXCLUDED.received,
 """
 
 
-__all__ = ["COUNT_ONLY", "FOLD", "SUP_FIRST", "SUP_UPSERT", "WRITE_REST"]
+__all__ = ["COUNT_ONLY", "FOLD", "SUP_FIRST"]

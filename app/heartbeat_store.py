@@ -2,11 +2,11 @@
 
 Kept apart from `app.heartbeats` (which decides what a list means: who sent it, which
 supervisor state wins, what is fenced) because this is the part that differs by database.
-This module holds what does not: the store's interface (`HeartbeatStore`, with the reads both
-dialects share), what a write answers (`BatchCounts`, `FoldResult`), the supervisors' columns
-and their record (`supervisor_record`, read by `app.supervisors` and `app.incarnations` too),
-the counter shard, the process's record of the history's day partitions, and `store_for`,
-which picks one of the two stores, each in its own module:
+This module holds what does not: the store's interface (`HeartbeatStore`: only the day's
+preparation, the one call both paths make), what a write answers (`BatchCounts`, `FoldResult`),
+the supervisors' columns and their record (`supervisor_record`, read by `app.supervisors` and
+`app.incarnations` too), the counter shard, the process's record of the history's day
+partitions, and `store_for`, which picks one of the two stores, each in its own module:
 
 - PostgreSQL (`app.heartbeat_store_pg`): the list goes as one JSON parameter expanded
   server-side, in prepared statements (their text: `app.heartbeat_sql`), into the
@@ -23,16 +23,19 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Engine, Table, Uuid, null, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Table
 
 from app import heartbeat_partitions as partitions
 from app.config import Settings
 from app.domain.records import EventType
-from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord, SupervisorState
-from app.models import Contract, ContractTask, HeartbeatCounter, Supervisor, SupervisorHeartbeat
+from app.domain.supervisors import SupervisorRecord, SupervisorState
+from app.models import HeartbeatCounter, Supervisor, SupervisorHeartbeat
+
+if TYPE_CHECKING:  # each store imports this module; `store_for` imports them when called
+    from app.heartbeat_store_pg import PostgresStore
+    from app.heartbeat_store_sqlite import SqliteStore
 
 COUNTER_SHARDS: Final = 16
 STATE_CHANGED: Final = EventType.SUPERVISOR_STATE_CHANGED.value
@@ -62,75 +65,14 @@ class FoldResult:
 
 
 class HeartbeatStore:
+    """What `app.heartbeats.ingest` asks of either store before it picks the path by database.
+
+    Only the day's preparation: the two paths read and write through different calls (the
+    PostgreSQL fold; the SQLite reads and `executemany` writes), each on its own store.
+    """
+
     def prepare(self, engine: Engine, day: date) -> None:
         return None
-
-    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
-        """(owner, status) of each of the contracts that exist."""
-        if not contract_ids:
-            return {}
-        rows = session.execute(
-            select(Contract.id, Contract.owner_id, Contract.status).where(Contract.id.in_(contract_ids))
-        )
-        return {cid: (owner, status) for cid, owner, status in rows}
-
-    def owners_and_tasks(
-        self, session: Session, contract_ids: set[uuid.UUID], task_ids: set[uuid.UUID]
-    ) -> tuple[dict[uuid.UUID, tuple[str, str]], dict[uuid.UUID, uuid.UUID]]:
-        """`owners`, and the contract of each of `task_ids` that is an ordinary task
-        (`contract_tasks`): a task id belongs to one contract, so a heartbeat naming one on
-        another is refused. One statement for both (the SQLite ingestion's)."""
-        if not contract_ids:
-            return {}, {}
-        rows = session.execute(
-            union_all(
-                select(Contract.id, Contract.owner_id, Contract.status, null().cast(Uuid)).where(
-                    Contract.id.in_(sorted(contract_ids))
-                ),
-                select(ContractTask.contract_id, null(), null(), ContractTask.id).where(
-                    ContractTask.id.in_(sorted(task_ids))
-                ),
-            )
-        )
-        owners: dict[uuid.UUID, tuple[str, str]] = {}
-        tasks: dict[uuid.UUID, uuid.UUID] = {}
-        for cid, owner, status, task_id in rows:
-            if task_id is None:
-                owners[as_uuid(cid)] = (owner, status)
-            else:
-                tasks[as_uuid(task_id)] = as_uuid(cid)
-        return owners, tasks
-
-    def supervisors(
-        self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
-    ) -> dict[uuid.UUID, SupervisorRecord]:
-        ids = sorted(set(task_ids))
-        if not ids:
-            return {}
-        query = select(*SUPERVISOR_COLUMNS).where(Supervisor.task_id.in_(ids)).order_by(Supervisor.task_id)
-        if lock:
-            query = query.with_for_update()
-        return {row[0]: supervisor_record(row) for row in session.execute(query)}
-
-    def upsert_supervisors(
-        self,
-        session: Session,
-        writes: list[tuple[SupervisorRecord | None, SupervisorRecord]],
-        now: datetime,
-    ) -> set[uuid.UUID]:
-        raise NotImplementedError
-
-    def write_rest(
-        self,
-        session: Session,
-        rows: list[tuple[Heartbeat, bool]],
-        plan: BatchPlan,
-        live: list[uuid.UUID],
-        received_at: datetime,
-        bump_before: datetime,
-        counts: BatchCounts,
-    ) -> tuple[int, int]:
-        raise NotImplementedError
 
 
 HISTORY: Table = SupervisorHeartbeat.__table__  # type: ignore[assignment]
@@ -195,7 +137,7 @@ def counter_shard() -> int:
     return os.getpid() % COUNTER_SHARDS
 
 
-def store_for(engine: Engine, settings: Settings) -> HeartbeatStore:
+def store_for(engine: Engine, settings: Settings) -> PostgresStore | SqliteStore:
     """The store for this database.
 
     Each store imports this module (its interface and helpers), so this one imports them when

@@ -12,9 +12,8 @@ parameters' encoding. The interface and the shared helpers are `app.heartbeat_st
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -22,19 +21,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord
-from app.heartbeat_sql import COUNT_ONLY, FOLD, SUP_FIRST, SUP_UPSERT, WRITE_REST
+from app.heartbeat_sql import COUNT_ONLY, FOLD, SUP_FIRST
 from app.heartbeat_store import (
     STATE_CHANGED,
-    SUPERVISOR_COLUMNS,
-    BatchCounts,
     FoldResult,
     HeartbeatStore,
-    as_uuid,
     counter_shard,
     ensure_partitions_once,
-    event_payload,
-    supervisor_record,
 )
 from app.prepared import driver_rows
 
@@ -64,64 +57,6 @@ class PostgresStore(HeartbeatStore):
 
     def _run(self, session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return driver_rows(session.connection(), sql, params, prepare=self.prepare_statements)
-
-    def owners(self, session: Session, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
-        if not contract_ids:
-            return {}
-        rows = self._run(
-            session,
-            "SELECT id, owner_id, status FROM contracts WHERE id = ANY(%(ids)s::uuid[])",
-            {"ids": sorted(contract_ids)},
-        )
-        return {as_uuid(cid): (owner, status) for cid, owner, status in rows}
-
-    def supervisors(
-        self, session: Session, task_ids: Iterable[uuid.UUID], *, lock: bool
-    ) -> dict[uuid.UUID, SupervisorRecord]:
-        ids = sorted(set(task_ids))
-        if not ids:
-            return {}
-        columns = ", ".join(c.key for c in SUPERVISOR_COLUMNS)
-        sql = f"SELECT {columns} FROM supervisors WHERE task_id = ANY(%(ids)s::uuid[]) ORDER BY task_id"
-        if lock:
-            sql += " FOR UPDATE"
-        rows = self._run(session, sql, {"ids": ids})
-        return {rec.task_id: rec for rec in (supervisor_record(row) for row in rows)}
-
-    def upsert_supervisors(
-        self,
-        session: Session,
-        writes: list[tuple[SupervisorRecord | None, SupervisorRecord]],
-        now: datetime,
-    ) -> set[uuid.UUID]:
-        if not writes:
-            return set()
-        rows = [
-            {
-                "task_id": str(a.task_id),
-                "contract_id": str(a.contract_id),
-                "incarnation": a.incarnation,
-                "version": a.version + 1,
-                "state": a.state.value,
-                "phase": a.phase,
-                "current_activity": a.current_activity,
-                "progress": a.progress,
-                "pending_task_ids": list(a.pending_task_ids),
-                "heartbeat_id": str(a.heartbeat_id) if a.heartbeat_id else None,
-                "sent_at": _iso(a.sent_at),
-                "last_received_at": _iso(a.last_received_at),
-                "alive": a.alive,
-                "dead_at": _iso(a.dead_at),
-                "daemon_id": a.daemon_id,
-                "host": a.host,
-            }
-            for _, a in writes
-        ]
-        done = {
-            as_uuid(r[0])
-            for r in self._run(session, SUP_UPSERT, {"rows": _dumps(rows), "now": now.isoformat()})
-        }
-        return {a.task_id for _, a in writes} - done
 
     def owners_by_text(self, session: Session, contract_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """(owner, status) of the contracts that exist, keyed by the id as text (no UUID objects)."""
@@ -214,60 +149,6 @@ class PostgresStore(HeartbeatStore):
             },
         )
         return FoldResult(0, 0, 0, 0, 0, 0, [], [], "[]")
-
-    def write_rest(
-        self,
-        session: Session,
-        rows: list[tuple[Heartbeat, bool]],
-        plan: BatchPlan,
-        live: list[uuid.UUID],
-        received_at: datetime,
-        bump_before: datetime,
-        counts: BatchCounts,
-    ) -> tuple[int, int]:
-        day = received_at.date()
-        hist = [
-            {
-                "contract_id": str(hb.contract_id),
-                "id": str(hb.id),
-                "task_id": str(hb.task_id),
-                "incarnation": hb.incarnation,
-                "state": hb.state.value,
-                "phase": hb.phase,
-                "current_activity": hb.current_activity,
-                "progress": hb.progress,
-                "pending_task_ids": list(hb.pending_task_ids),
-                "sent_at": hb.timestamp.isoformat(),
-                "fenced": fenced,
-                "daemon_id": hb.daemon_id,
-                "host": hb.host,
-            }
-            for hb, fenced in rows
-        ]
-        events = [
-            {"contract_id": str(c.contract_id), "type": STATE_CHANGED, "payload": event_payload(c)}
-            for c in plan.changes
-        ]
-        params = {
-            "rows": _dumps(hist),
-            "day": day.isoformat(),
-            "oldest": (day - timedelta(days=2)).isoformat(),
-            "received_at": received_at.isoformat(),
-            "events": _dumps(events),
-            "live": list(live),
-            "bump_before": bump_before.isoformat(),
-            "shard": counter_shard(),
-            "received": counts.received,
-            "offered": len(rows) + counts.in_batch_duplicates,
-            "fenced": counts.fenced,
-            "refused": counts.refused,
-        }
-        ((stored, touched, _events, _counted),) = self._run(session, WRITE_REST, params)
-        return int(stored), int(touched)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 def _uuid_array(ids: Sequence[str]) -> str:

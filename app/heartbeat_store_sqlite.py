@@ -3,7 +3,9 @@
 Its own module because nothing in it is PostgreSQL's: one writer at a time (`BEGIN IMMEDIATE`),
 so the supervisors read before the write are exact, and a statement is a function call, not a
 round trip, so a list goes in `executemany` statements built with SQLAlchemy Core, each
-supervisor's write guarded by its row's write counter (`version`). The rules that decide what
+supervisor's write guarded by its row's write counter (`version`). Its reads are here too: the
+contracts' owners with the task ids' contracts, then the supervisors' stored states, one
+statement each. The rules that decide what
 to write are `app.domain.supervisors.plan_batch`'s, applied by `app.heartbeats_sqlite`; the
 interface and the shared helpers are `app.heartbeat_store`'s.
 """
@@ -11,10 +13,11 @@ interface and the shared helpers are `app.heartbeat_store`'s.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, Uuid, insert, null, select, union_all, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -23,12 +26,15 @@ from app.heartbeat_store import (
     COUNTERS,
     HISTORY,
     STATE_CHANGED,
+    SUPERVISOR_COLUMNS,
     BatchCounts,
     HeartbeatStore,
+    as_uuid,
     counter_shard,
     event_payload,
+    supervisor_record,
 )
-from app.models import Contract, ContractEvent, Supervisor
+from app.models import Contract, ContractEvent, ContractTask, Supervisor
 
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 _EVENTS: Table = ContractEvent.__table__  # type: ignore[assignment]
@@ -81,14 +87,56 @@ def _hist_values(hb: Heartbeat, fenced: bool, received_at: datetime) -> dict[str
 class SqliteStore(HeartbeatStore):
     """The embedded default: one writer at a time (BEGIN IMMEDIATE), so read-then-write is exact."""
 
+    def owners_and_tasks(
+        self, session: Session, contract_ids: set[uuid.UUID], task_ids: set[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, tuple[str, str]], dict[uuid.UUID, uuid.UUID]]:
+        """(owner, status) of each of the contracts that exist, and the contract of each of
+        `task_ids` that is an ordinary task (`contract_tasks`): a task id belongs to one
+        contract, so a heartbeat naming one on another is refused. One statement for both."""
+        if not contract_ids:
+            return {}, {}
+        rows = session.execute(
+            union_all(
+                select(Contract.id, Contract.owner_id, Contract.status, null().cast(Uuid)).where(
+                    Contract.id.in_(sorted(contract_ids))
+                ),
+                select(ContractTask.contract_id, null(), null(), ContractTask.id).where(
+                    ContractTask.id.in_(sorted(task_ids))
+                ),
+            )
+        )
+        owners: dict[uuid.UUID, tuple[str, str]] = {}
+        tasks: dict[uuid.UUID, uuid.UUID] = {}
+        for cid, owner, status, task_id in rows:
+            if task_id is None:
+                owners[as_uuid(cid)] = (owner, status)
+            else:
+                tasks[as_uuid(task_id)] = as_uuid(cid)
+        return owners, tasks
+
+    def supervisors(
+        self, session: Session, task_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, SupervisorRecord]:
+        """The stored state of each of these supervisors that has a row."""
+        ids = sorted(set(task_ids))
+        if not ids:
+            return {}
+        query = select(*SUPERVISOR_COLUMNS).where(Supervisor.task_id.in_(ids)).order_by(Supervisor.task_id)
+        return {row[0]: supervisor_record(row) for row in session.execute(query)}
+
     def upsert_supervisors(
         self,
         session: Session,
         writes: list[tuple[SupervisorRecord | None, SupervisorRecord]],
         now: datetime,
-    ) -> set[uuid.UUID]:
+    ) -> None:
+        """Write the plan's supervisors, each guarded by the write counter it was read with.
+
+        The guard never refuses here: the transaction began IMMEDIATE, so no other writer
+        moved a row between `supervisors` and this write.
+        """
         if not writes:
-            return set()
+            return
         table = _SUPERVISORS
         stmt = sqlite.insert(table)
         columns = [c.name for c in table.c if c.name not in ("task_id", "created_at")]
@@ -99,7 +147,6 @@ class SqliteStore(HeartbeatStore):
         )
         rows = [_sup_values(after, now) for _, after in sorted(writes, key=lambda w: w[1].task_id)]
         session.execute(stmt, rows)
-        return set()
 
     def write_rest(
         self,
@@ -115,9 +162,12 @@ class SqliteStore(HeartbeatStore):
         stored = 0
         if rows:
             ids = {hb.id for hb, _ in rows}
-            existing = set(
-                session.execute(select(hist.c.contract_id, hist.c.id).where(hist.c.id.in_(ids))).tuples()
-            )
+            existing = {
+                (contract_id, hb_id)
+                for contract_id, hb_id in session.execute(
+                    select(hist.c.contract_id, hist.c.id).where(hist.c.id.in_(ids))
+                )
+            }
             fresh = [
                 _hist_values(hb, f, received_at) for hb, f in rows if (hb.contract_id, hb.id) not in existing
             ]

@@ -27,8 +27,7 @@ ingests a list like this, whatever its length:
 3. on SQLite (`app.heartbeats_sqlite`: one writer at a time, a statement is a function call)
    the supervisors' stored states are read in **one** query, the pure domain decides everything
    (`app.domain.supervisors.plan_batch`, the same rules), and the writes go through
-   executemany, guarded by the row's write counter (`version`) and by
-   `(stored.incarnation, stored.sent_at) <= (new.incarnation, new.sent_at)`.
+   executemany, each supervisor's guarded by the row's write counter (`version`) as it was read.
 
 On PostgreSQL each list travels as one JSON parameter expanded server-side
 (`json_to_recordset`). Fenced heartbeats (rare) also write daemon commands through the
@@ -63,7 +62,7 @@ written, `app.heartbeat_store` and its two stores; the history's retention,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -71,20 +70,13 @@ from sqlalchemy.orm import Session
 from app.broker import Sender
 from app.config import Settings, get_settings
 from app.db import get_engine
-from app.domain.records import EventType
-from app.heartbeat_fencing import FENCED_COMMAND, fenced_payload
 from app.heartbeat_messages import groups_of
 from app.heartbeat_outcomes import IngestReport, Notify
-from app.heartbeat_retention import RETENTION
-from app.heartbeat_store import COUNTERS, STATE_CHANGED, SUPERVISOR_COLUMNS, store_for, supervisor_record
+from app.heartbeat_store import COUNTERS, store_for
 from app.heartbeat_store_pg import PostgresStore
 from app.heartbeats_pg import ingest_folded
 from app.heartbeats_sqlite import ingest_planned
 from app.models import utcnow
-
-# The event type the dead sweep writes (`app.supervisors`), snake_case like
-# `app.domain.records.EventType`.
-SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
 
 
 def ingest(
@@ -116,17 +108,4 @@ def counters(session: Session) -> dict[str, int]:
     return {name: int(value) for name, value in zip(names, row, strict=True)}
 
 
-# `ingest`, `counters` and `SUPERVISOR_DEAD` are this module's. The rest are re-exported from
-# the modules that own them for `app.supervisors` (the dead sweep and the supervisor reads),
-# which still imports them from here; new code imports them from their owners.
-__all__ = [
-    "FENCED_COMMAND",
-    "RETENTION",
-    "STATE_CHANGED",
-    "SUPERVISOR_COLUMNS",
-    "SUPERVISOR_DEAD",
-    "counters",
-    "fenced_payload",
-    "ingest",
-    "supervisor_record",
-]
+__all__ = ["counters", "ingest"]

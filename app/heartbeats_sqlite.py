@@ -44,18 +44,18 @@ from app.heartbeat_outcomes import (
     refused_as_closed,
 )
 from app.heartbeat_refusals import ForeignClaim, tell_refused
-from app.heartbeat_store import BatchCounts, HeartbeatStore
+from app.heartbeat_store import BatchCounts
+from app.heartbeat_store_sqlite import SqliteStore
 
 # The ingestion's one logger, whichever database's path ran.
 log = logging.getLogger("app.heartbeats")
 
-MAX_ATTEMPTS: Final = 5
 NOTICE: Final = "heartbeat"
 
 
 def ingest_planned(
     groups: list[tuple[Any, list[Any]]],
-    store: HeartbeatStore,
+    store: SqliteStore,
     sender: Sender | None,
     bind: Engine,
     settings: Settings,
@@ -101,7 +101,7 @@ def ingest_planned(
                 foreign.append(hb)
             else:
                 heartbeats.append(hb)
-        plan = _apply_supervisors(session, store, heartbeats, received_at, report)
+        plan = _apply_supervisors(session, store, heartbeats, received_at)
         for hb, outcome in zip(plan.heartbeats, plan.outcomes, strict=True):
             if outcome is Outcome.REFUSED:
                 report.refused.append(Refusal(hb.to_json(), "VALIDATION_FAILED", "taskId", FOREIGN_TASK))
@@ -161,42 +161,17 @@ def ingest_planned(
 
 
 def _apply_supervisors(
-    session: Session,
-    store: HeartbeatStore,
-    heartbeats: list[Heartbeat],
-    received_at: datetime,
-    report: IngestReport,
+    session: Session, store: SqliteStore, heartbeats: list[Heartbeat], received_at: datetime
 ) -> BatchPlan:
-    """Plan, upsert with the version guard, and re-plan the supervisors that moved meanwhile."""
-    current = store.supervisors(session, {hb.task_id for hb in heartbeats}, lock=False)
+    """Plan every heartbeat against the supervisors as stored, and write the supervisors it moves.
+
+    Read once and written once: the transaction began IMMEDIATE (one writer at a time), so no
+    other writer moves a row between the read and the write, and the plan is final.
+    """
+    current = store.supervisors(session, {hb.task_id for hb in heartbeats})
     plan = plan_batch(heartbeats, current, received_at)
-    pending = dict(plan.writes)
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        report.attempts = attempt
-        failed = store.upsert_supervisors(session, list(pending.values()), received_at)
-        if not failed:
-            return plan
-        # Another writer moved these rows after we read them: read them again under a row
-        # lock (so this round cannot lose again) and judge their heartbeats afresh.
-        current = {**current, **store.supervisors(session, failed, lock=True)}
-        retry = plan_batch([hb for hb in heartbeats if hb.task_id in failed], current, received_at)
-        plan = _merge(plan, retry, failed)
-        pending = dict(retry.writes)
-    raise RuntimeError(f"supervisor rows kept moving after {MAX_ATTEMPTS} attempts")
+    store.upsert_supervisors(session, list(plan.writes.values()), received_at)
+    return plan
 
 
-def _merge(plan: BatchPlan, retry: BatchPlan, failed: set[uuid.UUID]) -> BatchPlan:
-    """`plan` with the heartbeats of the `failed` supervisors judged as in `retry`."""
-    redone = iter(retry.outcomes)
-    outcomes = [
-        next(redone) if hb.task_id in failed else o
-        for hb, o in zip(plan.heartbeats, plan.outcomes, strict=True)
-    ]
-    merged = BatchPlan(plan.heartbeats, outcomes)
-    merged.writes = {t: w for t, w in plan.writes.items() if t not in failed} | retry.writes
-    merged.changes = [c for c in plan.changes if c.task_id not in failed] + retry.changes
-    merged.fenced = [f for f in plan.fenced if f.task_id not in failed] + retry.fenced
-    return merged
-
-
-__all__ = ["MAX_ATTEMPTS", "NOTICE", "ingest_planned"]
+__all__ = ["NOTICE", "ingest_planned"]

@@ -77,7 +77,9 @@ def reincarnate(
     fenced and the new one's first save wins. `alive` (a restoration: the daemon is here)
     marks it `initializing` and heard from now; otherwise (a restart: nobody runs the new
     incarnation yet) it is `interrupted` and not alive until the new incarnation reports.
-    The write counter moves, so a heartbeat batch that read the row before is judged again.
+    The row is written under its lock and its write counter moves, so neither a heartbeat list
+    (judged on the row as it is once locked; on SQLite, one writer at a time) nor the dead sweep
+    (which writes only a row whose counter did not move) writes over the new incarnation.
     INCARNATION_NOT_ISSUED when the next incarnation would be beyond `MAX_INCARNATION`.
     """
     state = SupervisorState.INITIALIZING if alive else SupervisorState.INTERRUPTED

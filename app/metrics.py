@@ -153,9 +153,10 @@ class DatabaseCollector(Collector):
         settings = get_settings()
         by_status = GaugeMetricFamily("contracts_by_status", "Contracts by status.", labels=["status"])
         with self.engine.connect() as conn:
-            counts = dict(
-                conn.execute(select(Contract.status, func.count()).group_by(Contract.status)).tuples().all()
-            )
+            counts = {
+                status: n
+                for status, n in conn.execute(select(Contract.status, func.count()).group_by(Contract.status))
+            }
             for status in Status:
                 by_status.add_metric([status.value], counts.get(status.value, 0))
             yield by_status

@@ -41,15 +41,9 @@ from app.domain.supervisors import (
     is_dead,
 )
 from app.events import record_event
-from app.heartbeats import (
-    FENCED_COMMAND,
-    RETENTION,
-    STATE_CHANGED,
-    SUPERVISOR_COLUMNS,
-    SUPERVISOR_DEAD,
-    fenced_payload,
-    supervisor_record,
-)
+from app.heartbeat_fencing import FENCED_COMMAND, fenced_payload
+from app.heartbeat_retention import RETENTION
+from app.heartbeat_store import STATE_CHANGED, SUPERVISOR_COLUMNS, supervisor_record
 from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
 from app.schemas import Schema, Timestamp
@@ -63,6 +57,8 @@ MAX_DAEMON_SUPERVISORS: Final = 100
 DAEMONS_PAGE: Final = 100
 MAX_DAEMONS_PAGE: Final = 1000
 MAX_FENCED_SOURCES: Final = 10  # the (task, incarnation, daemon) a SUPERVISOR_NOT_FOUND lists
+# The event type the dead sweep writes, snake_case like `app.domain.records.EventType`.
+SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
 
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 

@@ -764,7 +764,7 @@ def starts_supervisor(incarnation: int | None) -> bool:
     other was never issued, so a first heartbeat naming it is fenced and starts nothing. It
     once started the supervisor at that number: at `MAX_INCARNATION`, the next restart or
     restoration issued one no heartbeat, save or column could name. The same rule for the
-    worker's fold (`_FOLD` in `app.heartbeat_store`, in SQL), `plan_batch` and the fronts'
+    worker's fold (`FOLD` in `app.heartbeat_sql`, in SQL), `plan_batch` and the fronts'
     first claim on a task id (`app.heartbeat_buffer`).
     """
     return incarnation is None or incarnation == FIRST_INCARNATION
@@ -991,7 +991,7 @@ def held_by_another(holder: object | None, contract_id: object) -> bool:
     contract of the first heartbeat in a list that may start it (`starts_supervisor`: one
     naming an incarnation never issued is fenced and claims nothing); `holder` is that
     contract (None: none holds it yet). The same rule everywhere heartbeats are judged: the worker's fold
-    (`_FOLD` in `app.heartbeat_store`, in SQL), `plan_batch`, and the fronts
+    (`FOLD` in `app.heartbeat_sql`, in SQL), `plan_batch`, and the fronts
     (`app.heartbeat_buffer`), so what the fronts accept the worker never refuses for this.
     """
     return holder is not None and holder != contract_id

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import SADeprecationWarning
 
 from app import heartbeat_retention, heartbeats
 from app.api import ContractsAPI
@@ -1366,3 +1367,32 @@ def test_closed_contracts_are_refused_by_the_fronts_and_the_worker_on_sqlite_too
         assert report.stored == 0
         with unit_of_work(engine=engine) as uow:
             assert uow.session.scalar(select(func.count()).select_from(Supervisor)) == 0
+
+
+def test_a_list_sent_twice_on_sqlite_is_stored_once_through_no_deprecated_sqlalchemy_call(
+    tmp_path: Any,
+) -> None:
+    """The SQLite store finds the ids it already holds by reading them back as plain rows:
+    `Result.tuples()`, which it once used, is deprecated since SQLAlchemy 2.1."""
+    with embedded_database(tmp_path) as (engine, token):
+        local = ContractsAPI(token, engine=engine, sender=lambda *args, **kwargs: "")
+        lid = uuid.UUID(str(local.create_contract("twice", "simple").id))
+        task, t0 = uuid.uuid4(), utcnow()
+        beats = [
+            hb(lid, task, state, t0 + timedelta(seconds=s)) for s, state in ((0, "working"), (1, "idle"))
+        ]
+        message = message_of({local.caller.principal_id: beats})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SADeprecationWarning)
+            first = heartbeats.ingest(message, engine=engine)
+            again = heartbeats.ingest(message, engine=engine)
+        assert (first.stored, first.duplicates, first.state_changes) == (2, 0, 1)
+        assert (again.stored, again.duplicates, again.state_changes) == (0, 2, 0)
+        with unit_of_work(engine=engine) as uow:
+            stored = uow.session.scalar(
+                select(func.count())
+                .select_from(SupervisorHeartbeat)
+                .where(SupervisorHeartbeat.contract_id == lid)
+            )
+            state = uow.session.scalar(select(Supervisor.state).where(Supervisor.task_id == task))
+        assert (stored, state) == (2, "idle")

@@ -4,17 +4,20 @@ match the rows (issue 13)."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import SADeprecationWarning
 
 from app.api import ContractsAPI
-from app.db import unit_of_work
+from app.db import get_engine, unit_of_work
 from app.domain.lifecycle import Status
 from app.http.application import create_app
+from app.metrics import DatabaseCollector
 from app.models import Contract, ContractEvent
 from tests.integration.helpers import new_contract
 from tests.integration.worker_processes import start_worker, wait_for
@@ -82,3 +85,20 @@ def test_counters_add_up_over_two_worker_processes_and_gauges_match_rows(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_the_status_gauge_counts_the_rows_through_no_deprecated_sqlalchemy_call(make_caller: Any) -> None:
+    """`contracts_by_status` reads its counts as plain rows: `Result.tuples()`, which it once
+    used, is deprecated since SQLAlchemy 2.1 and warned on every scrape."""
+    _token, caller = make_caller()
+    ContractsAPI(caller=caller).create_contract("gauged", "simple")
+    with unit_of_work() as uow:
+        rows = uow.session.execute(select(Contract.status, func.count()).group_by(Contract.status)).all()
+    by_status = {str(status): int(count) for status, count in rows}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SADeprecationWarning)
+        families = list(DatabaseCollector(get_engine()).collect())
+    (gauge,) = [f for f in families if f.name == "contracts_by_status"]
+    counted = {s.labels["status"]: s.value for s in gauge.samples}
+    assert counted == {status.value: by_status.get(status.value, 0) for status in Status}
+    assert counted[Status.CREATED.value] >= 1
