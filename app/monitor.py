@@ -8,11 +8,11 @@ subscriber: each has a bounded buffer (`monitor_ws_buffer_size`), and one that f
 is marked overflowed, dropped from the fan-out and closed by its connection with the resume
 code (WebSocket 4408, SSE a `resume` event); it reconnects with the last id it saw.
 
-A live WebSocket subscriber with nothing buffered is sent to by the hub itself, as it offers
-the event: the server's send is started there and almost always completes at once (the
-connection's write buffer has room), so a delivery costs no buffer, wake-up or task switch.
-A send that has to wait (a client reading slowly) is handed to the subscriber's own task,
-which finishes it, sends what was buffered meanwhile in order, and hands back (`pump`).
+This module is the hub: reading the table (the tail, a subscriber's catch-up, the wake-ups) and
+the registry of subscribers it offers what it reads to. What a subscriber asks for is
+`app.monitor_filter`; a subscriber, its buffer and how its items reach its connection (the
+hub's direct send, `pump`) are `app.monitor_subscribers`; the streams' endpoints are
+`app.http.monitor_ws` (WebSocket) and `app.http.monitor_sse` (Server-Sent Events).
 
 A subscriber that connects with `after` (the last event id it saw) is registered with the hub
 first, so live events start collecting in its buffer, and then catches up from the table in
@@ -44,10 +44,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -55,8 +52,6 @@ from sqlalchemy import Engine, select
 
 from app.auth import Caller
 from app.config import Settings, get_settings
-from app.domain.lifecycle import Status
-from app.domain.supervisors import uuid_problem
 from app.live_events import (
     PAGE_SIZE,
     Horizon,
@@ -71,11 +66,11 @@ from app.live_events import (
     redis_url,
     tail_position,
 )
+from app.monitor_filter import MonitorFilter
+from app.monitor_subscribers import Item, Subscriber, event_item
 
 log = logging.getLogger(__name__)
 
-STALE_TYPES: Final = frozenset({"stale_detected", "stale_cleared"})
-HEARTBEAT: Final = "heartbeat"
 # An event announced by a wake-up but still above the commit horizon (an older transaction
 # somewhere on the cluster is still open) is looked for again after this long, doubling up to
 # RETRY_MAX_SECONDS: it is delivered within that of the transaction's end, not at the next
@@ -87,246 +82,6 @@ RETRY_MAX_SECONDS: Final = 0.05
 AWAIT_LIMIT_SECONDS: Final = 30.0
 # Event ids the hub dispatched, kept to recognise a wake-up that arrives after its read.
 RECENT_IDS: Final = 10_000
-
-
-class FilterError(ValueError):
-    """A filter message that cannot be used; `problems` say which field and why."""
-
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(f"{p['field']}: {p['problem']}" for p in problems))
-        self.problems = problems
-
-
-# A filter message's fields (seed 4.1.2): each camelCase spelling and the seed's snake_case one.
-FILTER_FIELDS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "contractIds": "contract_ids",
-        "statuses": "statuses",
-        "includeStale": "include_stale",
-        "includeHeartbeats": "include_heartbeats",
-    }
-)
-
-
-def _field(data: Mapping[str, Any], camel: str, snake: str) -> Any:
-    return data[camel] if camel in data else data.get(snake)
-
-
-def _both_spellings(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A problem for each field given in both spellings: which one to obey would be a guess
-    (`{"contract_ids": [X], "contractIds": []}` subscribed to every contract: camelCase won)."""
-    return [
-        {
-            "field": camel,
-            "problem": f"is given twice, as {camel} and as {snake}: send one spelling of a field",
-            "given": [camel, snake],
-        }
-        for camel, snake in FILTER_FIELDS.items()
-        if camel != snake and camel in data and snake in data
-    ]
-
-
-def _unknown_fields(data: Mapping[str, Any], also: Collection[str]) -> list[dict[str, Any]]:
-    """A problem for each field no filter message has: a misspelt `contractID` must not widen
-    the subscription to everything (as an ignored field would)."""
-    snake = [s for c, s in FILTER_FIELDS.items() if s != c]
-    allowed = [*FILTER_FIELDS, *also, *snake]
-    listed = f"{', '.join([*FILTER_FIELDS, *also])} (or the snake_case {', '.join(snake)})"
-    return [
-        {"field": str(name), "problem": f"is not a filter field; allowed: {listed}", "allowed": allowed}
-        for name in data
-        if name not in allowed
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorFilter:
-    """Seed 4.1.2: contract ids, statuses, include_stale, include_heartbeats (empty: everything)."""
-
-    contract_ids: frozenset[uuid.UUID] = frozenset()
-    statuses: frozenset[str] = frozenset()
-    include_stale: bool = False
-    include_heartbeats: bool = False
-
-    @classmethod
-    def parse(cls, data: Mapping[str, Any], also: Collection[str] = ()) -> MonitorFilter:
-        """From a filter message, camelCase (`contractIds`) or the seed's snake_case.
-
-        A field that is neither, nor one of `also` (what else the message may carry, such as
-        the subscription's `after`, read by the caller), is refused like a bad value; so is a
-        field given in both spellings.
-        """
-        problems = [*_unknown_fields(data, also), *_both_spellings(data)]
-        raw_ids = _field(data, "contractIds", "contract_ids") or []
-        ids: set[uuid.UUID] = set()
-        if not isinstance(raw_ids, list):
-            problems.append({"field": "contractIds", "problem": "must be a list of contract ids"})
-            raw_ids = []
-        for raw in raw_ids:
-            # The heartbeat's rule: `uuid.UUID` also read braces, urn:uuid: and full-width digits.
-            problem = uuid_problem(raw)
-            if problem is None:
-                ids.add(uuid.UUID(raw))
-            else:
-                problems.append({"field": "contractIds", "problem": problem, "given": raw})
-        raw_statuses = _field(data, "statuses", "statuses") or []
-        allowed = [s.value for s in Status]
-        if not isinstance(raw_statuses, list):
-            problems.append({"field": "statuses", "problem": "must be a list of statuses"})
-            raw_statuses = []
-        for raw in raw_statuses:
-            if raw not in allowed:
-                problems.append(
-                    {
-                        "field": "statuses",
-                        "problem": f"'{raw}' is not a status; allowed: {', '.join(allowed)}",
-                        "given": raw,
-                    }
-                )
-        flags = {}
-        for camel, snake in (("includeStale", "include_stale"), ("includeHeartbeats", "include_heartbeats")):
-            value = _field(data, camel, snake)
-            if value is not None and not isinstance(value, bool):
-                problems.append({"field": camel, "problem": "must be true or false", "given": value})
-            flags[snake] = bool(value)
-        if len(ids) > 1000:
-            problems.append({"field": "contractIds", "problem": "at most 1000 contract ids"})
-        if problems:
-            raise FilterError(problems)
-        return cls(
-            frozenset(ids), frozenset(raw_statuses), flags["include_stale"], flags["include_heartbeats"]
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "contractIds": sorted(str(c) for c in self.contract_ids),
-            "statuses": sorted(self.statuses),
-            "includeStale": self.include_stale,
-            "includeHeartbeats": self.include_heartbeats,
-        }
-
-    def matches(self, type_: str, contract_id: uuid.UUID, status: str | None) -> bool:
-        if type_ in STALE_TYPES and not self.include_stale:
-            return False
-        if type_ == HEARTBEAT and not self.include_heartbeats:
-            return False
-        if self.contract_ids and contract_id not in self.contract_ids:
-            return False
-        return not self.statuses or status in self.statuses
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One message for clients, encoded once: an event (with its position) or a live notice.
-
-    `message` is the ASGI message that sends it over a WebSocket, built once too: every
-    subscriber's server connection is handed the same one (the server only reads it).
-    """
-
-    position: Position | None
-    event_id: int | None
-    type: str
-    text: str
-    message: dict[str, Any] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "message", {"type": "websocket.send", "text": self.text})
-
-
-# Sends one item's ASGI message on a subscriber's connection (the server's own `send`): a
-# coroutine function, since a send is started by hand (`Subscriber._send_now`).
-DirectSend = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
-
-
-def event_item(event: LiveEvent) -> Item:
-    return Item(event.position, event.id, event.type, json.dumps(event.message(), separators=(",", ":")))
-
-
-@dataclass(eq=False)
-class Subscriber:
-    """One client: who it is, what it wants, its bounded buffer and where it is in the stream."""
-
-    caller: Caller
-    filter: MonitorFilter
-    limit: int
-    position: Position | None = None
-    last_id: int | None = None
-    # A subscription without `after` starts now: events committed before it are history.
-    since: Snapshot | None = None
-    # With `after`: the hub's position when it registered; its catch-up reads at least that far.
-    catch_up_to: Position | None = None
-    buffer: deque[Item] = field(default_factory=deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
-    # While set, the hub sends this subscriber's items itself as it dispatches them (`offer`),
-    # with no buffer, no wake-up and no task switch; its pump sets it once it has nothing left
-    # to send, and it is cleared the moment a send cannot complete at once.
-    direct: DirectSend | None = None
-    # A send started in the dispatch that could not complete at once (the connection's write
-    # buffer is full: the client reads slowly), for the pump to finish; or how sending failed.
-    pending: tuple[Coroutine[Any, Any, None], Any, Item] | None = None
-    failure: BaseException | None = None
-
-    def accepts(self, owner_id: str, type_: str, contract_id: uuid.UUID, status: str | None) -> bool:
-        return self.caller.may_access(owner_id) and self.filter.matches(type_, contract_id, status)
-
-    def offer(self, item: Item) -> None:
-        """Never blocks: a full buffer marks the subscriber overflowed (its connection closes)."""
-        if self.overflowed.is_set():
-            return
-        if self.direct is not None:
-            self._send_now(self.direct, item)
-            return
-        if len(self.buffer) >= self.limit:
-            self.overflowed.set()
-            self.wake.set()
-            return
-        self.buffer.append(item)
-        self.wake.set()
-
-    def _send_now(self, direct: DirectSend, item: Item) -> None:
-        """Send in the caller's stack: a connection whose write buffer has room sends at once.
-
-        The server's send is started by hand (what an asyncio task would do first) and almost
-        always completes then. When it suspends instead (flow control: the client reads
-        slowly), the started send goes to the pump, which finishes it and sends whatever
-        arrives meanwhile from the buffer, in order; direct sending stops until then.
-        """
-        if not self.is_new(item):
-            return
-        coro = direct(item.message)
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            self.sent(item)
-            return
-        except Exception as exc:  # the connection is gone: its pump ends with this
-            self.direct, self.failure = None, exc
-            self.wake.set()
-            return
-        self.direct, self.pending = None, (coro, waiting, item)
-        self.wake.set()
-
-    def is_new(self, item: Item) -> bool:
-        """Whether a buffered item is still to be sent: not sent by the catch-up, not history."""
-        if item.position is None:
-            return True
-        if self.since is not None:
-            if self.since.committed(item.position):
-                return False
-            if self.since.xmax == 0 or item.position.xid >= self.since.xmax:
-                self.since = None  # in stream order every later event is newer still
-        return self.position is None or item.position > self.position
-
-    def sent(self, item: Item) -> None:
-        """Record an item as sent (only once the send returned: a cancelled send did not happen)."""
-        if item.position is not None:
-            self.position = item.position
-            self.last_id = item.event_id
-
-    def sent_event(self, event: LiveEvent) -> None:
-        self.position = event.position
-        self.last_id = event.id
 
 
 class Hub:
@@ -598,87 +353,4 @@ def _session(conn: Any) -> Any:
         yield session
 
 
-async def pump(
-    sub: Subscriber, hub: Hub, send: Callable[[str], Any], direct: DirectSend | None = None
-) -> None:
-    """Send a subscriber its catch-up and then its live items, until it overflows or is cancelled.
-
-    With `direct` (the WebSocket server's own send), once the catch-up and the buffer are
-    sent the hub sends each new item itself as it dispatches it (`Subscriber.offer`); the
-    pump then only waits, to finish a send that could not complete at once and send what
-    was buffered meanwhile, or to raise how a send failed.
-    """
-    try:
-        await hub.catch_up(sub, send)
-        while not sub.overflowed.is_set():
-            if sub.failure is not None:
-                raise sub.failure
-            if sub.pending is not None:
-                coro, waiting, item = sub.pending
-                await _finish(coro, waiting)
-                sub.pending = None
-                sub.sent(item)
-            while sub.buffer:
-                item = sub.buffer.popleft()
-                if sub.is_new(item):
-                    if direct is None:
-                        await send(item.text)
-                    else:
-                        await direct(item.message)
-                    sub.sent(item)
-            if sub.overflowed.is_set():
-                return
-            sub.wake.clear()
-            if sub.buffer:
-                continue
-            sub.direct = direct
-            await sub.wake.wait()
-    finally:
-        sub.direct = None
-        if sub.pending is not None:
-            sub.pending[0].close()
-            sub.pending = None
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Run to its end a coroutine started by hand (`coro.send(None)`) that then suspended.
-
-    What an asyncio task does with a coroutine: wait for the future it yielded (a bare
-    `yield` asks for one turn of the loop), then resume it; the future's result or error
-    reaches the coroutine when it resumes. Cancelled meanwhile, the coroutine is closed (the
-    message is not sent; the connection is ending).
-    """
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                # Taken over as a task takes over what its coroutine yields: a future the
-                # coroutine is blocked on says so in this flag, and awaiting it again needs it
-                # cleared (`asyncio.Future.__await__`).
-                waiting._asyncio_future_blocking = False
-                await waiting
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        except Exception:
-            pass  # the coroutine sees it when it resumes
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
-__all__ = [
-    "FILTER_FIELDS",
-    "HEARTBEAT",
-    "STALE_TYPES",
-    "DirectSend",
-    "FilterError",
-    "Hub",
-    "Item",
-    "MonitorFilter",
-    "Subscriber",
-    "event_item",
-    "pump",
-]
+__all__ = ["Hub"]

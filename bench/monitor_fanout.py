@@ -38,6 +38,7 @@ def serve(port: int, rate: float, burst: int) -> None:
     import uvicorn
 
     import app.http.monitor as http_monitor
+    import app.http.monitor_ws as http_monitor_ws
     from app.auth import Caller, Role
     from app.live_events import START, LiveEvent, Position, Snapshot
     from app.monitor import Hub
@@ -79,7 +80,7 @@ def serve(port: int, rate: float, burst: int) -> None:
         return Caller(uuid.uuid4(), owner, Role.USER)
 
     http_monitor.Hub = MadeUpEvents  # type: ignore[misc]
-    http_monitor._authenticate_ws = anyone  # type: ignore[assignment]
+    http_monitor_ws.authenticate_socket = anyone  # type: ignore[attr-defined,assignment]
     from app.http.application import create_app
 
     uvicorn.run(

@@ -20,7 +20,8 @@ from app.http import (
     health,
     messages,
     metrics,
-    monitor,
+    monitor_sse,
+    monitor_ws,
     questions,
     reports,
     supervisor_state,
@@ -75,7 +76,8 @@ def create_app(
     application.include_router(reports.router)
     application.include_router(messages.router)
     application.include_router(health.router)
-    application.include_router(monitor.router)
+    application.include_router(monitor_ws.router)
+    application.include_router(monitor_sse.router)
     application.include_router(metrics.router)
     application.include_router(supervisors.router)
     application.include_router(daemons.router)
@@ -88,8 +90,8 @@ def create_app(
     install_error_handlers(application)
     # Outside the routers: a body is bounded (size, nesting, numbers, text) before it is parsed.
     application.add_middleware(BodyLimits)
-    # Outermost: the live monitor sends its events with the server's own send (app.http.monitor).
-    application.add_middleware(monitor.ServerSend)
+    # Outermost: the live monitor sends its events with the server's own send (app.http.monitor_ws).
+    application.add_middleware(monitor_ws.ServerSend)
     return application
 
 

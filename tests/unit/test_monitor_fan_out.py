@@ -1,5 +1,5 @@
 """The live monitor's fan-out to one subscriber: sent in the dispatch while the connection takes
-it at once, handed to the subscriber's pump when it does not, in order, bounded (app.monitor)."""
+it at once, handed to the subscriber's pump when it does not, in order, bounded (app.monitor_subscribers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from app.auth import Caller, Role
 from app.live_events import Position
-from app.monitor import Item, MonitorFilter, Subscriber, pump
+from app.monitor_filter import MonitorFilter
+from app.monitor_subscribers import Item, Subscriber, pump
 
 
 class Hub:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from app.domain.supervisors import UUID_FORM
-from app.monitor import FilterError, MonitorFilter
+from app.monitor_filter import FilterError, MonitorFilter
 
 ONE = uuid.uuid4()
 
@@ -110,9 +110,9 @@ def test_unknown_fields_and_bad_values_are_all_reported_together() -> None:
     [(None, None), (0, 0), ("0042", 42), (2**63 - 1, 2**63 - 1), (str(2**63 - 1), 2**63 - 1)],
 )
 def test_an_after_is_an_event_id_from_0_to_the_largest_bigint(raw: object, expected: int | None) -> None:
-    from app.http.monitor import _after
+    from app.http.monitor import parse_after
 
-    assert _after(raw) == expected
+    assert parse_after(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -121,10 +121,10 @@ def test_an_after_is_an_event_id_from_0_to_the_largest_bigint(raw: object, expec
 def test_an_after_past_the_largest_bigint_or_not_a_whole_number_is_refused_naming_the_field(
     raw: object,
 ) -> None:
-    from app.http.monitor import _after
+    from app.http.monitor import parse_after
 
     with pytest.raises(FilterError) as refused:
-        _after(raw, "Last-Event-ID")
+        parse_after(raw, "Last-Event-ID")
     [problem] = refused.value.problems
     assert problem["field"] == "Last-Event-ID"
     assert problem["problem"] == "must be an event id: a whole number from 0 to 9223372036854775807"
