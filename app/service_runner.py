@@ -156,14 +156,18 @@ def settings_export(environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
     names whose password it masks; None when there are none to give.
 
     The CLI and a Python daemon read the same settings as the service (the port, a grace
-    period, the feature flags), so the banner prints a line to paste, not only their names.
-    `MAKIMA_DATA_DIR` is left to the token command, which carries it when it matters; a
-    password in a URL is masked, since a banner ends up in logs.
+    period, the feature flags, the data directory), so the banner prints a line to paste, not
+    only their names: every later command in that terminal (a walkthrough's token, a daemon)
+    then finds this run's database. `MAKIMA_DATA_DIR` is given as an absolute path, so the
+    line holds from any directory; a password in a URL is masked, since a banner ends up in logs.
     """
-    names = sorted(k for k in environ if k.upper().startswith("MAKIMA_") and k != "MAKIMA_DATA_DIR")
+    names = sorted(k for k in environ if k.upper().startswith("MAKIMA_"))
     if not names:
         return None, []
-    shown = {name: _shown(environ[name]) for name in names}
+    shown = {
+        name: (os.path.abspath(environ[name]), False) if name == "MAKIMA_DATA_DIR" else _shown(environ[name])
+        for name in names
+    }
     command = "export " + " ".join(f"{name}={shlex.quote(value)}" for name, (value, _) in shown.items())
     return command, [name for name, (_, masked) in shown.items() if masked]
 

@@ -316,7 +316,8 @@ def test_the_banners_export_gives_another_terminal_this_runs_settings(embedded: 
     exported = {k: v for k, _, v in (entry.partition("=") for entry in result.stdout.splitlines())}
     for name in ("MAKIMA_HTTP_PORT", "MAKIMA_CONTRACTS__STALE_DETECTION_INTERVAL_SECONDS"):
         assert exported.get(name) == embedded.env[name], (name, line)
-    assert "MAKIMA_DATA_DIR" not in exported, "the token command carries the data directory"
+    # And its data directory: a token made in that terminal lands in this run's database.
+    assert exported.get("MAKIMA_DATA_DIR") == str(embedded.data_dir.resolve()), line
 
 
 def test_the_cli_finds_the_projects_data_dir_from_a_subdirectory(embedded: EmbeddedRun) -> None:

@@ -2,8 +2,8 @@
 
 The CLI and a Python daemon read the same `MAKIMA_*` settings as the service, so the banner
 prints `export NAME=value ...`, quoted for a POSIX shell, not only the names. The data
-directory is the token command's to carry, and a password in a URL is masked: a banner ends
-up in logs.
+directory is among them, as an absolute path, so every command pasted later in that terminal
+finds this run's database; a password in a URL is masked: a banner ends up in logs.
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ def test_no_makima_setting_gives_no_export() -> None:
     assert settings_export({"HOME": "/root", "PATH": "/usr/bin"}) == (None, [])
 
 
-def test_the_data_dir_alone_is_left_to_the_token_command() -> None:
-    assert settings_export({"MAKIMA_DATA_DIR": "/tmp/makima-data"}) == (None, [])
+def test_the_data_dir_is_exported_as_an_absolute_path() -> None:
+    import os
+
+    assert settings_export({"MAKIMA_DATA_DIR": "/tmp/makima-data"}) == (
+        "export MAKIMA_DATA_DIR=/tmp/makima-data",
+        [],
+    )
+    export, _ = settings_export({"MAKIMA_DATA_DIR": "data/run one"})
+    assert export == "export MAKIMA_DATA_DIR=" + shlex.quote(os.path.join(os.getcwd(), "data/run one"))
 
 
 def test_each_setting_is_exported_with_its_value_in_name_order() -> None:
@@ -32,7 +39,10 @@ def test_each_setting_is_exported_with_its_value_in_name_order() -> None:
         }
     )
 
-    assert export == "export MAKIMA_CONTRACTS__COMPLETION_GRACE_PERIOD_MINUTES=0.1 MAKIMA_HTTP_PORT=8123"
+    assert export == (
+        "export MAKIMA_CONTRACTS__COMPLETION_GRACE_PERIOD_MINUTES=0.1 MAKIMA_DATA_DIR=/tmp/makima-data "
+        "MAKIMA_HTTP_PORT=8123"
+    )
     assert masked == []
 
 
