@@ -30,4 +30,6 @@ RUN pip install --no-deps . \
 USER makima
 EXPOSE 8000 5555
 
-CMD ["uvicorn", "app.http:app", "--host", "0.0.0.0", "--port", "8000"]
+# As `makima run` and the compose file start it: WebSocket frames no larger than a body, and a
+# deadline for each request's line and headers (app.http.head_deadline).
+CMD ["uvicorn", "app.http:app", "--host", "0.0.0.0", "--port", "8000", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--http", "app.http.head_deadline:HeadDeadlineProtocol"]

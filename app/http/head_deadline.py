@@ -6,16 +6,18 @@ response, and any byte received cancels it. A few thousand such connections (a s
 attack, or a broken client) hold as many sockets and buffers in the one API process. Here every
 request's head must be complete within `HEAD_DEADLINE_SECONDS` of the connection opening, or of
 the previous response on a kept-alive connection; past it the connection gets `408 Request
-Timeout` and is closed. The body has its own deadline (`app.http.limits`, 30 s), judged once the
-head is in; a WebSocket, once upgraded, is no longer this protocol's.
+Timeout` (`INVALID_REQUEST`, problem type `head_too_slow`, the body every error has) and is
+closed. The body has its own deadline (`app.http.limits`, 30 s), judged once the head is in; a
+WebSocket, once upgraded, is no longer this protocol's.
 
-Run as `uvicorn app.http:app --http app.http.head_deadline:HeadDeadlineProtocol` (`makima run`
-and the compose file do).
+Run as `uvicorn app.http:app --http app.http.head_deadline:HeadDeadlineProtocol` (`makima run`,
+the compose file and the Dockerfile do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Final
 
 import h11
@@ -24,12 +26,27 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 HEAD_DEADLINE_SECONDS: Final = 10.0
 
 
+def _problem(problem: str, seconds: float) -> dict[str, object]:
+    return {"field": "head", "in": "head", "type": "head_too_slow", "problem": problem, "limit": seconds}
+
+
 def timed_out_response(seconds: float) -> bytes:
-    """The 408 a connection gets when its request's head missed the deadline, as raw bytes."""
-    body = f"The request line and headers must arrive within {seconds:g} seconds.\n".encode()
+    """The 408 a connection gets when its request's head missed the deadline, as raw bytes, in
+    the body every error has (`{"error": {code, message, details}}`, as the body's own 408)."""
+    problem = f"did not arrive within {seconds:g} s"
+    body = json.dumps(
+        {
+            "error": {
+                "code": "INVALID_REQUEST",
+                "message": f"The request line and headers {problem}. Send the whole request at once.",
+                "details": {"problems": [_problem(problem, seconds)], "limit": seconds},
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
     return (
         b"HTTP/1.1 408 Request Timeout\r\n"
-        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-type: application/json\r\n"
         b"connection: close\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )

@@ -159,3 +159,17 @@ def test_flower_shows_task_name_queue_args_and_worker_with_the_makefile_options(
     makefile = (ROOT / "Makefile").read_text()
     assert f"FLOWER_OPTIONS ?= {' '.join(FLOWER_OPTIONS)}" in makefile
     assert "$(FLOWER_OPTIONS)" in makefile
+
+
+def test_the_images_own_command_starts_the_api_as_makima_run_does() -> None:
+    """`docker run` without the compose file: the same WebSocket frame limit and request-head
+    deadline as `makima run` and the compose file give the API."""
+    import json
+
+    from app.service_runner import HTTP_PROTOCOL, WS_MAX_MESSAGE_BYTES
+
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    argv = json.loads(cmd[4:])
+    assert argv[:2] == ["uvicorn", "app.http:app"]
+    assert argv[argv.index("--http") + 1] == HTTP_PROTOCOL
+    assert argv[argv.index("--ws-max-size") + 1] == str(WS_MAX_MESSAGE_BYTES)
