@@ -76,11 +76,16 @@ def serve(port: int, rate: float, burst: int) -> None:
                     ]
                 )
 
-    async def anyone(websocket: object) -> Caller:
-        return Caller(uuid.uuid4(), owner, Role.USER)
+    async def anyone(websocket: object) -> tuple[Caller, str]:
+        return Caller(uuid.uuid4(), owner, Role.USER), "made-up"
+
+    async def never_lapses(engine: object, token: str) -> object:
+        await asyncio.Event().wait()  # the made-up token is never looked up again
+        raise AssertionError("unreachable")
 
     http_monitor.Hub = MadeUpEvents  # type: ignore[misc]
-    http_monitor_ws.authenticate_socket = anyone  # type: ignore[attr-defined,assignment]
+    http_monitor_ws.authenticate_socket = anyone  # type: ignore[assignment]
+    http_monitor_ws.token_lapsed = never_lapses  # type: ignore[assignment]
     from app.http.application import create_app
 
     uvicorn.run(
