@@ -5,7 +5,8 @@ byte every few seconds, is held for ever: its keep-alive timer starts only after
 response, and any byte received cancels it. A few thousand such connections (a slow-loris
 attack, or a broken client) hold as many sockets and buffers in the one API process. Here every
 request's head must be complete within `HEAD_DEADLINE_SECONDS` of the connection opening, or of
-the previous response on a kept-alive connection; past it the connection gets `408 Request
+the previous response on a kept-alive connection (and a body the app answered without reading,
+a 401 or a 413 before the body, must be finished by then too); past it the connection gets `408 Request
 Timeout` (`INVALID_REQUEST`, problem type `head_too_slow`, the body every error has) and is
 closed. The body has its own deadline (`app.http.limits`, 30 s), judged once the head is in; a
 WebSocket, once upgraded, is no longer this protocol's.
@@ -60,26 +61,36 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._judge()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm()  # the head is in (or the connection is done with)
+        self._judge()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # The next request's head, unless a pipelined one was already read whole.
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm()
+        self._judge()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.head_deadline_seconds, self._head_timed_out)
+    def _waiting_on_client(self) -> bool:
+        """No request is being answered, so the connection is the client's to use: a new
+        request's head is due, or the rest of a body the app answered without reading (a 401
+        before the body, a 413, a 408), whose end starts the next cycle in uvicorn with no
+        timer of its own. An upgraded connection (a WebSocket) is no longer this protocol's."""
+        answering = self.cycle is not None and not self.cycle.response_complete
+        upgraded = self.transport.get_protocol() is not self
+        return not (answering or upgraded or self.transport.is_closing())
+
+    def _judge(self) -> None:
+        """Armed while the client owes us something; never re-armed by a byte that arrives
+        (a trickle must finish within the one deadline), disarmed once a request is answered."""
+        if not self._waiting_on_client():
+            self._disarm()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_deadline_seconds, self._head_timed_out)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -88,10 +99,12 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if not self._waiting_on_client():
             return
-        # Written raw: h11 has no request to answer yet (the head never arrived whole).
-        self.transport.write(timed_out_response(self.head_deadline_seconds))
+        if self.conn.their_state is h11.IDLE:
+            # Written raw: h11 has no request to answer yet (the head never arrived whole).
+            self.transport.write(timed_out_response(self.head_deadline_seconds))
+        # Otherwise the request was answered already and its body never finished: just close.
         self.transport.close()
 
 

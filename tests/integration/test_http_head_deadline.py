@@ -133,6 +133,50 @@ def test_a_slow_body_is_the_body_deadlines_business_not_the_heads(port: int) -> 
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
+@pytest.mark.parametrize(
+    "finish_body", [True, False], ids=["body finished, then silence", "body never finished"]
+)
+def test_a_connection_answered_before_its_body_is_cut_off_at_the_deadline_too(
+    port: int, finish_body: bool
+) -> None:
+    """A stranger's POST is answered 401 before its body is read. uvicorn then starts the next
+    cycle when the body ends, with no timer of its own, and any byte cancels its keep-alive
+    timer: without a deadline here, such a connection stayed open for good."""
+    head = (
+        b"POST /api/v1/contracts HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head)
+        answered = _read_response(sock)
+        assert answered.startswith(b"HTTP/1.1 401"), answered
+        after_answer = time.monotonic()
+        try:
+            if finish_body:
+                sock.sendall(b"0123456789")
+            else:
+                for _ in range(int(DEADLINE * 10) + 20):  # a byte of the body every 0.1 s, never all
+                    sock.sendall(b"0")
+                    time.sleep(0.1)
+        except OSError:
+            pass  # closed while we were still trickling
+        _, closed = _read_until_closed(sock)
+    assert closed - after_answer < DEADLINE + 3
+
+
+def test_a_websocket_outlives_the_head_deadline(port: int, make_caller) -> None:
+    """Once upgraded, the connection is the WebSocket's: the deadline does not close it."""
+    from tests.integration.live_server import open_monitor
+
+    token, _ = make_caller()
+    ws = open_monitor(f"http://127.0.0.1:{port}", token)
+    try:
+        time.sleep(DEADLINE * 2)
+        ws.ping().wait(timeout=5)  # still open and answering
+    finally:
+        ws.close()
+
+
 def test_uvicorn_loads_the_protocol_from_the_command_line_string() -> None:
     """`--http app.http.head_deadline:HeadDeadlineProtocol`, as `makima run` and compose pass it,
     names a class uvicorn's command line accepts and loads."""
