@@ -32,6 +32,21 @@ class ContractError(Exception):
         self.message = message
         self.details: dict[str, Any] = dict(details or {})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its class and what it holds, not its constructor's arguments.
+
+        Most errors here take other arguments than the message (a contract id, a status and
+        its allowed targets...), which the default pickling cannot replay; Celery's failure
+        handling then swaps the error for the nearest class it *can* rebuild (this one), and a
+        report refused with INVALID_DELIVERABLE was recorded as CONTRACT_ERROR."""
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[ContractError], args: tuple[Any, ...]) -> ContractError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    return error
+
 
 class ContractNotFound(ContractError):
     code = "CONTRACT_NOT_FOUND"
@@ -256,7 +271,7 @@ class IncarnationNotIssued(ContractError):
     restoration, a restart or a declared death issues incarnations.
 
     With `limit`: the incarnation a restoration's claim or a restart would issue (`sent`) is
-    past the highest one there is (`app.domain.supervisors.MAX_INCARNATION`), so it is not
+    past the highest one there is (`app.domain.incarnations.MAX_INCARNATION`), so it is not
     issued either; the one in force goes on."""
 
     code = "INCARNATION_NOT_ISSUED"

@@ -129,6 +129,24 @@ def test_a_message_from_another_owner_is_parked_not_applied(worker: WorkerProces
     assert refused.error.code == "CONTRACT_NOT_FOUND"
 
 
+def test_a_report_the_worker_refuses_keeps_its_own_error_code(worker: WorkerProcess, make_caller) -> None:
+    """An error whose constructor takes more than a message (INVALID_DELIVERABLE here) crosses
+    Celery's failure handling as itself: its code reaches the message status and the dead
+    letter, not the family's CONTRACT_ERROR."""
+    token, _ = make_caller()
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+    message_id = api.mark_deliverable(cid, "pull-request")  # not a deliverable of the plan phase
+    row = wait_for(
+        lambda: next((d for d in _all_dead_letters() if message_id in d.raw_body), None),
+        what="refused report parked",
+    )
+    assert row.error.startswith("INVALID_DELIVERABLE"), row.error
+    refused = api.message_status(message_id)
+    assert refused.status == "refused" and refused.error is not None
+    assert refused.error.code == "INVALID_DELIVERABLE", refused.error
+
+
 def _all_dead_letters() -> list[DeadLetter]:
     with unit_of_work() as uow:
         return list(uow.session.scalars(select(DeadLetter)))
