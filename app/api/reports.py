@@ -32,24 +32,27 @@ class ReportsMixin(APIBase):
 
     # -- what became of a message --------------------------------------------------------
 
-    def message_status(self, message_id: str) -> MessageStatus:
+    def message_status(self, message_id: str | uuid.UUID) -> MessageStatus:
         """What became of a message this caller sent: pending, applied, refused or unknown.
 
         Another principal's message answers `unknown`, exactly like one never sent; an admin
-        sees every principal's.
+        sees every principal's. The id as the report returned it, or a `UUID` like every
+        other id this module takes.
         """
+        message_id = str(message_id)
         with self._uow() as uow:
             return message_outcomes.status_view(
                 message_id, message_outcomes.find(uow.session, self.caller, message_id)
             )
 
-    def resend(self, message_id: str) -> MessageStatus:
+    def resend(self, message_id: str | uuid.UUID) -> MessageStatus:
         """Send a pending or refused message again with the same id; an applied one is left be.
 
         Idempotent: the worker claims the id in the transaction that applies it, so a resend
         of a message that was not lost after all is applied once. `unknown` (never accepted
         from this caller) sends nothing: the caller must report it afresh.
         """
+        message_id = str(message_id)
         with self._uow() as uow:
             row = message_outcomes.find(uow.session, self.caller, message_id)
             if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:

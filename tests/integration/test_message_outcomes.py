@@ -225,6 +225,20 @@ def test_a_report_a_worker_refuses_answers_refused_with_the_error_code_and_messa
         assert uow.session.scalars(worktrees).all() == []
 
 
+def test_the_api_module_takes_a_message_id_as_a_uuid_like_every_other_id(
+    outbox: Outbox, make_caller: Any
+) -> None:
+    _, caller = make_caller(role="supervisor")
+    api = ContractsAPI(caller=caller, sender=outbox)
+    sent = uuid.uuid4()
+    api.report_task_started(active_contract(api), uuid.uuid4(), "mine", message_id=str(sent))
+    assert api.message_status(sent).status == "pending"
+    assert api.message_status(uuid.uuid4()).status == "unknown"  # not a pydantic error
+    assert api.resend(sent).status == "pending"
+    outbox.run_all()
+    assert api.message_status(sent).status == "applied"
+
+
 def test_another_principals_message_answers_unknown_exactly_like_a_missing_one(
     client: TestClient, outbox: Outbox, make_caller: Any
 ) -> None:
