@@ -44,15 +44,11 @@ from app.broker import Sender
 from app.config import Settings
 from app.db import driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractError, ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.heartbeat_plan import closed_contract_refusal, held_by_another
+from app.domain.heartbeat_wire import refuse_if_far_ahead, wire_heartbeat
+from app.domain.heartbeats import InvalidHeartbeat
+from app.domain.incarnations import starts_supervisor
 from app.domain.lifecycle import CLOSED_STATUSES
-from app.domain.supervisors import (
-    InvalidHeartbeat,
-    closed_contract_refusal,
-    held_by_another,
-    refuse_if_far_ahead,
-    starts_supervisor,
-    wire_heartbeat,
-)
 from app.foreign_tasks import foreign_ordinary_task, foreign_supervisor, foreign_task_refusal
 from app.heartbeat_messages import MAX_PER_MESSAGE, message_of
 from app.models import Contract, ContractTask, Supervisor

@@ -18,7 +18,8 @@ from typing import Any, Final
 
 from app.daemon_commands import NewCommand, queue_commands
 from app.db import UnitOfWork
-from app.domain.supervisors import BatchPlan, fence_reason
+from app.domain.fencing import fence_reason
+from app.domain.heartbeat_plan import BatchPlan
 
 # What a fenced daemon is told on the daemon command queue.
 FENCED_COMMAND: Final = "supervisor_fenced"
@@ -73,7 +74,7 @@ def fenced_payload(
 
     `fencedIncarnation` is the incarnation the heartbeat named, null when it named none (the
     dead sweep names the one it declared dead), never a number the daemon did not send;
-    `reasonCode` is the case (`app.domain.supervisors.fence_reason`) and `reason` says what to
+    `reasonCode` is the case (`app.domain.fencing.fence_reason`) and `reason` says what to
     do about it, so the daemon that merely left out the incarnation it was issued is not told
     that its incarnation was replaced.
     """

@@ -4,8 +4,8 @@ Its own module because both sides of the broker read it and only one of them ing
 senders (`app.heartbeat_buffer`, the API module's buffer and the HTTP group commit) build it
 with `message_of` and bound it with `MAX_PER_MESSAGE`, and the worker (`app.heartbeats`) reads
 it back with `groups_of`, which refuses a message of another shape, or a longer one, whole.
-What each heartbeat in it may hold is `app.domain.supervisors`'s (`wire_heartbeat`,
-`parse_heartbeat`), checked by the worker one heartbeat at a time.
+What each heartbeat in it may hold is `app.domain.heartbeats`'s (`parse_heartbeat`; the quick
+`wire_heartbeat` of `app.domain.heartbeat_wire`), checked by the worker one heartbeat at a time.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from sqlalchemy.orm import Session
 
-from app.domain.supervisors import closed_contract_refusal
+from app.domain.heartbeat_plan import closed_contract_refusal
 from app.heartbeat_store import STATE_CHANGED
 from app.queues import TaskName
 

@@ -5,8 +5,9 @@ its Python: each is one round trip whatever the list's length (the list travels 
 parameter, expanded on the server by `json_to_recordset` / `jsonb_to_recordset`), and a change
 to what a list does on PostgreSQL is a change here. `app.heartbeat_store_pg` fills their
 parameters, runs them (`app.prepared.driver_rows`, which names a prepared statement by a hash
-of its text) and decodes what they answer. The rules they apply are `app.domain.supervisors`'s,
-which `plan_batch` applies in Python on SQLite.
+of its text) and decodes what they answer. The rules they apply are the pure domain's
+(`app.domain.heartbeat_plan`, `app.domain.fencing`, `app.domain.incarnations`), which
+`plan_batch` applies in Python on SQLite.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Final
 #            unnamed one once an incarnation beyond the first was issued or it was declared dead;
 #            with no row (none was started: see below), one naming any but the first
 #            (`starts_supervisor`), against incarnation 1;
-#   refused  its task id belongs to another contract (`held_by_another` in app.domain.supervisors:
+#   refused  its task id belongs to another contract (`held_by_another` in app.domain.heartbeat_plan:
 #            the row's contract_id is another; or a contract_tasks row holds it on another
 #            contract, an ordinary task there; the fronts refuse the same heartbeats first), or
 #            it may start a supervisor that has no row (a row removed since this process saw it);

@@ -6,7 +6,7 @@ round trip, so a list goes in `executemany` statements built with SQLAlchemy Cor
 supervisor's write guarded by its row's write counter (`version`). Its reads are here too: the
 contracts' owners with the task ids' contracts, then the supervisors' stored states, one
 statement each. The rules that decide what
-to write are `app.domain.supervisors.plan_batch`'s, applied by `app.heartbeats_sqlite`; the
+to write are `app.domain.heartbeat_plan.plan_batch`'s, applied by `app.heartbeats_sqlite`; the
 interface and the shared helpers are `app.heartbeat_store`'s.
 """
 
@@ -21,7 +21,9 @@ from sqlalchemy import Table, Uuid, insert, null, select, union_all, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from app.domain.supervisors import BatchPlan, Heartbeat, SupervisorRecord
+from app.domain.heartbeat_plan import BatchPlan
+from app.domain.heartbeats import Heartbeat
+from app.domain.supervisors import SupervisorRecord
 from app.heartbeat_store import (
     COUNTERS,
     HISTORY,

@@ -26,7 +26,7 @@ ingests a list like this, whatever its length:
    per-heartbeat object is built: the read-back and the Python fold were most of a list's cost;
 3. on SQLite (`app.heartbeats_sqlite`: one writer at a time, a statement is a function call)
    the supervisors' stored states are read in **one** query, the pure domain decides everything
-   (`app.domain.supervisors.plan_batch`, the same rules), and the writes go through
+   (`app.domain.heartbeat_plan.plan_batch`, the same rules), and the writes go through
    executemany, each supervisor's guarded by the row's write counter (`version`) as it was read.
 
 On PostgreSQL each list travels as one JSON parameter expanded server-side

@@ -22,8 +22,11 @@ from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings
 from app.db import unit_of_work
+from app.domain.heartbeat_wire import wire_heartbeat
+from app.domain.heartbeats import InvalidHeartbeat
+from app.domain.incarnations import starts_supervisor
 from app.domain.lifecycle import CLOSED_STATUSES
-from app.domain.supervisors import InvalidHeartbeat, activity_bump_before, starts_supervisor, wire_heartbeat
+from app.domain.liveness import activity_bump_before
 from app.heartbeat_fencing import tell_fenced_rows
 from app.heartbeat_outcomes import (
     FOREIGN_TASK,

@@ -4,7 +4,7 @@ Its own module because it is one of the two ways a list is ingested, chosen by t
 `app.heartbeats.ingest` (whose docstring tells the whole of it); PostgreSQL's is
 `app.heartbeats_pg`. SQLite has one writer at a time and a statement is a function call, so
 here the list is parsed into `Heartbeat` objects, the supervisors' stored states are read in
-one query, `app.domain.supervisors.plan_batch` decides every heartbeat (the rules the
+one query, `app.domain.heartbeat_plan.plan_batch` decides every heartbeat (the rules the
 PostgreSQL fold applies in SQL), and `app.heartbeat_store_sqlite` writes the result.
 """
 
@@ -23,17 +23,10 @@ from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings
 from app.db import unit_of_work
+from app.domain.heartbeat_plan import BatchPlan, Outcome, held_by_another, plan_batch
+from app.domain.heartbeats import Heartbeat, InvalidHeartbeat, parse_heartbeat
 from app.domain.lifecycle import CLOSED_STATUSES
-from app.domain.supervisors import (
-    BatchPlan,
-    Heartbeat,
-    InvalidHeartbeat,
-    Outcome,
-    activity_bump_before,
-    held_by_another,
-    parse_heartbeat,
-    plan_batch,
-)
+from app.domain.liveness import activity_bump_before
 from app.heartbeat_fencing import tell_fenced
 from app.heartbeat_outcomes import (
     FOREIGN_TASK,

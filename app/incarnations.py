@@ -7,7 +7,7 @@ restart a person asks for (`app.supervisor_restart`, nobody runs the new incarna
 and the new incarnation is above every incarnation stored, the save's own included, so the
 new incarnation's first save wins whatever stateVersion it counts from while the older
 incarnations' heartbeats and saves are fenced. It is never beyond `MAX_INCARNATION`
-(`app.domain.supervisors.next_incarnation`): past it the claim or restart is refused
+(`app.domain.incarnations.next_incarnation`): past it the claim or restart is refused
 (INCARNATION_NOT_ISSUED, 409) before anything is written.
 
 The caller holds the contract's row lock (every writer of a contract takes it first); the
@@ -24,8 +24,9 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from app.db import upsert_ignoring
+from app.domain.incarnations import next_incarnation
 from app.domain.records import EventType
-from app.domain.supervisors import StateChange, SupervisorRecord, SupervisorState, next_incarnation
+from app.domain.supervisors import StateChange, SupervisorRecord, SupervisorState
 from app.events import record_event
 from app.heartbeat_store import SUPERVISOR_COLUMNS, supervisor_record
 from app.models import Contract, Supervisor, SupervisorStateRow

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from app.domain.lifecycle import Status
-from app.domain.supervisors import uuid_problem
+from app.domain.uuids import uuid_problem
 
 STALE_TYPES: Final = frozenset({"stale_detected", "stale_cleared"})
 HEARTBEAT: Final = "heartbeat"

@@ -32,14 +32,10 @@ from app.contract_rows import CONTRACT_ID_FIELD, get_contract, lock_contract, re
 from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
+from app.domain.incarnations import incarnation_after_death
+from app.domain.liveness import daemon_alive, declare_dead, is_dead
 from app.domain.records import EventType
-from app.domain.supervisors import (
-    SupervisorRecord,
-    daemon_alive,
-    declare_dead,
-    incarnation_after_death,
-    is_dead,
-)
+from app.domain.supervisors import SupervisorRecord
 from app.events import record_event
 from app.heartbeat_fencing import FENCED_COMMAND, fenced_payload
 from app.heartbeat_retention import RETENTION

@@ -137,7 +137,7 @@ class Bench:
     def through_api(self, count: int, started: Any = None) -> float:
         from datetime import datetime
 
-        from app.domain.supervisors import parse_heartbeat  # noqa: F401  (warm imports)
+        from app.domain.heartbeats import parse_heartbeat  # noqa: F401  (warm imports)
 
         items = self.heartbeats(count)
         # What a daemon holds: its ids as UUIDs, its clock's datetime (made before the clock starts).

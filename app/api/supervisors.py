@@ -16,8 +16,9 @@ from typing import Any
 from app import heartbeat_buffer, restoration, supervisors
 from app import supervisor_state as state_service
 from app.api.base import APIBase, check_range
+from app.domain.heartbeat_wire import heartbeat_wire
+from app.domain.heartbeats import InvalidHeartbeat
 from app.domain.supervisor_state import parse_save
-from app.domain.supervisors import InvalidHeartbeat, heartbeat_wire
 
 
 class SupervisorsMixin(APIBase):

@@ -50,17 +50,11 @@ from app.domain.errors import (
     SupervisorFenced,
     ValidationFailed,
 )
-from app.domain.supervisors import (
-    EARLIEST,
-    LATEST,
-    MAX_ACTIVITY,
-    MAX_HOST,
-    MAX_INCARNATION,
-    MAX_PHASE,
-    SupervisorState,
-    host_problem,
-    parse_uuid,
-)
+from app.domain.incarnations import MAX_INCARNATION
+from app.domain.reported_text import MAX_ACTIVITY, MAX_HOST, MAX_PHASE, host_problem
+from app.domain.supervisors import SupervisorState
+from app.domain.timestamps import EARLIEST, LATEST
+from app.domain.uuids import parse_uuid
 
 # Bounds of one save (a request body is at most 1 MiB anyway; these keep each part honest).
 MAX_TASK_IDS: Final = 1000

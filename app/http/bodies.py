@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import contract_type_names
-from app.domain.supervisors import uuid_problem
+from app.domain.uuids import uuid_problem
 
 MAX_TEXT: Final = 10_000
 

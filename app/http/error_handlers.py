@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import Unauthenticated
 from app.domain.errors import ContractError
-from app.domain.supervisors import UUID_FORM, uuid_problem
+from app.domain.uuids import UUID_FORM, uuid_problem
 from app.http.deps import bearer, caller_of
 from app.http.errors import API_PREFIX, AUTHENTICATED_PREFIX, ERROR_STATUS, error_response, status_for
 from app.http.problems import InvalidRequest, problems_from_pydantic, summary

@@ -9,8 +9,8 @@ keeps what it parsed on the request, so the route seeds it with the judged value
 FastAPI's own handling (validation, its errors, the OpenAPI schema) stays as it is. A body
 the limits could not parse never gets here: they refuse it with its position.
 
-Path ids (`{id:uuid}`, `{questionId:uuid}`, `{batchId:uuid}`) are routed by the heartbeat's
-rule (`app.domain.supervisors.uuid_problem`): Starlette's `uuid` convertor makes each hyphen
+Path ids (`{id:uuid}`, `{questionId:uuid}`, `{batchId:uuid}`) are routed by the one rule for
+ids (`app.domain.uuids.uuid_problem`): Starlette's `uuid` convertor makes each hyphen
 optional, so `123e4567e89b-42d3-...` named a contract its heartbeats could not name. The
 convertor is registered here, under Starlette's own name, because every router imports this
 module before it declares a route; a path id in another form is no route, a 404 naming the id
@@ -28,7 +28,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.domain.supervisors import UUID_TEXT_PATTERN
+from app.domain.uuids import UUID_TEXT_PATTERN
 from app.http.limits import PARSED_JSON
 
 

@@ -19,6 +19,8 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import AwareDatetime, Field
 
 from app.domain.daemon_ids import MAX_DAEMON_ID
+from app.domain.incarnations import MAX_INCARNATION
+from app.domain.reported_text import MAX_ACTIVITY, MAX_HOST, MAX_PHASE
 from app.domain.supervisor_state import (
     MAX_APPEND,
     MAX_CHECKPOINT_ID,
@@ -30,12 +32,6 @@ from app.domain.supervisor_state import (
     MAX_STATE_VERSION,
     MAX_TASK_IDS,
     MAX_TOOL_CALL_ID,
-)
-from app.domain.supervisors import (
-    MAX_ACTIVITY,
-    MAX_HOST,
-    MAX_INCARNATION,
-    MAX_PHASE,
 )
 from app.http.bodies import SafeStr, UUIDText, _Body
 from app.http.deps import Api, ContractId

@@ -28,8 +28,10 @@ from app.broker import send_task
 from app.config import get_settings
 from app.domain.daemon_ids import DAEMON_ID_RULE, MAX_DAEMON_ID
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.heartbeat_plan import closed_contract_refusal
+from app.domain.heartbeats import MAX_PENDING_TASKS
 from app.domain.lifecycle import CLOSED_STATUSES
-from app.domain.supervisors import MAX_PENDING_TASKS, SupervisorState, closed_contract_refusal
+from app.domain.supervisors import SupervisorState
 from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses

@@ -28,8 +28,8 @@ from app.auth import Role, create_token
 from app.broker import get_celery, send_task
 from app.db import get_engine, migrate, unit_of_work
 from app.domain.errors import ContractNotFound, FeatureDisabled, ValidationFailed
+from app.domain.incarnations import MAX_INCARNATION
 from app.domain.lifecycle import Status
-from app.domain.supervisors import MAX_INCARNATION
 from app.heartbeat_fencing import FENCED_COMMAND
 from app.heartbeat_messages import message_of
 from app.heartbeat_outcomes import IngestReport

@@ -26,7 +26,7 @@ from app import heartbeats
 from app.db import get_engine, unit_of_work
 from app.domain.errors import ContractError
 from app.domain.lifecycle import ALLOWED, Status
-from app.domain.supervisors import UUID_FORM
+from app.domain.uuids import UUID_FORM
 from app.heartbeat_messages import message_of
 from app.http import ERROR_STATUS, STATUS_BY_ERROR, create_app
 from app.models import Contract, ContractTask, utcnow

@@ -30,9 +30,9 @@ from sqlalchemy import select, text
 from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
+from app.domain.incarnations import MAX_INCARNATION
 from app.domain.lifecycle import Status
 from app.domain.questions import MAX_CONTEXT, MAX_FREE_TEXT_ANSWER, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
-from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES, WAITING_TASK_BYTES

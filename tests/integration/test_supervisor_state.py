@@ -18,8 +18,8 @@ from app.api import ContractsAPI
 from app.broker import daemon_queue, get_celery
 from app.db import unit_of_work
 from app.domain.errors import HistoryGap, StaleState, SupervisorFenced, ValidationFailed
+from app.domain.incarnations import MAX_INCARNATION
 from app.domain.lifecycle import Status
-from app.domain.supervisors import MAX_INCARNATION
 from app.http import create_app
 from app.models import (
     ContractTask,

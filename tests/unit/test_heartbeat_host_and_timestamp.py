@@ -16,17 +16,11 @@ from typing import Any
 import pytest
 
 from app.domain.errors import ValidationFailed
+from app.domain.heartbeat_wire import heartbeat_wire, wire_heartbeat
+from app.domain.heartbeats import InvalidHeartbeat, parse_heartbeat
+from app.domain.reported_text import HOST_RULE, MAX_HOST, host_problem
 from app.domain.supervisor_state import check_host, parse_save
-from app.domain.supervisors import (
-    HOST_RULE,
-    MAX_HOST,
-    TIMESTAMP_FORM,
-    InvalidHeartbeat,
-    heartbeat_wire,
-    host_problem,
-    parse_heartbeat,
-    wire_heartbeat,
-)
+from app.domain.timestamps import TIMESTAMP_FORM
 
 CID, TASK = uuid.uuid4(), uuid.uuid4()
 T0 = datetime(2026, 11, 26, 10, 15, tzinfo=UTC)
@@ -323,7 +317,7 @@ def test_the_api_module_judges_a_datetime_as_its_instant_not_as_the_text_isoform
 def test_a_heartbeat_up_to_a_day_ahead_of_the_receiving_clock_is_heard() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from app.domain.supervisors import refuse_if_far_ahead
+    from app.domain.heartbeat_wire import refuse_if_far_ahead
 
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     for ahead in (timedelta(0), timedelta(hours=1), timedelta(hours=23, minutes=59)):
@@ -336,7 +330,8 @@ def test_a_heartbeat_more_than_a_day_ahead_is_refused_naming_timestamp() -> None
 
     import pytest
 
-    from app.domain.supervisors import InvalidHeartbeat, refuse_if_far_ahead
+    from app.domain.heartbeat_wire import refuse_if_far_ahead
+    from app.domain.heartbeats import InvalidHeartbeat
 
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     for stamp in ((now + timedelta(days=1, seconds=1)).isoformat(), "8999-12-31T23:59:59+00:00"):

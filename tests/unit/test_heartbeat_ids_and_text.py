@@ -15,16 +15,10 @@ import pytest
 
 from app.domain.control_characters import first_control_or_separator
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
-from app.domain.supervisors import (
-    ACTIVITY_RULE,
-    PHASE_RULE,
-    UUID_FORM,
-    InvalidHeartbeat,
-    heartbeat_wire,
-    host_problem,
-    parse_heartbeat,
-    wire_heartbeat,
-)
+from app.domain.heartbeat_wire import heartbeat_wire, wire_heartbeat
+from app.domain.heartbeats import InvalidHeartbeat, parse_heartbeat
+from app.domain.reported_text import ACTIVITY_RULE, PHASE_RULE, host_problem
+from app.domain.uuids import UUID_FORM
 from tests.unit.test_heartbeat_host_and_timestamp import SENT, TASK, VALUES, WIRE, heartbeat_refusals
 
 # --- ids --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from app.domain.supervisors import UUID_FORM
+from app.domain.uuids import UUID_FORM
 from app.monitor_filter import FilterError, MonitorFilter
 
 ONE = uuid.uuid4()

@@ -35,7 +35,8 @@ from app.domain.supervisor_state import (
     snapshot_of,
     worth_an_event,
 )
-from app.domain.supervisors import UUID_FORM, SupervisorState
+from app.domain.supervisors import SupervisorState
+from app.domain.uuids import UUID_FORM
 
 CID, TASK = uuid.uuid4(), uuid.uuid4()
 T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)

@@ -15,31 +15,26 @@ from app.contract_rows import refuse_if_closed_status
 from app.daemon_commands import check_daemon_id
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
 from app.domain.errors import IncarnationNotIssued, ValidationFailed
-from app.domain.lifecycle import Status
-from app.domain.supervisors import (
-    FIRST_INCARNATION,
-    MAX_INCARNATION,
-    FenceReason,
+from app.domain.fencing import FenceReason, fence_reason
+from app.domain.heartbeat_plan import Outcome, closed_contract_refusal, plan_batch
+from app.domain.heartbeat_wire import heartbeat_wire, wire_heartbeat
+from app.domain.heartbeats import (
     Heartbeat,
     InvalidHeartbeat,
-    Outcome,
-    SupervisorRecord,
-    SupervisorState,
-    activity_bump_before,
-    closed_contract_refusal,
-    declare_dead,
     derive_heartbeat_id,
     derived_id_text,
-    fence_reason,
-    heartbeat_wire,
-    incarnation_after_death,
-    is_dead,
-    next_incarnation,
     parse_heartbeat,
-    plan_batch,
-    starts_supervisor,
-    wire_heartbeat,
 )
+from app.domain.incarnations import (
+    FIRST_INCARNATION,
+    MAX_INCARNATION,
+    incarnation_after_death,
+    next_incarnation,
+    starts_supervisor,
+)
+from app.domain.lifecycle import Status
+from app.domain.liveness import activity_bump_before, declare_dead, is_dead
+from app.domain.supervisors import SupervisorRecord, SupervisorState
 
 T0 = datetime(2026, 1, 31, 10, 30, tzinfo=UTC)
 CID, TASK = uuid.uuid4(), uuid.uuid4()
