@@ -11,14 +11,17 @@ outcomes (`IngestReport`), each refused heartbeat with its code, field and probl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy.orm import Session
 
+from app.auth import Caller, InvalidPrincipal, check_principal
 from app.domain.heartbeat_plan import closed_contract_refusal
+from app.domain.heartbeats import InvalidHeartbeat
 from app.heartbeat_store import STATE_CHANGED
 from app.queues import TaskName
 
@@ -85,6 +88,34 @@ def refused_as_closed(raw: Any, status: str) -> Refusal:
     return Refusal(raw, refusal.code, "contractId", refusal.message)
 
 
+T = TypeVar("T")
+
+
+def checked_items(
+    session: Session,
+    groups: Sequence[tuple[Any, list[Any]]],
+    report: IngestReport,
+    parse: Callable[[Any], T],
+) -> list[tuple[Caller, T]]:
+    """Each group's sender checked once and each of its heartbeats parsed (the wire form on
+    PostgreSQL, a `Heartbeat` on SQLite); what fails is added to `report.refused`, named."""
+    checked: list[tuple[Caller, T]] = []
+    for principal, items in groups:
+        report.received += len(items)
+        try:
+            caller = check_principal(session, uuid.UUID(str(principal)))
+        except (InvalidPrincipal, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, InvalidPrincipal) else "principalId is not a UUID"
+            report.refused += [Refusal(r, "MESSAGE_REJECTED", "principalId", reason) for r in items]
+            continue
+        for raw in items:
+            try:
+                checked.append((caller, parse(raw)))
+            except InvalidHeartbeat as exc:
+                report.refused.append(Refusal(raw, "VALIDATION_FAILED", exc.field, exc.problem))
+    return checked
+
+
 def park_refused(session: Session, refused: list[Refusal], now: datetime) -> None:
     """Refused heartbeats of a message are kept as one dead letter (the rest were stored)."""
     from app.dead_letters import RejectedMessage, record_dead_letter
@@ -108,4 +139,12 @@ def park_refused(session: Session, refused: list[Refusal], now: datetime) -> Non
     )
 
 
-__all__ = ["FOREIGN_TASK", "IngestReport", "Notify", "Refusal", "park_refused", "refused_as_closed"]
+__all__ = [
+    "FOREIGN_TASK",
+    "IngestReport",
+    "Notify",
+    "Refusal",
+    "checked_items",
+    "park_refused",
+    "refused_as_closed",
+]

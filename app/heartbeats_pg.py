@@ -18,12 +18,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings
 from app.db import unit_of_work
 from app.domain.heartbeat_wire import wire_heartbeat
-from app.domain.heartbeats import InvalidHeartbeat
 from app.domain.incarnations import starts_supervisor
 from app.domain.lifecycle import CLOSED_STATUSES
 from app.domain.liveness import activity_bump_before
@@ -33,6 +31,7 @@ from app.heartbeat_outcomes import (
     IngestReport,
     Notify,
     Refusal,
+    checked_items,
     park_refused,
     refused_as_closed,
 )
@@ -61,20 +60,7 @@ def ingest_folded(
     report = IngestReport()
     with unit_of_work(sender, engine=bind, settings=settings) as uow:
         session = uow.session
-        checked: list[tuple[Caller, dict[str, Any]]] = []
-        for principal, items in groups:
-            report.received += len(items)
-            try:
-                caller = check_principal(session, uuid.UUID(str(principal)))
-            except (InvalidPrincipal, ValueError) as exc:
-                reason = str(exc) if isinstance(exc, InvalidPrincipal) else "principalId is not a UUID"
-                report.refused += [Refusal(r, "MESSAGE_REJECTED", "principalId", reason) for r in items]
-                continue
-            for raw in items:
-                try:
-                    checked.append((caller, wire_heartbeat(raw)))
-                except InvalidHeartbeat as exc:
-                    report.refused.append(Refusal(raw, "VALIDATION_FAILED", exc.field, exc.problem))
+        checked = checked_items(session, groups, report, wire_heartbeat)
         owners = store.owners_by_text(session, {item["contractId"] for _, item in checked})
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()

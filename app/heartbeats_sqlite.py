@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.auth import Caller, InvalidPrincipal, check_principal
 from app.broker import Sender
 from app.config import Settings
 from app.db import unit_of_work
 from app.domain.heartbeat_plan import BatchPlan, Outcome, held_by_another, plan_batch
-from app.domain.heartbeats import Heartbeat, InvalidHeartbeat, parse_heartbeat
+from app.domain.heartbeats import Heartbeat, parse_heartbeat
 from app.domain.lifecycle import CLOSED_STATUSES
 from app.domain.liveness import activity_bump_before
 from app.heartbeat_fencing import tell_fenced
@@ -33,6 +31,7 @@ from app.heartbeat_outcomes import (
     IngestReport,
     Notify,
     Refusal,
+    checked_items,
     park_refused,
     refused_as_closed,
 )
@@ -60,20 +59,7 @@ def ingest_planned(
     notices: list[dict[str, Any]] = []
     with unit_of_work(sender, engine=bind, settings=settings) as uow:
         session = uow.session
-        accepted: list[tuple[Caller, Heartbeat]] = []
-        for principal, items in groups:
-            report.received += len(items)
-            try:
-                caller = check_principal(session, uuid.UUID(str(principal)))
-            except (InvalidPrincipal, ValueError) as exc:
-                reason = str(exc) if isinstance(exc, InvalidPrincipal) else "principalId is not a UUID"
-                report.refused += [Refusal(r, "MESSAGE_REJECTED", "principalId", reason) for r in items]
-                continue
-            for raw in items:
-                try:
-                    accepted.append((caller, parse_heartbeat(raw)))
-                except InvalidHeartbeat as exc:
-                    report.refused.append(Refusal(raw, "VALIDATION_FAILED", exc.field, exc.problem))
+        accepted = checked_items(session, groups, report, parse_heartbeat)
         owners, task_contracts = store.owners_and_tasks(
             session, {hb.contract_id for _, hb in accepted}, {hb.task_id for _, hb in accepted}
         )
