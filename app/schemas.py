@@ -157,6 +157,11 @@ class ContractPage(Schema):
 
     contracts: list[Contract]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+    truncated: bool = Field(
+        False,
+        description="True when the page stopped early at the size bound (4 MiB of JSON) before "
+        "`limit` contracts: read on from `nextCursor`.",
+    )
 
 
 class ChangeStatusResponse(Schema):

@@ -2,7 +2,8 @@
 
 Reads take no lock and change nothing. Lists are keyset-paginated on (created_at, id) so a
 page never skips or repeats a contract while others are created; the cursor is opaque to
-callers and refused with a clear error when it is not one this server issued.
+callers and refused with a clear error when it is not one this server issued. A page is
+bounded by size as well as by count (`CONTRACT_PAGE_BYTES`), like every other list answer.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app import schemas
 from app.auth import Caller
+from app.byte_budget import json_size, take_within_budget
 from app.config import Settings
 from app.contract_rows import get_contract
 from app.db import driver_autocommit, unit_of_work
@@ -32,6 +34,19 @@ from app.gate import load_gate_facts, phase_config_of, switches_for
 from app.models import CompletedDeliverable, Contract, ContractTask, Supervisor
 from app.prepared import driver_rows
 from app.sweeps import stale_criteria, stale_threshold
+
+# A page of contracts is bounded by size as well as by count, like the supervisor history
+# (`app.supervisor_state.HISTORY_BYTES`) and a page of questions: each entry carries its current
+# phase's deliverables, and a legal phaseConfig (one phase of 256 deliverables with long ids and
+# names) makes an entry of about 736 KB, so 500 of them were hundreds of MB held per request.
+# Contracts are added while the answer's JSON stays within this; `nextCursor` says where to read on.
+CONTRACT_PAGE_BYTES: Final = 4 * 1024 * 1024
+# Room kept for the page's own JSON around the contracts (`{"contracts":[`, the commas,
+# `],"nextCursor":"<cursor>","truncated":true}`, a cursor being at most about 100 characters).
+_PAGE_ENVELOPE_BYTES: Final = 256
+# Contracts read from the database, and viewed, at a time: a page the size bound ends reads
+# little past it, never 500 rows of up to a megabyte each.
+_ROWS_PER_FETCH: Final = 8
 
 
 def phase_readiness_view(
@@ -227,9 +242,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_contracts(
-    session: Session, caller: Caller, flt: ContractFilter, now: datetime, settings: Settings
-) -> tuple[list[Contract], str | None]:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
+    session: Session,
+    caller: Caller,
+    flt: ContractFilter,
+    now: datetime,
+    settings: Settings,
+    budget: int = CONTRACT_PAGE_BYTES,
+) -> schemas.ContractPage:
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat.
+
+    A page holds at most `flt.limit` contracts and at most `budget` bytes of JSON: it stops
+    before the contract that would pass the bound (one is always taken), `truncated` and
+    `nextCursor` set, so following `nextCursor` still reads every contract exactly once.
+    """
     query = select(Contract)
     if not caller.is_admin:
         query = query.where(Contract.owner_id == caller.owner_id)
@@ -253,13 +278,35 @@ def list_contracts(
             )
         )
     query = query.order_by(Contract.created_at.desc(), Contract.id.desc()).limit(flt.limit + 1)
-    rows = list(session.scalars(query))
-    page = rows[: flt.limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > flt.limit and page else None
-    return page, next_cursor
+    page = take_within_budget(
+        _viewed(session, query.execution_options(yield_per=_ROWS_PER_FETCH)),
+        lambda pair: pair,
+        lambda pair: json_size(pair[1]),
+        budget,
+        _PAGE_ENVELOPE_BYTES,
+        flt.limit,
+    )
+    views = [view for _, view in page.items]
+    if not (page.more or page.truncated):
+        return schemas.ContractPage(contracts=views, next_cursor=None)
+    last = page.items[-1][0]
+    return schemas.ContractPage(contracts=views, next_cursor=encode_cursor(last), truncated=page.truncated)
+
+
+def _viewed(session: Session, query: Select[Contract]) -> Iterator[tuple[Contract, schemas.Contract]]:
+    """Each contract of `query` with its list view (no phaseConfig), read and viewed
+    `_ROWS_PER_FETCH` at a time so the progress queries stay a few per page, not one per
+    contract; the result is closed when the taking stops (a generator's close)."""
+    result = session.scalars(query)
+    try:
+        for chunk in result.partitions(_ROWS_PER_FETCH):
+            yield from zip(chunk, contract_views(session, chunk, with_phase_config=False), strict=True)
+    finally:
+        result.close()
 
 
 __all__ = [
+    "CONTRACT_PAGE_BYTES",
     "ContractFilter",
     "contract_view",
     "contract_views",

@@ -17,7 +17,7 @@ from app.db import get_engine
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
 from app.events import event_view, events_after
-from app.views import ContractFilter, contract_view, contract_views
+from app.views import ContractFilter, contract_view
 
 
 class ContractsMixin(APIBase):
@@ -53,11 +53,9 @@ class ContractsMixin(APIBase):
 
     def list_contracts(self, flt: ContractFilter | None = None) -> schemas.ContractPage:
         with self._uow() as uow:
-            rows, cursor = views.list_contracts(
+            return views.list_contracts(
                 uow.session, self.caller, flt or ContractFilter(), self._clock(), uow.settings
             )
-            page = contract_views(uow.session, rows, with_phase_config=False)
-            return schemas.ContractPage(contracts=page, next_cursor=cursor)
 
     def change_status(
         self,
