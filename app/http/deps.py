@@ -26,6 +26,7 @@ from app.db import unit_of_work
 from app.domain.lifecycle import Status
 from app.http.bodies import SafeStr, UUIDText
 from app.http.problems import InvalidRequest
+from app.http.single_headers import AUTHORIZATION, single_header
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _THRESHOLD_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -50,7 +51,16 @@ def wiring(request: HTTPConnection) -> Wiring:
     return cast(Wiring, request.app.state.wiring)
 
 
-bearer = HTTPBearer(
+class SingleBearer(HTTPBearer):
+    """FastAPI's bearer scheme, refusing a request with more than one Authorization header
+    (`app.http.single_headers`): HTTPBearer reads the first and ignores the others."""
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        single_header(request.headers, AUTHORIZATION)
+        return await super().__call__(request)
+
+
+bearer = SingleBearer(
     auto_error=False,
     description="An API token (`mk_...`), created with `makima token create`.",
 )
@@ -164,6 +174,7 @@ __all__ = [
     "Api",
     "ContractId",
     "DeliverableId",
+    "SingleBearer",
     "TaskId",
     "Wiring",
     "authenticate_token",

@@ -13,7 +13,9 @@ not be answered; a lone surrogate (`"\\ud800"`) made the error handler itself fa
   there is one, the field.
 
 Malformed JSON is refused here too, with its position (400 `json_invalid`). Under `/api/v1` an
-unauthenticated caller gets its 401 first, as for every other complaint about a request.
+unauthenticated caller gets its 401 first, as for every other complaint about a request; before
+even that, a request with two Authorization headers is 400 (whose token is it?), and one with
+two Idempotency-Key headers is 400 after it (`app.http.single_headers`).
 The checks are linear in the body's size, and run off the event loop for large bodies.
 """
 
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.error_handlers import unauthenticated_first
 from app.http.errors import AUTHENTICATED_PREFIX, error_response
+from app.http.single_headers import AUTHORIZATION, repeated_header
 from app.schemas import ErrorCode
 
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -311,13 +314,20 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"].startswith(AUTHENTICATED_PREFIX):
+        request = Request(scope)
+        # Two tokens: the caller is a guess, so neither the 401-first rule nor a handler may pick one.
+        repeated = repeated_header(request.headers, (AUTHORIZATION,))
+        if repeated is None and scope["path"].startswith(AUTHENTICATED_PREFIX):
             # Before a byte of the body is read: a caller without a valid token costs us no
             # buffer (a thousand strangers' megabyte bodies were a gigabyte held).
-            denied = await unauthenticated_first(Request(scope))
+            denied = await unauthenticated_first(request)
             if denied is not None:
                 await denied(scope, receive, send)
                 return
+        repeated = repeated or repeated_header(request.headers)
+        if repeated is not None:
+            await repeated.response()(scope, _nothing_more, send)
+            return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         try:
             declared = int(headers.get(b"content-length", b"0"))
@@ -374,11 +384,12 @@ class BodyLimits:
         if "limit" in exc.problem:
             details["limit"] = exc.problem["limit"]
         response = error_response(exc.status_code, ErrorCode.INVALID_REQUEST, exc.message, details)
+        await response(scope, _nothing_more, send)
 
-        async def nothing_more() -> Message:
-            return {"type": "http.disconnect"}
 
-        await response(scope, nothing_more, send)
+async def _nothing_more() -> Message:
+    """The receive a refusal is answered with: its body is never read."""
+    return {"type": "http.disconnect"}
 
 
 __all__ = [

@@ -25,7 +25,8 @@ from app.auth import Caller, Unauthenticated, hash_token
 from app.config import get_settings
 from app.http.deps import authenticate_token, reauthenticate_token, wiring
 from app.http.errors import WS_UNAUTHENTICATED
-from app.http.monitor_socket import close, receive_json
+from app.http.monitor_socket import close, receive_json, refuse
+from app.http.single_headers import AUTHORIZATION, RepeatedHeader, single_header
 from app.schemas import ErrorCode
 
 # The live monitor front's one logger, whichever of its modules logs.
@@ -33,8 +34,14 @@ log = logging.getLogger("app.http.monitor")
 
 
 async def authenticate_socket(websocket: WebSocket) -> tuple[Caller, str] | None:
-    """Who the connection is for, and the token it showed (checked again while it is open)."""
-    header = websocket.headers.get("authorization", "")
+    """Who the connection is for, and the token it showed (checked again while it is open).
+
+    Two Authorization headers close it 4400 after an `error` naming the header (`app.http.single_headers`)."""
+    try:
+        header = single_header(websocket.headers, AUTHORIZATION) or ""
+    except RepeatedHeader as exc:
+        await refuse(websocket, [exc.problem], message=exc.message)
+        return None
     token: str
     if header.lower().startswith("bearer "):
         token = header[7:].strip()

@@ -30,6 +30,7 @@ from app.http.errors import API_PREFIX, error_responses
 from app.http.monitor import hub_of, parse_after, require_monitoring
 from app.http.monitor_auth import lapsed_error, token_lapsed
 from app.http.problems import InvalidRequest
+from app.http.single_headers import AUTHORIZATION, single_header
 from app.monitor import Hub
 from app.monitor_filter import FilterError, MonitorFilter
 from app.monitor_subscribers import Subscriber, pump
@@ -191,7 +192,7 @@ async def event_stream(
     except FilterError as exc:
         where = "header" if last_event_id else "query"
         raise InvalidRequest([{**p, "in": where, "type": "value"} for p in exc.problems]) from None
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    token = (single_header(request.headers, AUTHORIZATION) or "").partition(" ")[2].strip()
     hub = hub_of(request.app)
     sub = await hub.subscribe(caller, flt, resume)
     return EventStreamResponse(
