@@ -35,7 +35,7 @@ from app.domain.completion import Decision, GateFacts, Step, TaskSummary, decide
 from app.domain.lifecycle import Status
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
-from app.foreign_tasks import foreign_task
+from app.foreign_tasks import held_elsewhere_sql, held_task, refuse_held_task
 from app.gate import phase_config_of, switches_for
 from app.models import Contract, ContractTask, ProcessedMessage
 from app.pending_writes import PendingWrites, event_row, write_held
@@ -135,15 +135,10 @@ def record_task_started(
     if not first_delivery(uow, contract.id, message_id, "task_started", now):
         return contract
     refuse_if_closed(contract, "tasks")
+    # Another contract's supervisor or ordinary task: taking the id here would lock that
+    # contract's supervisor out of its own heartbeats and saves.
+    refuse_held_task(uow.session, contract.id, task_id)
     task = uow.session.get(ContractTask, task_id)
-    if task is not None and task.contract_id != contract.id:
-        raise foreign_task(
-            uow.session,
-            task_id,
-            contract.id,
-            task.contract_id,
-            f"Task {task_id} belongs to another contract; a task id names one task.",
-        )
     if task is None:
         # One statement that cannot fail on the key: another contract's transaction may insert
         # the same id meanwhile (its row lock is not ours), and then this one is refused as
@@ -162,13 +157,7 @@ def record_task_started(
         ).rowcount  # type: ignore[attr-defined]
         if not inserted:
             owner = uow.session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
-            raise foreign_task(
-                uow.session,
-                task_id,
-                contract.id,
-                owner or contract.id,
-                f"Task {task_id} belongs to another contract; a task id names one task.",
-            )
+            raise held_task(uow.session, task_id, contract.id, owner or contract.id, False)
         touch(contract, now)
         record_event(
             uow.session,
@@ -223,8 +212,11 @@ def _record_task_result(
     """Upsert the task's result in one statement; False when there is nothing to change.
 
     A task reported `failed` may later be reported `done` (a retry); `done` is final, so a
-    report on a done task changes nothing. A task id of another contract is refused.
+    report on a done task changes nothing. A task id another contract holds (its supervisor or
+    its ordinary task) is refused before anything is written, and again after an upsert that
+    changed nothing (another contract's start may have committed meanwhile: its lock is not ours).
     """
+    refuse_held_task(session, contract.id, task_id)
     status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
     stmt = _task_result_statement(session.get_bind().dialect.name)
     params = {
@@ -237,11 +229,7 @@ def _record_task_result(
     }
     if session.execute(stmt, params).first() is not None:
         return True
-    owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
-    if owner is not None and owner != contract.id:
-        raise foreign_task(
-            session, task_id, contract.id, owner, f"Task {task_id} belongs to another contract."
-        )
+    refuse_held_task(session, contract.id, task_id)
     return False
 
 
@@ -252,9 +240,10 @@ def _record_task_result(
 # path, so it runs without the ORM in two round trips on PostgreSQL: `BEGIN` with the row lock
 # and, once the lock is held, one statement that claims the message id, upserts the task and
 # reads the row with its phase's gate facts; then the write with its `COMMIT`. Anything else (a
-# repeat delivery, a closed contract, a task of another contract or already done, a caller who
-# may not see the contract, a gate that now moves the contract) is rolled back and made by
-# `record_task_completed` in a unit of work, which decides it with every rule.
+# repeat delivery, a closed contract, a task id another contract holds as its supervisor or
+# ordinary task (`app.foreign_tasks`: the upsert writes nothing then), a task already done, a
+# caller who may not see the contract, a gate that now moves the contract) is rolled back and
+# made by `record_task_completed` in a unit of work, which decides it with every rule.
 
 _LOCK_ROW_SQL = "SELECT 1 FROM contracts WHERE id = %(cid)s::uuid FOR NO KEY UPDATE"
 _CORE_COLUMNS = ", ".join(f"c.{col.name}" for col in Contract.__table__.c)
@@ -266,8 +255,9 @@ _CLAIM_TASK_AND_FACTS_SQL = (
     "up AS (INSERT INTO contract_tasks (id, contract_id, name, status, is_supervisor, phase, created_at, "
     " updated_at, completed_at) SELECT %(tid)s::uuid, c.id, %(name)s::varchar, %(status)s::varchar, false, "
     " c.phase, %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz FROM c "
-    " WHERE EXISTS (SELECT 1 FROM claim) "
-    " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, "
+    " WHERE EXISTS (SELECT 1 FROM claim) AND NOT EXISTS ("
+    + held_elsewhere_sql("%(tid)s::uuid", "c.id")
+    + ") ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, "
     " completed_at = EXCLUDED.completed_at "
     " WHERE contract_tasks.status <> 'done' AND contract_tasks.contract_id = EXCLUDED.contract_id "
     " RETURNING name, status, is_supervisor, phase) "

@@ -36,6 +36,7 @@ from app.auth import Caller
 from app.db import dialect_insert
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
+from app.foreign_tasks import held_elsewhere_sql
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied
 from app.prepared import driver_rows
@@ -142,11 +143,14 @@ def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: dateti
 @dataclass(frozen=True, slots=True)
 class Checked:
     """What the one-statement acceptance saw: the contract's owner and status (None when there
-    is no such contract), the reported task's contract, and whether the receipt went in."""
+    is no such contract), the other contract holding the reported task id (None when none does)
+    and whether it holds it as its supervisor (`app.foreign_tasks`), and whether the receipt
+    went in."""
 
     owner_id: str | None
     status: str | None
     task_contract_id: uuid.UUID | None
+    task_held_as_supervisor: bool
     accepted: bool
 
 
@@ -157,10 +161,10 @@ _TERMINAL: Final = ", ".join(f"'{s.value}'" for s in sorted(Status.terminal()))
 # which one failed. The conflict rule is `accept`'s.
 _ACCEPT_CHECKED_SQL = (
     "WITH c AS (SELECT owner_id, status FROM contracts WHERE id = %(contract_id)s::uuid), "
-    "t AS (SELECT contract_id FROM contract_tasks WHERE id = %(task_id)s::uuid), "
+    f"t AS ({held_elsewhere_sql('%(task_id)s::uuid', '%(contract_id)s::uuid')} LIMIT 1), "
     "ok AS (SELECT 1 FROM c WHERE (%(any_owner)s OR c.owner_id = %(owner_id)s) "
     f"AND NOT (%(refuse_closed)s AND c.status IN ({_TERMINAL})) "
-    "AND NOT EXISTS (SELECT 1 FROM t WHERE t.contract_id <> %(contract_id)s::uuid)), "
+    "AND NOT EXISTS (SELECT 1 FROM t)), "
     "ins AS (INSERT INTO message_outcomes (principal_id, message_id, contract_id, task, payload, status, "
     "accepted_at, updated_at) SELECT %(principal_id)s::uuid, %(message_id)s, %(contract_id)s::uuid, "
     "%(task)s, %(payload)s::jsonb, 'pending', %(now)s, %(now)s FROM ok "
@@ -171,7 +175,7 @@ _ACCEPT_CHECKED_SQL = (
     "AND message_outcomes.contract_id = EXCLUDED.contract_id "
     "AND message_outcomes.payload = EXCLUDED.payload RETURNING 1) "
     "SELECT (SELECT owner_id FROM c), (SELECT status FROM c), (SELECT contract_id FROM t), "
-    "EXISTS (SELECT 1 FROM ins)"
+    "COALESCE((SELECT supervisor FROM t), false), EXISTS (SELECT 1 FROM ins)"
 )
 
 
@@ -206,10 +210,10 @@ def accept_checked(
         "payload": json.dumps(dict(payload)),
         "now": now,
     }
-    ((owner_id, status, task_contract, accepted),) = driver_rows(
+    ((owner_id, status, task_contract, supervisor, accepted),) = driver_rows(
         connection, _ACCEPT_CHECKED_SQL, params, prepare=prepare
     )
-    return Checked(owner_id, status, task_contract, bool(accepted))
+    return Checked(owner_id, status, task_contract, bool(supervisor), bool(accepted))
 
 
 # -- applying (workers) ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic import Field
-from sqlalchemy import delete, insert, literal, select, union_all
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, Role
@@ -57,8 +57,8 @@ from app.domain.supervisor_state import (
     worth_an_event,
 )
 from app.events import record_event
-from app.foreign_tasks import foreign_ordinary_task, foreign_supervisor, foreign_task
-from app.models import ContractTask, ConversationMessage, Supervisor, SupervisorStateRow
+from app.foreign_tasks import refuse_held_task
+from app.models import ConversationMessage, Supervisor, SupervisorStateRow
 from app.schemas import Schema, Timestamp
 
 SAVING_ROLES: Final = (Role.SUPERVISOR, Role.ADMIN)
@@ -276,24 +276,8 @@ def supervisor_incarnation(session: Session, task_id: uuid.UUID) -> int | None:
 def refuse_foreign_supervisor(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
     """A task id belongs to one contract: another contract's supervisor (its heartbeats' record
     or its saved state) or ordinary task (one reported started there) is refused, explained
-    only to the owner of both (`app.foreign_tasks`). One statement for the three holders."""
-    holder = session.execute(
-        union_all(
-            select(Supervisor.contract_id, literal(True)).where(
-                Supervisor.task_id == task_id, Supervisor.contract_id != contract_id
-            ),
-            select(SupervisorStateRow.contract_id, literal(True)).where(
-                SupervisorStateRow.task_id == task_id, SupervisorStateRow.contract_id != contract_id
-            ),
-            select(ContractTask.contract_id, literal(False)).where(
-                ContractTask.id == task_id, ContractTask.contract_id != contract_id
-            ),
-        ).limit(1)
-    ).first()
-    if holder is not None:
-        other, supervisor = holder
-        explained = foreign_supervisor(task_id) if supervisor else foreign_ordinary_task(task_id)
-        raise foreign_task(session, task_id, contract_id, other, explained)
+    only to the owner of both (`app.foreign_tasks.refuse_held_task`, the task reports' check too)."""
+    refuse_held_task(session, contract_id, task_id)
 
 
 # --- saving ---------------------------------------------------------------------------------

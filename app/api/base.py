@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import Session
 
 from app import message_outcomes, schemas
 from app.auth import Caller, authenticate
@@ -27,9 +26,9 @@ from app.contract_rows import get_contract, refuse_if_closed, refuse_if_closed_s
 from app.database_ready import missing_schema, require_existing_database
 from app.db import UnitOfWork, driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed
-from app.foreign_tasks import foreign_task
+from app.foreign_tasks import held_task, refuse_held_task
 from app.message_outcomes import Sent
-from app.models import ContractTask, utcnow
+from app.models import utcnow
 from app.queues import TaskName
 
 MAX_MESSAGE_ID = 200
@@ -43,20 +42,6 @@ def check_range(name: str, value: int, low: int, high: int) -> None:
             f"{name} is a whole number from {low} to {high} (got {value!r}).",
             details={"field": name, "limit": high},
         )
-
-
-def _refuse_foreign_task(session: Session, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
-    """A task id that belongs to another contract can never be completed here: say so now."""
-    owner = session.scalar(select(ContractTask.contract_id).where(ContractTask.id == task_id))
-    if owner is not None and owner != contract_id:
-        raise _foreign_task(session, task_id, contract_id, owner)
-
-
-def _foreign_task(
-    session: Session | Connection, task_id: uuid.UUID, contract_id: uuid.UUID, other: uuid.UUID
-) -> ValidationFailed:
-    """Explained only to the owner of both contracts (`app.foreign_tasks`)."""
-    return foreign_task(session, task_id, contract_id, other, f"Task {task_id} belongs to another contract.")
 
 
 class APIBase:
@@ -147,10 +132,10 @@ class APIBase:
 
         What the caller can be told at once is an error at once, not a dead letter later: a
         contract it cannot see (CONTRACT_NOT_FOUND), a closed contract when `closed` names
-        what the report would record (VALIDATION_FAILED naming the status), a task id of
-        another contract. The pending row (`app.message_outcomes`) commits before the send,
-        so a message the broker then loses can still be found and resent; a message id
-        already applied is not sent again.
+        what the report would record (VALIDATION_FAILED naming the status), a task id another
+        contract holds as its supervisor or ordinary task (`app.foreign_tasks`). The pending
+        row (`app.message_outcomes`) commits before the send, so a message the broker then
+        loses can still be found and resent; a message id already applied is not sent again.
         """
         message_id = message_id or str(uuid.uuid4())
         if not MESSAGE_ID.fullmatch(message_id):
@@ -176,7 +161,7 @@ class APIBase:
                 if closed is not None:
                     refuse_if_closed(contract, closed)
                 if reported_task is not None:
-                    _refuse_foreign_task(uow.session, contract.id, reported_task)
+                    refuse_held_task(uow.session, contract.id, reported_task)
                 sent = Sent(self.caller.principal_id, message_id, contract.id, task.value)
                 fresh = message_outcomes.accept(uow.session, sent, payload, self._clock())
         if fresh:
@@ -214,9 +199,15 @@ class APIBase:
             raise ContractNotFound(contract_id)
         if closed is not None:
             refuse_if_closed_status(checked.status, closed)
-        if reported_task is not None and checked.task_contract_id not in (None, contract_id):
+        if reported_task is not None and checked.task_contract_id is not None:
             with engine.connect() as connection:
-                raise _foreign_task(connection, reported_task, contract_id, checked.task_contract_id)
+                raise held_task(
+                    connection,
+                    reported_task,
+                    contract_id,
+                    checked.task_contract_id,
+                    checked.task_held_as_supervisor,
+                )
         if checked.accepted:
             return True
         # The id was used before: already applied (not sent again), or another report (refused).
