@@ -67,3 +67,8 @@ def commands_received(daemon_id: str | None, *, owner: str) -> list[dict[str, An
         while (message := queue.get(no_ack=True)) is not None:
             received.append(message.decode())
     return list(received)
+
+
+def no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
+    """A sender for an app under test whose follow-ups are not what the test looks at."""
+    return uuid.uuid4().hex

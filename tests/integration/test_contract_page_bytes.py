@@ -23,6 +23,7 @@ from app.db import unit_of_work
 from app.http import create_app
 from app.models import utcnow
 from app.views import CONTRACT_PAGE_BYTES, ContractFilter, list_contracts
+from tests.integration.helpers import no_send
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
@@ -34,13 +35,9 @@ BASE = "/api/v1/contracts"
 CLEF = "\U0001d11e"  # four bytes of UTF-8: the most bytes a character of an id or name costs
 
 
-def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
-    return uuid.uuid4().hex
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=_no_send), raise_server_exceptions=False) as c:
+    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
         yield c
 
 

@@ -20,6 +20,7 @@ import pytest
 from app.http import create_app
 from app.http.head_deadline import HeadDeadlineProtocol
 from app.service_runner import HTTP_PROTOCOL
+from tests.integration.helpers import no_send
 from tests.integration.live_server import serve
 
 pytestmark = pytest.mark.integration
@@ -31,13 +32,9 @@ class OneSecondHeads(HeadDeadlineProtocol):
     head_deadline_seconds = DEADLINE
 
 
-def _no_send(task: str, payload: dict[str, object], countdown: float | None = None) -> str:
-    return ""
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with serve(create_app(sender=_no_send), http=OneSecondHeads) as base:
+    with serve(create_app(sender=no_send), http=OneSecondHeads) as base:
         yield int(base.rsplit(":", 1)[1])
 
 

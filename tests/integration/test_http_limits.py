@@ -36,6 +36,7 @@ from app.auth import Role, create_token
 from app.db import get_engine, migrate, unit_of_work
 from app.http import create_app
 from app.models import Contract
+from tests.integration.helpers import no_send
 from tests.integration.live_server import serve
 
 with warnings.catch_warnings():
@@ -48,13 +49,9 @@ BASE = "/api/v1/contracts"
 MIB = 1024 * 1024
 
 
-def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
-    return uuid.uuid4().hex
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=_no_send), raise_server_exceptions=False) as c:
+    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -310,7 +307,7 @@ def test_a_surrogate_pair_is_one_character_and_is_accepted(
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[int]:
     """The app under a real uvicorn on a free port: what TestClient cannot show (keep-alive)."""
-    with serve(create_app(sender=_no_send)) as base:
+    with serve(create_app(sender=no_send)) as base:
         yield int(base.rsplit(":", 1)[1])
 
 
@@ -417,7 +414,7 @@ def sqlite_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Te
     engine = get_engine(url)
     with unit_of_work(engine=engine) as uow:
         token = create_token(uow.session, "sqlite-owner", Role.USER)
-    with TestClient(create_app(engine=engine, sender=_no_send), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine=engine, sender=no_send), raise_server_exceptions=False) as c:
         yield c, {"Authorization": f"Bearer {token}"}
 
 

@@ -25,6 +25,7 @@ from app.auth import Role, create_token, list_tokens, revoke_token
 from app.db import unit_of_work
 from app.http import create_app
 from app.http.errors import WS_INVALID_REQUEST
+from tests.integration.helpers import no_send
 from tests.integration.live_server import serve
 
 with warnings.catch_warnings():
@@ -37,19 +38,15 @@ BASE = "/api/v1/contracts"
 BATCH = "/api/v1/contracts/batch"
 
 
-def _no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
-    return uuid.uuid4().hex
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=_no_send), raise_server_exceptions=False) as c:
+    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with serve(create_app(sender=_no_send)) as base:
+    with serve(create_app(sender=no_send)) as base:
         yield base
 
 
