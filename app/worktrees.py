@@ -94,7 +94,8 @@ def check_worktree_path(path: object, field: str = "path") -> str:
     """A worktree path as reported, or `ValidationFailed` naming what is wrong.
 
     The path goes back to a daemon as it is, in `remove_worktree`, so it must mean one place
-    on its own: absolute (POSIX `/...` or a Windows drive `C:\\...`), with no `..` segment,
+    on its own: absolute (POSIX `/...` or a Windows drive `C:\\...`), with no `..` or `.`
+    segment, no doubled or trailing separator (two spellings of one place would be two worktrees),
     no NUL or other control character (newlines and tabs included), not blank, at most
     `MAX_PATH` characters. Nothing is normalised silently: a path that would need it is refused.
     """
@@ -118,9 +119,30 @@ def check_worktree_path(path: object, field: str = "path") -> str:
             f"{field} must be an absolute path (/... or a drive such as C:\\...), not {path[:80]!r}.",
             details=limits,
         )
-    if ".." in _SEGMENTS.split(path):
+    segments = _SEGMENTS.split(path)
+    if ".." in segments:
         raise ValidationFailed(
             f"{field} must not contain '..' segments: give the worktree's own absolute path.", details=limits
+        )
+    if "." in segments:
+        raise ValidationFailed(
+            f"{field} must not contain '.' segments: give the worktree's path as written plainly "
+            f"(/srv/wt, not /srv/./wt).",
+            details=limits,
+        )
+    # Segment 0 is the root's empty name (POSIX) or the drive (`C:`); the root alone is one place.
+    inner = segments[1:]
+    if inner == [""]:
+        # A daemon is told to remove this path once the contract is done: never a whole disk.
+        raise ValidationFailed(
+            f"{field} must name a directory below the root, not the root {path!r} itself.", details=limits
+        )
+    if "" in inner:
+        where = "end with a separator" if inner[-1] == "" and "" not in inner[:-1] else "repeat a separator"
+        raise ValidationFailed(
+            f"{field} must not {where}: give the worktree's path as written plainly "
+            f"(/srv/wt, not /srv//wt or /srv/wt/), so one place has one spelling.",
+            details=limits,
         )
     return path
 

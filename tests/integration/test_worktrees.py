@@ -274,12 +274,21 @@ def test_bad_worktree_reports_are_refused_naming_the_field(client: TestClient) -
         ("srv/wt/a", "path must be an absolute path"),
         ("/srv/wt/../../etc/passwd", "must not contain '..' segments"),
         ("C:\\wt\\..\\Windows", "must not contain '..' segments"),
+        ("/srv/./wt", "must not contain '.' segments"),
+        ("C:\\wt\\.", "must not contain '.' segments"),
+        ("/srv//wt", "must not repeat a separator"),
+        ("C:\\wt\\\\x", "must not repeat a separator"),
+        ("/srv/wt/", "must not end with a separator"),
+        ("C:/wt/", "must not end with a separator"),
+        ("/", "must name a directory below the root"),
+        ("C:\\", "must name a directory below the root"),
     ],
 )
 def test_a_worktree_path_is_absolute_without_dot_dot_or_control_characters_and_not_blank(
     client: TestClient, path: str, words: str
 ) -> None:
-    """The path goes back to a daemon as it is, in remove_worktree: it must mean one place."""
+    """The path goes back to a daemon as it is, in remove_worktree: it must mean one place, and
+    have one spelling (`/srv/wt/`, `/srv//wt` and `/srv/./wt` would each be another worktree)."""
     person, daemon = person_and_daemon(client)
     cid = person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"]
     for suffix in ("", "/removed"):
@@ -296,7 +305,7 @@ def test_absolute_posix_and_windows_paths_are_kept_exactly_as_sent(
 ) -> None:
     person, daemon = person_and_daemon(client)
     cid = uuid.UUID(person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"])
-    sent = ["/srv/wt/a b/./c", "C:\\wt\\x", "D:/wt/y..z"]
+    sent = ["/srv/wt/a b/.c", "C:\\wt\\x", "D:/wt/y..z"]
     daemon.applied(*(daemon.created(cid, path, "d-1") for path in sent))
     assert sorted(by_path(person.worktrees(cid))) == sorted(sent)
 
