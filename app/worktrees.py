@@ -90,7 +90,7 @@ _ABSOLUTE: Final = re.compile(r"/|[A-Za-z]:[\\/]")
 _SEGMENTS: Final = re.compile(r"[\\/]")
 
 
-def check_worktree_path(path: object, field: str = "path") -> str:
+def check_worktree_path(path: object, field: str = "path", *, one_spelling: bool = True) -> str:
     """A worktree path as reported, or `ValidationFailed` naming what is wrong.
 
     The path goes back to a daemon as it is, in `remove_worktree`, so it must mean one place
@@ -98,6 +98,10 @@ def check_worktree_path(path: object, field: str = "path") -> str:
     segment, no doubled or trailing separator (two spellings of one place would be two worktrees),
     no NUL or other control character (newlines and tabs included), not blank, at most
     `MAX_PATH` characters. Nothing is normalised silently: a path that would need it is refused.
+
+    `one_spelling=False` (a removal report) skips the spelling rules (`.`, doubled or trailing
+    separators, a root): a worktree recorded before they existed must still be reported removed
+    under the path it was recorded with, and a removal creates nothing a daemon is sent.
     """
     limits = {"field": field, "limit": MAX_PATH}
     if not isinstance(path, str) or not path.strip():
@@ -124,6 +128,8 @@ def check_worktree_path(path: object, field: str = "path") -> str:
         raise ValidationFailed(
             f"{field} must not contain '..' segments: give the worktree's own absolute path.", details=limits
         )
+    if not one_spelling:
+        return path
     if "." in segments:
         raise ValidationFailed(
             f"{field} must not contain '.' segments: give the worktree's path as written plainly "

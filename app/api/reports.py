@@ -19,9 +19,9 @@ from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.queues import TaskName
 
 
-def _worktree_fields(path: str, daemon_id: str | None) -> dict[str, Any]:
+def _worktree_fields(path: str, daemon_id: str | None, *, created: bool) -> dict[str, Any]:
     """A worktree report's fields, checked now: a worker cannot store what these refuse."""
-    fields: dict[str, Any] = {"path": worktree_service.check_worktree_path(path)}
+    fields: dict[str, Any] = {"path": worktree_service.check_worktree_path(path, one_spelling=created)}
     if daemon_id is not None:
         fields["daemonId"] = command_service.check_daemon_id(daemon_id)
     return fields
@@ -135,7 +135,7 @@ class ReportsMixin(APIBase):
             TaskName.WORKTREE_CREATED,
             contract_id,
             message_id,
-            _worktree_fields(path, daemon_id),
+            _worktree_fields(path, daemon_id, created=True),
             closed="worktrees",
         )
 
@@ -150,7 +150,10 @@ class ReportsMixin(APIBase):
         """A daemon removed a worktree; allowed on closed contracts too (removal follows
         completion). A path never reported created is recorded as removed all the same."""
         return self._enqueue(
-            TaskName.WORKTREE_REMOVED, contract_id, message_id, _worktree_fields(path, daemon_id)
+            TaskName.WORKTREE_REMOVED,
+            contract_id,
+            message_id,
+            _worktree_fields(path, daemon_id, created=False),
         )
 
     def request_completion_check(self, contract_id: uuid.UUID, message_id: str | None = None) -> str:

@@ -291,7 +291,10 @@ def test_a_worktree_path_is_absolute_without_dot_dot_or_control_characters_and_n
     have one spelling (`/srv/wt/`, `/srv//wt` and `/srv/./wt` would each be another worktree)."""
     person, daemon = person_and_daemon(client)
     cid = person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"]
-    for suffix in ("", "/removed"):
+    # The spelling rules hold for what a daemon will be told to remove: created worktrees. A
+    # removal report keeps the rest, so a worktree recorded before them can still be removed.
+    spelling = any(w in words for w in ("'.' segments", "separator", "below the root"))
+    for suffix in ("",) if spelling else ("", "/removed"):
         resp = daemon.call("POST", f"{BASE}/{cid}/worktrees{suffix}", {"path": path, "daemonId": "d-1"})
         assert resp.status_code == 400, resp.text
         error = resp.json()["error"]
@@ -308,6 +311,19 @@ def test_absolute_posix_and_windows_paths_are_kept_exactly_as_sent(
     sent = ["/srv/wt/a b/.c", "C:\\wt\\x", "D:/wt/y..z"]
     daemon.applied(*(daemon.created(cid, path, "d-1") for path in sent))
     assert sorted(by_path(person.worktrees(cid))) == sorted(sent)
+
+
+def test_a_worktree_recorded_before_the_spelling_rules_can_still_be_reported_removed(
+    worker: WorkerProcess, client: TestClient
+) -> None:
+    """`/srv/old/` was accepted once; the daemon reports its removal under that same path."""
+    person, daemon = person_and_daemon(client)
+    cid = uuid.UUID(person.ok("POST", BASE, {"name": "paths", "contractType": "simple"}, expect=201)["id"])
+    with unit_of_work() as uow:
+        uow.session.add(ContractWorktree(contract_id=cid, path="/srv/old/", daemon_id="d-1"))
+    daemon.applied(daemon.removed(cid, "/srv/old/", "d-1"))
+    listed = by_path(person.worktrees(cid))
+    assert list(listed) == ["/srv/old/"] and listed["/srv/old/"]["removedAt"] is not None, listed
 
 
 # --- completion and the daemon holding each worktree -----------------------------------------
