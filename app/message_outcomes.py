@@ -63,6 +63,9 @@ class MessageStatus(Schema):
     """What became of one message this caller sent (`unknown`: never accepted from this caller)."""
 
     message_id: str
+    principal_id: uuid.UUID | None = Field(
+        default=None, description="Who sent it (a message id is unique per sender); null when unknown."
+    )
     status: OutcomeStatus = Field(description="pending, applied, refused or unknown")
     contract_id: uuid.UUID | None = None
     task: str | None = Field(default=None, description="The report's kind, e.g. contracts.task_completed.")
@@ -277,15 +280,44 @@ def mark_refused(session: Session, sent: Sent, code: str, message: str, now: dat
 # -- reading --------------------------------------------------------------------------------------
 
 
-def find(session: Session, caller: Caller, message_id: str) -> MessageOutcome | None:
-    """The caller's own message; an admin sees anyone's (the most recent, if ids collide).
+# How many senders an ambiguous admin lookup names: enough to choose from, bounded in size.
+AMBIGUOUS_LISTED: Final = 20
 
-    Another principal's message is reported exactly like a missing one.
+
+def find(
+    session: Session, caller: Caller, message_id: str, principal_id: uuid.UUID | None = None
+) -> MessageOutcome | None:
+    """The caller's own message; an admin sees anyone's.
+
+    A message id is unique per sender, not across senders (each daemon chooses its own), so
+    an admin's lookup is exact: `principal_id` names the sender; without it the admin's own
+    message if there is one, else the only sender's; when several other principals sent that
+    id, `ValidationFailed` lists them (`details.principalIds`) instead of picking one, since a
+    resend would send the one picked. Another principal's message is reported to a caller who
+    is not an admin exactly like a missing one, `principal_id` or not.
     """
     query = select(MessageOutcome).where(MessageOutcome.message_id == message_id)
     if not caller.is_admin:
-        query = query.where(MessageOutcome.principal_id == caller.principal_id)
-    return session.scalars(query.order_by(MessageOutcome.accepted_at.desc()).limit(1)).first()
+        if principal_id is not None and principal_id != caller.principal_id:
+            return None
+        return session.scalars(query.where(MessageOutcome.principal_id == caller.principal_id)).first()
+    if principal_id is not None:
+        return session.scalars(query.where(MessageOutcome.principal_id == principal_id)).first()
+    rows = list(
+        session.scalars(
+            query.order_by(
+                (MessageOutcome.principal_id != caller.principal_id), MessageOutcome.accepted_at.desc()
+            ).limit(AMBIGUOUS_LISTED + 1)
+        )
+    )
+    if len(rows) <= 1 or rows[0].principal_id == caller.principal_id:
+        return rows[0] if rows else None
+    senders = [str(row.principal_id) for row in rows[:AMBIGUOUS_LISTED]]
+    raise ValidationFailed(
+        f"messageId {message_id!r} was sent by {len(senders)}{'+' if len(rows) > AMBIGUOUS_LISTED else ''} "
+        "principals: give principalId to say whose message you mean.",
+        details={"field": "principalId", "principalIds": senders},
+    )
 
 
 def status_view(message_id: str, row: MessageOutcome | None, *, resent: bool = False) -> MessageStatus:
@@ -298,6 +330,7 @@ def status_view(message_id: str, row: MessageOutcome | None, *, resent: bool = F
     )
     return MessageStatus(
         message_id=row.message_id,
+        principal_id=row.principal_id,
         status=OutcomeStatus(row.status),
         contract_id=row.contract_id,
         task=row.task,

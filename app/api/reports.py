@@ -32,20 +32,23 @@ class ReportsMixin(APIBase):
 
     # -- what became of a message --------------------------------------------------------
 
-    def message_status(self, message_id: str | uuid.UUID) -> MessageStatus:
+    def message_status(
+        self, message_id: str | uuid.UUID, principal_id: uuid.UUID | None = None
+    ) -> MessageStatus:
         """What became of a message this caller sent: pending, applied, refused or unknown.
 
         Another principal's message answers `unknown`, exactly like one never sent; an admin
-        sees every principal's. The id as the report returned it, or a `UUID` like every
+        sees every principal's (`principal_id` names the sender when several used the id:
+        `message_outcomes.find`). The id as the report returned it, or a `UUID` like every
         other id this module takes.
         """
         message_id = str(message_id)
         with self._uow() as uow:
             return message_outcomes.status_view(
-                message_id, message_outcomes.find(uow.session, self.caller, message_id)
+                message_id, message_outcomes.find(uow.session, self.caller, message_id, principal_id)
             )
 
-    def resend(self, message_id: str | uuid.UUID) -> MessageStatus:
+    def resend(self, message_id: str | uuid.UUID, principal_id: uuid.UUID | None = None) -> MessageStatus:
         """Send a pending or refused message again with the same id; an applied one is left be.
 
         Idempotent: the worker claims the id in the transaction that applies it, so a resend
@@ -54,7 +57,7 @@ class ReportsMixin(APIBase):
         """
         message_id = str(message_id)
         with self._uow() as uow:
-            row = message_outcomes.find(uow.session, self.caller, message_id)
+            row = message_outcomes.find(uow.session, self.caller, message_id, principal_id)
             if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:
                 return message_outcomes.status_view(message_id, row)
             sent = Sent(row.principal_id, row.message_id, row.contract_id, row.task)
@@ -64,7 +67,9 @@ class ReportsMixin(APIBase):
             self._send(row.task, payload, None)
         with self._uow() as uow:
             return message_outcomes.status_view(
-                message_id, message_outcomes.find(uow.session, self.caller, message_id), resent=fresh
+                message_id,
+                message_outcomes.find(uow.session, self.caller, message_id, row.principal_id),
+                resent=fresh,
             )
 
     # -- asynchronous reports (enqueue and return the message id) ------------------------

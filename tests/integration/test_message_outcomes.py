@@ -266,6 +266,51 @@ def test_an_admin_sees_every_principals_messages(
     assert client.get(f"{MESSAGES}/{message_id}", headers=auth(admin_token)).json()["status"] == "pending"
 
 
+def test_an_admin_names_the_sender_when_several_principals_used_one_message_id(
+    outbox: Outbox, make_caller: Any
+) -> None:
+    """A message id is unique per sender: an admin's lookup never picks one of several."""
+    senders = [make_caller(role="supervisor")[1] for _ in range(2)]
+    _, admin = make_caller(role="admin")
+    for caller in senders:
+        api = ContractsAPI(caller=caller, sender=outbox)
+        api.report_task_started(active_contract(api), uuid.uuid4(), "shared id", message_id="shared-1")
+    as_admin = ContractsAPI(caller=admin, sender=outbox)
+
+    with pytest.raises(ValidationFailed) as refused:
+        as_admin.message_status("shared-1")
+    assert refused.value.details["field"] == "principalId"
+    assert sorted(refused.value.details["principalIds"]) == sorted(str(c.principal_id) for c in senders)
+    assert "give principalId" in str(refused.value)
+    with pytest.raises(ValidationFailed):
+        as_admin.resend("shared-1")  # a resend would have sent whichever was picked
+
+    for caller in senders:
+        answer = as_admin.message_status("shared-1", principal_id=caller.principal_id)
+        assert answer.status == "pending" and answer.principal_id == caller.principal_id
+    outbox.sent.clear()
+    resent = as_admin.resend("shared-1", principal_id=senders[1].principal_id)
+    assert resent.resent and resent.principal_id == senders[1].principal_id
+    assert [p["messageId"] for _, p in outbox.sent] == ["shared-1"]
+
+    # A sender sees only its own, whatever principal it names.
+    mine = ContractsAPI(caller=senders[0], sender=outbox)
+    assert mine.message_status("shared-1").principal_id == senders[0].principal_id
+    assert mine.message_status("shared-1", principal_id=senders[1].principal_id).status == "unknown"
+
+
+def test_an_admins_own_message_is_the_one_its_lookup_finds(outbox: Outbox, make_caller: Any) -> None:
+    _, admin = make_caller(role="admin")
+    _, other = make_caller(role="supervisor")
+    for caller in (other, admin):
+        api = ContractsAPI(caller=caller, sender=outbox)
+        api.report_task_started(active_contract(api), uuid.uuid4(), "shared id", message_id="shared-2")
+    assert (
+        ContractsAPI(caller=admin, sender=outbox).message_status("shared-2").principal_id
+        == admin.principal_id
+    )
+
+
 def test_resending_a_pending_message_sends_it_again_with_the_same_id_and_it_applies_once(
     outbox: Outbox, make_caller: Any
 ) -> None:
