@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
-from app.http.bodies import SafeStr
+from app.http.bodies import SafeStr, UUIDText
 from app.http.deps import Api
 from app.http.errors import error_responses
 from app.http.routing import ParsedJSONRoute
@@ -24,28 +24,39 @@ router = APIRouter(
     route_class=ParsedJSONRoute,
     prefix="/api/v1/messages",
     tags=["messages"],
-    responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.INTERNAL_ERROR),
+    responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.VALIDATION_FAILED, E.INTERNAL_ERROR),
 )
 
 MessageId = Annotated[
     SafeStr, Path(alias="messageId", min_length=1, max_length=200, description="The report's messageId.")
 ]
 
+# A message id is unique per sender, not across senders: an admin names whose it means.
+PrincipalId = Annotated[
+    UUIDText | None,
+    Query(
+        alias="principalId",
+        description="The sender (admin): needed when several principals used this messageId.",
+    ),
+]
+
 
 @router.get("/{messageId}")
-def message_status(message_id: MessageId, api: Api) -> MessageStatus:
+def message_status(message_id: MessageId, api: Api, principal_id: PrincipalId = None) -> MessageStatus:
     """`pending` (accepted, not yet applied), `applied` (with its event ids), `refused` (the
     error code and message) or `unknown`. Only the caller's own messages are known (an admin
-    sees all); another principal's id answers `unknown`, exactly like a missing one."""
-    return api.message_status(message_id)
+    sees all); another principal's id answers `unknown`, exactly like a missing one. An
+    admin's lookup of an id several principals sent is refused (400, `details.principalIds`)
+    until `principalId` says whose."""
+    return api.message_status(message_id, principal_id)
 
 
 @router.post("/{messageId}/resend")
-def resend_message(message_id: MessageId, api: Api) -> MessageStatus:
+def resend_message(message_id: MessageId, api: Api, principal_id: PrincipalId = None) -> MessageStatus:
     """Send a `pending` or `refused` message again with the same id (`resent: true`); an
     `applied` one is not sent again, an `unknown` one cannot be (report it afresh). Safe to
     repeat: a message is applied once however often it arrives."""
-    return api.resend(message_id)
+    return api.resend(message_id, principal_id)
 
 
 __all__ = ["router"]

@@ -299,6 +299,30 @@ def test_an_admin_names_the_sender_when_several_principals_used_one_message_id(
     assert mine.message_status("shared-1", principal_id=senders[1].principal_id).status == "unknown"
 
 
+def test_over_http_an_admin_gives_principal_id_for_a_message_id_several_principals_used(
+    client: TestClient, outbox: Outbox, make_caller: Any
+) -> None:
+    senders = [make_caller(role="supervisor")[1] for _ in range(2)]
+    admin_token, _ = make_caller(role="admin")
+    for caller in senders:
+        api = ContractsAPI(caller=caller, sender=outbox)
+        api.report_task_started(active_contract(api), uuid.uuid4(), "shared id", message_id="shared-3")
+
+    refused = error_of(
+        client.get(f"{MESSAGES}/shared-3", headers=auth(admin_token)), 400, "VALIDATION_FAILED"
+    )
+    assert refused["details"]["field"] == "principalId" and len(refused["details"]["principalIds"]) == 2
+    error_of(client.post(f"{MESSAGES}/shared-3/resend", headers=auth(admin_token)), 400, "VALIDATION_FAILED")
+    whose = str(senders[0].principal_id)
+    found = client.get(f"{MESSAGES}/shared-3", params={"principalId": whose}, headers=auth(admin_token))
+    assert found.status_code == 200 and found.json()["principalId"] == whose, found.text
+    error_of(
+        client.get(f"{MESSAGES}/shared-3", params={"principalId": "nobody"}, headers=auth(admin_token)),
+        422,
+        "INVALID_REQUEST",
+    )
+
+
 def test_an_admins_own_message_is_the_one_its_lookup_finds(outbox: Outbox, make_caller: Any) -> None:
     _, admin = make_caller(role="admin")
     _, other = make_caller(role="supervisor")
