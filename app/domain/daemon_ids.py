@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from app.domain.control_characters import LINE_SEPARATORS, code_point, first_control_or_separator
+from app.domain.control_characters import (
+    BIDI_CONTROLS,
+    BIDI_CONTROLS_NAMED,
+    LINE_SEPARATORS,
+    code_point,
+    first_control_or_separator,
+)
 
 MAX_DAEMON_ID: Final = 200
 
@@ -25,7 +31,7 @@ MAX_DAEMON_ID: Final = 200
 DAEMON_ID_RULE: Final = (
     f"a daemon id is 1 to {MAX_DAEMON_ID} characters, not blank, "
     "with no NUL or other control character (newline, tab, ...), no line or paragraph separator "
-    "(U+2028, U+2029) and no U+FFFD"
+    f"(U+2028, U+2029), no bidirectional control ({BIDI_CONTROLS_NAMED}) and no U+FFFD"
 )
 
 
@@ -35,20 +41,28 @@ def daemon_id_problem(value: object) -> str | None:
     Control characters are refused because the id is a path segment and a queue name: a
     newline, say, cannot be routed to the feed, and a terminal escape in a log line misleads
     whoever reads it; the line and paragraph separators break a log line as a newline does
-    (the host's rule, `first_control_or_separator`, refused them while this one took them).
-    U+FFFD is what undecodable bytes in a URL become, so two different byte strings would read
-    one feed. A lone surrogate cannot be stored as UTF-8.
+    (the host's rule, `first_control_or_separator`, refused them while this one took them);
+    a bidirectional control (U+202E) shows the id in the daemon list as another id. They are
+    looked for before blankness: an id of a newline or a tab alone is refused for the
+    character it holds, not as blank (Python counts both as whitespace). U+FFFD is what
+    undecodable bytes in a URL become, so two different byte strings would read one feed. A
+    lone surrogate cannot be stored as UTF-8.
     """
     if not isinstance(value, str):
         return "must be a string"
+    bad = first_control_or_separator(value)
+    if bad is not None:
+        if bad in BIDI_CONTROLS:
+            what = "bidirectional controls"
+        elif bad in LINE_SEPARATORS:
+            what = "line or paragraph separators"
+        else:
+            what = "NUL or control characters"
+        return f"must not contain {what} (found {code_point(bad)}): {DAEMON_ID_RULE}"
     if not value.strip():
         return "must not be blank"
     if len(value) > MAX_DAEMON_ID:
         return f"is at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
-    bad = first_control_or_separator(value)
-    if bad is not None:
-        what = "line or paragraph separators" if bad in LINE_SEPARATORS else "NUL or control characters"
-        return f"must not contain {what} (found {code_point(bad)}): {DAEMON_ID_RULE}"
     if "\ufffd" in value:
         return f"must not contain U+FFFD (bytes that are not UTF-8, e.g. %FF in a URL): {DAEMON_ID_RULE}"
     try:

@@ -40,8 +40,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from app.domain.control_characters import code_point, first_control_or_separator
-from app.domain.daemon_ids import MAX_DAEMON_ID
+from app.domain.control_characters import one_line_problem
+from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_problem
 from app.domain.errors import (
     HistoryGap,
     IncarnationNotIssued,
@@ -51,7 +51,14 @@ from app.domain.errors import (
     ValidationFailed,
 )
 from app.domain.incarnations import MAX_INCARNATION
-from app.domain.reported_text import MAX_ACTIVITY, MAX_HOST, MAX_PHASE, host_problem
+from app.domain.reported_text import (
+    ACTIVITY_RULE,
+    MAX_ACTIVITY,
+    MAX_HOST,
+    MAX_PHASE,
+    PHASE_RULE,
+    host_problem,
+)
 from app.domain.supervisors import SupervisorState
 from app.domain.timestamps import EARLIEST, LATEST
 from app.domain.uuids import parse_uuid
@@ -89,6 +96,12 @@ SAVE_FIELDS: Final = frozenset(
     }
 )
 MESSAGE_FIELDS: Final = frozenset({"role", "content", "name", "toolCallId", "at"})
+# The form a message's `at` (and a stored snapshot's `savedAt`) takes, in the words its
+# refusals end with.
+TIME_FORM: Final = (
+    "an ISO 8601 date-time with a time zone: Z or an offset from UTC (+HH:MM or -HH:MM), for "
+    "example 2026-01-31T10:30:00Z or 2026-01-31T12:30:00+02:00"
+)
 CHECKPOINT_FIELDS: Final = frozenset({"id", "note"})
 
 
@@ -111,28 +124,43 @@ class InvalidValue(ValueError):
 # --- values ---------------------------------------------------------------------------------
 
 
-def _text(raw: Any, name: str, limit: int, *, empty: bool = True, one_line: bool = False) -> str:
-    """A text field of a save. `one_line`: shown on one line as sent (a phase, an activity), so
-    no control character or line separator, the heartbeat's rule for the same fields."""
+def _text(raw: Any, name: str, limit: int, *, empty: bool = True, one_line: str | None = None) -> str:
+    """A text field of a save. `one_line`: the rule of a field shown on one line as sent (a
+    phase, an activity: `PHASE_RULE`, `ACTIVITY_RULE`), so no control character, line
+    separator or bidirectional control, the heartbeat's rule for the same fields; a refusal
+    names the character found and ends with the rule. A character is looked for before
+    blankness, so a phase of a tab alone is refused for the tab."""
     if not isinstance(raw, str):
         raise InvalidValue(name, "must be a string")
+    if one_line is not None and (problem := one_line_problem(raw)) is not None:
+        raise InvalidValue(name, f"{problem}: {one_line}")
     if not empty and not raw.strip():
         raise InvalidValue(name, "must not be empty")
     if len(raw) > limit:
         raise InvalidValue(name, f"at most {limit} characters (this one has {len(raw)})", limit)
-    if one_line and (bad := first_control_or_separator(raw)) is not None:
-        raise InvalidValue(
-            name,
-            f"must be one line of text: no control character (newline, tab, escape, ...) or line "
-            f"separator (found {code_point(bad)})",
-        )
     if "\x00" in raw:
-        raise InvalidValue(name, "must not contain NUL characters")
+        raise InvalidValue(name, "must not contain NUL (U+0000): PostgreSQL text cannot hold it")
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidValue(name, "must be valid Unicode (no lone surrogates)") from None
     return raw
+
+
+def message_time(raw: Any, name: str = "at") -> datetime:
+    """A message's `at` by the save's rule (`_timestamp`), in UTC, else `InvalidValue` naming
+    `name`: the HTTP front's schema asks this too, so it refuses what a save would, in the same
+    words."""
+    return _timestamp(raw, name)
+
+
+def _daemon_id(raw: Any) -> str:
+    """A save's daemon id, by the feed's and the heartbeat's rule (`daemon_id_problem`): a
+    restoration or restart addresses commands to it."""
+    problem = daemon_id_problem(raw)
+    if problem is not None:
+        raise InvalidValue("daemonId", problem, MAX_DAEMON_ID)
+    return str(raw)
 
 
 def _host(raw: Any) -> str:
@@ -176,17 +204,19 @@ def _uuid_list(raw: Any, name: str) -> tuple[str, ...]:
 
 
 def _timestamp(raw: Any, name: str) -> datetime:
+    """A message's time or a snapshot's `savedAt`, in UTC. One without a time zone is told
+    just that: it names no instant (10:30 where?), and it is not malformed."""
     if isinstance(raw, datetime):
         value = raw
     elif isinstance(raw, str) and len(raw) <= 40:
         try:
             value = datetime.fromisoformat(raw)
         except ValueError:
-            raise InvalidValue(name, f"'{raw}' is not an ISO 8601 date-time") from None
+            raise InvalidValue(name, f"'{raw}' is not {TIME_FORM}") from None
     else:
-        raise InvalidValue(name, "must be an ISO 8601 date-time string with a time zone")
+        raise InvalidValue(name, f"must be a string: {TIME_FORM}")
     if value.tzinfo is None:
-        raise InvalidValue(name, "needs a time zone (for example 2026-01-31T10:30:00Z)")
+        raise InvalidValue(name, f"has no time zone, so it names no instant: send {TIME_FORM}")
     value = value.astimezone(UTC)
     if not EARLIEST <= value < LATEST:
         raise InvalidValue(name, f"must lie between {EARLIEST.year} and {LATEST.year}")
@@ -351,10 +381,10 @@ def _parse_save(raw: Any) -> StateSave:
         task_id=_uuid(raw["taskId"], "taskId"),
         state_version=_int(raw["stateVersion"], "stateVersion", 0, MAX_STATE_VERSION),
         state=_state(raw["state"], "state"),
-        phase=_text(raw["phase"], "phase", MAX_PHASE, empty=False, one_line=True),
+        phase=_text(raw["phase"], "phase", MAX_PHASE, empty=False, one_line=PHASE_RULE),
         current_activity=""
         if activity is None
-        else _text(activity, "currentActivity", MAX_ACTIVITY, one_line=True),
+        else _text(activity, "currentActivity", MAX_ACTIVITY, one_line=ACTIVITY_RULE),
         progress=0 if progress is None else _int(progress, "progress", 0, 100),
         error=None if error is None else _text(error, "error", MAX_ERROR),
         spawned_task_ids=_uuid_list(raw.get("spawnedTaskIds"), "spawnedTaskIds"),
@@ -363,7 +393,7 @@ def _parse_save(raw: Any) -> StateSave:
         history_from=history_from,
         history_append=append,
         checkpoint=checkpoint,
-        daemon_id=None if daemon_id is None else _text(daemon_id, "daemonId", MAX_DAEMON_ID, empty=False),
+        daemon_id=None if daemon_id is None else _daemon_id(daemon_id),
         host=None if host is None else _host(host),
     )
 
@@ -634,6 +664,7 @@ __all__ = [
     "MAX_CONTENT",
     "MAX_TASK_IDS",
     "ROLES",
+    "TIME_FORM",
     "CheckpointMark",
     "InvalidValue",
     "Message",
@@ -646,6 +677,7 @@ __all__ = [
     "checkpoint_after",
     "current_incarnation",
     "judge_save",
+    "message_time",
     "parse_message",
     "parse_save",
     "parse_snapshot",

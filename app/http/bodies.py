@@ -8,6 +8,8 @@ The answers live in `app.schemas`; these classes describe only what callers send
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -16,19 +18,94 @@ from pydantic_core import PydanticCustomError
 
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import contract_type_names
+from app.domain.reported_text import (
+    CONTRACT_NAME_RULE,
+    MAX_CONTRACT_NAME,
+    MAX_TASK_NAME,
+    TASK_NAME_RULE,
+    name_problem,
+)
+from app.domain.supervisor_state import InvalidValue, message_time
 from app.domain.uuids import uuid_problem
 
 MAX_TEXT: Final = 10_000
 
+# How a schema problem names a NUL, wherever text may not hold one.
+NUL_PROBLEM: Final = "must not contain NUL (U+0000): PostgreSQL text cannot hold it"
+
 
 def _no_nul(value: str) -> str:
-    """PostgreSQL text cannot hold U+0000; refuse it here, where the field can be named."""
+    """PostgreSQL text cannot hold U+0000; refuse it here, where the field can be named, as a
+    problem of its own type (`nul_character`) saying which character, not pydantic's generic
+    "Value error"."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
+        raise PydanticCustomError("nul_character", NUL_PROBLEM)
     return value
 
 
 SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _answer_without_nul(value: object) -> object:
+    """A question's answer (text, a list of texts or a boolean) holds no NUL.
+
+    Checked on the whole answer after its shape, not inside each member of the union: a NUL
+    refused by the string member made every member fail, and the caller was told the answer
+    "must be a string, a list of strings or a boolean" when it was a string."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for index, text in enumerate(texts):
+        if isinstance(text, str) and "\x00" in text:
+            where = "" if isinstance(value, str) else f" (in item {index})"
+            raise PydanticCustomError("nul_character", NUL_PROBLEM + where)
+    return value
+
+
+# A question's answer: its shapes as the union says, a NUL refused as a NUL.
+AnswerValue = Annotated[str | list[str] | bool, AfterValidator(_answer_without_nul)]
+
+
+def _shown_name(rule: str) -> Callable[[str], str]:
+    """The check of a name shown as sent (`name_problem` under `rule`): a 422 problem of type
+    `one_line_text` naming the character found (U+202E, U+000A) and what a name may hold."""
+
+    def check(value: str) -> str:
+        problem = name_problem(value, rule)
+        if problem is not None:
+            raise PydanticCustomError("one_line_text", problem)
+        return value
+
+    return check
+
+
+# A contract's name and a task's name, bounded and judged by the one-line rule
+# (`app.domain.control_characters`): no control character, line separator or bidi control.
+ContractName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_CONTRACT_NAME),
+    AfterValidator(_shown_name(CONTRACT_NAME_RULE)),
+]
+TaskName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TASK_NAME),
+    AfterValidator(_shown_name(TASK_NAME_RULE)),
+]
+
+
+def _message_time(value: object) -> object:
+    """A message's `at` by the save's rule (`message_time`): an ISO 8601 date-time with Z or
+    an offset. The strict body models refused every string for a datetime ("Input should be a
+    valid datetime", a time zone or not), so this reads the text, and one without a time zone
+    is told it has none."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return message_time(value)
+    except InvalidValue as exc:
+        raise PydanticCustomError("datetime_form", exc.problem) from None
+
+
+# A message's time: read by `_message_time`, lax so the datetime it returns is taken as is.
+MessageTime = Annotated[datetime, BeforeValidator(_message_time), Field(strict=False)]
 
 
 def _uuid_text(value: object) -> object:
@@ -66,7 +143,7 @@ class _Body(BaseModel):
 
 
 class CreateContractRequest(_Body):
-    name: SafeStr = Field(min_length=1, max_length=500, description="What the contract is for.")
+    name: ContractName = Field(description="What the contract is for, on one line.")
     contract_type: SafeStr = Field(
         min_length=1,
         max_length=100,
@@ -116,7 +193,7 @@ class AutoCompleteRequest(_Body):
 
 
 class TaskStartedRequest(_Body):
-    task_name: SafeStr = Field(min_length=1, max_length=500)
+    task_name: TaskName
     is_supervisor: bool = Field(False, description="A supervisor starting makes a 'created' contract active.")
     message_id: SafeStr | None = Field(
         None, min_length=1, max_length=200, description="Idempotency key; resending the same id is harmless."
@@ -124,7 +201,7 @@ class TaskStartedRequest(_Body):
 
 
 class TaskCompletedRequest(_Body):
-    task_name: SafeStr = Field(min_length=1, max_length=500)
+    task_name: TaskName
     success: bool
     message_id: SafeStr | None = Field(
         None, min_length=1, max_length=200, description="Idempotency key; resending the same id is harmless."
@@ -158,13 +235,18 @@ class WorktreeRemovedRequest(_Body):
 
 
 __all__ = [
+    "NUL_PROBLEM",
+    "AnswerValue",
     "AutoCompleteRequest",
     "ChangePhaseRequest",
     "ChangeStatusRequest",
     "CompleteDeliverableRequest",
+    "ContractName",
     "CreateContractRequest",
+    "MessageTime",
     "SafeStr",
     "TaskCompletedRequest",
+    "TaskName",
     "TaskStartedRequest",
     "UUIDText",
     "WorktreeCreatedRequest",

@@ -18,9 +18,12 @@ daemon's command feed.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query, Request, status
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -73,9 +76,26 @@ DaemonId = Annotated[
         min_length=1,
         max_length=200,
         description="The daemon's id, as its heartbeats and reports name it (URL-encoded): 1 to 200 "
-        "characters, not blank, no NUL or other control character, no U+FFFD.",
+        "characters, not blank, no NUL or other control character, no line or paragraph separator, "
+        "no bidirectional control (U+202E, ...), no U+FFFD.",
     ),
 ]
+
+# What `wait` may be, in the words its refusal says.
+WAIT_RULE: Final = f"a finite number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+
+
+def _finite_wait(value: object) -> object:
+    """`wait=nan` (or inf) is refused as what it is: Python reads both as floats, and NaN then
+    failed the `ge=0` bound, so the caller was told it should be at most 25 or at least 0."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # not a number at all: the float schema says so
+        if not math.isfinite(number):
+            raise PydanticCustomError("finite_number", f"'{value[:20]}' is not {WAIT_RULE}")
+    return value
 
 
 @router.get("", response_model=DaemonList)
@@ -127,10 +147,11 @@ async def daemon_commands(
     limit: Annotated[int, Query(ge=1, le=MAX_FEED, description="Commands per answer.")] = 100,
     wait: Annotated[
         float,
+        BeforeValidator(_finite_wait),
         Query(
             ge=0,
             le=MAX_WAIT_SECONDS,
-            description="Seconds to wait for a command when there is none yet (a long poll).",
+            description=f"Seconds to wait for a command when there is none yet (a long poll): {WAIT_RULE}.",
         ),
     ] = 0,
 ) -> Any:

@@ -12,10 +12,13 @@ not be answered; a lone surrogate (`"\\ud800"`) made the error handler itself fa
   no lone UTF-16 surrogate in a string or key → 400 INVALID_REQUEST naming the limit and, where
   there is one, the field.
 
-Malformed JSON is refused here too, with its position (400 `json_invalid`). Under `/api/v1` an
-unauthenticated caller gets its 401 first, as for every other complaint about a request; before
-even that, a request with two Authorization headers is 400 (whose token is it?), and one with
-two Idempotency-Key headers is 400 after it (`app.http.single_headers`).
+A body sent with a Content-Encoding other than identity (gzip, br, ...) is refused, not read
+as JSON: 415 naming the header (`encoded`), since a compressed body's size says nothing of what
+it would grow to. Malformed JSON is refused here too, with its position (400 `json_invalid`).
+Under `/api/v1` an unauthenticated caller gets its 401 first, as for every other complaint
+about a request; before even that, a request with two Authorization headers is 400 (whose
+token is it?), and one with two Idempotency-Key headers is 400 after it
+(`app.http.single_headers`).
 The checks are linear in the body's size, and run off the event loop for large bodies.
 """
 
@@ -112,6 +115,32 @@ def too_large(limit: int = MAX_BODY_BYTES) -> BodyRejected:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"The request body {problem}. Send less: split the work over several requests.",
         {"field": "body", "in": "body", "type": "body_too_large", "problem": problem, "limit": limit},
+    )
+
+
+def encoded(content_encoding: str) -> BodyRejected:
+    """A body sent compressed (`Content-Encoding: gzip`, `br`, ...): 415, naming the header.
+
+    Bodies are judged and parsed as the bytes that arrive; decompressing them would let a
+    small request grow past the 1 MiB bound after it was checked, so none is taken. Without
+    this refusal a gzip body was read as JSON and refused as "not UTF-8 text", which names no
+    real problem of the request."""
+    given = content_encoding.strip()[:100]
+    problem = (
+        f"'{given}' is not accepted; request bodies take no content encoding: send the JSON "
+        "uncompressed, without the header (or with Content-Encoding: identity)"
+    )
+    return BodyRejected(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Encoding: {problem}.",
+        {
+            "field": "Content-Encoding",
+            "in": "header",
+            "type": "content_encoding",
+            "problem": problem,
+            "given": given,
+            "allowed": ["identity"],
+        },
     )
 
 
@@ -337,6 +366,9 @@ class BodyLimits:
             if declared > self.max_body_bytes:
                 raise too_large(self.max_body_bytes)
             body = await self._read(receive)
+            encoding = headers.get(b"content-encoding", b"").decode("latin-1")
+            if body and encoding.strip().lower() not in ("", "identity"):
+                raise encoded(encoding)
             content_type = headers.get(b"content-type")
             if body and _is_json(content_type.decode("latin-1") if content_type else None):
                 if len(body) > _OFF_LOOP_BYTES:
@@ -401,6 +433,7 @@ __all__ = [
     "BodyRejected",
     "check_json",
     "check_json_body",
+    "encoded",
     "load_json",
     "too_large",
 ]

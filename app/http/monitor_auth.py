@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 from fastapi import WebSocket
 from starlette.concurrency import run_in_threadpool
@@ -58,8 +58,9 @@ async def authenticate_socket(websocket: WebSocket) -> tuple[Caller, str] | None
             return None
         if first is None:
             return None
-        if first.get("type") != "auth" or not isinstance(first.get("token"), str):
-            await close(websocket, WS_UNAUTHENTICATED, 'send {"type": "auth", "token": "..."} first')
+        problem = auth_message_problem(first)
+        if problem is not None:
+            await close(websocket, WS_UNAUTHENTICATED, problem)
             return None
         token = first["token"]
     try:
@@ -68,6 +69,35 @@ async def authenticate_socket(websocket: WebSocket) -> tuple[Caller, str] | None
         await close(websocket, WS_UNAUTHENTICATED, str(exc))
         return None
     return caller, token
+
+
+# The JSON names of what a message's value may be, for a refusal that says what was sent.
+_JSON_KINDS: Final = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "a number"),
+    (float, "a number"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+AUTH_MESSAGE: Final = '{"type": "auth", "token": "mk_..."}'
+
+
+def auth_message_problem(message: dict[str, Any]) -> str | None:
+    """Why a browser's first message is no `auth` message (the close reason), or None.
+
+    A message of another type is told to authenticate first; an `auth` message whose token is
+    missing, or is not a string (a number, null, an object), is told that, not merely to
+    "send an auth message" it believes it sent. Each reason fits a close frame (123 bytes)."""
+    if message.get("type") != "auth":
+        return f"send {AUTH_MESSAGE} first"
+    if "token" not in message:
+        return f'the auth message needs a "token": send {AUTH_MESSAGE}'
+    token = message["token"]
+    if not isinstance(token, str):
+        sent = next((name for kind, name in _JSON_KINDS if isinstance(token, kind)), "another type")
+        return f'the auth message\'s "token" must be a string, not {sent}: send {AUTH_MESSAGE}'
+    return None
 
 
 async def token_lapsed(engine: Any, token: str) -> Unauthenticated:
@@ -131,4 +161,4 @@ def lapsed_error(exc: Unauthenticated) -> str:
     )
 
 
-__all__ = ["authenticate_socket", "lapsed_error", "token_lapsed"]
+__all__ = ["AUTH_MESSAGE", "auth_message_problem", "authenticate_socket", "lapsed_error", "token_lapsed"]

@@ -23,7 +23,7 @@ from app.domain.questions import (
     MAX_REASON,
     QuestionType,
 )
-from app.http.bodies import SafeStr, _Body
+from app.http.bodies import AnswerValue, SafeStr, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
 from app.http.routing import ParsedJSONRoute
@@ -73,7 +73,7 @@ class AskQuestionRequest(_Body):
 
 
 class AnswerQuestionRequest(_Body):
-    answer: SafeStr | list[SafeStr] | bool = Field(
+    answer: AnswerValue = Field(
         description="free_text: a string of 1 to "
         f"{MAX_FREE_TEXT_ANSWER} characters; single_choice: one of the options; multiple_choice: a "
         "list of distinct options; confirmation: true or false."

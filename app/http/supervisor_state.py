@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from app.domain.daemon_ids import MAX_DAEMON_ID
 from app.domain.incarnations import MAX_INCARNATION
@@ -33,7 +33,7 @@ from app.domain.supervisor_state import (
     MAX_TASK_IDS,
     MAX_TOOL_CALL_ID,
 )
-from app.http.bodies import SafeStr, UUIDText, _Body
+from app.http.bodies import MessageTime, SafeStr, UUIDText, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
 from app.http.routing import ParsedJSONRoute
@@ -70,8 +70,8 @@ class MessageBody(_Body):
     content: SafeStr = Field(max_length=MAX_CONTENT)
     name: SafeStr | None = Field(None, min_length=1, max_length=MAX_MESSAGE_NAME)
     tool_call_id: SafeStr | None = Field(None, min_length=1, max_length=MAX_TOOL_CALL_ID)
-    # Aware in the schema, so a time without a zone is a 422 problem like any other shape's.
-    at: AwareDatetime | None = Field(None, description="With a time zone (2026-01-31T10:30:00Z)")
+    # Read by the save's rule, so a time without a zone is a 422 problem saying it has none.
+    at: MessageTime | None = Field(None, description="With a time zone (2026-01-31T10:30:00Z)")
 
 
 class CheckpointBody(_Body):

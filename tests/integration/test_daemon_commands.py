@@ -534,7 +534,8 @@ def control(found: str) -> str:
     return (
         f"daemonId must not contain NUL or control characters (found {found}): a daemon id is 1 to 200 "
         "characters, not blank, with no NUL or other control character (newline, tab, ...), no line or "
-        "paragraph separator (U+2028, U+2029) and no U+FFFD."
+        "paragraph separator (U+2028, U+2029), no bidirectional control (U+061C, U+200E, U+200F, "
+        "U+202A-U+202E, U+2066-U+2069) and no U+FFFD."
     )
 
 
@@ -550,7 +551,7 @@ def control(found: str) -> str:
         ("gpu%00", control("U+0000")),
         ("gpu%7F", control("U+007F")),
         ("gpu%C2%85", control("U+0085")),
-        ("%0A", "daemonId must not be blank."),
+        ("%0A", control("U+000A")),  # a newline alone is a newline, not blank
     ],
 )
 def test_a_daemon_id_with_a_newline_or_other_control_character_is_refused_naming_the_rule(

@@ -97,7 +97,8 @@ def test_a_host_with_a_control_character_or_line_separator_is_refused_on_every_p
 def test_the_host_rule_says_what_a_host_may_be() -> None:
     assert HOST_RULE == (
         "a host is 1 to 255 characters, not blank, with no control character (NUL, newline, tab, "
-        "escape, ...) and no line or paragraph separator (U+2028, U+2029)"
+        "escape, ...), no line or paragraph separator (U+2028, U+2029) and no bidirectional control "
+        "(U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)"
     )
 
 
