@@ -51,6 +51,7 @@ from app.domain.phase_change import (
 )
 from app.domain.phases import PhaseConfig, parse_phase_config, resolve_phase_config, validate_deliverable
 from app.domain.records import EventType
+from app.domain.reported_text import CONTRACT_NAME_RULE, name_problem
 from app.events import record_event
 from app.gate import load_gate_facts, phase_config_of
 from app.models import CompletedDeliverable, Contract
@@ -77,6 +78,9 @@ def create_contract(
 ) -> Contract:
     if not name.strip():
         raise ValidationFailed("A contract needs a non-empty name.", missing=["name"])
+    problem = name_problem(name, CONTRACT_NAME_RULE)
+    if problem is not None:  # the HTTP front refuses these first; the API module and the CLI here
+        raise ValidationFailed(f"name {problem}", details={"field": "name"})
     if len(name) > MAX_NAME or len(contract_type) > MAX_ID:
         raise ValidationFailed(
             f"A contract's name may have at most {MAX_NAME} characters and its type {MAX_ID}.",

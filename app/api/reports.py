@@ -15,8 +15,19 @@ from app import daemon_commands as command_service
 from app import message_outcomes
 from app import worktrees as worktree_service
 from app.api.base import APIBase
+from app.domain.errors import ValidationFailed
+from app.domain.reported_text import TASK_NAME_RULE, name_problem
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.queues import TaskName
+
+
+def _task_name(name: str) -> str:
+    """A task report's name, checked now by the rule the HTTP front applies (one line, no
+    control or bidirectional character): a worker cannot store what it refuses."""
+    problem = name_problem(name, TASK_NAME_RULE)
+    if problem is not None:
+        raise ValidationFailed(f"taskName {problem}", details={"field": "taskName"})
+    return name
 
 
 def _worktree_fields(path: str, daemon_id: str | None, *, created: bool) -> dict[str, Any]:
@@ -87,7 +98,7 @@ class ReportsMixin(APIBase):
             TaskName.TASK_STARTED,
             contract_id,
             message_id,
-            {"taskId": str(task_id), "taskName": task_name, "isSupervisor": is_supervisor},
+            {"taskId": str(task_id), "taskName": _task_name(task_name), "isSupervisor": is_supervisor},
             closed="tasks",
             reported_task=task_id,
         )
@@ -106,7 +117,7 @@ class ReportsMixin(APIBase):
             TaskName.TASK_COMPLETED,
             contract_id,
             message_id,
-            {"taskId": str(task_id), "taskName": task_name, "success": success},
+            {"taskId": str(task_id), "taskName": _task_name(task_name), "success": success},
             closed="task results",
             reported_task=task_id,
         )

@@ -318,3 +318,31 @@ def test_an_identity_encoded_body_is_taken(client: TestClient, headers: dict[str
         headers={**headers, "Content-Type": "application/json", "Content-Encoding": "identity"},
     )
     assert resp.status_code == 201, resp.text
+
+
+# --- the API module holds names to the same rule ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["report\u202efdp.exe", "two\nlines", "bell\x07", "del\x7f"])
+def test_the_api_module_refuses_the_names_the_http_front_refuses(make_caller: Any, bad: str) -> None:
+    """A Python daemon or the CLI reaches the same rule as a request would: nothing shown later
+    can hold a forged line or a reversed name, whichever front it came through."""
+    from app.api import ContractsAPI
+    from app.domain.errors import ValidationFailed
+    from app.domain.lifecycle import Status
+
+    _, caller = make_caller(role="supervisor")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    with pytest.raises(ValidationFailed) as refused:
+        api.create_contract(bad, "simple")
+    assert refused.value.details["field"] == "name" and CONTRACT_NAME_RULE in str(refused.value)
+
+    cid = uuid.UUID(str(api.create_contract("plain name", "simple").id))
+    api.change_status(cid, Status.ACTIVE)
+    for report in (
+        lambda: api.report_task_started(cid, uuid.uuid4(), bad),
+        lambda: api.report_task_completed(cid, uuid.uuid4(), bad, success=True),
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            report()
+        assert refused.value.details["field"] == "taskName" and TASK_NAME_RULE in str(refused.value)
