@@ -35,7 +35,7 @@ from app.domain.completion import Decision, GateFacts, Step, TaskSummary, decide
 from app.domain.lifecycle import Status
 from app.domain.records import EventType, TaskStatus
 from app.events import record_event
-from app.foreign_tasks import held_elsewhere_sql, held_task, refuse_held_task
+from app.foreign_tasks import held_elsewhere_sql, held_task, refuse_held_task, task_lock_sql
 from app.gate import phase_config_of, switches_for
 from app.models import Contract, ContractTask, ProcessedMessage
 from app.pending_writes import PendingWrites, event_row, write_held
@@ -136,13 +136,15 @@ def record_task_started(
         return contract
     refuse_if_closed(contract, "tasks")
     # Another contract's supervisor or ordinary task: taking the id here would lock that
-    # contract's supervisor out of its own heartbeats and saves.
+    # contract's supervisor out of its own heartbeats and saves. Asked under the task id's locks
+    # (PostgreSQL), held until this commits: a first heartbeat or a report naming the id on
+    # another contract meanwhile waits for them and is refused then (`app.foreign_tasks`).
     refuse_held_task(uow.session, contract.id, task_id)
     task = uow.session.get(ContractTask, task_id)
     if task is None:
-        # One statement that cannot fail on the key: another contract's transaction may insert
-        # the same id meanwhile (its row lock is not ours), and then this one is refused as
-        # foreign once that commits, not broken by a duplicate key.
+        # One statement that cannot fail on the key: should another contract's row appear
+        # anyway (a writer that did not take the task's lock), this report is refused as
+        # foreign, not broken by a duplicate key.
         inserted = uow.session.execute(
             _task_started_statement(uow.session.get_bind().dialect.name),
             {
@@ -213,8 +215,10 @@ def _record_task_result(
 
     A task reported `failed` may later be reported `done` (a retry); `done` is final, so a
     report on a done task changes nothing. A task id another contract holds (its supervisor or
-    its ordinary task) is refused before anything is written, and again after an upsert that
-    changed nothing (another contract's start may have committed meanwhile: its lock is not ours).
+    its ordinary task) is refused before anything is written, asked under the task id's locks
+    (`app.foreign_tasks`, held until this commits, so no other contract takes the id between
+    the question and the upsert), and again after an upsert that changed nothing, to tell a
+    task already done here from a row of another contract's.
     """
     refuse_held_task(session, contract.id, task_id)
     status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
@@ -238,14 +242,18 @@ def _record_task_result(
 # Most task-completed reports are the plain case: a first delivery on an open contract, the
 # task recorded, its event written, and the gate not yet met. That case is the workers' hot
 # path, so it runs without the ORM in two round trips on PostgreSQL: `BEGIN` with the row lock
-# and, once the lock is held, one statement that claims the message id, upserts the task and
-# reads the row with its phase's gate facts; then the write with its `COMMIT`. Anything else (a
-# repeat delivery, a closed contract, a task id another contract holds as its supervisor or
-# ordinary task (`app.foreign_tasks`: the upsert writes nothing then), a task already done, a
-# caller who may not see the contract, a gate that now moves the contract) is rolled back and
-# made by `record_task_completed` in a unit of work, which decides it with every rule.
+# and, for a task id new to the contract, the id's locks (`app.foreign_tasks.task_lock_sql`,
+# which a first heartbeat naming the id on another contract takes too) and, once they are
+# held, one statement that claims the message id, upserts the task unless another contract
+# holds it, and reads the row with its phase's gate facts; then the write with its `COMMIT`.
+# Anything else (a repeat delivery, a closed contract, a task id another contract holds as its
+# supervisor or ordinary task (`app.foreign_tasks`: the upsert writes nothing then), a task
+# already done, a caller who may not see the contract, a gate that now moves the contract) is
+# rolled back and made by `record_task_completed` in a unit of work, which decides it with
+# every rule.
 
 _LOCK_ROW_SQL = "SELECT 1 FROM contracts WHERE id = %(cid)s::uuid FOR NO KEY UPDATE"
+_LOCK_TASK_SQL = task_lock_sql("%(tid)s::uuid", "%(cid)s::uuid")
 _CORE_COLUMNS = ", ".join(f"c.{col.name}" for col in Contract.__table__.c)
 _CLAIM_TASK_AND_FACTS_SQL = (
     f"WITH c AS (SELECT {_CORE_COLUMNS} FROM contracts c WHERE c.id = %(cid)s::uuid), "
@@ -334,7 +342,7 @@ def _task_completed_on(
     """The first round trip and the judgement: the writes to make, or None for the general path."""
     rows = driver_rows(
         connection,
-        [_LOCK_ROW_SQL, _CLAIM_TASK_AND_FACTS_SQL],
+        [_LOCK_ROW_SQL, *_LOCK_TASK_SQL, _CLAIM_TASK_AND_FACTS_SQL],
         params,
         prepare=settings.database_prepared_statements,
         before="BEGIN",

@@ -17,17 +17,105 @@ reported started or completed there). Task reports once looked only at the ordin
 a report on one contract took another contract's supervisor task id, and that supervisor's
 heartbeats and saves were refused from then on; reports, heartbeats, state saves and
 restorations now ask the same question.
+
+Asking is not enough when the id is new: a task report on one contract and a supervisor's
+first heartbeat on another, naming the same new id at the same moment, each found the other's
+table empty and both wrote (they lock different contracts), leaving two holders. On PostgreSQL
+whoever may take a new id therefore asks under that id's lock: transaction-scoped advisory
+locks, taken in statements of their own just before the statement that looks, so that one's
+snapshot (READ COMMITTED: one per statement) is taken once they are held. The second of two
+transactions naming the id waits for the first to commit, then sees its row and is refused.
+They are taken (`task_lock_sql`) by `refuse_held_task`, so by the workers' task reports, state
+saves and restorations (a restoration's claim may give a supervisor its row), by the
+task-completed report's Core path (the same statements), and by the heartbeat fold before it
+gives new supervisors their rows (`SUP_FIRST_GATE` and `SUP_FIRST_LOCKS` in `app.heartbeat_sql`).
+Only taking a new id pays: a report or save naming an id its own contract already holds takes
+no lock (nobody else can take that id: the row is committed), nor does a heartbeat of a
+supervisor that has its row. On SQLite a writing transaction begins IMMEDIATE (one writer at
+a time), so nothing is needed there.
+
+The locks, both in the two-key form (a space apart from the one-key form other software may use):
+
+- a task id's own lock (`TASK_LOCK_SPACE`, the id's first 32 bits): exclusive. Two ids share a
+  key about once in four billion pairs; those then wait for each other, nothing worse.
+- the new-ids gate (`NEW_TASKS_GATE`), taken first: shared by everyone above, except a heartbeat
+  list giving more than `MOST_TASK_LOCKS` new supervisors their rows, which takes the gate alone,
+  exclusive, instead of an id lock each. A list may hold 5000 heartbeats, and advisory locks
+  live in the server's shared lock table (sized for about 64 per transaction): a few such lists
+  at once would exhaust it. So no transaction holds more than `MOST_TASK_LOCKS` + 1 of them;
+  the price is that such a list (a fleet starting) waits for, and holds up, every other
+  taker of a new id for its fold's few milliseconds.
+
+Order, so that no two of them wait for each other in a circle: the gate before any id lock, id
+locks in key order (a report or save takes one), all of them after the contract row lock a
+report or save holds and before any `supervisors` row lock; the fold takes them before
+anything else it could wait on. (Should PostgreSQL ever find a circle all the same, it fails
+one of the transactions, and a worker retries that as a transient error.)
+
+Why locks rather than a claim table (`task_id_claims(task_id PK, contract_id)` that both paths
+insert into, the unique key serializing them): a claim table would add a written, WAL-logged
+row and index entry to every new task and every first heartbeat, need a backfill of every id
+held today and upkeep on every removal (a contract's deletion, the cleanups of migrations 0014
+and 0015), and be a fourth record of who holds an id that could disagree with the three it
+shadows. The locks store nothing, ride in the round trip of the check they guard, and make
+wait only transactions taking the same new id (or a fleet's start, above).
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Final
 
 from sqlalchemy import Connection, literal, select, union_all
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.domain.errors import ValidationFailed
 from app.models import Contract, ContractTask, Supervisor, SupervisorStateRow
+from app.prepared import driver_rows
+
+# The advisory locks on task ids (see the module docstring), in the two-key form: a task id's
+# own lock is (TASK_LOCK_SPACE, 32 bits of the id), the new-ids gate is NEW_TASKS_GATE.
+# "mkt1" and "mkt0" in ASCII.
+TASK_LOCK_SPACE: Final = 0x6D6B7431
+NEW_TASKS_SPACE: Final = 0x6D6B7430
+NEW_TASKS_GATE: Final = f"{NEW_TASKS_SPACE}, 0"  # the gate's two keys, as SQL arguments
+# More new supervisors than this in one heartbeat list: the fold takes the gate exclusive
+# instead of an id lock each (the server's lock table is sized for 64 locks a transaction).
+MOST_TASK_LOCKS: Final = 64
+
+
+def task_lock_key_sql(task: str) -> str:
+    """The second key of a task id's own lock: its first 32 bits as an int4, from `task` (an SQL
+    expression of type uuid)."""
+    return f"('x' || left(replace(({task})::text, '-', ''), 8))::bit(32)::int"
+
+
+def held_here_sql(task: str, contract: str) -> str:
+    """Whether contract `contract` holds task id `task` itself (SQL expressions of type uuid):
+    then nobody else can take it, and its lock is not needed. Primary-key look-ups."""
+    return (
+        f"EXISTS (SELECT 1 FROM contract_tasks WHERE id = {task} AND contract_id = {contract}) "
+        f"OR EXISTS (SELECT 1 FROM supervisors WHERE task_id = {task} AND contract_id = {contract}) "
+        f"OR EXISTS (SELECT 1 FROM supervisor_states WHERE task_id = {task} AND contract_id = {contract})"
+    )
+
+
+def task_lock_sql(task: str, contract: str) -> list[str]:
+    """The statements that take, until the transaction ends, the locks a transaction needs
+    before it asks who holds task id `task` and, if nobody else does, writes it on contract
+    `contract` (SQL expressions of type uuid): the new-ids gate (shared), then the id's own
+    lock; neither when `contract` holds the id already. Statements of their own, to run just
+    before the one that asks (in the same round trip), whose snapshot is then taken once the
+    locks are held."""
+    new = f"WHERE NOT ({held_here_sql(task, contract)})"
+    return [
+        f"SELECT pg_advisory_xact_lock_shared({NEW_TASKS_GATE}) {new}",
+        f"SELECT pg_advisory_xact_lock({TASK_LOCK_SPACE}, {task_lock_key_sql(task)}) {new}",
+    ]
+
+
+_LOCK_TASK: Final = task_lock_sql("%(task)s::uuid", "%(contract)s::uuid")
 
 
 def held_elsewhere_sql(task: str, contract: str) -> str:
@@ -43,6 +131,9 @@ def held_elsewhere_sql(task: str, contract: str) -> str:
         "UNION ALL SELECT contract_id, false FROM contract_tasks "
         f"WHERE id = {task} AND contract_id <> {contract}"
     )
+
+
+_HELD_ELSEWHERE: Final = held_elsewhere_sql("%(task)s::uuid", "%(contract)s::uuid") + " LIMIT 1"
 
 
 def task_holder(
@@ -80,10 +171,42 @@ def held_task(
     return foreign_task(session, task_id, contract_id, other_contract_id, explained)
 
 
+def locked_task_holder(
+    session: Session | Connection, task_id: uuid.UUID, contract_id: uuid.UUID
+) -> tuple[uuid.UUID, bool] | None:
+    """`task_holder`, asked under the task id's locks on PostgreSQL (`task_lock_sql`, held until
+    the transaction ends), for a transaction that goes on to write the id if nobody else holds
+    it: the locks and the question are statements of one round trip (`driver_rows`), the
+    question's snapshot taken once the locks are held. SQLite's writers are serial (BEGIN
+    IMMEDIATE): the plain question there."""
+    connection = session.connection() if isinstance(session, Session) else session
+    if connection.dialect.name != "postgresql":
+        return task_holder(session, task_id, contract_id)
+    if isinstance(session, Session):
+        session.flush()  # what the ORM question would have flushed first (autoflush)
+        prepare = bool(session.info.get("prepared_statements", True))
+    else:
+        prepare = get_settings().database_prepared_statements
+    rows = driver_rows(
+        connection,
+        [*_LOCK_TASK, _HELD_ELSEWHERE],
+        {"task": str(task_id), "contract": str(contract_id)},
+        prepare=prepare,
+    )
+    if not rows:
+        return None
+    holder, supervisor = rows[0]
+    return uuid.UUID(str(holder)), bool(supervisor)
+
+
 def refuse_held_task(session: Session | Connection, contract_id: uuid.UUID, task_id: uuid.UUID) -> None:
     """Refuse `task_id` on `contract_id` when another contract holds it (`task_holder`): the one
-    check of task reports (at the fronts and in the workers), state saves and restorations."""
-    holder = task_holder(session, task_id, contract_id)
+    check of task reports (at the fronts and in the workers), state saves and restorations.
+
+    Asked under the task id's locks (`locked_task_holder`), so a transaction that passes holds
+    the id against a concurrent first heartbeat, report, save or restoration naming it on
+    another contract until it commits what it writes under it."""
+    holder = locked_task_holder(session, task_id, contract_id)
     if holder is not None:
         raise held_task(session, task_id, contract_id, *holder)
 
@@ -144,12 +267,20 @@ def foreign_ordinary_task(task_id: object) -> str:
 
 
 __all__ = [
+    "MOST_TASK_LOCKS",
+    "NEW_TASKS_GATE",
+    "NEW_TASKS_SPACE",
+    "TASK_LOCK_SPACE",
     "foreign_ordinary_task",
     "foreign_supervisor",
     "foreign_task",
     "foreign_task_refusal",
     "held_elsewhere_sql",
+    "held_here_sql",
     "held_task",
+    "locked_task_holder",
     "refuse_held_task",
     "task_holder",
+    "task_lock_key_sql",
+    "task_lock_sql",
 ]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from app.foreign_tasks import MOST_TASK_LOCKS, NEW_TASKS_GATE, TASK_LOCK_SPACE, task_lock_key_sql
+
 # The supervisors' fold, in the database (PostgreSQL). The worker sends the list, de-duplicated
 # by id, and one statement judges every heartbeat against its supervisor's row as it is now
 # (locked, in task order, so two workers never wait on each other in a circle):
@@ -35,6 +37,33 @@ from typing import Final
 # ordinary task (then it gets none and its heartbeats are refused); one whose heartbeats all
 # name an incarnation never issued gets none, and they are fenced. Nothing is read
 # back but the rare and the small: the refused and fenced heartbeats, and the notices.
+#
+# `SUP_FIRST_GATE` and `SUP_FIRST_LOCKS` go first, in the same round trip: the locks
+# (`app.foreign_tasks`) of the task ids `SUP_FIRST` may give a row that have none yet. A task
+# report, state save or restoration naming such an id on another contract takes the same locks
+# before it looks and writes, so the two are serialized: `SUP_FIRST` (its snapshot taken once
+# the locks are held) sees a report committed first and gives no row, and a report waiting
+# behind this list sees its row and is refused. Up to `MOST_TASK_LOCKS` such ids: the new-ids
+# gate shared, then each id's own lock, in key order; more: the gate alone, exclusive (the
+# server's lock table would not hold a lock for each of thousands). Only a supervisor's first
+# heartbeat pays: a list of supervisors this process saw committed skips all three statements,
+# and an id with a row already is neither counted nor locked.
+_NEW_SUPERVISORS = """FROM unnest(%(tasks)s::uuid[]) AS t(task_id)
+  WHERE NOT EXISTS (SELECT 1 FROM supervisors s WHERE s.task_id = t.task_id)"""
+
+SUP_FIRST_GATE: Final = f"""
+SELECT CASE WHEN n.new > {MOST_TASK_LOCKS} THEN pg_advisory_xact_lock({NEW_TASKS_GATE})
+            ELSE pg_advisory_xact_lock_shared({NEW_TASKS_GATE}) END
+FROM (SELECT count(*) AS new {_NEW_SUPERVISORS}) AS n
+WHERE n.new > 0
+"""
+
+SUP_FIRST_LOCKS: Final = f"""
+SELECT pg_advisory_xact_lock({TASK_LOCK_SPACE}, k.key)
+FROM (SELECT DISTINCT {task_lock_key_sql("t.task_id")} AS key {_NEW_SUPERVISORS} ORDER BY 1) AS k
+WHERE (SELECT count(*) {_NEW_SUPERVISORS}) <= {MOST_TASK_LOCKS}
+"""
+
 SUP_FIRST: Final = """
 INSERT INTO supervisors (task_id, contract_id, incarnation, version, state, phase, current_activity, progress,
   pending_task_ids, heartbeat_id, sent_at, last_received_at, alive, dead_at, daemon_id, host, created_at,
@@ -178,4 +207,4 @@ ON CONFLICT (shard) DO UPDATE SET received = t.received + EXCLUDED.received,
 """
 
 
-__all__ = ["COUNT_ONLY", "FOLD", "SUP_FIRST"]
+__all__ = ["COUNT_ONLY", "FOLD", "SUP_FIRST", "SUP_FIRST_GATE", "SUP_FIRST_LOCKS"]

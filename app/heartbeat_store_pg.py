@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.heartbeat_sql import COUNT_ONLY, FOLD, SUP_FIRST
+from app.heartbeat_sql import COUNT_ONLY, FOLD, SUP_FIRST, SUP_FIRST_GATE, SUP_FIRST_LOCKS
 from app.heartbeat_store import (
     STATE_CHANGED,
     FoldResult,
@@ -55,7 +55,9 @@ class PostgresStore(HeartbeatStore):
         """Make sure today's partition (and tomorrow's) exists: once per process per day."""
         ensure_partitions_once(engine, day)
 
-    def _run(self, session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def _run(
+        self, session: Session, sql: str | Sequence[str], params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
         return driver_rows(session.connection(), sql, params, prepare=self.prepare_statements)
 
     def owners_by_text(self, session: Session, contract_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -87,18 +89,19 @@ class PostgresStore(HeartbeatStore):
     ) -> FoldResult:
         """Store a de-duplicated list of heartbeats in wire form (each with its position `n`).
 
-        Two statements whatever the list's length: the first sight of new supervisors, then the
-        fold (`FOLD` in `app.heartbeat_sql`), which writes supervisors, events, history,
-        activity and counters. `tasks` are the list's task ids; `first_contract` maps those a
-        heartbeat of the list may start (`starts_supervisor`) to the contract of the first such
-        heartbeat.
+        Two round trips whatever the list's length: the first sight of new supervisors (their
+        task ids' locks, then their rows: `SUP_FIRST_GATE`, `SUP_FIRST_LOCKS` and `SUP_FIRST`,
+        skipped when this process saw every one of them committed), then the fold (`FOLD` in
+        `app.heartbeat_sql`), which writes supervisors, events, history, activity and counters.
+        `tasks` are the list's task ids; `first_contract` maps those a heartbeat of the list may
+        start (`starts_supervisor`) to the contract of the first such heartbeat.
         """
         task_array = _uuid_array(sorted(tasks))
         new = [t for t in sorted(first_contract) if t not in _known_tasks]
         if new:
             self._run(
                 session,
-                SUP_FIRST,
+                [SUP_FIRST_GATE, SUP_FIRST_LOCKS, SUP_FIRST],
                 {
                     "tasks": _uuid_array(new),
                     "contracts": _uuid_array([first_contract[t] for t in new]),
