@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.isolation import PG_ADMIN_URL, REDIS_URL, Isolation
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 RUN = Isolation("makima_test")
 DB_NAME = RUN.db_name
@@ -66,3 +71,23 @@ def make_caller(database: str):
         return token, caller
 
     return make
+
+
+@pytest.fixture(scope="module")
+def client(database: str) -> Iterator[TestClient]:
+    """A test client over the whole HTTP app, one per test module, for tests that look at the
+    answers and the database rather than at follow-ups: the sender is `helpers.no_send`, and a
+    server error comes back as a 500 for the test to see instead of being raised.
+
+    Imported here, not at the top, so `app` reads its settings only after the environment above
+    is set; a module that needs another app (its own engine or sender) defines its own `client`.
+    """
+    from app.http import create_app
+    from tests.integration.helpers import no_send
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
+        from starlette.testclient import TestClient
+
+    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
+        yield c

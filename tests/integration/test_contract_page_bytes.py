@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from app.auth import Role, authenticate, create_token
 from app.db import unit_of_work
-from app.http import create_app
 from app.models import utcnow
 from app.views import CONTRACT_PAGE_BYTES, ContractFilter, list_contracts
-from tests.integration.helpers import no_send
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
@@ -33,12 +30,6 @@ pytestmark = pytest.mark.integration
 
 BASE = "/api/v1/contracts"
 CLEF = "\U0001d11e"  # four bytes of UTF-8: the most bytes a character of an id or name costs
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
-        yield c
 
 
 @pytest.fixture

@@ -49,12 +49,6 @@ BASE = "/api/v1/contracts"
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
-        yield c
-
-
 @pytest.fixture
 def owner() -> tuple[str, dict[str, str]]:
     """A new owner and its headers: each test counts only its own contracts."""

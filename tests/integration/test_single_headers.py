@@ -39,12 +39,6 @@ BATCH = "/api/v1/contracts/batch"
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    with TestClient(create_app(sender=no_send), raise_server_exceptions=False) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     with serve(create_app(sender=no_send)) as base:
         yield base
