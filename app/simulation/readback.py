@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
-from app.simulation.fleet import READS, Fleet, Supervisor
+from app.simulation.fleet import Fleet
 from app.simulation.ledger import Fate, Item, Kind
 from app.simulation.reconciliation import (
     Reconciliation,
@@ -37,6 +37,7 @@ from app.simulation.reconciliation import (
     judge_states,
 )
 from app.simulation.service import ROUTE_MISSING, Answer, Feature
+from app.simulation.supervisor import READS, Supervisor
 
 RESEND_AFTER: Final = 10.0  # seconds a report may stay pending (or a heartbeat unseen) before a resend
 POLL: Final = 1.0

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import httpx
 
-from app.simulation.fleet import Fleet, Options, Tokens
+from app.simulation.fleet import Fleet
 from app.simulation.ledger import Ledger
+from app.simulation.options import Options, Tokens
 from app.simulation.readback import reconcile
 from app.simulation.reconciliation import Reconciliation
 from app.simulation.service import Service
