@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -72,3 +75,28 @@ def commands_received(daemon_id: str | None, *, owner: str) -> list[dict[str, An
 def no_send(task: str, payload: dict[str, Any], countdown: float | None = None) -> str:
     """A sender for an app under test whose follow-ups are not what the test looks at."""
     return uuid.uuid4().hex
+
+
+@contextmanager
+def database_at(revision: str, backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database (PostgreSQL or SQLite, `backend`) migrated up to `revision`, for the
+    tests of the migrations after it; its URL, and the database gone afterwards."""
+    from app.db import get_engine, migrate
+    from tests.isolation import Isolation
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'makima.db'}"
+        migrate(url, revision)
+        try:
+            yield url
+        finally:
+            get_engine(url).dispose()
+        return
+    scratch = Isolation("makima_migrate")
+    scratch.create_database(migrated=False)
+    try:
+        migrate(scratch.db_url, revision)
+        yield scratch.db_url
+    finally:
+        get_engine(scratch.db_url).dispose()
+        scratch.drop_database()

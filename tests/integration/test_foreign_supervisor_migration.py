@@ -24,26 +24,15 @@ from app.db import downgrade, get_engine, migrate, unit_of_work
 from app.heartbeat_messages import message_of
 from app.heartbeat_outcomes import FOREIGN_TASK
 from app.models import Contract, ContractTask, Supervisor, SupervisorHeartbeat, utcnow
-from tests.isolation import Isolation
+from tests.integration.helpers import database_at
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database_at_0013(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'makima.db'}"
-        migrate(url, "0013")
+    with database_at("0013", request.param, tmp_path) as url:
         yield url
-        get_engine(url).dispose()
-        return
-    scratch = Isolation("makima_migrate")
-    scratch.create_database(migrated=False)
-    try:
-        migrate(scratch.db_url, "0013")
-        yield scratch.db_url
-    finally:
-        scratch.drop_database()
 
 
 def heartbeat(contract_id: uuid.UUID, task_id: uuid.UUID, **extra: Any) -> dict[str, Any]:

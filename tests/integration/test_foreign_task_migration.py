@@ -26,28 +26,15 @@ from app.domain.errors import ValidationFailed
 from app.heartbeat_messages import message_of
 from app.heartbeat_outcomes import FOREIGN_TASK
 from app.models import Contract, ContractEvent, ContractTask, Supervisor, SupervisorStateRow, utcnow
-from tests.integration.helpers import no_send
-from tests.isolation import Isolation
+from tests.integration.helpers import database_at, no_send
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database_at_0014(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'makima.db'}"
-        migrate(url, "0014")
+    with database_at("0014", request.param, tmp_path) as url:
         yield url
-        get_engine(url).dispose()
-        return
-    scratch = Isolation("makima_migrate")
-    scratch.create_database(migrated=False)
-    try:
-        migrate(scratch.db_url, "0014")
-        yield scratch.db_url
-    finally:
-        get_engine(scratch.db_url).dispose()
-        scratch.drop_database()
 
 
 def heartbeat(contract_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
