@@ -6,7 +6,7 @@ its own database, a sender that needs no broker, or a broker URL to probe.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from app.broker import Sender
@@ -29,7 +29,7 @@ from app.http import (
     whoami,
     worktrees,
 )
-from app.http.deps import Wiring
+from app.http.deps import Wiring, strict_query
 from app.http.docs import install_docs
 from app.http.error_handlers import install_error_handlers
 from app.http.limits import BodyLimits
@@ -63,6 +63,8 @@ def create_app(
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        # Every route takes exactly the query parameters it declares (`app.http.query_params`).
+        dependencies=[Depends(strict_query)],
     )
     application.state.wiring = Wiring(
         engine=engine, sender=sender, broker_url=broker_url, probe_timeout=probe_timeout

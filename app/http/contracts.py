@@ -24,6 +24,7 @@ from app.http.bodies import (
 from app.http.deps import Api, ContractId, DeliverableId, parse_statuses, parse_threshold
 from app.http.errors import API_PREFIX, error_responses
 from app.http.problems import InvalidRequest
+from app.http.query_params import EMPTY_MEANS_DEFAULT
 from app.http.routing import ParsedJSONRoute
 from app.schemas import (
     ChangeStatusResponse,
@@ -96,7 +97,10 @@ def list_contracts(
     ] = False,
     limit: Annotated[int, Query(ge=1, le=500, description="Contracts per page.")] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=500, description="`nextCursor` of the previous page.")
+        str | None,
+        Query(max_length=500, description="`nextCursor` of the previous page."),
+        # `cursor=` is the first page: what a client passing a null `nextCursor` on sends.
+        EMPTY_MEANS_DEFAULT,
     ] = None,
 ) -> ContractPage:
     """Your contracts (an admin's: everyone's), newest first, one page at a time.

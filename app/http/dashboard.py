@@ -28,7 +28,7 @@ router = APIRouter(
     route_class=ParsedJSONRoute,
     prefix=API_PREFIX,
     tags=["monitor"],
-    responses=error_responses(E.UNAUTHENTICATED, E.FEATURE_DISABLED, E.INTERNAL_ERROR),
+    responses=error_responses(E.UNAUTHENTICATED, E.FEATURE_DISABLED, E.INTERNAL_ERROR, unknown_query=True),
 )
 
 

@@ -1,8 +1,9 @@
 """What a handler is given before it runs: the caller, its ContractsAPI, parsed queries.
 
 Why dependencies and not code in each handler: authentication and the query mini-languages
-must read the same on every route (one 401, one way to spell `status=active,paused`), and
-tests and benchmarks swap the database and broker through one object, `Wiring`.
+must read the same on every route (one 401, one way to spell `status=active,paused`, one rule
+for the query parameters a route takes: `strict_query`), and tests and benchmarks swap the
+database and broker through one object, `Wiring`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Final, cast
 
 from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from starlette.requests import HTTPConnection
@@ -25,7 +27,9 @@ from app.broker import Sender
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
 from app.http.bodies import SafeStr, UUIDText
+from app.http.errors import AUTHENTICATED_PREFIX
 from app.http.problems import InvalidRequest
+from app.http.query_params import query_problems
 from app.http.single_headers import AUTHORIZATION, single_header
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -119,12 +123,54 @@ DeliverableId = Annotated[
 ]
 
 
+class QueryRefused(InvalidRequest):
+    """A query string the route does not take (`strict_query`): 422 INVALID_REQUEST, but only
+    once the caller is known, since it is raised before the route's own authentication runs."""
+
+
+async def strict_query(connection: HTTPConnection) -> None:
+    """Refuse a query parameter the route does not take, a single-valued one given twice, or an
+    empty value that would have meant nothing (`app.http.query_params`), before the route's
+    other dependencies and its handler run, so no answer ever ignores part of what was asked.
+
+    `create_app` gives it to every route; it judges those under `/api/v1/` (the API). The
+    probes, the docs, the metrics and the dashboard page take no parameters, so none could be
+    misread there, and their callers (load balancers, scrapers, browsers) are not ours to hold
+    to the API's rules. The WebSocket monitor takes its filter as a message, judged by its own
+    rules.
+    """
+    scope = connection.scope
+    if scope["type"] != "http" or not scope["query_string"]:
+        return
+    route = scope.get("route")
+    if not isinstance(route, APIRoute) or not route.path.startswith(AUTHENTICATED_PREFIX):
+        return
+    problems = query_problems(route, connection.query_params.multi_items())
+    if problems:
+        raise QueryRefused(problems)
+
+
 def parse_statuses(raw: str | None) -> tuple[Status, ...]:
     """`status=active,paused` → statuses; an unknown one is a 422 naming every allowed status."""
     if raw is None:
         return ()
     names = [part.strip() for part in raw.split(",") if part.strip()]
     allowed = [s.value for s in Status]
+    if not names:
+        # `status=,` would list every status: refused like `status=` (`strict_query`).
+        raise InvalidRequest(
+            [
+                {
+                    "field": "status",
+                    "in": "query",
+                    "type": "empty",
+                    "problem": "names no status; give at least one, or leave it out for all: "
+                    + ", ".join(allowed),
+                    "given": raw[:200],
+                    "allowed": allowed,
+                }
+            ]
+        )
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise InvalidRequest(
@@ -174,6 +220,7 @@ __all__ = [
     "Api",
     "ContractId",
     "DeliverableId",
+    "QueryRefused",
     "SingleBearer",
     "TaskId",
     "Wiring",
@@ -184,5 +231,6 @@ __all__ = [
     "parse_statuses",
     "parse_threshold",
     "reauthenticate_token",
+    "strict_query",
     "wiring",
 ]

@@ -5,7 +5,8 @@ Each handler turns one family of exceptions into the body and status the catalog
 
 - a body or query that does not match the schema (`RequestValidationError`, and the
   `InvalidRequest` the front raises itself) is 422 INVALID_REQUEST with its problems listed
-  field by field (`app.http.problems`), and malformed JSON is 400;
+  field by field (`app.http.problems`), and malformed JSON is 400; so is a query parameter the
+  route does not take, given twice or empty (`QueryRefused`, `app.http.query_params`);
 - a domain rule refused (`ContractError`) is the status the catalogue maps;
 - routing's own errors (no such endpoint, wrong method) are NOT_FOUND and METHOD_NOT_ALLOWED,
   naming the id that is not a UUID or the methods allowed;
@@ -37,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.auth import Unauthenticated
 from app.domain.errors import ContractError
 from app.domain.uuids import UUID_FORM, uuid_problem
-from app.http.deps import bearer, caller_of
+from app.http.deps import QueryRefused, bearer, caller_of
 from app.http.errors import API_PREFIX, AUTHENTICATED_PREFIX, ERROR_STATUS, error_response, status_for
 from app.http.problems import InvalidRequest, problems_from_pydantic, summary
 from app.schemas import ErrorCode
@@ -109,6 +110,15 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidRequest)
+    return _invalid(exc.problems)
+
+
+async def _on_query_refused(request: Request, exc: Exception) -> JSONResponse:
+    """Raised before the route's authentication runs, so a stranger still learns only the 401."""
+    assert isinstance(exc, QueryRefused)
+    denied = await unauthenticated_first(request)
+    if denied is not None:
+        return denied
     return _invalid(exc.problems)
 
 
@@ -292,6 +302,7 @@ def install_error_handlers(application: FastAPI) -> None:
     """Register the handlers; Starlette picks one by walking the raised exception's MRO."""
     application.add_exception_handler(RequestValidationError, _on_validation_error)
     application.add_exception_handler(InvalidRequest, _on_invalid_request)
+    application.add_exception_handler(QueryRefused, _on_query_refused)
     application.add_exception_handler(ContractError, _on_contract_error)
     application.add_exception_handler(Unauthenticated, _on_unauthenticated)
     application.add_exception_handler(StarletteHTTPException, _on_http_exception)

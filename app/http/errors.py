@@ -387,15 +387,40 @@ _BAD_JSON_EXAMPLE: Final = {
 }
 
 
+_UNKNOWN_QUERY_EXAMPLE: Final = {
+    "error": {
+        "code": "INVALID_REQUEST",
+        "message": "The request does not match the API schema: foo: is not a query parameter of "
+        "this request, which takes none.",
+        "details": {
+            "problems": [
+                {
+                    "field": "foo",
+                    "in": "query",
+                    "type": "extra_forbidden",
+                    "problem": "is not a query parameter of this request, which takes none",
+                    "given": "1",
+                    "allowed": [],
+                }
+            ]
+        },
+    }
+}
+
+
 def example_body(code: ErrorCode) -> dict[str, Any]:
     message, details = _EXAMPLES[code]
     return {"error": {"code": code.value, "message": message, "details": details}}
 
 
-def error_responses(*codes: ErrorCode, bad_json: bool = False) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *codes: ErrorCode, bad_json: bool = False, unknown_query: bool = False
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the errors a route can answer: ErrorBody plus an example per code.
 
-    `bad_json` adds the 400 a route with a JSON body answers when the body does not parse.
+    `bad_json` adds the 400 a route with a JSON body answers when the body does not parse;
+    `unknown_query` adds the 422 a route that takes no query parameter answers one
+    (`app.http.query_params`), for a route whose other errors publish no 422.
     """
     by_status: dict[int, dict[str, Any]] = {}
     for code in codes:
@@ -407,6 +432,13 @@ def error_responses(*codes: ErrorCode, bad_json: bool = False) -> dict[int | str
         by_status.setdefault(status.HTTP_400_BAD_REQUEST, {})["INVALID_REQUEST (malformed JSON)"] = {
             "summary": "INVALID_REQUEST: the body is not JSON",
             "value": _BAD_JSON_EXAMPLE,
+        }
+    if unknown_query:
+        by_status.setdefault(status.HTTP_422_UNPROCESSABLE_CONTENT, {})[
+            "INVALID_REQUEST (unknown parameter)"
+        ] = {
+            "summary": "INVALID_REQUEST: a query parameter the request does not take (`?foo=1`)",
+            "value": _UNKNOWN_QUERY_EXAMPLE,
         }
     return {
         code: {

@@ -45,8 +45,23 @@ router = APIRouter(prefix=API_PREFIX, tags=["monitor"])
 SSE_KEEPALIVE_SECONDS: Final = 15.0
 
 
-def _csv(raw: str | None) -> list[str]:
-    return [part.strip() for part in (raw or "").split(",") if part.strip()]
+def _csv(raw: str | None, field: str) -> list[str]:
+    """A comma list's items; one that names nothing (`,`, a space) is refused, as an empty
+    value is (`app.http.query_params`): it would have meant "all" instead of what was meant."""
+    items = [part.strip() for part in (raw or "").split(",") if part.strip()]
+    if raw is not None and not items:
+        raise InvalidRequest(
+            [
+                {
+                    "field": field,
+                    "in": "query",
+                    "type": "empty",
+                    "problem": "names nothing; give at least one, or leave it out for all",
+                    "given": raw[:200],
+                }
+            ]
+        )
+    return items
 
 
 class StreamQuery(BaseModel):
@@ -179,8 +194,8 @@ async def event_stream(
     try:
         flt = MonitorFilter.parse(
             {
-                "contractIds": _csv(query.contract_ids),
-                "statuses": _csv(query.statuses),
+                "contractIds": _csv(query.contract_ids, "contractIds"),
+                "statuses": _csv(query.statuses, "statuses"),
                 "includeStale": query.include_stale,
                 "includeHeartbeats": query.include_heartbeats,
             }

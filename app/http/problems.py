@@ -16,6 +16,8 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from app.http.query_params import query_parameter_names
+
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -61,17 +63,7 @@ def _body_field_names(request: Request) -> list[str]:
 def _query_parameter_names(request: Request) -> list[str]:
     """The route's query parameters (a query model's fields included), to list next to an unknown one."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return []
-    names: list[str] = []
-    dependants = [route.dependant]
-    while dependants:
-        dependant = dependants.pop(0)
-        for param in dependant.query_params:
-            fields = _model_field_names(param.field_info.annotation)
-            names += [n for n in (fields if fields is not None else [param.alias]) if n not in names]
-        dependants += dependant.dependencies
-    return names
+    return query_parameter_names(route) if isinstance(route, APIRoute) else []
 
 
 def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from app.schemas import ErrorCode, WhoAmI
 router = APIRouter(
     route_class=ParsedJSONRoute,
     tags=["tokens"],
-    responses=error_responses(ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL_ERROR),
+    responses=error_responses(ErrorCode.UNAUTHENTICATED, ErrorCode.INTERNAL_ERROR, unknown_query=True),
 )
 
 
