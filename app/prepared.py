@@ -113,6 +113,12 @@ def driver_rows(
             rows = cursor.fetchall() if cursor.description is not None else []
         except connection.dialect.loaded_dbapi.Error as error:
             gone = connection.dialect.is_disconnect(error, driver, cursor)
+            # A `PREPARE` sent with a statement that then failed may or may not exist now: it
+            # outlives the failed transaction when it ran, and the next `PREPARE` of its name
+            # on this connection would fail for ever ("already exists"); not sent again, an
+            # `EXECUTE` would fail if it did not run. Which is unknowable without asking, so
+            # the connection is dropped (the pool opens another): rare, and always right.
+            uncertain = not gone and "PREPARE " in text
             wrapped = DBAPIError.instance(
                 text,
                 arguments,
@@ -121,7 +127,7 @@ def driver_rows(
                 connection_invalidated=gone,
                 dialect=connection.dialect,
             )
-            if gone:
+            if gone or uncertain:
                 connection.invalidate(error)
             raise wrapped from error
     finally:
