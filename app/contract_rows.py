@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.domain.completion import GateFacts, TaskSummary
-from app.domain.errors import ContractNotFound
+from app.domain.errors import ContractNotFound, ValidationFailed
 from app.domain.lifecycle import Status, check_transition, closed_refusal
 from app.domain.records import EventType
+from app.domain.uuids import parse_uuid
 from app.events import record_event
 from app.gate import gate_facts, load_gate_facts
 from app.models import Contract, UTCDateTime
@@ -40,8 +41,18 @@ def _visible(contract: Contract | None, caller: Caller, contract_id: uuid.UUID) 
     return contract
 
 
+def id_argument(value: object, field: str) -> uuid.UUID:
+    """An id a Python caller passed (the API module, the CLI): a `UUID`, or its text by the
+    heartbeats' rule; anything else is `VALIDATION_FAILED` naming `field`, never a database
+    error about a cast."""
+    return parse_uuid(
+        value, field, lambda name, problem: ValidationFailed(f"{name} {problem}", details={"field": name})
+    )
+
+
 def get_contract(session: Session, caller: Caller, contract_id: uuid.UUID) -> Contract:
     """Read without a lock; another owner's contract is reported exactly like a missing one."""
+    contract_id = id_argument(contract_id, "contractId")
     return _visible(session.get(Contract, contract_id), caller, contract_id)
 
 
@@ -51,6 +62,7 @@ def lock_contract(session: Session, caller: Caller | None, contract_id: uuid.UUI
     A row this transaction already locked is not read again: the in-memory object is the
     truth (its changes are written at commit, see `app.pending_writes`).
     """
+    contract_id = id_argument(contract_id, "contractId")
     locked = pending(session).locked
     contract = session.get(Contract, contract_id) if contract_id in locked else None
     if contract is None:

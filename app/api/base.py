@@ -22,7 +22,7 @@ from app import message_outcomes, schemas
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
-from app.contract_rows import get_contract, refuse_if_closed, refuse_if_closed_status
+from app.contract_rows import get_contract, id_argument, refuse_if_closed, refuse_if_closed_status
 from app.database_ready import missing_schema, require_existing_database
 from app.db import UnitOfWork, driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed
@@ -137,6 +137,9 @@ class APIBase:
         row (`app.message_outcomes`) commits before the send, so a message the broker then
         loses can still be found and resent; a message id already applied is not sent again.
         """
+        contract_id = id_argument(contract_id, "contractId")
+        if reported_task is not None:
+            reported_task = id_argument(reported_task, "taskId")
         message_id = message_id or str(uuid.uuid4())
         if not MESSAGE_ID.fullmatch(message_id):
             raise ValidationFailed(

@@ -346,3 +346,26 @@ def test_the_api_module_refuses_the_names_the_http_front_refuses(make_caller: An
         with pytest.raises(ValidationFailed) as refused:
             report()
         assert refused.value.details["field"] == "taskName" and TASK_NAME_RULE in str(refused.value)
+
+
+def test_the_api_module_refuses_an_id_that_is_not_a_uuid_naming_it(make_caller: Any) -> None:
+    """A Python caller's bad id is its mistake, named: not a database error about a cast."""
+    from app.api import ContractsAPI
+    from app.domain.errors import ValidationFailed
+    from app.domain.lifecycle import Status
+
+    _, caller = make_caller(role="supervisor")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    cid = uuid.UUID(str(api.create_contract("ids", "simple").id))
+    api.change_status(cid, Status.ACTIVE)
+    for call, field in (
+        (lambda: api.get_contract("zzz"), "contractId"),  # type: ignore[arg-type]
+        (lambda: api.report_task_started(cid, "not-a-uuid", "t"), "taskId"),  # type: ignore[arg-type]
+        (lambda: api.report_task_completed("nope", uuid.uuid4(), "t", success=True), "contractId"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            call()
+        assert refused.value.details["field"] == field and "is not a UUID" in str(refused.value)
+    # An id as text is an id.
+    assert str(api.get_contract(str(cid)).id) == str(cid)  # type: ignore[arg-type]
+    api.report_task_started(str(cid), str(uuid.uuid4()), "text ids")  # type: ignore[arg-type]
