@@ -89,12 +89,38 @@ class Sent:
 # -- accepting (API module) ----------------------------------------------------------------------
 
 
+def refuse_id_of_another_sender(session: Session, sent: Sent) -> None:
+    """VALIDATION_FAILED when another principal already sent this message id on this contract.
+
+    A worker claims a message id per contract (`processed_messages`), so a second sender's
+    report under an id the first used there would be taken for a repeat delivery and dropped
+    while its receipt said applied. Refused here, at once, the sender can choose another id.
+    """
+    other = session.scalars(
+        select(MessageOutcome.principal_id)
+        .where(
+            MessageOutcome.message_id == sent.message_id,
+            MessageOutcome.contract_id == sent.contract_id,
+            MessageOutcome.principal_id != sent.principal_id,
+        )
+        .limit(1)
+    ).first()
+    if other is not None:
+        raise ValidationFailed(
+            f"messageId '{sent.message_id}' was already used on this contract by another sender; "
+            "message ids must be unique per contract across senders: use a UUID (the default "
+            "when none is given) or prefix your daemon's id.",
+            details={"field": "messageId"},
+        )
+
+
 def accept(session: Session, sent: Sent, payload: Mapping[str, Any], now: datetime) -> bool:
     """Record the message as pending with its payload; False when it was already applied.
 
     A repeat of an applied message (a resend, the same id reported again) changes nothing
     and must not be sent again; a pending or refused one is reset to pending and sent.
     """
+    refuse_id_of_another_sender(session, sent)
     insert = dialect_insert(session, MessageOutcome).values(
         principal_id=sent.principal_id,
         message_id=sent.message_id,
@@ -167,7 +193,9 @@ _ACCEPT_CHECKED_SQL = (
     f"t AS ({held_elsewhere_sql('%(task_id)s::uuid', '%(contract_id)s::uuid')} LIMIT 1), "
     "ok AS (SELECT 1 FROM c WHERE (%(any_owner)s OR c.owner_id = %(owner_id)s) "
     f"AND NOT (%(refuse_closed)s AND c.status IN ({_TERMINAL})) "
-    "AND NOT EXISTS (SELECT 1 FROM t)), "
+    "AND NOT EXISTS (SELECT 1 FROM t) AND NOT EXISTS (SELECT 1 FROM message_outcomes o "
+    "WHERE o.message_id = %(message_id)s AND o.contract_id = %(contract_id)s::uuid "
+    "AND o.principal_id <> %(principal_id)s::uuid)), "
     "ins AS (INSERT INTO message_outcomes (principal_id, message_id, contract_id, task, payload, status, "
     "accepted_at, updated_at) SELECT %(principal_id)s::uuid, %(message_id)s, %(contract_id)s::uuid, "
     "%(task)s, %(payload)s::jsonb, 'pending', %(now)s, %(now)s FROM ok "

@@ -323,6 +323,36 @@ def test_over_http_an_admin_gives_principal_id_for_a_message_id_several_principa
     )
 
 
+def test_a_message_id_another_sender_used_on_the_contract_is_refused_not_dropped(
+    client: TestClient, outbox: Outbox, make_caller: Any
+) -> None:
+    """The worker claims ids per contract: the second sender's report would have been taken for
+    a repeat, dropped, and its receipt marked applied. It is refused at once instead."""
+    _, first = make_caller(role="supervisor")
+    second_token, second = make_caller(owner=first.owner_id, role="user")
+    api = ContractsAPI(caller=first, sender=outbox)
+    cid = active_contract(api)
+    other = active_contract(api)
+    api.report_task_started(cid, uuid.uuid4(), "first sender", message_id="m-1")
+    theirs = ContractsAPI(caller=second, sender=outbox)
+    with pytest.raises(ValidationFailed) as refused:
+        theirs.report_task_started(cid, uuid.uuid4(), "second sender", message_id="m-1")
+    assert refused.value.details["field"] == "messageId" and "another sender" in str(refused.value)
+    over_http = client.post(
+        f"{CONTRACTS}/{cid}/tasks/{uuid.uuid4()}/started",
+        json={"taskName": "second sender", "messageId": "m-1"},
+        headers=auth(second_token),
+    )
+    assert error_of(over_http, 400, "VALIDATION_FAILED")["details"]["field"] == "messageId"
+    # The same id on another contract is another report; the first sender's resend still works.
+    theirs.report_task_started(other, uuid.uuid4(), "elsewhere", message_id="m-1")
+    assert api.resend("m-1").status == "pending"
+    outbox.run_all()
+    spawned = [e.payload for e in api.events(cid).events if e.type == "task_spawned"]
+    assert [p["taskName"] for p in spawned] == ["first sender"], spawned
+    assert theirs.message_status("m-1").status == "applied"
+
+
 def test_an_admins_own_message_is_the_one_its_lookup_finds(outbox: Outbox, make_caller: Any) -> None:
     _, admin = make_caller(role="admin")
     _, other = make_caller(role="supervisor")
