@@ -33,6 +33,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
+from app.contract_rows import id_argument
 from app.db import dialect_insert
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
@@ -324,6 +325,8 @@ def find(
     resend would send the one picked. Another principal's message is reported to a caller who
     is not an admin exactly like a missing one, `principal_id` or not.
     """
+    if principal_id is not None:
+        principal_id = id_argument(principal_id, "principalId")  # a UUID or its text, as answered
     query = select(MessageOutcome).where(MessageOutcome.message_id == message_id)
     if not caller.is_admin:
         if principal_id is not None and principal_id != caller.principal_id:

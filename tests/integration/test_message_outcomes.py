@@ -288,6 +288,11 @@ def test_an_admin_names_the_sender_when_several_principals_used_one_message_id(
     for caller in senders:
         answer = as_admin.message_status("shared-1", principal_id=caller.principal_id)
         assert answer.status == "pending" and answer.principal_id == caller.principal_id
+        as_text = as_admin.message_status("shared-1", principal_id=str(caller.principal_id))  # type: ignore[arg-type]
+        assert as_text.principal_id == caller.principal_id  # as an answer's principalId reads
+    with pytest.raises(ValidationFailed) as not_an_id:
+        as_admin.message_status("shared-1", principal_id=5)  # type: ignore[arg-type]
+    assert not_an_id.value.details["field"] == "principalId"
     outbox.sent.clear()
     resent = as_admin.resend("shared-1", principal_id=senders[1].principal_id)
     assert resent.resent and resent.principal_id == senders[1].principal_id
