@@ -130,6 +130,17 @@ def check_worktree_path(path: object, field: str = "path", *, one_spelling: bool
         )
     if not one_spelling:
         return path
+    # Characters that show as nothing or as something else (bidi controls such as U+202E,
+    # zero-width ones, line separators, U+FFFD from bytes that were not UTF-8): two paths that
+    # read the same would be two worktrees, and a person would read another path than the one
+    # a daemon is told to remove.
+    hidden = next((c for c in path if c == "\ufffd" or unicodedata.category(c) in ("Cf", "Zl", "Zp")), None)
+    if hidden is not None:
+        raise ValidationFailed(
+            f"{field} must not contain invisible, bidirectional or replacement characters "
+            f"(found U+{ord(hidden):04X}): a path is shown as sent and must read as what it is.",
+            details=limits,
+        )
     if "." in segments:
         raise ValidationFailed(
             f"{field} must not contain '.' segments: give the worktree's path as written plainly "
