@@ -92,6 +92,14 @@ class MonitorFilter:
         field given in both spellings.
         """
         problems = [*_unknown_fields(data, also), *_both_spellings(data)]
+        for camel, snake in (("contractIds", "contract_ids"), ("statuses", "statuses")):
+            both = camel != snake and camel in data and snake in data  # refused as such already
+            if not both and _field(data, camel, snake) == []:
+                # Absent means every contract; an empty list read as "all" subscribed a client
+                # that meant "none of these yet" to everything.
+                problems.append(
+                    {"field": camel, "problem": "names nothing; give at least one, or leave it out for all"}
+                )
         raw_ids = _field(data, "contractIds", "contract_ids") or []
         ids: set[uuid.UUID] = set()
         if not isinstance(raw_ids, list):

@@ -194,8 +194,8 @@ async def event_stream(
     try:
         flt = MonitorFilter.parse(
             {
-                "contractIds": _csv(query.contract_ids, "contractIds"),
-                "statuses": _csv(query.statuses, "statuses"),
+                "contractIds": _csv(query.contract_ids, "contractIds") or None,  # absent: all
+                "statuses": _csv(query.statuses, "statuses") or None,
                 "includeStale": query.include_stale,
                 "includeHeartbeats": query.include_heartbeats,
             }

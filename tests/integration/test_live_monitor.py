@@ -311,7 +311,7 @@ def _refused(server: str, token: str, *messages: dict[str, Any]) -> tuple[int, s
     [
         ({"contractID": [str(uuid.uuid4())], "after": 33}, "contractID"),
         ({"foo": 1}, "foo"),
-        ({"contractIds": [], "include_stales": True}, "include_stales"),
+        ({"includeStale": False, "include_stales": True}, "include_stales"),
         ({"type": "filter", "statuses": ["active"]}, "type"),
     ],
     ids=["contractID", "foo", "include_stales", "type"],
@@ -352,7 +352,7 @@ def test_a_filter_giving_one_field_in_both_spellings_is_refused_with_4400_after_
 
 def test_an_unknown_field_in_a_filter_change_is_refused_too(server: str, make_caller: Any) -> None:
     token, _ = _api(make_caller)
-    code, reason, before = _refused(server, token, {"contractIds": []}, {"contractID": [str(uuid.uuid4())]})
+    code, reason, before = _refused(server, token, {}, {"contractID": [str(uuid.uuid4())]})
     assert code == 4400 and reason.startswith("contractID: is not a filter field"), reason
     assert [m["type"] for m in before if m["type"] in ("subscribed", "error")] == ["subscribed", "error"]
 

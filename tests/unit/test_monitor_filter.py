@@ -162,3 +162,14 @@ def test_each_field_given_twice_is_reported_with_the_other_problems() -> None:
         "includeStale",
         "includeStale",
     ]
+
+
+@pytest.mark.parametrize("message", [{"contractIds": []}, {"contract_ids": []}, {"statuses": []}])
+def test_an_empty_list_is_refused_rather_than_read_as_everything(message: dict[str, object]) -> None:
+    """Absent means every contract; `[]` subscribed a client that meant "none of these yet" to
+    all of them, where the event stream refuses `contractIds=` for the same reason."""
+    with pytest.raises(FilterError) as refused:
+        MonitorFilter.parse(message)
+    [problem] = refused.value.problems
+    assert problem["field"] in ("contractIds", "statuses")
+    assert problem["problem"] == "names nothing; give at least one, or leave it out for all"
