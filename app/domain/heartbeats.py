@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
-from app.domain.control_characters import code_point, first_control_or_separator
+from app.domain.control_characters import BIDI_CONTROLS, code_point, first_control_or_separator
 from app.domain.daemon_ids import daemon_id_problem
 from app.domain.incarnations import MAX_INCARNATION
 from app.domain.reported_text import ACTIVITY_RULE, MAX_ACTIVITY, MAX_PHASE, PHASE_RULE, host_problem
@@ -149,9 +149,8 @@ def _text(raw: Any, name: str, limit: int, rule: str, *, empty: bool) -> str:
         raise InvalidHeartbeat(name, f"at most {limit} characters (this one has {len(raw)})")
     bad = first_control_or_separator(raw)
     if bad is not None:
-        raise InvalidHeartbeat(
-            name, f"must not contain control characters or line separators (found {code_point(bad)}): {rule}"
-        )
+        what = "bidirectional controls" if bad in BIDI_CONTROLS else "control characters or line separators"
+        raise InvalidHeartbeat(name, f"must not contain {what} (found {code_point(bad)}): {rule}")
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:

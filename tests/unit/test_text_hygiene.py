@@ -215,3 +215,24 @@ def test_a_message_time_with_z_or_an_offset_is_taken_in_utc() -> None:
     with pytest.raises(InvalidValue) as garbage:
         message_time("yesterday")
     assert garbage.value.problem.startswith("'yesterday' is not an ISO 8601 date-time with a time zone")
+
+
+@pytest.mark.parametrize("field", ["phase", "currentActivity"])
+def test_a_heartbeat_names_a_bidirectional_control_as_what_it_is(field: str) -> None:
+    """Not "control characters or line separators": U+202E is neither."""
+    from app.domain.heartbeats import InvalidHeartbeat, parse_heartbeat
+
+    raw = {
+        "taskId": "6a674d20-ce05-4aa6-8a33-b1138c462682",
+        "contractId": "7b674d20-ce05-4aa6-8a33-b1138c462682",
+        "state": "working",
+        "phase": "plan",
+        "currentActivity": "ok",
+        "progress": 1,
+        "pendingTaskIds": [],
+        "timestamp": "2026-11-26T10:00:00Z",
+        field: "re\u202eport",
+    }
+    with pytest.raises(InvalidHeartbeat) as refused:
+        parse_heartbeat(raw)
+    assert "must not contain bidirectional controls (found U+202E)" in str(refused.value)
