@@ -1,9 +1,10 @@
-"""Headers a request may carry at most once: `Authorization` and `Idempotency-Key`.
+"""Headers a request may carry at most once: `Authorization`, `Idempotency-Key`, `Last-Event-ID`.
 
 Why refuse a repeat rather than read the first: with two `Authorization` headers the first
 authenticated the request and the second was silently ignored (a revoked token first was 401,
 second 200), so behind a proxy that adds one, which identity acted depended on the order the
-headers arrived in. Which of two idempotency keys names the batch is the same guess. So a
+headers arrived in. Which of two idempotency keys names the batch is the same guess, and so
+is which of two `Last-Event-ID`s an event stream resumes after. So a
 request carrying either more than once is 400 INVALID_REQUEST naming the header, before
 anything reads it: `BodyLimits` (`app.http.limits`) refuses it for every HTTP request, the
 bearer dependency (`app.http.deps.bearer`) and the live monitor's socket authentication
@@ -24,9 +25,10 @@ from app.schemas import ErrorCode
 
 AUTHORIZATION: Final = "Authorization"
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
+LAST_EVENT_ID: Final = "Last-Event-ID"
 # Every header a request may carry at most once, as the API spells it; `Authorization` first,
 # because which caller sent the request is decided before anything else about it.
-SINGLE_HEADERS: Final = (AUTHORIZATION, IDEMPOTENCY_KEY)
+SINGLE_HEADERS: Final = (AUTHORIZATION, IDEMPOTENCY_KEY, LAST_EVENT_ID)
 
 
 class RepeatedHeader(StarletteHTTPException):
@@ -85,6 +87,7 @@ def repeated_header(headers: Headers, names: tuple[str, ...] = SINGLE_HEADERS) -
 __all__ = [
     "AUTHORIZATION",
     "IDEMPOTENCY_KEY",
+    "LAST_EVENT_ID",
     "SINGLE_HEADERS",
     "RepeatedHeader",
     "repeated_header",

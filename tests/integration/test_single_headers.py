@@ -1,4 +1,5 @@
-"""A request may carry `Authorization` and `Idempotency-Key` at most once (`app.http.single_headers`).
+"""A request may carry `Authorization`, `Idempotency-Key` and `Last-Event-ID` at most once
+(`app.http.single_headers`).
 
 With two Authorization headers the first used to authenticate and the second was ignored (a
 revoked token first was 401, second 200), so behind a proxy that adds one the identity acting
@@ -123,6 +124,15 @@ def test_two_idempotency_keys_on_a_batch_are_refused(client: TestClient) -> None
         BATCH, json=body, headers=[admin, ("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")]
     )
     assert_repeated(twice.status_code, twice.json(), "Idempotency-Key")
+
+
+def test_two_last_event_ids_on_the_event_stream_are_refused(client: TestClient) -> None:
+    """Which of two resume points to resume after is a guess: the first was used silently."""
+    auth = ("Authorization", f"Bearer {token_of()}")
+    answer = client.get(
+        "/api/v1/contracts/events/stream", headers=[auth, ("Last-Event-ID", "1"), ("Last-Event-ID", "999999")]
+    )
+    assert_repeated(answer.status_code, answer.json(), "Last-Event-ID")
 
 
 def test_a_stranger_with_two_idempotency_keys_gets_its_401_first(client: TestClient) -> None:
