@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from app.auth import Caller
 from app.domain.completion import GateFacts, TaskSummary
-from app.domain.errors import ContractNotFound, ValidationFailed
+from app.domain.errors import ContractNotFound
 from app.domain.lifecycle import Status, check_transition, closed_refusal
 from app.domain.records import EventType
-from app.domain.uuids import parse_uuid
+from app.domain.uuids import id_argument
 from app.events import record_event
 from app.gate import gate_facts, load_gate_facts
 from app.models import Contract, UTCDateTime
@@ -39,15 +39,6 @@ def _visible(contract: Contract | None, caller: Caller, contract_id: uuid.UUID) 
     if contract is None or not caller.may_access(contract.owner_id):
         raise ContractNotFound(contract_id)
     return contract
-
-
-def id_argument(value: object, field: str) -> uuid.UUID:
-    """An id a Python caller passed (the API module, the CLI): a `UUID`, or its text by the
-    heartbeats' rule; anything else is `VALIDATION_FAILED` naming `field`, never a database
-    error about a cast."""
-    return parse_uuid(
-        value, field, lambda name, problem: ValidationFailed(f"{name} {problem}", details={"field": name})
-    )
 
 
 def get_contract(session: Session, caller: Caller, contract_id: uuid.UUID) -> Contract:

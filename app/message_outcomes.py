@@ -33,10 +33,10 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller
-from app.contract_rows import id_argument
 from app.db import dialect_insert
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
+from app.domain.uuids import id_argument
 from app.foreign_tasks import held_elsewhere_sql
 from app.models import MessageOutcome
 from app.pending_writes import hold_applied

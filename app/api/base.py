@@ -22,10 +22,11 @@ from app import message_outcomes, schemas
 from app.auth import Caller, authenticate
 from app.broker import Sender, send_task
 from app.config import Settings, get_settings
-from app.contract_rows import get_contract, id_argument, refuse_if_closed, refuse_if_closed_status
+from app.contract_rows import get_contract, refuse_if_closed, refuse_if_closed_status
 from app.database_ready import missing_schema, require_existing_database
 from app.db import UnitOfWork, driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed
+from app.domain.uuids import id_argument
 from app.foreign_tasks import held_task, refuse_held_task
 from app.message_outcomes import Sent
 from app.models import utcnow

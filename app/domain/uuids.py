@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
+from app.domain.errors import ValidationFailed
+
 # What a task, contract or heartbeat id sent as text may be, in the words its refusals end with.
 UUID_FORM: Final = (
     "a UUID is 32 hexadecimal digits (0-9, a-f or A-F) grouped 8-4-4-4-12 by hyphens, for "
@@ -61,4 +63,13 @@ def parse_uuid(raw: Any, name: str, invalid: Callable[[str, str], Exception]) ->
     return raw if isinstance(raw, uuid.UUID) else uuid.UUID(raw)
 
 
-__all__ = ["UUID_FORM", "UUID_TEXT_PATTERN", "parse_uuid", "uuid_problem"]
+def id_argument(value: object, field: str) -> uuid.UUID:
+    """An id a Python caller passed (the API module, the CLI): a `UUID`, or its text by the
+    heartbeats' rule; anything else is `VALIDATION_FAILED` naming `field`, never a database
+    error about a cast."""
+    return parse_uuid(
+        value, field, lambda name, problem: ValidationFailed(f"{name} {problem}", details={"field": name})
+    )
+
+
+__all__ = ["UUID_FORM", "UUID_TEXT_PATTERN", "id_argument", "parse_uuid", "uuid_problem"]
