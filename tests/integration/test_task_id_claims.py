@@ -16,6 +16,12 @@ refuses it when it comes second: the report refused (VALIDATION_FAILED, its rece
 `refused` and the message parked as a dead letter), or the heartbeat refused (`FOREIGN_TASK`,
 its daemon told with a `heartbeat_refused` command, nothing stored). What the locks cost is
 checked too: which a list's fold and a report hold, and that only taking a new id takes any.
+
+The database is the real PostgreSQL (and SQLite), with the real statements; the worker's tasks
+run in this process (`Task.apply`: the same trace, failure handler and dead-lettering a worker
+runs) because a race needs both sides started at one barrier, which a broker's delivery delay
+would smear. The same refusals through real worker processes are in
+`test_task_reports_naming_supervisors.py` and `test_heartbeat_refusals.py`.
 """
 
 from __future__ import annotations
