@@ -487,10 +487,8 @@ class SupervisorHeartbeat(Base):
     """
 
     __tablename__ = "supervisor_heartbeats"
-    __table_args__ = (
-        Index("idx_supervisor_heartbeats_contract_received", "contract_id", "received_at"),
-        {"postgresql_partition_by": "RANGE (received_day)"},
-    )
+    # One index, the key: readers find a contract by its leading column (migration 0016).
+    __table_args__ = ({"postgresql_partition_by": "RANGE (received_day)"},)
 
     contract_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)

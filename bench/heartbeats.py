@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu import Meter, cpu_seconds, processes
 from tests.isolation import Isolation
 
 SEED_TARGET = 1000  # heartbeats/s the seed's fleet needs (plan Task 3.2 load test)
@@ -124,6 +125,28 @@ class Bench:
                 }
             )
         return out
+
+    def rows_per_contract(self) -> float:
+        from sqlalchemy import text
+
+        with self.uow() as uow:
+            rows = uow.session.scalar(text("SELECT count(*) FROM supervisor_heartbeats"))
+        return int(rows or 0) / len({cid for cid, _ in self.sups})
+
+    def reads(self, contracts: int = 200) -> tuple[float, float]:
+        """p50 ms of `supervisor_heartbeats(limit=50)` and of `supervisor_status`, over the
+        same contracts: the history has no index but its key (migration 0016), so this shows
+        what a read of it costs beside a lookup by key."""
+        import statistics
+
+        ids = list(dict.fromkeys(cid for cid, _ in self.sups))[:contracts]
+        times: tuple[list[float], list[float]] = ([], [])
+        for cid in ids:
+            for i, read in enumerate((self.api.supervisor_heartbeats, self.api.supervisor_status)):
+                t0 = time.perf_counter()
+                read(cid) if i else read(cid, limit=50)
+                times[i].append((time.perf_counter() - t0) * 1000)
+        return statistics.median(times[0]), statistics.median(times[1])
 
     def wait(self, target: int, progress: int, timeout: float = 1800) -> None:
         deadline = time.monotonic() + timeout
@@ -277,7 +300,7 @@ def ingest_in_process(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %(db)s", {"db": db_name}
                 )
             ]
-        return sum(_cpu_seconds(pid) or 0.0 for pid in pids)
+        return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
     principal = bench.api.caller.principal_id
     bodies = []
@@ -402,6 +425,8 @@ def main() -> None:
         http, base = start_http()
         settle()
         http_rate = bench.through_http(args.count, base)
+        history, status = bench.reads()
+        per_contract = bench.rows_per_contract()
         print(
             f"heartbeats bench: {args.count} heartbeats over {args.supervisors} supervisors, "
             "2 worker processes"
@@ -416,6 +441,10 @@ def main() -> None:
                 f"{rate / naive:6.1f}x · / raw insert: {rate / floor:5.2f} · bar {BAR}/s "
                 f"{'met' if rate >= BAR else 'NOT met'}"
             )
+        print(
+            f"  one contract's history (newest 50 of {per_contract:.0f} rows, found by the key alone): "
+            f"p50 {history:.2f} ms · its supervisor status: p50 {status:.2f} ms"
+        )
     finally:
         if http is not None:
             os.killpg(http.pid, 15)
@@ -443,80 +472,25 @@ def memory(bench: Bench, procs: list[Any], total: int) -> None:
           f"after {sent:,}: {late:.1f} MiB ({(late / early - 1) * 100:+.1f} %, bound ±10 %)")  # fmt: skip
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    import psutil
-
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return None
-    return float(times.user + times.system)
-
-
-def _processes(procs: list[Any], db_name: str) -> dict[int, str]:
-    """Every process that takes part, labelled: the sender (this process), each worker's main
-    and pool processes, this database's PostgreSQL backends, PostgreSQL's shared processes
-    (WAL writer, checkpointer...: other databases' work is in them too) and Redis."""
-    import psutil
-
-    from app.db import get_engine
-
-    labels = {os.getpid(): "sender (this process: send_heartbeat, kombu, Redis client)"}
-    for w in procs:
-        labels[w.proc.pid] = "worker main processes (receive, hand over to the pool)"
-        for child in psutil.Process(w.proc.pid).children(recursive=True):
-            labels[child.pid] = "worker pool processes (decode, check, ingest)"
-    with get_engine().connect() as conn:
-        ours = {
-            int(pid)
-            for (pid,) in conn.exec_driver_sql(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %(db)s", {"db": db_name}
-            )
-        }
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if proc.info["pid"] in ours:
-            labels[proc.info["pid"]] = "PostgreSQL backends of this database"
-        elif cmd.startswith("postgres: ") and any(
-            k in cmd for k in ("walwriter", "checkpointer", "background writer", "autovacuum")
-        ):
-            labels[proc.info["pid"]] = "PostgreSQL shared (WAL writer, checkpointer, autovacuum)"
-        elif proc.info["name"] == "redis-server":
-            labels[proc.info["pid"]] = "Redis"
-    return labels
-
-
 def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str, http: Any = None) -> None:
     """CPU µs per heartbeat of each process over `count` heartbeats through the API module, or
     through HTTP when `http` is the (uvicorn process, its URL) to post to."""
-    labels = _processes(procs, db_name)
+    sender = "sender (this process: send_heartbeat, kombu, Redis client)"
     if http is not None:
-        labels[os.getpid()] = "HTTP clients (this process: 8 threads, http.client)"
-        labels[http[0].pid] = "uvicorn (the HTTP front, one process)"
-    before: dict[int, float | None] = {}
-    start = [0.0]
+        sender = "HTTP clients (this process: 8 threads, http.client)"
 
-    def started() -> None:
-        before.update({pid: _cpu_seconds(pid) for pid in labels})
-        start[0] = time.perf_counter()
+    def labels() -> dict[int, str]:
+        found = processes(procs, db_name, sender)
+        if http is not None:
+            found[http[0].pid] = "uvicorn (the HTTP front, one process)"
+        return found
 
+    meter = Meter(labels)
     if http is None:
-        rate = bench.through_api(count, started)
+        bench.through_api(count, meter.start)
     else:
-        rate = bench.through_http(count, http[1], started=started)
-    wall = time.perf_counter() - start[0]
-    labels.update({pid: label for pid, label in _processes(procs, db_name).items() if pid not in labels})
-    used: dict[str, float] = {}
-    for pid, label in labels.items():
-        after, first = _cpu_seconds(pid), before.get(pid)
-        if after is not None:
-            used[label] = used.get(label, 0.0) + after - (first or 0.0)
-    load = os.getloadavg()
-    print(f"{count} heartbeats through {'HTTP' if http else 'the API module'}: {rate:.0f}/s, {wall:.1f} s, "
-          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
-    for label, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
-        print(f"  {seconds / count * 1e6:7.1f} µs/heartbeat  {label}")
-    print(f"  {sum(used.values()) / count * 1e6:7.1f} µs/heartbeat  in all")
+        bench.through_http(count, http[1], started=meter.start)
+    meter.report(count, "heartbeat", f"{count} heartbeats through {'HTTP' if http else 'the API module'}")
 
 
 def embedded(args: argparse.Namespace) -> None:

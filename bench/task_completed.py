@@ -6,6 +6,7 @@ no-op task (`contracts.ping`) through the same broker, queue and two worker proc
 in the same run; the ratio is what our work costs on top of Celery's own per-message floor.
 
     python bench/task_completed.py [messages] [contracts]
+    python bench/task_completed.py --cpu [messages] [contracts]   # CPU µs per message of each process
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu import Meter, processes
 from tests.isolation import REDIS_URL, Isolation
 
-MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-CONTRACTS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+CPU = "--cpu" in sys.argv[1:]
+_ARGS = [a for a in sys.argv[1:] if a != "--cpu"]
+MESSAGES = int(_ARGS[0]) if _ARGS else 2000
+CONTRACTS = int(_ARGS[1]) if len(_ARGS) > 1 else 100
 SENDERS = 4
 
 
@@ -62,6 +66,10 @@ def main() -> None:
         # what is measured is the workers' rate, not one sender's round trips.
         from concurrent.futures import ThreadPoolExecutor
 
+        sender = f"sender (this process: {SENDERS} threads, the API module, kombu)"
+        meter = Meter(lambda: processes(workers, scratch.db_name, sender)) if CPU else None
+        if meter:
+            meter.start()
         start = time.perf_counter()
         with ThreadPoolExecutor(SENDERS) as pool:
             results = list(
@@ -70,6 +78,9 @@ def main() -> None:
         for r in results:
             r.get(timeout=120)
         noop_rate = MESSAGES / (time.perf_counter() - start)
+        if meter:
+            meter.report(MESSAGES, "message", "no-op Celery round trip")
+            meter.start()
 
         accept_times: list[float] = []
 
@@ -89,6 +100,8 @@ def main() -> None:
 
         wait_for(processed, timeout=600, interval=0.05, what="all task-completed messages committed")
         completed_rate = MESSAGES / (time.perf_counter() - start)
+        if meter:
+            meter.report(MESSAGES, "message", "task-completed end to end")
 
         print(f"task_completed bench: {MESSAGES} messages over {CONTRACTS} contracts, 2 worker processes")
         print(f"  no-op Celery round trip (baseline): {noop_rate:8.0f} msgs/s")
