@@ -169,6 +169,10 @@ def send_task(task: str, payload: dict[str, Any], countdown: float | None = None
         task,
         args=[payload],
         task_id=task_id,
+        # No sender reads a result (only the id goes back), and every task of ours ignores its
+        # own; without this a configured result backend had each send subscribe to the task's
+        # result channel (Celery's `on_task_call`), a Redis round trip and a listener per send.
+        ignore_result=True,
         queue=queue_for(task).value,
         countdown=countdown if countdown and countdown > 0 else None,
         serializer=FAST_JSON if task in FAST_JSON_TASKS else None,

@@ -57,29 +57,33 @@ def processes(procs: Iterable[Any], db_name: str, sender: str) -> dict[int, str]
 
 
 class Meter:
-    """CPU of each labelled process between `start()` and `report()`; processes that appear
-    in between (a new PostgreSQL backend, a replaced pool process) are counted from zero."""
+    """CPU of each labelled process summed over `start()`/`stop()` spans, printed by `report()`.
+    Processes that appear in a span (a new PostgreSQL backend, a replaced pool process) are
+    counted from zero."""
 
     def __init__(self, relabel: Any) -> None:
-        self._relabel = relabel  # () -> dict[int, str], read again at the end
+        self._relabel = relabel  # () -> dict[int, str], read again at each stop
         self.labels: dict[int, str] = relabel()
         self._before: dict[int, float | None] = {}
         self._start = 0.0
+        self._used: dict[str, float] = {}
+        self.wall = 0.0
 
     def start(self) -> None:
         self._before = {pid: cpu_seconds(pid) for pid in self.labels}
         self._start = time.perf_counter()
 
-    def report(self, count: int, unit: str, title: str) -> None:
-        wall = time.perf_counter() - self._start
+    def stop(self) -> None:
+        self.wall += time.perf_counter() - self._start
         self.labels.update({pid: lbl for pid, lbl in self._relabel().items() if pid not in self.labels})
-        used: dict[str, float] = {}
         for pid, label in self.labels.items():
             after, first = cpu_seconds(pid), self._before.get(pid)
             if after is not None:
-                used[label] = used.get(label, 0.0) + after - (first or 0.0)
-        load = os.getloadavg()
-        print(f"{title}: {count / wall:.0f}/s, {wall:.1f} s, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        for label, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+                self._used[label] = self._used.get(label, 0.0) + after - (first or 0.0)
+
+    def report(self, count: int, unit: str, title: str) -> None:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"{title}: {count / self.wall:.0f}/s, {self.wall:.1f} s, load {load}")
+        for label, seconds in sorted(self._used.items(), key=lambda kv: -kv[1]):
             print(f"  {seconds / count * 1e6:8.1f} µs/{unit}  {label}")
-        print(f"  {sum(used.values()) / count * 1e6:8.1f} µs/{unit}  in all")
+        print(f"  {sum(self._used.values()) / count * 1e6:8.1f} µs/{unit}  in all")

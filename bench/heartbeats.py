@@ -490,6 +490,7 @@ def cpu_breakdown(bench: Bench, procs: list[Any], count: int, db_name: str, http
         bench.through_api(count, meter.start)
     else:
         bench.through_http(count, http[1], started=meter.start)
+    meter.stop()
     meter.report(count, "heartbeat", f"{count} heartbeats through {'HTTP' if http else 'the API module'}")
 
 

@@ -139,3 +139,31 @@ def test_heartbeat_lists_travel_as_orjson_text_and_other_tasks_as_kombu_json(red
     args = loads(body, beat["content-type"], beat["content-encoding"], accept=[FAST_JSON_CONTENT_TYPE])[0]
     assert args == [payload]
     assert envelopes[Queue.CONTRACTS]["content-type"] == "application/json"
+
+
+def test_sends_with_a_result_backend_configured_ask_for_no_result(
+    redis_keyspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No sender reads a task's result, so a send does not subscribe to it even where a result
+    backend is configured (for Flower, say): the message says `ignore_result` and the backend's
+    result consumer is never started."""
+    import json
+
+    import app.broker as broker
+    from app.config import get_settings
+    from app.queues import Queue, TaskName
+
+    settings = get_settings().model_copy(update={"result_backend": REDIS_URL})
+    with_backend = broker.build_celery(settings)
+    monkeypatch.setattr(broker, "_celery", with_backend)
+    broker.send_task(TaskName.EVALUATE_PROGRESS.value, {"contractId": "probe"})
+
+    plain = redis.Redis.from_url(REDIS_URL)
+    try:
+        key = f"{redis_keyspace}{Queue.CONTRACTS.value}"
+        (raw,) = plain.lrange(key, 0, -1)
+        plain.delete(key)
+    finally:
+        plain.close()
+    assert json.loads(raw)["headers"]["ignore_result"] is True
+    assert with_backend.backend.result_consumer._pubsub is None
