@@ -346,8 +346,11 @@ def prune_events(session: Session, now: datetime, retention_days: float, batch: 
 
 
 # How long the publisher waits after the first queued message for others to join its publish.
-# Well under what the live monitor's latency can notice (its bar is a p99 of 250 ms).
-PUBLISH_LINGER_SECONDS: Final = 0.005
+# Well under what the live monitor's latency can notice (its bar is a p99 of 250 ms). At 5 ms a
+# worker committing a report every 7-8 ms woke the thread (a GIL hand-off and a PUBLISH) once
+# per report; at 20 ms three or four reports share each wake, which took 240-290 µs of pool CPU
+# off every task-completed message in `bench/task_completed.py --cpu`.
+PUBLISH_LINGER_SECONDS: Final = 0.02
 
 
 class _Publisher:
