@@ -22,10 +22,16 @@ The dead letter is kept as well: it is the inspectable record.
 - **What it says.** Like every refusal of a foreign task id (`app.foreign_tasks`), the
   contract that holds the id is named (`heldBy`) only when it has the same owner as the one
   the heartbeat named; anyone else reads that the id cannot be used on this contract.
+- **What a person sees.** A command on a queue is read by a daemon, and the dead letter says
+  only "another contract's supervisor or task" until its raw body is opened, so every refusal
+  is also logged (`app.heartbeats`, WARNING) with the contract, task id, heartbeats, holder,
+  the queue told (or that it was told before) and the reason: an operator watching the
+  worker sees the race without a daemon's queue to read, whichever daemon, if any, was named.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +46,9 @@ from app.models import Contract, ContractTask, DaemonCommand, Supervisor
 
 # What a daemon whose heartbeats were refused for another contract's task id is told.
 REFUSED_COMMAND: Final = "heartbeat_refused"
+
+# The ingestion's one logger (`app.heartbeats_pg`, `app.heartbeats_sqlite`).
+log = logging.getLogger("app.heartbeats")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,30 +82,47 @@ def tell_refused(uow: UnitOfWork, claims: Sequence[ForeignClaim], now: datetime)
     for claim in claims:
         holder = next((h for h in holders.get(claim.task_id, ()) if h[0] != claim.contract_id), None)
         if holder is None:  # no other contract holds it (a row removed meanwhile): nothing to say
+            log.warning(
+                "heartbeat %s on contract %s refused: task id %s may start a supervisor whose row was "
+                "removed meanwhile, and no other contract holds it; nothing queued",
+                claim.heartbeat_id,
+                claim.contract_id,
+                claim.task_id,
+            )
             continue
         held_by[(claim.contract_id, claim.task_id)] = holder
         daemon = claim.daemon_id if claim.daemon_id is not None else known.get((claim.contract_id, None))
         grouped.setdefault((claim.contract_id, claim.task_id, daemon), {})[claim.heartbeat_id] = None
     told = _already_told(uow, {contract for contract, _, _ in grouped})
-    commands = [
-        NewCommand(
-            contract_id,
-            REFUSED_COMMAND,
-            refused_payload(
-                contract_id,
-                task_id,
-                daemon_id,
-                list(ids),
-                held_by[(contract_id, task_id)],
-                owners.get(contract_id),
-            ),
-            daemon_id=daemon_id,
-        )
-        for (contract_id, task_id, daemon_id), ids in grouped.items()
-        if (contract_id, task_id, daemon_id) not in told
-    ]
+    commands: list[NewCommand] = []
+    for (contract_id, task_id, daemon_id), ids in grouped.items():
+        holder = held_by[(contract_id, task_id)]
+        payload = refused_payload(contract_id, task_id, daemon_id, list(ids), holder, owners.get(contract_id))
+        again = (contract_id, task_id, daemon_id) in told
+        if not again:
+            commands.append(NewCommand(contract_id, REFUSED_COMMAND, payload, daemon_id=daemon_id))
+        _log_refusal(payload, holder[0], again)
     queue_commands(uow, commands, now)
     return len(commands)
+
+
+def _log_refusal(payload: dict[str, Any], holder: uuid.UUID, again: bool) -> None:
+    """The refusal for a person: the holder named whatever the owners (operators read this),
+    and where the sender was told."""
+    daemon_id = payload["daemonId"]
+    queue = (
+        "the owner's own command queue" if daemon_id is None else f"the command queue of daemon {daemon_id!r}"
+    )
+    log.warning(
+        "heartbeat(s) %s on contract %s refused: task id %s is held by contract %s; %s %s: %s",
+        ", ".join(payload["heartbeatIds"]),
+        payload["contractId"],
+        payload["taskId"],
+        holder,
+        "already told on" if again else f"{REFUSED_COMMAND} queued for",
+        queue,
+        payload["reason"],
+    )
 
 
 def refused_payload(

@@ -10,13 +10,14 @@ to a real worker in order; the rules are also checked on both dialects in-proces
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 
 from app import heartbeats
 from app.api import ContractsAPI
@@ -148,6 +149,12 @@ def test_the_losing_daemon_of_a_race_past_the_fronts_is_told_once_even_when_its_
         f"supervisor with a new task id: heartbeats naming {task} on contract {lost} are refused.",
     }
     assert told[0]["daemonId"] == loser
+    said = f"heartbeat(s) {refused_id} on contract {lost} refused: task id {task} is held by contract {won}; "
+    assert (
+        f"{said}heartbeat_refused queued for the command queue of daemon '{loser}': {payload['reason']}"
+        in (worker.log())
+    )
+    assert f"{said}already told on the command queue of daemon '{loser}': {payload['reason']}" in worker.log()
 
     # The winner is untouched: its row, its daemon's queue, its contract's commands.
     assert supervisor_row(task) == before
@@ -237,3 +244,87 @@ def test_a_refused_claim_is_told_once_to_its_daemon_on_both_dialects(
             assert supervisor_row(started, engine) is None
     finally:
         local.dispose()
+
+
+def test_a_heartbeat_without_a_daemon_id_that_loses_to_a_task_report_is_told_on_its_owners_queue(
+    worker: WorkerProcess, make_caller
+) -> None:
+    """The fronts accept a first heartbeat naming a new task id; before the worker ingests it,
+    a task report naming that id on another contract commits. The worker refuses the
+    heartbeat, and since it names no daemon and no daemon was ever heard for its contract, its
+    owner's own command queue carries the notice a daemon's queue would; the worker's log
+    tells a person the same, with the holder."""
+    token, me = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    quiet, busy = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("quiet", "busy"))
+    task = uuid.uuid4()
+
+    sent: list[dict[str, Any]] = []
+    flush = http_flush(
+        None, get_settings(), lambda _task, payload, _countdown=None: sent.append(payload) or ""
+    )
+    group = parse_submission(api.caller, [hb(quiet, task, utcnow())])  # no daemonId
+    flush([group])
+    assert [r.accepted for r in group.results] == [True]
+    refused_id = group.parsed[0][1]["id"]
+
+    # Between the 202 and the ingestion, a task report claims the id on the other contract.
+    report = api.report_task_started(busy, task, "build")
+    wait_for(lambda: api.message_status(report).status == "applied", what="the task report applied")
+
+    send_task(TaskName.INGEST_HEARTBEATS.value, sent[0])
+    wait_for(lambda: refused_lists_naming(quiet) == 1, what="the heartbeat list ingested")
+
+    told = wait_for(
+        lambda: [c for c in commands_received(None, owner=me.owner_id) if c["contractId"] == str(quiet)],
+        what="the owner's queue's command",
+    )
+    assert [c["command"] for c in told] == [REFUSED_COMMAND]
+    assert told[0]["daemonId"] is None
+    reason = (
+        f"Task id {task} already belongs to contract {busy} (as a task reported started there); start "
+        f"this supervisor with a new task id: heartbeats naming {task} on contract {quiet} are refused."
+    )
+    assert told[0]["payload"] == {
+        "contractId": str(quiet),
+        "taskId": str(task),
+        "heartbeatIds": [refused_id],
+        "daemonId": None,
+        "heldBy": str(busy),
+        "reason": reason,
+    }
+    assert supervisor_row(task) is None
+    assert (
+        f"heartbeat(s) {refused_id} on contract {quiet} refused: task id {task} is held by contract "
+        f"{busy}; heartbeat_refused queued for the owner's own command queue: {reason}"
+    ) in worker.log()
+
+
+def test_a_refusal_no_other_contract_explains_is_logged_with_nothing_queued(
+    make_caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that saw a supervisor's row skips making it again; when the row was removed
+    since (its contract deleted, say), the fold refuses the heartbeat that would have started
+    it, yet no other contract holds the id, so there is nothing to tell a daemon: the log says
+    so for a person."""
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    contract = uuid.UUID(str(api.create_contract("row removed", "simple").id))
+    task = uuid.uuid4()
+
+    def ingest(item: dict[str, Any]) -> Any:
+        return heartbeats.ingest(message_of({api.caller.principal_id: [item]}), sender=send_task)
+
+    assert ingest(hb(contract, task, utcnow(), daemonId="d-gone")).stored == 1
+    with unit_of_work() as uow:
+        uow.session.execute(delete(SupervisorHeartbeat).where(SupervisorHeartbeat.task_id == task))
+        uow.session.execute(delete(Supervisor).where(Supervisor.task_id == task))
+
+    again = hb(contract, task, utcnow(), daemonId="d-gone")
+    with caplog.at_level(logging.WARNING, logger="app.heartbeats"):
+        assert len(ingest(again).refused) == 1
+    assert refused_commands(contract) == []
+    assert caplog.messages == [
+        f"heartbeat {again['id']} on contract {contract} refused: task id {task} may start a supervisor "
+        "whose row was removed meanwhile, and no other contract holds it; nothing queued"
+    ]
