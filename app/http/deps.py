@@ -136,8 +136,9 @@ async def strict_query(connection: HTTPConnection) -> None:
     `create_app` gives it to every route; it judges those under `/api/v1/` (the API). The
     probes, the docs, the metrics and the dashboard page take no parameters, so none could be
     misread there, and their callers (load balancers, scrapers, browsers) are not ours to hold
-    to the API's rules. The WebSocket monitor takes its filter as a message, judged by its own
-    rules.
+    to the API's rules. The WebSocket monitor's handshake cannot be answered 422, so its
+    endpoint judges its query string by the same rule and closes with 4400
+    (`app.http.monitor_ws`).
     """
     scope = connection.scope
     if scope["type"] != "http" or not scope["query_string"]:

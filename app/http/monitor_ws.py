@@ -17,6 +17,12 @@ WebSocket protocol (README "Live monitor"):
    and task for as long as the client kept it open.
 3. Send another filter message at any time to change the filter (no catch-up is redone).
 
+The URL takes no query parameters (the filter is a message). Like every `/api/v1` request
+(`app.http.query_params`), a query parameter the route does not take, one given twice or an
+empty one is refused, not passed over: once the caller is authenticated, 4400 after an `error`
+naming each parameter and the ones allowed (`[]`), so `?contractIds=X` can never quietly
+subscribe the client to every contract.
+
 Close codes (`app.http.errors`): 4401 not authenticated (a bad token, no authentication
 within `[monitor] auth_timeout_seconds`, or a token revoked or expired while the connection is
 open: each open subscription's token is looked up again every `[monitor] token_recheck_seconds`,
@@ -52,6 +58,7 @@ import logging
 from typing import Any, Final
 
 from fastapi import APIRouter, WebSocket
+from fastapi.routing import APIWebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -61,8 +68,10 @@ from app.http.errors import API_PREFIX, WS_FEATURE_DISABLED, WS_TOO_SLOW, WS_UNA
 from app.http.monitor import FLAG, hub_of, parse_after
 from app.http.monitor_auth import authenticate_socket, lapsed_error, token_lapsed
 from app.http.monitor_socket import close, receive_json, refuse
+from app.http.problems import summary
+from app.http.query_params import query_problems
 from app.monitor import Hub
-from app.monitor_filter import FilterError, MonitorFilter
+from app.monitor_filter import FILTER_FIELDS, FilterError, MonitorFilter
 from app.monitor_subscribers import DirectSend, Subscriber, pump
 from app.schemas import ErrorCode
 
@@ -105,6 +114,8 @@ async def monitor(websocket: WebSocket) -> None:
     if authenticated is None:
         return
     caller, token = authenticated
+    if not await _query_taken(websocket):
+        return
     message = await _subscription(websocket)
     if message is None:
         return
@@ -160,6 +171,30 @@ async def _serve(
     ):
         log.warning("monitor: sending failed: %s", sender.exception())
         await close(websocket, 1011, "internal error")
+
+
+async def _query_taken(websocket: WebSocket) -> bool:
+    """Whether the upgrade's query string is one the route takes (it declares no parameter: the
+    filter is a message), by the rule every `/api/v1` request is held to
+    (`app.http.query_params`); else a 4400 close after an `error` naming each parameter.
+
+    Passed over, `?contractIds=X` would have subscribed the client to every contract while it
+    believed it had asked for X. Judged once the caller is known, as the HTTP API answers a
+    stranger's query string with its 401 first."""
+    route = websocket.scope.get("route")
+    if not websocket.scope.get("query_string") or not isinstance(route, APIWebSocketRoute):
+        return True
+    problems = query_problems(route, websocket.query_params.multi_items())
+    if not problems:
+        return True
+    await refuse(
+        websocket,
+        problems,
+        message=f"The query string was refused: {summary(problems)}. The live monitor takes its filter "
+        f"({', '.join([*FILTER_FIELDS, 'after'])}) as a message, not in the URL, and its token in the "
+        "Authorization header or an auth message.",
+    )
+    return False
 
 
 async def _subscription(websocket: WebSocket) -> dict[str, Any] | None:

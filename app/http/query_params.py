@@ -19,6 +19,11 @@ holds:
   documented (`?cursor=`: the first page) is marked `EMPTY_MEANS_DEFAULT` beside its `Query`,
   and keeps that meaning.
 
+The live monitor's WebSocket (`WS /api/v1/contracts/monitor`) is held to the same rule: its
+handshake is no request a dependency can answer with 422, so the endpoint judges its query
+string itself (`query_problems` on its route) and closes with 4400 after an `error` naming the
+parameter (`app.http.monitor_ws`). It declares no query parameter, so any is refused.
+
 What a route takes comes from its dependant (its own parameters, its dependencies' and the
 fields of a query model, by the names the API spells them), worked out once per route, so a
 new endpoint is covered by declaring its parameters, and this rule and the published schema
@@ -36,8 +41,11 @@ from typing import Any, Final
 # model's fields are read, exactly as FastAPI itself does when it reads the query string.
 from fastapi._compat import ModelField, field_annotation_is_sequence, get_cached_model_fields
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from pydantic import BaseModel
+
+# A route whose query string is judged: an HTTP one, or the live monitor's WebSocket.
+QueryRoute = APIRoute | APIWebSocketRoute
 
 # Where a route keeps what it takes, worked out on its first request with a query string
 # (routes compare by path and endpoint, so they cannot be the keys of a cache).
@@ -98,7 +106,7 @@ def _takes_empty(field: ModelField) -> bool:
     return not errors
 
 
-def spec_of(route: APIRoute) -> QuerySpec:
+def spec_of(route: QueryRoute) -> QuerySpec:
     """What `route` takes, worked out from its dependant on the first call, then kept on it."""
     known = route.__dict__.get(_SPEC_ATTRIBUTE)
     if isinstance(known, QuerySpec):
@@ -120,7 +128,7 @@ def spec_of(route: APIRoute) -> QuerySpec:
     return spec
 
 
-def query_parameter_names(route: APIRoute) -> list[str]:
+def query_parameter_names(route: QueryRoute) -> list[str]:
     """The query parameters `route` takes, as the API spells them, to list beside a refusal."""
     return list(spec_of(route).names)
 
@@ -161,7 +169,7 @@ def _empty(name: str) -> dict[str, Any]:
     }
 
 
-def query_problems(route: APIRoute, items: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+def query_problems(route: QueryRoute, items: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     """What is wrong with a query string (its `(name, value)` pairs, in order) for `route`: one
     problem per parameter, the first rule it breaks of unknown, repeated, empty, and at most
     MOST_PROBLEMS of them."""
@@ -184,6 +192,7 @@ __all__ = [
     "EMPTY_MEANS_DEFAULT",
     "MOST_PROBLEMS",
     "EmptyMeansDefault",
+    "QueryRoute",
     "QuerySpec",
     "query_parameter_names",
     "query_problems",

@@ -290,11 +290,14 @@ def test_bad_filter_and_bad_token_close_with_their_codes(server: str, make_calle
     assert [m["type"] for m in before] == ["error"]
 
 
-def _refused(server: str, token: str, *messages: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]]]:
-    """Send the messages, then read until the close: its code, its reason and what came before."""
+def _refused(
+    server: str, token: str, *messages: dict[str, Any], query: str = ""
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """Connect (with `query` after the path), send the messages, then read until the close:
+    its code, its reason and what came before."""
     from websockets.sync.client import connect
 
-    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor"
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor" + query
     before: list[dict[str, Any]] = []
     with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         for message in messages:
@@ -412,6 +415,89 @@ def test_both_spellings_of_every_filter_field_and_a_redundant_auth_message_are_a
         ws.send(json.dumps({"type": "auth", "token": token}))
         ws.send(json.dumps(camel))
         assert json.loads(ws.recv(timeout=5)) == {"type": "subscribed", "filter": camel, "after": None}
+
+
+TAKES_NONE = "is not a query parameter of this request, which takes none"
+FILTER_IS_A_MESSAGE = (
+    "The live monitor takes its filter (contractIds, statuses, includeStale, includeHeartbeats, after) "
+    "as a message, not in the URL, and its token in the Authorization header or an auth message."
+)
+
+
+@pytest.mark.parametrize(
+    ("query", "named", "given"),
+    [
+        (f"?contractIds={uuid.UUID(int=7)}", "contractIds", str(uuid.UUID(int=7))),
+        ("?token=mk_abc", "token", "mk_abc"),
+        ("?statuses=", "statuses", ""),  # empty
+        ("?after=1&after=2", "after", "1"),  # repeated
+        ("?=x", "", "x"),  # a value with no name
+    ],
+    ids=["contractIds", "token", "empty", "repeated", "no-name"],
+)
+def test_the_websocket_refuses_any_query_parameter_with_4400_after_an_error_naming_it(
+    server: str, make_caller: Any, query: str, named: str, given: str
+) -> None:
+    """Passed over, `?contractIds=X` subscribed the client to every contract while it believed
+    it had asked for X. The URL takes nothing (the filter is a message), so every parameter is
+    refused by the /api/v1 rule, even with a good filter message sent after it."""
+    token, _ = _api(make_caller)
+    code, reason, before = _refused(server, token, {"statuses": ["active"]}, query=query)
+    assert (code, reason) == (4400, f"{named}: {TAKES_NONE}")
+    [error] = before  # no `subscribed`: the error message, then the close
+    assert error == {
+        "type": "error",
+        "error": {
+            "code": "INVALID_REQUEST",
+            "message": f"The query string was refused: {named}: {TAKES_NONE}. {FILTER_IS_A_MESSAGE}",
+            "details": {
+                "problems": [
+                    {
+                        "field": named,
+                        "in": "query",
+                        "type": "extra_forbidden",
+                        "problem": TAKES_NONE,
+                        "given": given,
+                        "allowed": [],
+                    }
+                ]
+            },
+        },
+    }
+
+
+def test_the_websocket_names_every_query_parameter_it_refuses_and_a_browser_learns_it_after_its_auth(
+    server: str, make_caller: Any
+) -> None:
+    from websockets.sync.client import connect
+
+    token, _ = _api(make_caller)
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor?includeStale=true&x=1&x=2"
+    with connect(url) as ws:  # a browser: no header, an auth message first
+        ws.send(json.dumps({"type": "auth", "token": token}))
+        error = json.loads(ws.recv(timeout=5))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert [(p["field"], p["type"]) for p in error["error"]["details"]["problems"]] == [
+        ("includeStale", "extra_forbidden"),
+        ("x", "extra_forbidden"),
+    ]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+    assert closed.value.rcvd.reason.startswith(f"includeStale: {TAKES_NONE}; x: "), closed.value.rcvd.reason
+
+
+def test_a_stranger_with_a_query_string_on_the_websocket_learns_only_that_it_is_not_authenticated(
+    server: str,
+) -> None:
+    from websockets.sync.client import connect
+
+    url = server.replace("http://", "ws://") + "/api/v1/contracts/monitor?contractIds=x"
+    with (
+        connect(url, additional_headers={"Authorization": "Bearer mk_nope"}) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
 @pytest.mark.parametrize("query", ["contractID=x", "contract_ids=x", "foo=1&statuses=active"])
