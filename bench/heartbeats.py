@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cpu import Meter, cpu_seconds, processes
+from bench._cpu import Meter, cpu_seconds, processes
 from tests.isolation import Isolation
 
 SEED_TARGET = 1000  # heartbeats/s the seed's fleet needs (plan Task 3.2 load test)

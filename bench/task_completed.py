@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cpu import Meter, processes
+from bench._cpu import Meter, processes
 from tests.isolation import REDIS_URL, Isolation
 
 CPU = "--cpu" in sys.argv[1:]
