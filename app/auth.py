@@ -29,6 +29,7 @@ from typing import Any, Final, Generic, TypeVar
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.domain.control_characters import ONE_LINE_RULE, one_line_problem
 from app.domain.errors import ValidationFailed
 from app.domain.phase_change import CONFIRMING_ROLES
 from app.models import ApiToken, Principal, utcnow
@@ -122,7 +123,14 @@ def parse_lifetime(raw: str) -> timedelta:
 
 
 def check_principal_fields(owner_id: str, name: str | None) -> None:
-    """Refuse what `principals` cannot store, before anything touches the database."""
+    """Refuse what `principals` cannot store, or would show other than stored, before anything
+    touches the database.
+
+    An owner and a name are shown as typed (`makima token list`, the CLI's own lines, an
+    owner's contracts, logs), so they follow the one-line rule the HTTP front holds names to
+    (`app.domain.control_characters`): a control character forges a line or repaints a
+    terminal, and a bidirectional control (U+202E) makes "team-a" and another owner read alike.
+    """
     if not owner_id.strip():
         raise ValidationFailed("An owner id is required.", missing=["owner"])
     for field, value, limit in (("owner", owner_id, MAX_OWNER_LENGTH), ("name", name, MAX_NAME_LENGTH)):
@@ -133,9 +141,11 @@ def check_principal_fields(owner_id: str, name: str | None) -> None:
                 f"The {field} may have at most {limit} characters; this one has {len(value)}.",
                 details={"field": field, "maxLength": limit, "length": len(value)},
             )
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        problem = one_line_problem(value)
+        if problem is not None:
             raise ValidationFailed(
-                f"The {field} may not contain control characters (tabs, newlines, NUL, ...).",
+                f"The {field} {problem}: a token's {field} is shown as typed, on one line, so it "
+                f"holds {ONE_LINE_RULE}.",
                 details={"field": field},
             )
 

@@ -76,10 +76,9 @@ def create_contract(
     phase_config: dict[str, Any] | None = None,
     now: datetime,
 ) -> Contract:
-    if not name.strip():
-        raise ValidationFailed("A contract needs a non-empty name.", missing=["name"])
     problem = name_problem(name, CONTRACT_NAME_RULE)
-    if problem is not None:  # the HTTP front refuses these first; the API module and the CLI here
+    if problem is not None:  # the HTTP front refuses the characters first; a blank name, and
+        # every problem from the API module and the CLI, here
         raise ValidationFailed(f"name {problem}", details={"field": "name"})
     if len(name) > MAX_NAME or len(contract_type) > MAX_ID:
         raise ValidationFailed(
@@ -371,7 +370,7 @@ def mark_deliverable(
 ) -> tuple[Contract, bool]:
     """Mark a deliverable of the current (or a named) phase; marking twice is one effect."""
     contract = lock_contract(uow.session, caller, contract_id)
-    if not first_delivery(uow, contract.id, message_id, "mark_deliverable", now):
+    if not first_delivery(uow, contract.id, caller.principal_id, message_id, "mark_deliverable", now):
         return contract, False
     refuse_if_closed(contract, "deliverables")
     phase = phase or contract.phase

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +17,11 @@ from app import schemas
 from app.domain.records import EventType
 from app.models import ContractEvent
 from app.pending_writes import hold_event
+
+# The bounds of a page of events (`GET .../events`, `ContractsAPI.events`): at most this many
+# a page, after an id `contract_events.id` (a bigint) can hold.
+MAX_EVENTS_PAGE: Final = 500
+MAX_EVENT_ID: Final = 2**63 - 1
 
 
 def record_event(
@@ -51,4 +56,4 @@ def event_view(event: ContractEvent) -> schemas.Event:
     )
 
 
-__all__ = ["event_view", "events_after", "record_event"]
+__all__ = ["MAX_EVENTS_PAGE", "MAX_EVENT_ID", "event_view", "events_after", "record_event"]

@@ -52,6 +52,9 @@ DEAD_SWEEP_BATCH: Final = 500
 MAX_DAEMON_SUPERVISORS: Final = 100
 DAEMONS_PAGE: Final = 100
 MAX_DAEMONS_PAGE: Final = 1000
+# A contract's heartbeat history (`GET .../supervisor/heartbeats`, `ContractsAPI.supervisor_heartbeats`).
+HEARTBEATS_PAGE: Final = 50
+MAX_HEARTBEATS_PAGE: Final = 1000
 MAX_FENCED_SOURCES: Final = 10  # the (task, incarnation, daemon) a SUPERVISOR_NOT_FOUND lists
 # The event type the dead sweep writes, snake_case like `app.domain.records.EventType`.
 SUPERVISOR_DEAD: Final = EventType.SUPERVISOR_DEAD.value
@@ -577,7 +580,9 @@ def supervisors_of(session: Session, contract_id: uuid.UUID) -> Sequence[Supervi
 
 __all__ = [
     "DAEMONS_PAGE",
+    "HEARTBEATS_PAGE",
     "MAX_DAEMONS_PAGE",
+    "MAX_HEARTBEATS_PAGE",
     "SYNC_COMMAND",
     "DaemonList",
     "DaemonView",

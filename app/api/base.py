@@ -8,12 +8,11 @@ declared here, typed, so each mixin is checked against them on its own.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -26,14 +25,14 @@ from app.contract_rows import get_contract, refuse_if_closed, refuse_if_closed_s
 from app.database_ready import missing_schema, require_existing_database
 from app.db import UnitOfWork, driver_autocommit, get_engine, unit_of_work
 from app.domain.errors import ContractNotFound, ValidationFailed
+from app.domain.message_ids import MAX_MESSAGE_ID as MAX_MESSAGE_ID
+from app.domain.message_ids import MESSAGE_ID as MESSAGE_ID
+from app.domain.message_ids import check_message_id
 from app.domain.uuids import id_argument
 from app.foreign_tasks import held_task, refuse_held_task
 from app.message_outcomes import Sent
 from app.models import utcnow
 from app.queues import TaskName
-
-MAX_MESSAGE_ID = 200
-MESSAGE_ID: Final = re.compile(rf"[A-Za-z0-9._:@-]{{1,{MAX_MESSAGE_ID}}}")
 
 
 def check_range(name: str, value: int, low: int, high: int) -> None:
@@ -141,13 +140,7 @@ class APIBase:
         contract_id = id_argument(contract_id, "contractId")
         if reported_task is not None:
             reported_task = id_argument(reported_task, "taskId")
-        message_id = message_id or str(uuid.uuid4())
-        if not MESSAGE_ID.fullmatch(message_id):
-            raise ValidationFailed(
-                f"A messageId is 1 to {MAX_MESSAGE_ID} characters of A-Z, a-z, 0-9 and . _ : @ - "
-                "(so it can be asked for by URL later), like a UUID.",
-                details={"length": len(message_id), "pattern": MESSAGE_ID.pattern},
-            )
+        message_id = check_message_id(message_id or str(uuid.uuid4()))
         payload = {
             "messageId": message_id,
             "principalId": str(self.caller.principal_id),

@@ -11,12 +11,12 @@ import uuid
 from typing import Any
 
 from app import completion_flow, contracts, schemas, views
-from app.api.base import APIBase
+from app.api.base import APIBase, check_range
 from app.contract_rows import get_contract
 from app.db import get_engine
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phase_change import PhaseChangeRequest
-from app.events import event_view, events_after
+from app.events import MAX_EVENT_ID, MAX_EVENTS_PAGE, event_view, events_after
 from app.views import ContractFilter, contract_view
 
 
@@ -135,7 +135,14 @@ class ContractsMixin(APIBase):
             contract = contracts.set_auto_complete(uow, self.caller, contract_id, enabled, now=self._clock())
             return contract_view(uow.session, contract)
 
-    def events(self, contract_id: uuid.UUID, after: int = 0, limit: int = 500) -> schemas.EventPage:
+    def events(
+        self, contract_id: uuid.UUID, after: int = 0, limit: int = MAX_EVENTS_PAGE
+    ) -> schemas.EventPage:
+        """The contract's events after id `after` (0 to 2**63-1), at most `limit` (1 to 500):
+        the HTTP endpoint's bounds, so a negative limit is the caller's VALIDATION_FAILED, not
+        a database error."""
+        check_range("after", after, 0, MAX_EVENT_ID)
+        check_range("limit", limit, 1, MAX_EVENTS_PAGE)
         with self._uow() as uow:
             get_contract(uow.session, self.caller, contract_id)
             rows = events_after(uow.session, contract_id, after, limit)

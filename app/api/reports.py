@@ -16,6 +16,7 @@ from app import message_outcomes
 from app import worktrees as worktree_service
 from app.api.base import APIBase
 from app.domain.errors import ValidationFailed
+from app.domain.message_ids import check_message_id
 from app.domain.reported_text import TASK_NAME_RULE, name_problem
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.queues import TaskName
@@ -51,9 +52,10 @@ class ReportsMixin(APIBase):
         Another principal's message answers `unknown`, exactly like one never sent; an admin
         sees every principal's (`principal_id` names the sender when several used the id:
         `message_outcomes.find`). The id as the report returned it, or a `UUID` like every
-        other id this module takes.
+        other id this module takes. An id no report could carry (`app.domain.message_ids`) is
+        VALIDATION_FAILED naming the rule, not `unknown`: no resend could ever make it known.
         """
-        message_id = str(message_id)
+        message_id = check_message_id(str(message_id))
         with self._uow() as uow:
             return message_outcomes.status_view(
                 message_id, message_outcomes.find(uow.session, self.caller, message_id, principal_id)
@@ -64,9 +66,10 @@ class ReportsMixin(APIBase):
 
         Idempotent: the worker claims the id in the transaction that applies it, so a resend
         of a message that was not lost after all is applied once. `unknown` (never accepted
-        from this caller) sends nothing: the caller must report it afresh.
+        from this caller) sends nothing: the caller must report it afresh. An id no report could
+        carry is VALIDATION_FAILED naming the rule.
         """
-        message_id = str(message_id)
+        message_id = check_message_id(str(message_id))
         with self._uow() as uow:
             row = message_outcomes.find(uow.session, self.caller, message_id, principal_id)
             if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:

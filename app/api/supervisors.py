@@ -84,9 +84,13 @@ class SupervisorsMixin(APIBase):
                 uow.session, self.caller, contract_id, self._clock(), self._heartbeat_timeout()
             )
 
-    def supervisor_heartbeats(self, contract_id: uuid.UUID, limit: int = 50) -> supervisors.HeartbeatList:
-        """The contract's heartbeats of the last 24 hours, newest first."""
+    def supervisor_heartbeats(
+        self, contract_id: uuid.UUID, limit: int = supervisors.HEARTBEATS_PAGE
+    ) -> supervisors.HeartbeatList:
+        """The contract's heartbeats of the last 24 hours, newest first: at most `limit` (1 to
+        1000, the HTTP endpoint's bounds; outside them VALIDATION_FAILED, not a database error)."""
         heartbeat_buffer.require_enabled(self._settings)
+        check_range("limit", limit, 1, supervisors.MAX_HEARTBEATS_PAGE)
         with self._uow() as uow:
             return supervisors.heartbeat_history(uow.session, self.caller, contract_id, limit, self._clock())
 

@@ -77,6 +77,10 @@ def token_list(
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.TABLE,
 ) -> None:
     """List tokens, newest first, revoked and expired ones included; never their secret."""
+    from app.auth import check_principal_fields
+
+    if owner is not None:  # by create's rule: an owner no token can have is an error, not "No tokens"
+        check_principal_fields(owner, None)
     load_settings()
     from app.auth import list_tokens
     from app.db import unit_of_work

@@ -10,7 +10,8 @@ U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069, category Cf) make text lie
 breaking it: "report", U+202E (right-to-left override), "fdp.exe" is shown as "reportexe.pdf",
 and a name or a host can be made to read as another one. The text rules ask this one question
 (`first_control_or_separator`), so none takes what another refuses, and word their refusals
-with `kind_of`, `one_line_problem` and `ONE_LINE_RULE`.
+with `kind_of`, `one_line_problem` and `ONE_LINE_RULE`. What "only blanks" means, for a name
+and a question alike, is here too (`is_blank`).
 
 Pure (stdlib only).
 """
@@ -58,6 +59,20 @@ def first_control_or_separator(text: str) -> str | None:
     )
 
 
+# What "only blanks" means: whitespace and the invisible format characters (zero-width space
+# U+200B, BOM U+FEFF, ...) that `str.strip` keeps but no reader sees.
+_BLANK_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc"})
+
+
+def is_blank(value: str) -> bool:
+    """Whether `value` has nothing a person can read: empty, or only whitespace and Unicode
+    format characters (categories Zs, Zl, Zp, Cf like U+200B and U+FEFF, and Cc).
+
+    One meaning for a question's text and a contract's or a task's name: a name of spaces, or
+    of a zero-width space, is shown as nothing in the dashboard and the logs."""
+    return all(c.isspace() or unicodedata.category(c) in _BLANK_CATEGORIES for c in value)
+
+
 def kind_of(char: str) -> str:
     """What `char`, found by `first_control_or_separator`, is, as a refusal names it: a
     bidirectional control is not called a line break, nor a newline a bidi control."""
@@ -91,6 +106,7 @@ __all__ = [
     "ONE_LINE_RULE",
     "code_point",
     "first_control_or_separator",
+    "is_blank",
     "kind_of",
     "one_line_problem",
 ]

@@ -27,9 +27,12 @@ from app.domain.control_characters import (
 
 MAX_DAEMON_ID: Final = 200
 
+# The ids that read as a path's "this directory" and "parent directory": refused, whole.
+DOT_SEGMENTS: Final = frozenset({".", ".."})
+
 # What is allowed, in the words every refusal ends with.
 DAEMON_ID_RULE: Final = (
-    f"a daemon id is 1 to {MAX_DAEMON_ID} characters, not blank, "
+    f"a daemon id is 1 to {MAX_DAEMON_ID} characters, not blank, not '.' or '..', "
     "with no NUL or other control character (newline, tab, ...), no line or paragraph separator "
     f"(U+2028, U+2029), no bidirectional control ({BIDI_CONTROLS_NAMED}) and no U+FFFD"
 )
@@ -46,7 +49,9 @@ def daemon_id_problem(value: object) -> str | None:
     looked for before blankness: an id of a newline or a tab alone is refused for the
     character it holds, not as blank (Python counts both as whitespace). U+FFFD is what
     undecodable bytes in a URL become, so two different byte strings would read one feed. A
-    lone surrogate cannot be stored as UTF-8.
+    lone surrogate cannot be stored as UTF-8. "." and ".." are path segments, not names: a
+    client or proxy normalizing `/api/v1/daemons/../commands` never reaches that daemon's feed,
+    and a queue or log line ending in ".." reads as a parent directory.
     """
     if not isinstance(value, str):
         return "must be a string"
@@ -61,6 +66,13 @@ def daemon_id_problem(value: object) -> str | None:
         return f"must not contain {what} (found {code_point(bad)}): {DAEMON_ID_RULE}"
     if not value.strip():
         return "must not be blank"
+    if value in DOT_SEGMENTS:
+        return (
+            f"must not be '{value}': the id is a segment of the feed's path "
+            "(/api/v1/daemons/{daemonId}/commands) and of queue names and log lines, where "
+            f"'{value}' reads as {'this' if value == '.' else 'the parent'} directory, not a daemon: "
+            f"{DAEMON_ID_RULE}"
+        )
     if len(value) > MAX_DAEMON_ID:
         return f"is at most {MAX_DAEMON_ID} characters (this one has {len(value)})"
     if "\ufffd" in value:
@@ -80,4 +92,4 @@ def daemon_id_refusal(value: object, field: str = "daemonId") -> str | None:
     return None if problem is None else f"{field} {problem}."
 
 
-__all__ = ["DAEMON_ID_RULE", "MAX_DAEMON_ID", "daemon_id_problem", "daemon_id_refusal"]
+__all__ = ["DAEMON_ID_RULE", "DOT_SEGMENTS", "MAX_DAEMON_ID", "daemon_id_problem", "daemon_id_refusal"]

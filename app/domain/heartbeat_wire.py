@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from app.domain.daemon_ids import MAX_DAEMON_ID
+from app.domain.daemon_ids import DOT_SEGMENTS, MAX_DAEMON_ID
 from app.domain.heartbeats import (
     FIELDS,
     MAX_PENDING_TASKS,
@@ -54,7 +54,8 @@ def _plain_text(raw: Any, limit: int) -> bool:
 
 
 def _plain_daemon_id(raw: Any) -> bool:
-    """ASCII, printable, not blank, within the limit: `daemon_id_problem` finds nothing in it.
+    """ASCII, printable, not blank, not "." or "..", within the limit: `daemon_id_problem`
+    finds nothing in it.
 
     Printable ASCII is ASCII without the control characters (U+0000-U+001F, U+007F), the only
     ones the rule could find there; any other id is left to the rule itself.
@@ -65,6 +66,7 @@ def _plain_daemon_id(raw: Any) -> bool:
         and raw.isascii()
         and raw.isprintable()
         and raw.strip() != ""
+        and raw not in DOT_SEGMENTS
     )
 
 

@@ -21,13 +21,13 @@ question and an answer the same way:
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from app.domain.control_characters import is_blank
 from app.domain.daemon_ids import MAX_DAEMON_ID, daemon_id_refusal
 from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status, WaitingFor
@@ -100,17 +100,6 @@ class QuestionDraft:
             "context": self.context,
         }
         return [name for name in stored if stored[name] != given[name]]
-
-
-# What "only blanks" means: whitespace and the invisible format characters (zero-width space
-# U+200B, BOM U+FEFF, ...) that `str.strip` keeps but no reader sees.
-_BLANK_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc"})
-
-
-def is_blank(value: str) -> bool:
-    """Whether `value` has nothing a person can read: empty, or only whitespace and Unicode
-    format characters (categories Zs, Zl, Zp, Cf like U+200B and U+FEFF, and Cc)."""
-    return all(c.isspace() or unicodedata.category(c) in _BLANK_CATEGORIES for c in value)
 
 
 def _refuse(field: str, message: str, missing: bool = False, **details: Any) -> ValidationFailed:

@@ -8,16 +8,17 @@ sent (`GET /api/v1/daemons`, the dashboard, the monitor, fence notices, restart 
 so each is one line that reads as stored: no control character, line separator or
 bidirectional control (`app.domain.control_characters`). A contract's name (given by a person
 or a daemon when it is created) and a task's name (in a daemon's task reports) are shown in the
-same places and held to the same rule (`name_problem`). Here are their bounds, their rules in
-the words every refusal ends with, and the host's rule itself (`host_problem`); a daemon's id
-has its own module (`app.domain.daemon_ids`).
+same places and held to the same rule (`name_problem`), which also refuses a name of blanks
+alone: a task reported as " " was listed with no name at all. Here are their bounds, their
+rules in the words every refusal ends with, and the host's rule itself (`host_problem`); a
+daemon's id has its own module (`app.domain.daemon_ids`).
 
 Pure (stdlib only).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 from app.domain.control_characters import (
     BIDI_CONTROLS,
@@ -25,6 +26,7 @@ from app.domain.control_characters import (
     ONE_LINE_RULE,
     code_point,
     first_control_or_separator,
+    is_blank,
     one_line_problem,
 )
 
@@ -54,10 +56,11 @@ ACTIVITY_RULE: Final = (
     f"bidirectional control ({BIDI_CONTROLS_NAMED})"
 )
 # What a contract's name and a task's name may be, in the words their refusals end with.
+_NAME_TEXT: Final = f"not only blanks (spaces, zero-width characters), {ONE_LINE_RULE}"
 CONTRACT_NAME_RULE: Final = (
-    f"a contract's name is 1 to {MAX_CONTRACT_NAME} characters on one line: {ONE_LINE_RULE}"
+    f"a contract's name is 1 to {MAX_CONTRACT_NAME} characters on one line: {_NAME_TEXT}"
 )
-TASK_NAME_RULE: Final = f"a task's name is 1 to {MAX_TASK_NAME} characters on one line: {ONE_LINE_RULE}"
+TASK_NAME_RULE: Final = f"a task's name is 1 to {MAX_TASK_NAME} characters on one line: {_NAME_TEXT}"
 
 
 def host_problem(value: object) -> str | None:
@@ -89,20 +92,37 @@ def host_problem(value: object) -> str | None:
     return None
 
 
-def name_problem(value: object, rule: str) -> str | None:
-    """What is wrong with `value` as a contract's or a task's name (a phrase to follow the
-    field's name, ending with `rule`: `CONTRACT_NAME_RULE` or `TASK_NAME_RULE`), or None.
+def name_characters_problem(value: object, rule: str) -> str | None:
+    """What is wrong with the characters of `value` as a contract's or a task's name (a phrase
+    to follow the field's name, ending with `rule`), or None: the one-line rule alone.
 
-    Only the characters are judged here, by the one-line rule every shown text follows: the
-    schema bounds a name's length where it is sent, and the contract's own rule refuses a
-    blank one. A name is shown as sent in the dashboard, the monitor, the events and logs,
-    where a newline forges a line, an escape repaints a terminal and U+202E makes the name
-    read as another.
+    The HTTP front's body schema asks this (a 422 naming the character found); a name of
+    blanks alone is a rule of the contract and the report, refused by `name_problem` where the
+    API module takes it, so every front answers it with the same VALIDATION_FAILED.
     """
     if not isinstance(value, str):
         return f"must be a string: {rule}"
     problem = one_line_problem(value)
     return None if problem is None else f"{problem}: {rule}"
+
+
+def name_problem(value: object, rule: str) -> str | None:
+    """What is wrong with `value` as a contract's or a task's name (a phrase to follow the
+    field's name, ending with `rule`: `CONTRACT_NAME_RULE` or `TASK_NAME_RULE`), or None.
+
+    A name is shown as sent in the dashboard, the monitor, the events and logs, where a newline
+    forges a line, an escape repaints a terminal and U+202E makes the name read as another; a
+    name of spaces or zero-width characters alone is shown as no name at all (`is_blank`, the
+    questions' meaning of blank). The characters are judged first, so a name of a newline alone
+    is refused for the newline. The length is bounded where a name is sent (the HTTP schema)
+    and where it is stored.
+    """
+    problem = name_characters_problem(value, rule)
+    if problem is not None:
+        return problem
+    if is_blank(cast(str, value)):
+        return f"must not be blank: {rule}"
+    return None
 
 
 __all__ = [
@@ -117,5 +137,6 @@ __all__ = [
     "PHASE_RULE",
     "TASK_NAME_RULE",
     "host_problem",
+    "name_characters_problem",
     "name_problem",
 ]

@@ -23,7 +23,7 @@ from app.domain.reported_text import (
     MAX_CONTRACT_NAME,
     MAX_TASK_NAME,
     TASK_NAME_RULE,
-    name_problem,
+    name_characters_problem,
 )
 from app.domain.supervisor_state import InvalidValue, message_time
 from app.domain.uuids import uuid_problem
@@ -65,11 +65,13 @@ AnswerValue = Annotated[str | list[str] | bool, AfterValidator(_answer_without_n
 
 
 def _shown_name(rule: str) -> Callable[[str], str]:
-    """The check of a name shown as sent (`name_problem` under `rule`): a 422 problem of type
-    `one_line_text` naming the character found (U+202E, U+000A) and what a name may hold."""
+    """The check of a name shown as sent (`name_characters_problem` under `rule`): a 422 problem
+    of type `one_line_text` naming the character found (U+202E, U+000A) and what a name may
+    hold. A name of blanks alone passes here: the API module refuses it (`name_problem`) with
+    the VALIDATION_FAILED a Python caller gets for it too."""
 
     def check(value: str) -> str:
-        problem = name_problem(value, rule)
+        problem = name_characters_problem(value, rule)
         if problem is not None:
             raise PydanticCustomError("one_line_text", problem)
         return value

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.domain.lifecycle import Status
+from app.events import MAX_EVENT_ID, MAX_EVENTS_PAGE
 from app.http.bodies import (
     AutoCompleteRequest,
     ChangePhaseRequest,
@@ -221,8 +222,8 @@ def phase_readiness(contract_id: ContractId, api: Api) -> PhaseReadiness:
 def contract_events(
     contract_id: ContractId,
     api: Api,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Only events with a larger id.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=500, description="Events per page.")] = 500,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE, description="Events per page.")] = MAX_EVENTS_PAGE,
 ) -> EventPage:
     """The contract's history in order; pass the last id you saw as `after` to catch up."""
     return api.events(contract_id, after=after, limit=limit)

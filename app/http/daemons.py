@@ -76,8 +76,8 @@ DaemonId = Annotated[
         min_length=1,
         max_length=200,
         description="The daemon's id, as its heartbeats and reports name it (URL-encoded): 1 to 200 "
-        "characters, not blank, no NUL or other control character, no line or paragraph separator, "
-        "no bidirectional control (U+202E, ...), no U+FFFD.",
+        "characters, not blank, not '.' or '..', no NUL or other control character, no line or "
+        "paragraph separator, no bidirectional control (U+202E, ...), no U+FFFD.",
     ),
 ]
 

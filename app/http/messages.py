@@ -11,7 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from app.http.bodies import SafeStr, UUIDText
+from app.domain.message_ids import MESSAGE_ID_RULE
+from app.http.bodies import UUIDText
 from app.http.deps import Api
 from app.http.errors import error_responses
 from app.http.routing import ParsedJSONRoute
@@ -27,9 +28,10 @@ router = APIRouter(
     responses=error_responses(E.UNAUTHENTICATED, E.INVALID_REQUEST, E.VALIDATION_FAILED, E.INTERNAL_ERROR),
 )
 
-MessageId = Annotated[
-    SafeStr, Path(alias="messageId", min_length=1, max_length=200, description="The report's messageId.")
-]
+# Plain text, not `SafeStr` with bounds: an id the rule refuses (a space, a NUL, 201 characters)
+# is judged by `app.domain.message_ids`, the report endpoints' own rule, and answered 400
+# VALIDATION_FAILED naming it, as a report sent with that id is.
+MessageId = Annotated[str, Path(alias="messageId", description=f"The report's messageId: {MESSAGE_ID_RULE}.")]
 
 # A message id is unique per sender, not across senders: an admin names whose it means.
 PrincipalId = Annotated[
@@ -47,7 +49,8 @@ def message_status(message_id: MessageId, api: Api, principal_id: PrincipalId = 
     error code and message) or `unknown`. Only the caller's own messages are known (an admin
     sees all); another principal's id answers `unknown`, exactly like a missing one. An
     admin's lookup of an id several principals sent is refused (400, `details.principalIds`)
-    until `principalId` says whose."""
+    until `principalId` says whose. An id no report could carry (outside the messageId rule)
+    is 400 VALIDATION_FAILED naming the rule."""
     return api.message_status(message_id, principal_id)
 
 

@@ -34,6 +34,28 @@ def summary(problems: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
 
 
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed JSON value, as a refusal names what was sent: object, array,
+    string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    return "object"
+
+
+def not_json_type(value: Any) -> str:
+    """What was sent, to follow "must be ...": `not a JSON string`, `not JSON null`."""
+    kind = json_type(value)
+    return "not JSON null" if kind == "null" else f"not a JSON {kind}"
+
+
 def _field_path(loc: Sequence[int | str]) -> str:
     path = ""
     for part in loc:
@@ -105,7 +127,15 @@ def problem_from_pydantic(error: Mapping[str, Any], request: Request) -> dict[st
     elif kind == "missing":
         problem["problem"] = "is required"
     elif kind == "model_attributes_type" and loc == ("body",):
-        problem["problem"] = "must be a JSON object, sent with Content-Type: application/json"
+        if isinstance(given, bytes):
+            # FastAPI hands the raw bytes over when the Content-Type is not JSON (or there is none).
+            problem["problem"] = "must be a JSON object, sent with Content-Type: application/json"
+        else:
+            # Valid JSON of another type (`"x"`, `null`, `[...]`): the Content-Type was right,
+            # so say what the body is instead.
+            problem["problem"] = f"must be a JSON object, {not_json_type(given)}"
+            problem["jsonType"] = json_type(given)
+            problem["allowed"] = ["object"]
     elif kind == "uuid_parsing":
         problem["problem"] = "must be a UUID, like 2f1c7e8a-3b9d-4c6e-9a51-0d2b7f4e8c13"
     elif kind in ("too_long", "too_short", "string_too_long", "string_too_short") and isinstance(
@@ -185,4 +215,11 @@ def problems_from_pydantic(errors: Sequence[Mapping[str, Any]], request: Request
     return problems
 
 
-__all__ = ["InvalidRequest", "problem_from_pydantic", "problems_from_pydantic", "summary"]
+__all__ = [
+    "InvalidRequest",
+    "json_type",
+    "not_json_type",
+    "problem_from_pydantic",
+    "problems_from_pydantic",
+    "summary",
+]

@@ -35,9 +35,12 @@ from app.domain.supervisors import SupervisorState
 from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses
+from app.http.problems import json_type, not_json_type
 from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
 from app.supervisors import (
+    HEARTBEATS_PAGE,
+    MAX_HEARTBEATS_PAGE,
     HeartbeatList,
     HeartbeatsAccepted,
     SupervisorStatus,
@@ -150,7 +153,7 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
     """The 202 answer, `HeartbeatsAccepted` written out directly (a result per heartbeat, up to
     1,000 a request: building and validating a model for each cost more than the check of the
     heartbeat itself). `test_the_answer_is_the_models_own_serialization` holds the two equal."""
-    if isinstance(body, bytes | str) or body is None:
+    if isinstance(body, bytes):
         # FastAPI hands the raw bytes over when the Content-Type is not JSON (or there is none).
         sent = request.headers.get("content-type") or "none"
         raise ValidationFailed(
@@ -161,8 +164,12 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
     single = isinstance(body, dict)
     items = [body] if single else body
     if not isinstance(items, list):
+        # Valid JSON of another type (`"x"`, `null`, `5`): the Content-Type was right, so the
+        # refusal says what the body is.
         raise ValidationFailed(
-            "Send one heartbeat (a JSON object) or a list of them.", details={"field": "body"}
+            f"The body must be one heartbeat (a JSON object) or a list of up to {MAX_PER_REQUEST} "
+            f"of them, {not_json_type(body)}.",
+            details={"field": "body", "jsonType": json_type(body), "allowed": ["object", "array"]},
         )
     if len(items) > MAX_PER_REQUEST:
         raise ValidationFailed(
@@ -268,7 +275,9 @@ def supervisor_status(contract_id: ContractId, api: Api) -> Any:
     responses=error_responses(E.CONTRACT_NOT_FOUND),
 )
 def supervisor_heartbeats(
-    contract_id: ContractId, api: Api, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    contract_id: ContractId,
+    api: Api,
+    limit: Annotated[int, Query(ge=1, le=MAX_HEARTBEATS_PAGE)] = HEARTBEATS_PAGE,
 ) -> Any:
     """The contract's heartbeats of the last 24 hours, newest received first; fenced ones
     (from an incarnation that had been replaced) are marked."""

@@ -533,9 +533,9 @@ def test_a_daemon_id_that_is_not_clean_text_is_refused_not_merged_with_another(
 def control(found: str) -> str:
     return (
         f"daemonId must not contain NUL or control characters (found {found}): a daemon id is 1 to 200 "
-        "characters, not blank, with no NUL or other control character (newline, tab, ...), no line or "
-        "paragraph separator (U+2028, U+2029), no bidirectional control (U+061C, U+200E, U+200F, "
-        "U+202A-U+202E, U+2066-U+2069) and no U+FFFD."
+        "characters, not blank, not '.' or '..', with no NUL or other control character (newline, tab, "
+        "...), no line or paragraph separator (U+2028, U+2029), no bidirectional control (U+061C, "
+        "U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) and no U+FFFD."
     )
 
 

@@ -354,7 +354,10 @@ def test_a_daemon_id_the_command_feed_would_refuse_is_refused_by_heartbeats(
     token = make_caller(owner=api.caller.owner_id, role="supervisor")[0]
     headers = {"Authorization": f"Bearer {token}"}
     one = hb(cid, uuid.uuid4(), "working", utcnow(), daemonId=daemon_id, host="gpu-7")
-    rule = "a daemon id is 1 to 200 characters, not blank, with no NUL or other control character"
+    rule = (
+        "a daemon id is 1 to 200 characters, not blank, not '.' or '..', with no NUL or other control "
+        "character"
+    )
     with TestClient(create_app()) as client:
         single = client.post("/api/v1/supervisors/heartbeats", json=one, headers=headers)
         assert single.status_code == 400, single.text

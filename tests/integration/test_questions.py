@@ -432,9 +432,9 @@ def test_a_daemon_id_the_command_feed_refuses_is_refused_in_its_words_and_nothin
     assert (details["field"], details["limit"]) == ("daemonId", 200)
     assert resp.json()["error"]["message"] == (
         "daemonId must not contain NUL or control characters (found U+000A): a daemon id is 1 to 200 "
-        "characters, not blank, with no NUL or other control character (newline, tab, ...), no line or "
-        "paragraph separator (U+2028, U+2029), no bidirectional control (U+061C, U+200E, U+200F, "
-        "U+202A-U+202E, U+2066-U+2069) and no U+FFFD."
+        "characters, not blank, not '.' or '..', with no NUL or other control character (newline, tab, "
+        "...), no line or paragraph separator (U+2028, U+2029), no bidirectional control (U+061C, "
+        "U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) and no U+FFFD."
     )
     assert "question_asked" not in event_types(uuid.UUID(team.cid))
     assert team.contract()["status"] == "active"

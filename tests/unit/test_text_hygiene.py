@@ -236,3 +236,66 @@ def test_a_heartbeat_names_a_bidirectional_control_as_what_it_is(field: str) -> 
     with pytest.raises(InvalidHeartbeat) as refused:
         parse_heartbeat(raw)
     assert "must not contain bidirectional controls (found U+202E)" in str(refused.value)
+
+
+# --- names of blanks alone, and daemon ids that read as path segments -------------------------
+
+
+@pytest.mark.parametrize("name", [" ", "   ", "\u3000", "\u200b", " \ufeff "], ids=repr)
+def test_a_name_of_blanks_alone_is_refused_as_blank_by_the_contracts_and_the_tasks_rule(name: str) -> None:
+    """A task reported as " " was taken and listed with no name; a contract's name was refused
+    only when `strip()` left nothing, so a zero-width space alone passed. One rule, the
+    questions' meaning of blank (spaces and zero-width characters)."""
+    for rule in (CONTRACT_NAME_RULE, TASK_NAME_RULE):
+        assert name_problem(name, rule) == f"must not be blank: {rule}"
+        assert "not only blanks (spaces, zero-width characters)" in rule
+
+
+def test_a_name_of_a_newline_alone_is_refused_for_the_newline_not_as_blank() -> None:
+    assert (
+        name_problem("\n", TASK_NAME_RULE)
+        == f"must not contain a control character (found U+000A): {TASK_NAME_RULE}"
+    )
+
+
+@pytest.mark.parametrize("daemon_id", [".", ".."])
+def test_a_daemon_id_of_dot_or_dot_dot_is_refused_saying_it_reads_as_a_path_segment(daemon_id: str) -> None:
+    problem = daemon_id_problem(daemon_id)
+    assert problem is not None
+    assert problem.startswith(f"must not be '{daemon_id}': the id is a segment of the feed's path")
+    assert "queue names and log lines" in problem and "directory, not a daemon" in problem
+    assert problem.endswith(DAEMON_ID_RULE)
+    assert "not '.' or '..'" in DAEMON_ID_RULE
+
+
+@pytest.mark.parametrize("daemon_id", ["...", ".a", "a.", "a..b", "gpu-7.local", ". ."])
+def test_a_daemon_id_holding_dots_among_other_characters_is_still_taken(daemon_id: str) -> None:
+    assert daemon_id_problem(daemon_id) is None
+
+
+@pytest.mark.parametrize("daemon_id", [".", ".."])
+def test_the_heartbeats_quick_paths_refuse_a_dot_daemon_id_as_the_rule_does(daemon_id: str) -> None:
+    """The wire-form checks pass plain ASCII ids without asking the rule: "." and ".." are plain
+    ASCII, so each quick path must leave them to the rule."""
+    import uuid
+
+    from app.domain.heartbeat_wire import heartbeat_wire, wire_heartbeat
+    from app.domain.heartbeats import InvalidHeartbeat
+
+    task, contract = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    raw = {
+        "taskId": str(task),
+        "contractId": str(contract),
+        "state": "working",
+        "phase": "plan",
+        "timestamp": "2026-11-26T10:00:00Z",
+        "daemonId": daemon_id,
+    }
+    for check in (
+        lambda: wire_heartbeat(raw),
+        lambda: heartbeat_wire(task, contract, "working", "plan", timestamp=at, daemon_id=daemon_id),
+    ):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            check()
+        assert (refused.value.field, refused.value.problem) == ("daemonId", daemon_id_problem(daemon_id))

@@ -85,3 +85,73 @@ def test_the_persons_are_the_roles_the_phase_guard_names() -> None:
     import uuid
 
     assert [Caller(uuid.uuid4(), "o", role).is_person for role in Role] == [True, False, True]
+
+
+# Every Bidi_Control character, spelled out: each makes an owner or a name read as another.
+BIDI_CONTROLS = [
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+]
+
+
+@pytest.mark.parametrize("bidi", BIDI_CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("field", ["owner", "name"])
+def test_makima_token_create_refuses_a_bidi_control_in_the_owner_or_name_naming_it(
+    field: str, bidi: str
+) -> None:
+    """`--owner "team-a"` + U+202E was stored and listed by `token list` as another owner; the
+    owner and the name follow the one-line rule the HTTP front holds names to. Refused before
+    any database is opened (the run has none)."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.domain.control_characters import ONE_LINE_RULE
+
+    value = f"team{bidi}a-mot"
+    args = {"owner": "team-a", "name": "ci"} | {field: value}
+    result = CliRunner().invoke(
+        app, ["token", "create", "--owner", args["owner"], "--role", "user", "--name", args["name"]]
+    )
+    assert result.exit_code == 2, result.output
+    found = f"U+{ord(bidi):04X}"
+    assert (
+        f"error: VALIDATION_FAILED: The {field} must not contain a bidirectional control (found {found}): "
+        in result.output
+    )
+    assert ONE_LINE_RULE.split(" (")[0] in result.output
+    assert f'"field": "{field}"' in result.output
+    with pytest.raises(ValidationFailed) as caught:
+        check_principal_fields(args["owner"], args["name"])
+    assert caught.value.details["field"] == field
+    assert caught.value.message.endswith(f"holds {ONE_LINE_RULE}.")
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u2028"], ids=["NEL", "LINE-SEPARATOR"])
+def test_an_owner_with_a_c1_control_or_a_line_separator_is_refused_too(char: str) -> None:
+    """Only C0 and DEL were refused: NEL (U+0085) and U+2028 break a line all the same."""
+    with pytest.raises(ValidationFailed) as caught:
+        check_principal_fields(f"team{char}a", None)
+    assert caught.value.details["field"] == "owner"
+
+
+def test_makima_token_list_refuses_an_owner_no_token_can_have() -> None:
+    """A filter holding U+202E was echoed back ("No tokens for owner '...'") as another owner."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    result = CliRunner().invoke(app, ["token", "list", "--owner", "team\u202ea"])
+    assert result.exit_code == 2, result.output
+    assert "error: VALIDATION_FAILED: The owner must not contain a bidirectional control (found U+202E)" in (
+        result.output
+    )
