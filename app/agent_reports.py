@@ -3,8 +3,10 @@
 A daemon's report travels through the broker and may arrive twice (a redelivery after a
 worker died, a sender's resend). Each carries a message id that is claimed in the same
 transaction as its effect, under the contract's row lock, so however often it arrives it is
-applied once. Completing a task and judging the gate share that transaction too: two workers
-finishing the last two tasks of a phase advance it once.
+applied once. A message id is unique per sender only, so the claim is the sender's: another
+sender's report under the same id on the same contract is another report, applied too.
+Completing a task and judging the gate share that transaction too: two workers finishing the
+last two tasks of a phase advance it once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select
+from sqlalchemy import Connection, Engine, String, Table, Uuid, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from app.auth import Caller, cached_principal
@@ -37,7 +39,7 @@ from app.domain.records import EventType, TaskStatus
 from app.events import record_event
 from app.foreign_tasks import held_elsewhere_sql, held_task, refuse_held_task, task_lock_sql
 from app.gate import phase_config_of, switches_for
-from app.models import Contract, ContractTask, ProcessedMessage
+from app.models import CLAIMED_BEFORE_SENDERS, Contract, ContractTask, ProcessedMessage, UTCDateTime
 from app.pending_writes import PendingWrites, event_row, write_held
 from app.prepared import driver_rows
 from app.queues import TaskName
@@ -50,16 +52,32 @@ _CLAIMS: Table = ProcessedMessage.__table__  # type: ignore[assignment]
 
 @lru_cache(maxsize=4)
 def _claim_statement(dialect: str) -> Any:
-    """Built once per dialect: on the hot path, building a statement costs more than running it."""
+    """Built once per dialect: on the hot path, building a statement costs more than running it.
+
+    The sender's row goes in unless it is there already or the contract holds the message id
+    claimed before claims named a sender (`CLAIMED_BEFORE_SENDERS`, migration 0017): such a
+    message was applied by some sender of the id, so none of them may apply it again. One
+    statement either way, so the check costs no round trip.
+    """
+    contract_id = bindparam("contract_id", type_=Uuid())
+    message_id = bindparam("message_id", type_=String())
+    claimed_before = exists().where(
+        _CLAIMS.c.contract_id == contract_id,
+        _CLAIMS.c.principal_id == CLAIMED_BEFORE_SENDERS,
+        _CLAIMS.c.message_id == message_id,
+    )
+    row = select(
+        contract_id,
+        bindparam("principal_id", type_=Uuid()),
+        message_id,
+        bindparam("kind", type_=String()),
+        bindparam("now", type_=UTCDateTime()),
+    ).where(~claimed_before)
+    columns = ["contract_id", "principal_id", "message_id", "kind", "processed_at"]
     return (
         dialect_insert_for(dialect, _CLAIMS)
-        .values(
-            contract_id=bindparam("contract_id"),
-            message_id=bindparam("message_id"),
-            kind=bindparam("kind"),
-            processed_at=bindparam("now"),
-        )
-        .on_conflict_do_nothing(index_elements=["contract_id", "message_id"])
+        .from_select(columns, row)
+        .on_conflict_do_nothing(index_elements=["contract_id", "principal_id", "message_id"])
     )
 
 
@@ -100,23 +118,42 @@ def _task_started_statement(dialect: str) -> Any:
 
 
 def claim_message(
-    session: Session, contract_id: uuid.UUID, message_id: str, kind: str, now: datetime
+    session: Session,
+    contract_id: uuid.UUID,
+    principal_id: uuid.UUID,
+    message_id: str,
+    kind: str,
+    now: datetime,
 ) -> bool:
-    """Record that a message's effect is being committed; False if it already was."""
+    """Record that a sender's message's effect is being committed; False if it already was."""
     stmt = _claim_statement(session.get_bind().dialect.name)
-    params = {"contract_id": contract_id, "message_id": message_id, "kind": kind, "now": now}
+    params = {
+        "contract_id": contract_id,
+        "principal_id": principal_id,
+        "message_id": message_id,
+        "kind": kind,
+        "now": now,
+    }
     return bool(session.execute(stmt, params).rowcount)  # type: ignore[attr-defined]
 
 
 def first_delivery(
-    uow: UnitOfWork, contract_id: uuid.UUID, message_id: str | None, kind: str, now: datetime
+    uow: UnitOfWork,
+    contract_id: uuid.UUID,
+    principal_id: uuid.UUID,
+    message_id: str | None,
+    kind: str,
+    now: datetime,
 ) -> bool:
-    """Claim a daemon message's id under the contract's lock; False for a repeat delivery.
+    """Claim a daemon message's id for its sender under the contract's lock; False for a
+    repeat delivery.
 
     The claim commits with the effect, so a message is applied once however often it
-    arrives; calls without a message id (HTTP commands) are judged on their own terms.
+    arrives; it names the sender (`principal_id`, the message's), whose ids are its own, so
+    another sender's report under the same id is not taken for a repeat. Calls without a
+    message id (HTTP commands) are judged on their own terms.
     """
-    return message_id is None or claim_message(uow.session, contract_id, message_id, kind, now)
+    return message_id is None or claim_message(uow.session, contract_id, principal_id, message_id, kind, now)
 
 
 def record_task_started(
@@ -132,7 +169,7 @@ def record_task_started(
 ) -> Contract:
     """A task was spawned. A supervisor starting is what makes a `created` contract active."""
     contract = lock_contract(uow.session, caller, contract_id)
-    if not first_delivery(uow, contract.id, message_id, "task_started", now):
+    if not first_delivery(uow, contract.id, caller.principal_id, message_id, "task_started", now):
         return contract
     refuse_if_closed(contract, "tasks")
     # Another contract's supervisor or ordinary task: taking the id here would lock that
@@ -192,7 +229,7 @@ def record_task_completed(
 ) -> Decision | None:
     """Apply a task-completed report and, under the same lock, what the gate now allows."""
     contract = lock_contract(uow.session, caller, contract_id)
-    if not first_delivery(uow, contract.id, message_id, "task_completed", now):
+    if not first_delivery(uow, contract.id, caller.principal_id, message_id, "task_completed", now):
         return None
     refuse_if_closed(contract, "task results")
     if not _record_task_result(uow.session, contract, task_id, task_name, success, now):
@@ -244,7 +281,8 @@ def _record_task_result(
 # path, so it runs without the ORM in two round trips on PostgreSQL: `BEGIN` with the row lock
 # and, for a task id new to the contract, the id's locks (`app.foreign_tasks.task_lock_sql`,
 # which a first heartbeat naming the id on another contract takes too) and, once they are
-# held, one statement that claims the message id, upserts the task unless another contract
+# held, one statement that claims the message id for its sender (unless the contract holds it
+# claimed before claims named a sender: `claim_message`), upserts the task unless another contract
 # holds it, and reads the row with its phase's gate facts; then the write with its `COMMIT`.
 # Anything else (a repeat delivery, a closed contract, a task id another contract holds as its
 # supervisor or ordinary task (`app.foreign_tasks`: the upsert writes nothing then), a task
@@ -257,8 +295,10 @@ _LOCK_TASK_SQL = task_lock_sql("%(tid)s::uuid", "%(cid)s::uuid")
 _CORE_COLUMNS = ", ".join(f"c.{col.name}" for col in Contract.__table__.c)
 _CLAIM_TASK_AND_FACTS_SQL = (
     f"WITH c AS (SELECT {_CORE_COLUMNS} FROM contracts c WHERE c.id = %(cid)s::uuid), "
-    "claim AS (INSERT INTO processed_messages (contract_id, message_id, kind, processed_at) "
-    " SELECT c.id, %(mid)s::varchar, 'task_completed', %(now)s::timestamptz FROM c "
+    "claim AS (INSERT INTO processed_messages (contract_id, principal_id, message_id, kind, processed_at) "
+    " SELECT c.id, %(pid)s::uuid, %(mid)s::varchar, 'task_completed', %(now)s::timestamptz FROM c "
+    " WHERE NOT EXISTS (SELECT 1 FROM processed_messages p WHERE p.contract_id = c.id "
+    f" AND p.principal_id = '{CLAIMED_BEFORE_SENDERS}'::uuid AND p.message_id = %(mid)s::varchar) "
     " ON CONFLICT DO NOTHING RETURNING 1), "
     "up AS (INSERT INTO contract_tasks (id, contract_id, name, status, is_supervisor, phase, created_at, "
     " updated_at, completed_at) SELECT %(tid)s::uuid, c.id, %(name)s::varchar, %(status)s::varchar, false, "
@@ -305,6 +345,7 @@ def task_completed_now(
     status = (TaskStatus.DONE if success else TaskStatus.FAILED).value
     params = {
         "cid": str(contract_id),
+        "pid": str(principal_id),
         "mid": message_id,
         "now": now,
         "tid": str(task_id),

@@ -93,9 +93,11 @@ class Sent:
 def refuse_id_of_another_sender(session: Session, sent: Sent) -> None:
     """VALIDATION_FAILED when another principal already sent this message id on this contract.
 
-    A worker claims a message id per contract (`processed_messages`), so a second sender's
-    report under an id the first used there would be taken for a repeat delivery and dropped
-    while its receipt said applied. Refused here, at once, the sender can choose another id.
+    A worker's claim (`processed_messages`) is the sender's since migration 0017, but a claim
+    made before it stands for every sender of its id on its contract (its sender cannot be
+    told), so a second sender's report under such an id is still taken for a repeat delivery
+    and dropped while its receipt says applied. Refused here, at once, the sender can choose
+    another id.
     """
     other = session.scalars(
         select(MessageOutcome.principal_id)

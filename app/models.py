@@ -209,11 +209,20 @@ class DaemonCommand(Base):
     daemon_id: Mapped[str | None] = mapped_column(String(200))
 
 
+# The sender of every claim made before claims named one (migration 0017): such a claim
+# stands for whichever sender used its message id on its contract, so it stops them all.
+# No principal has this id (principal ids are random UUIDs, never all zeros).
+CLAIMED_BEFORE_SENDERS = uuid.UUID(int=0)
+
+
 class ProcessedMessage(Base):
     """Message ids whose effect is committed: a second delivery finds its id and does nothing.
 
-    Ids are daemon-chosen, so they are scoped to the contract (claimed under its row lock):
-    one owner's ids can neither collide with nor pre-empt another's.
+    Ids are daemon-chosen and unique per sender only, so a claim is the sender's (its
+    principal) on the contract (claimed under its row lock): two senders may use one id on
+    one contract and each report is applied, once. A row whose sender is
+    `CLAIMED_BEFORE_SENDERS` was claimed before claims named a sender, and still counts as
+    claimed for every sender of that id on that contract (`app.agent_reports.claim_message`).
     """
 
     __tablename__ = "processed_messages"
@@ -221,6 +230,9 @@ class ProcessedMessage(Base):
     contract_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True
     )
+    # 0017: the sender's principal. No foreign key: claims older than 0017 name
+    # `CLAIMED_BEFORE_SENDERS`, which is no principal.
+    principal_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(60))
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -295,6 +307,7 @@ class MessageOutcome(Base):
 
 
 __all__ = [
+    "CLAIMED_BEFORE_SENDERS",
     "ApiToken",
     "Base",
     "CompletedDeliverable",

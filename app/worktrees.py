@@ -130,12 +130,17 @@ class WorktreeCleanup(Schema):
 
 
 def _first_delivery(
-    uow: UnitOfWork, contract_id: uuid.UUID, message_id: str | None, kind: str, now: datetime
+    uow: UnitOfWork,
+    contract_id: uuid.UUID,
+    principal_id: uuid.UUID,
+    message_id: str | None,
+    kind: str,
+    now: datetime,
 ) -> bool:
     # Imported here: app.agent_reports imports the completion flow, which imports this module.
     from app.agent_reports import first_delivery
 
-    return first_delivery(uow, contract_id, message_id, kind, now)
+    return first_delivery(uow, contract_id, principal_id, message_id, kind, now)
 
 
 def _same_daemon(daemon_id: str | None) -> ColumnElement[bool]:
@@ -180,7 +185,7 @@ def record_worktree(
     released: it is refused (the sender sees why).
     """
     contract = lock_contract(uow.session, caller, contract_id)
-    if not _first_delivery(uow, contract.id, message_id, "worktree_created", now):
+    if not _first_delivery(uow, contract.id, caller.principal_id, message_id, "worktree_created", now):
         return None
     refuse_if_closed(contract, "worktrees")
     held = _held(uow.session, contract.id, path, daemon_id)
@@ -223,7 +228,7 @@ def record_worktree_removed(
     daemons hold is ambiguous and refused, naming them.
     """
     contract = lock_contract(uow.session, caller, contract_id)
-    if not _first_delivery(uow, contract.id, message_id, "worktree_removed", now):
+    if not _first_delivery(uow, contract.id, caller.principal_id, message_id, "worktree_removed", now):
         return None
     held = _held(uow.session, contract.id, path, daemon_id)
     holders = sorted({wt.daemon_id or "(unnamed)" for wt in held})
