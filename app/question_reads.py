@@ -28,7 +28,7 @@ from app.schemas import Schema, Timestamp
 
 MAX_PAGE: Final = 500
 # A page of questions is bounded by size as well as by count, like the supervisor history
-# (`app.supervisor_state.HISTORY_BYTES`): questions are added while the answer's JSON stays
+# (`app.history_reads.HISTORY_BYTES`): questions are added while the answer's JSON stays
 # within this, so 500 questions of the largest allowed size (in 4-byte characters about
 # 88 KB each, 128 KB once a multiple choice is answered with all its options) cannot make a
 # 60 MB answer; `nextAfter` says where to read on.

@@ -61,21 +61,16 @@ from app.domain.restoration import (
     restoration_context,
     waited_task_ids,
 )
-from app.domain.supervisor_state import check_host
+from app.domain.state_values import check_host
 from app.gate import load_gate_facts, phase_config_of
+from app.history_reads import HistoryMessage, newest_history
 from app.incarnations import latest_supervisor_task
 from app.models import Contract, ContractTask, ConversationMessage, Supervisor, SupervisorQuestion
 from app.schemas import Schema, Timestamp
+from app.state_reads import snapshot_fields
+from app.state_rows import find_state, refuse_foreign_supervisor, state_snapshot
 from app.supervisor_claims import claim_supervisor, refuse_unknown_supervisor
 from app.supervisor_restart import RestartRequested, restart
-from app.supervisor_state import (
-    HistoryMessage,
-    find_state,
-    newest_history,
-    refuse_foreign_supervisor,
-    snapshot_fields,
-    state_snapshot,
-)
 
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_ANSWERS: Final = 50

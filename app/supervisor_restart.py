@@ -34,7 +34,7 @@ from app.events import record_event
 from app.incarnations import latest_supervisor_task, lock_supervisor, reincarnate
 from app.models import DaemonCommand
 from app.schemas import Schema
-from app.supervisor_state import find_state, refuse_foreign_supervisor
+from app.state_rows import find_state, refuse_foreign_supervisor
 
 RESTART_COMMAND: Final = "restart_supervisor"
 MAX_REASON: Final = 2000

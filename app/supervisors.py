@@ -43,7 +43,8 @@ from app.heartbeat_store import STATE_CHANGED, SUPERVISOR_COLUMNS, supervisor_re
 from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
 from app.schemas import Schema, Timestamp
-from app.supervisor_state import StoredStateSummary, find_state, stored_summary
+from app.state_reads import StoredStateSummary, stored_summary
+from app.state_rows import find_state
 from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"

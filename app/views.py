@@ -36,7 +36,7 @@ from app.prepared import driver_rows
 from app.sweeps import stale_criteria, stale_threshold
 
 # A page of contracts is bounded by size as well as by count, like the supervisor history
-# (`app.supervisor_state.HISTORY_BYTES`) and a page of questions: each entry carries its current
+# (`app.history_reads.HISTORY_BYTES`) and a page of questions: each entry carries its current
 # phase's deliverables, and a legal phaseConfig (one phase of 256 deliverables with long ids and
 # names) makes an entry of about 736 KB, so 500 of them were hundreds of MB held per request.
 # Contracts are added while the answer's JSON stays within this; `nextCursor` says where to read on.

@@ -1,6 +1,6 @@
 """Supervisors as `ContractsAPI` serves them: heartbeats in, status and history out, the saved
 state, restoration, restart and the sync request (`app.heartbeat_buffer`, `app.supervisors`,
-`app.supervisor_state`, `app.restoration`).
+`app.state_saves`, `app.state_reads`, `app.history_reads`, `app.restoration`).
 
 Why together: every one of these answers FEATURE_DISABLED while `supervisor_heartbeat` is off,
 and each names a supervisor by its contract, task and incarnation.
@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from app import heartbeat_buffer, restoration, supervisors
-from app import supervisor_state as state_service
+from app import heartbeat_buffer, history_reads, restoration, state_reads, state_saves, supervisors
 from app.api.base import APIBase, check_range
 from app.domain.heartbeat_wire import heartbeat_wire
 from app.domain.heartbeats import InvalidHeartbeat
-from app.domain.supervisor_state import parse_save
+from app.domain.state_saves import parse_save
 
 
 class SupervisorsMixin(APIBase):
@@ -94,7 +93,7 @@ class SupervisorsMixin(APIBase):
         with self._uow() as uow:
             return supervisors.heartbeat_history(uow.session, self.caller, contract_id, limit, self._clock())
 
-    # -- supervisor state, restoration and restart (app.supervisor_state, app.restoration) --
+    # -- supervisor state, restoration and restart (app.state_saves, app.restoration) --
 
     def save_supervisor_state(
         self,
@@ -115,7 +114,7 @@ class SupervisorsMixin(APIBase):
         checkpoint: Mapping[str, Any] | None = None,
         daemon_id: str | None = None,
         host: str | None = None,
-    ) -> state_service.StateSaved:
+    ) -> state_saves.StateSaved:
         """Save the supervisor's persistent state now (one short transaction; a supervisor's or
         admin's call). Ordered by (incarnation, state_version): an older save is STALE_STATE, an
         older incarnation SUPERVISOR_FENCED, the stored one sent again answers `applied=False`.
@@ -145,25 +144,25 @@ class SupervisorsMixin(APIBase):
         }
         save = parse_save({k: v for k, v in raw.items() if v is not None})
         with self._uow() as uow:
-            return state_service.save_state(uow, self.caller, contract_id, save, self._clock())
+            return state_saves.save_state(uow, self.caller, contract_id, save, self._clock())
 
     def supervisor_state(
         self, contract_id: uuid.UUID, task_id: uuid.UUID | None = None
-    ) -> state_service.SupervisorStateView:
+    ) -> state_reads.SupervisorStateView:
         """The stored state (`task_id`'s, or the most recently saved one); SUPERVISOR_NOT_FOUND if none."""
         heartbeat_buffer.require_enabled(self._settings)
         with self._uow() as uow:
-            return state_service.read_state(uow.session, self.caller, contract_id, task_id)
+            return state_reads.read_state(uow.session, self.caller, contract_id, task_id)
 
     def supervisor_history(
         self, contract_id: uuid.UUID, task_id: uuid.UUID | None = None, start: int = 0, limit: int = 200
-    ) -> state_service.HistoryPage:
+    ) -> history_reads.HistoryPage:
         """A page of the stored conversation from position `start` (at most `limit`, ≤ 1000)."""
         heartbeat_buffer.require_enabled(self._settings)
         check_range("from", start, 0, 2**31 - 1)
-        check_range("limit", limit, 1, state_service.MAX_HISTORY_PAGE)
+        check_range("limit", limit, 1, history_reads.MAX_HISTORY_PAGE)
         with self._uow() as uow:
-            return state_service.read_history(uow.session, self.caller, contract_id, task_id, start, limit)
+            return history_reads.read_history(uow.session, self.caller, contract_id, task_id, start, limit)
 
     def restore_supervisor(
         self,

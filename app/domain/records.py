@@ -40,7 +40,7 @@ class EventType(StrEnum):
     STALE_DETECTED = "stale_detected"
     STALE_CLEARED = "stale_cleared"
     SUPERVISOR_RESTART_REQUESTED = "supervisor_restart_requested"
-    # Supervisor state, questions and restoration (app.supervisor_state, app.questions).
+    # Supervisor state, questions and restoration (app.state_saves, app.questions).
     SUPERVISOR_STATE_SAVED = "supervisor_state_saved"
     SUPERVISOR_RESTORED = "supervisor_restored"
     SUPERVISOR_SYNC_REQUESTED = "supervisor_sync_requested"

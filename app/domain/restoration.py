@@ -3,7 +3,7 @@
 When a daemon restarts, the server decides how its supervisor carries on; everything here
 takes and returns plain values (stdlib only), so the service (`app.restoration`) and the
 tests judge alike. The stored state and checkpoint it judges are parsed by
-`app.domain.supervisor_state` (`parse_snapshot`), which owns their shape.
+`app.domain.state_snapshots` (`parse_snapshot`), which owns their shape.
 
 - **Restoration** (`decide_restoration`, `next_step`): the protocol's branch — `fresh` when
   nothing is stored, `resume` when the stored state agrees with the contract and its history,
@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from app.domain.supervisor_state import InvalidValue, Message, Snapshot, parse_message, parse_snapshot
+from app.domain.history_messages import Message, parse_message
+from app.domain.state_snapshots import Snapshot, parse_snapshot
+from app.domain.state_values import InvalidValue
 
 # The restoration context: small enough to hand to a model as one message.
 CONTEXT_LIMIT: Final = 8192

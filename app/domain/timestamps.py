@@ -2,7 +2,7 @@
 
 Their own module because a daemon's clock is judged in two places that must agree: a
 heartbeat's timestamp (which orders its supervisor's states) and the times of a state save
-(its history messages' `at`, a stored snapshot's `savedAt`: `app.domain.supervisor_state`) are
+(its history messages' `at`, a stored snapshot's `savedAt`: `app.domain.state_values`) are
 held to the same `EARLIEST`..`LATEST`; and because a heartbeat's timestamp sent as text is read
 by the grammar of RFC 3339 (`TIMESTAMP_FORM`), not by whatever one Python version's
 `datetime.fromisoformat` reads, which other readers of the same text (PostgreSQL, a daemon's own

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from app.domain.history_messages import message_time
 from app.domain.lifecycle import Status, WaitingFor
 from app.domain.phases import contract_type_names
 from app.domain.reported_text import (
@@ -25,7 +26,7 @@ from app.domain.reported_text import (
     TASK_NAME_RULE,
     name_characters_problem,
 )
-from app.domain.supervisor_state import InvalidValue, message_time
+from app.domain.state_values import InvalidValue
 from app.domain.uuids import uuid_problem
 
 MAX_TEXT: Final = 10_000

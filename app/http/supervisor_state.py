@@ -21,7 +21,7 @@ from pydantic import Field
 from app.domain.daemon_ids import MAX_DAEMON_ID
 from app.domain.incarnations import MAX_INCARNATION
 from app.domain.reported_text import MAX_ACTIVITY, MAX_HOST, MAX_PHASE
-from app.domain.supervisor_state import (
+from app.domain.state_values import (
     MAX_APPEND,
     MAX_CHECKPOINT_ID,
     MAX_CONTENT,
@@ -33,14 +33,16 @@ from app.domain.supervisor_state import (
     MAX_TASK_IDS,
     MAX_TOOL_CALL_ID,
 )
+from app.history_reads import MAX_HISTORY_PAGE, HistoryPage
 from app.http.bodies import MessageTime, SafeStr, UUIDText, _Body
 from app.http.deps import Api, ContractId
 from app.http.errors import API_PREFIX, error_responses
 from app.http.routing import ParsedJSONRoute
 from app.restoration import MAX_HISTORY_LIMIT, Restoration
 from app.schemas import ErrorCode
+from app.state_reads import SupervisorStateView
+from app.state_saves import StateSaved
 from app.supervisor_restart import MAX_REASON, RestartRequested
-from app.supervisor_state import MAX_HISTORY_PAGE, HistoryPage, StateSaved, SupervisorStateView
 
 E = ErrorCode
 CONTRACT = "/{id:uuid}"

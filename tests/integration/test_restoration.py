@@ -33,10 +33,10 @@ from app.domain.errors import SupervisorDead, SupervisorFenced, ValidationFailed
 from app.domain.incarnations import MAX_INCARNATION
 from app.domain.lifecycle import Status
 from app.domain.questions import MAX_CONTEXT, MAX_FREE_TEXT_ANSWER, MAX_OPTION, MAX_OPTIONS, MAX_QUESTION
+from app.history_reads import HISTORY_BYTES
 from app.http import create_app
 from app.models import ContractTask, DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.restoration import ANSWERED_QUESTION_BYTES, PENDING_QUESTION_BYTES, WAITING_TASK_BYTES
-from app.supervisor_state import HISTORY_BYTES
 from tests.integration.helpers import event_types, new_contract
 from tests.integration.worker_processes import ROOT, WorkerProcess, start_worker, wait_for
 

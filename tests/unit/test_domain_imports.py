@@ -63,3 +63,24 @@ def test_the_split_supervisor_rules_each_have_a_module_of_their_own() -> None:
     exports = {m: getattr(importlib.import_module(f"app.domain.{m}"), "__all__", []) for m in MODULES}
     found = {name: [m for m in MODULES if name in exports[m]] for name in homes}
     assert found == {name: [home] for name, home in homes.items()}
+
+
+def test_the_split_supervisor_state_rules_each_have_a_module_of_their_own() -> None:
+    """Where each rule once in `supervisor_state.py` lives now (the README's code map lists them)."""
+    homes = {
+        "InvalidValue": "state_values",
+        "check_host": "state_values",
+        "MAX_TASK_IDS": "state_values",
+        "parse_message": "history_messages",
+        "message_time": "history_messages",
+        "parse_save": "state_saves",
+        "judge_save": "save_plan",
+        "worth_an_event": "save_plan",
+        "resend_differences": "save_resends",
+        "checkpoint_after": "state_snapshots",
+        "parse_snapshot": "state_snapshots",
+    }
+    exports = {m: getattr(importlib.import_module(f"app.domain.{m}"), "__all__", []) for m in MODULES}
+    found = {name: [m for m in MODULES if name in exports[m]] for name in homes}
+    assert found == {name: [home] for name, home in homes.items()}
+    assert "supervisor_state" not in MODULES

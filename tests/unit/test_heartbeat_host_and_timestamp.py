@@ -19,7 +19,8 @@ from app.domain.errors import ValidationFailed
 from app.domain.heartbeat_wire import heartbeat_wire, wire_heartbeat
 from app.domain.heartbeats import InvalidHeartbeat, parse_heartbeat
 from app.domain.reported_text import HOST_RULE, MAX_HOST, host_problem
-from app.domain.supervisor_state import check_host, parse_save
+from app.domain.state_saves import parse_save
+from app.domain.state_values import check_host
 from app.domain.timestamps import TIMESTAMP_FORM
 
 CID, TASK = uuid.uuid4(), uuid.uuid4()

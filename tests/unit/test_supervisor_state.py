@@ -16,25 +16,12 @@ from app.domain.errors import (
     SupervisorFenced,
     ValidationFailed,
 )
-from app.domain.supervisor_state import (
-    MAX_APPEND,
-    MAX_CONTENT,
-    MAX_TASK_IDS,
-    CheckpointMark,
-    SaveVerdict,
-    StoredOrder,
-    checkpoint_after,
-    current_incarnation,
-    judge_save,
-    parse_message,
-    parse_save,
-    parse_snapshot,
-    refuse_a_different_resend,
-    resend_differences,
-    resend_window,
-    snapshot_of,
-    worth_an_event,
-)
+from app.domain.history_messages import parse_message
+from app.domain.save_plan import SaveVerdict, StoredOrder, current_incarnation, judge_save, worth_an_event
+from app.domain.save_resends import refuse_a_different_resend, resend_differences, resend_window
+from app.domain.state_saves import CheckpointMark, parse_save
+from app.domain.state_snapshots import checkpoint_after, parse_snapshot, snapshot_of
+from app.domain.state_values import MAX_APPEND, MAX_CONTENT, MAX_TASK_IDS
 from app.domain.supervisors import SupervisorState
 from app.domain.uuids import UUID_FORM
 

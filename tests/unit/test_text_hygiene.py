@@ -24,6 +24,7 @@ from app.domain.control_characters import (
 )
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
 from app.domain.errors import ValidationFailed
+from app.domain.history_messages import message_time
 from app.domain.reported_text import (
     ACTIVITY_RULE,
     CONTRACT_NAME_RULE,
@@ -33,7 +34,8 @@ from app.domain.reported_text import (
     host_problem,
     name_problem,
 )
-from app.domain.supervisor_state import InvalidValue, message_time, parse_save
+from app.domain.state_saves import parse_save
+from app.domain.state_values import InvalidValue
 
 # Every Bidi_Control character Unicode defines, spelled out rather than taken from the module.
 EVERY_BIDI_CONTROL = [
