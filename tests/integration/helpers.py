@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.api import ContractsAPI
 from app.db import unit_of_work
 from app.domain.lifecycle import Status
-from app.models import Contract, ContractEvent, ProcessedMessage
+from app.models import Contract, ContractEvent, ProcessedMessage, utcnow
 from tests.integration.worker_processes import wait_for
 
 
@@ -100,3 +100,15 @@ def database_at(revision: str, backend: str, tmp_path: Path) -> Iterator[str]:
     finally:
         get_engine(scratch.db_url).dispose()
         scratch.drop_database()
+
+
+def heartbeat_body(cid: str, **fields: Any) -> dict[str, Any]:
+    """One valid heartbeat as the HTTP front takes it (a new supervisor), `fields` on top."""
+    return {
+        "taskId": str(uuid.uuid4()),
+        "contractId": cid,
+        "state": "working",
+        "phase": "plan",
+        "timestamp": utcnow().isoformat(),
+        **fields,
+    }

@@ -28,7 +28,7 @@ from app.domain.errors import ValidationFailed
 from app.domain.lifecycle import Status
 from app.domain.message_ids import MESSAGE_ID_RULE
 from app.domain.reported_text import CONTRACT_NAME_RULE, TASK_NAME_RULE
-from app.models import utcnow
+from tests.integration.helpers import heartbeat_body as heartbeat
 from tests.integration.helpers import no_send
 
 pytestmark = pytest.mark.integration
@@ -113,17 +113,6 @@ def test_a_contract_name_of_blanks_alone_is_refused_by_the_same_rule(
 
 
 # --- 2. daemon ids "." and ".." ---------------------------------------------------------------
-
-
-def heartbeat(cid: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "taskId": str(uuid.uuid4()),
-        "contractId": cid,
-        "state": "working",
-        "phase": "plan",
-        "timestamp": utcnow().isoformat(),
-        **fields,
-    }
 
 
 @pytest.mark.parametrize("daemon_id", [".", ".."])

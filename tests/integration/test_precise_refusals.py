@@ -25,7 +25,7 @@ import pytest
 
 from app.domain.reported_text import CONTRACT_NAME_RULE, TASK_NAME_RULE
 from app.http import create_app
-from app.models import utcnow
+from tests.integration.helpers import heartbeat_body as heartbeat
 from tests.integration.helpers import no_send
 
 with warnings.catch_warnings():
@@ -131,17 +131,6 @@ def test_names_in_any_script_are_still_taken(client: TestClient, headers: dict[s
 
 
 # --- daemon ids and hosts ---------------------------------------------------------------------
-
-
-def heartbeat(cid: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "taskId": str(uuid.uuid4()),
-        "contractId": cid,
-        "state": "working",
-        "phase": "plan",
-        "timestamp": utcnow().isoformat(),
-        **fields,
-    }
 
 
 @pytest.mark.parametrize("field", ["daemonId", "host"])

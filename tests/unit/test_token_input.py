@@ -22,6 +22,7 @@ from app.auth import (
 from app.domain.errors import ValidationFailed
 from app.domain.phase_change import CONFIRMING_ROLES
 from app.models import Principal
+from tests.unit.test_text_hygiene import EVERY_BIDI_CONTROL
 
 
 def test_the_length_limits_are_the_columns_sizes() -> None:
@@ -87,21 +88,8 @@ def test_the_persons_are_the_roles_the_phase_guard_names() -> None:
     assert [Caller(uuid.uuid4(), "o", role).is_person for role in Role] == [True, False, True]
 
 
-# Every Bidi_Control character, spelled out: each makes an owner or a name read as another.
-BIDI_CONTROLS = [
-    "\u061c",
-    "\u200e",
-    "\u200f",
-    "\u202a",
-    "\u202b",
-    "\u202c",
-    "\u202d",
-    "\u202e",
-    "\u2066",
-    "\u2067",
-    "\u2068",
-    "\u2069",
-]
+# Every Bidi_Control character, spelled out (each makes an owner or a name read as another).
+BIDI_CONTROLS = EVERY_BIDI_CONTROL
 
 
 @pytest.mark.parametrize("bidi", BIDI_CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
