@@ -45,15 +45,7 @@ def resend_differences(
     daemon that changed anything must count a new stateVersion, or a lost answer's resend and
     a new state could not be told apart (and the new one would be dropped in silence).
     """
-    sent: dict[str, Any] = {
-        "state": save.state.value,
-        "phase": save.phase,
-        "currentActivity": save.current_activity,
-        "progress": save.progress,
-        "error": save.error,
-        "spawnedTaskIds": list(save.spawned_task_ids),
-        "waitingOnTaskIds": list(save.waiting_on_task_ids),
-    }
+    sent = save.state_fields()
     differs = [name for name, value in sent.items() if _stored_value(stored.get(name), name) != value]
     for name, value in (("daemonId", save.daemon_id), ("host", save.host)):
         if value is not None and stored.get(name) is not None and stored.get(name) != value:

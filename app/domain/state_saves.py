@@ -88,6 +88,18 @@ class StateSave:
     daemon_id: str | None = None
     host: str | None = None
 
+    def state_fields(self) -> dict[str, Any]:
+        """The state it reports, camelCase as stored: what a snapshot keeps and a resend must repeat."""
+        return {
+            "state": self.state.value,
+            "phase": self.phase,
+            "currentActivity": self.current_activity,
+            "progress": self.progress,
+            "error": self.error,
+            "spawnedTaskIds": list(self.spawned_task_ids),
+            "waitingOnTaskIds": list(self.waiting_on_task_ids),
+        }
+
     def touches_history(self) -> bool:
         return self.history_from is not None or self.history_append is not None
 

@@ -43,13 +43,7 @@ def snapshot_of(
     out: dict[str, Any] = {
         "incarnation": plan.incarnation,
         "stateVersion": save.state_version,
-        "state": save.state.value,
-        "phase": save.phase,
-        "currentActivity": save.current_activity,
-        "progress": save.progress,
-        "error": save.error,
-        "spawnedTaskIds": list(save.spawned_task_ids),
-        "waitingOnTaskIds": list(save.waiting_on_task_ids),
+        **save.state_fields(),
         "historyLength": plan.history_length,
         "savedAt": saved_at.isoformat(),
     }
