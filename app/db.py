@@ -98,9 +98,18 @@ def _ping_when_idle(engine: Engine) -> None:
         if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
             return
         try:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("SELECT 1")
-            cursor.close()
+            # The ping must leave no transaction open: psycopg2 begins one with any statement
+            # outside autocommit, and `driver_autocommit` (the hot paths) cannot switch a
+            # connection to autocommit inside one ("set_session cannot be used inside a
+            # transaction"), so every hot path failed on a connection idle this long.
+            was = dbapi_conn.autocommit
+            dbapi_conn.autocommit = True
+            try:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("SELECT 1")
+                cursor.close()
+            finally:
+                dbapi_conn.autocommit = was
         except Exception as exc:
             # The pool discards this connection and checks out (or opens) another.
             raise DisconnectionError("idle connection is gone") from exc

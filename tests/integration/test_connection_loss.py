@@ -123,3 +123,28 @@ def test_a_phase_change_on_a_dead_connection_answers_503_and_the_next_one_applie
     assert first.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
     assert second.status_code == 200, second.text
     assert second.json()["phase"] == "execute"
+
+
+def test_a_connection_pinged_after_sitting_idle_still_serves_every_path(
+    worker: WorkerProcess, make_caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle past `IDLE_PING_SECONDS` is pinged at checkout. The ping once left a
+    transaction open, and the hot paths, which switch the driver to autocommit, then failed
+    with "set_session cannot be used inside a transaction": a daemon's first report after 30 s
+    of quiet was accepted and refused as INTERNAL_ERROR, and `send_heartbeat` raised."""
+    import app.db as db
+    from app.db import driver_autocommit, unit_of_work
+
+    token, _ = make_caller(role="supervisor")
+    api = ContractsAPI(token)
+    cid = new_contract(api)
+    engine = get_engine()
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every checkout counts as idle: pinged
+    for _ in range(3):
+        with driver_autocommit(engine) as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        with unit_of_work() as uow:
+            assert uow.session.execute(text("SELECT 1")).scalar() == 1
+    assert api.report_task_started(cid, uuid.uuid4(), "after a quiet spell")
+    api.send_heartbeat(cid, uuid.uuid4(), "working", "plan")
+    api.flush()
