@@ -17,14 +17,50 @@ from app import worktrees as worktree_service
 from app.api.base import APIBase
 from app.domain.errors import ValidationFailed
 from app.domain.message_ids import check_message_id
-from app.domain.reported_text import TASK_NAME_RULE, name_problem
+from app.domain.phases import MAX_DELIVERABLE_ID
+from app.domain.reported_text import MAX_PHASE, MAX_TASK_NAME, TASK_NAME_RULE, name_problem
 from app.message_outcomes import MessageStatus, OutcomeStatus, Sent
 from app.queues import TaskName
 
 
+def _text(value: object, field: str, most: int) -> str:
+    """A text argument as the worker will hold it: a string of 1 to `most` characters that
+    UTF-8 (and so PostgreSQL) can store. Refused now, naming the field, rather than accepted
+    with a message id and refused by the worker (or by the database's encoder) later."""
+    if not isinstance(value, str):
+        raise ValidationFailed(
+            f"{field} must be a string, not {type(value).__name__}", details={"field": field}
+        )
+    if not 1 <= len(value) <= most:
+        raise ValidationFailed(
+            f"{field} must be 1 to {most} characters (got {len(value)})",
+            details={"field": field, "limit": most},
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationFailed(
+            f"{field} holds a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}), which is not "
+            "a character and cannot be stored",
+            details={"field": field},
+        ) from None
+    return value
+
+
+def _flag(value: object, field: str) -> bool:
+    """A yes/no argument: only True or False (a string such as "no" is not taken for one)."""
+    if type(value) is not bool:
+        raise ValidationFailed(
+            f"{field} must be True or False, not {value!r}"[:200], details={"field": field}
+        )
+    return value
+
+
 def _task_name(name: str) -> str:
     """A task report's name, checked now by the rule the HTTP front applies (one line, no
-    control or bidirectional character): a worker cannot store what it refuses."""
+    control or bidirectional character, at most 500 characters): a worker cannot store what
+    it refuses."""
+    _text(name, "taskName", MAX_TASK_NAME)
     problem = name_problem(name, TASK_NAME_RULE)
     if problem is not None:
         raise ValidationFailed(f"taskName {problem}", details={"field": "taskName"})
@@ -101,7 +137,11 @@ class ReportsMixin(APIBase):
             TaskName.TASK_STARTED,
             contract_id,
             message_id,
-            {"taskId": str(task_id), "taskName": _task_name(task_name), "isSupervisor": is_supervisor},
+            {
+                "taskId": str(task_id),
+                "taskName": _task_name(task_name),
+                "isSupervisor": _flag(is_supervisor, "isSupervisor"),
+            },
             closed="tasks",
             reported_task=task_id,
         )
@@ -120,7 +160,7 @@ class ReportsMixin(APIBase):
             TaskName.TASK_COMPLETED,
             contract_id,
             message_id,
-            {"taskId": str(task_id), "taskName": _task_name(task_name), "success": success},
+            {"taskId": str(task_id), "taskName": _task_name(task_name), "success": _flag(success, "success")},
             closed="task results",
             reported_task=task_id,
         )
@@ -137,7 +177,10 @@ class ReportsMixin(APIBase):
             TaskName.MARK_DELIVERABLE,
             contract_id,
             message_id,
-            {"deliverableId": deliverable_id, "phase": phase},
+            {
+                "deliverableId": _text(deliverable_id, "deliverableId", MAX_DELIVERABLE_ID),
+                "phase": None if phase is None else _text(phase, "phase", MAX_PHASE),
+            },
             closed="deliverables",
         )
 

@@ -374,3 +374,44 @@ def test_the_api_module_refuses_a_message_id_no_report_could_carry(make_caller: 
     api.change_status(cid, Status.ACTIVE)
     sent = api.report_task_started(cid, uuid.uuid4(), "t", message_id="daemon-7:report@1")
     assert api.message_status(sent).status == "pending"
+
+
+NOT_STORABLE = "which is not a character and cannot be stored"
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "message"),
+    [
+        (lambda api, cid: api.report_task_started(cid, uuid.uuid4(), "a\ud800b"), "taskName",
+         f"taskName holds a lone UTF-16 surrogate (U+D800), {NOT_STORABLE}"),
+        (lambda api, cid: api.report_task_started(cid, uuid.uuid4(), "x" * 501), "taskName",
+         "taskName must be 1 to 500 characters (got 501)"),
+        (lambda api, cid: api.report_task_started(cid, uuid.uuid4(), 5), "taskName",
+         "taskName must be a string, not int"),
+        (lambda api, cid: api.report_task_started(cid, uuid.uuid4(), "t", is_supervisor="no"), "isSupervisor",
+         "isSupervisor must be True or False, not 'no'"),
+        (lambda api, cid: api.report_task_completed(cid, uuid.uuid4(), "t", success="false"), "success",
+         "success must be True or False, not 'false'"),
+        (lambda api, cid: api.report_task_completed(cid, uuid.uuid4(), "t", success=None), "success",
+         "success must be True or False, not None"),
+        (lambda api, cid: api.mark_deliverable(cid, 5), "deliverableId",
+         "deliverableId must be a string, not int"),
+        (lambda api, cid: api.mark_deliverable(cid, "pl\ud800"), "deliverableId",
+         f"deliverableId holds a lone UTF-16 surrogate (U+D800), {NOT_STORABLE}"),
+        (lambda api, cid: api.mark_deliverable(cid, "d" * 201), "deliverableId",
+         "deliverableId must be 1 to 200 characters (got 201)"),
+    ],
+    ids=["surrogate-name", "long-name", "int-name", "str-supervisor", "str-success", "none-success",
+         "int-deliverable", "surrogate-deliverable", "long-deliverable"],
+)  # fmt: skip
+def test_the_api_module_refuses_at_once_what_its_worker_would_refuse_later(
+    make_caller: Any, call: Callable[[Any, Any], object], field: str, message: str
+) -> None:
+    """Each of these got a message id and was refused by the worker afterwards (or raised the
+    database encoder's DataError); a flag given as the string "no" was taken for True."""
+    _, caller = make_caller(role="supervisor")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    cid = api.create_contract("arguments checked at once", "simple").id
+    with pytest.raises(ValidationFailed) as caught:
+        call(api, cid)
+    assert (caught.value.details["field"], caught.value.message) == (field, message)
