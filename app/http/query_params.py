@@ -33,9 +33,11 @@ to a schema's complaint about an unknown parameter.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from types import UnionType
+from typing import Any, Final, Union, get_args, get_origin
 
 # FastAPI's own helpers (its version is pinned): a parameter counts as a sequence, and a query
 # model's fields are read, exactly as FastAPI itself does when it reads the query string.
@@ -78,6 +80,7 @@ class QuerySpec:
     names: tuple[str, ...]
     repeatable: frozenset[str]
     empty_refused: frozenset[str]
+    whole_numbers: frozenset[str] = frozenset()
 
 
 def _model(annotation: Any) -> type[BaseModel] | None:
@@ -106,6 +109,20 @@ def _takes_empty(field: ModelField) -> bool:
     return not errors
 
 
+def _is_whole_number(annotation: Any) -> bool:
+    """An `int` parameter, optional or not (a bool is its own kind)."""
+    return annotation is int or (
+        get_origin(annotation) in (Union, UnionType)
+        and int in get_args(annotation)
+        and set(get_args(annotation)) <= {int, type(None)}
+    )
+
+
+# A whole number as the published schema means one. Python's `int()`, which reads the value
+# otherwise, also takes `3_0` (30), ` 3` and `+3`: each would be answered as if it said 30 or 3.
+_DIGITS: Final = re.compile(r"-?[0-9]+")
+
+
 def spec_of(route: QueryRoute) -> QuerySpec:
     """What `route` takes, worked out from its dependant on the first call, then kept on it."""
     known = route.__dict__.get(_SPEC_ATTRIBUTE)
@@ -122,6 +139,9 @@ def spec_of(route: QueryRoute) -> QuerySpec:
             for field in fields
             if not any(mark is EMPTY_MEANS_DEFAULT for mark in field.field_info.metadata)
             and _takes_empty(field)
+        ),
+        whole_numbers=frozenset(
+            field.alias for field in fields if _is_whole_number(field.field_info.annotation)
         ),
     )
     setattr(route, _SPEC_ATTRIBUTE, spec)
@@ -169,6 +189,17 @@ def _empty(name: str) -> dict[str, Any]:
     }
 
 
+def _not_digits(name: str, given: str) -> dict[str, Any]:
+    return {
+        "field": name,
+        "in": "query",
+        "type": "int_parsing",
+        "problem": "is not a whole number written in digits (0-9, an optional leading minus; "
+        "no sign +, space or underscore)",
+        "given": given[:_GIVEN_CHARACTERS],
+    }
+
+
 def query_problems(route: QueryRoute, items: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     """What is wrong with a query string (its `(name, value)` pairs, in order) for `route`: one
     problem per parameter, the first rule it breaks of unknown, repeated, empty, and at most
@@ -185,6 +216,8 @@ def query_problems(route: QueryRoute, items: Iterable[tuple[str, str]]) -> list[
             problems.append(_repeated(name, len(given)))
         elif name in spec.empty_refused and any(value == "" for value in given):
             problems.append(_empty(name))
+        elif name in spec.whole_numbers and not all(_DIGITS.fullmatch(value) for value in given):
+            problems.append(_not_digits(name, next(v for v in given if not _DIGITS.fullmatch(v))))
     return problems[:MOST_PROBLEMS]
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -400,3 +401,23 @@ def test_the_dashboards_question_list_is_answered(
 ) -> None:
     response = client.get(f"{BASE}/{contract_id}/questions?open=true", headers=headers)
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("given", ["3_0", " 3", "+3", "3 ", "٣"], ids=repr)
+@pytest.mark.parametrize(
+    "path",
+    [BASE + "/{cid}/supervisor/heartbeats?limit=", "/api/v1/daemons?limit=", BASE + "/{cid}/events?limit="],
+)
+def test_a_whole_number_is_written_in_digits_or_refused(
+    client: TestClient, headers: dict[str, str], contract_id: uuid.UUID, path: str, given: str
+) -> None:
+    """Python's int() reads `3_0` as 30 and ` 3`, `+3` or an Arabic-Indic digit as 3, so each
+    was answered as if the caller had written the number plainly; the schema says digits."""
+    url = path.format(cid=contract_id) + quote(given)
+    problem = refusal(client.get(url, headers=headers), "limit", "int_parsing")
+    assert problem["given"] == given
+    assert problem["problem"] == (
+        "is not a whole number written in digits "
+        "(0-9, an optional leading minus; no sign +, space or underscore)"
+    )
+    assert client.get(path.format(cid=contract_id) + "3", headers=headers).status_code == 200
