@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.service_commands import HTTP_PROTOCOL
 from bench._cpu import Meter, cpu_seconds, processes
 from tests.isolation import Isolation
 
@@ -330,7 +331,19 @@ def start_http() -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with tempfile.NamedTemporaryFile(prefix="makima-bench-uvicorn-", suffix=".log", delete=False) as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.http:app", "--port", str(port), "--log-level", "warning"],
+            # As `makima run` serves it: uvicorn's h11 with the deadline for a request's head.
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.http:app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--http",
+                HTTP_PROTOCOL,
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -32,6 +32,7 @@ from app.http import (
 from app.http.deps import Wiring, strict_query
 from app.http.docs import install_docs
 from app.http.error_handlers import install_error_handlers
+from app.http.heartbeat_door import HeartbeatDoor
 from app.http.limits import BodyLimits
 
 DESCRIPTION = (
@@ -90,6 +91,8 @@ def create_app(
     application.include_router(dashboard_page.router)  # the HTML page at /dashboard (no /api prefix)
     install_docs(application)
     install_error_handlers(application)
+    # Inside the body limits: the usual heartbeat POST skips the routing (app.http.heartbeat_door).
+    application.add_middleware(HeartbeatDoor)
     # Outside the routers: a body is bounded (size, nesting, numbers, text) before it is parsed.
     application.add_middleware(BodyLimits)
     # Outermost: the live monitor sends its events with the server's own send (app.http.monitor_ws).

@@ -245,11 +245,17 @@ def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) ->
     answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
     A heartbeat without an `id` is identified by its task and timestamp, so sending it again
     stores it once."""
+    return answer(request, api.caller, body)
+
+
+def answer(request: Request, caller: Caller, body: Any) -> Response:
+    """The endpoint's answer to `caller` sending `body`: 503 with the feature flag off, else
+    `accept`'s. The routed endpoint and its door (`app.http.heartbeat_door`) both answer here."""
     try:
         require_enabled(get_settings())
     except FeatureDisabled as exc:
         return _disabled(exc)
-    return accept(request, api.caller, body)
+    return accept(request, caller, body)
 
 
 @router.get(
