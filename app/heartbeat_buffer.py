@@ -32,10 +32,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import Engine, literal, select, union_all
 
@@ -162,28 +162,37 @@ class GroupFacts:
         return None if refused is None else ("taskId", refused)
 
 
-def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, str]]) -> GroupFacts:
-    """The facts of a group's (task id, contract id) pairs, in one query (see `_FACTS`).
+def facts_of(
+    engine: Engine | None,
+    settings: Settings,
+    claims: set[tuple[str, str]],
+    contracts: set[str] | None = None,
+) -> GroupFacts:
+    """The facts of a group's (task id, contract id) pairs, in one query (see `_FACTS`): the
+    owner and status of each contract of `contracts` (default: the claims' own), and the
+    holders of the claims' task ids.
 
     The ids are canonical UUID text (the wire form's). On PostgreSQL one prepared statement on
     the driver's cursor, ids and answers as text: the HTTP front asks this once per coalesced
     group of up to a few hundred heartbeats, and turning each id into a `UUID` and back cost
     more than the query.
     """
-    if not claims:
+    if contracts is None:
+        contracts = {cid for _, cid in claims}
+    if not contracts:
         return GroupFacts({}, {})
     bind = engine or get_engine()
     if bind.dialect.name == "postgresql":
         tasks = [task for task, _ in claims]
-        contracts = [cid for _, cid in claims]
+        claimed = [cid for _, cid in claims]
         with driver_autocommit(bind) as connection:
             rows = driver_rows(
                 connection,
                 _FACTS,
                 {
-                    "ids": "{" + ",".join(set(contracts)) + "}",
+                    "ids": "{" + ",".join(contracts) + "}",
                     "tasks": "{" + ",".join(tasks) + "}",
-                    "claims": "{" + ",".join(contracts) + "}",
+                    "claims": "{" + ",".join(claimed) + "}",
                 },
                 prepare=settings.database_prepared_statements,
             )
@@ -203,7 +212,7 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
         session = uow.session
         found = session.execute(
             select(Contract.id, Contract.owner_id, Contract.status).where(
-                Contract.id.in_(sorted({uuid.UUID(cid) for _, cid in claims}))
+                Contract.id.in_(sorted({uuid.UUID(cid) for cid in contracts}))
             )
         ).all()
         facts = GroupFacts(
@@ -212,6 +221,8 @@ def facts_of(engine: Engine | None, settings: Settings, claims: set[tuple[str, s
             {str(cid): status for cid, _, status in found if status in CLOSED_STATUSES},
         )
         task_ids = sorted({uuid.UUID(task) for task, _ in claims})
+        if not task_ids:
+            return facts
         held = session.execute(
             union_all(
                 select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id, literal(True))
@@ -361,30 +372,32 @@ def flush_all() -> None:
         buffer.close()
 
 
-_VisibleKey = tuple[uuid.UUID, str, str]  # (principal, contract id, task id)
+K = TypeVar("K", bound=Hashable)
 
 
-class _VisibleCache:
-    """(principal, contract, task) found visible and open recently, the task not another
-    contract's, so a steady sender pays one query per supervisor every `VISIBLE_SECONDS` and
-    none between."""
+class _Recent(Generic[K]):
+    """Keys found good within the last `VISIBLE_SECONDS` (bounded: when full, it starts again)."""
 
     def __init__(self) -> None:
-        self._seen: dict[_VisibleKey, float] = {}
+        self._seen: dict[K, float] = {}
         self._lock = threading.Lock()
 
-    def fresh(self, key: _VisibleKey) -> bool:
+    def fresh(self, key: K) -> bool:
         at = self._seen.get(key)
         return at is not None and time.monotonic() - at < VISIBLE_SECONDS
 
-    def add(self, key: _VisibleKey) -> None:
+    def add(self, keys: Iterable[K]) -> None:
+        now = time.monotonic()
         with self._lock:
             if len(self._seen) >= MAX_VISIBLE_ENTRIES:
                 self._seen.clear()
-            self._seen[key] = time.monotonic()
+            self._seen.update((key, now) for key in keys)
 
 
-_visible = _VisibleCache()
+# The API module's: (principal, contract id, task id) found visible and open, the task not
+# another contract's, so a steady sender pays one query per supervisor every `VISIBLE_SECONDS`
+# and none between.
+_visible: _Recent[tuple[uuid.UUID, str, str]] = _Recent()
 
 
 def send_heartbeat(
@@ -418,7 +431,7 @@ def send_wire(
         refused = facts_of(engine, settings, {(task_id, contract_id)}).refusal(caller, item)
         if refused is not None:
             raise refused[1]
-        _visible.add(key)
+        _visible.add((key,))
     buffer_for(send, settings).add(caller.principal_id, item)
 
 
@@ -505,11 +518,24 @@ class GroupCommit:
 
 
 def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Callable[[list[Submission]], None]:
-    """The group commit's send: one query for the group's facts (`facts_of`), then one message."""
+    """The group commit's send: one query for the group's facts (`facts_of`), then one message.
+
+    Every contract of the group is asked for each time (its owner and status: a contract closed
+    a moment ago refuses the next heartbeat on it). The holders of its task ids are asked for
+    only for pairs (task id, contract id) not accepted within `VISIBLE_SECONDS`: the contract
+    holding a task id never changes, so a supervisor beating every 30 s costs no lookup of its
+    task id between. (What this cannot see, another contract taking that task id as an ordinary
+    task meanwhile, the worker refuses, as it refuses whatever got past a front.)
+    """
+    held_here: _Recent[tuple[str, str]] = _Recent()
 
     def flush(entries: list[Submission]) -> None:
+        pairs = {(item["taskId"], item["contractId"]) for e in entries for _, item in e.parsed}
         facts = facts_of(
-            engine, settings, {(item["taskId"], item["contractId"]) for e in entries for _, item in e.parsed}
+            engine,
+            settings,
+            {pair for pair in pairs if not held_here.fresh(pair)},
+            {cid for _, cid in pairs},
         )
         groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
         total = 0
@@ -526,14 +552,15 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
             return
         if total <= MAX_PER_MESSAGE:
             send(TaskName.INGEST_HEARTBEATS.value, message_of(groups), None)
-            return
-        for principal, items in groups.items():
-            for start in range(0, len(items), MAX_PER_MESSAGE):
-                send(
-                    TaskName.INGEST_HEARTBEATS.value,
-                    message_of({principal: items[start : start + MAX_PER_MESSAGE]}),
-                    None,
-                )
+        else:
+            for principal, items in groups.items():
+                for start in range(0, len(items), MAX_PER_MESSAGE):
+                    send(
+                        TaskName.INGEST_HEARTBEATS.value,
+                        message_of({principal: items[start : start + MAX_PER_MESSAGE]}),
+                        None,
+                    )
+        held_here.add((item["taskId"], item["contractId"]) for items in groups.values() for item in items)
 
     return flush
 

@@ -20,6 +20,7 @@ import threading
 import uuid
 from typing import Annotated, Any, Final
 
+import orjson
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
@@ -207,26 +208,29 @@ def refusal_of(result: ItemResult) -> ValidationFailed:
 
 
 def accepted_body(results: list[ItemResult]) -> bytes:
-    """`HeartbeatsAccepted` of these results, as its model serializes it (camelCase, nulls kept)."""
+    """`HeartbeatsAccepted` of these results, as its model serializes it (camelCase, nulls kept),
+    written by orjson: a tenth of `json.dumps`'s time on a list of 100 (UTF-8, not `\\u` escapes;
+    the same JSON)."""
     accepted = sum(1 for r in results if r.accepted)
-    return json.dumps(
-        {
-            "accepted": accepted,
-            "refused": len(results) - accepted,
-            "results": [
-                {
-                    "index": r.index,
-                    "id": r.id,
-                    "status": "accepted" if r.accepted else "refused",
-                    "code": r.code,
-                    "field": r.field,
-                    "message": r.message,
-                }
-                for r in results
-            ],
-        },
-        separators=(",", ":"),
-    ).encode()
+    answer = {
+        "accepted": accepted,
+        "refused": len(results) - accepted,
+        "results": [
+            {
+                "index": r.index,
+                "id": r.id,
+                "status": "accepted" if r.accepted else "refused",
+                "code": r.code,
+                "field": r.field,
+                "message": r.message,
+            }
+            for r in results
+        ],
+    }
+    try:
+        return orjson.dumps(answer)
+    except TypeError:  # a lone surrogate in a message (the body limits let none in): escaped
+        return json.dumps(answer, separators=(",", ":")).encode()
 
 
 @router.post(

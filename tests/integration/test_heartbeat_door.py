@@ -206,3 +206,19 @@ def test_a_broker_that_is_down_and_a_flag_that_is_off_answer_as_the_route_does(
     monkeypatch.setattr("app.http.supervisors.get_settings", lambda: off)
     status, answer = both(apps, heartbeat_body(str(cid)), token)
     assert status == 503 and answer["error"]["code"] == "FEATURE_DISABLED"
+
+
+def test_a_contract_closed_after_its_supervisor_was_heard_refuses_its_next_heartbeat_at_once(
+    apps: tuple[TestClient, Recorder, TestClient, Recorder],
+    owner: tuple[str, ContractsAPI, uuid.UUID],
+) -> None:
+    """The front remembers which task ids it found free of other contracts, never whether a
+    contract is open: the heartbeat after the close is refused, not queued for the worker."""
+    token, api, cid = owner
+    beat = heartbeat_body(str(cid))
+    status, _ = both(apps, beat, token)
+    assert status == 202
+    api.change_status(cid, Status.FAILED, reason="abandoned")
+    status, answer = both(apps, {**beat, "timestamp": utcnow().isoformat()}, token)
+    assert status == 400 and answer["error"]["details"]["field"] == "contractId"
+    assert len(apps[1].sent) == 1

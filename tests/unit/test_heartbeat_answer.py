@@ -45,3 +45,9 @@ def test_the_answer_is_the_models_own_serialization() -> None:
 
 def test_an_empty_answer_counts_nothing() -> None:
     assert json.loads(accepted_body([])) == {"accepted": 0, "refused": 0, "results": []}
+
+
+def test_an_answer_whose_message_holds_a_lone_surrogate_is_still_written() -> None:
+    """orjson refuses a lone surrogate; the answer falls back to escaping it, as JSON allows."""
+    results = [ItemResult(0, None, "VALIDATION_FAILED", "phase", "bad \ud800 text")]
+    assert json.loads(accepted_body(results))["results"][0]["message"] == "bad \ud800 text"
