@@ -10,12 +10,12 @@ heartbeats leave a process in lists (`heartbeats.ingest` messages):
   (`max_buffered`): while the broker refuses sends, the newest are kept, the oldest dropped
   and counted (a heartbeat is superseded by the next one anyway), and the caller sees the
   broker's error on the send it triggered.
-- **`GroupCommit`**, one per HTTP app: concurrent requests are coalesced into one message.
-  The first request of a group waits at most `coalesce_ms` for company (or until the group
-  holds `batch_size` heartbeats), then checks the visibility and status of every contract in
-  the group and the holders of its task ids with one query, sends one message, and wakes the others.
-  Every request is answered only after the message holding its heartbeats is in the broker
-  (or with the broker's error).
+- **`http_flush`**, the send of the HTTP front's group commit (`app.group_commit`, one per
+  app): concurrent requests are coalesced into one message. A group waits at most
+  `coalesce_ms` for company (or until it holds `batch_size` heartbeats); its flush checks the
+  visibility and status of every contract in the group and the holders of its task ids with
+  one query and sends one message. Every request is answered only after the message holding
+  its heartbeats is in the broker (or with the broker's error).
 
 Both refuse what the worker would refuse for reasons they can see: a contract the caller
 cannot see, a closed one (`closed_contract_refusal`: completed, failed or archived, refused as
@@ -464,59 +464,6 @@ class Submission:
     results: list[ItemResult]
 
 
-@dataclass
-class _Group:
-    entries: list[Submission] = field(default_factory=list)
-    size: int = 0
-    full: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-
-class GroupCommit:
-    """Coalesce concurrent submissions into one message (see the module docstring)."""
-
-    def __init__(
-        self, flush: Callable[[list[Submission]], None], linger_seconds: float, max_items: int
-    ) -> None:
-        self._flush = flush
-        self.linger = linger_seconds
-        self.max_items = max_items
-        self._open: _Group | None = None
-        self._lock = threading.Lock()
-        self.groups = 0
-
-    def submit(self, entry: Submission) -> None:
-        """Return once the message holding `entry` is in the broker; raise the send's error."""
-        with self._lock:
-            group = self._open
-            leader = group is None
-            if group is None:
-                group = self._open = _Group()
-            group.entries.append(entry)
-            group.size += len(entry.parsed)
-            if group.size >= self.max_items:
-                self._open = None
-                group.full.set()
-        if leader:
-            if self.linger > 0:
-                group.full.wait(self.linger)
-            with self._lock:
-                if self._open is group:
-                    self._open = None
-            try:
-                self.groups += 1
-                self._flush(group.entries)
-            except BaseException as exc:
-                group.error = exc
-            finally:
-                group.done.set()
-        else:
-            group.done.wait()
-        if group.error is not None:
-            raise group.error
-
-
 def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Callable[[list[Submission]], None]:
     """The group commit's send: one query for the group's facts (`facts_of`), then one message.
 
@@ -592,7 +539,6 @@ def parse_submission(caller: Caller, items: Sequence[Any]) -> Submission:
 
 __all__ = [
     "FLAG",
-    "GroupCommit",
     "GroupFacts",
     "HeartbeatBuffer",
     "ItemResult",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -87,7 +86,7 @@ class HeartbeatDoor:
     async def _answer(self, scope: Scope, receive: Receive, send: Send, caller: Any, body: Any) -> None:
         request = Request(scope, receive)
         try:
-            response: Response = await run_in_threadpool(answer, request, caller, body)
+            response = await answer(request, caller, body)
         except Exception as exc:
             response = await self._handled(request, exc)
         await response(scope, receive, send)

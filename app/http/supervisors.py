@@ -16,13 +16,13 @@ FEATURE_DISABLED.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.auth import Caller
 from app.broker import send_task
@@ -33,7 +33,8 @@ from app.domain.heartbeat_plan import closed_contract_refusal
 from app.domain.heartbeats import MAX_PENDING_TASKS
 from app.domain.lifecycle import CLOSED_STATUSES
 from app.domain.supervisors import SupervisorState
-from app.heartbeat_buffer import GroupCommit, ItemResult, http_flush, parse_submission, require_enabled
+from app.group_commit import GroupCommit
+from app.heartbeat_buffer import ItemResult, Submission, http_flush, parse_submission, require_enabled
 from app.http.deps import Api, ContractId, wiring
 from app.http.errors import API_PREFIX, error_response, error_responses
 from app.http.problems import json_type, not_json_type
@@ -124,33 +125,34 @@ _BODY: Final[dict[str, Any]] = {
     }
 }
 
-_groups_lock = threading.Lock()
-
 
 def _disabled(exc: FeatureDisabled) -> JSONResponse:
     return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, exc.code, exc.message, exc.details)
 
 
-def _group_commit(request: Request) -> GroupCommit:
-    """This app's group commit, made on first use with the app's database and sender."""
+# Lists longer than this are parsed on a worker thread: a list of 1,000 takes milliseconds to
+# check, which the event loop would spend away from every other connection.
+_OFF_LOOP_ITEMS: Final = 200
+
+
+def _group_commit(request: Request) -> GroupCommit[Submission]:
+    """This app's group commit, made on first use with the app's database and sender (on the
+    event loop, so no two requests make one each)."""
     state = request.app.state
-    found: GroupCommit | None = getattr(state, "heartbeat_group_commit", None)
+    found: GroupCommit[Submission] | None = getattr(state, "heartbeat_group_commit", None)
     if found is None:
-        with _groups_lock:
-            found = getattr(state, "heartbeat_group_commit", None)
-            if found is None:
-                settings = get_settings()
-                wired = wiring(request)
-                found = GroupCommit(
-                    http_flush(wired.engine, settings, wired.sender or send_task),
-                    settings.heartbeats.coalesce_ms / 1000,
-                    settings.heartbeats.batch_size,
-                )
-                state.heartbeat_group_commit = found
+        settings = get_settings()
+        wired = wiring(request)
+        found = GroupCommit(
+            http_flush(wired.engine, settings, wired.sender or send_task),
+            settings.heartbeats.coalesce_ms / 1000,
+            settings.heartbeats.batch_size,
+        )
+        state.heartbeat_group_commit = found
     return found
 
 
-def accept(request: Request, caller: Caller, body: Any) -> Response:
+async def accept(request: Request, caller: Caller, body: Any) -> Response:
     """The 202 answer, `HeartbeatsAccepted` written out directly (a result per heartbeat, up to
     1,000 a request: building and validating a model for each cost more than the check of the
     heartbeat itself). `test_the_answer_is_the_models_own_serialization` holds the two equal."""
@@ -177,9 +179,12 @@ def accept(request: Request, caller: Caller, body: Any) -> Response:
             f"At most {MAX_PER_REQUEST} heartbeats per request (this one has {len(items)}).",
             details={"field": "body", "limit": MAX_PER_REQUEST},
         )
-    submission = parse_submission(caller, items)
+    if len(items) > _OFF_LOOP_ITEMS:
+        submission = await run_in_threadpool(parse_submission, caller, items)
+    else:
+        submission = parse_submission(caller, items)
     if submission.parsed:
-        _group_commit(request).submit(submission)
+        await _group_commit(request).submit(submission, len(submission.parsed))
     if single and not (first := submission.results[0]).accepted:
         # Refused before the group (a field) or by it: a contract the caller cannot see, a
         # closed one (VALIDATION_FAILED naming contractId), or a task id another contract holds
@@ -240,7 +245,7 @@ def accepted_body(results: list[ItemResult]) -> bytes:
     openapi_extra=_BODY,
     responses=error_responses(E.CONTRACT_NOT_FOUND, E.VALIDATION_FAILED, E.BROKER_UNAVAILABLE, bad_json=True),
 )
-def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) -> Any:
+async def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) -> Any:
     """Supervisor heartbeats: one (a JSON object) or a list of up to 1,000, answered 202 once
     they are queued. In a list, each heartbeat gets its own result: an invalid one (the field
     is named), one naming another contract's supervisor as its taskId, one on a completed,
@@ -249,17 +254,17 @@ def send_heartbeats(request: Request, api: Api, body: Annotated[Any, Body()]) ->
     answers 400 VALIDATION_FAILED or 404 CONTRACT_NOT_FOUND.
     A heartbeat without an `id` is identified by its task and timestamp, so sending it again
     stores it once."""
-    return answer(request, api.caller, body)
+    return await answer(request, api.caller, body)
 
 
-def answer(request: Request, caller: Caller, body: Any) -> Response:
+async def answer(request: Request, caller: Caller, body: Any) -> Response:
     """The endpoint's answer to `caller` sending `body`: 503 with the feature flag off, else
     `accept`'s. The routed endpoint and its door (`app.http.heartbeat_door`) both answer here."""
     try:
         require_enabled(get_settings())
     except FeatureDisabled as exc:
         return _disabled(exc)
-    return accept(request, caller, body)
+    return await accept(request, caller, body)
 
 
 @router.get(

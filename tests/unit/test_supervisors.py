@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -656,29 +658,80 @@ def test_the_buffer_flushes_every_n_and_after_t_and_keeps_what_the_broker_refuse
 
 
 def test_the_group_commit_coalesces_concurrent_submissions_and_answers_after_the_send() -> None:
-    from app.auth import Caller, Role
-    from app.heartbeat_buffer import GroupCommit, Submission
+    from app.group_commit import GroupCommit
 
-    flushed: list[int] = []
+    flushed: list[list[int]] = []
 
-    def flush(entries: list[Submission]) -> None:
+    def flush(entries: list[int]) -> None:
         threading.Event().wait(0.01)
-        flushed.append(len(entries))
+        flushed.append(entries)
 
-    group = GroupCommit(flush, linger_seconds=0.05, max_items=1000)
-    caller = Caller(uuid.uuid4(), "o", Role.SUPERVISOR)
-    done: list[int] = []
-    start = threading.Barrier(20)
+    async def run() -> list[int]:
+        group = GroupCommit(flush, linger_seconds=0.05, max_items=1000)
 
-    def one() -> None:
-        start.wait()
-        group.submit(Submission(caller, [(0, beat(0).to_json())], []))
-        done.append(len(flushed))
+        async def one(n: int) -> int:
+            await group.submit(n, 1)
+            return len(flushed)
 
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(flushed) == 20 and len(flushed) < 20
+        return list(await asyncio.gather(*(one(n) for n in range(20))))
+
+    done = asyncio.run(run())
+    assert sorted(n for entries in flushed for n in entries) == list(range(20)) and len(flushed) < 20
     assert all(d >= 1 for d in done)  # nobody was answered before its group was sent
+
+
+def test_a_full_group_leaves_at_once_and_the_next_submission_opens_another() -> None:
+    from app.group_commit import GroupCommit
+
+    flushed: list[list[str]] = []
+
+    async def run() -> float:
+        group = GroupCommit(flushed.append, linger_seconds=30, max_items=3)
+        started = time.monotonic()
+        await asyncio.gather(group.submit("a", 2), group.submit("b", 1))  # full: no 30 s wait
+        await asyncio.wait_for(asyncio.gather(group.submit("c", 3)), 5)
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < 5
+    assert flushed == [["a", "b"], ["c"]]
+
+
+def test_every_member_of_a_group_whose_send_fails_gets_the_error_and_the_next_group_is_sent() -> None:
+    from app.group_commit import GroupCommit
+
+    sent: list[list[str]] = []
+    down = [True]
+
+    def flush(entries: list[str]) -> None:
+        if down[0]:
+            raise ConnectionError("broker down")
+        sent.append(entries)
+
+    async def run() -> list[BaseException | None]:
+        group = GroupCommit(flush, linger_seconds=0.02, max_items=100)
+        outcomes = await asyncio.gather(group.submit("a", 1), group.submit("b", 1), return_exceptions=True)
+        down[0] = False
+        await group.submit("c", 1)
+        return list(outcomes)
+
+    outcomes = asyncio.run(run())
+    assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
+    assert sent == [["c"]]
+
+
+def test_a_member_cancelled_while_it_waits_does_not_stop_its_groups_send() -> None:
+    """A client that goes away mid-wait (its request cancelled) leaves the others answered."""
+    from app.group_commit import GroupCommit
+
+    sent: list[list[str]] = []
+
+    async def run() -> None:
+        group = GroupCommit(sent.append, linger_seconds=0.05, max_items=100)
+        first = asyncio.ensure_future(group.submit("a", 1))
+        second = asyncio.ensure_future(group.submit("b", 1))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.wait_for(second, 5)
+
+    asyncio.run(run())
+    assert sent == [["a", "b"]]
