@@ -23,6 +23,7 @@ from app.domain.control_characters import (
     LINE_SEPARATORS,
     code_point,
     first_control_or_separator,
+    is_blank,
 )
 
 MAX_DAEMON_ID: Final = 200
@@ -64,8 +65,8 @@ def daemon_id_problem(value: object) -> str | None:
         else:
             what = "NUL or control characters"
         return f"must not contain {what} (found {code_point(bad)}): {DAEMON_ID_RULE}"
-    if not value.strip():
-        return "must not be blank"
+    if is_blank(value):
+        return "must not be blank (only spaces or zero-width characters)"
     if value in DOT_SEGMENTS:
         return (
             f"must not be '{value}': the id is a segment of the feed's path "

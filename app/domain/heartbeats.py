@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
-from app.domain.control_characters import BIDI_CONTROLS, code_point, first_control_or_separator
+from app.domain.control_characters import BIDI_CONTROLS, code_point, first_control_or_separator, is_blank
 from app.domain.daemon_ids import daemon_id_problem
 from app.domain.incarnations import MAX_INCARNATION
 from app.domain.reported_text import ACTIVITY_RULE, MAX_ACTIVITY, MAX_PHASE, PHASE_RULE, host_problem
@@ -143,8 +143,9 @@ def _text(raw: Any, name: str, limit: int, rule: str, *, empty: bool) -> str:
     """One line of text (a phase, a current activity), judged by `rule`, which its refusals end with."""
     if not isinstance(raw, str):
         raise InvalidHeartbeat(name, f"must be a string: {rule}")
-    if not empty and not raw.strip():
-        raise InvalidHeartbeat(name, f"must not be empty: {rule}")
+    if not empty and is_blank(raw):
+        blanks = "only blanks (spaces, zero-width characters)"
+        raise InvalidHeartbeat(name, f"must not be empty or {blanks}: {rule}")
     if len(raw) > limit:
         raise InvalidHeartbeat(name, f"at most {limit} characters (this one has {len(raw)})")
     bad = first_control_or_separator(raw)

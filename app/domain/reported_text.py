@@ -81,8 +81,8 @@ def host_problem(value: object) -> str | None:
         found = code_point(bad)
         what = "bidirectional controls" if bad in BIDI_CONTROLS else "control characters or line separators"
         return f"must not contain {what} (found {found}): {HOST_RULE}"
-    if not value.strip():
-        return "must not be blank"
+    if is_blank(value):
+        return "must not be blank (only spaces or zero-width characters)"
     if len(value) > MAX_HOST:
         return f"at most {MAX_HOST} characters (this one has {len(value)})"
     try:

@@ -503,7 +503,11 @@ def test_a_daemon_id_the_heartbeats_would_refuse_is_refused_by_the_feed(
     assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "INVALID_REQUEST"
     blank = client.get("/api/v1/daemons/%20%20/commands", headers=headers)
     assert blank.status_code == 400 and blank.json()["error"]["code"] == "VALIDATION_FAILED"
-    assert blank.json()["error"]["message"] == "daemonId must not be blank."
+    blank_words = "daemonId must not be blank (only spaces or zero-width characters)."
+    assert blank.json()["error"]["message"] == blank_words
+    zero_width = client.get("/api/v1/daemons/%E2%80%8B/commands", headers=headers)  # U+200B alone
+    assert zero_width.status_code == 400, zero_width.text
+    assert zero_width.json()["error"]["message"] == blank.json()["error"]["message"]
     assert client.get("/api/v1/daemons/d-1/commands").status_code == 401
 
 

@@ -106,8 +106,8 @@ def test_the_host_rule_says_what_a_host_may_be() -> None:
 @pytest.mark.parametrize(
     ("host", "problem"),
     [
-        ("", "must not be blank"),
-        ("   ", "must not be blank"),
+        ("", "must not be blank (only spaces or zero-width characters)"),
+        ("   ", "must not be blank (only spaces or zero-width characters)"),
         ("x" * (MAX_HOST + 1), f"at most {MAX_HOST} characters (this one has {MAX_HOST + 1})"),
         (7, "must be a string"),
         ("gpu\ud800", f"must be valid Unicode (no lone surrogates): {HOST_RULE}"),

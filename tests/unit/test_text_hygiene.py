@@ -9,6 +9,7 @@ without a time zone is told it has none.
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from app.domain.control_characters import (
 )
 from app.domain.daemon_ids import DAEMON_ID_RULE, daemon_id_problem
 from app.domain.errors import ValidationFailed
+from app.domain.heartbeats import InvalidHeartbeat
 from app.domain.history_messages import message_time
 from app.domain.reported_text import (
     ACTIVITY_RULE,
@@ -159,10 +161,31 @@ def test_a_daemon_id_or_host_of_whitespace_controls_alone_is_refused_for_them_no
         assert f"(found {cp(bad)})" in problem, problem
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\u3000"])
-def test_a_daemon_id_or_host_of_spaces_alone_is_still_blank(text: str) -> None:
-    assert daemon_id_problem(text) == "must not be blank"
-    assert host_problem(text) == "must not be blank"
+@pytest.mark.parametrize("text", ["", "   ", "\u3000", "\u200b", "\ufeff\u200b", " \u2060 "])
+def test_a_daemon_id_or_host_of_spaces_or_zero_width_characters_alone_is_blank(text: str) -> None:
+    """A zero-width space shows as nothing in the daemon list and the logs, as a space does."""
+    assert daemon_id_problem(text) == "must not be blank (only spaces or zero-width characters)"
+    assert host_problem(text) == "must not be blank (only spaces or zero-width characters)"
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u3000\ufeff"])
+def test_a_heartbeat_phase_of_zero_width_characters_alone_is_refused_as_blank(text: str) -> None:
+    from app.domain.heartbeat_wire import wire_heartbeat
+
+    raw = {
+        "taskId": str(uuid.uuid4()),
+        "contractId": str(uuid.uuid4()),
+        "state": "working",
+        "phase": text,
+        "timestamp": "2026-01-31T10:30:00+00:00",
+    }
+    with pytest.raises(InvalidHeartbeat) as refused:
+        wire_heartbeat(raw)
+    assert refused.value.field == "phase" and "only blanks" in refused.value.problem
+    for field in ("daemonId", "host"):
+        with pytest.raises(InvalidHeartbeat) as refused:
+            wire_heartbeat({**raw, "phase": "plan", field: text})
+        assert refused.value.field == field and "blank" in refused.value.problem
 
 
 @pytest.mark.parametrize(
