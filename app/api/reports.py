@@ -91,7 +91,7 @@ class ReportsMixin(APIBase):
         other id this module takes. An id no report could carry (`app.domain.message_ids`) is
         VALIDATION_FAILED naming the rule, not `unknown`: no resend could ever make it known.
         """
-        message_id = check_message_id(str(message_id))
+        message_id = check_message_id(str(message_id) if isinstance(message_id, uuid.UUID) else message_id)
         with self._uow() as uow:
             return message_outcomes.status_view(
                 message_id, message_outcomes.find(uow.session, self.caller, message_id, principal_id)
@@ -105,7 +105,7 @@ class ReportsMixin(APIBase):
         from this caller) sends nothing: the caller must report it afresh. An id no report could
         carry is VALIDATION_FAILED naming the rule.
         """
-        message_id = check_message_id(str(message_id))
+        message_id = check_message_id(str(message_id) if isinstance(message_id, uuid.UUID) else message_id)
         with self._uow() as uow:
             row = message_outcomes.find(uow.session, self.caller, message_id, principal_id)
             if row is None or row.status == OutcomeStatus.APPLIED.value or row.payload is None:

@@ -369,6 +369,12 @@ def test_the_api_module_refuses_a_message_id_no_report_could_carry(make_caller: 
             call()
         assert caught.value.details["field"] == "messageId"
         assert caught.value.message.endswith(f": {MESSAGE_ID_RULE}.")
+    # Neither a string nor a UUID: refused for its type, not read as the text it would print as.
+    for wrong in (5, 1.5, None, b"abc"):
+        with pytest.raises(ValidationFailed) as caught:
+            api.message_status(wrong)  # type: ignore[arg-type]
+        assert caught.value.details["field"] == "messageId"
+        assert "must be a string" in caught.value.message
     # The module's reports still take (and make) ids by the same rule.
     cid = api.create_contract("message ids", "simple").id
     api.change_status(cid, Status.ACTIVE)
