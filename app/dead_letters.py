@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.message_outcomes import Sent, mark_refused, sent_from_payload
 from app.models import DeadLetter
+from app.schemas import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,23 @@ def sender_of(task_name: str | None, headers: Mapping[str, Any] | None, raw_body
     return sent_from_payload(call.task_name, call.args[0] if call.args else call.kwargs.get("message"))
 
 
+# What the sender of a message a worker failed on reads: the failure's own text (an exception's
+# words, a driver's message naming hosts, tables or SQL) is for the operators, who read it in
+# the dead letter, not for whoever sent the message.
+INTERNAL_REFUSAL = (
+    "The service failed while applying this message (an internal error, not a problem with the "
+    "message). It is kept as a dead letter, where the operators see what went wrong; send it "
+    "again later with the same id, or ask them."
+)
+
+
 def _refusal(msg: RejectedMessage) -> tuple[str, str]:
-    """(code, message) for the sender: the error's first line without its `CODE: ` prefix."""
+    """(code, message) for the sender: the error's first line without its `CODE: ` prefix, or
+    for an internal error `INTERNAL_REFUSAL`."""
     first = msg.error.strip().splitlines()[0] if msg.error.strip() else ""
     code = msg.error_code or (first.split(":", 1)[0] if ":" in first else "REFUSED")
+    if code == ErrorCode.INTERNAL_ERROR:
+        return code, INTERNAL_REFUSAL
     prefix = f"{code}: "
     return code, first[len(prefix) :] if first.startswith(prefix) else first
 
