@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from app import batch, deletion_audit
-from app.api.base import APIBase
+from app.api.base import APIBase, check_range
 
 
 class BatchesMixin(APIBase):
@@ -60,12 +60,19 @@ class BatchesMixin(APIBase):
             return batch.get_batch(uow.session, self.caller, batch_id)
 
     def list_batches(self, limit: int = 20) -> batch.BatchList:
+        """The caller's batches, newest first, at most `limit` (1 to 100, as over HTTP)."""
+        check_range("limit", limit, 1, 100)
         with self._uow() as uow:
             return batch.list_batches(uow.session, self.caller, limit)
 
     def deletions(
         self, *, limit: int = 100, before: int | None = None, batch_id: uuid.UUID | None = None
     ) -> deletion_audit.DeletionPage:
+        """The deletion audit, newest first (admin): `limit` 1 to 500 and `before` (a cursor) 1
+        to 2**62, as over HTTP."""
+        check_range("limit", limit, 1, deletion_audit.MAX_PAGE)
+        if before is not None:
+            check_range("before", before, 1, 2**62)
         with self._uow() as uow:
             batch.require_admin(self.caller, "read the deletion audit")
             return deletion_audit.list_deletions(uow.session, limit=limit, before=before, batch_id=batch_id)

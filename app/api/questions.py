@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Sequence
 
 from app import questions as question_service
-from app.api.base import APIBase
+from app.api.base import APIBase, check_range
+from app.question_reads import MAX_PAGE
 
 
 class QuestionsMixin(APIBase):
@@ -75,7 +76,9 @@ class QuestionsMixin(APIBase):
         after: uuid.UUID | None = None,
         limit: int = 100,
     ) -> question_service.QuestionList:
-        """The contract's questions, oldest first: all, open only (`open_=True`) or closed only."""
+        """The contract's questions, oldest first: all, open only (`open_=True`) or closed only;
+        at most `limit` (1 to 500, as over HTTP)."""
+        check_range("limit", limit, 1, MAX_PAGE)
         with self._uow() as uow:
             return question_service.list_questions(
                 uow.session, self.caller, contract_id, open_=open_, after=after, limit=limit

@@ -421,3 +421,32 @@ def test_the_api_module_refuses_at_once_what_its_worker_would_refuse_later(
     with pytest.raises(ValidationFailed) as caught:
         call(api, cid)
     assert (caught.value.details["field"], caught.value.message) == (field, message)
+
+
+@pytest.mark.parametrize(
+    ("read", "field", "value", "high"),
+    [
+        ("list_batches", "limit", 0, 100),
+        ("list_batches", "limit", 101, 100),
+        ("questions", "limit", 0, 500),
+        ("questions", "limit", 501, 500),
+        ("deletions", "limit", -1, 500),
+        ("deletions", "limit", 10**30, 500),
+        ("deletions", "before", 0, 2**62),
+    ],
+)
+def test_the_api_modules_other_pages_refuse_what_their_http_endpoints_refuse(
+    make_caller: Any, read: str, field: str, value: int, high: int
+) -> None:
+    """A page size out of bounds was clamped (questions) or handed to the database as it was."""
+    _, caller = make_caller(role="admin")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    calls = {
+        "list_batches": lambda: api.list_batches(value),
+        "questions": lambda: api.questions(api.create_contract("pages", "simple").id, limit=value),
+        "deletions": lambda: api.deletions(**{field: value}),
+    }
+    with pytest.raises(ValidationFailed) as caught:
+        calls[read]()
+    assert caught.value.details["field"] == field and caught.value.details["limit"] == high
+    assert f"(got {value})" in caught.value.message
