@@ -33,8 +33,13 @@ def processes(procs: Iterable[Any], db_name: str, sender: str) -> dict[int, str]
 
     labels = {os.getpid(): sender}
     for w in procs:
-        labels[w.proc.pid] = "worker main processes (receive, hand over to the pool)"
-        for child in psutil.Process(w.proc.pid).children(recursive=True):
+        children = psutil.Process(w.proc.pid).children(recursive=True)
+        labels[w.proc.pid] = (
+            "worker main processes (receive, hand over to the pool)"
+            if children
+            else "worker processes (solo pool: receive, decode, check, write)"
+        )
+        for child in children:
             labels[child.pid] = "worker pool processes (decode, check, write)"
     with get_engine().connect() as conn:
         ours = {
