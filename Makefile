@@ -31,7 +31,7 @@ STAMP := $(VENV)/.makima-installed
 
 help:
 	@echo "make install      create $(VENV) and install the project (make run does it too; about 2 minutes the first time)"
-	@echo "make run          run the API, a worker, a batch worker and beat (embedded SQLite + Redis by default)"
+	@echo "make run          run the API, a worker, a heartbeat worker, a batch worker and beat (embedded by default)"
 	@echo "make test         all tests (ensures PostgreSQL and Redis are running)"
 	@echo "make test-unit    unit tests only (no services needed)"
 	@echo "make bench        run every benchmark in bench/"

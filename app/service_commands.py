@@ -1,6 +1,6 @@
 """The production commands `makima run` starts as its children, and what they share.
 
-The API (uvicorn), a Celery worker for contracts, heartbeats and sweeps, one for batch
+The API (uvicorn), a Celery worker for contracts and sweeps, one for heartbeats, one for batch
 operations, and Celery beat: the production commands, so the embedded service runs production
 code paths (eager mode is never used). The Celery children start through `app.sweep_logging`,
 so sweeps that did nothing do not fill the log. Built here without starting anything, so a
@@ -21,9 +21,14 @@ from app.queues import Queue
 if TYPE_CHECKING:
     from app.service_runner import RunOptions
 
-# The main worker takes everything but batch operations, which get a worker of their own so
-# a long batch never holds the process a task-completed message or a heartbeat waits for.
-WORKER_QUEUES = ",".join(q.value for q in Queue if q is not Queue.BATCH)
+# The main worker takes everything but batch operations and heartbeats. Batch operations get a
+# worker of their own so a long batch never holds the process a task-completed message waits
+# for. Heartbeats get one too, on Celery's solo pool: a heartbeat list is a short,
+# database-bound task, and a prefork worker's main process handing each list (about 150 KB)
+# to its pool process cost about 5 µs of CPU per heartbeat (bench/heartbeats.py --cpu); a
+# burst of heartbeats never delays a task report or a sweep either. One solo process per core.
+WORKER_QUEUES = ",".join(q.value for q in Queue if q not in (Queue.BATCH, Queue.HEARTBEATS))
+HEARTBEAT_QUEUES = Queue.HEARTBEATS.value
 BATCH_QUEUES = Queue.BATCH.value
 # The lines Celery logs once a worker consumes (celery.apps.worker: "<hostname> ready.") and
 # once beat's scheduler runs (celery.beat: "beat: Starting...").
@@ -88,6 +93,22 @@ def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> l
             WORKER_READY,
         ),
         Child(
+            "heartbeat-worker",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                HEARTBEAT_QUEUES,
+                "--pool",
+                "solo",
+                "--hostname",
+                f"makima-run-heartbeats-{group_pid}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            WORKER_READY,
+        ),
+        Child(
             "batch-worker",
             [
                 *celery,
@@ -139,6 +160,7 @@ def child_environment(settings: Settings, embedded_broker: bool) -> dict[str, st
 __all__ = [
     "BATCH_QUEUES",
     "BEAT_READY",
+    "HEARTBEAT_QUEUES",
     "HTTP_PROTOCOL",
     "WORKER_QUEUES",
     "WORKER_READY",

@@ -10,8 +10,8 @@ agent). It:
    broker);
 2. starts the embedded Redis (`app.embedded_redis`) unless a broker is configured;
 3. applies the migrations;
-4. starts uvicorn, a Celery worker for contracts, heartbeats and sweeps, one for batch
-   operations, and Celery beat as children (`app.child_processes`). They are the
+4. starts uvicorn, a Celery worker for contracts and sweeps, one for heartbeats (solo pool),
+   one for batch operations, and Celery beat as children (`app.child_processes`). They are the
    production commands, so the embedded service runs production code paths; eager mode is
    never used. The Celery children start through `app.sweep_logging`, so sweeps that did
    nothing do not fill the log;

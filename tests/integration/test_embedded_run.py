@@ -299,6 +299,7 @@ def test_banner_comes_after_the_children_said_they_are_ready(embedded: EmbeddedR
     banner = text.index("makima is running.")
     for ready in (
         r"^worker\s*\|.*@\S+ ready\.",
+        r"^heartbeat-worker\s*\|.*@\S+ ready\.",
         r"^batch-worker\s*\|.*@\S+ ready\.",
         r"^beat\s*\|.*beat: Starting",
     ):
@@ -863,7 +864,7 @@ def test_a_missing_schema_names_the_database_and_the_fix(tmp_path: Path) -> None
 def test_sigint_stops_every_process_it_started(embedded: EmbeddedRun) -> None:
     text = embedded.log_text()
     children = {name: int(pid) for name, pid in re.findall(r"Started ([\w-]+) \(pid (\d+)\)", text)}
-    assert set(children) == {"api", "worker", "batch-worker", "beat"}, text[-3000:]
+    assert set(children) == {"api", "worker", "heartbeat-worker", "batch-worker", "beat"}, text[-3000:]
     redis_match = re.search(r"redis-server pid (\d+)", text)
     assert redis_match, text[-3000:]
     redis_pid = int(redis_match.group(1))

@@ -3,7 +3,8 @@
 Its own module, so no other worker consumes while the first one holds the batch: a test
 transaction holds the supervisor's row, the worker's upsert waits inside its transaction, the
 worker is killed, and a second worker gets the unacknowledged list after the visibility
-timeout and stores every heartbeat once.
+timeout and stores every heartbeat once. Both run Celery's solo pool, as the heartbeat worker
+is deployed (`makima run`, docker-compose.yml): the process killed is the one holding the list.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def test_a_worker_killed_mid_batch_loses_no_heartbeat(tmp_path: Path, make_calle
     token, _ = make_caller(role="supervisor")
     api = ContractsAPI(token)
     cid = uuid.UUID(str(api.create_contract("killed mid-batch", "simple").id))
-    first = start_worker(tmp_path, queues="heartbeats")
+    first = start_worker(tmp_path, queues="heartbeats", pool="solo")
     first.wait_ready()
     second: WorkerProcess | None = None
     try:
@@ -60,7 +61,7 @@ def test_a_worker_killed_mid_batch_loses_no_heartbeat(tmp_path: Path, make_calle
         blocker.close()
         assert len(stored(cid)) == 1  # nothing of the killed batch was committed
 
-        second = start_worker(tmp_path, queues="heartbeats")
+        second = start_worker(tmp_path, queues="heartbeats", pool="solo")
         second.wait_ready()
         wait_for(lambda: len(stored(cid)) == 52, timeout=45, what="redelivered batch stored")
         assert set(ids) <= set(stored(cid))

@@ -15,7 +15,7 @@ import yaml
 from app.queues import Queue
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("api", "worker", "worker-batch", "beat", "flower")
+APP_SERVICES = ("api", "worker", "worker-heartbeats", "worker-batch", "beat", "flower")
 DATABASE_URL = "postgresql+psycopg2://makima:makima@postgres:5432/makima"
 BROKER_URL = "redis://redis:6379/0"
 
@@ -103,13 +103,33 @@ def worker_queues(compose: dict[str, Any], name: str) -> list[str]:
 
 
 def test_the_workers_together_consume_every_queue(compose: dict[str, Any]) -> None:
-    queues = worker_queues(compose, "worker") + worker_queues(compose, "worker-batch")
-    assert sorted(queues) == sorted(q.value for q in Queue)
+    workers = ("worker", "worker-heartbeats", "worker-batch")
+    queues = [q for name in workers for q in worker_queues(compose, name)]
+    assert sorted(queues) == sorted(q.value for q in Queue)  # each once
 
 
 def test_batch_operations_have_a_worker_of_their_own(compose: dict[str, Any]) -> None:
     assert worker_queues(compose, "worker-batch") == ["batch"]
     assert "batch" not in worker_queues(compose, "worker")
+
+
+def test_heartbeats_have_a_solo_pool_worker_of_their_own_as_makima_run_starts_it(
+    compose: dict[str, Any],
+) -> None:
+    """One process per container, no pool process to hand each list to (README: Heartbeats)."""
+    from app.config import Settings
+    from app.service_commands import HEARTBEAT_QUEUES, WORKER_QUEUES, child_commands
+    from app.service_runner import RunOptions
+
+    assert worker_queues(compose, "worker-heartbeats") == ["heartbeats"]
+    assert "heartbeats" not in worker_queues(compose, "worker")
+    assert "--pool=solo" in command_text(compose["services"]["worker-heartbeats"]).split()
+    children = {c.name: c.argv for c in child_commands(Settings(), RunOptions(), 1)}
+    argv = children["heartbeat-worker"]
+    assert argv[argv.index("-Q") + 1] == HEARTBEAT_QUEUES == "heartbeats"
+    assert argv[argv.index("--pool") + 1] == "solo"
+    main = children["worker"]
+    assert main[main.index("-Q") + 1] == WORKER_QUEUES == ",".join(worker_queues(compose, "worker"))
 
 
 FLOWER_OPTIONS = (
@@ -138,7 +158,9 @@ def test_infrastructure_has_healthchecks_the_app_waits_for(compose: dict[str, An
             assert spec["condition"] == "service_healthy", (name, dependency)
 
 
-@pytest.mark.parametrize(("name", "node"), [("worker", "worker"), ("worker-batch", "batch")])
+@pytest.mark.parametrize(
+    ("name", "node"), [("worker", "worker"), ("worker-heartbeats", "heartbeats"), ("worker-batch", "batch")]
+)
 def test_workers_have_node_names_a_person_reads_and_the_healthcheck_pings(
     compose: dict[str, Any], name: str, node: str
 ) -> None:
