@@ -62,6 +62,9 @@ def first_control_or_separator(text: str) -> str | None:
 # What "only blanks" means: whitespace and the invisible format characters (zero-width space
 # U+200B, BOM U+FEFF, ...) that `str.strip` keeps but no reader sees.
 _BLANK_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc"})
+# The ASCII characters those are: the controls U+0000-U+001F and U+007F (category Cc, the
+# whitespace among them included) and the space.
+_ASCII_BLANKS: Final = "".join(map(chr, range(0x20))) + " \x7f"
 
 
 def is_blank(value: str) -> bool:
@@ -70,6 +73,8 @@ def is_blank(value: str) -> bool:
 
     One meaning for a question's text and a contract's or a task's name: a name of spaces, or
     of a zero-width space, is shown as nothing in the dashboard and the logs."""
+    if value.isascii():  # the usual case, on every heartbeat's host and daemon id: no loop in Python
+        return not value.strip(_ASCII_BLANKS)
     return all(c.isspace() or unicodedata.category(c) in _BLANK_CATEGORIES for c in value)
 
 

@@ -324,3 +324,17 @@ def test_the_heartbeats_quick_paths_refuse_a_dot_daemon_id_as_the_rule_does(daem
         with pytest.raises(InvalidHeartbeat) as refused:
             check()
         assert (refused.value.field, refused.value.problem) == ("daemonId", daemon_id_problem(daemon_id))
+
+
+def test_the_ascii_shortcut_of_is_blank_agrees_with_the_rule_on_every_ascii_text() -> None:
+    """`is_blank` answers ASCII text without a loop; the rule is the Unicode categories."""
+    import unicodedata
+
+    from app.domain.control_characters import is_blank
+
+    def by_the_rule(text: str) -> bool:
+        return all(c.isspace() or unicodedata.category(c) in {"Zs", "Zl", "Zp", "Cf", "Cc"} for c in text)
+
+    singles = [chr(i) for i in range(128)]
+    for text in [*singles, "", "  \t", " a ", "\x7f\x00", "host-7", " \x1f "]:
+        assert is_blank(text) == by_the_rule(text), repr(text)
