@@ -1,7 +1,8 @@
 """Supervisors as callers see them, and the sweep that declares the silent ones dead.
 
-- `supervisor_status`, `heartbeat_history`, `list_daemons`: owner-scoped reads (a contract the
-  caller cannot see answers CONTRACT_NOT_FOUND, exactly like a missing one).
+- `supervisor_status`, `heartbeat_history`: owner-scoped reads (a contract the caller cannot
+  see answers CONTRACT_NOT_FOUND, exactly like a missing one). The daemons these supervisors
+  run are listed by `app.daemons`.
 - `require_live_supervisor`: what a command that needs a live supervisor calls first:
   SUPERVISOR_NOT_FOUND when none ever sent a heartbeat, SUPERVISOR_DEAD (with when it was
   last heard) when it was declared dead or has been silent longer than the timeout.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from pydantic import Field
 from sqlalchemy import Table, bindparam, func, select, update
@@ -33,26 +34,22 @@ from app.daemon_commands import NewCommand, queue_command, queue_commands
 from app.db import UnitOfWork
 from app.domain.errors import SupervisorDead, SupervisorNotFound
 from app.domain.incarnations import incarnation_after_death
-from app.domain.liveness import daemon_alive, declare_dead, is_dead
+from app.domain.liveness import declare_dead, is_dead
 from app.domain.records import EventType
 from app.domain.supervisors import SupervisorRecord
 from app.events import record_event
 from app.heartbeat_fencing import FENCED_COMMAND, fenced_payload
 from app.heartbeat_retention import RETENTION
 from app.heartbeat_store import STATE_CHANGED, SUPERVISOR_COLUMNS, supervisor_record
-from app.models import Contract, DaemonCommand, Supervisor, SupervisorHeartbeat
+from app.models import DaemonCommand, Supervisor, SupervisorHeartbeat
 from app.pending_writes import hold_event
 from app.schemas import Schema, Timestamp
 from app.state_reads import StoredStateSummary, stored_summary
 from app.state_rows import find_state
-from app.worktrees import WorktreeCounts, counts_by_daemon
 
 SYNC_COMMAND: Final = "sync_supervisor_state"
 RESTART_COMMAND: Final = "restart_supervisor"  # as app.supervisor_restart queues it
 DEAD_SWEEP_BATCH: Final = 500
-MAX_DAEMON_SUPERVISORS: Final = 100
-DAEMONS_PAGE: Final = 100
-MAX_DAEMONS_PAGE: Final = 1000
 # A contract's heartbeat history (`GET .../supervisor/heartbeats`, `ContractsAPI.supervisor_heartbeats`).
 HEARTBEATS_PAGE: Final = 50
 MAX_HEARTBEATS_PAGE: Final = 1000
@@ -113,30 +110,6 @@ class HeartbeatRecord(Schema):
 
 class HeartbeatList(Schema):
     heartbeats: list[HeartbeatRecord] = Field(description="Newest first")
-
-
-class DaemonView(Schema):
-    """A daemon seen in heartbeats or worktree reports (by its `daemonId`)."""
-
-    daemon_id: str
-    host: str | None
-    last_seen_at: Timestamp | None = Field(
-        description="When the server last received a heartbeat from it (null: it only reported worktrees)"
-    )
-    alive: bool = Field(description="Heard from within the heartbeat timeout")
-    supervisors: int = Field(description="Supervisors it runs (that you can see)")
-    alive_supervisors: int
-    supervisor_task_ids: list[uuid.UUID] = Field(description=f"At most {MAX_DAEMON_SUPERVISORS}")
-    worktrees: WorktreeCounts = Field(description="The worktrees it reported (of your contracts), by state")
-
-
-class DaemonList(Schema):
-    daemons: list[DaemonView] = Field(
-        description=f"At most `limit` (default {DAEMONS_PAGE}, ≤ {MAX_DAEMONS_PAGE})"
-    )
-    next_cursor: int | None = Field(
-        None, description="Pass as `cursor` for the next page; null on the last page"
-    )
 
 
 class HeartbeatItemResult(Schema):
@@ -367,83 +340,6 @@ def heartbeat_history(
     )
 
 
-def list_daemons(
-    session: Session,
-    caller: Caller,
-    now: datetime,
-    timeout: timedelta,
-    limit: int = DAEMONS_PAGE,
-    cursor: int = 0,
-) -> DaemonList:
-    """Daemons seen in heartbeats or worktree reports of the caller's contracts (every owner's
-    for an admin): the ones heard from first, most recent first, then those known only from
-    their worktrees, by id; `limit` of them from position `cursor` (the list is ordered the same
-    way on every call, so a daemon heard from meanwhile may move across a page boundary)."""
-    query = (
-        select(
-            Supervisor.daemon_id,
-            Supervisor.host,
-            Supervisor.task_id,
-            Supervisor.last_received_at,
-            Supervisor.alive,
-        )
-        .join(Contract, Contract.id == Supervisor.contract_id)
-        .where(Supervisor.daemon_id.is_not(None))
-        .order_by(Supervisor.daemon_id, Supervisor.last_received_at.desc())
-    )
-    if not caller.is_admin:
-        query = query.where(Contract.owner_id == caller.owner_id)
-    daemons: dict[str, dict[str, Any]] = {}
-    for daemon_id, host, task_id, received, alive in session.execute(query):
-        if daemon_id is None:
-            continue
-        entry = daemons.get(daemon_id)
-        if entry is None:
-            entry = daemons[daemon_id] = {
-                "host": host,
-                "last": received,
-                "total": 0,
-                "alive": 0,
-                "tasks": [],
-            }
-        entry["total"] += 1
-        entry["alive"] += int(bool(alive) and now - received <= timeout)
-        if len(entry["tasks"]) < MAX_DAEMON_SUPERVISORS:
-            entry["tasks"].append(task_id)
-    worktrees = counts_by_daemon(session, caller)
-    none = WorktreeCounts(open=0, released=0, removed=0)
-    heard = [
-        DaemonView(
-            daemon_id=daemon_id,
-            host=e["host"],
-            last_seen_at=e["last"],
-            alive=daemon_alive(e["last"], now, timeout),
-            supervisors=e["total"],
-            alive_supervisors=e["alive"],
-            supervisor_task_ids=e["tasks"],
-            worktrees=worktrees.get(daemon_id, none),
-        )
-        for daemon_id, e in sorted(daemons.items(), key=lambda kv: kv[1]["last"], reverse=True)
-    ]
-    silent = [
-        DaemonView(
-            daemon_id=daemon_id,
-            host=None,
-            last_seen_at=None,
-            alive=False,
-            supervisors=0,
-            alive_supervisors=0,
-            supervisor_task_ids=[],
-            worktrees=counts,
-        )
-        for daemon_id, counts in sorted(worktrees.items())
-        if daemon_id not in daemons
-    ]
-    listed = heard + silent
-    end = cursor + limit
-    return DaemonList(daemons=listed[cursor:end], next_cursor=end if end < len(listed) else None)
-
-
 def request_sync(
     uow: UnitOfWork, caller: Caller, contract_id: uuid.UUID, now: datetime, timeout: timedelta
 ) -> SyncRequested:
@@ -580,13 +476,9 @@ def supervisors_of(session: Session, contract_id: uuid.UUID) -> Sequence[Supervi
 
 
 __all__ = [
-    "DAEMONS_PAGE",
     "HEARTBEATS_PAGE",
-    "MAX_DAEMONS_PAGE",
     "MAX_HEARTBEATS_PAGE",
     "SYNC_COMMAND",
-    "DaemonList",
-    "DaemonView",
     "HeartbeatItemResult",
     "HeartbeatList",
     "HeartbeatRecord",
@@ -595,7 +487,6 @@ __all__ = [
     "SyncRequested",
     "detect_dead_supervisors",
     "heartbeat_history",
-    "list_daemons",
     "no_supervisor",
     "request_sync",
     "require_live_supervisor",

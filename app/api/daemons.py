@@ -1,5 +1,5 @@
 """Daemons as `ContractsAPI` serves them: the daemons seen in heartbeats, and each one's
-commands, read as a feed or from its broker queue (`app.supervisors`, `app.daemon_commands`).
+commands, read as a feed or from its broker queue (`app.daemons`, `app.daemon_commands`).
 
 Why a daemon is named with its owner: daemon ids are not unique across owners, so a daemon
 reads only the commands its owner's contracts send it.
@@ -8,7 +8,8 @@ reads only the commands its owner's contracts send it.
 from __future__ import annotations
 
 from app import daemon_commands as command_service
-from app import heartbeat_buffer, supervisors
+from app import daemons as daemon_list
+from app import heartbeat_buffer
 from app.api.base import APIBase, check_range
 from app.domain.errors import ValidationFailed
 
@@ -16,14 +17,14 @@ from app.domain.errors import ValidationFailed
 class DaemonsMixin(APIBase):
     """The daemons a caller's contracts have seen, and the commands each one is sent."""
 
-    def daemons(self, limit: int = supervisors.DAEMONS_PAGE, cursor: int = 0) -> supervisors.DaemonList:
+    def daemons(self, limit: int = daemon_list.DAEMONS_PAGE, cursor: int = 0) -> daemon_list.DaemonList:
         """The daemons seen in heartbeats of this caller's contracts, alive or not: `limit` (≤ 1000)
         of them from `cursor` (pass the answer's `next_cursor` to read on)."""
         heartbeat_buffer.require_enabled(self._settings)
-        check_range("limit", limit, 1, supervisors.MAX_DAEMONS_PAGE)
+        check_range("limit", limit, 1, daemon_list.MAX_DAEMONS_PAGE)
         check_range("cursor", cursor, 0, 2**31 - 1)
         with self._uow() as uow:
-            return supervisors.list_daemons(
+            return daemon_list.list_daemons(
                 uow.session, self.caller, self._clock(), self._heartbeat_timeout(), limit, cursor
             )
 

@@ -28,12 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from app.daemon_commands import MAX_FEED, DaemonCommandFeed, DaemonQueue
+from app.daemons import DAEMONS_PAGE, MAX_DAEMONS_PAGE, DaemonList
 from app.domain.errors import FeatureDisabled
 from app.http.deps import Api
 from app.http.errors import error_response, error_responses
 from app.http.routing import ParsedJSONRoute
 from app.schemas import ErrorCode
-from app.supervisors import DAEMONS_PAGE, MAX_DAEMONS_PAGE, DaemonList
 
 E = ErrorCode
 MAX_WAIT_SECONDS: Final = 25.0
