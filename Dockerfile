@@ -1,4 +1,5 @@
-# One image for every app service of docker-compose.yml: api, worker, worker-batch, beat, flower.
+# One image for every app service of docker-compose.yml: api, worker, worker-heartbeats,
+# worker-batch, beat, flower.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 Say = Callable[[str], None]
-# Width of the name column in relayed output ("batch-worker" is the longest name).
-NAME_WIDTH = 12
+# Width of the name column in relayed output ("heartbeat-worker" is the longest name).
+NAME_WIDTH = 16
 
 
 @dataclass

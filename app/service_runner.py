@@ -15,7 +15,7 @@ agent). It:
    production commands, so the embedded service runs production code paths; eager mode is
    never used. The Celery children start through `app.sweep_logging`, so sweeps that did
    nothing do not fill the log;
-5. waits until `/healthz` answers and the worker and beat have said they are ready, then
+5. waits until `/healthz` answers and the workers and beat have said they are ready, then
    says where the API is and how to get a token, with a command that works as printed;
 6. watches the children and the embedded Redis: a redis-server that dies (SIGKILL, the OOM
    killer) is started again on the same socket and data directory, so its append-only file

@@ -1,6 +1,6 @@
 """The `makima` command.
 
-    makima run                                    # API + worker + beat (+ embedded Redis)
+    makima run                                    # API + workers + beat (+ embedded Redis)
     makima migrate                                # schema to head
     makima token create --owner admin --role admin
     makima dead-letters list [--all] [--format table|json]

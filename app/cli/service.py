@@ -12,15 +12,21 @@ from app.cli.errors import load_settings
 
 def run(
     worker_concurrency: Annotated[
-        int, typer.Option(min=1, help="Processes in the worker's prefork pool.")
+        int,
+        typer.Option(
+            min=1,
+            help="Processes in the main worker's prefork pool (contracts, sweeps); the heartbeat "
+            "and batch workers run one process each.",
+        ),
     ] = 2,
     stop_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds a child has to stop before it is killed.")
     ] = 10.0,
 ) -> None:
-    """Run the API, a worker and beat; with no servers configured, on SQLite + embedded Redis.
+    """Run the API, the workers and beat; with no servers configured, on SQLite + embedded Redis.
 
-    Stops everything on Ctrl-C. Exits non-zero if a process dies on its own.
+    The workers: one for contracts and sweeps (prefork), one for heartbeats (solo pool), one
+    for batch operations. Stops everything on Ctrl-C. Exits non-zero if a process dies on its own.
     """
     settings = load_settings()
     from app.service_runner import RunOptions

@@ -1,7 +1,7 @@
 """`makima simulate` against the real service: `makima run` on this run's PostgreSQL and Redis.
 
 The service is started as an operator starts it (`makima run`: uvicorn, a Celery worker on
-the contracts, heartbeats and sweeps queues, a batch worker and beat), pointed at this test
+the contracts and sweeps queues, a heartbeat worker, a batch worker and beat), pointed at this test
 run's database and key prefix, on a free port. The simulator is the real command in its own
 process, with no token given: it makes its owner's tokens in the same database, drives 20
 supervisors for 15 s with 2 crashes per supervisor per minute, and must reconcile with nothing
