@@ -51,7 +51,7 @@ from app.domain.incarnations import starts_supervisor
 from app.domain.lifecycle import CLOSED_STATUSES
 from app.foreign_tasks import foreign_ordinary_task, foreign_supervisor, foreign_task_refusal
 from app.heartbeat_messages import MAX_PER_MESSAGE, message_of
-from app.models import Contract, ContractTask, Supervisor
+from app.models import Contract, ContractTask, Supervisor, SupervisorStateRow
 from app.prepared import driver_rows
 from app.queues import TaskName
 
@@ -98,6 +98,11 @@ SELECT ct.id::text, ct.contract_id::text, o.owner_id, 'task'
 FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
 JOIN contract_tasks ct ON ct.id = t.task_id AND ct.contract_id <> t.contract_id
 LEFT JOIN contracts o ON o.id = ct.contract_id
+UNION ALL
+SELECT ss.task_id::text, ss.contract_id::text, o.owner_id, 'supervisor'
+FROM unnest(%(tasks)s::uuid[], %(claims)s::uuid[]) AS t(task_id, contract_id)
+JOIN supervisor_states ss ON ss.task_id = t.task_id AND ss.contract_id <> t.contract_id
+LEFT JOIN contracts o ON o.id = ss.contract_id
 """
 
 # The holder of a task id: (its contract, that contract's owner, whether it holds it as a
@@ -223,6 +228,7 @@ def facts_of(
         task_ids = sorted({uuid.UUID(task) for task, _ in claims})
         if not task_ids:
             return facts
+        saved = SupervisorStateRow
         held = session.execute(
             union_all(
                 select(Supervisor.task_id, Supervisor.contract_id, Contract.owner_id, literal(True))
@@ -231,6 +237,10 @@ def facts_of(
                 select(ContractTask.id, ContractTask.contract_id, Contract.owner_id, literal(False))
                 .outerjoin(Contract, Contract.id == ContractTask.contract_id)
                 .where(ContractTask.id.in_(task_ids)),
+                # A supervisor known by its saved state alone holds its task id too.
+                select(saved.task_id, saved.contract_id, Contract.owner_id, literal(True))
+                .outerjoin(Contract, Contract.id == saved.contract_id)
+                .where(saved.task_id.in_(task_ids)),
             )
         )
         found_holders: dict[str, list[Holder]] = {}

@@ -34,7 +34,8 @@ from app.foreign_tasks import MOST_TASK_LOCKS, NEW_TASKS_GATE, TASK_LOCK_SPACE, 
 # committed ever shows it), so the fold can lock every supervisor it judges: only one that a
 # heartbeat of the list may start (naming incarnation 1 or none, on the contract of the first
 # such heartbeat), which the fold then writes, unless another contract holds its id as an
-# ordinary task (then it gets none and its heartbeats are refused); one whose heartbeats all
+# ordinary task or by a saved state (`supervisor_states`: a supervisor known from its state
+# saves alone) (then it gets none and its heartbeats are refused); one whose heartbeats all
 # name an incarnation never issued gets none, and they are fenced. Nothing is read
 # back but the rare and the small: the refused and fenced heartbeats, and the notices.
 #
@@ -73,6 +74,8 @@ SELECT t.task_id, t.contract_id, 1, 0, 'initializing', '-', '', 0, '[]', NULL, N
   %(received_at)s::timestamptz
 FROM unnest(%(tasks)s::uuid[], %(contracts)s::uuid[]) AS t(task_id, contract_id)
 WHERE NOT EXISTS (SELECT 1 FROM contract_tasks ct WHERE ct.id = t.task_id AND ct.contract_id <> t.contract_id)
+  AND NOT EXISTS (SELECT 1 FROM supervisor_states ss
+                  WHERE ss.task_id = t.task_id AND ss.contract_id <> t.contract_id)
 ORDER BY t.task_id
 ON CONFLICT (task_id) DO NOTHING
 """

@@ -36,7 +36,7 @@ from app.heartbeat_store import (
     event_payload,
     supervisor_record,
 )
-from app.models import Contract, ContractEvent, ContractTask, Supervisor
+from app.models import Contract, ContractEvent, ContractTask, Supervisor, SupervisorStateRow
 
 _SUPERVISORS: Table = Supervisor.__table__  # type: ignore[assignment]
 _EVENTS: Table = ContractEvent.__table__  # type: ignore[assignment]
@@ -93,8 +93,9 @@ class SqliteStore(HeartbeatStore):
         self, session: Session, contract_ids: set[uuid.UUID], task_ids: set[uuid.UUID]
     ) -> tuple[dict[uuid.UUID, tuple[str, str]], dict[uuid.UUID, uuid.UUID]]:
         """(owner, status) of each of the contracts that exist, and the contract of each of
-        `task_ids` that is an ordinary task (`contract_tasks`): a task id belongs to one
-        contract, so a heartbeat naming one on another is refused. One statement for both."""
+        `task_ids` that is an ordinary task (`contract_tasks`) or a supervisor known by its saved
+        state (`supervisor_states`): a task id belongs to one contract, so a heartbeat naming one
+        on another is refused. One statement for all three."""
         if not contract_ids:
             return {}, {}
         rows = session.execute(
@@ -105,6 +106,9 @@ class SqliteStore(HeartbeatStore):
                 select(ContractTask.contract_id, null(), null(), ContractTask.id).where(
                     ContractTask.id.in_(sorted(task_ids))
                 ),
+                select(SupervisorStateRow.contract_id, null(), null(), SupervisorStateRow.task_id).where(
+                    SupervisorStateRow.task_id.in_(sorted(task_ids))
+                ),
             )
         )
         owners: dict[uuid.UUID, tuple[str, str]] = {}
@@ -113,7 +117,7 @@ class SqliteStore(HeartbeatStore):
             if task_id is None:
                 owners[as_uuid(cid)] = (owner, status)
             else:
-                tasks[as_uuid(task_id)] = as_uuid(cid)
+                tasks.setdefault(as_uuid(task_id), as_uuid(cid))
         return owners, tasks
 
     def supervisors(

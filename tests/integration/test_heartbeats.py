@@ -1399,3 +1399,45 @@ def test_a_list_sent_twice_on_sqlite_is_stored_once_through_no_deprecated_sqlalc
             )
             state = uow.session.scalar(select(Supervisor.state).where(Supervisor.task_id == task))
         assert (stored, state) == (2, "idle")
+
+
+def test_another_contracts_saved_state_holds_its_task_id_against_heartbeats_at_the_front_and_the_worker(
+    tmp_path: Any, make_caller, worker: WorkerProcess
+) -> None:
+    """A supervisor known from its saved state alone (no heartbeat yet) holds its task id: a
+    heartbeat naming it on another contract is refused by the front, and by the worker when it
+    slips past, on both dialects; no supervisor row is made for the other contract."""
+    from app.config import get_settings
+    from app.heartbeat_buffer import http_flush, parse_submission
+
+    token = make_caller(role="supervisor")[0]
+    with embedded_database(tmp_path) as (local, local_token):
+        apis = [ContractsAPI(token), ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")]
+        for engine, api in zip((None, local), apis, strict=True):
+            held, here = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("held", "here"))
+            task = uuid.uuid4()
+            api.save_supervisor_state(held, task, state_version=1, state="working", phase="plan")
+            with unit_of_work(engine=engine) as uow:
+                assert uow.session.get(Supervisor, task) is None, engine  # known by its saved state only
+            t0 = utcnow()
+            submission = parse_submission(api.caller, [hb(here, task, "working", t0)])
+            http_flush(engine, get_settings(), lambda *a, **k: "")([submission])
+            assert [(r.code, r.field) for r in submission.results] == [("VALIDATION_FAILED", "taskId")], (
+                engine
+            )
+
+            principal = api.caller.principal_id
+            report = heartbeats.ingest(
+                message_of({principal: [hb(here, task, "working", t0)]}), engine=engine
+            )
+            assert [(r.code, r.field) for r in report.refused] == [("VALIDATION_FAILED", "taskId")], engine
+            with unit_of_work(engine=engine) as uow:
+                assert uow.session.get(Supervisor, task) is None, engine
+
+            own = heartbeats.ingest(
+                message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}), engine=engine
+            )
+            assert (own.stored, own.refused) == (1, []), engine
+            with unit_of_work(engine=engine) as uow:
+                row = uow.session.get(Supervisor, task)
+                assert row is not None and row.contract_id == held, engine
