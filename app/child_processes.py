@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 Say = Callable[[str], None]
-# Width of the name column in relayed output ("heartbeat-worker" is the longest name).
-NAME_WIDTH = 16
+# Width of the name column in relayed output: the longest name ("heartbeat-worker") and a space.
+NAME_WIDTH = 17
 
 
 @dataclass

@@ -101,6 +101,10 @@ def child_commands(settings: Settings, options: RunOptions, group_pid: int) -> l
                 HEARTBEAT_QUEUES,
                 "--pool",
                 "solo",
+                # Solo runs one task at a time whatever this says; said, so the worker's banner
+                # does not print the default (the number of CPUs) as its concurrency.
+                "--concurrency",
+                "1",
                 "--hostname",
                 f"makima-run-heartbeats-{group_pid}@%h",
                 "--loglevel",

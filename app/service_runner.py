@@ -22,7 +22,8 @@ agent). It:
    gives back every queued message and the API, workers and beat reconnect to it; if it
    dies again and again (`REDIS_RESTART_LIMIT` times within `REDIS_RESTART_WINDOW`) or
    cannot start, everything is stopped and the run exits 1, saying why. A child that dies
-   on its own is not restarted: the rest are stopped and the run exits 1;
+   on its own is started again; one that exits `CHILD_RESTART_LIMIT` times within
+   `CHILD_RESTART_WINDOW`, or cannot start again, stops everything and the run exits 1;
 7. on Ctrl-C / SIGTERM / SIGHUP stops every child (SIGTERM, wait, SIGKILL of its whole
    process group after a timeout), then Redis.
 

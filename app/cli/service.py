@@ -26,7 +26,8 @@ def run(
     """Run the API, the workers and beat; with no servers configured, on SQLite + embedded Redis.
 
     The workers: one for contracts and sweeps (prefork), one for heartbeats (solo pool), one
-    for batch operations. Stops everything on Ctrl-C. Exits non-zero if a process dies on its own.
+    for batch operations. Stops everything on Ctrl-C. A process that dies on its own is started
+    again; one that dies 3 times within 60 s stops everything, and the run exits non-zero.
     """
     settings = load_settings()
     from app.service_runner import RunOptions
