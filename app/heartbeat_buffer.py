@@ -479,21 +479,23 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
 
     Every contract of the group is asked for each time (its owner and status: a contract closed
     a moment ago refuses the next heartbeat on it). The holders of its task ids are asked for
-    only for pairs (task id, contract id) not accepted within `VISIBLE_SECONDS`: the contract
-    holding a task id never changes, so a supervisor beating every 30 s costs no lookup of its
-    task id between. (What this cannot see, another contract taking that task id as an ordinary
-    task meanwhile, the worker refuses, as it refuses whatever got past a front.)
+    only for pairs (task id, contract id) not found free within `VISIBLE_SECONDS` by two
+    lookups: the contract holding a task id never changes, so a supervisor beating every 30 s
+    costs two lookups of its task id every 5 minutes and none between. Two, because the first
+    heartbeat of a new task id can lose the race for it to another contract's, whose first
+    heartbeat the worker had not stored yet when this lookup ran; the second lookup, a beat
+    later, sees the winner. A pair is remembered from its lookup, never refreshed by the
+    heartbeats it lets through, so a refusal the worker makes reaches the front within
+    `VISIBLE_SECONDS`. (What this cannot see, another contract taking that task id as an
+    ordinary task meanwhile, the worker refuses, as it refuses whatever got past a front.)
     """
     held_here: _Recent[tuple[str, str]] = _Recent()
+    seen_free: _Recent[tuple[str, str]] = _Recent()
 
     def flush(entries: list[Submission]) -> None:
         pairs = {(item["taskId"], item["contractId"]) for e in entries for _, item in e.parsed}
-        facts = facts_of(
-            engine,
-            settings,
-            {pair for pair in pairs if not held_here.fresh(pair)},
-            {cid for _, cid in pairs},
-        )
+        asked = {pair for pair in pairs if not held_here.fresh(pair)}
+        facts = facts_of(engine, settings, asked, {cid for _, cid in pairs})
         groups: dict[uuid.UUID, list[dict[str, Any]]] = {}
         total = 0
         for entry in entries:
@@ -517,7 +519,9 @@ def http_flush(engine: Engine | None, settings: Settings, send: Sender) -> Calla
                         message_of({principal: items[start : start + MAX_PER_MESSAGE]}),
                         None,
                     )
-        held_here.add((item["taskId"], item["contractId"]) for items in groups.values() for item in items)
+        free = {(item["taskId"], item["contractId"]) for items in groups.values() for item in items} & asked
+        held_here.add(pair for pair in free if seen_free.fresh(pair))
+        seen_free.add(free)
 
     return flush
 

@@ -366,6 +366,11 @@ class BodyLimits:
             if declared > self.max_body_bytes:
                 raise too_large(self.max_body_bytes)
             body = await self._read(receive)
+            if body is None:
+                # The client went away before its body was whole: nothing is applied (it saw
+                # the request fail, so applying part of it would make its retry a duplicate),
+                # and there is no one to answer.
+                return
             encoding = headers.get(b"content-encoding", b"").decode("latin-1")
             if body and encoding.strip().lower() not in ("", "identity"):
                 raise encoded(encoding)
@@ -391,7 +396,8 @@ class BodyLimits:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, receive: Receive) -> bytes:
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None when the client disconnected before its end."""
         chunks: list[bytes] = []
         size = 0
         deadline = asyncio.get_running_loop().time() + BODY_READ_SECONDS
@@ -401,7 +407,7 @@ class BodyLimits:
             except TimeoutError:
                 raise too_slow() from None
             if message["type"] != "http.request":  # the client went away: nothing to judge
-                return b"".join(chunks)
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -26,9 +26,13 @@ from app.schemas import ErrorCode
 AUTHORIZATION: Final = "Authorization"
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 LAST_EVENT_ID: Final = "Last-Event-ID"
+# Read by the body limits (the last one) and by FastAPI (the first): two of them let a body
+# the limits judged as text reach the handler as JSON none of their rules had seen.
+CONTENT_TYPE: Final = "Content-Type"
+CONTENT_LENGTH: Final = "Content-Length"
 # Every header a request may carry at most once, as the API spells it; `Authorization` first,
 # because which caller sent the request is decided before anything else about it.
-SINGLE_HEADERS: Final = (AUTHORIZATION, IDEMPOTENCY_KEY, LAST_EVENT_ID)
+SINGLE_HEADERS: Final = (AUTHORIZATION, IDEMPOTENCY_KEY, LAST_EVENT_ID, CONTENT_TYPE, CONTENT_LENGTH)
 
 
 class RepeatedHeader(StarletteHTTPException):
@@ -86,6 +90,8 @@ def repeated_header(headers: Headers, names: tuple[str, ...] = SINGLE_HEADERS) -
 
 __all__ = [
     "AUTHORIZATION",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
     "IDEMPOTENCY_KEY",
     "LAST_EVENT_ID",
     "SINGLE_HEADERS",

@@ -8,6 +8,7 @@ what they send to the broker, which must match too.
 
 from __future__ import annotations
 
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -222,3 +223,53 @@ def test_a_contract_closed_after_its_supervisor_was_heard_refuses_its_next_heart
     status, answer = both(apps, {**beat, "timestamp": utcnow().isoformat()}, token)
     assert status == 400 and answer["error"]["details"]["field"] == "contractId"
     assert len(apps[1].sent) == 1
+
+
+def test_a_task_id_lost_to_another_contract_is_refused_at_the_next_lookup_not_accepted_for_ever(
+    owner: tuple[str, ContractsAPI, uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front remembers a task id as free of other contracts only once two lookups found it
+    so, and never refreshes that by the heartbeats it lets through: the first heartbeat of a new
+    task id can lose the race to another contract's, which the next lookup sees; and a pair
+    remembered is asked about again once `VISIBLE_SECONDS` pass, however often it beats."""
+    from app import heartbeat_buffer
+    from app.config import get_settings
+    from app.heartbeat_buffer import http_flush, parse_submission
+
+    _, api, here = owner
+    winner = uuid.UUID(str(api.create_contract("won the task id", "simple").id))
+    flush = http_flush(None, get_settings(), Recorder())
+
+    def answer(task: uuid.UUID) -> tuple[str | None, str | None]:
+        submission = parse_submission(api.caller, [heartbeat_body(str(here), taskId=str(task))])
+        flush([submission])
+        return submission.results[0].code, submission.results[0].field
+
+    def held_by_winner(task: uuid.UUID) -> None:
+        with unit_of_work() as uow:
+            now = utcnow()
+            uow.session.add(
+                Supervisor(
+                    task_id=task, contract_id=winner, incarnation=1, version=1, state="working",
+                    phase="plan", current_activity="", progress=0, pending_task_ids=[], heartbeat_id=None,
+                    sent_at=now, last_received_at=now, alive=True, dead_at=None, daemon_id=None, host=None,
+                )
+            )  # fmt: skip
+
+    raced = uuid.uuid4()
+    assert answer(raced) == (None, None)  # free at the first lookup
+    held_by_winner(raced)  # the other contract's first heartbeat is stored meanwhile
+    assert answer(raced) == ("VALIDATION_FAILED", "taskId")
+
+    monkeypatch.setattr(heartbeat_buffer, "VISIBLE_SECONDS", 0.6)  # 5 minutes, shortened
+    steady = uuid.uuid4()
+    assert answer(steady) == (None, None)
+    assert answer(steady) == (None, None)  # free twice: remembered
+    held_by_winner(steady)  # (a state the worker would refuse; here, to see who is asked)
+    remembered = time.monotonic()
+    answers = []
+    while time.monotonic() - remembered < 1.5:  # beating every 0.1 s, well inside the bound
+        answers.append((time.monotonic() - remembered, answer(steady)))
+        time.sleep(0.1)
+    assert all(code is None for at, (code, _) in answers if at < 0.5), answers  # not asked again
+    assert ("VALIDATION_FAILED", "taskId") in [a for at, a in answers if at >= 0.6], answers

@@ -1,4 +1,5 @@
-"""A request may carry `Authorization`, `Idempotency-Key` and `Last-Event-ID` at most once
+"""A request may carry `Authorization`, `Idempotency-Key`, `Last-Event-ID`, `Content-Type` and
+`Content-Length` at most once
 (`app.http.single_headers`).
 
 With two Authorization headers the first used to authenticate and the second was ignored (a
@@ -151,3 +152,18 @@ def test_the_monitor_socket_with_two_authorization_headers_closes_4400(server: s
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == WS_INVALID_REQUEST
+
+
+def test_two_content_types_are_refused_so_no_body_skips_the_limits(client: TestClient) -> None:
+    """The body limits read the last Content-Type, FastAPI the first: a JSON body sent with a
+    text type second skipped every check (a duplicate key changed a contract's status)."""
+    auth = ("Authorization", f"Bearer {token_of()}")
+    created = client.post(BASE, json={"name": "two types", "contractType": "simple"}, headers=[auth])
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    body = b'{"targetStatus":"active","targetStatus":"failed","reason":"x"}'
+    both = [("Content-Type", "application/json"), ("Content-Type", "text/plain")]
+    for types in (both, both[::-1]):
+        twice = client.post(f"{BASE}/{cid}/status", content=body, headers=[auth, *types])
+        assert_repeated(twice.status_code, twice.json(), "Content-Type")
+    assert client.get(f"{BASE}/{cid}", headers=[auth]).json()["status"] == created.json()["status"]
