@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import batch, deletion_audit
 from app.api.base import APIBase, check_range
+from app.domain.uuids import id_argument
 
 
 class BatchesMixin(APIBase):
@@ -73,6 +74,8 @@ class BatchesMixin(APIBase):
         check_range("limit", limit, 1, deletion_audit.MAX_PAGE)
         if before is not None:
             check_range("before", before, 1, 2**62)
+        if batch_id is not None:
+            batch_id = id_argument(batch_id, "batchId")
         with self._uow() as uow:
             batch.require_admin(self.caller, "read the deletion audit")
             return deletion_audit.list_deletions(uow.session, limit=limit, before=before, batch_id=batch_id)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from app import questions as question_service
 from app.api.base import APIBase, check_range
+from app.domain.errors import ValidationFailed
+from app.domain.uuids import id_argument
 from app.question_reads import MAX_PAGE
 
 
@@ -79,6 +81,12 @@ class QuestionsMixin(APIBase):
         """The contract's questions, oldest first: all, open only (`open_=True`) or closed only;
         at most `limit` (1 to 500, as over HTTP)."""
         check_range("limit", limit, 1, MAX_PAGE)
+        if open_ is not None and not isinstance(open_, bool):
+            raise ValidationFailed(
+                f"open must be True, False or None (got a {type(open_).__name__}).", details={"field": "open"}
+            )
+        if after is not None:
+            after = id_argument(after, "after")
         with self._uow() as uow:
             return question_service.list_questions(
                 uow.session, self.caller, contract_id, open_=open_, after=after, limit=limit

@@ -59,7 +59,7 @@ class SupervisorsMixin(APIBase):
                 current_activity=current_activity,
                 progress=progress,
                 pending_task_ids=pending_task_ids,
-                timestamp=timestamp or self._clock(),
+                timestamp=self._clock() if timestamp is None else timestamp,
                 heartbeat_id=heartbeat_id,
                 incarnation=incarnation,
                 daemon_id=daemon_id,

@@ -210,7 +210,11 @@ def heartbeat_wire(
         "phase": phase,
         "currentActivity": current_activity,
         "progress": progress,
-        "pendingTaskIds": [str(t) for t in pending_task_ids],
+        # Not a list or tuple (None, a number): as it is, for the parse to judge as the HTTP
+        # front does (null is no pending task; anything else is refused naming the field).
+        "pendingTaskIds": [str(t) for t in pending_task_ids]
+        if isinstance(pending_task_ids, list | tuple)
+        else pending_task_ids,
         # A datetime stays one: judged as the instant it is, not as the text `isoformat` gives
         # it, which for an offset with seconds (+00:00:30) is no RFC 3339 date-time.
         "timestamp": timestamp,

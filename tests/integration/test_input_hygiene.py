@@ -450,3 +450,47 @@ def test_the_api_modules_other_pages_refuse_what_their_http_endpoints_refuse(
         calls[read]()
     assert caught.value.details["field"] == field and caught.value.details["limit"] == high
     assert f"(got {value})" in caught.value.message
+
+
+def test_the_api_modules_reads_refuse_ids_and_flags_of_the_wrong_type_naming_them(make_caller: Any) -> None:
+    """A batch id or question cursor that is not a UUID was a raw StatementError (or, as 5, no
+    rows); an `open_` of "no" or 0 was ignored and every question listed."""
+    _, caller = make_caller(role="admin")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    cid = api.create_contract("typed reads", "simple").id
+    calls = [
+        ("batchId", lambda: api.deletions(batch_id=5)),  # type: ignore[arg-type]
+        ("batchId", lambda: api.deletions(batch_id="not-a-uuid")),  # type: ignore[arg-type]
+        ("after", lambda: api.questions(cid, after=5)),  # type: ignore[arg-type]
+        ("open", lambda: api.questions(cid, open_="no")),  # type: ignore[arg-type]
+        ("open", lambda: api.questions(cid, open_=0)),  # type: ignore[arg-type]
+    ]
+    for field, call in calls:
+        with pytest.raises(ValidationFailed) as caught:
+            call()
+        assert caught.value.details["field"] == field
+    # The text of a UUID is a UUID, as everywhere in the module.
+    assert api.deletions(batch_id=str(uuid.uuid4())).deletions == []  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed) as unknown:  # a cursor as text is read as the cursor
+        api.questions(cid, after=str(uuid.uuid4()))  # type: ignore[arg-type]
+    assert "nextAfter" in unknown.value.message
+
+
+def test_send_heartbeat_takes_none_as_no_pending_task_and_refuses_other_wrong_values(
+    make_caller: Any,
+) -> None:
+    """As over HTTP: null pending tasks are none; 5 is refused naming pendingTaskIds; a
+    timestamp of 0 or "" is refused, not replaced by the current time."""
+    _, caller = make_caller(role="supervisor")
+    api = ContractsAPI(caller=caller, sender=no_send)
+    cid = uuid.UUID(str(api.create_contract("typed heartbeats", "simple").id))
+    api.send_heartbeat(cid, uuid.uuid4(), "working", "plan", pending_task_ids=None)  # type: ignore[arg-type]
+    for field, extra in (
+        ("pendingTaskIds", {"pending_task_ids": 5}),
+        ("timestamp", {"timestamp": 0}),
+        ("timestamp", {"timestamp": ""}),
+    ):
+        with pytest.raises(ValidationFailed) as caught:
+            api.send_heartbeat(cid, uuid.uuid4(), "working", "plan", **extra)  # type: ignore[arg-type]
+        assert caught.value.details["field"] == field
+    api.flush()
