@@ -45,7 +45,6 @@ class GroupCommit(Generic[E]):
         self.max_items = max_items
         self._open: _Group[E] | None = None
         self._leading: set[asyncio.Task[None]] = set()
-        self.groups = 0
 
     async def submit(self, entry: E, size: int) -> None:
         """Return once the flush holding `entry` (`size` items) has run; raise its error."""
@@ -70,7 +69,6 @@ class GroupCommit(Generic[E]):
             await group.closed.wait()
             timer.cancel()
         self._close(group)
-        self.groups += 1
         try:
             await run_in_threadpool(self._flush, group.entries)
         except Exception as exc:

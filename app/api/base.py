@@ -44,6 +44,13 @@ def check_range(name: str, value: int, low: int, high: int) -> None:
         )
 
 
+def check_flag(value: object, name: str) -> bool:
+    """A yes/no argument: only True or False (a string such as "no" is not taken for one)."""
+    if type(value) is not bool:
+        raise ValidationFailed(f"{name} must be True or False, not {value!r}"[:200], details={"field": name})
+    return value
+
+
 class APIBase:
     """The constructor and the plumbing `ContractsAPI`'s mixins share; no operation of its own
     but `whoami`, the caller it resolved."""

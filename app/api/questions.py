@@ -10,8 +10,7 @@ import uuid
 from collections.abc import Sequence
 
 from app import questions as question_service
-from app.api.base import APIBase, check_range
-from app.domain.errors import ValidationFailed
+from app.api.base import APIBase, check_flag, check_range
 from app.domain.uuids import id_argument
 from app.question_reads import MAX_PAGE
 
@@ -81,10 +80,8 @@ class QuestionsMixin(APIBase):
         """The contract's questions, oldest first: all, open only (`open_=True`) or closed only;
         at most `limit` (1 to 500, as over HTTP)."""
         check_range("limit", limit, 1, MAX_PAGE)
-        if open_ is not None and not isinstance(open_, bool):
-            raise ValidationFailed(
-                f"open must be True, False or None (got a {type(open_).__name__}).", details={"field": "open"}
-            )
+        if open_ is not None:
+            check_flag(open_, "open")
         if after is not None:
             after = id_argument(after, "after")
         with self._uow() as uow:

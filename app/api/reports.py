@@ -14,7 +14,7 @@ from typing import Any
 from app import daemon_commands as command_service
 from app import message_outcomes
 from app import worktrees as worktree_service
-from app.api.base import APIBase
+from app.api.base import APIBase, check_flag
 from app.domain.errors import ValidationFailed
 from app.domain.message_ids import check_message_id
 from app.domain.phases import MAX_DELIVERABLE_ID
@@ -44,15 +44,6 @@ def _text(value: object, field: str, most: int) -> str:
             "a character and cannot be stored",
             details={"field": field},
         ) from None
-    return value
-
-
-def _flag(value: object, field: str) -> bool:
-    """A yes/no argument: only True or False (a string such as "no" is not taken for one)."""
-    if type(value) is not bool:
-        raise ValidationFailed(
-            f"{field} must be True or False, not {value!r}"[:200], details={"field": field}
-        )
     return value
 
 
@@ -140,7 +131,7 @@ class ReportsMixin(APIBase):
             {
                 "taskId": str(task_id),
                 "taskName": _task_name(task_name),
-                "isSupervisor": _flag(is_supervisor, "isSupervisor"),
+                "isSupervisor": check_flag(is_supervisor, "isSupervisor"),
             },
             closed="tasks",
             reported_task=task_id,
@@ -160,7 +151,11 @@ class ReportsMixin(APIBase):
             TaskName.TASK_COMPLETED,
             contract_id,
             message_id,
-            {"taskId": str(task_id), "taskName": _task_name(task_name), "success": _flag(success, "success")},
+            {
+                "taskId": str(task_id),
+                "taskName": _task_name(task_name),
+                "success": check_flag(success, "success"),
+            },
             closed="task results",
             reported_task=task_id,
         )
