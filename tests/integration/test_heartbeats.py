@@ -143,6 +143,18 @@ def on_both_dialects(
         yield [(None, cid, api.caller.principal_id), (local, lid, embedded.caller.principal_id)]
 
 
+@contextmanager
+def apis_on_both_dialects(tmp_path: Any, token: str) -> Iterator[list[tuple[Engine | None, ContractsAPI]]]:
+    """(engine, API module) of `token`'s on PostgreSQL and of a token of its own on an embedded
+    SQLite database of the test's own, the engine None for the default database: for a test
+    that makes its own contracts on each (`on_both_dialects` gives one made already)."""
+    with embedded_database(tmp_path) as (local, local_token):
+        yield [
+            (None, ContractsAPI(token)),
+            (local, ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")),
+        ]
+
+
 def test_duplicate_late_and_out_of_order_heartbeats_leave_the_newest_state_and_one_row_per_id(
     daemon: tuple[ContractsAPI, uuid.UUID],
 ) -> None:
@@ -1143,6 +1155,20 @@ def test_another_owners_ordinary_task_is_refused_by_heartbeats_without_saying_it
     assert rows(his) == [] and dead_letters_naming(str(his)) == []
 
 
+def assert_its_own_contract_starts_it(
+    api: ContractsAPI, engine: Engine | None, held: uuid.UUID, task: uuid.UUID, t0: datetime
+) -> None:
+    """The contract holding `task` still starts its supervisor under that id."""
+    own = heartbeats.ingest(
+        message_of({api.caller.principal_id: [hb(held, task, "working", t0 + timedelta(seconds=1))]}),
+        engine=engine,
+    )
+    assert (own.stored, own.refused) == (1, []), engine
+    with unit_of_work(engine=engine) as uow:
+        row = uow.session.get(Supervisor, task)
+        assert row is not None and row.contract_id == held, engine
+
+
 def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_the_front_on_both_dialects(
     tmp_path: Any, make_caller, worker: WorkerProcess
 ) -> None:
@@ -1150,9 +1176,8 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
     refuse it first) starts no supervisor and is parked as refused; the task's own contract can
     still start its supervisor under that id afterwards."""
     token = make_caller(role="supervisor")[0]
-    with embedded_database(tmp_path) as (local, local_token):
-        apis = [ContractsAPI(token), ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")]
-        for engine, api in zip((None, local), apis, strict=True):
+    with apis_on_both_dialects(tmp_path, token) as dialects:
+        for engine, api in dialects:
             held, here = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("held", "here"))
             task = uuid.uuid4()
             with unit_of_work(engine=engine) as uow:
@@ -1176,14 +1201,7 @@ def test_the_worker_refuses_another_contracts_ordinary_task_that_slipped_past_th
                     == []
                 ), engine
 
-            own = heartbeats.ingest(
-                message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}),
-                engine=engine,
-            )
-            assert (own.stored, own.refused) == (1, []), engine
-            with unit_of_work(engine=engine) as uow:
-                row = uow.session.get(Supervisor, task)
-                assert row is not None and row.contract_id == held, engine
+            assert_its_own_contract_starts_it(api, engine, held, task, t0)
 
 
 def test_the_fronts_take_the_workers_rule_on_sqlite_too(tmp_path: Any) -> None:
@@ -1411,9 +1429,8 @@ def test_another_contracts_saved_state_holds_its_task_id_against_heartbeats_at_t
     from app.heartbeat_buffer import http_flush, parse_submission
 
     token = make_caller(role="supervisor")[0]
-    with embedded_database(tmp_path) as (local, local_token):
-        apis = [ContractsAPI(token), ContractsAPI(local_token, engine=local, sender=lambda *a, **k: "")]
-        for engine, api in zip((None, local), apis, strict=True):
+    with apis_on_both_dialects(tmp_path, token) as dialects:
+        for engine, api in dialects:
             held, here = (uuid.UUID(str(api.create_contract(n, "simple").id)) for n in ("held", "here"))
             task = uuid.uuid4()
             api.save_supervisor_state(held, task, state_version=1, state="working", phase="plan")
@@ -1434,10 +1451,4 @@ def test_another_contracts_saved_state_holds_its_task_id_against_heartbeats_at_t
             with unit_of_work(engine=engine) as uow:
                 assert uow.session.get(Supervisor, task) is None, engine
 
-            own = heartbeats.ingest(
-                message_of({principal: [hb(held, task, "working", t0 + timedelta(seconds=1))]}), engine=engine
-            )
-            assert (own.stored, own.refused) == (1, []), engine
-            with unit_of_work(engine=engine) as uow:
-                row = uow.session.get(Supervisor, task)
-                assert row is not None and row.contract_id == held, engine
+            assert_its_own_contract_starts_it(api, engine, held, task, t0)
